@@ -1,0 +1,90 @@
+"""CommandDefinition: one declarative command, and how its argv is rendered from validated parameters."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from mcp_server.errors import InvalidParameter
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class NoParams(BaseModel):
+    """Parameters of a command that takes none."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass(frozen=True)
+class Arg:
+    """A placeholder in an argv template, filled from the validated parameter `name`.
+
+    `choices` maps a parameter value to the literal argv word (e.g. "cpu" -> "-pcpu"), so the word
+    that reaches the device is always one we wrote.
+    """
+
+    name: str
+    choices: Mapping[str, str] | None = None
+
+    def render(self, params: BaseModel) -> str:
+        value = getattr(params, self.name)
+        if self.choices is not None:
+            return self.choices[str(value)]
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        return str(value)
+
+
+@dataclass(frozen=True)
+class CommandDefinition(Generic[M]):
+    """A command the registry can run on a device.
+
+    `argv` is a tuple of literal words and `Arg`s. Scripts that need pipes are written as
+    `("sh", "-c", SCRIPT, "sh", Arg("x"))`: the script is a constant and every parameter arrives as a
+    positional argument ("$1"), so caller input is never part of the script text.
+    `parse(stdout, params)` is pure and raises ParseError; it never returns a partial model.
+    """
+
+    name: str
+    category: str
+    summary: str
+    argv: tuple[str | Arg, ...]
+    model: type[M]
+    parse: Callable[[str, Any], M]
+    params: type[BaseModel] = NoParams
+    ttl: float = 30.0
+    timeout: float = 30.0
+    ok_exit_statuses: frozenset[int] = field(default_factory=lambda: frozenset({0}))
+
+    def validate(self, params: Mapping[str, Any] | BaseModel | None) -> BaseModel:
+        """Validate caller parameters against the command's parameter model."""
+        if isinstance(params, self.params):
+            return params
+        try:
+            return self.params.model_validate(dict(params or {}))
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'params'}: {err['msg']}" for err in exc.errors()
+            )
+            raise InvalidParameter(f"Invalid parameters for command {self.name!r}: {problems}") from None
+
+    def render(self, params: BaseModel) -> list[str]:
+        """The argv for validated parameters."""
+        return [part.render(params) if isinstance(part, Arg) else part for part in self.argv]
+
+    def shell_command(self, params: BaseModel) -> str:
+        """The argv quoted for a remote shell (what SSH sends)."""
+        return shlex.join(self.render(params))
+
+    def params_key(self, params: BaseModel) -> str:
+        """A stable key for the validated parameters (cache and snapshot identity)."""
+        return json.dumps(params.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def parameter_schema(self) -> dict[str, Any]:
+        return self.params.model_json_schema()

@@ -1,0 +1,152 @@
+"""Database tables (SQLAlchemy 2 declarative). The same schema on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# JSONB on PostgreSQL (indexable), plain JSON text on SQLite.
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: DateTime(timezone=True), dict[str, Any]: JSONType}
+
+
+class DeviceRow(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    hostname: Mapped[str] = mapped_column(String(253))
+    port: Mapped[int] = mapped_column(Integer, default=22)
+    username: Mapped[str | None] = mapped_column(String(255))
+    key_path: Mapped[str | None] = mapped_column(Text)
+    password_secret: Mapped[str | None] = mapped_column(String(255), doc="Name of the row in `secrets`.")
+    jump_host: Mapped[str | None] = mapped_column(String(63))
+    tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    description: Mapped[str] = mapped_column(Text, default="")
+    host_key: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class DataCollectionAudit(Base):
+    """One row per collection, tool call and resource read: who, from where, what, with what result."""
+
+    __tablename__ = "data_collection_audit"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    occurred_at: Mapped[datetime]
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16), doc="collection | tool | resource")
+    subject: Mapped[str | None] = mapped_column(String(255))
+    client_id: Mapped[str | None] = mapped_column(String(255))
+    client_ip: Mapped[str | None] = mapped_column(String(64))
+    user_agent: Mapped[str | None] = mapped_column(String(512))
+    request_path: Mapped[str | None] = mapped_column(String(512))
+    transport: Mapped[str | None] = mapped_column(String(16))
+    tool: Mapped[str | None] = mapped_column(String(128))
+    arguments: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    device: Mapped[str | None] = mapped_column(String(63))
+    command: Mapped[str | None] = mapped_column(String(128))
+    params: Mapped[str | None] = mapped_column(Text)
+    cache_hit: Mapped[bool] = mapped_column(Boolean, default=False)
+    ssh_commands: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(16), doc="ok | error | denied")
+    error_type: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        Index("ix_audit_occurred_at", "occurred_at"),
+        Index("ix_audit_device_occurred_at", "device", "occurred_at"),
+        Index("ix_audit_request_id", "request_id"),
+    )
+
+
+class SystemMetricRow(Base):
+    """Time series of system_metrics collections."""
+
+    __tablename__ = "system_metrics"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(63))
+    collected_at: Mapped[datetime]
+    cpu_percent: Mapped[float] = mapped_column(Float)
+    load_1: Mapped[float] = mapped_column(Float)
+    load_5: Mapped[float] = mapped_column(Float)
+    load_15: Mapped[float] = mapped_column(Float)
+    memory_total_bytes: Mapped[int] = mapped_column(BigInteger)
+    memory_used_bytes: Mapped[int] = mapped_column(BigInteger)
+    memory_available_bytes: Mapped[int] = mapped_column(BigInteger)
+    swap_total_bytes: Mapped[int] = mapped_column(BigInteger)
+    swap_used_bytes: Mapped[int] = mapped_column(BigInteger)
+    uptime_seconds: Mapped[float] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_system_metrics_device_collected_at", "device", "collected_at"),)
+
+
+class CollectionSnapshot(Base):
+    """The latest parsed result per device, command and parameters."""
+
+    __tablename__ = "collection_snapshots"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(63))
+    command: Mapped[str] = mapped_column(String(128))
+    params: Mapped[str] = mapped_column(Text)
+    collected_at: Mapped[datetime]
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType)
+
+    __table_args__ = (UniqueConstraint("device", "command", "params", name="uq_snapshot_identity"),)
+
+
+class CacheMetadata(Base):
+    """Periodic snapshots of the CacheManager's counters."""
+
+    __tablename__ = "cache_metadata"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    recorded_at: Mapped[datetime]
+    entries: Mapped[int] = mapped_column(Integer)
+    max_entries: Mapped[int] = mapped_column(Integer)
+    hits: Mapped[int] = mapped_column(BigInteger)
+    misses: Mapped[int] = mapped_column(BigInteger)
+    evictions: Mapped[int] = mapped_column(BigInteger)
+    expirations: Mapped[int] = mapped_column(BigInteger)
+    hit_ratio: Mapped[float] = mapped_column(Float)
+
+
+class ServicePerformanceMetric(Base):
+    """Timing of each executed collection: where the time went."""
+
+    __tablename__ = "service_performance_metrics"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    recorded_at: Mapped[datetime]
+    device: Mapped[str] = mapped_column(String(63))
+    command: Mapped[str] = mapped_column(String(128))
+    execute_ms: Mapped[float] = mapped_column(Float)
+    parse_ms: Mapped[float] = mapped_column(Float)
+    total_ms: Mapped[float] = mapped_column(Float)
+    outcome: Mapped[str] = mapped_column(String(16))
+
+    __table_args__ = (Index("ix_perf_device_command", "device", "command", "recorded_at"),)
+
+
+class SecretRow(Base):
+    """Values encrypted with the master key (Fernet tokens); never stored in clear."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]

@@ -1,0 +1,162 @@
+"""Every error Infrastructor raises on purpose.
+
+    InfrastructorError                 base; str(error) is a message an agent can act on
+    ├── ConfigurationError             a bad INFRA_* setting (names the variable)
+    ├── DeviceNotFound                 unknown device name (carries the known names)
+    ├── DeviceExists                   add_device with a name already taken
+    ├── UnknownCommand                 name not in the CommandRegistry (carries the known names)
+    ├── InvalidParameter               a parameter failed validation; nothing was executed
+    ├── ConnectionError_               could not get a working SSH connection
+    │   ├── HostUnreachable            DNS failure, refused, no route, connect timeout
+    │   ├── AuthenticationFailed       the server rejected our key or password
+    │   ├── HostKeyMismatch            the host key differs from the known or pinned one
+    │   └── HostKeyUnknown             strict host-key policy and the host is not in known_hosts
+    ├── ExecutionError                 the connection worked but the command did not
+    │   ├── CommandFailed              non-zero exit (carries exit status and stderr tail)
+    │   ├── CommandTimeout             no exit within the command's timeout
+    │   └── CommandNotAvailable        the binary is missing on the device
+    ├── ParseError                     output we could not understand (carries an excerpt)
+    └── StorageError                   the database refused or is unreachable
+
+Foreign exceptions (asyncssh, OSError, SQLAlchemy) are translated into these at the I/O edge
+(`ssh.py`, `executors.py`, `db/`); nothing above that edge catches anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class InfrastructorError(Exception):
+    """Base of every expected failure; the message is safe to show to a client."""
+
+    error_type: str = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(InfrastructorError):
+    error_type = "configuration_error"
+
+
+class DeviceNotFound(InfrastructorError):
+    error_type = "device_not_found"
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        listed = ", ".join(self.known) if self.known else "none registered (use add_device)"
+        super().__init__(f"Unknown device {name!r}. Known devices: {listed}.")
+
+
+class DeviceExists(InfrastructorError):
+    error_type = "device_exists"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"A device named {name!r} already exists; use update_device to change it.")
+
+
+class UnknownCommand(InfrastructorError):
+    error_type = "unknown_command"
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.name = name
+        self.known = sorted(known)
+        super().__init__(f"Unknown command {name!r}. Registered commands: {', '.join(self.known)}.")
+
+
+class InvalidParameter(InfrastructorError):
+    error_type = "invalid_parameter"
+
+
+class ConnectionError_(InfrastructorError):  # noqa: N801 - avoid shadowing the builtin
+    """Base for failures to obtain a working connection to a device."""
+
+    error_type = "connection_error"
+
+    def __init__(self, device: str, detail: str) -> None:
+        self.device = device
+        self.detail = detail
+        super().__init__(f"{self.prefix} {device!r}: {detail}")
+
+    prefix = "Cannot connect to device"
+
+
+class HostUnreachable(ConnectionError_):
+    error_type = "host_unreachable"
+    prefix = "Cannot reach device"
+
+
+class AuthenticationFailed(ConnectionError_):
+    error_type = "authentication_failed"
+    prefix = "Authentication failed for device"
+
+
+class HostKeyMismatch(ConnectionError_):
+    error_type = "host_key_mismatch"
+    prefix = "Host key verification FAILED for device"
+
+
+class HostKeyUnknown(ConnectionError_):
+    error_type = "host_key_unknown"
+    prefix = "Host key not trusted for device"
+
+
+class ExecutionError(InfrastructorError):
+    error_type = "execution_error"
+
+
+class CommandFailed(ExecutionError):
+    error_type = "command_failed"
+
+    def __init__(self, device: str, command: str, exit_status: int, stderr: str) -> None:
+        self.device = device
+        self.command = command
+        self.exit_status = exit_status
+        self.stderr_tail = stderr.strip()[-500:]
+        detail = f": {self.stderr_tail}" if self.stderr_tail else ""
+        super().__init__(f"Command {command!r} on device {device!r} exited with status {exit_status}{detail}")
+
+
+class CommandTimeout(ExecutionError):
+    error_type = "command_timeout"
+
+    def __init__(self, device: str, command: str, timeout: float) -> None:
+        self.device = device
+        self.command = command
+        self.timeout = timeout
+        super().__init__(
+            f"Command {command!r} on device {device!r} did not finish within {timeout:g}s and was stopped."
+        )
+
+
+class CommandNotAvailable(ExecutionError):
+    error_type = "command_not_available"
+
+    def __init__(self, device: str, command: str, binary: str) -> None:
+        self.device = device
+        self.command = command
+        self.binary = binary
+        super().__init__(
+            f"Command {command!r} needs {binary!r}, which is not installed (or not on PATH) "
+            f"on device {device!r}."
+        )
+
+
+class ParseError(InfrastructorError):
+    error_type = "parse_error"
+
+    def __init__(self, what: str, excerpt: str = "") -> None:
+        self.excerpt = excerpt[:300]
+        tail = f" Output began: {self.excerpt!r}" if self.excerpt else ""
+        super().__init__(f"Could not parse {what}.{tail}")
+
+
+class StorageError(InfrastructorError):
+    error_type = "storage_error"

@@ -1,0 +1,104 @@
+"""Running argv on a device: the result type, the local executor, and exit-status classification."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import shlex
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+from mcp_server.errors import CommandFailed, CommandNotAvailable, CommandTimeout
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    """What one command run produced."""
+
+    command: str  # the exact text that ran (shlex-joined argv)
+    stdout: str
+    stderr: str
+    exit_status: int
+    duration: float
+
+
+class Executor(Protocol):
+    async def run(self, device: str, argv: list[str], *, timeout: float, label: str) -> ExecResult:
+        """Run argv on `device`; `label` (the command's registry name) is what errors mention.
+
+        Returns the result whatever the exit status; raises CommandTimeout, or a ConnectionError_.
+        """
+        ...
+
+
+_NOT_FOUND = (
+    re.compile(r"(?:^|: )(?P<bin>[^\s:]+): (?:command )?not found", re.M),
+    re.compile(r"(?:can't|cannot) execute '?(?P<bin>[^\s':]+)'?", re.M),
+    re.compile(r"exec: (?P<bin>[^\s:]+): not found", re.M),
+)
+
+
+def missing_binary(stderr: str) -> str | None:
+    """The binary a shell says it could not find, if any."""
+    for pattern in _NOT_FOUND:
+        match = pattern.search(stderr)
+        if match:
+            return match.group("bin")
+    return None
+
+
+def check_exit(result: ExecResult, device: str, command: str, ok: frozenset[int] = frozenset({0})) -> None:
+    """Raise the right error for a failed run: CommandNotAvailable for exit 127, else CommandFailed."""
+    if result.exit_status in ok:
+        return
+    if result.exit_status == 127:
+        binary = missing_binary(result.stderr) or shlex.split(result.command)[0]
+        raise CommandNotAvailable(device, command, binary)
+    raise CommandFailed(device, command, result.exit_status, result.stderr)
+
+
+class LocalExecutor:
+    """Runs argv as a subprocess of the server (the built-in `local` device); no shell involved."""
+
+    def __init__(self) -> None:
+        self.commands_run = 0
+
+    async def run(self, device: str, argv: list[str], *, timeout: float, label: str) -> ExecResult:
+        text = shlex.join(argv)
+        started = time.perf_counter()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            return ExecResult(text, "", f"{argv[0]}: not found", 127, time.perf_counter() - started)
+        except PermissionError:
+            return ExecResult(text, "", f"{argv[0]}: Permission denied", 126, time.perf_counter() - started)
+        self.commands_run += 1
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                # the whole session, so a script's children die with it
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+            raise CommandTimeout(device, label, timeout) from None
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            raise
+        return ExecResult(
+            text,
+            out.decode("utf-8", "replace"),
+            err.decode("utf-8", "replace"),
+            proc.returncode if proc.returncode is not None else -1,
+            time.perf_counter() - started,
+        )

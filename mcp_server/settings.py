@@ -1,0 +1,86 @@
+"""Settings: one pydantic-settings model (prefix INFRA_), loaded once at start and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mcp_server.errors import ConfigurationError
+
+
+class Settings(BaseSettings):
+    """Every tunable of the server. Environment variables are INFRA_<FIELD NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="INFRA_", extra="ignore", frozen=True)
+
+    data_dir: Path = Field(
+        default=Path("~/.local/share/infrastructor"),
+        description="Where the SQLite database, the master key and spool files live.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/infrastructor.db. "
+        "PostgreSQL: postgresql+asyncpg://user@host/db.",
+    )
+    local_device: bool = Field(default=True, description="Offer the built-in 'local' device.")
+
+    cache_max_entries: int = Field(default=2048, ge=1, le=1_000_000)
+    audit_flush_interval: float = Field(default=0.25, gt=0, le=60)
+
+    ssh_connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    ssh_command_timeout: float = Field(default=60.0, gt=0, le=3600, description="Upper bound for any command.")
+    ssh_keepalive_interval: float = Field(default=15.0, ge=0, le=3600)
+    ssh_idle_timeout: float = Field(default=300.0, gt=0, le=86_400)
+    ssh_max_sessions: int = Field(
+        default=8, ge=1, le=64, description="Concurrent channels per device; keep below sshd's MaxSessions (10)."
+    )
+    ssh_known_hosts: Path = Field(default=Path("~/.ssh/known_hosts"))
+    ssh_host_key_policy: Literal["tofu", "strict"] = "tofu"
+
+    fanout_concurrency: int = Field(default=32, ge=1, le=1024)
+    max_result_chars: int = Field(default=40_000, ge=1_000, le=10_000_000)
+
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8765, ge=1, le=65535)
+    http_path: str = "/mcp"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("data_dir", "ssh_known_hosts")
+    @classmethod
+    def _expand(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator("http_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'infrastructor.db'}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read INFRA_* from the environment; a bad value raises ConfigurationError naming the variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        value = err.get("input")
+        shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        raise ConfigurationError(f"INFRA_{field.upper()}: {err['msg']}{shown}") from None
