@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Annotated
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+
+from mcp_server.db.engine import Database
+from mcp_server.db.tables import DeviceRow
+from mcp_server.errors import DeviceExists, DeviceNotFound, InvalidParameter
+from mcp_server.secrets import SecretStore
 
 LOCAL = "local"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -30,7 +39,9 @@ class Device(BaseModel):
     hostname: str = Field(description="DNS name or IP address the SSH connection goes to.")
     port: int = Field(default=22, ge=1, le=65535)
     username: str | None = Field(default=None, description="SSH user; default: the server's OS user.")
-    key_path: str | None = Field(default=None, description="Private key file for SSH; default: ssh agent/keys.")
+    key_path: str | None = Field(
+        default=None, description="Private key file for SSH; default: ssh agent/keys."
+    )
     password: str | None = Field(default=None, repr=False, exclude=True, description="Never serialised.")
     jump_host: str | None = Field(default=None, description="Name of another device to tunnel through.")
     tags: tuple[str, ...] = ()
@@ -46,3 +57,185 @@ class Device(BaseModel):
     def connection_fields(self) -> tuple[object, ...]:
         """What a pooled connection depends on; a change to any of these drops the connection."""
         return (self.hostname, self.port, self.username, self.key_path, self.password, self.jump_host)
+
+
+class DeviceSpec(BaseModel):
+    """What a caller may set on a device (add_device / update_device / import)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    hostname: str = Field(pattern=_HOSTNAME.pattern, description="DNS name or IP address.")
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+    key_path: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    jump_host: str | None = Field(default=None, pattern=NAME_PATTERN)
+    tags: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")], ...] = ()
+    description: str = Field(default="", max_length=1000)
+
+
+def _password_secret(name: str) -> str:
+    return f"device:{name}:password"
+
+
+class DeviceRegistry:
+    """All devices, held in memory for the hot path and written through to the `devices` table."""
+
+    def __init__(self, db: Database, secrets: SecretStore, *, local_device: bool = True) -> None:
+        self._db = db
+        self._secrets = secrets
+        self._local = local_device
+        self._devices: dict[str, Device] = {}
+
+    async def load(self) -> None:
+        async with self._db.session() as session:
+            rows = (await session.scalars(select(DeviceRow).order_by(DeviceRow.name))).all()
+        devices = {}
+        for row in rows:
+            password = await self._secrets.get(row.password_secret) if row.password_secret else None
+            devices[row.name] = _to_device(row, password)
+        if self._local:
+            devices[LOCAL] = Device(name=LOCAL, hostname=LOCAL, description="The machine the server runs on.")
+        self._devices = devices
+
+    def get(self, name: str) -> Device:
+        try:
+            return self._devices[name]
+        except KeyError:
+            raise DeviceNotFound(name, self._devices) from None
+
+    def names(self) -> list[str]:
+        return sorted(self._devices)
+
+    def list(self, tags: Iterable[str] = ()) -> list[Device]:
+        wanted = set(tags)
+        return [d for _, d in sorted(self._devices.items()) if wanted <= set(d.tags)]
+
+    async def add(self, name: str, spec: DeviceSpec) -> Device:
+        self._check_name(name)
+        if name in self._devices:
+            raise DeviceExists(name)
+        self._check_refs(name, spec)
+        now = datetime.now(UTC)
+        secret = None
+        if spec.password:
+            secret = _password_secret(name)
+            await self._secrets.put(secret, spec.password)
+        row = DeviceRow(
+            name=name,
+            created_at=now,
+            updated_at=now,
+            password_secret=secret,
+            host_key=None,
+            **spec.model_dump(exclude={"password"}),
+        )
+        row.tags = list(spec.tags)
+        try:
+            async with self._db.session() as session, session.begin():
+                session.add(row)
+        except IntegrityError:
+            raise DeviceExists(name) from None
+        device = _to_device(row, spec.password)
+        self._devices[name] = device
+        return device
+
+    async def update(self, name: str, changes: Mapping[str, Any], *, clear_host_key: bool = False) -> Device:
+        """Apply `changes` (DeviceSpec fields). A new hostname or port forgets the pinned host key."""
+        current = self.get(name)
+        if current.is_local:
+            raise InvalidParameter("The built-in 'local' device cannot be changed.")
+        merged = {**current.model_dump(include=set(DeviceSpec.model_fields)), "password": current.password}
+        merged.update(changes)
+        try:
+            spec = DeviceSpec.model_validate(merged)
+        except ValidationError as exc:
+            raise InvalidParameter(_describe(exc)) from None
+        self._check_refs(name, spec)
+        moved = (spec.hostname, spec.port) != (current.hostname, current.port)
+        async with self._db.session() as session, session.begin():
+            row = await session.scalar(select(DeviceRow).where(DeviceRow.name == name))
+            if row is None:
+                raise DeviceNotFound(name, self._devices)
+            for field in ("hostname", "port", "username", "key_path", "jump_host", "description"):
+                setattr(row, field, getattr(spec, field))
+            row.tags = list(spec.tags)
+            if clear_host_key or moved:
+                row.host_key = None
+            if "password" in changes:
+                row.password_secret = _password_secret(name) if spec.password else None
+            row.updated_at = datetime.now(UTC)
+        if "password" in changes:
+            if spec.password:
+                await self._secrets.put(_password_secret(name), spec.password)
+            else:
+                await self._secrets.delete(_password_secret(name))
+        device = _to_device(row, spec.password)
+        self._devices[name] = device
+        return device
+
+    async def remove(self, name: str) -> Device:
+        device = self.get(name)
+        if device.is_local:
+            raise InvalidParameter(
+                "The built-in 'local' device cannot be removed; set INFRA_LOCAL_DEVICE=false."
+            )
+        users = [d.name for d in self._devices.values() if d.jump_host == name]
+        if users:
+            raise InvalidParameter(
+                f"Device {name!r} is the jump host of {', '.join(users)}; change those first."
+            )
+        async with self._db.session() as session, session.begin():
+            await session.execute(delete(DeviceRow).where(DeviceRow.name == name))
+        await self._secrets.delete(_password_secret(name))
+        del self._devices[name]
+        return device
+
+    async def pin_host_key(self, name: str, key_line: str) -> None:
+        async with self._db.session() as session, session.begin():
+            row = await session.scalar(select(DeviceRow).where(DeviceRow.name == name))
+            if row is None:
+                return
+            row.host_key = key_line
+        self._devices[name] = self._devices[name].model_copy(update={"host_key": key_line})
+
+    def _check_name(self, name: str) -> None:
+        if not re.match(NAME_PATTERN, name):
+            raise InvalidParameter(
+                f"Invalid device name {name!r}: use lower-case letters, digits, '.', '_' or '-' "
+                "(start with a letter or digit, at most 63 characters)."
+            )
+        if name == LOCAL:
+            raise InvalidParameter("'local' is reserved for the built-in device.")
+
+    def _check_refs(self, name: str, spec: DeviceSpec) -> None:
+        if spec.jump_host is not None:
+            if spec.jump_host == name:
+                raise InvalidParameter("A device cannot be its own jump host.")
+            jump = self.get(spec.jump_host)
+            if jump.is_local:
+                raise InvalidParameter("The 'local' device cannot be a jump host.")
+        if spec.key_path is not None:
+            path = Path(spec.key_path).expanduser()
+            if not path.is_file():
+                raise InvalidParameter(f"key_path {spec.key_path!r} is not a readable file on the server.")
+
+
+def _to_device(row: DeviceRow, password: str | None) -> Device:
+    return Device(
+        name=row.name,
+        hostname=row.hostname,
+        port=row.port,
+        username=row.username,
+        key_path=row.key_path,
+        password=password,
+        jump_host=row.jump_host,
+        tags=tuple(row.tags or ()),
+        description=row.description or "",
+        host_key=row.host_key,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())

@@ -75,7 +75,7 @@ class InvalidParameter(InfrastructorError):
     error_type = "invalid_parameter"
 
 
-class ConnectionError_(InfrastructorError):  # noqa: N801 - avoid shadowing the builtin
+class ConnectionError_(InfrastructorError):
     """Base for failures to obtain a working connection to a device."""
 
     error_type = "connection_error"

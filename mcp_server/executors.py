@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import os
 import re
-import signal
 import shlex
+import signal
 import time
 from dataclasses import dataclass
 from typing import Protocol

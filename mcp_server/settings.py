@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mcp_server.errors import ConfigurationError
@@ -25,17 +25,27 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/infrastructor.db. "
         "PostgreSQL: postgresql+asyncpg://user@host/db.",
     )
+    master_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key(s) that encrypt stored secrets, comma-separated, newest first; "
+        "default: generated into <data_dir>/master.key (mode 0600).",
+    )
     local_device: bool = Field(default=True, description="Offer the built-in 'local' device.")
 
     cache_max_entries: int = Field(default=2048, ge=1, le=1_000_000)
     audit_flush_interval: float = Field(default=0.25, gt=0, le=60)
 
     ssh_connect_timeout: float = Field(default=10.0, gt=0, le=300)
-    ssh_command_timeout: float = Field(default=60.0, gt=0, le=3600, description="Upper bound for any command.")
+    ssh_command_timeout: float = Field(
+        default=60.0, gt=0, le=3600, description="Upper bound for any command."
+    )
     ssh_keepalive_interval: float = Field(default=15.0, ge=0, le=3600)
     ssh_idle_timeout: float = Field(default=300.0, gt=0, le=86_400)
     ssh_max_sessions: int = Field(
-        default=8, ge=1, le=64, description="Concurrent channels per device; keep below sshd's MaxSessions (10)."
+        default=8,
+        ge=1,
+        le=64,
+        description="Concurrent channels per device; keep below sshd's MaxSessions (10).",
     )
     ssh_known_hosts: Path = Field(default=Path("~/.ssh/known_hosts"))
     ssh_host_key_policy: Literal["tofu", "strict"] = "tofu"

@@ -1,0 +1,297 @@
+"""UnifiedDataCollectionService: cache -> registry -> execute -> parse -> store -> cache -> event.
+
+Every request for data from a device (tool, resource, CLI, poll) comes through `collect`; no other module
+runs commands on devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, Field
+
+from mcp_server.audit import BatchWriter, current_call
+from mcp_server.cache import CacheKey, CacheManager
+from mcp_server.commands import CommandDefinition, CommandRegistry
+from mcp_server.db.tables import CollectionSnapshot, ServicePerformanceMetric, SystemMetricRow
+from mcp_server.devices import Device, DeviceRegistry
+from mcp_server.errors import CommandTimeout, InfrastructorError
+from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
+from mcp_server.executors import LocalExecutor, check_exit
+from mcp_server.settings import Settings
+from mcp_server.ssh import ProbeResult, SSHPool
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+
+class Collected(BaseModel, Generic[M]):
+    """A collected result and how fresh it is."""
+
+    device: str = Field(description="Device the data came from.")
+    command: str = Field(description="Registry command that produced it.")
+    collected_at: datetime = Field(description="When the command ran on the device (UTC).")
+    from_cache: bool = Field(
+        description="True when served from the cache instead of running the command now."
+    )
+    age_seconds: float = Field(description="Seconds since collected_at at the moment of answering.")
+    data: M
+
+
+class DeviceOutcome(BaseModel, Generic[M]):
+    """One device's outcome in a fan-out: the result, or why there is none."""
+
+    device: str
+    ok: bool
+    error_type: str | None = Field(
+        default=None, description="Machine-readable failure kind when ok is false."
+    )
+    error: str | None = Field(default=None, description="What went wrong and what to do about it.")
+    result: Collected[M] | None = None
+
+
+def _system_metric_row(device: str, at: datetime, m: Any) -> dict[str, Any]:
+    return {
+        "device": device,
+        "collected_at": at,
+        "cpu_percent": m.cpu.busy_percent,
+        "load_1": m.load.load_1m,
+        "load_5": m.load.load_5m,
+        "load_15": m.load.load_15m,
+        "memory_total_bytes": m.memory.total_bytes,
+        "memory_used_bytes": m.memory.used_bytes,
+        "memory_available_bytes": m.memory.available_bytes,
+        "swap_total_bytes": m.swap.total_bytes,
+        "swap_used_bytes": m.swap.used_bytes,
+        "uptime_seconds": m.uptime_seconds,
+    }
+
+
+# Commands whose results also feed a time-series table, besides the latest snapshot.
+TIME_SERIES: dict[str, tuple[type, Callable[[str, datetime, Any], dict[str, Any]]]] = {
+    "system_metrics": (SystemMetricRow, _system_metric_row),
+}
+
+
+@dataclass
+class _Run:
+    """What one request did, for its audit row."""
+
+    ssh_commands: list[str]
+    executed: bool = False
+
+
+class UnifiedDataCollectionService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: CommandRegistry,
+        devices: DeviceRegistry,
+        cache: CacheManager,
+        ssh: SSHPool,
+        local: LocalExecutor,
+        writer: BatchWriter,
+        events: EventBus,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.devices = devices
+        self.cache = cache
+        self.ssh = ssh
+        self.local = local
+        self.writer = writer
+        self.events = events
+
+    async def collect(
+        self,
+        device: str,
+        command: str,
+        params: Mapping[str, Any] | BaseModel | None = None,
+        *,
+        force_refresh: bool = False,
+    ) -> Collected[Any]:
+        """Return the command's parsed result for the device, from the cache when fresh enough."""
+        started = time.perf_counter()
+        run = _Run(ssh_commands=[])
+        error: BaseException | None = None
+        params_key: str | None = None
+        cache_hit = False
+        try:
+            target = self.devices.get(device)
+            definition = self.registry.get(command)
+            validated = definition.validate(params)
+            params_key = definition.params_key(validated)
+            key = CacheKey(target.name, definition.name, definition.category, params_key)
+            cached = await self.cache.get_or_load(
+                key,
+                definition.ttl,
+                lambda: self._execute(target, definition, validated, params_key or "", run),
+                force_refresh=force_refresh,
+            )
+            cache_hit = not run.executed
+            return Collected(
+                device=target.name,
+                command=definition.name,
+                collected_at=cached.collected_at,
+                from_cache=cached.from_cache,
+                age_seconds=round(cached.age_seconds, 3),
+                data=cached.value,
+            )
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._audit(device, command, params_key, cache_hit, run, started, error)
+
+    async def collect_many(
+        self,
+        devices: Sequence[str],
+        command: str,
+        params: Mapping[str, Any] | None = None,
+        *,
+        force_refresh: bool = False,
+    ) -> list[DeviceOutcome[Any]]:
+        """Collect from many devices at once; each device's failure is reported, never raised."""
+        limit = asyncio.Semaphore(self.settings.fanout_concurrency)
+        # A backstop only: the executors enforce their own connect and command timeouts.
+        deadline = self.settings.ssh_connect_timeout * 2 + self.settings.ssh_command_timeout + 5
+
+        async def one(name: str) -> DeviceOutcome[Any]:
+            async with limit:
+                try:
+                    result = await asyncio.wait_for(
+                        self.collect(name, command, params, force_refresh=force_refresh), deadline
+                    )
+                except TimeoutError:
+                    exc = CommandTimeout(name, command, deadline)
+                    return DeviceOutcome(device=name, ok=False, error_type=exc.error_type, error=str(exc))
+                except InfrastructorError as exc:
+                    return DeviceOutcome(device=name, ok=False, error_type=exc.error_type, error=str(exc))
+                return DeviceOutcome(device=name, ok=True, result=result)
+
+        return list(await asyncio.gather(*(one(n) for n in devices)))
+
+    async def probe(self, device: str) -> ProbeResult:
+        """Connect to the device (or reuse its connection) and run a no-op; audited like a collection."""
+        started = time.perf_counter()
+        run = _Run(ssh_commands=["true"], executed=True)
+        error: BaseException | None = None
+        try:
+            target = self.devices.get(device)
+            if target.is_local:
+                result = await self.local.run(target.name, ["true"], timeout=5, label="connection_test")
+                check_exit(result, target.name, "connection_test")
+                return ProbeResult(target.name, "local", "", "local", result.duration * 1000, True)
+            return await self.ssh.probe(target)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._audit(device, "connection_test", None, False, run, started, error)
+
+    async def _execute(
+        self,
+        device: Device,
+        definition: CommandDefinition[Any],
+        params: BaseModel,
+        params_key: str,
+        run: _Run,
+    ) -> BaseModel:
+        run.executed = True
+        argv = definition.render(params)
+        run.ssh_commands.append(shlex.join(argv))
+        timeout = min(definition.timeout, self.settings.ssh_command_timeout)
+        t0 = time.perf_counter()
+        t_exec = t_parse = 0.0
+        outcome = "error"
+        try:
+            if device.is_local:
+                result = await self.local.run(device.name, argv, timeout=timeout, label=definition.name)
+            else:
+                result = await self.ssh.run(device, argv, timeout=timeout, label=definition.name)
+            t_exec = time.perf_counter()
+            check_exit(result, device.name, definition.name, definition.ok_exit_statuses)
+            value = definition.parse(result.stdout, params)
+            t_parse = time.perf_counter()
+            outcome = "ok"
+        except InfrastructorError as exc:
+            await self.events.publish(
+                CollectionFailed(device.name, definition.name, exc.error_type, str(exc))
+            )
+            raise
+        finally:
+            end = time.perf_counter()
+            self.writer.add(
+                ServicePerformanceMetric,
+                {
+                    "recorded_at": datetime.now(UTC),
+                    "device": device.name,
+                    "command": definition.name,
+                    "execute_ms": ((t_exec or end) - t0) * 1000,
+                    "parse_ms": (t_parse - t_exec) * 1000 if t_parse else 0.0,
+                    "total_ms": (end - t0) * 1000,
+                    "outcome": outcome,
+                },
+            )
+        collected_at = datetime.now(UTC)
+        self._store(device.name, definition.name, params_key, collected_at, value)
+        await self.events.publish(
+            CollectionCompleted(device.name, definition.name, params_key, collected_at, (t_parse - t0) * 1000)
+        )
+        return value
+
+    def _store(self, device: str, command: str, params_key: str, at: datetime, value: BaseModel) -> None:
+        self.writer.add(
+            CollectionSnapshot,
+            {
+                "device": device,
+                "command": command,
+                "params": params_key,
+                "collected_at": at,
+                "data": value.model_dump(mode="json"),
+            },
+        )
+        series = TIME_SERIES.get(command)
+        if series is not None:
+            table, to_row = series
+            self.writer.add(table, to_row(device, at, value))
+
+    def _audit(
+        self,
+        device: str,
+        command: str,
+        params_key: str | None,
+        cache_hit: bool,
+        run: _Run,
+        started: float,
+        error: BaseException | None,
+    ) -> None:
+        if isinstance(error, InfrastructorError):
+            outcome, error_type, message = "error", error.error_type, str(error)
+        elif error is not None:
+            outcome, error_type, message = "error", type(error).__name__, None
+        else:
+            outcome, error_type, message = "ok", None, None
+        self.writer.audit(
+            occurred_at=datetime.now(UTC),
+            kind="collection",
+            **current_call().audit_fields(),
+            arguments=None,
+            device=device,
+            command=command,
+            params=params_key,
+            cache_hit=cache_hit,
+            ssh_commands=run.ssh_commands,
+            duration_ms=(time.perf_counter() - started) * 1000,
+            outcome=outcome,
+            error_type=error_type,
+            error_message=message,
+        )

@@ -1,0 +1,128 @@
+"""System commands: system_metrics, top_processes and os_info."""
+
+from __future__ import annotations
+
+from mcp_server.commands.base import Arg, CommandDefinition, NoParams
+from mcp_server.parsers.system import (
+    OsInfo,
+    SystemMetrics,
+    SystemMetricsParams,
+    TopProcesses,
+    TopProcessesParams,
+    parse_os_info,
+    parse_system_metrics,
+    parse_top_processes,
+)
+
+# Scripts are single lines of POSIX sh (dash, busybox ash) so they survive any login shell's quoting;
+# parameters arrive only as "$1". `sleep` may lack fractions on old busybox, hence the fallback; the
+# parsers measure the real interval from /proc/uptime rather than trusting it.
+SYSTEM_METRICS_SCRIPT = "; ".join(
+    (
+        "export LC_ALL=C",
+        "set -e",
+        "echo '@@stat1'",
+        "grep '^cpu' /proc/stat",
+        "echo '@@uptime1'",
+        "cat /proc/uptime",
+        'sleep "$1" 2>/dev/null || sleep 1',
+        "echo '@@stat2'",
+        "grep '^cpu' /proc/stat",
+        "echo '@@uptime2'",
+        "cat /proc/uptime",
+        "echo '@@loadavg'",
+        "cat /proc/loadavg",
+        "echo '@@meminfo'",
+        "cat /proc/meminfo",
+        "echo '@@end'",
+    )
+)
+
+# Processes come and go between samples: a vanished /proc/[pid] makes grep fail, which is expected, so
+# errors are discarded and the script always exits 0. `grep -H` prefixes every line with its file, so a
+# process name holding a newline (or a fake "@@" marker) cannot split or forge a record.
+TOP_PROCESSES_SCRIPT = "; ".join(
+    (
+        "export LC_ALL=C",
+        "echo '@@cpu1'",
+        "grep '^cpu' /proc/stat",
+        "echo '@@uptime1'",
+        "cat /proc/uptime",
+        "echo '@@procs1'",
+        "grep -H '' /proc/[0-9]*/stat 2>/dev/null",
+        'sleep "$1" 2>/dev/null || sleep 1',
+        "echo '@@cpu2'",
+        "grep '^cpu' /proc/stat",
+        "echo '@@uptime2'",
+        "cat /proc/uptime",
+        "echo '@@procs2'",
+        "grep -H '' /proc/[0-9]*/stat 2>/dev/null",
+        "echo '@@meminfo'",
+        "grep '^MemTotal:' /proc/meminfo",
+        "echo '@@status'",
+        "grep -H -e '^Uid:' -e '^VmRSS:' /proc/[0-9]*/status 2>/dev/null",
+        "echo '@@passwd'",
+        "cut -d: -f1,3 /etc/passwd 2>/dev/null",
+        "echo '@@ps'",
+        "ps -eo pid=,args= 2>/dev/null",
+        "echo '@@end'",
+        "exit 0",
+    )
+)
+
+OS_INFO_SCRIPT = "; ".join(
+    (
+        "export LC_ALL=C",
+        "echo '@@hostname'",
+        "uname -n",
+        "echo '@@release'",
+        "uname -r",
+        "echo '@@machine'",
+        "uname -m",
+        "echo '@@os-release'",
+        "cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null || true",
+        "echo '@@cpuinfo'",
+        "grep -E '^(model name|Processor|cpu model|Hardware|cpu)[[:space:]]*:' /proc/cpuinfo || true",
+        "echo '@@stat'",
+        "grep -E '^(btime|cpu[0-9]+) ' /proc/stat",
+        "echo '@@end'",
+    )
+)
+
+SYSTEM_METRICS: CommandDefinition[SystemMetrics] = CommandDefinition(
+    name="system_metrics",
+    category="system",
+    summary="CPU utilisation measured over a short interval, load averages, memory and swap in bytes, uptime.",
+    argv=("sh", "-c", SYSTEM_METRICS_SCRIPT, "sh", Arg("interval")),
+    model=SystemMetrics,
+    parse=parse_system_metrics,
+    params=SystemMetricsParams,
+    ttl=10.0,
+    timeout=15.0,
+)
+
+TOP_PROCESSES: CommandDefinition[TopProcesses] = CommandDefinition(
+    name="top_processes",
+    category="system",
+    summary="The processes using the most CPU right now (measured like top) or the most memory.",
+    argv=("sh", "-c", TOP_PROCESSES_SCRIPT, "sh", Arg("interval")),
+    model=TopProcesses,
+    parse=parse_top_processes,
+    params=TopProcessesParams,
+    ttl=10.0,
+    timeout=20.0,
+)
+
+OS_INFO: CommandDefinition[OsInfo] = CommandDefinition(
+    name="os_info",
+    category="system",
+    summary="Host name, distribution, kernel, architecture, CPU model and count, boot time.",
+    argv=("sh", "-c", OS_INFO_SCRIPT),
+    model=OsInfo,
+    parse=parse_os_info,
+    params=NoParams,
+    ttl=3600.0,
+    timeout=15.0,
+)
+
+COMMANDS: tuple[CommandDefinition, ...] = (SYSTEM_METRICS, TOP_PROCESSES, OS_INFO)

@@ -1,0 +1,1 @@
+"""Pure parsers: command output text in, validated pydantic models out."""

@@ -1,0 +1,508 @@
+"""Pooled asyncssh connections: one per device, one channel per command; SSH errors translated here."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import getpass
+import logging
+import shlex
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import asyncssh
+
+from mcp_server.devices import Device
+from mcp_server.errors import (
+    AuthenticationFailed,
+    CommandTimeout,
+    ConnectionError_,
+    HostKeyMismatch,
+    HostKeyUnknown,
+    HostUnreachable,
+)
+from mcp_server.executors import ExecResult
+from mcp_server.settings import Settings
+
+_log = logging.getLogger(__name__)
+
+HostKeySource = Literal["known_hosts", "pinned", "pinned_now"]
+# what a dead pooled connection raises when a new channel is asked of it
+_CHANNEL_ERRORS = (asyncssh.Error, OSError, EOFError)
+
+
+@dataclass(frozen=True)
+class SSHOptions:
+    connect_timeout: float = 10.0
+    keepalive_interval: float = 15.0
+    idle_timeout: float = 300.0
+    max_sessions: int = 8
+    known_hosts: Path = field(default_factory=lambda: Path("~/.ssh/known_hosts").expanduser())
+    host_key_policy: Literal["tofu", "strict"] = "tofu"
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> SSHOptions:
+        return cls(
+            connect_timeout=s.ssh_connect_timeout,
+            keepalive_interval=s.ssh_keepalive_interval,
+            idle_timeout=s.ssh_idle_timeout,
+            max_sessions=s.ssh_max_sessions,
+            known_hosts=s.ssh_known_hosts,
+            host_key_policy=s.ssh_host_key_policy,
+        )
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    device: str
+    server_version: str
+    host_key_fingerprint: str
+    host_key_source: HostKeySource
+    latency_ms: float
+    reused_connection: bool
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    connections_opened: int
+    reconnects: int
+    open_connections: int
+    commands_run: int
+    idle_closed: int
+
+
+def fingerprint(key: asyncssh.SSHKey) -> str:
+    return key.get_fingerprint("sha256")
+
+
+def key_line(key: asyncssh.SSHKey) -> str:
+    return key.export_public_key("openssh").decode().strip()
+
+
+class _Client(asyncssh.SSHClient):
+    """Records the host key the server presented and notices when the server drops the connection."""
+
+    def __init__(self, accept_unknown: bool) -> None:
+        self.accept_unknown = accept_unknown
+        self.presented: asyncssh.SSHKey | None = None
+        self.lost = False
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        # only called for keys outside the trusted set: accepted solely under trust-on-first-use
+        self.presented = key
+        return self.accept_unknown
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+
+
+@dataclass(frozen=True)
+class _HostKeyPlan:
+    source: HostKeySource
+    trusted: tuple[list[asyncssh.SSHKey], list[asyncssh.SSHKey], list[asyncssh.SSHKey]]
+    where: str  # names what the key is checked against, for error messages
+    fix: str  # how to accept a legitimately changed key
+    accept_unknown: bool
+
+
+@dataclass
+class _Entry:
+    lock: asyncio.Lock
+    sem: asyncio.Semaphore
+    conn: asyncssh.SSHClientConnection | None = None
+    client: _Client | None = None
+    fields: tuple[object, ...] = ()
+    source: HostKeySource = "pinned"
+    jump: str | None = None
+    last_used: float = 0.0
+    active: int = 0
+    tunnel_users: int = 0
+    lost_before: bool = False
+
+    @property
+    def alive(self) -> bool:
+        return (
+            self.conn is not None
+            and self.client is not None
+            and not self.client.lost
+            and not self.conn.is_closed()
+        )
+
+
+class SSHPool:
+    """One lazily opened, reused asyncssh connection per device; commands run as channels on it."""
+
+    def __init__(
+        self,
+        options: SSHOptions,
+        *,
+        lookup: Callable[[str], Device],
+        on_host_key_pinned: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> None:
+        self._options = options
+        self._lookup = lookup
+        self._on_pinned = on_host_key_pinned
+        self._entries: dict[str, _Entry] = {}
+        self._pins: dict[str, str] = {}  # keys pinned on first use, enforced until drop()
+        self._reaper: asyncio.Task[None] | None = None
+        self._opened = self._reconnects = self._commands = self._idle_closed = 0
+
+    def is_connected(self, name: str) -> bool:
+        entry = self._entries.get(name)
+        return entry is not None and entry.alive
+
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            connections_opened=self._opened,
+            reconnects=self._reconnects,
+            open_connections=sum(1 for e in self._entries.values() if e.alive),
+            commands_run=self._commands,
+            idle_closed=self._idle_closed,
+        )
+
+    async def run(
+        self,
+        device: Device,
+        argv: list[str],
+        *,
+        timeout: float,  # noqa: ASYNC109 - the Executor protocol's signature
+        label: str,
+    ) -> ExecResult:
+        """Run argv (shlex-joined, so every word arrives literally) and return whatever it exited with."""
+        command = shlex.join(argv)
+        entry = self._entry(device.name)
+        async with entry.sem:
+            entry.active += 1
+            try:
+                return await self._run(device, entry, command, timeout, label)
+            finally:
+                entry.active -= 1
+                entry.last_used = time.monotonic()
+
+    async def probe(self, device: Device) -> ProbeResult:
+        started = time.perf_counter()
+        entry = self._entry(device.name)
+        reused = entry.alive and entry.fields == _fields(device)
+        conn = await self._connection(device, ())
+        await self.run(device, ["true"], timeout=self._options.connect_timeout, label="connection test")
+        latency = (time.perf_counter() - started) * 1000
+        key = conn.get_server_host_key()
+        source = "pinned" if reused and entry.source == "pinned_now" else entry.source
+        return ProbeResult(
+            device=device.name,
+            server_version=str(conn.get_extra_info("server_version", "")),
+            host_key_fingerprint=fingerprint(key) if key else "",
+            host_key_source=source,
+            latency_ms=round(latency, 2),
+            reused_connection=reused,
+        )
+
+    async def drop(self, name: str) -> None:
+        """Forget a device's connection and first-use pin (it was edited or removed)."""
+        self._pins.pop(name, None)
+        entry = self._entries.get(name)
+        if entry is not None and entry.conn is not None:
+            await self._discard(entry, entry.conn, lost=False)
+
+    async def close(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        # tunnelled connections first, so no jump connection closes under a live one
+        ordered = sorted(self._entries.values(), key=lambda e: e.tunnel_users)
+        for entry in ordered:
+            if entry.conn is not None:
+                await self._discard(entry, entry.conn, lost=False)
+
+    def _entry(self, name: str) -> _Entry:
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = _Entry(asyncio.Lock(), asyncio.Semaphore(self._options.max_sessions))
+            self._entries[name] = entry
+        return entry
+
+    async def _run(
+        self,
+        device: Device,
+        entry: _Entry,
+        command: str,
+        timeout: float,  # noqa: ASYNC109
+        label: str,
+    ) -> ExecResult:
+        started = time.perf_counter()
+        conn, proc = await self._session(device, entry, command)
+        self._commands += 1
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+        except TimeoutError:
+            await _stop(proc, wait=True)
+            raise CommandTimeout(device.name, label, timeout) from None
+        except asyncio.CancelledError:
+            await _stop(proc, wait=False)
+            raise
+        except _CHANNEL_ERRORS as exc:
+            await self._discard(entry, conn, lost=True)
+            raise HostUnreachable(
+                device.name, f"connection lost while running {label}: {_reason(exc)}"
+            ) from None
+        if proc.returncode is None and not entry.alive:
+            await self._discard(entry, conn, lost=True)
+            raise HostUnreachable(device.name, f"connection lost while running {label}")
+        duration = time.perf_counter() - started
+        _log.debug("%s on %s exited %s in %.1f ms", label, device.name, proc.returncode, duration * 1000)
+        return ExecResult(command, str(stdout or ""), str(stderr or ""), _status(proc.returncode), duration)
+
+    async def _session(
+        self, device: Device, entry: _Entry, command: str
+    ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess[str]]:
+        """A new channel on the pooled connection; a connection found dead is replaced once."""
+        for retry in (False, True):
+            conn = await self._connection(device, ())
+            try:
+                proc = await conn.create_process(
+                    command, stdin=asyncssh.DEVNULL, encoding="utf-8", errors="replace"
+                )
+                return conn, proc
+            except _CHANNEL_ERRORS as exc:
+                if retry or (entry.alive and entry.conn is conn):
+                    raise HostUnreachable(device.name, f"could not open a session: {_reason(exc)}") from None
+                _log.info("connection to %s was lost (%s); reconnecting", device.name, _reason(exc))
+                await self._discard(entry, conn, lost=True)
+        raise AssertionError("unreachable")
+
+    async def _connection(self, device: Device, chain: tuple[str, ...]) -> asyncssh.SSHClientConnection:
+        """The device's live connection, opened (once, under its lock) when missing, dead or stale."""
+        if device.name in chain:
+            hops = " -> ".join((*chain, device.name))
+            raise HostUnreachable(chain[0], f"jump hosts form a loop: {hops}")
+        entry = self._entry(device.name)
+        async with entry.lock:
+            if entry.conn is not None and (not entry.alive or entry.fields != _fields(device)):
+                await self._discard(entry, entry.conn, lost=not entry.alive)
+            if entry.conn is None:
+                await self._open(device, entry, (*chain, device.name))
+            assert entry.conn is not None
+            # a jump connection about to carry a new tunnel must not look idle to the reaper
+            entry.last_used = time.monotonic()
+            return entry.conn
+
+    async def _open(self, device: Device, entry: _Entry, chain: tuple[str, ...]) -> None:
+        plan = self._host_key_plan(device)
+        tunnel = None
+        if device.jump_host:
+            jump = self._lookup(device.jump_host)
+            try:
+                tunnel = await self._connection(jump, chain)
+            except ConnectionError_ as exc:
+                raise type(exc)(device.name, f"via jump host {jump.name!r}: {exc.detail}") from None
+        auth, method = self._auth(device)
+        client = _Client(plan.accept_unknown)
+        username = device.username or getpass.getuser()
+        limit = self._options.connect_timeout
+        started = time.perf_counter()
+        try:
+            conn = await asyncio.wait_for(
+                asyncssh.connect(
+                    device.hostname,
+                    device.port,
+                    tunnel=tunnel,
+                    config=None,
+                    username=username,
+                    known_hosts=plan.trusted,
+                    client_factory=lambda: client,
+                    connect_timeout=limit,
+                    keepalive_interval=self._options.keepalive_interval or None,
+                    gss_host=None,
+                    **auth,
+                ),
+                timeout=limit + 1.0,
+            )
+        except TimeoutError:
+            raise HostUnreachable(
+                device.name, f"no SSH answer from {_where(device)} within {limit:g}s"
+            ) from None
+        except (OSError, asyncssh.Error, ValueError) as exc:
+            raise _translate(exc, device, plan, client, method, username) from None
+        if device.jump_host:
+            jump_entry = self._entry(device.jump_host)
+            jump_entry.tunnel_users += 1
+            entry.jump = device.jump_host
+        entry.conn, entry.client, entry.fields = conn, client, _fields(device)
+        entry.source, entry.last_used = plan.source, time.monotonic()
+        self._opened += 1
+        if entry.lost_before:
+            self._reconnects += 1
+            entry.lost_before = False
+        _log.info(
+            "connected to %s (%s as %s) in %.0f ms",
+            device.name,
+            _where(device),
+            username,
+            (time.perf_counter() - started) * 1000,
+        )
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="ssh-idle-reaper")
+        if plan.source == "pinned_now":
+            presented = conn.get_server_host_key()
+            if presented is not None:
+                line = key_line(presented)
+                self._pins[device.name] = line
+                _log.warning("pinned new host key %s for %s", fingerprint(presented), device.name)
+                if self._on_pinned is not None:
+                    await self._on_pinned(device.name, line)
+
+    def _host_key_plan(self, device: Device) -> _HostKeyPlan:
+        pinned = device.host_key or self._pins.get(device.name)
+        if pinned:
+            try:
+                key = asyncssh.import_public_key(pinned)
+            except (asyncssh.KeyImportError, ValueError):
+                raise HostKeyMismatch(
+                    device.name,
+                    "the pinned host key is not a valid OpenSSH public key line; "
+                    "use update_device with clear_host_key to pin it again",
+                ) from None
+            return _HostKeyPlan(
+                "pinned", ([key], [], []), "the pinned host key", "update_device with clear_host_key", False
+            )
+        path = self._options.known_hosts
+        pattern = device.hostname if device.port == 22 else f"[{device.hostname}]:{device.port}"
+        if path.is_file():
+            try:
+                known = asyncssh.read_known_hosts(str(path))
+            except (OSError, ValueError) as exc:
+                raise HostKeyUnknown(device.name, f"cannot read {path}: {exc}") from None
+            # exact [host]:port lookup, as OpenSSH does (asyncssh would fall back to the bare host)
+            keys, cas, revoked, *_ = known.match(pattern, "", None)
+            if keys or cas:
+                return _HostKeyPlan(
+                    "known_hosts",
+                    (list(keys), list(cas), list(revoked)),
+                    f"the key for {pattern} in {path}",
+                    f"remove the stale {pattern} line from {path}",
+                    False,
+                )
+        tofu = self._options.host_key_policy == "tofu"
+        return _HostKeyPlan("pinned_now", ([], [], []), f"{pattern} is not in {path}", "", tofu)
+
+    @staticmethod
+    def _auth(device: Device) -> tuple[dict[str, Any], str]:
+        """asyncssh auth arguments and a description of the method, for error messages."""
+        if device.key_path:
+            path = Path(device.key_path).expanduser()
+            if not path.is_file():
+                raise AuthenticationFailed(device.name, f"key file {path} does not exist")
+            extra: dict[str, Any] = {"passphrase": device.password, "password": device.password}
+            method = f"key file {path}" + (" then password" if device.password else "")
+            return {"client_keys": [str(path)], "agent_path": None, **extra}, method
+        if device.password:
+            return {"client_keys": None, "agent_path": None, "password": device.password}, "password"
+        return {"ignore_encrypted": True}, "the SSH agent and default keys (~/.ssh/id_*)"
+
+    async def _discard(self, entry: _Entry, conn: asyncssh.SSHClientConnection, *, lost: bool) -> None:
+        if entry.conn is not conn:
+            return  # already replaced by a concurrent caller
+        entry.conn = entry.client = None
+        entry.lost_before = entry.lost_before or lost
+        if entry.jump is not None:
+            self._entry(entry.jump).tunnel_users -= 1
+            entry.jump = None
+        conn.close()
+        with contextlib.suppress(TimeoutError, *_CHANNEL_ERRORS):
+            await asyncio.wait_for(conn.wait_closed(), 2.0)
+
+    async def _reap(self) -> None:
+        """Close connections idle longer than idle_timeout, and clear ones the server dropped."""
+        idle = self._options.idle_timeout
+        interval = min(max(idle / 4, 0.05), 30.0)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for name, entry in list(self._entries.items()):
+                if entry.conn is None or entry.active or entry.tunnel_users or entry.lock.locked():
+                    continue
+                if not entry.alive:
+                    await self._discard(entry, entry.conn, lost=True)
+                elif now - entry.last_used >= idle:
+                    _log.info("closing idle connection to %s", name)
+                    await self._discard(entry, entry.conn, lost=False)
+                    self._idle_closed += 1
+
+
+def _fields(device: Device) -> tuple[object, ...]:
+    return (*device.connection_fields(), device.host_key)
+
+
+def _where(device: Device) -> str:
+    return f"{device.hostname}:{device.port}"
+
+
+def _status(returncode: int | None) -> int:
+    return returncode if returncode is not None else -1
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", "") or exc) or type(exc).__name__
+
+
+async def _stop(proc: asyncssh.SSHClientProcess[Any], *, wait: bool) -> None:
+    """Kill the remote process group if sshd allows it, then close the channel; the connection stays."""
+    with contextlib.suppress(*_CHANNEL_ERRORS):
+        proc.send_signal("KILL")
+    proc.close()
+    if wait:
+        with contextlib.suppress(TimeoutError, *_CHANNEL_ERRORS):
+            await asyncio.wait_for(proc.wait_closed(), 2.0)
+
+
+def _translate(
+    exc: BaseException, device: Device, plan: _HostKeyPlan, client: _Client, method: str, username: str
+) -> ConnectionError_:
+    """Turn a failed connect into the error an agent can act on; never includes the password."""
+    name, where = device.name, _where(device)
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable | asyncssh.KeyExchangeFailed) and (
+        plan.source != "pinned_now" or client.presented is not None
+    ):
+        return _host_key_error(exc, device, plan, client)
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return AuthenticationFailed(name, f"{where} rejected {method} for user {username!r}")
+    if isinstance(exc, asyncssh.KeyImportError | asyncssh.KeyEncryptionError):
+        return AuthenticationFailed(name, f"cannot load {method}: {_reason(exc)}")
+    if isinstance(exc, asyncssh.ChannelOpenError):
+        return HostUnreachable(name, f"the jump host could not open a tunnel to {where}: {_reason(exc)}")
+    if isinstance(exc, asyncssh.DisconnectError):
+        return HostUnreachable(name, f"{where} closed the SSH connection: {_reason(exc)}")
+    # several resolved addresses all refusing arrive as one OSError("Multiple exceptions: ...")
+    if isinstance(exc, ConnectionRefusedError) or f"[Errno {errno.ECONNREFUSED}]" in str(exc):
+        return HostUnreachable(name, f"connection refused on port {device.port} of {device.hostname}")
+    if isinstance(exc, socket.gaierror):
+        return HostUnreachable(name, f"name {device.hostname!r} does not resolve ({exc.strerror})")
+    if isinstance(exc, OSError):
+        return HostUnreachable(name, f"{where}: {exc.strerror or exc}")
+    return HostUnreachable(name, f"{where}: {_reason(exc)}")
+
+
+def _host_key_error(
+    exc: BaseException, device: Device, plan: _HostKeyPlan, client: _Client
+) -> ConnectionError_:
+    presented = client.presented
+    shown = f"{presented.get_algorithm()} {fingerprint(presented)}" if presented else "none we accept"
+    if plan.source == "pinned_now":
+        return HostKeyUnknown(
+            device.name,
+            f"the server presented host key {shown}, but {plan.where} and the host-key policy is strict. "
+            "Verify the fingerprint out of band, then add the key to known_hosts.",
+        )
+    expected = ", ".join(f"{k.get_algorithm()} {fingerprint(k)}" for k in plan.trusted[0] + plan.trusted[1])
+    return HostKeyMismatch(
+        device.name,
+        f"expected {plan.where} ({expected}) but the server presented {shown}. "
+        f"Someone may be intercepting the connection; if the host was reinstalled, {plan.fix} and connect again.",
+    )

@@ -1,0 +1,54 @@
+"""Thin MCP adapters: each tool validates its arguments (via its signature) and makes one call into the core."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+from fastmcp import Context
+from fastmcp.dependencies import CurrentContext
+from fastmcp.exceptions import ResourceError, ToolError
+
+from mcp_server.errors import InfrastructorError
+
+if TYPE_CHECKING:
+    from mcp_server.server import AppState
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def app_state(ctx: Context = CurrentContext()) -> AppState:
+    """Dependency: the running server's AppState (hidden from tool schemas)."""
+    return ctx.lifespan_context["state"]  # type: ignore[no-any-return]
+
+
+def expected_errors(
+    error: type[Exception] = ToolError,
+) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
+    """Turn InfrastructorError into a client-visible ToolError/ResourceError with the same message.
+
+    This is the one place expected failures become protocol errors; anything else is masked by FastMCP
+    (mask_error_details) and logged with its traceback.
+    """
+
+    def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+        @functools.wraps(fn)
+        async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+            try:
+                return await fn(*args, **kwargs)
+            except InfrastructorError as exc:
+                raise error(str(exc)) from exc
+
+        return wrapper
+
+    return decorate
+
+
+READ_ONLY: dict[str, Any] = {
+    "readOnlyHint": True,
+    "destructiveHint": False,
+    "idempotentHint": True,
+    "openWorldHint": True,
+}

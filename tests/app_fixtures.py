@@ -1,0 +1,123 @@
+"""Fixtures for the application: databases (SQLite and the real PostgreSQL), settings, AppState, MCP clients."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from fastmcp import Client
+from sqlalchemy import select
+
+from mcp_server.db.tables import DataCollectionAudit
+from mcp_server.devices import DeviceSpec
+from mcp_server.server import AppState, app_state, build_server
+from mcp_server.settings import Settings, load_settings
+
+PG_ADMIN_DSN = os.environ.get("INFRA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+async def _pg_admin() -> asyncpg.Connection:
+    return await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+
+
+async def create_pg_database() -> str:
+    """A new, empty PostgreSQL database; returns its SQLAlchemy URL."""
+    try:
+        conn = await _pg_admin()
+    except (OSError, asyncpg.PostgresError) as exc:
+        message = f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}"
+        if os.environ.get("INFRA_TEST_REQUIRE_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"infra_test_{uuid.uuid4().hex[:12]}"
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    dsn = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
+    return f"{dsn}/{name}"
+
+
+async def drop_pg_database(url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    conn = await _pg_admin()
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each test using this runs twice: on a SQLite file and on a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'infra.db'}"
+        return
+    url = await create_pg_database()
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url=database_url)
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path) -> Settings:
+    """Settings on SQLite only, for tests whose subject is not the database."""
+    return make_settings(tmp_path)
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    defaults: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "ssh_known_hosts": tmp_path / "known_hosts",
+        "ssh_connect_timeout": 3.0,
+        "audit_flush_interval": 0.05,
+    }
+    return load_settings(**(defaults | overrides))
+
+
+@pytest.fixture
+async def state(settings: Settings) -> AsyncIterator[AppState]:
+    async with app_state(settings) as running:
+        yield running
+
+
+@pytest.fixture
+async def client(state: AppState) -> AsyncIterator[Client[Any]]:
+    """An in-memory MCP client sharing the test's AppState."""
+    async with Client(build_server(state.settings, state=state)) as connected:
+        yield connected
+
+
+async def audit_rows(state: AppState, **where: Any) -> list[DataCollectionAudit]:
+    """Every audit row so far (after flushing the writer), optionally filtered by column values."""
+    await state.writer.flush()
+    query = select(DataCollectionAudit).order_by(DataCollectionAudit.id)
+    for column, value in where.items():
+        query = query.where(getattr(DataCollectionAudit, column) == value)
+    async with state.db.session() as session:
+        return list((await session.scalars(query)).all())
+
+
+async def add_fleet_host(
+    state: AppState, fleet: Any, host: Any, name: str | None = None, **overrides: Any
+) -> str:
+    """Register an sshd test host as an SSH device through the registry (host key pinned on first use)."""
+    fields: dict[str, Any] = {
+        "hostname": host.hostname,
+        "port": host.port,
+        "username": fleet.username,
+        "key_path": str(fleet.client_key_path),
+    }
+    device = await state.devices.add(name or host.name, DeviceSpec(**(fields | overrides)))
+    return device.name

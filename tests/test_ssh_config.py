@@ -1,0 +1,312 @@
+"""OpenSSH client config import: ssh_config(5) resolution of each concrete Host alias."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcp_server.errors import InvalidParameter
+from mcp_server.ssh_config import (
+    SSHHostEntry,
+    load_ssh_config,
+    load_ssh_config_with_warnings,
+    parse_ssh_config,
+    parse_ssh_config_with_warnings,
+)
+
+HOME = Path(__file__).parent / "data" / "ssh_config" / "home"
+FAKE_HOME = Path("/home/alice")
+
+
+def parse(text: str, files: dict[str, str] | None = None) -> tuple[dict[str, SSHHostEntry], list[str]]:
+    """Parse with an in-memory file tree under /home/alice; glob patterns match exact names or `*.conf`."""
+    files = files or {}
+
+    def read(path: Path) -> str:
+        if str(path) not in files:
+            raise FileNotFoundError(2, "No such file or directory")
+        if files[str(path)] == "<dir>":
+            raise IsADirectoryError(21, "Is a directory")
+        return files[str(path)]
+
+    def glob(pattern: str) -> list[Path]:
+        if pattern.endswith("*.conf"):
+            prefix = pattern[: -len("*.conf")]
+            return sorted(Path(p) for p in files if p.startswith(prefix) and p.endswith(".conf"))
+        return [Path(pattern)] if pattern in files else []
+
+    entries, warnings = parse_ssh_config_with_warnings(
+        text, home=FAKE_HOME, read=read, glob=glob, local_user="alice"
+    )
+    return {entry.alias: entry for entry in entries}, warnings
+
+
+def test_a_realistic_config_resolves_every_concrete_alias_in_file_order():
+    config = HOME / ".ssh" / "config"
+    entries, warnings = parse_ssh_config_with_warnings(
+        config.read_text(), path=config, home=HOME, local_user="alice"
+    )
+    ssh = HOME / ".ssh"
+    assert entries == [
+        SSHHostEntry(
+            "work-vm", "10.0.0.5", 22, "defaultuser", f"{ssh}/id_ed25519", "admin@bastion.example.com:2200"
+        ),
+        SSHHostEntry("media", "media.home.arpa", 22, "plex", f"{ssh}/id_ed25519", None),
+        SSHHostEntry("nas01", "192.168.1.10", 22, "admin", f"{ssh}/keys/nas key", None),
+        SSHHostEntry("nas", "192.168.1.10", 22, "admin", f"{ssh}/keys/nas key", None),
+        SSHHostEntry(
+            "web01", "web01.internal.example.com", 2222, "defaultuser", f"{ssh}/id_ed25519", "bastion"
+        ),
+        SSHHostEntry(
+            "bastion", "bastion.example.com", 22, "jump", f"{HOME}/.ssh/id_bastion.example.com", None
+        ),
+        SSHHostEntry("db.lab", "db.lab", 2200, "defaultuser", f"{ssh}/id_ed25519", None),
+        SSHHostEntry("app.lab", "app.lab", 2200, "labuser", f"{ssh}/id_ed25519", None),
+    ]
+    assert len(warnings) == 2
+    assert warnings[0].startswith(f"{config}:25: Match blocks are not supported")
+    assert warnings[1] == f"{config}:31: bad Port '99999' for host broken; host skipped"
+
+
+def test_parse_ssh_config_returns_the_entries_alone():
+    config = HOME / ".ssh" / "config"
+    entries = parse_ssh_config(config.read_text(), path=config, home=HOME, local_user="alice")
+    assert [e.alias for e in entries][:2] == ["work-vm", "media"]
+
+
+def test_a_host_line_with_several_patterns_registers_each_concrete_alias():
+    entries, _ = parse("Host nas nas01 *.nas ?x !old\n  HostName 10.0.0.2\n")
+    assert sorted(entries) == ["nas", "nas01"]
+    assert entries["nas"].hostname == entries["nas01"].hostname == "10.0.0.2"
+
+
+def test_host_star_at_the_end_only_fills_what_earlier_blocks_left_unset():
+    entries, _ = parse("Host a\n  User root\nHost b\n  Port 2022\nHost *\n  User deploy\n  Port 2200\n")
+    assert (entries["a"].user, entries["a"].port) == ("root", 2200)
+    assert (entries["b"].user, entries["b"].port) == ("deploy", 2022)
+
+
+def test_host_star_at_the_top_overrides_later_blocks():
+    entries, _ = parse("Host *\n  User everyone\nHost a\n  User root\n  HostName a.example\n")
+    assert (entries["a"].user, entries["a"].hostname) == ("everyone", "a.example")
+
+
+def test_options_before_the_first_host_line_apply_to_every_alias():
+    entries, _ = parse("User early\nPort 2022\n\nHost a\n  User late\n")
+    assert (entries["a"].user, entries["a"].port) == ("early", 2022)
+
+
+def test_a_negated_pattern_keeps_a_wildcard_block_from_applying():
+    text = "Host db web\nHost * !db\n  User app\nHost *\n  User fallback\n"
+    entries, _ = parse(text)
+    assert entries["web"].user == "app"
+    assert entries["db"].user == "fallback"
+
+
+def test_an_alias_negated_on_its_own_host_line_is_not_registered():
+    entries, _ = parse("Host foo !foo\n  User x\nHost bar\n")
+    assert list(entries) == ["bar"]
+
+
+def test_question_mark_matches_exactly_one_character():
+    entries, _ = parse("Host web1 web10\nHost web?\n  User single\n")
+    assert entries["web1"].user == "single"
+    assert entries["web10"].user is None
+
+
+def test_an_alias_in_several_blocks_is_listed_once_with_merged_settings():
+    entries, _ = parse("Host a\n  User u\nHost b\nHost a\n  Port 2022\n  User ignored\n")
+    assert list(entries) == ["a", "b"]
+    assert (entries["a"].user, entries["a"].port) == ("u", 2022)
+
+
+def test_keywords_are_case_insensitive_and_accept_key_equals_value():
+    text = "HOST a\n  hostname=a.example\n  PORT = 2201\n  User= bob\nhost b\n  HostName\t b.example\n"
+    entries, _ = parse(text)
+    assert entries["a"] == SSHHostEntry("a", "a.example", 2201, "bob", None, None)
+    assert entries["b"].hostname == "b.example"
+
+
+def test_hostname_defaults_to_the_alias_and_expands_percent_h():
+    entries, _ = parse("Host plain templ\nHost templ\n  HostName %h.lan.example\n")
+    assert entries["plain"].hostname == "plain"
+    assert entries["templ"].hostname == "templ.lan.example"
+
+
+def test_comments_are_ignored_but_a_quoted_hash_is_kept():
+    text = '# header\nHost a # trailing comment\n  # indented comment\n  IdentityFile "~/.ssh/key#1" # why\n'
+    entries, warnings = parse(text)
+    assert list(entries) == ["a"]
+    assert entries["a"].identity_file == "/home/alice/.ssh/key#1"
+    assert warnings == []
+
+
+def test_quoted_identity_file_with_spaces_and_escapes():
+    text = "Host a\n  IdentityFile \"/keys/my key\"\nHost b\n  IdentityFile /keys/other\\ key\nHost c\n  IdentityFile '~/q k'\n"
+    entries, _ = parse(text)
+    assert entries["a"].identity_file == "/keys/my key"
+    assert entries["b"].identity_file == "/keys/other key"
+    assert entries["c"].identity_file == "/home/alice/q k"
+
+
+def test_identity_file_tokens_are_expanded():
+    text = (
+        "Host box\n  HostName box.example\n  User deploy\n  Port 2022\n"
+        "  IdentityFile %d/.ssh/id_%h_%r_%u_%n_%p_100%%\n"
+    )
+    entries, warnings = parse(text)
+    assert entries["box"].identity_file == "/home/alice/.ssh/id_box.example_deploy_alice_box_2022_100%"
+    assert warnings == []
+
+
+def test_percent_r_falls_back_to_the_local_user_when_no_user_is_set():
+    entries, _ = parse("Host box\n  IdentityFile ~/.ssh/%r\n")
+    assert entries["box"].identity_file == "/home/alice/.ssh/alice"
+    assert entries["box"].user is None
+
+
+def test_an_unknown_token_is_left_as_is_with_a_warning():
+    entries, warnings = parse("Host box\n  IdentityFile ~/.ssh/%C\n")
+    assert entries["box"].identity_file == "/home/alice/.ssh/%C"
+    assert warnings == ["<ssh config>:2: unsupported token %C in '/home/alice/.ssh/%C' left as is"]
+
+
+def test_the_first_identity_file_wins():
+    entries, _ = parse(
+        "Host a\n  IdentityFile ~/.ssh/first\n  IdentityFile ~/.ssh/second\nHost *\n  IdentityFile x\n"
+    )
+    assert entries["a"].identity_file == "/home/alice/.ssh/first"
+
+
+@pytest.mark.parametrize("port", ["0", "65536", "99999", "ssh", "-1", "22x", "\uff12\uff12"])
+def test_a_bad_port_skips_that_host_with_a_warning(port: str):
+    entries, warnings = parse(f"Host bad\n  Port {port}\nHost good\n  Port 65535\n")
+    assert list(entries) == ["good"]
+    assert entries["good"].port == 65535
+    assert warnings == [f"<ssh config>:2: bad Port {port!r} for host bad; host skipped"]
+
+
+def test_a_bad_port_that_another_block_overrides_first_is_harmless():
+    entries, warnings = parse("Host a\n  Port 2222\nHost *\n  Port nope\n")
+    assert entries["a"].port == 2222
+    assert warnings == []
+
+
+def test_proxy_jump_is_kept_verbatim():
+    text = "Host a\n  ProxyJump bastion\nHost b\n  ProxyJump ops@gw.example:2200\nHost c\n  ProxyJump ssh://ops@gw:22\n"
+    entries, _ = parse(text)
+    assert entries["a"].proxy_jump == "bastion"
+    assert entries["b"].proxy_jump == "ops@gw.example:2200"
+    assert entries["c"].proxy_jump == "ssh://ops@gw:22"
+
+
+def test_proxy_jump_none_disables_a_later_default():
+    entries, _ = parse("Host a\n  ProxyJump none\nHost *\n  ProxyJump bastion\n")
+    assert entries["a"].proxy_jump is None
+
+
+def test_a_multi_hop_proxy_jump_keeps_the_first_hop_and_warns():
+    entries, warnings = parse("Host deep\n  ProxyJump hop1,hop2:2222\n")
+    assert entries["deep"].proxy_jump == "hop1"
+    assert warnings == ["<ssh config>:2: ProxyJump 'hop1,hop2:2222' has several hops; deep keeps only 'hop1'"]
+
+
+def test_a_proxy_command_obtained_first_shadows_proxy_jump_with_a_warning():
+    entries, warnings = parse("Host a\n  ProxyCommand ssh -W %h:%p gw\nHost *\n  ProxyJump bastion\n")
+    assert entries["a"].proxy_jump is None
+    assert warnings == ["<ssh config>:2: ProxyCommand is not supported; a imported without it"]
+
+
+def test_match_blocks_are_skipped_until_the_next_host_line():
+    text = "Match user root\n  User matched\n  Include extra.conf\nHost a\n  Port 2022\n"
+    entries, warnings = parse(text, {"/home/alice/.ssh/extra.conf": "Host hidden\n"})
+    assert entries == {"a": SSHHostEntry("a", "a", 2022, None, None, None)}
+    assert warnings == ["<ssh config>:1: Match blocks are not supported; the options under it are ignored"]
+
+
+def test_include_is_relative_to_dot_ssh_and_expands_globs_in_lexical_order():
+    files = {
+        "/home/alice/.ssh/conf.d/20-b.conf": "Host b\n  User from-b\n",
+        "/home/alice/.ssh/conf.d/10-a.conf": "Host a\n  User from-a\nHost b\n  Port 2010\n",
+    }
+    entries, _ = parse("Include conf.d/*.conf\nHost *\n  User default\n  Port 2200\n", files)
+    assert list(entries) == ["a", "b"]
+    assert (entries["a"].user, entries["a"].port) == ("from-a", 2200)
+    assert (entries["b"].user, entries["b"].port) == ("from-b", 2010)
+
+
+def test_include_accepts_absolute_and_tilde_paths_and_several_arguments():
+    files = {"/etc/ssh/shared": "Host shared\n", "/home/alice/extra": "Host extra\n"}
+    entries, _ = parse("Include /etc/ssh/shared ~/extra\n", files)
+    assert list(entries) == ["shared", "extra"]
+
+
+def test_options_after_an_include_come_after_the_included_ones():
+    files = {"/home/alice/.ssh/inc": "User included\n"}
+    entries, _ = parse("Host a\n  Include inc\n  User after\n", files)
+    assert entries["a"].user == "included"
+
+
+def test_an_include_inside_a_host_block_applies_only_to_that_host():
+    files = {"/home/alice/.ssh/inc": "Port 2022\nHost other\n  User nested\n"}
+    entries, _ = parse("Host a other\n  User a-user\nHost a\n  Include inc\nHost b\n", files)
+    assert entries["a"].port == 2022
+    assert entries["b"].port == 22
+    assert (entries["other"].user, entries["other"].port) == ("a-user", 22)
+
+
+def test_a_missing_include_is_ignored_like_ssh_does():
+    entries, warnings = parse("Include nothing-here\nHost a\n")
+    assert list(entries) == ["a"]
+    assert warnings == []
+
+
+def test_an_unreadable_include_is_reported_and_skipped():
+    files = {"/home/alice/.ssh/dir": "<dir>"}
+    entries, warnings = parse("Include dir\nHost a\n", files)
+    assert list(entries) == ["a"]
+    assert warnings == ["<ssh config>:1: cannot read included file /home/alice/.ssh/dir: Is a directory"]
+
+
+def test_a_recursive_include_stops_at_the_depth_limit():
+    files = {"/home/alice/.ssh/loop": "Include loop\nHost looped\n"}
+    entries, warnings = parse("Include loop\n", files)
+    assert list(entries) == ["looped"]
+    assert len(warnings) == 1
+    assert "Include nested deeper than 16 levels" in warnings[0]
+
+
+def test_an_unterminated_quote_ignores_only_that_line():
+    entries, warnings = parse('Host a\n  IdentityFile "/keys/broken\n  User ok\n')
+    assert entries["a"] == SSHHostEntry("a", "a", 22, "ok", None, None)
+    assert warnings == ["<ssh config>:2: unterminated quote; line ignored"]
+
+
+def test_empty_host_lines_and_valueless_options_are_reported():
+    entries, warnings = parse("Host\n  User nobody\nHost a\n  Port\n")
+    assert entries == {"a": SSHHostEntry("a", "a", 22, None, None, None)}
+    assert warnings == [
+        "<ssh config>:1: Host without patterns; the options under it are ignored",
+        "<ssh config>:4: port without a value; ignored",
+    ]
+
+
+def test_an_empty_config_has_no_hosts():
+    assert parse("")[0] == {}
+    assert parse("# only a comment\n\n   \n")[0] == {}
+
+
+def test_load_ssh_config_reads_a_file(tmp_path: Path):
+    config = tmp_path / "config"
+    config.write_text("Host a\n  HostName a.example\n  Port 2022\nHost b\n  Port 0\n")
+    assert load_ssh_config(config) == [SSHHostEntry("a", "a.example", 2022, None, None, None)]
+    entries, warnings = load_ssh_config_with_warnings(config)
+    assert len(entries) == 1
+    assert warnings == [f"{config}:5: bad Port '0' for host b; host skipped"]
+
+
+def test_load_ssh_config_of_a_missing_file_names_the_path(tmp_path: Path):
+    missing = tmp_path / "nope"
+    with pytest.raises(InvalidParameter, match=f"Cannot read SSH config {missing}: No such file"):
+        load_ssh_config(missing)
