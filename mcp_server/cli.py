@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "collect":
             return asyncio.run(_collect(settings, args))
     except InfrastructorError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         return 130

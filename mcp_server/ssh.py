@@ -31,7 +31,7 @@ from mcp_server.settings import Settings
 
 _log = logging.getLogger(__name__)
 
-HostKeySource = Literal["known_hosts", "pinned", "pinned_now"]
+HostKeySource = Literal["known_hosts", "pinned", "pinned_now", "local"]
 # what a dead pooled connection raises when a new channel is asked of it
 _CHANNEL_ERRORS = (asyncssh.Error, OSError, EOFError)
 
@@ -91,6 +91,20 @@ class _Client(asyncssh.SSHClient):
         self.accept_unknown = accept_unknown
         self.presented: asyncssh.SSHKey | None = None
         self.lost = False
+        self.authenticating = False
+        self._conn: asyncssh.SSHClientConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conn = conn
+
+    def begin_auth(self, username: str) -> None:
+        self.authenticating = True
+
+    @property
+    def in_key_exchange(self) -> bool:
+        """The server sent its version but authentication never began."""
+        spoke = self._conn is not None and bool(self._conn.get_extra_info("server_version"))
+        return spoke and not self.authenticating
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         # only called for keys outside the trusted set: accepted solely under trust-on-first-use
@@ -165,14 +179,7 @@ class SSHPool:
             idle_closed=self._idle_closed,
         )
 
-    async def run(
-        self,
-        device: Device,
-        argv: list[str],
-        *,
-        timeout: float,  # noqa: ASYNC109 - the Executor protocol's signature
-        label: str,
-    ) -> ExecResult:
+    async def run(self, device: Device, argv: list[str], *, timeout: float, label: str) -> ExecResult:
         """Run argv (shlex-joined, so every word arrives literally) and return whatever it exited with."""
         command = shlex.join(argv)
         entry = self._entry(device.name)
@@ -187,7 +194,7 @@ class SSHPool:
     async def probe(self, device: Device) -> ProbeResult:
         started = time.perf_counter()
         entry = self._entry(device.name)
-        reused = entry.alive and entry.fields == _fields(device)
+        reused = entry.alive and entry.fields == _fields(device, self._pins.get(device.name))
         conn = await self._connection(device, ())
         await self.run(device, ["true"], timeout=self._options.connect_timeout, label="connection test")
         latency = (time.perf_counter() - started) * 1000
@@ -229,12 +236,7 @@ class SSHPool:
         return entry
 
     async def _run(
-        self,
-        device: Device,
-        entry: _Entry,
-        command: str,
-        timeout: float,  # noqa: ASYNC109
-        label: str,
+        self, device: Device, entry: _Entry, command: str, timeout: float, label: str
     ) -> ExecResult:
         started = time.perf_counter()
         conn, proc = await self._session(device, entry, command)
@@ -257,7 +259,13 @@ class SSHPool:
             raise HostUnreachable(device.name, f"connection lost while running {label}")
         duration = time.perf_counter() - started
         _log.debug("%s on %s exited %s in %.1f ms", label, device.name, proc.returncode, duration * 1000)
-        return ExecResult(command, str(stdout or ""), str(stderr or ""), _status(proc.returncode), duration)
+        return ExecResult(
+            command,
+            str(stdout or ""),
+            str(stderr or ""),
+            -1 if proc.returncode is None else proc.returncode,
+            duration,
+        )
 
     async def _session(
         self, device: Device, entry: _Entry, command: str
@@ -284,7 +292,9 @@ class SSHPool:
             raise HostUnreachable(chain[0], f"jump hosts form a loop: {hops}")
         entry = self._entry(device.name)
         async with entry.lock:
-            if entry.conn is not None and (not entry.alive or entry.fields != _fields(device)):
+            if entry.conn is not None and (
+                not entry.alive or entry.fields != _fields(device, self._pins.get(device.name))
+            ):
                 await self._discard(entry, entry.conn, lost=not entry.alive)
             if entry.conn is None:
                 await self._open(device, entry, (*chain, device.name))
@@ -334,19 +344,14 @@ class SSHPool:
             jump_entry = self._entry(device.jump_host)
             jump_entry.tunnel_users += 1
             entry.jump = device.jump_host
-        entry.conn, entry.client, entry.fields = conn, client, _fields(device)
+        entry.conn, entry.client, entry.fields = conn, client, _fields(device, self._pins.get(device.name))
         entry.source, entry.last_used = plan.source, time.monotonic()
         self._opened += 1
         if entry.lost_before:
             self._reconnects += 1
             entry.lost_before = False
-        _log.info(
-            "connected to %s (%s as %s) in %.0f ms",
-            device.name,
-            _where(device),
-            username,
-            (time.perf_counter() - started) * 1000,
-        )
+        ms = (time.perf_counter() - started) * 1000
+        _log.info("connected to %s (%s as %s) in %.0f ms", device.name, _where(device), username, ms)
         if self._reaper is None or self._reaper.done():
             self._reaper = asyncio.get_running_loop().create_task(self._reap(), name="ssh-idle-reaper")
         if plan.source == "pinned_now":
@@ -354,6 +359,7 @@ class SSHPool:
             if presented is not None:
                 line = key_line(presented)
                 self._pins[device.name] = line
+                entry.fields = _fields(device, line)
                 _log.warning("pinned new host key %s for %s", fingerprint(presented), device.name)
                 if self._on_pinned is not None:
                     await self._on_pinned(device.name, line)
@@ -436,16 +442,14 @@ class SSHPool:
                     self._idle_closed += 1
 
 
-def _fields(device: Device) -> tuple[object, ...]:
-    return (*device.connection_fields(), device.host_key)
+def _fields(device: Device, pinned: str | None = None) -> tuple[object, ...]:
+    # A key pinned on first use counts as the device's own, so recording it in the registry does not
+    # look like an edit that needs a new connection.
+    return (*device.connection_fields(), device.host_key or pinned)
 
 
 def _where(device: Device) -> str:
     return f"{device.hostname}:{device.port}"
-
-
-def _status(returncode: int | None) -> int:
-    return returncode if returncode is not None else -1
 
 
 def _reason(exc: BaseException) -> str:
@@ -470,7 +474,14 @@ def _translate(
     if isinstance(exc, asyncssh.HostKeyNotVerifiable | asyncssh.KeyExchangeFailed) and (
         plan.source != "pinned_now" or client.presented is not None
     ):
-        return _host_key_error(exc, device, plan, client)
+        return _host_key_error(device, plan, client)
+    # offered only the expected key's algorithms, sshd hangs up when it has no key of that type
+    if (
+        isinstance(exc, asyncssh.DisconnectError | ConnectionResetError)
+        and plan.trusted[0]
+        and client.in_key_exchange
+    ):
+        return _host_key_error(device, plan, client)
     if isinstance(exc, asyncssh.PermissionDenied):
         return AuthenticationFailed(name, f"{where} rejected {method} for user {username!r}")
     if isinstance(exc, asyncssh.KeyImportError | asyncssh.KeyEncryptionError):
@@ -489,11 +500,9 @@ def _translate(
     return HostUnreachable(name, f"{where}: {_reason(exc)}")
 
 
-def _host_key_error(
-    exc: BaseException, device: Device, plan: _HostKeyPlan, client: _Client
-) -> ConnectionError_:
+def _host_key_error(device: Device, plan: _HostKeyPlan, client: _Client) -> ConnectionError_:
     presented = client.presented
-    shown = f"{presented.get_algorithm()} {fingerprint(presented)}" if presented else "none we accept"
+    shown = f"{presented.get_algorithm()} {fingerprint(presented)}" if presented else "no key of that type"
     if plan.source == "pinned_now":
         return HostKeyUnknown(
             device.name,

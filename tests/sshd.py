@@ -5,6 +5,7 @@ Usable from pytest fixtures and from benchmark scripts (`from tests.sshd import 
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import getpass
 import os
@@ -172,6 +173,8 @@ class SshdFleet:
         self.client_key_line = self.write_private_key(self.client_key_path)
         _write(self.root / f"authorized_keys.{self.username}", self.client_key_line + "\n", 0o644)
         self.hosts: dict[str, SshdHost] = {}
+        # a benchmark or test run that dies without close() must not leave sshd processes behind
+        atexit.register(self.close)
 
     def __enter__(self) -> SshdFleet:
         return self
@@ -322,6 +325,7 @@ class SshdFleet:
                 host.stop()
         self.hosts.clear()
         shutil.rmtree(self.root, ignore_errors=True)
+        atexit.unregister(self.close)
 
 
 def _ensure_user(name: str, home: Path) -> None:

@@ -86,7 +86,9 @@ def test_old_arm_cpuinfo_processor_key_names_the_cpu_but_lowercase_processor_doe
 
 
 def test_os_release_values_lose_their_shell_quoting() -> None:
-    values = os_release(['NAME="Fedora Linux"', "ID=fedora", "VERSION_ID=40", "PRETTY_NAME='It\\'s odd'", "# x=y"])
+    values = os_release(
+        ['NAME="Fedora Linux"', "ID=fedora", "VERSION_ID=40", "PRETTY_NAME='It\\'s odd'", "# x=y"]
+    )
     assert values["NAME"] == "Fedora Linux"
     assert values["VERSION_ID"] == "40"
     assert "# x" not in values
@@ -142,7 +144,9 @@ def test_process_cpu_is_measured_over_the_interval_as_a_share_of_one_cpu() -> No
 
 
 def test_a_reused_pid_is_not_measured_against_the_old_process() -> None:
-    result = parse_top_processes(_top(_stat(7, "old", 500, 5), _stat(7, "new", 30, 150)), TopProcessesParams())
+    result = parse_top_processes(
+        _top(_stat(7, "old", 500, 5), _stat(7, "new", 30, 150)), TopProcessesParams()
+    )
     assert result.processes[0].cpu_percent == 30.0
 
 
@@ -160,7 +164,9 @@ def test_sorting_by_memory_puts_the_largest_resident_set_first() -> None:
 
 
 def test_long_command_lines_are_cut_to_300_characters() -> None:
-    result = parse_top_processes(_top("", _stat(7, "x", 1, 5), ps=f"    7 {'a' * 1000}\n"), TopProcessesParams())
+    result = parse_top_processes(
+        _top("", _stat(7, "x", 1, 5), ps=f"    7 {'a' * 1000}\n"), TopProcessesParams()
+    )
     args = result.processes[0].args
     assert args is not None and len(args) == 300 and args.endswith("...")
 

@@ -82,7 +82,7 @@ async def make_pool(options: SSHOptions) -> AsyncIterator[PoolFactory]:
 async def test_sequential_commands_share_one_ssh_connection(
     sshd_fleet: SshdFleet, make_pool: PoolFactory
 ) -> None:
-    host = sshd_fleet.hosts["alpha"]
+    host = fresh_host(sshd_fleet, "sequential")
     before = host.accepted_logins()
     pool = make_pool()
     device = sshd_fleet.device(host)
@@ -96,10 +96,10 @@ async def test_sequential_commands_share_one_ssh_connection(
 async def test_concurrent_first_calls_open_one_connection_and_respect_max_sessions(
     sshd_fleet: SshdFleet, make_pool: PoolFactory
 ) -> None:
-    host = sshd_fleet.hosts["beta"]
+    host = fresh_host(sshd_fleet, "concurrent")
     before = host.accepted_logins()
     trace = sshd_fleet.scratch_dir() / "trace"
-    script = f"echo start >> {trace}; sleep 0.2; echo end >> {trace}"
+    script = f"echo start >> {trace}; sleep 0.1; echo end >> {trace}"
     pool = make_pool(max_sessions=4)
     device = sshd_fleet.device(host)
     results = await asyncio.gather(
@@ -266,6 +266,16 @@ async def test_changed_host_key_after_pinning_is_refused(
     message = str(caught.value)
     assert old_fingerprint in message and host.host_key_fingerprint in message
     assert "clear_host_key" in message
+
+
+async def test_pinned_key_of_a_type_the_server_lacks_is_a_mismatch(
+    sshd_fleet: SshdFleet, make_pool: PoolFactory
+) -> None:
+    rsa = asyncssh.generate_private_key("ssh-rsa", key_size=2048)
+    device = sshd_fleet.device(sshd_fleet.hosts["alpha"], host_key=rsa.export_public_key("openssh").decode())
+    with pytest.raises(HostKeyMismatch, match="no key of that type") as caught:
+        await make_pool().run(device, ["true"], timeout=5, label="true")
+    assert rsa.get_fingerprint("sha256") in str(caught.value)
 
 
 async def test_first_use_pins_the_host_key_once_and_enforces_it(

@@ -30,8 +30,12 @@ class NetworkInterface(BaseModel):
     addresses: list[Address] = Field(description="IPv4 and IPv6 addresses on the interface.")
     rx_bytes: int | None = Field(description="Bytes received since the interface was created.")
     rx_packets: int | None = Field(description="Packets received.")
-    rx_errors: int | None = Field(description="Receive errors; growth points at cabling, duplex or driver trouble.")
-    rx_dropped: int | None = Field(description="Received packets dropped (no buffer, filtered, unknown protocol).")
+    rx_errors: int | None = Field(
+        description="Receive errors; growth points at cabling, duplex or driver trouble."
+    )
+    rx_dropped: int | None = Field(
+        description="Received packets dropped (no buffer, filtered, unknown protocol)."
+    )
     tx_bytes: int | None = Field(description="Bytes sent since the interface was created.")
     tx_packets: int | None = Field(description="Packets sent.")
     tx_errors: int | None = Field(description="Transmit errors.")

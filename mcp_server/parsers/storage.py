@@ -37,7 +37,9 @@ class DiskUsageParams(BaseModel):
 
 
 class Filesystem(BaseModel):
-    source: str = Field(description="What is mounted: a device (/dev/sda1), a pool/dataset, or a remote share.")
+    source: str = Field(
+        description="What is mounted: a device (/dev/sda1), a pool/dataset, or a remote share."
+    )
     fstype: str | None = Field(description="Filesystem type (ext4, xfs, zfs, nfs4, tmpfs); null if unknown.")
     mount_point: str = Field(description="Where it is mounted; may contain spaces.")
     size_bytes: int = Field(description="Total size.")
@@ -51,12 +53,16 @@ class Filesystem(BaseModel):
     inodes_total: int | None = Field(description="Inodes; null when the filesystem or df reports none.")
     inodes_used: int | None = Field(description="Inodes in use; null when not reported.")
     inodes_free: int | None = Field(description="Free inodes; 0 means no new files even with free space.")
-    inodes_use_percent: float | None = Field(description="inodes_used / inodes_total * 100; null when not reported.")
+    inodes_use_percent: float | None = Field(
+        description="inodes_used / inodes_total * 100; null when not reported."
+    )
     pseudo: bool = Field(description="True for in-memory or virtual filesystems (tmpfs, overlay, ...).")
 
 
 class DiskUsage(BaseModel):
-    filesystems: list[Filesystem] = Field(description="Mounted filesystems, one per mount point, in df order.")
+    filesystems: list[Filesystem] = Field(
+        description="Mounted filesystems, one per mount point, in df order."
+    )
 
 
 def _unescape(field: str) -> str:
@@ -83,7 +89,9 @@ def _filesystem(
     source: str, fstype: str | None, target: str, space: list[str], unit: int, inodes: list[str]
 ) -> Filesystem:
     size, used, available = (int(value) * unit for value in space)
-    total, iused, ifree = (int(value) if value != "-" else None for value in inodes) if inodes else (None,) * 3
+    total, iused, ifree = (
+        (int(value) if value != "-" else None for value in inodes) if inodes else (None,) * 3
+    )
     reported = bool(total) and iused is not None and ifree is not None
     return Filesystem(
         source=source,

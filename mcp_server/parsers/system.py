@@ -100,12 +100,17 @@ class SystemMetricsParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     interval: float = Field(
-        0.5, ge=0.1, le=5.0, description="Seconds between the two CPU samples that utilisation is measured over."
+        0.5,
+        ge=0.1,
+        le=5.0,
+        description="Seconds between the two CPU samples that utilisation is measured over.",
     )
 
 
 class CpuUsage(BaseModel):
-    busy_percent: float = Field(description="Share of all CPU time that was not idle or iowait over the interval.")
+    busy_percent: float = Field(
+        description="Share of all CPU time that was not idle or iowait over the interval."
+    )
     user_percent: float = Field(description="Share of CPU time in user space (user + nice).")
     system_percent: float = Field(description="Share of CPU time in the kernel (system + irq + softirq).")
     iowait_percent: float = Field(description="Share of CPU time idle while waiting for disk or network I/O.")
@@ -120,7 +125,9 @@ class LoadAverage(BaseModel):
     load_5m: float = Field(description="Run-queue load average over 5 minutes.")
     load_15m: float = Field(description="Run-queue load average over 15 minutes.")
     runnable_tasks: int = Field(description="Threads runnable right now (from /proc/loadavg).")
-    total_tasks: int = Field(description="All threads that exist (kernel scheduling entities, not processes).")
+    total_tasks: int = Field(
+        description="All threads that exist (kernel scheduling entities, not processes)."
+    )
 
 
 class MemoryUsage(BaseModel):
@@ -215,7 +222,9 @@ def parse_system_metrics(stdout: str, params: SystemMetricsParams) -> SystemMetr
 
 
 class Distro(BaseModel):
-    id: str | None = Field(description="Machine-readable distribution id from /etc/os-release (debian, ubuntu, arch).")
+    id: str | None = Field(
+        description="Machine-readable distribution id from /etc/os-release (debian, ubuntu, arch)."
+    )
     name: str | None = Field(description="Distribution name.")
     version_id: str | None = Field(description="Version number; absent on rolling releases such as Arch.")
     pretty_name: str | None = Field(description="Human-readable name and version.")
@@ -223,10 +232,14 @@ class Distro(BaseModel):
 
 class OsInfo(BaseModel):
     hostname: str = Field(description="The kernel's host name (uname -n).")
-    distro: Distro = Field(description="Distribution from /etc/os-release; fields are null where it is silent.")
+    distro: Distro = Field(
+        description="Distribution from /etc/os-release; fields are null where it is silent."
+    )
     kernel_release: str = Field(description="Kernel release (uname -r).")
     architecture: str = Field(description="Machine hardware name (uname -m), e.g. x86_64, aarch64, armv7l.")
-    cpu_model: str | None = Field(description="CPU model from /proc/cpuinfo; null when the kernel names none.")
+    cpu_model: str | None = Field(
+        description="CPU model from /proc/cpuinfo; null when the kernel names none."
+    )
     cpu_count: int = Field(description="Online logical CPUs.")
     boot_time: datetime | None = Field(description="When the device booted (UTC), from /proc/stat btime.")
 
@@ -318,7 +331,9 @@ class ProcessInfo(BaseModel):
 
 class TopProcesses(BaseModel):
     sort_by: Literal["cpu", "memory"] = Field(description="The order of `processes`.")
-    cpu_count: int = Field(description="Online logical CPUs; the sum of cpu_percent can reach cpu_count * 100.")
+    cpu_count: int = Field(
+        description="Online logical CPUs; the sum of cpu_percent can reach cpu_count * 100."
+    )
     interval_seconds: float = Field(description="Measured time between the two samples.")
     total: int = Field(description="Processes running at the second sample.")
     truncated: bool = Field(description="True when more processes exist than `processes` lists (see limit).")
@@ -396,7 +411,9 @@ def _command_lines(lines: Iterable[str]) -> dict[int, str]:
         match = _PS_LINE.match(line)
         if match:
             text = (match.group(2) or "").strip()
-            args[int(match.group(1))] = text if len(text) <= ARGS_MAX_CHARS else text[: ARGS_MAX_CHARS - 3] + "..."
+            args[int(match.group(1))] = (
+                text if len(text) <= ARGS_MAX_CHARS else text[: ARGS_MAX_CHARS - 3] + "..."
+            )
     return args
 
 
@@ -404,7 +421,8 @@ def _command_lines(lines: Iterable[str]) -> dict[int, str]:
 def parse_top_processes(stdout: str, params: TopProcessesParams) -> TopProcesses:
     """Two samples of /proc/stat and /proc/[pid]/stat, then status, passwd and ps -> TopProcesses."""
     s = split_sections(
-        stdout, ("cpu1", "uptime1", "procs1", "cpu2", "uptime2", "procs2", "meminfo", "status", "passwd", "ps")
+        stdout,
+        ("cpu1", "uptime1", "procs1", "cpu2", "uptime2", "procs2", "meminfo", "status", "passwd", "ps"),
     )
     elapsed = sum(cpu_times(s["cpu2"])) - sum(cpu_times(s["cpu1"]))
     if elapsed <= 0:
