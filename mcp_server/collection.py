@@ -29,7 +29,7 @@ from mcp_server.settings import Settings
 from mcp_server.ssh import ProbeResult, SSHPool
 
 log = logging.getLogger(__name__)
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M")  # a result model, or a plain dict for the generic `collect` tool
 
 
 class Collected(BaseModel, Generic[M]):

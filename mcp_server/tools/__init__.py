@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from fastmcp import Context
 from fastmcp.dependencies import CurrentContext
-from fastmcp.exceptions import ResourceError, ToolError
+from fastmcp.exceptions import ToolError
 
 from mcp_server.errors import InfrastructorError
 
