@@ -280,3 +280,36 @@ async def test_missing_binary_over_ssh_is_command_not_available(
         await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["gamma"])
         with pytest.raises(CommandNotAvailable, match="definitely-not-installed-xyz.*'gamma'"):
             await state.service.collect("gamma", "missing_binary")
+
+
+async def test_collection_keeps_serving_while_the_database_is_away_and_loses_no_rows(tmp_path: Path) -> None:
+    from tests.app_fixtures import _pg_admin, create_pg_database, drop_pg_database
+
+    url = await create_pg_database()
+    name = url.rsplit("/", 1)[1]
+    try:
+        async with app_state(make_settings(tmp_path, database_url=url)) as state:
+            await state.service.collect("local", "os_info")
+            await state.writer.flush()
+            admin = await _pg_admin()
+            try:
+                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                await admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+                )
+                await state.db.engine.dispose()
+                for _ in range(3):
+                    result = await state.service.collect("local", "os_info", force_refresh=True)
+                    assert result.data.hostname
+                deadline = time.monotonic() + 10
+                while state.writer.failures == 0 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert state.writer.failures >= 1 and state.writer.pending > 0
+            finally:
+                await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+                await admin.close()
+            rows = await audit_rows(state, command="os_info")
+            assert [r.cache_hit for r in rows] == [False, False, False, False]
+            assert await _snapshot_count(state, ServicePerformanceMetric, command="os_info") == 4
+    finally:
+        await drop_pg_database(url)

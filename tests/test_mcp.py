@@ -288,3 +288,47 @@ async def test_tool_calls_are_audited_with_the_tool_name_and_transport(
     await client.call_tool("get_disk_usage", {"device": "local"})
     (row,) = await audit_rows(state, command="disk_usage")
     assert row.tool == "get_disk_usage" and row.transport == "memory" and row.request_id
+
+
+async def test_a_changed_host_key_is_refused_until_the_operator_clears_it(
+    client: Client[Any], sshd_fleet: Any
+) -> None:
+    import uuid
+
+    host = sshd_fleet.start_host(f"rekey-{uuid.uuid4().hex[:6]}")
+    args = {"hostname": host.hostname, "port": host.port, "username": sshd_fleet.username}
+    await client.call_tool(
+        "add_device", {"name": "rekey", "key_path": str(sshd_fleet.client_key_path), **args}
+    )
+    first = await client.call_tool("test_device_connection", {"device": "rekey"})
+    assert first.structured_content["host_key_source"] == "pinned_now"
+    host.restart_with_new_host_key()
+    # a no-op update drops the pooled connection, so the next call reconnects and meets the new key
+    await client.call_tool("update_device", {"device": "rekey", "description": "rebuilt"})
+    with pytest.raises(ToolError, match="Host key verification FAILED for device 'rekey'") as refused:
+        await client.call_tool("get_system_metrics", {"device": "rekey", "interval": 0.1})
+    assert "clear_host_key" in str(refused.value)
+    await client.call_tool("update_device", {"device": "rekey", "clear_host_key": True})
+    again = await client.call_tool("test_device_connection", {"device": "rekey"})
+    assert again.structured_content["ok"] is True
+    assert again.structured_content["host_key_fingerprint"] == host.host_key_fingerprint
+    host.stop()
+
+
+async def test_a_wrong_key_is_an_authentication_error_naming_the_device(
+    client: Client[Any], sshd_fleet: Any
+) -> None:
+    host = sshd_fleet.hosts["alpha"]
+    wrong = sshd_fleet.new_client_key("not-authorized")
+    await client.call_tool(
+        "add_device",
+        {
+            "name": "wrongkey",
+            "hostname": host.hostname,
+            "port": host.port,
+            "username": sshd_fleet.username,
+            "key_path": str(wrong),
+        },
+    )
+    with pytest.raises(ToolError, match="Authentication failed for device 'wrongkey'"):
+        await client.call_tool("get_disk_usage", {"device": "wrongkey"})
