@@ -83,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stream=sys.stderr,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         if args.cmd == "serve":
             return _serve(settings, args)
         if args.cmd == "migrate":
@@ -138,6 +139,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         "  Claude Desktop: use `infrastructor serve --stdio` (see README)\n"
         "  Add a host:     infrastructor devices add nas01 192.168.1.10 --username admin --key-path ~/.ssh/id_ed25519",
         highlight=False,
+        soft_wrap=True,
     )
     asyncio.run(
         server.run_http_async(

@@ -8,6 +8,7 @@ from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
 from fastmcp.exceptions import ResourceError
 
+from mcp_server.budget import fit
 from mcp_server.server import AppState
 from mcp_server.tools import app_state, expected_errors
 from mcp_server.tools.devices import describe
@@ -33,7 +34,7 @@ def register(mcp: FastMCP) -> None:
     ) -> dict[str, Any]:
         """A command's result for a device with default parameters (cached like the tools)."""
         result = await state.service.collect(device, command)
-        return result.model_dump(mode="json")
+        return fit(result.model_dump(mode="json"), state.settings.max_result_chars)
 
     @mcp.resource("infra://commands", mime_type="application/json")
     async def commands(state: AppState = Depends(app_state)) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -15,11 +16,13 @@ import mcp_types as mt
 from fastmcp import FastMCP
 from fastmcp.server.dependencies import get_http_request
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+from fastmcp.tools import ToolResult
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from mcp_server import __version__
 from mcp_server.audit import BatchWriter, CallContext, calling
+from mcp_server.budget import fit
 from mcp_server.cache import CacheManager
 from mcp_server.collection import UnifiedDataCollectionService
 from mcp_server.commands import CommandRegistry, default_registry
@@ -177,6 +180,28 @@ class CallContextMiddleware(Middleware):
             return await call_next(context)
 
 
+class ResultBudgetMiddleware(Middleware):
+    """Keeps every tool result within INFRA_MAX_RESULT_CHARS, cutting whole list items (see budget.py)."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+
+    async def on_call_tool(
+        self, context: MiddlewareContext[mt.CallToolRequestParams], call_next: CallNext[Any, Any]
+    ) -> Any:
+        result = await call_next(context)
+        structured = getattr(result, "structured_content", None)
+        if not structured:
+            return result
+        fitted = fit(structured, self.max_chars)
+        if fitted is structured:
+            return result
+        text = json.dumps(fitted, separators=(",", ":"), default=str)
+        return ToolResult(
+            content=[mt.TextContent(type="text", text=text)], structured_content=fitted, meta=result.meta
+        )
+
+
 def build_server(settings: Settings, *, transport: str = "memory", state: AppState | None = None) -> FastMCP:
     """The MCP server: tools, resources and prompts over one AppState.
 
@@ -206,7 +231,7 @@ def build_server(settings: Settings, *, transport: str = "memory", state: AppSta
         version=__version__,
         lifespan=lifespan,
         mask_error_details=True,
-        middleware=[CallContextMiddleware(transport)],
+        middleware=[CallContextMiddleware(transport), ResultBudgetMiddleware(settings.max_result_chars)],
     )
     device_tools.register(mcp)
     system_tools.register(mcp)

@@ -1,0 +1,62 @@
+"""The result budget: big results are cut by whole list items, stay valid JSON and say what was cut."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastmcp import Client
+
+from mcp_server.budget import MARKER, fit
+from mcp_server.server import build_server
+from mcp_server.settings import Settings
+from tests.app_fixtures import make_settings
+
+
+def size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")))
+
+
+def test_a_result_within_budget_is_returned_unchanged() -> None:
+    payload = {"device": "x", "data": {"items": [1, 2, 3]}}
+    assert fit(payload, 1000) is payload
+
+
+def test_the_largest_list_is_shortened_to_fit_with_a_note() -> None:
+    payload = {
+        "device": "x",
+        "data": {"small": [1] * 5, "big": [{"name": f"item{i}", "v": i} for i in range(500)]},
+    }
+    out = fit(payload, 2000)
+    assert size(out) <= 2000
+    assert out["data"]["small"] == [1] * 5
+    kept = len(out["data"]["big"])
+    assert 0 < kept < 500 and out["data"]["big"] == payload["data"]["big"][:kept]
+    assert out[MARKER].startswith(f"data.big: kept {kept} of 500 items")
+    assert len(payload["data"]["big"]) == 500  # the input is not modified
+
+
+@pytest.mark.parametrize("limit", [1000, 1500, 4000, 10_000])
+def test_nested_lists_and_long_strings_are_cut_until_the_result_fits(limit: int) -> None:
+    payload = {
+        "data": {
+            "groups": [{"members": [f"m{i}-{j}" for j in range(50)]} for i in range(40)],
+            "log": "x" * 20_000,
+        }
+    }
+    out = fit(payload, limit)
+    assert size(out) <= limit
+    assert MARKER in out and json.loads(json.dumps(out)) == out
+
+
+async def test_tool_results_respect_infra_max_result_chars(tmp_path: Any) -> None:
+    settings: Settings = make_settings(tmp_path, max_result_chars=2000)
+    async with Client(build_server(settings)) as client:
+        result = await client.call_tool(
+            "list_processes", {"device": "local", "limit": 200, "sort_by": "memory"}
+        )
+    content = result.structured_content
+    assert size(content) <= 2000
+    assert "data.processes: kept" in content[MARKER]
+    assert json.loads(result.content[0].text) == content
