@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--jump-host")
     add.add_argument("--tag", action="append", default=[], dest="tags")
     add.add_argument("--description", default="")
+    add.add_argument("--use-sudo", action="store_true", help="run root-only commands via sudo -n")
     remove = devices.add_parser("remove", help="unregister a device")
     remove.add_argument("name")
     imp = devices.add_parser("import-ssh-config", help="register the hosts of an OpenSSH config")
@@ -182,6 +183,7 @@ async def _devices(settings: Settings, args: argparse.Namespace) -> int:
                 jump_host=args.jump_host,
                 tags=tuple(args.tags),
                 description=args.description,
+                use_sudo=args.use_sudo,
             )
             device = await state.devices.add(args.name, spec)
             err.print(f"added {device.name} ({device.hostname}:{device.port})")

@@ -206,7 +206,7 @@ class UnifiedDataCollectionService:
         run: _Run,
     ) -> BaseModel:
         run.executed = True
-        argv = definition.render(params)
+        argv = definition.render(params, sudo=device.use_sudo)
         run.ssh_commands.append(shlex.join(argv))
         timeout = min(definition.timeout, self.settings.ssh_command_timeout)
         t0 = time.perf_counter()

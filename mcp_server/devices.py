@@ -47,6 +47,7 @@ class Device(BaseModel):
     tags: tuple[str, ...] = ()
     description: str = ""
     host_key: str | None = Field(default=None, description="Pinned host key (OpenSSH public key line).")
+    use_sudo: bool = Field(default=False, description="Run commands that need root through `sudo -n`.")
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -72,6 +73,7 @@ class DeviceSpec(BaseModel):
     jump_host: str | None = Field(default=None, pattern=NAME_PATTERN)
     tags: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")], ...] = ()
     description: str = Field(default="", max_length=1000)
+    use_sudo: bool = False
 
 
 def _password_secret(name: str) -> str:
@@ -156,7 +158,7 @@ class DeviceRegistry:
             row = await session.scalar(select(DeviceRow).where(DeviceRow.name == name))
             if row is None:
                 raise DeviceNotFound(name, self._devices)
-            for field in ("hostname", "port", "username", "key_path", "jump_host", "description"):
+            for field in ("hostname", "port", "username", "key_path", "jump_host", "description", "use_sudo"):
                 setattr(row, field, getattr(spec, field))
             row.tags = list(spec.tags)
             if clear_host_key or moved:
@@ -232,6 +234,7 @@ def _to_device(row: DeviceRow, password: str | None) -> Device:
         tags=tuple(row.tags or ()),
         description=row.description or "",
         host_key=row.host_key,
+        use_sudo=row.use_sudo,
         created_at=row.created_at,
         updated_at=row.updated_at,
     )

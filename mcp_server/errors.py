@@ -14,7 +14,8 @@
     ├── ExecutionError                 the connection worked but the command did not
     │   ├── CommandFailed              non-zero exit (carries exit status and stderr tail)
     │   ├── CommandTimeout             no exit within the command's timeout
-    │   └── CommandNotAvailable        the binary is missing on the device
+    │   ├── CommandNotAvailable        the binary is missing on the device
+    │   └── SudoPasswordRequired       use_sudo is set but sudo wants a password
     ├── ParseError                     output we could not understand (carries an excerpt)
     └── StorageError                   the database refused or is unreachable
 
@@ -146,6 +147,19 @@ class CommandNotAvailable(ExecutionError):
         super().__init__(
             f"Command {command!r} needs {binary!r}, which is not installed (or not on PATH) "
             f"on device {device!r}."
+        )
+
+
+class SudoPasswordRequired(ExecutionError):
+    error_type = "sudo_password_required"
+
+    def __init__(self, device: str, command: str) -> None:
+        self.device = device
+        self.command = command
+        super().__init__(
+            f"Command {command!r} on device {device!r} needs root and sudo asked for a password, which the "
+            "server never answers. Allow it without one for the SSH user, e.g. a sudoers line "
+            "'USER ALL=(root) NOPASSWD: /usr/sbin/smartctl, /usr/sbin/zpool', or turn use_sudo off."
         )
 
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
-from mcp_server.errors import CommandFailed, CommandNotAvailable, CommandTimeout
+from mcp_server.errors import CommandFailed, CommandNotAvailable, CommandTimeout, SudoPasswordRequired
 
 
 @dataclass(frozen=True)
@@ -51,10 +51,15 @@ def missing_binary(stderr: str) -> str | None:
     return None
 
 
+_SUDO_PASSWORD = re.compile(r"sudo: (?:a password is required|a terminal is required|no tty present)")
+
+
 def check_exit(result: ExecResult, device: str, command: str, ok: frozenset[int] = frozenset({0})) -> None:
     """Raise the right error for a failed run: CommandNotAvailable for exit 127, else CommandFailed."""
     if result.exit_status in ok:
         return
+    if result.command.startswith("sudo -n ") and _SUDO_PASSWORD.search(result.stderr):
+        raise SudoPasswordRequired(device, command)
     if result.exit_status == 127:
         binary = missing_binary(result.stderr) or shlex.split(result.command)[0]
         raise CommandNotAvailable(device, command, binary)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ from mcp_server.errors import (
     DeviceNotFound,
     InvalidParameter,
     StorageError,
+    SudoPasswordRequired,
     UnknownCommand,
 )
 from mcp_server.events import CollectionCompleted
@@ -313,3 +317,42 @@ async def test_collection_keeps_serving_while_the_database_is_away_and_loses_no_
             assert await _snapshot_count(state, ServicePerformanceMetric, command="os_info") == 4
     finally:
         await drop_pg_database(url)
+
+
+@pytest.fixture
+def sudo_rule(sshd_fleet: Any) -> Iterator[None]:
+    """Let the test login user run exactly `id -u` as root without a password, for the test's duration."""
+    if shutil.which("sudo") is None or os.geteuid() != 0:
+        pytest.skip("needs sudo installed and root to write a sudoers rule")
+    rule = Path("/etc/sudoers.d/infra-test")
+    rule.write_text(f"{sshd_fleet.username} ALL=(root) NOPASSWD: {shutil.which('id')} -u\n")
+    rule.chmod(0o440)
+    try:
+        yield
+    finally:
+        rule.unlink()
+
+
+async def test_use_sudo_runs_root_commands_through_sudo_without_a_password(
+    sqlite_settings: Settings, sshd_fleet: Any, sudo_rule: None
+) -> None:
+    async with app_state(sqlite_settings, registry=root_registry()) as state:
+        await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["alpha"], use_sudo=True)
+        await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["beta"])
+        as_root = await state.service.collect("alpha", "whoami_root")
+        plain = await state.service.collect("beta", "whoami_root")
+        assert as_root.data.text == "0" and plain.data.text != "0"
+        # a root command the rule does not allow: sudo -n refuses instead of prompting
+        with pytest.raises(SudoPasswordRequired, match="'alpha' needs root and sudo asked for a password"):
+            await state.service.collect("alpha", "list_root_home")
+        rows = await audit_rows(state, device="alpha")
+        assert rows[0].ssh_commands == ["sudo -n -- id -u"]
+        assert rows[1].error_type == "sudo_password_required"
+
+
+def root_registry() -> CommandRegistry:
+    commands = [
+        CommandDefinition(name=n, category="test", summary=n, argv=argv, model=Output, parse=_text, root=True)
+        for n, argv in (("whoami_root", ("id", "-u")), ("list_root_home", ("ls", "/root")))
+    ]
+    return CommandRegistry([*default_registry(), *commands])

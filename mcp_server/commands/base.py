@@ -61,6 +61,7 @@ class CommandDefinition(Generic[M]):
     ttl: float = 30.0
     timeout: float = 30.0
     ok_exit_statuses: frozenset[int] = field(default_factory=lambda: frozenset({0}))
+    root: bool = False  # needs root on some systems: run via `sudo -n` on devices with use_sudo
 
     def validate(self, params: Mapping[str, Any] | BaseModel | None) -> BaseModel:
         """Validate caller parameters against the command's parameter model."""
@@ -74,13 +75,14 @@ class CommandDefinition(Generic[M]):
             )
             raise InvalidParameter(f"Invalid parameters for command {self.name!r}: {problems}") from None
 
-    def render(self, params: BaseModel) -> list[str]:
-        """The argv for validated parameters."""
-        return [part.render(params) if isinstance(part, Arg) else part for part in self.argv]
+    def render(self, params: BaseModel, *, sudo: bool = False) -> list[str]:
+        """The argv for validated parameters; with `sudo` (and `root`), prefixed by a non-interactive sudo."""
+        argv = [part.render(params) if isinstance(part, Arg) else part for part in self.argv]
+        return ["sudo", "-n", "--", *argv] if sudo and self.root else argv
 
-    def shell_command(self, params: BaseModel) -> str:
+    def shell_command(self, params: BaseModel, *, sudo: bool = False) -> str:
         """The argv quoted for a remote shell (what SSH sends)."""
-        return shlex.join(self.render(params))
+        return shlex.join(self.render(params, sudo=sudo))
 
     def params_key(self, params: BaseModel) -> str:
         """A stable key for the validated parameters (cache and snapshot identity)."""

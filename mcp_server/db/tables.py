@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -44,6 +45,7 @@ class DeviceRow(Base):
     tags: Mapped[list[str]] = mapped_column(JSONType, default=list)
     description: Mapped[str] = mapped_column(Text, default="")
     host_key: Mapped[str | None] = mapped_column(Text)
+    use_sudo: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 

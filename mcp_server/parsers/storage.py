@@ -109,6 +109,21 @@ def _filesystem(
     )
 
 
+def _without_bind_mounts(found: dict[str, Filesystem]) -> dict[str, Filesystem]:
+    """Keep one mount point per device, the shortest, as GNU df does; busybox df lists bind mounts too."""
+    shortest: dict[str, str] = {}
+    for target, fs in found.items():
+        if fs.source.startswith("/"):
+            kept = shortest.get(fs.source)
+            if kept is None or len(target) < len(kept):
+                shortest[fs.source] = target
+    return {
+        target: fs
+        for target, fs in found.items()
+        if not fs.source.startswith("/") or shortest[fs.source] == target
+    }
+
+
 @parse_errors_as("disk_usage")
 def parse_disk_usage(stdout: str, params: DiskUsageParams) -> DiskUsage:
     """`@@df-gnu` (df -B1 --output=...) or `@@df-posix` (df -Pk) plus `@@mounts` -> DiskUsage."""
@@ -134,6 +149,8 @@ def parse_disk_usage(stdout: str, params: DiskUsageParams) -> DiskUsage:
         inodes = [match.group("itotal"), match.group("iused"), match.group("ifree")] if gnu else []
         # busybox lists a mount point once per /proc/mounts entry; the numbers are the same stat()
         found[target] = _filesystem(match.group("source"), fstype, target, space, unit, inodes)
+    if not gnu:
+        found = _without_bind_mounts(found)
     return DiskUsage(
         filesystems=[fs for fs in found.values() if params.include_pseudo or not fs.pseudo],
     )

@@ -37,6 +37,7 @@ class DeviceInfo(BaseModel):
     host_key_fingerprint: str | None = Field(
         description="SHA256 fingerprint of the pinned host key, if pinned."
     )
+    use_sudo: bool = Field(description="Commands that need root run through `sudo -n` (never with a password).")
     connected: bool = Field(description="True when a pooled SSH connection is open right now.")
 
 
@@ -110,6 +111,7 @@ def describe(device: Device, state: AppState) -> DeviceInfo:
         tags=list(device.tags),
         description=device.description,
         host_key_fingerprint=fingerprint(device.host_key),
+        use_sudo=device.use_sudo,
         connected=state.ssh.is_connected(device.name),
     )
 
@@ -150,6 +152,9 @@ def register(mcp: FastMCP) -> None:
         ] = None,
         tags: Tags = None,
         description: str = "",
+        use_sudo: Annotated[
+            bool, Field(description="Run root-only commands (smartctl, zpool) via `sudo -n`.")
+        ] = False,
         state: AppState = Depends(app_state),
     ) -> DeviceInfo:
         """Register an SSH device. The host key is verified against known_hosts or pinned on first connect."""
@@ -162,6 +167,7 @@ def register(mcp: FastMCP) -> None:
             jump_host=jump_host,
             tags=tuple(tags or ()),
             description=description,
+            use_sudo=use_sudo,
         )
         return describe(await state.devices.add(name, spec), state)
 
@@ -179,6 +185,7 @@ def register(mcp: FastMCP) -> None:
         ] = None,
         tags: Tags = None,
         description: str | None = None,
+        use_sudo: bool | None = None,
         clear_host_key: Annotated[
             bool,
             Field(
@@ -196,6 +203,7 @@ def register(mcp: FastMCP) -> None:
                 "username": username,
                 "key_path": key_path,
                 "description": description,
+                "use_sudo": use_sudo,
                 "tags": tuple(tags) if tags is not None else None,
             }.items()
             if v is not None
