@@ -19,7 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,9 +150,10 @@ async def single_device(
     client: Client[Any], host: SshdHost, results: Results, label: str, tool: str, args: dict[str, Any], n: int
 ) -> None:
     """Interleave fresh-connection, pooled-uncached and cached calls so machine noise hits all three alike."""
-    call: Callable[[bool], Awaitable[Any]] = lambda force: client.call_tool(  # noqa: E731
-        tool, {"device": host.name, **args, "force_refresh": force}
-    )
+
+    def call(force: bool) -> Awaitable[Any]:
+        return client.call_tool(tool, {"device": host.name, **args, "force_refresh": force})
+
     await call(True)  # connect and pin the host key outside the timings
     for i in range(n):
         await client.call_tool("update_device", {"device": host.name, "description": f"bench {label} {i}"})
@@ -173,10 +174,12 @@ async def single_device(
 
 
 async def round_trip(client: Client[Any], results: Results, n: int) -> None:
-    """The protocol floor: a tool that touches no device and no cache entry."""
+    """The protocol floor: tools that touch no device and no cache entry, without and with arguments."""
     for _ in range(n):
         seconds, _result = await timed(client.call_tool("get_cache_stats", {}))
-        results.add("MCP round trip floor (get_cache_stats)", seconds)
+        results.add("MCP round trip, no arguments (get_cache_stats)", seconds)
+        seconds, _result = await timed(client.call_tool("list_devices", {"tags": ["fleet1"]}))
+        results.add("MCP round trip, with arguments (list_devices)", seconds)
 
 
 async def fleet_call(client: Client[Any], size: int, results: Results, label: str) -> None:
@@ -186,7 +189,11 @@ async def fleet_call(client: Client[Any], size: int, results: Results, label: st
     data = result.structured_content
     assert data["total"] == size and data["ok"] == size, f"fleet of {size}: {data}"
     assert not any(d["from_cache"] for d in data["devices"])
-    results.add(f"{label}, {size} host{'s' if size > 1 else ''}", seconds)
+    results.add(fleet_label(label, size), seconds)
+
+
+def fleet_label(kind: str, size: int) -> str:
+    return f"fleet overview {kind}, {size} host{'s' if size > 1 else ''}"
 
 
 async def fan_out(
@@ -198,13 +205,13 @@ async def fan_out(
     logins = sum(h.accepted_logins() for h in hosts)
     for _ in range(warm):
         for size in sizes:
-            await fleet_call(client, size, results, "fleet overview warm")
+            await fleet_call(client, size, results, "warm")
     assert sum(h.accepted_logins() for h in hosts) == logins, "warm fan-out opened new connections"
     for i in range(cold):
         for size in sizes:
             for host in hosts[:size]:
                 await client.call_tool("update_device", {"device": host.name, "description": f"cold {i}"})
-            await fleet_call(client, size, results, "fleet overview cold")
+            await fleet_call(client, size, results, "cold")
     # the same command text the ssh peers run, as 20 concurrent MCP calls over one client session
     names = [h.name for h in hosts]
     await asyncio.gather(*(client.call_tool("collect", {"device": n, "command": "os_info"}) for n in names))
@@ -289,50 +296,19 @@ def machine() -> list[str]:
 
 def ratios(results: Results, sizes: list[int], n_hosts: int) -> list[tuple[str, float, str]]:
     """(label, value, target) rows; an empty target means the row is context only."""
-    m = results.median
     small, large = min(sizes), max(sizes)
-    plural = "s" if small > 1 else ""
-    rows: list[tuple[str, float, str]] = []
-    for label in ("system_metrics", "os_info"):
-        rows.append(
-            (
-                f"{label}: uncached (pooled) / cached",
-                m(f"{label} uncached, pooled") / m(f"{label} cached"),
-                ">= 20",
-            )
-        )
-        rows.append(
-            (
-                f"{label}: fresh connection / pooled",
-                m(f"{label} fresh connection") / m(f"{label} uncached, pooled"),
-                "",
-            )
-        )
-    for kind in ("warm", "cold"):
-        rows.append(
-            (
-                f"fleet overview {kind}: {large} hosts / {small} host{plural}",
-                m(f"fleet overview {kind}, {large} hosts")
-                / m(f"fleet overview {kind}, {small} host{plural}"),
-                "<= 2",
-            )
-        )
-    mcp = m(f"os_info on {n_hosts} hosts, concurrent MCP calls, pooled")
-    rows.append(
-        (
-            f"peer sequential ssh / MCP concurrent os_info ({n_hosts} hosts)",
-            m(f"peer: sequential ssh loop, {n_hosts} hosts") / mcp,
-            "",
-        )
-    )
-    rows.append(
-        (
-            f"peer parallel ssh & / MCP concurrent os_info ({n_hosts} hosts)",
-            m(f"peer: parallel ssh &, {n_hosts} hosts") / mcp,
-            "",
-        )
-    )
-    return rows
+    concurrent = f"os_info on {n_hosts} hosts, concurrent MCP calls, pooled"
+    pairs = [
+        ("system_metrics uncached, pooled", "system_metrics cached", ">= 20"),
+        ("system_metrics fresh connection", "system_metrics uncached, pooled", ""),
+        ("os_info uncached, pooled", "os_info cached", ">= 20"),
+        ("os_info fresh connection", "os_info uncached, pooled", ""),
+        (fleet_label("warm", large), fleet_label("warm", small), "<= 2"),
+        (fleet_label("cold", large), fleet_label("cold", small), "<= 2"),
+        (f"peer: sequential ssh loop, {n_hosts} hosts", concurrent, ""),
+        (f"peer: parallel ssh &, {n_hosts} hosts", concurrent, ""),
+    ]
+    return [(f"{a} / {b}", results.median(a) / results.median(b), target) for a, b, target in pairs]
 
 
 def verdict(value: float, target: str) -> str:
@@ -350,7 +326,7 @@ def render(results: Results, sizes: list[int], n_hosts: int, command: str) -> st
         lines.append(f"| {s.name} | {len(s.samples)} | {s.median_ms:.1f} | {s.p95_ms:.1f} |")
     lines += ["", "| Ratio (of medians) | value | target | verdict |", "|---|---:|---|---|"]
     for label, value, target in ratios(results, sizes, n_hosts):
-        lines.append(f"| {label} | {value:.1f}x | {target or '-'} | {verdict(value, target)} |")
+        lines.append(f"| {label} | {value:.2f}x | {target or '-'} | {verdict(value, target)} |")
     lines += ["", *results.notes, "", END]
     return "\n".join(lines) + "\n"
 

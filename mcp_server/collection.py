@@ -242,6 +242,8 @@ class UnifiedDataCollectionService:
                 },
             )
         collected_at = datetime.now(UTC)
+        for category in definition.invalidates:
+            self.cache.invalidate(device=device.name, category=category)
         self._store(device.name, definition.name, params_key, collected_at, value)
         await self.events.publish(
             CollectionCompleted(device.name, definition.name, params_key, collected_at, (t_parse - t0) * 1000)

@@ -208,8 +208,7 @@ def build_server(settings: Settings, *, transport: str = "memory", state: AppSta
     Without `state` the lifespan builds (and closes) its own; with one, clients share that state.
     """
     from mcp_server import prompts, resources
-    from mcp_server.tools import devices as device_tools
-    from mcp_server.tools import system as system_tools
+    from mcp_server.tools import containers, devices, host, services, storage, system
 
     running: dict[str, AppState] = {}
 
@@ -233,8 +232,8 @@ def build_server(settings: Settings, *, transport: str = "memory", state: AppSta
         mask_error_details=True,
         middleware=[CallContextMiddleware(transport), ResultBudgetMiddleware(settings.max_result_chars)],
     )
-    device_tools.register(mcp)
-    system_tools.register(mcp)
+    for area in (devices, system, containers, services, storage, host):
+        area.register(mcp)
     resources.register(mcp)
     prompts.register(mcp)
 

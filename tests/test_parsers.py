@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_server.commands import CommandDefinition, default_registry
+from mcp_server.commands import CommandDefinition, NoParams, default_registry
 from mcp_server.errors import ParseError
 from mcp_server.parsers.storage import DiskUsageParams, parse_disk_usage
 from mcp_server.parsers.system import (
@@ -78,11 +78,13 @@ def test_parse_error_carries_the_beginning_of_the_output() -> None:
 
 def test_old_arm_cpuinfo_processor_key_names_the_cpu_but_lowercase_processor_does_not() -> None:
     base = "@@hostname\nnas\n@@release\n3.2.0-4-kirkwood\n@@machine\narmv5tel\n@@os-release\n@@stat\ncpu0 1 0 1 1\n"
-    old_arm = base + "@@cpuinfo\nProcessor\t: Feroceon 88FR131 rev 1 (v5l)\nHardware\t: Marvell SheevaPlug\n"
-    index_only = base + "@@cpuinfo\nprocessor\t: 0\n"
-    assert parse_os_info(old_arm, None).cpu_model == "Feroceon 88FR131 rev 1 (v5l)"
-    assert parse_os_info(index_only, None).cpu_model is None
-    assert parse_os_info(old_arm, None).distro.id is None
+    old_arm = (
+        base + "@@cpuinfo\nProcessor\t: Feroceon 88FR131 rev 1 (v5l)\nHardware\t: Marvell SheevaPlug\n@@end\n"
+    )
+    index_only = base + "@@cpuinfo\nprocessor\t: 0\n@@end\n"
+    assert parse_os_info(old_arm, NoParams()).cpu_model == "Feroceon 88FR131 rev 1 (v5l)"
+    assert parse_os_info(index_only, NoParams()).cpu_model is None
+    assert parse_os_info(old_arm, NoParams()).distro.id is None
 
 
 def test_os_release_values_lose_their_shell_quoting() -> None:
@@ -101,7 +103,7 @@ def test_df_rows_without_inode_counts_report_null_inodes_and_sizeless_rows_are_l
         "/dev/sdb1 vfat 536608768 6324224 530284544 2% - - - - /boot/efi\n"
         "/dev/sda2 btrfs 1000000000 250000000 740000000 26% 0 0 0 - /srv/my data\n"
         "remote:/x fuse.sshfs - - - - - - - - /mnt/remote\n"
-        "@@mounts\n"
+        "@@mounts\n@@end\n"
     )
     found = {fs.mount_point: fs for fs in parse_disk_usage(stdout, DiskUsageParams()).filesystems}
     assert set(found) == {"/boot/efi", "/srv/my data"}
@@ -117,12 +119,14 @@ def _top(stat_lines: str, later_lines: str, ps: str = "") -> str:
         f"@@uptime2\n11.00 6.00\n@@procs2\n{later_lines}@@meminfo\nMemTotal: 1000 kB\n@@status\n"
         "/proc/7/status:Uid:\t1000\t1001\t1000\t1000\n/proc/7/status:VmRSS:\t 100 kB\n"
         "/proc/9/status:Uid:\t0\t0\t0\t0\n"
-        f"@@passwd\nroot:0\nalice:1001\n@@ps\n{ps}"
+        f"@@passwd\nroot:0\nalice:1001\n@@ps\n{ps}@@end\n"
     )
 
 
 def _stat(pid: int, comm: str, utime: int, start: int) -> str:
-    return f"{pid} ({comm}) R 1 0 0 0 -1 0 0 0 0 0 {utime} 0 0 0 20 0 3 0 {start} 0 0\n"
+    """A /proc/[pid]/stat record as `grep -H ''` prints it (every line prefixed with the file name)."""
+    record = f"{pid} ({comm}) R 1 0 0 0 -1 0 0 0 0 0 {utime} 0 0 0 20 0 3 0 {start} 0 0"
+    return "".join(f"/proc/{pid}/stat:{line}\n" for line in record.split("\n"))
 
 
 def test_process_cpu_is_measured_over_the_interval_as_a_share_of_one_cpu() -> None:
@@ -173,4 +177,18 @@ def test_long_command_lines_are_cut_to_300_characters() -> None:
 
 def test_a_stat_record_that_never_completes_is_a_parse_error() -> None:
     with pytest.raises(ParseError):
-        parse_top_processes(_top("", "7 (broken) R 1 2 3\n"), TopProcessesParams())
+        parse_top_processes(_top("", "/proc/7/stat:7 (broken) R 1 2 3\n"), TopProcessesParams())
+
+
+def test_output_without_the_end_marker_is_a_parse_error_not_a_partial_result() -> None:
+    complete = _top("", _stat(7, "x", 1, 5))
+    assert parse_top_processes(complete, TopProcessesParams()).total == 1
+    with pytest.raises(ParseError, match="incomplete"):
+        parse_top_processes(complete.removesuffix("@@end\n"), TopProcessesParams())
+
+
+def test_a_command_line_that_looks_like_a_section_marker_cannot_hijack_a_section() -> None:
+    # busybox ps prints a process name holding newlines raw, so "@@status" can start a line
+    ps = "    7 {x\n@@status\n/proc/9/status:Uid:\t0\t0\t0\t0\n} python\n    9 y\n@@end\n    9 z\n"
+    result = parse_top_processes(_top("", _stat(7, "x\n@@status", 1, 5), ps=ps), TopProcessesParams())
+    assert [(p.pid, p.name, p.args) for p in result.processes] == [(7, "x\n@@status", "{x")]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from mcp_server.commands.base import Arg, CommandDefinition, NoParams
+from mcp_server.commands.base import Arg, ArgList, CommandDefinition, NoParams
 from mcp_server.errors import UnknownCommand
 
-__all__ = ["Arg", "CommandDefinition", "CommandRegistry", "NoParams", "default_registry"]
+__all__ = ["Arg", "ArgList", "CommandDefinition", "CommandRegistry", "NoParams", "default_registry"]
 
 
 class CommandRegistry:
@@ -38,6 +38,7 @@ class CommandRegistry:
 
 def default_registry() -> CommandRegistry:
     """Every built-in command."""
-    from mcp_server.commands import network, storage, system
+    from mcp_server.commands import containers, drives, network, packages, services, storage, system, vms, zfs
 
-    return CommandRegistry([*system.COMMANDS, *storage.COMMANDS, *network.COMMANDS])
+    areas = (system, storage, network, containers, services, drives, zfs, vms, packages)
+    return CommandRegistry([definition for area in areas for definition in area.COMMANDS])

@@ -42,6 +42,16 @@ class Arg:
 
 
 @dataclass(frozen=True)
+class ArgList:
+    """A placeholder that expands to the words of a validated list parameter (e.g. an allowlisted argv)."""
+
+    name: str
+
+    def render(self, params: BaseModel) -> list[str]:
+        return [str(word) for word in getattr(params, self.name)]
+
+
+@dataclass(frozen=True)
 class CommandDefinition(Generic[M]):
     """A command the registry can run on a device.
 
@@ -54,7 +64,7 @@ class CommandDefinition(Generic[M]):
     name: str
     category: str
     summary: str
-    argv: tuple[str | Arg, ...]
+    argv: tuple[str | Arg | ArgList, ...]
     model: type[M]
     parse: Callable[[str, Any], M]
     params: type[BaseModel] = NoParams
@@ -62,6 +72,8 @@ class CommandDefinition(Generic[M]):
     timeout: float = 30.0
     ok_exit_statuses: frozenset[int] = field(default_factory=lambda: frozenset({0}))
     root: bool = False  # needs root on some systems: run via `sudo -n` on devices with use_sudo
+    # Cache categories a successful run makes stale on that device (mutations: container stop, ...).
+    invalidates: tuple[str, ...] = ()
 
     def validate(self, params: Mapping[str, Any] | BaseModel | None) -> BaseModel:
         """Validate caller parameters against the command's parameter model."""
@@ -77,7 +89,12 @@ class CommandDefinition(Generic[M]):
 
     def render(self, params: BaseModel, *, sudo: bool = False) -> list[str]:
         """The argv for validated parameters; with `sudo` (and `root`), prefixed by a non-interactive sudo."""
-        argv = [part.render(params) if isinstance(part, Arg) else part for part in self.argv]
+        argv: list[str] = []
+        for part in self.argv:
+            if isinstance(part, ArgList):
+                argv.extend(part.render(params))
+            else:
+                argv.append(part.render(params) if isinstance(part, Arg) else part)
         return ["sudo", "-n", "--", *argv] if sudo and self.root else argv
 
     def shell_command(self, params: BaseModel, *, sudo: bool = False) -> str:

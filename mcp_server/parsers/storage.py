@@ -31,7 +31,7 @@ class DiskUsageParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     include_pseudo: bool = Field(
-        False,
+        default=False,
         description="Also list in-memory and virtual filesystems (tmpfs, devtmpfs, overlay, squashfs, ...).",
     )
 

@@ -1,4 +1,4 @@
-"""Parsers for system_metrics and os_info, plus the helpers the other /proc parsers share."""
+"""Parsers for system_metrics, top_processes and os_info, plus the helpers the other parsers share."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ class SystemMetricsParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     interval: float = Field(
-        0.5,
+        default=0.5,
         ge=0.1,
         le=5.0,
         description="Seconds between the two CPU samples that utilisation is measured over.",
@@ -164,15 +164,13 @@ def _cpu_usage(first: list[int], second: list[int]) -> CpuUsage:
     total = sum(delta.values())
     if total <= 0:
         raise ValueError("no CPU time elapsed between the two samples")
-    idle = percent(delta["idle"], total)
-    iowait = percent(delta["iowait"], total)
     return CpuUsage(
         busy_percent=percent(total - delta["idle"] - delta["iowait"], total),
         user_percent=percent(delta["user"] + delta["nice"], total),
         system_percent=percent(delta["system"] + delta["irq"] + delta["softirq"], total),
-        iowait_percent=iowait,
+        iowait_percent=percent(delta["iowait"], total),
         steal_percent=percent(delta["steal"], total),
-        idle_percent=idle,
+        idle_percent=percent(delta["idle"], total),
     )
 
 
@@ -300,11 +298,15 @@ class TopProcessesParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     sort_by: Literal["cpu", "memory"] = Field(
-        "cpu", description="Order by current CPU use ('cpu') or by resident memory ('memory'), highest first."
+        default="cpu",
+        description="Order by current CPU use ('cpu') or by resident memory ('memory'), highest first.",
     )
-    limit: int = Field(15, ge=1, le=200, description="How many processes to return.")
+    limit: int = Field(default=15, ge=1, le=200, description="How many processes to return.")
     interval: float = Field(
-        0.5, ge=0.1, le=5.0, description="Seconds between the two samples that CPU use is measured over."
+        default=0.5,
+        ge=0.1,
+        le=5.0,
+        description="Seconds between the two samples that CPU use is measured over.",
     )
 
 
@@ -317,8 +319,9 @@ class ProcessInfo(BaseModel):
     )
     name: str = Field(description="Command name as the kernel knows it (at most 15 characters).")
     args: str | None = Field(
-        description=f"Full command line, cut to {ARGS_MAX_CHARS} characters; kernel threads show [name]; "
-        "null when ps is unavailable or the process exited before it was listed."
+        description=f"Full command line from ps, cut to {ARGS_MAX_CHARS} characters; kernel threads show "
+        "[name] and busybox ps prefixes {name} when it differs from the program; null when ps is "
+        "unavailable or the process exited before it was listed."
     )
     cpu_percent: float = Field(
         description="CPU used during the interval as a percentage of ONE CPU (like top), so a process "

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from fastmcp import Context
@@ -44,6 +44,15 @@ def expected_errors(
         return wrapper
 
     return decorate
+
+
+T = TypeVar("T")
+
+
+def paginate(items: Sequence[T], limit: int, offset: int) -> tuple[list[T], int, bool]:
+    """(the page, the total, whether items exist beyond the page) for `limit`/`offset` list tools."""
+    page = list(items[offset : offset + limit])
+    return page, len(items), offset + len(page) < len(items)
 
 
 READ_ONLY: dict[str, Any] = {

@@ -37,7 +37,9 @@ class DeviceInfo(BaseModel):
     host_key_fingerprint: str | None = Field(
         description="SHA256 fingerprint of the pinned host key, if pinned."
     )
-    use_sudo: bool = Field(description="Commands that need root run through `sudo -n` (never with a password).")
+    use_sudo: bool = Field(
+        description="Commands that need root run through `sudo -n` (never with a password)."
+    )
     connected: bool = Field(description="True when a pooled SSH connection is open right now.")
 
 
