@@ -1,25 +1,41 @@
-"""Audit: who is calling (a context variable set at the edge) and the batched writer that stores every row."""
+"""Audit: who is calling (a context variable set at the edge) and the batched, spooling row writer."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
+import json
 import logging
+import os
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from mcp_server.db.engine import Database
-from mcp_server.db.tables import Base, CollectionSnapshot, DataCollectionAudit
+from mcp_server.db.tables import Base, CollectionSnapshot, DataCollectionAudit, SpoolSegment
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class CallTrace:
+    """What the collections of one call did, summed up in that call's audit row."""
+
+    devices: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
+    ssh_commands: list[str] = field(default_factory=list)
+    executions: int = 0
+    cache_hits: int = 0
 
 
 @dataclass(frozen=True)
@@ -34,6 +50,7 @@ class CallContext:
     client_ip: str | None = None
     user_agent: str | None = None
     request_path: str | None = None
+    trace: CallTrace = field(default_factory=CallTrace, compare=False)
 
     def audit_fields(self) -> dict[str, Any]:
         return {
@@ -64,19 +81,34 @@ def calling(ctx: CallContext) -> Iterator[CallContext]:
         _current.reset(token)
 
 
-def with_tool(ctx: CallContext, tool: str) -> CallContext:
-    return replace(ctx, tool=tool)
+_TABLES: dict[str, type[Base]] = {
+    mapper.class_.__tablename__: mapper.class_ for mapper in Base.registry.mappers
+}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"$datetime": value.isoformat()}
+    raise TypeError(f"cannot spool {type(value).__name__}")
+
+
+def _decode(obj: dict[str, Any]) -> Any:
+    return datetime.fromisoformat(obj["$datetime"]) if obj.keys() == {"$datetime"} else obj
 
 
 class BatchWriter:
-    """Queues rows and writes them in batches off the request path.
+    """Queues rows and writes them in batches off the request path; loses none while the database is away.
 
-    A failed flush keeps its rows (in order) and retries with backoff, so a database that is briefly away
-    loses nothing; `flush()` waits until everything queued so far is written.
+    A flush that fails appends its rows to a segment file in `spool_dir` (fsynced) before forgetting them, so
+    a crash or restart loses nothing. Segments are replayed oldest first, each in one transaction that also
+    records the segment's name in `spool_segments`, so a crash between commit and unlink cannot replay twice.
     """
 
-    def __init__(self, db: Database, *, interval: float = 0.25, max_batch: int = 1000) -> None:
+    def __init__(
+        self, db: Database, spool_dir: Path, *, interval: float = 0.25, max_batch: int = 1000
+    ) -> None:
         self._db = db
+        self._spool = spool_dir
         self._interval = interval
         self._max_batch = max_batch
         self._pending: list[tuple[type[Base], dict[str, Any]]] = []
@@ -85,6 +117,8 @@ class BatchWriter:
         self._lock = asyncio.Lock()
         self.written = 0
         self.failures = 0
+        self.spooled = 0
+        self.replayed = 0
 
     def add(self, table: type[Base], row: dict[str, Any]) -> None:
         self._pending.append((table, row))
@@ -97,6 +131,9 @@ class BatchWriter:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    def segments(self) -> list[Path]:
+        return sorted(self._spool.glob("segment-*.jsonl")) if self._spool.is_dir() else []
 
     def start(self) -> None:
         if self._task is None:
@@ -111,21 +148,62 @@ class BatchWriter:
             try:
                 await self.flush()
                 backoff = self._interval
-            except SQLAlchemyError as exc:
-                self.failures += 1
+            except (SQLAlchemyError, OSError) as exc:
                 backoff = min(backoff * 2, 5.0)
-                log.warning("database write failed (%d rows kept, retrying): %s", self.pending, exc)
+                log.warning("database unavailable, %d segment(s) spooled: %s", len(self.segments()), exc)
 
     async def flush(self) -> None:
-        """Write everything queued so far; raises if the database refuses (rows are kept)."""
+        """Write spooled segments, then everything queued so far; on failure spool the batch and raise."""
         async with self._lock:
-            while self._pending:
-                batch = self._pending[: self._max_batch]
-                await self._write(batch)
-                del self._pending[: len(batch)]
-                self.written += len(batch)
+            try:
+                for segment in self.segments():
+                    await self._replay(segment)
+                while self._pending:
+                    batch = self._pending[: self._max_batch]
+                    await self._write(batch)
+                    del self._pending[: len(batch)]
+                    self.written += len(batch)
+            except (SQLAlchemyError, OSError):
+                self.failures += 1
+                if self._pending:
+                    self._spool_rows(self._pending)
+                    self._pending.clear()
+                raise
 
-    async def _write(self, batch: list[tuple[type[Base], dict[str, Any]]]) -> None:
+    def _spool_rows(self, rows: list[tuple[type[Base], dict[str, Any]]]) -> None:
+        self._spool.mkdir(parents=True, exist_ok=True)
+        name = f"segment-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
+        path = self._spool / name
+        lines = "".join(
+            json.dumps({"table": table.__tablename__, "row": row}, default=_encode) + "\n"
+            for table, row in rows
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, lines.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dir_fd = os.open(self._spool, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        self.spooled += len(rows)
+
+    async def _replay(self, segment: Path) -> None:
+        rows = [
+            json.loads(line, object_hook=_decode) for line in segment.read_text().splitlines() if line.strip()
+        ]
+        batch = [(_TABLES[item["table"]], item["row"]) for item in rows]
+        await self._write(batch, segment=segment.name)
+        segment.unlink()
+        self.replayed += len(batch)
+        log.info("replayed %d spooled rows from %s", len(batch), segment.name)
+
+    async def _write(
+        self, batch: list[tuple[type[Base], dict[str, Any]]], *, segment: str | None = None
+    ) -> None:
         grouped: dict[type[Base], list[dict[str, Any]]] = defaultdict(list)
         snapshots: dict[tuple[str, str, str], dict[str, Any]] = {}
         for table, row in batch:
@@ -134,6 +212,11 @@ class BatchWriter:
             else:
                 grouped[table].append(row)
         async with self._db.session() as session, session.begin():
+            if segment is not None:
+                done = await session.scalar(select(SpoolSegment.name).where(SpoolSegment.name == segment))
+                if done is not None:  # committed before a crash kept us from deleting the file
+                    return
+                session.add(SpoolSegment(name=segment, replayed_at=datetime.now(UTC), rows=len(batch)))
             for table, rows in grouped.items():
                 await session.execute(insert(table), rows)
             if snapshots:
@@ -155,5 +238,7 @@ class BatchWriter:
             self._task = None
         try:
             await self.flush()
-        except SQLAlchemyError as exc:
-            log.error("could not write %d queued rows at shutdown: %s", self.pending, exc)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning(
+                "database unavailable at shutdown; rows kept in %s for the next start: %s", self._spool, exc
+            )

@@ -149,6 +149,12 @@ class UnifiedDataCollectionService:
             error = exc
             raise
         finally:
+            trace = current_call().trace
+            trace.devices.append(device)
+            trace.commands.append(command)
+            trace.ssh_commands.extend(run.ssh_commands)
+            trace.executions += run.executed
+            trace.cache_hits += cache_hit
             self._audit(device, command, params_key, cache_hit, run, started, error)
 
     async def collect_many(

@@ -17,6 +17,7 @@
     │   ├── CommandNotAvailable        the binary is missing on the device
     │   └── SudoPasswordRequired       use_sudo is set but sudo wants a password
     ├── ParseError                     output we could not understand (carries an excerpt)
+    ├── MissingScope                   the caller's token lacks the scope a tool or resource needs
     └── StorageError                   the database refused or is unreachable
 
 Foreign exceptions (asyncssh, OSError, SQLAlchemy) are translated into these at the I/O edge
@@ -170,6 +171,10 @@ class ParseError(InfrastructorError):
         self.excerpt = excerpt[:300]
         tail = f" Output began: {self.excerpt!r}" if self.excerpt else ""
         super().__init__(f"Could not parse {what}.{tail}")
+
+
+class MissingScope(InfrastructorError):
+    error_type = "missing_scope"
 
 
 class StorageError(InfrastructorError):

@@ -11,6 +11,7 @@ from fastmcp.exceptions import ResourceError
 from mcp_server.budget import fit
 from mcp_server.server import AppState
 from mcp_server.tools import app_state, expected_errors
+from mcp_server.tools.admin import audit_page
 from mcp_server.tools.devices import describe
 from mcp_server.tools.system import command_catalogue
 
@@ -40,6 +41,11 @@ def register(mcp: FastMCP) -> None:
     async def commands(state: AppState = Depends(app_state)) -> dict[str, Any]:
         """Every registered command: name, category, summary, cache TTL, parameters."""
         return command_catalogue(state, None).model_dump(mode="json")
+
+    @mcp.resource("infra://audit/recent", mime_type="application/json")
+    async def audit_recent(state: AppState = Depends(app_state)) -> dict[str, Any]:
+        """The 50 most recent audit entries (scope infra:admin)."""
+        return (await audit_page(state, limit=50, offset=0)).model_dump(mode="json")
 
     @mcp.resource("infra://cache/stats", mime_type="application/json")
     async def cache_stats(state: AppState = Depends(app_state)) -> dict[str, Any]:

@@ -3,26 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import getpass
-import json
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import mcp_types as mt
 from fastmcp import FastMCP
-from fastmcp.server.dependencies import get_http_request
-from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
-from fastmcp.tools import ToolResult
+from fastmcp.tools import Tool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from mcp_server import __version__
-from mcp_server.audit import BatchWriter, CallContext, calling
-from mcp_server.budget import fit
+from mcp_server.audit import BatchWriter
+from mcp_server.auth import SigningKey, dev_token_notice, signing_key
 from mcp_server.cache import CacheManager
 from mcp_server.collection import UnifiedDataCollectionService
 from mcp_server.commands import CommandRegistry, default_registry
@@ -32,6 +29,7 @@ from mcp_server.db.tables import CacheMetadata
 from mcp_server.devices import DeviceRegistry
 from mcp_server.events import EventBus
 from mcp_server.executors import LocalExecutor
+from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
 from mcp_server.secrets import SecretStore, load_master_keys
 from mcp_server.settings import Settings, load_settings
 from mcp_server.ssh import SSHOptions, SSHPool
@@ -88,7 +86,7 @@ async def app_state(
     ssh = SSHPool(
         SSHOptions.from_settings(settings), lookup=devices.get, on_host_key_pinned=devices.pin_host_key
     )
-    writer = BatchWriter(db, interval=settings.audit_flush_interval)
+    writer = BatchWriter(db, settings.data_dir / "spool", interval=settings.audit_flush_interval)
     events = EventBus()
     local = LocalExecutor()
     registry = registry or default_registry()
@@ -143,72 +141,20 @@ async def _record_cache_stats(state: AppState, every: float = 60.0) -> None:
         _queue_cache_stats(state)
 
 
-class CallContextMiddleware(Middleware):
-    """Records who is calling (transport, client IP, user agent, request id) for the audit rows."""
-
-    def __init__(self, transport: str) -> None:
-        self.transport = transport
-
-    def _context(self, tool: str) -> CallContext:
-        try:
-            request = get_http_request()
-        except RuntimeError:
-            transport = self.transport
-            return CallContext(
-                transport=transport,
-                tool=tool,
-                subject=f"local:{getpass.getuser()}" if transport == "stdio" else None,
-            )
-        return CallContext(
-            transport="http",
-            tool=tool,
-            client_ip=request.client.host if request.client else None,
-            user_agent=request.headers.get("user-agent"),
-            request_path=request.url.path,
-        )
-
-    async def on_call_tool(
-        self, context: MiddlewareContext[mt.CallToolRequestParams], call_next: CallNext[Any, Any]
-    ) -> Any:
-        with calling(self._context(context.message.name)):
-            return await call_next(context)
-
-    async def on_read_resource(
-        self, context: MiddlewareContext[mt.ReadResourceRequestParams], call_next: CallNext[Any, Any]
-    ) -> Any:
-        with calling(self._context(str(context.message.uri))):
-            return await call_next(context)
-
-
-class ResultBudgetMiddleware(Middleware):
-    """Keeps every tool result within INFRA_MAX_RESULT_CHARS, cutting whole list items (see budget.py)."""
-
-    def __init__(self, max_chars: int) -> None:
-        self.max_chars = max_chars
-
-    async def on_call_tool(
-        self, context: MiddlewareContext[mt.CallToolRequestParams], call_next: CallNext[Any, Any]
-    ) -> Any:
-        result = await call_next(context)
-        structured = getattr(result, "structured_content", None)
-        if not structured:
-            return result
-        fitted = fit(structured, self.max_chars)
-        if fitted is structured:
-            return result
-        text = json.dumps(fitted, separators=(",", ":"), default=str)
-        return ToolResult(
-            content=[mt.TextContent(type="text", text=text)], structured_content=fitted, meta=result.meta
-        )
-
-
-def build_server(settings: Settings, *, transport: str = "memory", state: AppState | None = None) -> FastMCP:
+def build_server(
+    settings: Settings,
+    *,
+    transport: str = "memory",
+    state: AppState | None = None,
+    signing_key: SigningKey | None = None,
+) -> FastMCP:
     """The MCP server: tools, resources and prompts over one AppState.
 
     Without `state` the lifespan builds (and closes) its own; with one, clients share that state.
+    With `signing_key`, HTTP requests need a bearer JWT it verifies, and tools and resources need their scope.
     """
     from mcp_server import prompts, resources
-    from mcp_server.tools import containers, devices, host, services, storage, system
+    from mcp_server.tools import admin, containers, devices, host, services, storage, system
 
     running: dict[str, AppState] = {}
 
@@ -230,10 +176,19 @@ def build_server(settings: Settings, *, transport: str = "memory", state: AppSta
         version=__version__,
         lifespan=lifespan,
         mask_error_details=True,
-        middleware=[CallContextMiddleware(transport), ResultBudgetMiddleware(settings.max_result_chars)],
+        auth=signing_key.verifier(settings) if signing_key is not None else None,
+        middleware=[
+            AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None),
+            ResultBudgetMiddleware(settings.max_result_chars),
+        ],
     )
-    for area in (devices, system, containers, services, storage, host):
+    for area in (devices, system, containers, services, storage, host, admin):
         area.register(mcp)
+    # On the 2026-07-28 protocol the SDK checks Mcp-Param headers on every tools/call with arguments; without
+    # a schema lookup it runs the whole tools/list chain per call (10-15 ms, most of a cached call's time).
+    # Our tools declare no such headers, so their registered input schemas answer the same question.
+    schemas = {c.name: c.parameters for c in mcp.local_provider._components.values() if isinstance(c, Tool)}
+    mcp._mcp_server.get_tool_input_schema = schemas.get
     resources.register(mcp)
     prompts.register(mcp)
 
@@ -252,6 +207,25 @@ def build_server(settings: Settings, *, transport: str = "memory", state: AppSta
     return mcp
 
 
+async def http_signing_key(settings: Settings) -> SigningKey | None:
+    """The key that verifies bearer tokens (generated and stored on first start), or None with INFRA_AUTH=false."""
+    if not settings.auth:
+        return None
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.resolved_database_url)
+    try:
+        await db.migrate()
+        return await signing_key(settings, SecretStore(db, load_master_keys(settings)))
+    finally:
+        await db.close()
+
+
 def create_server() -> FastMCP:
-    """Entry point for `fastmcp run fastmcp.json`: settings from the environment."""
-    return build_server(load_settings(), transport="http")
+    """Entry point for `fastmcp run fastmcp.json`: settings from the environment, auth as `serve` does it."""
+    settings = load_settings()
+    # fastmcp may call this factory from inside its event loop: resolve the key on a loop of our own
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        key = pool.submit(asyncio.run, http_signing_key(settings)).result()
+    if key is not None and key.generated:
+        sys.stderr.write(dev_token_notice(key, settings) + "\n")
+    return build_server(settings, transport="http", signing_key=key)

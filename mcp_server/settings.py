@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
@@ -53,6 +54,27 @@ class Settings(BaseSettings):
     fanout_concurrency: int = Field(default=32, ge=1, le=1024)
     max_result_chars: int = Field(default=40_000, ge=1_000, le=10_000_000)
 
+    auth: bool = Field(
+        default=True, description="Require a bearer JWT on HTTP; false is allowed only on loopback."
+    )
+    jwt_secret: SecretStr | None = Field(default=None, description="HS256 shared secret for bearer tokens.")
+    jwt_public_key: str | None = Field(
+        default=None, description="RS256 public key (PEM text or a file path)."
+    )
+    jwks_url: str | None = Field(
+        default=None, description="RS256 keys from an identity provider's JWKS endpoint."
+    )
+    jwt_issuer: str | None = Field(default=None, description="Required `iss` claim, when set.")
+    jwt_audience: str | None = Field(default=None, description="Required `aud` claim, when set.")
+    trusted_proxies: str = Field(
+        default="",
+        description="Comma-separated IPs/CIDRs of reverse proxies whose X-Forwarded-For is believed.",
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated extra Host header values accepted (DNS-rebinding protection).",
+    )
+
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8765, ge=1, le=65535)
     http_path: str = "/mcp"
@@ -78,6 +100,21 @@ class Settings(BaseSettings):
         if not value.startswith("/"):
             raise ValueError("must start with '/'")
         return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            ipaddress.ip_network(item, strict=False)  # raises ValueError naming the bad entry
+        return value
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [
+            ipaddress.ip_network(v.strip(), strict=False)
+            for v in self.trusted_proxies.split(",")
+            if v.strip()
+        ]
 
     @property
     def resolved_database_url(self) -> str:

@@ -36,12 +36,19 @@ FRESHNESS = {"device", "command", "collected_at", "from_cache", "age_seconds"}
 
 async def test_every_tool_has_a_description_annotations_and_an_output_schema(client: Client[Any]) -> None:
     tools = {t.name: t for t in await client.list_tools()}
-    assert set(tools) == READ_TOOLS | WRITE_TOOLS
+    assert READ_TOOLS | WRITE_TOOLS <= set(tools)
     for name, tool in tools.items():
         assert tool.description and len(tool.description) > 20, name
         assert tool.output_schema is not None, name
         assert tool.annotations is not None, name
-        assert tool.annotations.read_only_hint is (name in READ_TOOLS), name
+        tags = set(tool.meta["fastmcp"]["tags"]) if tool.meta else set()
+        if "scope:infra:write" in tags or name in WRITE_TOOLS:
+            assert tool.annotations.read_only_hint is False, name
+            assert "scope:infra:write" in tags, name
+        elif "scope:infra:admin" not in tags:
+            assert tool.annotations.read_only_hint is True, name
+    for name in READ_TOOLS:
+        assert tools[name].annotations.read_only_hint is True, name
     assert tools["remove_device"].annotations.destructive_hint is True
     assert tools["add_device"].annotations.destructive_hint is False
     schema = tools["get_system_metrics"].output_schema
@@ -282,12 +289,25 @@ async def test_diagnose_device_prompt_walks_through_the_tools(client: Client[Any
     assert "nas01" in text and "get_system_metrics" in text and "list_processes" in text
 
 
-async def test_tool_calls_are_audited_with_the_tool_name_and_transport(
+async def test_tool_calls_are_audited_and_linked_to_the_collections_they_caused(
     client: Client[Any], state: AppState
 ) -> None:
     await client.call_tool("get_disk_usage", {"device": "local"})
-    (row,) = await audit_rows(state, command="disk_usage")
-    assert row.tool == "get_disk_usage" and row.transport == "memory" and row.request_id
+    await client.call_tool("get_disk_usage", {"device": "local"})
+    with pytest.raises(ToolError):
+        await client.call_tool("get_disk_usage", {"device": "ghost"})
+    tools = await audit_rows(state, kind="tool", tool="get_disk_usage")
+    assert [(r.outcome, r.cache_hit, r.device) for r in tools] == [
+        ("ok", False, "local"),
+        ("ok", True, "local"),
+        ("error", False, "ghost"),
+    ]
+    assert tools[2].error_type == "device_not_found" and "Known devices" in (tools[2].error_message or "")
+    first = tools[0]
+    assert first.transport == "memory" and first.command == "disk_usage" and first.ssh_commands
+    assert first.arguments == {"device": "local"}
+    (collection,) = await audit_rows(state, kind="collection", request_id=first.request_id)
+    assert collection.command == "disk_usage" and collection.ssh_commands == first.ssh_commands
 
 
 async def test_a_changed_host_key_is_refused_until_the_operator_clears_it(
@@ -332,3 +352,17 @@ async def test_a_wrong_key_is_an_authentication_error_naming_the_device(
     )
     with pytest.raises(ToolError, match="Authentication failed for device 'wrongkey'"):
         await client.call_tool("get_disk_usage", {"device": "wrongkey"})
+
+
+async def test_the_fast_input_schema_lookup_agrees_with_tools_list(
+    client: Client[Any], state: AppState
+) -> None:
+    from mcp_server.server import build_server
+
+    lookup = build_server(state.settings, state=state)._mcp_server.get_tool_input_schema
+    assert lookup is not None
+    for tool in await client.list_tools():
+        schema = lookup(tool.name)
+        assert schema is not None, tool.name
+        assert set(schema.get("properties", {})) == set(tool.input_schema.get("properties", {})), tool.name
+        assert set(schema.get("required", [])) == set(tool.input_schema.get("required", [])), tool.name

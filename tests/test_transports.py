@@ -47,15 +47,16 @@ def run_cli(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedPro
     )
 
 
-def audit(tmp_path: Path, deadline: float = 10.0) -> list[dict[str, Any]]:
-    """Audit rows from the server's SQLite file, waiting (bounded) for the batched writer."""
+def audit(tmp_path: Path, **where: Any) -> list[dict[str, Any]]:
+    """Audit rows matching `where` from the server's SQLite file, waiting (bounded) for the batched writer."""
     db = tmp_path / "data" / "infrastructor.db"
-    end = time.monotonic() + deadline
+    end = time.monotonic() + 10
     rows: list[dict[str, Any]] = []
     while time.monotonic() < end:
         with sqlite3.connect(db) as conn:
             conn.row_factory = sqlite3.Row
-            rows = [dict(r) for r in conn.execute("SELECT * FROM data_collection_audit ORDER BY id")]
+            everything = [dict(r) for r in conn.execute("SELECT * FROM data_collection_audit ORDER BY id")]
+        rows = [r for r in everything if all(r[k] == v for k, v in where.items())]
         if rows:
             return rows
         time.sleep(0.05)
@@ -107,7 +108,7 @@ async def test_http_server_serves_tools_and_audits_the_client(
     rows = {d["device"]: d for d in overview.structured_content["devices"]}
     assert rows["local"]["ok"] is True
     assert rows["unreachable"]["ok"] is False and rows["unreachable"]["error_type"] == "host_unreachable"
-    row = next(r for r in audit(tmp_path) if r["command"] == "system_metrics")
+    (row,) = audit(tmp_path, kind="tool", command="system_metrics")
     assert row["transport"] == "http" and row["client_ip"] == "127.0.0.1"
     assert row["user_agent"] == "infra-test-agent/1.0" and row["request_path"] == "/mcp"
     assert row["tool"] == "get_system_metrics" and row["outcome"] == "ok"
@@ -142,7 +143,7 @@ async def test_stdio_server_keeps_stdout_for_the_protocol(tmp_path: Path) -> Non
     assert (
         "INFO" in stderr.read_text()
     )  # logs went to stderr; a stray stdout line would have broken the session
-    (row,) = [r for r in audit(tmp_path) if r["command"] == "os_info"]
+    (row,) = audit(tmp_path, kind="tool", command="os_info")
     assert row["transport"] == "stdio" and row["subject"] == f"local:{os.environ.get('USER') or 'root'}"
 
 

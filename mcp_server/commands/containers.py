@@ -1,7 +1,198 @@
-"""Containers commands."""
+"""Container commands through the docker CLI on the device (podman's Docker-compatible API works too)."""
 
 from __future__ import annotations
 
-from mcp_server.commands.base import CommandDefinition
+from mcp_server.commands.base import Arg, CommandDefinition, NoParams
+from mcp_server.parsers.containers import (
+    ComposeStacks,
+    ContainerActionParams,
+    ContainerActionResult,
+    ContainerDetails,
+    ContainerList,
+    ContainerLogs,
+    ContainerLogsParams,
+    ContainerParams,
+    ContainersParams,
+    ContainerStatsList,
+    action_parser,
+    parse_compose_stacks,
+    parse_container_inspect,
+    parse_container_logs,
+    parse_container_stats,
+    parse_containers,
+)
+from mcp_server.parsers.containers.logs import Action
+from mcp_server.parsers.containers.params import GREP_SCAN_LINES
 
-COMMANDS: tuple[CommandDefinition, ...] = ()
+CATEGORY = "containers"
+# check_exit turns exit 127 with "X: not found" into CommandNotAvailable naming X.
+NEED_DOCKER = 'command -v docker >/dev/null 2>&1 || { echo "docker: not found" >&2; exit 127; }'
+NEED_COMPOSE = 'docker compose version >/dev/null 2>&1 || { echo "docker-compose: not found" >&2; exit 127; }'
+BOOL_FLAG = {"True": "true", "False": "false"}
+
+# One line of POSIX sh each; caller input arrives only as positional parameters. The existence check
+# comes first because `docker logs` output is merged with its stderr, where an error would pass for a
+# log line. With grep, the last GREP_SCAN_LINES lines are searched and the newest `tail` matches kept.
+LOGS_SCRIPT = "; ".join(
+    (
+        NEED_DOCKER,
+        "docker inspect --type container --format '{{.Id}}' -- \"$1\" >/dev/null || exit $?",
+        'if [ -n "$5" ]; then docker logs --tail "$6" ${3:+"--since=$3"} "$4" -- "$1" 2>&1'
+        ' | grep -F -e "$5" | tail -n "$2"'
+        '; else docker logs --tail "$2" ${3:+"--since=$3"} "$4" -- "$1" 2>&1'
+        "; fi | cut -c 1-2000",
+    )
+)
+
+# docker stats is given the names (not run bare) because podman's API reports each name with its first
+# character missing, while `Container` echoes what was asked for.
+STATS_SCRIPT = "; ".join(
+    (
+        NEED_DOCKER,
+        "set -f",
+        "names=$(docker ps --format '{{.Names}}') || exit $?",
+        '[ -n "$names" ] || exit 0',
+        "exec docker stats --no-stream --no-trunc --format '{{json .}}' -- $names",
+    )
+)
+
+COMPOSE_SCRIPT = "; ".join(
+    (
+        NEED_DOCKER,
+        NEED_COMPOSE,
+        "set -f",
+        "echo '@@ls'",
+        "docker compose ls --all --format json || exit $?",
+        'for p in $(docker compose ls --all --quiet); do echo "@@ps-$p"'
+        '; docker compose -p "$p" ps --all --format json || exit $?; done',
+        "echo '@@end'",
+    )
+)
+
+
+def _action_script(verb: str, timed: bool) -> str:
+    timeout = ' ${2:+"--time=$2"}' if timed else ""
+    return "; ".join(
+        (
+            NEED_DOCKER,
+            f'docker {verb}{timeout} -- "$1" >/dev/null || exit $?',
+            "exec docker inspect --type container --format '{{json .State}}' -- \"$1\"",
+        )
+    )
+
+
+CONTAINERS: CommandDefinition[ContainerList] = CommandDefinition(
+    name="containers",
+    category=CATEGORY,
+    summary="Containers with image, state, health, ports, networks and labels (running, or all).",
+    argv=(
+        "docker",
+        "ps",
+        Arg("all", choices={k: f"--all={v}" for k, v in BOOL_FLAG.items()}),
+        "--no-trunc",
+        "--size=false",  # computing sizes walks every container's writable layer
+        "--format",
+        "{{json .}}",
+    ),
+    model=ContainerList,
+    parse=parse_containers,
+    params=ContainersParams,
+    ttl=10.0,
+    root=True,
+)
+
+CONTAINER_INSPECT: CommandDefinition[ContainerDetails] = CommandDefinition(
+    name="container_inspect",
+    category=CATEGORY,
+    summary="One container in detail: state, health, restarts, ports, mounts, networks, limits, env (redacted).",
+    argv=("docker", "inspect", "--type", "container", "--", Arg("container")),
+    model=ContainerDetails,
+    parse=parse_container_inspect,
+    params=ContainerParams,
+    ttl=10.0,
+    root=True,
+)
+
+CONTAINER_LOGS: CommandDefinition[ContainerLogs] = CommandDefinition(
+    name="container_logs",
+    category=CATEGORY,
+    summary="The newest log lines of a container (stdout and stderr), optionally since a time and filtered.",
+    argv=(
+        "sh",
+        "-c",
+        LOGS_SCRIPT,
+        "sh",
+        Arg("container"),
+        Arg("tail"),
+        Arg("since_arg"),
+        Arg("timestamps", choices={k: f"--timestamps={v}" for k, v in BOOL_FLAG.items()}),
+        Arg("grep_arg"),
+        str(GREP_SCAN_LINES),
+    ),
+    model=ContainerLogs,
+    parse=parse_container_logs,
+    params=ContainerLogsParams,
+    ttl=5.0,
+    root=True,
+)
+
+CONTAINER_STATS: CommandDefinition[ContainerStatsList] = CommandDefinition(
+    name="container_stats",
+    category=CATEGORY,
+    summary="CPU, memory, network and block I/O of every running container, from one docker stats sample.",
+    argv=("sh", "-c", STATS_SCRIPT),
+    model=ContainerStatsList,
+    parse=parse_container_stats,
+    params=NoParams,
+    ttl=10.0,
+    timeout=45.0,
+    root=True,
+)
+
+COMPOSE_STACKS: CommandDefinition[ComposeStacks] = CommandDefinition(
+    name="compose_stacks",
+    category=CATEGORY,
+    summary="Docker Compose projects with their config files, working directory and service states.",
+    argv=("sh", "-c", COMPOSE_SCRIPT),
+    model=ComposeStacks,
+    parse=parse_compose_stacks,
+    params=NoParams,
+    ttl=15.0,
+    timeout=60.0,
+    root=True,
+)
+
+
+def _action(verb: Action, params: type[ContainerParams] | type[ContainerActionParams]) -> CommandDefinition:
+    timed = params is ContainerActionParams
+    argv: tuple[str | Arg, ...] = ("sh", "-c", _action_script(verb, timed), "sh", Arg("container"))
+    return CommandDefinition[ContainerActionResult](
+        name=f"container_{verb}",
+        category=CATEGORY,
+        summary=f"docker {verb} a container, then report its state.",
+        argv=(*argv, Arg("timeout_arg")) if timed else argv,
+        model=ContainerActionResult,
+        parse=action_parser(verb),
+        params=params,
+        ttl=0.0,
+        # a stop waits up to `timeout` (max 600 s) before killing; INFRA_SSH_COMMAND_TIMEOUT caps this
+        timeout=660.0 if timed else 60.0,
+        root=True,
+        invalidates=(CATEGORY,),
+    )
+
+
+CONTAINER_START = _action("start", ContainerParams)
+CONTAINER_STOP = _action("stop", ContainerActionParams)
+CONTAINER_RESTART = _action("restart", ContainerActionParams)
+
+COMMANDS: tuple[CommandDefinition, ...] = (
+    CONTAINERS,
+    CONTAINER_INSPECT,
+    CONTAINER_LOGS,
+    CONTAINER_STATS,
+    COMPOSE_STACKS,
+    CONTAINER_START,
+    CONTAINER_STOP,
+    CONTAINER_RESTART,
+)

@@ -163,3 +163,13 @@ class SecretRow(Base):
     ciphertext: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class SpoolSegment(Base):
+    """Spool files already written to the database (so a replay interrupted by a crash is not repeated)."""
+
+    __tablename__ = "spool_segments"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    replayed_at: Mapped[datetime]
+    rows: Mapped[int] = mapped_column(Integer)

@@ -1,9 +1,185 @@
-"""Containers tools."""
+"""Container tools: list, inspect, logs, stats, compose stacks, and start/stop/restart (scope infra:write)."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any, Literal
+
 from fastmcp import FastMCP
+from fastmcp.dependencies import Depends
+from pydantic import Field
+
+from mcp_server.collection import Collected
+from mcp_server.parsers.containers import (
+    ComposeStacks,
+    ContainerActionResult,
+    ContainerDetails,
+    ContainerList,
+    ContainerLogs,
+    ContainerStatsList,
+    fit_newest,
+    select_containers,
+)
+from mcp_server.parsers.containers.params import ContainerName, GrepText, Since
+from mcp_server.server import AppState
+from mcp_server.tools import READ_ONLY, app_state, expected_errors, paginate
+
+DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
+ForceRefresh = Annotated[
+    bool, Field(description="Skip the cache and run the command now (the cache is refreshed with the result).")
+]
+Container = Annotated[ContainerName, Field(description="Container name or id, as listed by list_containers.")]
+Limit = Annotated[int, Field(ge=1, le=500, description="Most items to return.")]
+Offset = Annotated[int, Field(ge=0, description="Items to skip (for paging).")]
+StopTimeout = Annotated[
+    int | None,
+    Field(ge=0, le=600, description="Seconds to wait for a graceful stop before killing (docker's default: 10)."),
+]
+WRITE_SCOPE = {"scope:infra:write"}
+# room left for the freshness fields and JSON framing around the log lines
+LOG_BUDGET_MARGIN = 1_000
+
+
+def _write(destructive: bool, idempotent: bool) -> dict[str, Any]:
+    return {
+        "readOnlyHint": False,
+        "destructiveHint": destructive,
+        "idempotentHint": idempotent,
+        "openWorldHint": True,
+    }
 
 
 def register(mcp: FastMCP) -> None:
-    """Add this area's tools to the server."""
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def list_containers(
+        device: DeviceArg,
+        all: Annotated[bool, Field(description="Include stopped containers (default: running only).")] = False,
+        name: Annotated[
+            str | None,
+            Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$", description="Only containers whose name contains this."),
+        ] = None,
+        label: Annotated[
+            str | None,
+            Field(
+                pattern=r"^[A-Za-z0-9_./-]{1,200}(=[^\x00-\x1f\x7f]{0,200})?$",
+                description="Only containers with this label: 'key' or 'key=value'.",
+            ),
+        ] = None,
+        status: Annotated[
+            Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"] | None,
+            Field(description="Only containers in this state (stopped states imply all=true)."),
+        ] = None,
+        include_labels: Annotated[
+            bool, Field(description="Return every container's labels (long for compose/OCI images).")
+        ] = False,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        force_refresh: ForceRefresh = False,
+        state: AppState = Depends(app_state),
+    ) -> Collected[ContainerList]:
+        """Containers on a device with image, state, health, ports, networks and compose project."""
+        want_all = all or (status is not None and status != "running")
+        result = await state.service.collect(
+            device, "containers", {"all": want_all}, force_refresh=force_refresh
+        )
+        selected = select_containers(result.data, name=name, label=label, status=status)
+        if not include_labels:
+            selected = [c.model_copy(update={"labels": {}}) for c in selected]
+        page, total, truncated = paginate(selected, limit, offset)
+        data = ContainerList(all=want_all, containers=page, total=total, truncated=truncated)
+        return result.model_copy(update={"data": data})
+
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def get_container(
+        device: DeviceArg,
+        container: Container,
+        force_refresh: ForceRefresh = False,
+        state: AppState = Depends(app_state),
+    ) -> Collected[ContainerDetails]:
+        """One container in detail: state, health checks, restart count and policy, ports, mounts, networks,
+        resource limits and environment (secret values shown as '***')."""
+        return await state.service.collect(
+            device, "container_inspect", {"container": container}, force_refresh=force_refresh
+        )
+
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def get_container_logs(
+        device: DeviceArg,
+        container: Container,
+        tail: Annotated[int, Field(ge=1, le=2000, description="Newest lines to return.")] = 100,
+        since: Since | None = None,
+        grep: GrepText | None = None,
+        timestamps: Annotated[bool, Field(description="Prefix lines with the time docker received them.")] = False,
+        force_refresh: ForceRefresh = False,
+        state: AppState = Depends(app_state),
+    ) -> Collected[ContainerLogs]:
+        """The newest log lines (stdout and stderr) of a container; with grep, the newest matching lines among
+        the last 50,000. Lines are cut at 2000 characters; the oldest lines are dropped to fit the output budget."""
+        params = {"container": container, "tail": tail, "since": since, "grep": grep, "timestamps": timestamps}
+        result = await state.service.collect(device, "container_logs", params, force_refresh=force_refresh)
+        budget = state.settings.max_result_chars - LOG_BUDGET_MARGIN
+        return result.model_copy(update={"data": fit_newest(result.data, budget)})
+
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def get_container_stats(
+        device: DeviceArg,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        force_refresh: ForceRefresh = False,
+        state: AppState = Depends(app_state),
+    ) -> Collected[ContainerStatsList]:
+        """CPU %, memory use/limit, network and block I/O in bytes of every running container (one sample),
+        busiest CPU first."""
+        result = await state.service.collect(device, "container_stats", force_refresh=force_refresh)
+        page, total, truncated = paginate(result.data.containers, limit, offset)
+        data = ContainerStatsList(containers=page, total=total, truncated=truncated)
+        return result.model_copy(update={"data": data})
+
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def list_compose_stacks(
+        device: DeviceArg,
+        limit: Limit = 50,
+        offset: Offset = 0,
+        force_refresh: ForceRefresh = False,
+        state: AppState = Depends(app_state),
+    ) -> Collected[ComposeStacks]:
+        """Docker Compose projects: status, config files, working directory, and each service's container state."""
+        result = await state.service.collect(device, "compose_stacks", force_refresh=force_refresh)
+        page, total, truncated = paginate(result.data.stacks, limit, offset)
+        return result.model_copy(update={"data": ComposeStacks(stacks=page, total=total, truncated=truncated)})
+
+    @mcp.tool(annotations=_write(destructive=False, idempotent=True), tags=WRITE_SCOPE)
+    @expected_errors()
+    async def start_container(
+        device: DeviceArg, container: Container, state: AppState = Depends(app_state)
+    ) -> Collected[ContainerActionResult]:
+        """Start a stopped container and report its new state; container reads afterwards are fresh."""
+        return await state.service.collect(device, "container_start", {"container": container})
+
+    @mcp.tool(annotations=_write(destructive=True, idempotent=True), tags=WRITE_SCOPE)
+    @expected_errors()
+    async def stop_container(
+        device: DeviceArg,
+        container: Container,
+        timeout: StopTimeout = None,
+        state: AppState = Depends(app_state),
+    ) -> Collected[ContainerActionResult]:
+        """Stop a running container (SIGTERM, then SIGKILL after `timeout` seconds) and report its state."""
+        return await state.service.collect(device, "container_stop", {"container": container, "timeout": timeout})
+
+    @mcp.tool(annotations=_write(destructive=True, idempotent=False), tags=WRITE_SCOPE)
+    @expected_errors()
+    async def restart_container(
+        device: DeviceArg,
+        container: Container,
+        timeout: StopTimeout = None,
+        state: AppState = Depends(app_state),
+    ) -> Collected[ContainerActionResult]:
+        """Restart a container (stop with `timeout`, then start) and report its new state."""
+        return await state.service.collect(
+            device, "container_restart", {"container": container, "timeout": timeout}
+        )

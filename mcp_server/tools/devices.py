@@ -16,6 +16,7 @@ from mcp_server.server import AppState
 from mcp_server.ssh_config import load_ssh_config_with_warnings
 from mcp_server.tools import READ_ONLY, app_state, expected_errors
 
+WRITE_TAGS = {"scope:infra:write"}
 DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
 Tags = Annotated[list[str] | None, Field(description="Free-form labels, e.g. ['nas', 'prod'].")]
 
@@ -138,7 +139,7 @@ def register(mcp: FastMCP) -> None:
         """Show one device's registry entry: address, user, auth method, tags, pinned host key."""
         return describe(state.devices.get(device), state)
 
-    @mcp.tool(annotations=write)
+    @mcp.tool(annotations=write, tags=WRITE_TAGS)
     @expected_errors()
     async def add_device(
         name: Annotated[
@@ -173,7 +174,7 @@ def register(mcp: FastMCP) -> None:
         )
         return describe(await state.devices.add(name, spec), state)
 
-    @mcp.tool(annotations=write | {"idempotentHint": True})
+    @mcp.tool(annotations=write | {"idempotentHint": True}, tags=WRITE_TAGS)
     @expected_errors()
     async def update_device(
         device: DeviceArg,
@@ -218,7 +219,7 @@ def register(mcp: FastMCP) -> None:
         await _forget(state, device)
         return describe(updated, state)
 
-    @mcp.tool(annotations=write | {"destructiveHint": True, "idempotentHint": True})
+    @mcp.tool(annotations=write | {"destructiveHint": True, "idempotentHint": True}, tags=WRITE_TAGS)
     @expected_errors()
     async def remove_device(device: DeviceArg, state: AppState = Depends(app_state)) -> RemovedDevice:
         """Unregister a device: closes its connection and drops its cached data (history stays in the database)."""
@@ -246,7 +247,7 @@ def register(mcp: FastMCP) -> None:
             reused_connection=probe.reused_connection,
         )
 
-    @mcp.tool(annotations=write)
+    @mcp.tool(annotations=write, tags=WRITE_TAGS)
     @expected_errors()
     async def import_ssh_config(
         path: Annotated[

@@ -1,0 +1,205 @@
+"""MCP middleware: audit every tool call and resource read (with identity), enforce scopes, bound results."""
+
+from __future__ import annotations
+
+import getpass
+import ipaddress
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import mcp_types as mt
+from fastmcp.exceptions import FastMCPError, NotFoundError, ResourceError, ToolError
+from fastmcp.server.dependencies import get_access_token, get_http_request
+from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
+from fastmcp.tools import ToolResult
+from pydantic import ValidationError
+from starlette.requests import Request
+
+from mcp_server.audit import CallContext, calling
+from mcp_server.auth import ADMIN, READ, granted, required_scope
+from mcp_server.budget import fit
+from mcp_server.errors import InfrastructorError, MissingScope
+from mcp_server.redact import redact
+from mcp_server.settings import Settings
+
+RESOURCE_SCOPES = {"infra://audit/": ADMIN}
+
+
+def _resource_scope(uri: str) -> str:
+    return next((scope for prefix, scope in RESOURCE_SCOPES.items() if uri.startswith(prefix)), READ)
+
+
+def client_ip(request: Request, trusted: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> str | None:
+    """The socket peer; X-Forwarded-For is followed only through peers listed as trusted proxies."""
+    peer = request.client.host if request.client else None
+    if peer is None or not trusted:
+        return peer
+    hops = [
+        peer,
+        *reversed([h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]),
+    ]
+    for hop in hops:
+        try:
+            address = ipaddress.ip_address(hop)
+        except ValueError:
+            return hop[:64]
+        if not any(address in net for net in trusted):
+            return hop
+    return hops[-1]
+
+
+def _outcome(exc: BaseException) -> tuple[str, str, str | None]:
+    """(outcome, error_type, message safe to store) for an exception leaving a call."""
+    cause = exc.__cause__
+    if isinstance(cause, MissingScope):
+        return "denied", cause.error_type, str(cause)
+    if isinstance(cause, InfrastructorError):
+        return "error", cause.error_type, str(cause)
+    if isinstance(exc, ValidationError) or isinstance(cause, ValidationError):
+        return "error", "invalid_arguments", str(exc)[:1000]
+    if isinstance(exc, NotFoundError):
+        return "error", "not_found", str(exc)
+    if isinstance(exc, FastMCPError):
+        return "error", type(exc).__name__, str(exc)[:1000]
+    return "error", "internal", None
+
+
+class AuditMiddleware(Middleware):
+    """One audit row per tool call and resource read — allowed, failed or denied — and scope enforcement.
+
+    It also sets the CallContext that collection rows inherit (request id, identity), so each collection row
+    links to the call that caused it.
+    """
+
+    def __init__(self, settings: Settings, transport: str, *, enforce_scopes: bool) -> None:
+        self.settings = settings
+        self.transport = transport
+        self.enforce_scopes = enforce_scopes
+        self.trusted = settings.trusted_proxy_networks
+        self.os_user = getpass.getuser()
+
+    def _context(self, target: str) -> tuple[CallContext, set[str] | None]:
+        """The caller's context and, over authenticated HTTP, its effective scopes."""
+        try:
+            request = get_http_request()
+        except RuntimeError:
+            subject = f"local:{self.os_user}" if self.transport == "stdio" else None
+            return CallContext(transport=self.transport, tool=target, subject=subject), None
+        token = get_access_token()
+        scopes = granted(token.scopes) if token is not None else set()
+        ctx = CallContext(
+            transport="http",
+            tool=target,
+            subject=(token.claims.get("sub") if token is not None else None),
+            client_id=token.client_id if token is not None else None,
+            client_ip=client_ip(request, self.trusted),
+            user_agent=(request.headers.get("user-agent") or "")[:512] or None,
+            request_path=request.url.path,
+        )
+        return ctx, scopes if self.enforce_scopes else None
+
+    @staticmethod
+    def _authorize(scopes: set[str] | None, needed: str, what: str) -> None:
+        if scopes is not None and needed not in scopes:
+            have = ", ".join(sorted(scopes)) or "no infra scopes"
+            raise MissingScope(f"missing scope {needed}: {what} needs {needed}; this token has {have}.")
+
+    async def on_call_tool(
+        self, context: MiddlewareContext[mt.CallToolRequestParams], call_next: CallNext[Any, Any]
+    ) -> Any:
+        name = context.message.name
+        arguments = dict(context.message.arguments or {})
+        ctx, scopes = self._context(name)
+        tool = await context.fastmcp_context.fastmcp.get_tool(name) if context.fastmcp_context else None
+        needed = required_scope(tool.tags) if tool is not None else READ
+        return await self._audited(
+            context,
+            call_next,
+            ctx,
+            "tool",
+            arguments,
+            lambda: self._authorize(scopes, needed, f"tool {name!r}"),
+            ToolError,
+        )
+
+    async def on_read_resource(
+        self, context: MiddlewareContext[mt.ReadResourceRequestParams], call_next: CallNext[Any, Any]
+    ) -> Any:
+        uri = str(context.message.uri)
+        ctx, scopes = self._context(uri)
+        needed = _resource_scope(uri)
+        return await self._audited(
+            context,
+            call_next,
+            ctx,
+            "resource",
+            {},
+            lambda: self._authorize(scopes, needed, f"resource {uri}"),
+            ResourceError,
+        )
+
+    async def _audited(
+        self,
+        context: MiddlewareContext[Any],
+        call_next: CallNext[Any, Any],
+        ctx: CallContext,
+        kind: str,
+        arguments: dict[str, Any],
+        authorize: Any,
+        error: type[Exception],
+    ) -> Any:
+        started = time.perf_counter()
+        outcome, error_type, message = "ok", None, None
+        try:
+            with calling(ctx):
+                try:
+                    authorize()
+                except MissingScope as exc:
+                    raise error(str(exc)) from exc
+                return await call_next(context)
+        except BaseException as exc:
+            outcome, error_type, message = _outcome(exc)
+            raise
+        finally:
+            state = context.fastmcp_context.lifespan_context.get("state") if context.fastmcp_context else None
+            if state is not None:
+                trace = ctx.trace
+                state.writer.audit(
+                    occurred_at=datetime.now(UTC),
+                    kind=kind,
+                    **ctx.audit_fields(),
+                    arguments=redact(arguments),
+                    device=arguments.get("device") if isinstance(arguments.get("device"), str) else None,
+                    command=",".join(dict.fromkeys(trace.commands)) or None,
+                    params=None,
+                    cache_hit=trace.executions == 0 and trace.cache_hits > 0,
+                    ssh_commands=trace.ssh_commands,
+                    duration_ms=(time.perf_counter() - started) * 1000,
+                    outcome=outcome,
+                    error_type=error_type,
+                    error_message=message,
+                )
+
+
+class ResultBudgetMiddleware(Middleware):
+    """Keeps every tool result within INFRA_MAX_RESULT_CHARS, cutting whole list items (see budget.py)."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+
+    async def on_call_tool(
+        self, context: MiddlewareContext[mt.CallToolRequestParams], call_next: CallNext[Any, Any]
+    ) -> Any:
+        result = await call_next(context)
+        structured = getattr(result, "structured_content", None)
+        if not structured:
+            return result
+        fitted = fit(structured, self.max_chars)
+        if fitted is structured:
+            return result
+        text = json.dumps(fitted, separators=(",", ":"), default=str)
+        return ToolResult(
+            content=[mt.TextContent(type="text", text=text)], structured_content=fitted, meta=result.meta
+        )

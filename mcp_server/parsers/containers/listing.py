@@ -1,0 +1,186 @@
+"""`docker ps --format '{{json .}}'` (docker 17 to 28, and podman's Docker API behind it) -> ContainerList."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcp_server.parsers.containers.common import (
+    cut,
+    json_lines,
+    labels_from_string,
+    ps_time,
+    redact_labels,
+    redact_text,
+)
+from mcp_server.parsers.system import parse_errors_as
+
+COMMAND_MAX_CHARS = 300
+ContainerState = Literal[
+    "created", "running", "paused", "restarting", "removing", "exited", "dead", "unknown"
+]
+Health = Literal["healthy", "unhealthy", "starting"]
+STATES: tuple[str, ...] = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
+
+
+class ContainersParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    all: bool = Field(default=False, description="Include stopped (exited, created, dead) containers.")
+
+
+class PortMapping(BaseModel):
+    container_port: str = Field(description="Port or range inside the container, e.g. '80' or '8000-8010'.")
+    protocol: str = Field(description="tcp, udp or sctp.")
+    host_ip: str | None = Field(
+        description="Host address it is published on ('0.0.0.0' or '::' = every address); null when only "
+        "exposed."
+    )
+    host_port: str | None = Field(description="Host port or range; null when exposed but not published.")
+
+
+class ContainerSummary(BaseModel):
+    id: str = Field(description="Full container id.")
+    name: str = Field(description="Container name (use it as `container` in the other container tools).")
+    image: str = Field(description="Image reference the container was created from.")
+    command: str = Field(description="Command it runs (secrets redacted, cut to 300 characters).")
+    created_at: datetime | None = Field(description="When the container was created.")
+    state: ContainerState = Field(description="Lifecycle state: running, exited, restarting, paused, ...")
+    status: str = Field(
+        description="docker's status text, e.g. 'Up 3 hours (healthy)', 'Exited (1) 2 min ago'."
+    )
+    health: Health | None = Field(description="Health-check result; null when the image defines no check.")
+    exit_code: int | None = Field(description="Exit code of the last run when exited; else null.")
+    ports: list[PortMapping] = Field(description="Exposed and published ports.")
+    networks: list[str] = Field(
+        description="Networks it is attached to (empty for host networking on podman)."
+    )
+    mounts: list[str] = Field(description="Volume names and bind-mount sources.")
+    compose_project: str | None = Field(description="Compose project it belongs to, if any.")
+    compose_service: str | None = Field(description="Compose service name, if any.")
+    labels: dict[str, str] = Field(description="Labels (secret-looking values redacted); may be omitted.")
+
+
+class ContainerList(BaseModel):
+    all: bool = Field(description="Whether stopped containers were included.")
+    containers: list[ContainerSummary]
+    total: int = Field(description="Containers matching the filters, before pagination.")
+    truncated: bool = Field(description="True when more matching containers exist beyond this page.")
+
+
+_PORT = re.compile(
+    r"^(?:(?P<ip>.*):(?P<hport>[0-9]+(?:-[0-9]+)?)->)?(?P<cport>[0-9]+(?:-[0-9]+)?)/(?P<proto>[a-z]+)$"
+)
+_EXITED = re.compile(r"^Exited \((-?[0-9]+)\)")
+_HEALTH = re.compile(r"\((healthy|unhealthy|health: starting)\)")
+
+
+def parse_ports(text: str) -> list[PortMapping]:
+    """docker ps's Ports string: "0.0.0.0:8080->80/tcp, :::8080->80/tcp, 5432/tcp"."""
+    ports: list[PortMapping] = []
+    for entry in filter(None, (part.strip() for part in text.split(","))):
+        match = _PORT.match(entry)
+        if not match:
+            raise ValueError(f"unrecognised port mapping {entry!r}")
+        ip = match.group("ip")
+        ports.append(
+            PortMapping(
+                container_port=match.group("cport"),
+                protocol=match.group("proto"),
+                host_ip=ip.removeprefix("[").removesuffix("]") if ip is not None else None,
+                host_port=match.group("hport"),
+            )
+        )
+    return ports
+
+
+def state_from_status(status: str) -> ContainerState:
+    """The state docker < 20.10 left out of ps, read from its Status text."""
+    if status.startswith("Up"):
+        return "paused" if "(Paused)" in status else "running"
+    for prefix, state in (
+        ("Exited", "exited"),
+        ("Created", "created"),
+        ("Restarting", "restarting"),
+        ("Removal", "removing"),
+        ("Dead", "dead"),
+    ):
+        if status.startswith(prefix):
+            return state  # type: ignore[return-value]
+    return "unknown"
+
+
+def health_from_status(status: str) -> Health | None:
+    match = _HEALTH.search(status)
+    if not match:
+        return None
+    return "starting" if match.group(1) == "health: starting" else match.group(1)  # type: ignore[return-value]
+
+
+def _command(raw: str) -> str:
+    text = raw
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        # docker Go-quotes it (strconv.Quote); JSON escapes cover all but the rare \xNN
+        try:
+            text = str(json.loads(raw))
+        except ValueError:
+            text = raw[1:-1]
+    return cut(redact_text(text), COMMAND_MAX_CHARS)
+
+
+def _summary(item: dict[str, Any]) -> ContainerSummary:
+    status = str(item.get("Status", ""))
+    state = str(item.get("State") or "").lower() or state_from_status(status)
+    names = [n for n in str(item["Names"]).split(",") if n and "/" not in n] or [str(item["Names"])]
+    labels = labels_from_string(str(item.get("Labels") or ""))
+    exited = _EXITED.match(status)
+    created = str(item.get("CreatedAt") or "")
+    return ContainerSummary(
+        id=str(item["ID"]),
+        name=names[0],
+        image=str(item["Image"]),
+        command=_command(str(item.get("Command") or "")),
+        created_at=ps_time(created) if created else None,
+        state=state if state in STATES else "unknown",  # type: ignore[arg-type]
+        status=status,
+        health=health_from_status(status),
+        exit_code=int(exited.group(1)) if exited else None,
+        ports=parse_ports(str(item.get("Ports") or "")),
+        networks=[n for n in str(item.get("Networks") or "").split(",") if n],
+        mounts=[m for m in str(item.get("Mounts") or "").split(",") if m],
+        compose_project=labels.get("com.docker.compose.project"),
+        compose_service=labels.get("com.docker.compose.service"),
+        labels=redact_labels(labels),
+    )
+
+
+@parse_errors_as("containers")
+def parse_containers(stdout: str, params: ContainersParams) -> ContainerList:
+    """One JSON object per container, as `docker ps --format '{{json .}}'` prints them."""
+    containers = [_summary(item) for item in json_lines(stdout)]
+    return ContainerList(all=params.all, containers=containers, total=len(containers), truncated=False)
+
+
+def select_containers(
+    listing: ContainerList,
+    *,
+    name: str | None = None,
+    label: str | None = None,
+    status: str | None = None,
+) -> list[ContainerSummary]:
+    """Containers whose name contains `name`, carrying `label` ("key" or "key=value"), in state `status`."""
+    key, has_value, value = (label or "").partition("=")
+    selected: list[ContainerSummary] = []
+    for container in listing.containers:
+        if name and name not in container.name:
+            continue
+        if status and container.state != status:
+            continue
+        if label and (key not in container.labels or (has_value and container.labels[key] != value)):
+            continue
+        selected.append(container)
+    return selected
