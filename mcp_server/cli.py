@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,34 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--path", help="HTTP path of the MCP endpoint (default /mcp)")
 
     sub.add_parser("migrate", help="create or upgrade the database schema")
+
+    secrets_cmd = sub.add_parser("secrets", help="encrypted secrets").add_subparsers(
+        dest="secrets_cmd", required=True
+    )
+    secrets_cmd.add_parser(
+        "rotate", help="re-encrypt every secret under a new master key, then retire the old one"
+    )
+
+    db_cmd = sub.add_parser("db", help="PostgreSQL credentials").add_subparsers(dest="db_cmd", required=True)
+    boot = db_cmd.add_parser(
+        "bootstrap-credentials",
+        help="create a least-privilege role (INFRA_DATABASE_ADMIN_URL) and use it from now on",
+    )
+    boot.add_argument("--role-base", default="infrastructor_app")
+    rot = db_cmd.add_parser(
+        "rotate-credentials", help="switch to a fresh password without dropping in-flight work"
+    )
+    rot.add_argument(
+        "--retire-previous", action="store_true", help="also lock the role used before the last rotation"
+    )
+
+    token = sub.add_parser("token", help="bearer tokens").add_subparsers(dest="token_cmd", required=True)
+    create = token.add_parser("create", help="print a signed token (HS256, the configured or generated key)")
+    create.add_argument("--subject", required=True, help="who the token is for (audited as the subject)")
+    create.add_argument(
+        "--scopes", default="infra:read", help="comma-separated: infra:read, infra:write, infra:admin"
+    )
+    create.add_argument("--ttl", default="12h", help="lifetime: 90s, 15m, 12h, 30d, 1w")
 
     devices = sub.add_parser("devices", help="manage devices").add_subparsers(
         dest="devices_cmd", required=True
@@ -88,13 +117,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "serve":
             return _serve(settings, args)
         if args.cmd == "migrate":
-            migrate(settings.resolved_database_url)
-            err.print(f"database {redact_url(settings.resolved_database_url)} is at the latest schema")
+            admin = settings.database_admin_url
+            url = admin.get_secret_value() if admin is not None else settings.resolved_database_url
+            migrate(url)
+            err.print(f"database {redact_url(url)} is at the latest schema", soft_wrap=True)
             return 0
+        if args.cmd == "secrets":
+            return asyncio.run(_rotate_secrets(settings))
+        if args.cmd == "db":
+            return asyncio.run(_db_credentials(settings, args))
         if args.cmd == "devices":
             return asyncio.run(_devices(settings, args))
         if args.cmd == "collect":
             return asyncio.run(_collect(settings, args))
+        if args.cmd == "token":
+            return asyncio.run(_token(settings, args))
     except InfrastructorError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
@@ -113,7 +150,8 @@ def _is_loopback(host: str) -> bool:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from mcp_server.server import build_server
+    from mcp_server.auth import dev_token_notice
+    from mcp_server.server import build_server, http_signing_key
 
     if args.stdio:
         server = build_server(settings, transport="stdio")
@@ -122,36 +160,128 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.http_host
     port = args.port or settings.http_port
     path = args.path or settings.http_path
-    if not _is_loopback(host):
+    if not settings.auth and not _is_loopback(host):
         err.print(
-            f"[red]error:[/red] refusing to listen on {host}: this server has no authentication configured, "
-            "so it only listens on loopback (127.0.0.1, ::1, localhost)."
+            f"[red]error:[/red] refusing to listen on {host} with INFRA_AUTH=false: without bearer-token auth "
+            "the server only listens on loopback (127.0.0.1, ::1, localhost).",
+            soft_wrap=True,
         )
         return 2
-    server = build_server(settings, transport="http")
+    key = asyncio.run(http_signing_key(settings))
+    server = build_server(settings, transport="http", signing_key=key)
     url = f"http://{host}:{port}{path}"
+    if key is None:
+        auth_line = "auth:     OFF (INFRA_AUTH=false) - anyone who can reach this address can call every tool"
+    else:
+        auth_line = f"auth:     bearer JWT ({key.algorithm}); scopes infra:read < infra:write < infra:admin"
+        if key.generated:
+            err.print(dev_token_notice(key, settings), soft_wrap=True, highlight=False)
+    header = '--header "Authorization: Bearer $TOKEN" ' if key is not None else ""
     err.print(
         f"Infrastructor {__version__} serving MCP at [bold]{url}[/bold]\n"
         f"  database: {redact_url(settings.resolved_database_url)}\n"
+        f"  {auth_line}\n"
         f"  health:   http://{host}:{port}/health\n"
         "Next:\n"
-        f"  Claude Code:    claude mcp add --transport http infrastructor {url}\n"
-        f"  MCP Inspector:  npx @modelcontextprotocol/inspector --cli {url} --method tools/list\n"
+        f"  Claude Code:    claude mcp add --transport http infrastructor {url} {header}\n"
+        f"  MCP Inspector:  npx @modelcontextprotocol/inspector --cli {url} {header}--method tools/list\n"
         "  Claude Desktop: use `infrastructor serve --stdio` (see README)\n"
+        "  Tokens:         infrastructor token create --subject NAME --scopes infra:read --ttl 12h\n"
         "  Add a host:     infrastructor devices add nas01 192.168.1.10 --username admin --key-path ~/.ssh/id_ed25519",
         highlight=False,
         soft_wrap=True,
     )
+    allowed = [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+    if host in ("0.0.0.0", "::") and not allowed:
+        err.print(
+            "[yellow]note:[/yellow] listening on all interfaces: requests are accepted only with a Host header "
+            "of localhost/127.0.0.1 unless you list your server's names in INFRA_ALLOWED_HOSTS.",
+            soft_wrap=True,
+        )
     asyncio.run(
         server.run_http_async(
             show_banner=False,
             host=host,
             port=port,
             path=path,
-            # The audit records the socket peer; forwarded headers are trusted only by explicit configuration.
+            # Host/Origin validation against DNS rebinding; the bind address and INFRA_ALLOWED_HOSTS are allowed.
+            host_origin_protection=True,
+            allowed_hosts=allowed or None,
+            # The audit records the socket peer; forwarded headers count only through INFRA_TRUSTED_PROXIES.
             uvicorn_config={"proxy_headers": False, "log_level": settings.log_level.lower()},
         )
     )
+    return 0
+
+
+async def _rotate_secrets(settings: Settings) -> int:
+    from mcp_server.secrets import rotate_master_key
+    from mcp_server.server import open_database
+
+    db = await open_database(settings)
+    try:
+        report = await rotate_master_key(settings, db)
+    finally:
+        await db.close()
+    err.print(
+        f"re-encrypted {report.rows} secrets and {len(report.files)} file(s) under key {report.fingerprint} "
+        f"({report.location}); old keys retired: {report.retired}",
+        soft_wrap=True,
+    )
+    if report.new_key is not None and settings.master_key is not None:
+        current = settings.master_key.get_secret_value()
+        err.print(
+            "INFRA_MASTER_KEY comes from the environment, which cannot be rewritten from here. Restart with\n"
+            f"  INFRA_MASTER_KEY={report.new_key},{current}\n"
+            f"and once every server runs with it, with\n  INFRA_MASTER_KEY={report.new_key}",
+            soft_wrap=True,
+            highlight=False,
+        )
+    return 0
+
+
+async def _db_credentials(settings: Settings, args: argparse.Namespace) -> int:
+    from mcp_server.db.credentials import bootstrap_credentials, retire_previous, rotate_credentials
+
+    if settings.database_admin_url is None:
+        raise InfrastructorError(
+            "INFRA_DATABASE_ADMIN_URL: set it to a PostgreSQL owner URL (postgresql+asyncpg://owner:...@host/db); "
+            "it is used for this command only"
+        )
+    admin = settings.database_admin_url.get_secret_value()
+    if args.db_cmd == "bootstrap-credentials":
+        await asyncio.to_thread(migrate, admin)
+        report = await bootstrap_credentials(settings, admin, role_base=args.role_base)
+    else:
+        report = await rotate_credentials(settings, admin)
+        if args.retire_previous:
+            err.print(f"locked role {await retire_previous(settings, admin)}")
+    err.print(
+        f"the server now connects to {report.database} as {report.role} "
+        f"(credential encrypted in {report.path}; previous role: {report.previous_role or 'none'})",
+        soft_wrap=True,
+    )
+    return 0
+
+
+async def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from mcp_server.auth import issue_token, parse_ttl
+    from mcp_server.server import http_signing_key
+
+    key = await http_signing_key(settings)
+    if key is None:
+        raise InfrastructorError("INFRA_AUTH is false: there is no key to sign tokens with")
+    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    token, expires = issue_token(
+        key, settings, subject=args.subject, scopes=scopes, ttl_seconds=parse_ttl(args.ttl)
+    )
+    err.print(
+        f"token for {args.subject!r}, scopes {', '.join(scopes)}, expires "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(expires))}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    print(token)
     return 0
 
 

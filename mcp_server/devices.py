@@ -90,7 +90,7 @@ class DeviceRegistry:
         self._devices: dict[str, Device] = {}
 
     async def load(self) -> None:
-        async with self._db.session() as session:
+        async with self._db.read_session() as session:
             rows = (await session.scalars(select(DeviceRow).order_by(DeviceRow.name))).all()
         devices = {}
         for row in rows:

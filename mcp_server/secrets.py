@@ -150,7 +150,7 @@ class SecretStore:
                 row.updated_at = now
 
     async def get(self, name: str) -> str | None:
-        async with self._db.session() as session:
+        async with self._db.read_session() as session:
             token = await session.scalar(select(SecretRow.ciphertext).where(SecretRow.name == name))
         return None if token is None else self.decrypt(token)
 

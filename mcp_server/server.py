@@ -24,13 +24,20 @@ from mcp_server.cache import CacheManager
 from mcp_server.collection import UnifiedDataCollectionService
 from mcp_server.commands import CommandRegistry, default_registry
 from mcp_server.db import Database
+from mcp_server.db.credentials import (
+    check_schema_current,
+    credential_provider,
+    credentials_path,
+    install_credential_hook,
+)
+from mcp_server.db.engine import migrate as migrate_url
 from mcp_server.db.engine import redact_url
 from mcp_server.db.tables import CacheMetadata
 from mcp_server.devices import DeviceRegistry
 from mcp_server.events import EventBus
 from mcp_server.executors import LocalExecutor
 from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
-from mcp_server.secrets import SecretStore, load_master_keys
+from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings, load_settings
 from mcp_server.ssh import SSHOptions, SSHPool
 
@@ -76,10 +83,8 @@ async def app_state(
     `registry` and `clock` exist for tests (extra commands, a controllable cache clock).
     """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.resolved_database_url)
-    if migrate:
-        await db.migrate()
-    secrets = SecretStore(db, load_master_keys(settings))
+    db = await open_database(settings, migrate=migrate)
+    secrets = SecretStore.from_settings(db, settings)
     devices = DeviceRegistry(db, secrets, local_device=settings.local_device)
     await devices.load()
     cache = CacheManager(settings.cache_max_entries, clock=clock)
@@ -207,15 +212,29 @@ def build_server(
     return mcp
 
 
+async def open_database(settings: Settings, *, migrate: bool = True) -> Database:
+    """The database, migrated; with a bootstrapped application role, connected as that role."""
+    db = Database(settings.resolved_database_url)
+    if credentials_path(settings).exists():
+        # the application role cannot create tables: migrate as the owner when given, else insist on head
+        install_credential_hook(db.engine, credential_provider(settings))
+        if migrate and settings.database_admin_url is not None:
+            await asyncio.to_thread(migrate_url, settings.database_admin_url.get_secret_value())
+        else:
+            await check_schema_current(db)
+    elif migrate:
+        await db.migrate()
+    return db
+
+
 async def http_signing_key(settings: Settings) -> SigningKey | None:
     """The key that verifies bearer tokens (generated and stored on first start), or None with INFRA_AUTH=false."""
     if not settings.auth:
         return None
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.resolved_database_url)
+    db = await open_database(settings)
     try:
-        await db.migrate()
-        return await signing_key(settings, SecretStore(db, load_master_keys(settings)))
+        return await signing_key(settings, SecretStore.from_settings(db, settings))
     finally:
         await db.close()
 

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL; default sqlite+aiosqlite:///<data_dir>/infrastructor.db. "
         "PostgreSQL: postgresql+asyncpg://user@host/db.",
     )
+    database_admin_url: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL owner URL, used only by migrate and db bootstrap/rotate-credentials; "
+        "the server never keeps it.",
+    )
     master_key: SecretStr | None = Field(
         default=None,
         description="Fernet key(s) that encrypt stored secrets, comma-separated, newest first; "

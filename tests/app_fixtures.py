@@ -105,7 +105,7 @@ async def audit_rows(state: AppState, **where: Any) -> list[DataCollectionAudit]
     query = select(DataCollectionAudit).order_by(DataCollectionAudit.id)
     for column, value in where.items():
         query = query.where(getattr(DataCollectionAudit, column) == value)
-    async with state.db.session() as session:
+    async with state.db.read_session() as session:
         return list((await session.scalars(query)).all())
 
 

@@ -75,7 +75,7 @@ async def _snapshot_count(state: AppState, table: Any, **where: Any) -> int:
     query = select(func.count()).select_from(table)
     for column, value in where.items():
         query = query.where(getattr(table, column) == value)
-    async with state.db.session() as session:
+    async with state.db.read_session() as session:
         return int(await session.scalar(query) or 0)
 
 

@@ -187,7 +187,7 @@ async def test_a_device_password_is_encrypted_at_rest_and_never_returned(
     )
     assert password not in json.dumps(result.structured_content)
     assert result.structured_content["auth"] == "password"
-    async with state.db.session() as session:
+    async with state.db.read_session() as session:
         secrets = (await session.scalars(select(SecretRow))).all()
         rows = (await session.scalars(select(DeviceRow))).all()
     assert len(secrets) == 1 and password not in secrets[0].ciphertext

@@ -3,27 +3,29 @@
 from __future__ import annotations
 
 from mcp_server.commands.base import Arg, CommandDefinition, NoParams
-from mcp_server.parsers.containers import (
-    ComposeStacks,
-    ContainerActionParams,
+from mcp_server.parsers.compose import ComposeStacks, parse_compose_stacks
+from mcp_server.parsers.container_inspect import ContainerDetails, parse_container_inspect
+from mcp_server.parsers.container_runtime import (
+    Action,
     ContainerActionResult,
-    ContainerDetails,
-    ContainerList,
     ContainerLogs,
+    ContainerStatsList,
+    action_parser,
+    parse_container_logs,
+    parse_container_stats,
+)
+from mcp_server.parsers.containers import (
+    GREP_SCAN_LINES,
+    ContainerActionParams,
+    ContainerList,
     ContainerLogsParams,
     ContainerParams,
     ContainersParams,
-    ContainerStatsList,
-    action_parser,
-    parse_compose_stacks,
-    parse_container_inspect,
-    parse_container_logs,
-    parse_container_stats,
     parse_containers,
 )
-from mcp_server.parsers.containers.logs import Action
-from mcp_server.parsers.containers.params import GREP_SCAN_LINES
 
+# Not `root`: docker access comes from the docker group, and running these through sudo would need `sh`
+# (that is, everything) in sudoers.
 CATEGORY = "containers"
 # check_exit turns exit 127 with "X: not found" into CommandNotAvailable naming X.
 NEED_DOCKER = 'command -v docker >/dev/null 2>&1 || { echo "docker: not found" >&2; exit 127; }'
@@ -98,7 +100,6 @@ CONTAINERS: CommandDefinition[ContainerList] = CommandDefinition(
     parse=parse_containers,
     params=ContainersParams,
     ttl=10.0,
-    root=True,
 )
 
 CONTAINER_INSPECT: CommandDefinition[ContainerDetails] = CommandDefinition(
@@ -110,7 +111,6 @@ CONTAINER_INSPECT: CommandDefinition[ContainerDetails] = CommandDefinition(
     parse=parse_container_inspect,
     params=ContainerParams,
     ttl=10.0,
-    root=True,
 )
 
 CONTAINER_LOGS: CommandDefinition[ContainerLogs] = CommandDefinition(
@@ -133,7 +133,6 @@ CONTAINER_LOGS: CommandDefinition[ContainerLogs] = CommandDefinition(
     parse=parse_container_logs,
     params=ContainerLogsParams,
     ttl=5.0,
-    root=True,
 )
 
 CONTAINER_STATS: CommandDefinition[ContainerStatsList] = CommandDefinition(
@@ -146,7 +145,6 @@ CONTAINER_STATS: CommandDefinition[ContainerStatsList] = CommandDefinition(
     params=NoParams,
     ttl=10.0,
     timeout=45.0,
-    root=True,
 )
 
 COMPOSE_STACKS: CommandDefinition[ComposeStacks] = CommandDefinition(
@@ -159,7 +157,6 @@ COMPOSE_STACKS: CommandDefinition[ComposeStacks] = CommandDefinition(
     params=NoParams,
     ttl=15.0,
     timeout=60.0,
-    root=True,
 )
 
 
@@ -177,7 +174,6 @@ def _action(verb: Action, params: type[ContainerParams] | type[ContainerActionPa
         ttl=0.0,
         # a stop waits up to `timeout` (max 600 s) before killing; INFRA_SSH_COMMAND_TIMEOUT caps this
         timeout=660.0 if timed else 60.0,
-        root=True,
         invalidates=(CATEGORY,),
     )
 

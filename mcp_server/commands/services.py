@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,9 +20,11 @@ from mcp_server.parsers.services import (
 )
 
 UNIT_SUFFIXES = ("service", "socket", "timer", "mount", "target", "path", "slice", "scope", "device", "swap")
-# letters, digits, ':_.@-' and systemd's own \xNN escapes; a known type suffix; never a leading '-'
+# letters, digits, ':_.@-' and systemd's own \xNN escapes, a known type suffix, and never a leading '-'
 UNIT_PATTERN = (
-    r"^(?!-)(?:[A-Za-z0-9:_.@-]|\\x[0-9a-fA-F]{2}){1,240}\.(?:" + "|".join((*UNIT_SUFFIXES, "automount")) + r")$"
+    r"^(?:[A-Za-z0-9:_.@]|\\x[0-9a-fA-F]{2})(?:[A-Za-z0-9:_.@-]|\\x[0-9a-fA-F]{2}){0,239}\.(?:"
+    + "|".join((*UNIT_SUFFIXES, "automount"))
+    + r")$"
 )
 # systemd time specifications we pass on: dates, "-5min"-style offsets, "N units ago", and three keywords
 TIME_PATTERN = (
@@ -33,9 +34,14 @@ TIME_PATTERN = (
     r"|today|yesterday|now)$"
 )
 GREP_PATTERN = r"^[^\x00-\x1f\x7f-][^\x00-\x1f\x7f]*$"
-UNIT_GLOB_PATTERN = r"^(?!-)[A-Za-z0-9:_.@*?\[\]\\-]{1,255}$"
+UNIT_GLOB_PATTERN = r"^[A-Za-z0-9:_.@*?\[\]\\][A-Za-z0-9:_.@*?\[\]\\-]{0,254}$"
 PRIORITY_DIGITS = tuple("01234567")
-JOURNAL_FIELDS = "MESSAGE,PRIORITY,_SYSTEMD_UNIT,UNIT,_SYSTEMD_USER_UNIT,USER_UNIT,SYSLOG_IDENTIFIER,_COMM,_PID,SYSLOG_PID"
+# journalctl --grep exits 1 when nothing matches (indistinguishable from a failure), so text filtering
+# happens in the parser, over this many of the newest entries
+GREP_SCAN_LINES = 10_000
+JOURNAL_FIELDS = (
+    "MESSAGE,PRIORITY,_SYSTEMD_UNIT,UNIT,_SYSTEMD_USER_UNIT,USER_UNIT,SYSLOG_IDENTIFIER,_COMM,_PID,SYSLOG_PID"
+)
 
 UnitName = Annotated[
     str,
@@ -63,7 +69,7 @@ GrepText = Annotated[
         max_length=200,
         pattern=GREP_PATTERN,
         description="Only entries whose message contains this text (no wildcards; case-insensitive "
-        "unless it contains an upper-case letter).",
+        f"unless it contains an upper-case letter), among the newest {GREP_SCAN_LINES} entries.",
     ),
 ]
 UnitGlob = Annotated[
@@ -109,7 +115,14 @@ class JournalParams(_Params):
             return value
         if isinstance(value, int) and not isinstance(value, bool) and str(value) in PRIORITY_DIGITS:
             return str(value)
-        raise ValueError("priority must be one of emerg, alert, crit, err, warning, notice, info, debug or 0..7")
+        raise ValueError(
+            "priority must be one of emerg, alert, crit, err, warning, notice, info, debug or 0..7"
+        )
+
+    @property
+    def scan_lines(self) -> int:
+        """Entries journalctl returns: with grep, a wider window that the parser then filters."""
+        return max(self.lines, GREP_SCAN_LINES) if self.grep is not None else self.lines
 
     @property
     def filters(self) -> list[str]:
@@ -123,9 +136,6 @@ class JournalParams(_Params):
             words.append(f"--until={self.until}")
         if self.priority is not None:
             words.append(f"--priority={self.priority}")
-        if self.grep is not None:
-            # --grep takes a PCRE2 pattern; escaping makes the caller's text match literally
-            words.append(f"--grep={re.escape(self.grep)}")
         return words
 
 
@@ -139,14 +149,16 @@ SERVICES_SCRIPT = "; ".join(
     (
         "export LC_ALL=C SYSTEMD_COLORS=0",
         'command -v systemctl >/dev/null 2>&1 || { echo "systemctl: not found" >&2; exit 127; }',
+        "echo '@@units'",
         "systemctl list-units --all --full --plain --no-legend --no-pager --output=json 2>/dev/null"
         " || systemctl list-units --all --full --plain --no-legend --no-pager || " + NO_SYSTEMD,
+        "echo '@@end'",
     )
 )
 STATUS_PROPERTIES = (
     "Id,Description,LoadState,ActiveState,SubState,UnitFileState,MainPID,MemoryCurrent,TasksCurrent,"
     "NRestarts,Result,ActiveEnterTimestamp,ActiveExitTimestamp,InactiveEnterTimestamp,InactiveExitTimestamp,"
-    "StateChangeTimestamp"
+    "StateChangeTimestamp,ExecMainStartTimestamp"
 )
 # --timestamp=unix (systemd >= 248) gives exact times; older versions get the same query without it.
 SERVICE_STATUS_SCRIPT = "; ".join(
@@ -212,7 +224,7 @@ JOURNAL_LOGS: CommandDefinition[JournalLogs] = CommandDefinition(
         "--all",
         f"--output-fields={JOURNAL_FIELDS}",
         "--lines",
-        Arg("lines"),
+        Arg("scan_lines"),
         ArgList("filters"),
     ),
     model=JournalLogs,

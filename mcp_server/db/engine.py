@@ -46,8 +46,12 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
-            event.listen(self.engine.sync_engine, "begin", _sqlite_begin_immediate)
+            event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession)
+        # Read-only work takes no write lock on SQLite (see _sqlite_begin), so it never waits on a writer.
+        self.read_session = async_sessionmaker(
+            self.engine.execution_options(infra_read_only=True), expire_on_commit=False, class_=AsyncSession
+        )
 
     async def ping(self) -> bool:
         try:
@@ -74,10 +78,12 @@ def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
     cursor.close()
 
 
-def _sqlite_begin_immediate(conn: Connection) -> None:
+def _sqlite_begin(conn: Connection) -> None:
     # A deferred transaction that reads and then writes cannot wait for another writer (SQLITE_BUSY at
-    # once); taking the write lock up front makes writers queue on busy_timeout instead.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # once); taking the write lock up front makes writers queue on busy_timeout instead. Sessions from
+    # `read_session` only read, and begin deferred so they never hold up a writer.
+    read_only = conn.get_execution_options().get("infra_read_only", False)
+    conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def alembic_config(url: str) -> Config:

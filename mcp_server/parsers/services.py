@@ -72,7 +72,13 @@ def _units_from_table(text: str) -> list[Unit]:
         if len(words) < 4:
             raise ValueError(f"not a systemctl list-units row: {line[:80]!r}")
         units.append(
-            Unit(unit=words[0], load=words[1], active=words[2], sub=words[3], description=(words[4:] or [""])[0])
+            Unit(
+                unit=words[0],
+                load=words[1],
+                active=words[2],
+                sub=words[3],
+                description=(words[4:] or [""])[0],
+            )
         )
     return units
 
@@ -83,8 +89,11 @@ def _failed_first(units: Iterable[Unit]) -> list[Unit]:
 
 @parse_errors_as("services")
 def parse_units(stdout: str, params: Any) -> UnitList:
-    """`systemctl list-units --all` as JSON (systemd >= 246), or its text table -> UnitList, failed first."""
-    text = stdout.strip()
+    """`systemctl list-units --all` between @@units and @@end, as JSON (systemd >= 246) or the text table."""
+    lines = stdout.rstrip("\n").split("\n")
+    if lines[0] != "@@units" or lines[-1] != "@@end":
+        raise ValueError("output is incomplete (no @@units ... @@end)")
+    text = "\n".join(lines[1:-1]).strip()
     if not text:
         raise ValueError("systemctl printed nothing")
     units = _failed_first(_units_from_json(text) if text.startswith("[") else _units_from_table(text))
@@ -104,7 +113,9 @@ def select_units(units: Iterable[Unit], state: UnitState, pattern: str | None) -
 class JournalEntry(BaseModel):
     timestamp: datetime = Field(description="When journald received the entry (UTC).")
     priority: int | None = Field(description="Syslog priority 0 (emerg) .. 7 (debug); null when unset.")
-    priority_name: str | None = Field(description="The priority's name: emerg, alert, crit, err, warning, ...")
+    priority_name: str | None = Field(
+        description="The priority's name: emerg, alert, crit, err, warning, ..."
+    )
     unit: str | None = Field(description="The systemd unit the entry came from or is about.")
     identifier: str | None = Field(description="Syslog identifier or process name.")
     pid: int | None = Field(description="Process id that logged it.")
@@ -113,10 +124,11 @@ class JournalEntry(BaseModel):
 
 
 class JournalLogs(BaseModel):
-    entries: list[JournalEntry] = Field(description="Entries oldest first (the newest `lines` matching).")
-    total: int = Field(description="Entries returned.")
+    entries: list[JournalEntry] = Field(description="The newest matching entries, oldest first.")
+    total: int = Field(description="Matching entries found in the window read (before the `lines` limit).")
     truncated: bool = Field(
-        description="True when the line limit was reached, so older matching entries probably exist."
+        description="True when older matching entries probably exist: more matched than `lines`, or the "
+        "window journalctl returned was full."
     )
 
 
@@ -146,7 +158,11 @@ def journal_entry(record: dict[str, Any]) -> JournalEntry:
     if message is None:
         message = "[message omitted: larger than journalctl prints without --all]"
     unit = next(
-        (t for k in ("_SYSTEMD_UNIT", "UNIT", "_SYSTEMD_USER_UNIT", "USER_UNIT") if (t := _text(record.get(k)))),
+        (
+            t
+            for k in ("_SYSTEMD_UNIT", "UNIT", "_SYSTEMD_USER_UNIT", "USER_UNIT")
+            if (t := _text(record.get(k)))
+        ),
         None,
     )
     return JournalEntry(
@@ -173,18 +189,38 @@ def journal_lines(lines: Iterable[str]) -> tuple[list[JournalEntry], list[str]]:
     return entries, notes
 
 
-class HasLines(Protocol):
+class JournalQuery(Protocol):
     @property
     def lines(self) -> int: ...
 
+    @property
+    def grep(self) -> str | None: ...
+
+    @property
+    def scan_lines(self) -> int: ...
+
+
+def _matches(entry: JournalEntry, needle: str) -> bool:
+    # journalctl's own rule: a lower-case pattern matches any case
+    return needle in (entry.message.lower() if needle == needle.lower() else entry.message)
+
 
 @parse_errors_as("journal_logs")
-def parse_journal(stdout: str, params: HasLines) -> JournalLogs:
-    """`journalctl -o json` (one object per line) -> JournalLogs."""
+def parse_journal(stdout: str, params: JournalQuery) -> JournalLogs:
+    """`journalctl -o json` (one object per line) -> the newest `lines` entries that contain `grep`."""
     entries, notes = journal_lines(stdout.split("\n"))
     if notes:
         raise ValueError(f"not journal JSON: {notes[0][:80]!r}")
-    return JournalLogs(entries=entries, total=len(entries), truncated=len(entries) >= params.lines)
+    scanned = len(entries)
+    grep = params.grep
+    if grep is not None:
+        entries = [e for e in entries if _matches(e, grep)]
+    newest = entries[-params.lines :]
+    return JournalLogs(
+        entries=newest,
+        total=len(entries),
+        truncated=len(entries) > len(newest) or scanned >= params.scan_lines,
+    )
 
 
 class ServiceStatus(BaseModel):
@@ -234,16 +270,22 @@ def _timestamp(text: str | None) -> datetime | None:
 
 
 def _state_timestamp(props: dict[str, str], active: str | None) -> str | None:
-    """The timestamp `systemctl status` shows after "since" for this state."""
-    key = {
+    """The timestamp `systemctl status` shows after "since" for this state (or the nearest one we have)."""
+    first = {
+        None: "ActiveEnterTimestamp",
         "active": "ActiveEnterTimestamp",
         "reloading": "ActiveEnterTimestamp",
         "activating": "InactiveExitTimestamp",
         "deactivating": "ActiveExitTimestamp",
-    }.get(active or "", "InactiveEnterTimestamp")
-    for name in (key, "StateChangeTimestamp"):
+    }.get(active, "InactiveEnterTimestamp")
+    fallbacks = (
+        ("StateChangeTimestamp", "ExecMainStartTimestamp")
+        if active == "active"
+        else ("StateChangeTimestamp",)
+    )
+    for name in (first, *fallbacks):
         value = props.get(name)
-        if value not in _UNSET and value is not None:
+        if value is not None and value not in _UNSET:
             return value
     return None
 
@@ -306,3 +348,14 @@ class RestartResult(BaseModel):
 def parse_restart(stdout: str, params: UnitStatusParams) -> RestartResult:
     """`systemctl restart` prints nothing on success; failures arrive as a non-zero exit instead."""
     return RestartResult(unit=params.unit, restarted=True)
+
+
+def newest_within(entries: list[JournalEntry], budget_chars: int) -> list[JournalEntry]:
+    """The newest entries whose JSON fits in `budget_chars`: the result budget must cut old lines, not new."""
+    used, keep = 0, 0
+    for entry in reversed(entries):
+        used += len(entry.model_dump_json()) + 1
+        if used > budget_chars:
+            break
+        keep += 1
+    return entries[len(entries) - keep :]

@@ -56,7 +56,7 @@ def _entry(row: DataCollectionAudit) -> AuditEntry:
 
 async def audit_page(state: AppState, *, limit: int, offset: int, **filters: Any) -> AuditPage:
     await state.writer.flush()  # a page includes everything audited up to this call
-    async with state.db.session() as session:
+    async with state.db.read_session() as session:
         rows, total = await audit_rows(session, limit=limit, offset=offset, **filters)
     return AuditPage(entries=[_entry(r) for r in rows], total=total, truncated=offset + len(rows) < total)
 

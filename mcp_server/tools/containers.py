@@ -9,30 +9,31 @@ from fastmcp.dependencies import Depends
 from pydantic import Field
 
 from mcp_server.collection import Collected
-from mcp_server.parsers.containers import (
-    ComposeStacks,
+from mcp_server.parsers.compose import ComposeStacks
+from mcp_server.parsers.container_inspect import ContainerDetails
+from mcp_server.parsers.container_runtime import (
     ContainerActionResult,
-    ContainerDetails,
-    ContainerList,
     ContainerLogs,
     ContainerStatsList,
     fit_newest,
-    select_containers,
 )
-from mcp_server.parsers.containers.params import ContainerName, GrepText, Since
+from mcp_server.parsers.containers import ContainerList, ContainerName, GrepText, Since, select_containers
 from mcp_server.server import AppState
 from mcp_server.tools import READ_ONLY, app_state, expected_errors, paginate
 
 DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
 ForceRefresh = Annotated[
-    bool, Field(description="Skip the cache and run the command now (the cache is refreshed with the result).")
+    bool,
+    Field(description="Skip the cache and run the command now (the cache is refreshed with the result)."),
 ]
 Container = Annotated[ContainerName, Field(description="Container name or id, as listed by list_containers.")]
 Limit = Annotated[int, Field(ge=1, le=500, description="Most items to return.")]
 Offset = Annotated[int, Field(ge=0, description="Items to skip (for paging).")]
 StopTimeout = Annotated[
     int | None,
-    Field(ge=0, le=600, description="Seconds to wait for a graceful stop before killing (docker's default: 10)."),
+    Field(
+        ge=0, le=600, description="Seconds to wait for a graceful stop before killing (docker's default: 10)."
+    ),
 ]
 WRITE_SCOPE = {"scope:infra:write"}
 # room left for the freshness fields and JSON framing around the log lines
@@ -53,10 +54,14 @@ def register(mcp: FastMCP) -> None:
     @expected_errors()
     async def list_containers(
         device: DeviceArg,
-        all: Annotated[bool, Field(description="Include stopped containers (default: running only).")] = False,
+        all: Annotated[
+            bool, Field(description="Include stopped containers (default: running only).")
+        ] = False,
         name: Annotated[
             str | None,
-            Field(pattern=r"^[A-Za-z0-9_.-]{1,128}$", description="Only containers whose name contains this."),
+            Field(
+                pattern=r"^[A-Za-z0-9_.-]{1,128}$", description="Only containers whose name contains this."
+            ),
         ] = None,
         label: Annotated[
             str | None,
@@ -111,13 +116,21 @@ def register(mcp: FastMCP) -> None:
         tail: Annotated[int, Field(ge=1, le=2000, description="Newest lines to return.")] = 100,
         since: Since | None = None,
         grep: GrepText | None = None,
-        timestamps: Annotated[bool, Field(description="Prefix lines with the time docker received them.")] = False,
+        timestamps: Annotated[
+            bool, Field(description="Prefix lines with the time docker received them.")
+        ] = False,
         force_refresh: ForceRefresh = False,
         state: AppState = Depends(app_state),
     ) -> Collected[ContainerLogs]:
         """The newest log lines (stdout and stderr) of a container; with grep, the newest matching lines among
         the last 50,000. Lines are cut at 2000 characters; the oldest lines are dropped to fit the output budget."""
-        params = {"container": container, "tail": tail, "since": since, "grep": grep, "timestamps": timestamps}
+        params = {
+            "container": container,
+            "tail": tail,
+            "since": since,
+            "grep": grep,
+            "timestamps": timestamps,
+        }
         result = await state.service.collect(device, "container_logs", params, force_refresh=force_refresh)
         budget = state.settings.max_result_chars - LOG_BUDGET_MARGIN
         return result.model_copy(update={"data": fit_newest(result.data, budget)})
@@ -150,7 +163,9 @@ def register(mcp: FastMCP) -> None:
         """Docker Compose projects: status, config files, working directory, and each service's container state."""
         result = await state.service.collect(device, "compose_stacks", force_refresh=force_refresh)
         page, total, truncated = paginate(result.data.stacks, limit, offset)
-        return result.model_copy(update={"data": ComposeStacks(stacks=page, total=total, truncated=truncated)})
+        return result.model_copy(
+            update={"data": ComposeStacks(stacks=page, total=total, truncated=truncated)}
+        )
 
     @mcp.tool(annotations=_write(destructive=False, idempotent=True), tags=WRITE_SCOPE)
     @expected_errors()
@@ -169,7 +184,9 @@ def register(mcp: FastMCP) -> None:
         state: AppState = Depends(app_state),
     ) -> Collected[ContainerActionResult]:
         """Stop a running container (SIGTERM, then SIGKILL after `timeout` seconds) and report its state."""
-        return await state.service.collect(device, "container_stop", {"container": container, "timeout": timeout})
+        return await state.service.collect(
+            device, "container_stop", {"container": container, "timeout": timeout}
+        )
 
     @mcp.tool(annotations=_write(destructive=True, idempotent=False), tags=WRITE_SCOPE)
     @expected_errors()

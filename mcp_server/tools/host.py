@@ -1,9 +1,61 @@
-"""Host tools."""
+"""Host tools: pending package updates and libvirt virtual machines."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastmcp import FastMCP
+from fastmcp.dependencies import Depends
+from pydantic import Field
+
+from mcp_server.collection import Collected
+from mcp_server.parsers.packages import PackageUpdates
+from mcp_server.parsers.vms import VmList
+from mcp_server.server import AppState
+from mcp_server.tools import READ_ONLY, app_state, expected_errors, paginate
+
+DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
+ForceRefresh = Annotated[
+    bool,
+    Field(description="Skip the cache and run the command now (the cache is refreshed with the result)."),
+]
+Limit = Annotated[int, Field(ge=1, le=500, description="Most items to return.")]
+Offset = Annotated[int, Field(ge=0, description="Items to skip (for paging).")]
 
 
 def register(mcp: FastMCP) -> None:
-    """Add this area's tools to the server."""
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def check_updates(
+        device: DeviceArg,
+        security_only: Annotated[
+            bool, Field(description="Only security updates (apt and dnf can tell).")
+        ] = False,
+        limit: Limit = 100,
+        offset: Offset = 0,
+        force_refresh: ForceRefresh = False,
+        state: AppState = Depends(app_state),
+    ) -> Collected[PackageUpdates]:
+        """Pending package updates on a device (apt, dnf or pacman, detected): installed -> candidate version,
+        security flag, and counts. Reads the package lists as they are (no refresh); never installs anything."""
+        result = await state.service.collect(device, "package_updates", force_refresh=force_refresh)
+        updates = [u for u in result.data.updates if u.security] if security_only else result.data.updates
+        page, total, truncated = paginate(updates, limit, offset)
+        data = result.data.model_copy(update={"updates": page, "total": total, "truncated": truncated})
+        return result.model_copy(update={"data": data})
+
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def list_vms(
+        device: DeviceArg,
+        limit: Limit = 100,
+        offset: Offset = 0,
+        force_refresh: ForceRefresh = False,
+        state: AppState = Depends(app_state),
+    ) -> Collected[VmList]:
+        """libvirt virtual machines on a device (virsh, qemu:///system unless LIBVIRT_DEFAULT_URI says otherwise):
+        state, vCPUs, memory, autostart; running ones first."""
+        result = await state.service.collect(device, "vms", force_refresh=force_refresh)
+        page, total, truncated = paginate(result.data.vms, limit, offset)
+        data = result.data.model_copy(update={"vms": page, "total": total, "truncated": truncated})
+        return result.model_copy(update={"data": data})

@@ -1,9 +1,132 @@
-"""Services tools."""
+"""Service tools: systemd units, one unit's status, restarting a unit, and the journal."""
 
 from __future__ import annotations
 
+from typing import Annotated, Any
+
 from fastmcp import FastMCP
+from fastmcp.dependencies import Depends
+from pydantic import Field
+
+from mcp_server.collection import Collected
+from mcp_server.commands.services import GrepText, TimeSpec, UnitGlob, UnitName
+from mcp_server.parsers.services import (
+    JournalLogs,
+    RestartResult,
+    ServiceStatus,
+    UnitList,
+    UnitState,
+    newest_within,
+    select_units,
+)
+from mcp_server.server import AppState
+from mcp_server.tools import READ_ONLY, app_state, expected_errors, paginate
+
+DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
+ForceRefresh = Annotated[
+    bool,
+    Field(description="Skip the cache and run the command now (the cache is refreshed with the result)."),
+]
+Unit = Annotated[UnitName, Field(description="A systemd unit with its suffix, e.g. 'nginx.service'.")]
+WRITE_SCOPE = {"scope:infra:write"}
+RESTART_ANNOTATIONS: dict[str, Any] = {
+    "readOnlyHint": False,
+    "destructiveHint": True,
+    "idempotentHint": False,
+    "openWorldHint": True,
+}
+# room left for the freshness fields, the unit's state and JSON framing around the journal entries
+JOURNAL_BUDGET_MARGIN = 2_000
 
 
 def register(mcp: FastMCP) -> None:
-    """Add this area's tools to the server."""
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def list_services(
+        device: DeviceArg,
+        state: Annotated[
+            UnitState, Field(description="Only units in this active state: active, failed, inactive or all.")
+        ] = "all",
+        pattern: Annotated[
+            UnitGlob | None, Field(description="Only units whose name matches, e.g. '*.timer'.")
+        ] = None,
+        limit: Annotated[int, Field(ge=1, le=500, description="Most units to return.")] = 50,
+        offset: Annotated[int, Field(ge=0, description="Units to skip (for paging).")] = 0,
+        force_refresh: ForceRefresh = False,
+        app: AppState = Depends(app_state),
+    ) -> Collected[UnitList]:
+        """systemd units on a device (services, timers, mounts, sockets...) with load, active and sub state;
+        failed units first. Needs systemd on the device."""
+        result = await app.service.collect(device, "services", force_refresh=force_refresh)
+        selected = select_units(result.data.units, state, pattern)
+        page, total, truncated = paginate(selected, limit, offset)
+        data = UnitList(units=page, total=total, truncated=truncated, failed_total=result.data.failed_total)
+        return result.model_copy(update={"data": data})
+
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def get_service_status(
+        device: DeviceArg,
+        unit: Unit,
+        lines: Annotated[int, Field(ge=0, le=200, description="Recent journal entries to include.")] = 20,
+        force_refresh: ForceRefresh = False,
+        state: AppState = Depends(app_state),
+    ) -> Collected[ServiceStatus]:
+        """One systemd unit: active and sub state, since when, main PID, memory, tasks, restarts, whether it is
+        enabled, the last run's result, and its most recent journal entries."""
+        result = await state.service.collect(
+            device, "service_status", {"unit": unit, "lines": lines}, force_refresh=force_refresh
+        )
+        budget = state.settings.max_result_chars - JOURNAL_BUDGET_MARGIN
+        journal = newest_within(result.data.journal, budget)
+        return result.model_copy(update={"data": result.data.model_copy(update={"journal": journal})})
+
+    @mcp.tool(annotations=RESTART_ANNOTATIONS, tags=WRITE_SCOPE)
+    @expected_errors()
+    async def restart_service(
+        device: DeviceArg, unit: Unit, state: AppState = Depends(app_state)
+    ) -> Collected[RestartResult]:
+        """Restart a systemd unit (`systemctl restart`); service reads afterwards are fresh. Needs root on the
+        device: log in as root or set use_sudo with a sudoers rule for systemctl."""
+        return await state.service.collect(device, "restart_service", {"unit": unit})
+
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def get_journal_logs(
+        device: DeviceArg,
+        unit: Annotated[
+            UnitName | None, Field(description="Only this unit's entries, e.g. 'nginx.service'.")
+        ] = None,
+        since: Annotated[TimeSpec | None, Field(description="Only entries at or after this time.")] = None,
+        until: Annotated[TimeSpec | None, Field(description="Only entries at or before this time.")] = None,
+        priority: Annotated[
+            str | int | None,
+            Field(
+                description="Only this priority and more severe: emerg, alert, crit, err, warning, notice, "
+                "info, debug (or 0..7)."
+            ),
+        ] = None,
+        grep: Annotated[
+            GrepText | None, Field(description="Only entries whose message contains this text.")
+        ] = None,
+        lines: Annotated[int, Field(ge=1, le=2000, description="Newest matching entries to return.")] = 100,
+        force_refresh: ForceRefresh = False,
+        state: AppState = Depends(app_state),
+    ) -> Collected[JournalLogs]:
+        """The newest systemd journal entries of a device, filtered by unit, time, priority and text; messages
+        cut at 2000 characters. Without root or the systemd-journal group the SSH user sees only its own
+        entries (set use_sudo on the device for the whole journal)."""
+        params = {
+            "unit": unit,
+            "since": since,
+            "until": until,
+            "priority": priority,
+            "grep": grep,
+            "lines": lines,
+        }
+        result = await state.service.collect(device, "journal_logs", params, force_refresh=force_refresh)
+        entries = newest_within(result.data.entries, state.settings.max_result_chars - JOURNAL_BUDGET_MARGIN)
+        if len(entries) == len(result.data.entries):
+            return result
+        data = result.data.model_copy(update={"entries": entries, "truncated": True})
+        return result.model_copy(update={"data": data})

@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from mcp_server.parsers.containers.common import (
+from mcp_server.parsers.container_common import (
     REDACTED,
     cut,
     docker_time,
@@ -17,8 +17,7 @@ from mcp_server.parsers.containers.common import (
     redact_pair,
     redact_text,
 )
-from mcp_server.parsers.containers.listing import PortMapping
-from mcp_server.parsers.containers.params import ContainerParams
+from mcp_server.parsers.containers import ContainerParams, PortMapping
 from mcp_server.parsers.system import parse_errors_as
 
 HEALTH_LOG_ENTRIES = 3
