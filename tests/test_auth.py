@@ -19,7 +19,6 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from fastmcp.exceptions import ToolError
 from mcp import MCPError
-from sqlalchemy import select
 
 from mcp_server.auth import ADMIN, READ, WRITE, SigningKey, issue_token
 from mcp_server.db.tables import SecretRow
