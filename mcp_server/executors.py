@@ -51,6 +51,7 @@ def missing_binary(stderr: str) -> str | None:
     return None
 
 
+_SUDO_NOT_FOUND = re.compile(r"sudo: (?P<bin>[^\s:]+): command not found")
 _SUDO_PASSWORD = re.compile(r"sudo: (?:a password is required|a terminal is required|no tty present)")
 
 
@@ -58,8 +59,12 @@ def check_exit(result: ExecResult, device: str, command: str, ok: frozenset[int]
     """Raise the right error for a failed run: CommandNotAvailable for exit 127, else CommandFailed."""
     if result.exit_status in ok:
         return
-    if result.command.startswith("sudo -n ") and _SUDO_PASSWORD.search(result.stderr):
-        raise SudoPasswordRequired(device, command)
+    if result.command.startswith("sudo -n "):
+        if _SUDO_PASSWORD.search(result.stderr):
+            raise SudoPasswordRequired(device, command)
+        missing = _SUDO_NOT_FOUND.search(result.stderr)
+        if missing:  # sudo exits 1, not 127, when the program is not on its secure_path
+            raise CommandNotAvailable(device, command, missing.group("bin"))
     if result.exit_status == 127:
         binary = missing_binary(result.stderr) or shlex.split(result.command)[0]
         raise CommandNotAvailable(device, command, binary)

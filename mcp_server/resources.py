@@ -13,7 +13,7 @@ from mcp_server.server import AppState
 from mcp_server.tools import app_state, expected_errors
 from mcp_server.tools.admin import audit_page
 from mcp_server.tools.devices import describe
-from mcp_server.tools.system import command_catalogue
+from mcp_server.tools.system import command_catalogue, require_read_only
 
 
 def register(mcp: FastMCP) -> None:
@@ -34,6 +34,7 @@ def register(mcp: FastMCP) -> None:
         device: str, command: str, state: AppState = Depends(app_state)
     ) -> dict[str, Any]:
         """A command's result for a device with default parameters (cached like the tools)."""
+        require_read_only(state, command)
         result = await state.service.collect(device, command)
         return fit(result.model_dump(mode="json"), state.settings.max_result_chars)
 

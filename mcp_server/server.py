@@ -189,6 +189,8 @@ def build_server(
     )
     for area in (devices, system, containers, services, storage, host, admin):
         area.register(mcp)
+    if not settings.allow_run_command:
+        mcp.disable(names={"run_command"})
     # On the 2026-07-28 protocol the SDK checks Mcp-Param headers on every tools/call with arguments; without
     # a schema lookup it runs the whole tools/list chain per call (10-15 ms, most of a cached call's time).
     # Our tools declare no such headers, so their registered input schemas answer the same question.

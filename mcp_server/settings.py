@@ -80,6 +80,12 @@ class Settings(BaseSettings):
         description="Comma-separated extra Host header values accepted (DNS-rebinding protection).",
     )
 
+    allow_run_command: bool = Field(default=False, description="Offer run_command (admin scope) at all.")
+    run_command_allowlist: str = Field(
+        default="",
+        description="Comma-separated programs run_command may start: names (uptime) or absolute paths (/usr/bin/uptime).",
+    )
+
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8765, ge=1, le=65535)
     http_path: str = "/mcp"

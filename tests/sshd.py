@@ -270,7 +270,8 @@ class SshdFleet:
             "MaxSessions 10",
             "LogLevel INFO",
             "Subsystem sftp internal-sftp",
-            *[f"SetEnv {k}={v}" for k, v in env.items()],
+            # sshd honours only the first SetEnv line, so every variable goes on one
+            *([" ".join(["SetEnv", *(f'"{k}={v}"' for k, v in env.items())])] if env else []),
         ]
         config_path = _write(hostdir / "sshd_config", "\n".join(lines) + "\n", 0o644)
         host = SshdHost(self, name, port, host_key_line, hostdir / "sshd.log", config_path, host_key_path)

@@ -27,6 +27,7 @@ from mcp_server.errors import (
     UnknownCommand,
 )
 from mcp_server.events import CollectionCompleted
+from mcp_server.executors import ExecResult, check_exit
 from mcp_server.server import AppState, app_state
 from mcp_server.settings import Settings
 from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
@@ -359,3 +360,12 @@ def root_registry() -> CommandRegistry:
         for n, argv in (("whoami_root", ("id", "-u")), ("list_root_home", ("ls", "/root")))
     ]
     return CommandRegistry([*default_registry(), *commands])
+
+
+def test_sudo_reporting_a_missing_program_is_command_not_available() -> None:
+    # what sudo 1.9 printed here for a user allowed to run ALL when the program does not exist (exit 1, not 127)
+    result = ExecResult(
+        "sudo -n -- smartctl --json -a -- /dev/sda", "", "sudo: smartctl: command not found\n", 1, 0.01
+    )
+    with pytest.raises(CommandNotAvailable, match="needs 'smartctl'.*device 'nas'"):
+        check_exit(result, "nas", "drive_smart")

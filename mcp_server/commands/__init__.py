@@ -38,7 +38,18 @@ class CommandRegistry:
 
 def default_registry() -> CommandRegistry:
     """Every built-in command."""
-    from mcp_server.commands import containers, drives, network, packages, services, storage, system, vms, zfs
+    from mcp_server.commands import (
+        admin,
+        containers,
+        drives,
+        network,
+        packages,
+        services,
+        storage,
+        system,
+        vms,
+        zfs,
+    )
 
-    areas = (system, storage, network, containers, services, drives, zfs, vms, packages)
+    areas = (system, storage, network, containers, services, drives, zfs, vms, packages, admin)
     return CommandRegistry([definition for area in areas for definition in area.COMMANDS])

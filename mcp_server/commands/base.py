@@ -6,7 +6,7 @@ import json
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -74,6 +74,13 @@ class CommandDefinition(Generic[M]):
     root: bool = False  # needs root on some systems: run via `sudo -n` on devices with use_sudo
     # Cache categories a successful run makes stale on that device (mutations: container stop, ...).
     invalidates: tuple[str, ...] = ()
+    # Who may run it: "read" commands may also be run by name (collect tool, resources); the others only
+    # through their own tool, which carries the matching scope.
+    access: Literal["read", "write", "admin"] = "read"
+
+    @property
+    def read_only(self) -> bool:
+        return self.access == "read" and not self.invalidates
 
     def validate(self, params: Mapping[str, Any] | BaseModel | None) -> BaseModel:
         """Validate caller parameters against the command's parameter model."""

@@ -35,7 +35,8 @@ class ContainerLogs(BaseModel):
 
 
 def _line(raw: str, timestamps: bool) -> LogLine:
-    text = raw[:LINE_MAX_CHARS].removesuffix("\ufffd")  # a multibyte character split by the byte cut
+    # a TTY container ends lines with \r; the byte cut may split a multibyte character
+    text = raw.removesuffix("\r")[:LINE_MAX_CHARS].removesuffix("\ufffd")
     if timestamps:
         stamp, sep, rest = text.partition(" ")
         try:

@@ -1,4 +1,4 @@
-"""Admin tools (scope infra:admin): the audit log."""
+"""Admin tools (scope infra:admin): the audit log and run_command."""
 
 from __future__ import annotations
 
@@ -9,10 +9,14 @@ from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
 from pydantic import BaseModel, Field
 
+from mcp_server.collection import Collected
+from mcp_server.commands.admin import CommandOutput
 from mcp_server.db.queries import audit_rows
 from mcp_server.db.tables import DataCollectionAudit
+from mcp_server.errors import InvalidParameter
 from mcp_server.server import AppState
-from mcp_server.tools import READ_ONLY, app_state
+from mcp_server.settings import Settings
+from mcp_server.tools import READ_ONLY, app_state, expected_errors
 
 ADMIN_TAGS = {"scope:infra:admin"}
 
@@ -61,7 +65,46 @@ async def audit_page(state: AppState, *, limit: int, offset: int, **filters: Any
     return AuditPage(entries=[_entry(r) for r in rows], total=total, truncated=offset + len(rows) < total)
 
 
+def allowed_program(settings: Settings, program: str) -> bool:
+    """argv[0] equals an allowlist entry: a bare name matches a bare name, a path matches that exact path."""
+    entries = {e.strip() for e in settings.run_command_allowlist.split(",") if e.strip()}
+    return program in entries
+
+
 def register(mcp: FastMCP) -> None:
+    @mcp.tool(
+        annotations={
+            "readOnlyHint": False,
+            "destructiveHint": True,
+            "idempotentHint": False,
+            "openWorldHint": True,
+        },
+        tags=ADMIN_TAGS,
+    )
+    @expected_errors()
+    async def run_command(
+        device: Annotated[str, Field(description="Device name, as listed by list_devices.")],
+        argv: Annotated[
+            list[str],
+            Field(
+                min_length=1,
+                max_length=64,
+                description="Program and arguments as a list (never a shell string).",
+            ),
+        ],
+        state: AppState = Depends(app_state),
+    ) -> Collected[CommandOutput]:
+        """Run one allowlisted program on a device (admin; off unless INFRA_ALLOW_RUN_COMMAND=true). Audited."""
+        settings = state.settings
+        if not settings.allow_run_command:
+            raise InvalidParameter(
+                "run_command is disabled on this server (INFRA_ALLOW_RUN_COMMAND=true enables it)."
+            )
+        if not allowed_program(settings, argv[0]):
+            allowed = settings.run_command_allowlist or "nothing (INFRA_RUN_COMMAND_ALLOWLIST is empty)"
+            raise InvalidParameter(f"{argv[0]!r} is not in INFRA_RUN_COMMAND_ALLOWLIST; allowed: {allowed}.")
+        return await state.service.collect(device, "run_command", {"argv": argv}, force_refresh=True)
+
     @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False}, tags=ADMIN_TAGS)
     async def query_audit_log(
         since: Annotated[datetime | None, Field(description="ISO 8601 time; entries at or after it.")] = None,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server.cache import CacheStats
 from mcp_server.collection import Collected, DeviceOutcome
+from mcp_server.errors import InvalidParameter
 from mcp_server.parsers.network import NetworkInterfaces
 from mcp_server.parsers.storage import DiskUsage
 from mcp_server.parsers.system import SystemMetrics, TopProcesses
@@ -69,6 +70,15 @@ class FleetOverview(BaseModel):
     duration_ms: float = Field(description="Wall time of the whole fan-out.")
 
 
+def require_read_only(state: AppState, command: str) -> None:
+    """`collect` and resources run read commands only; changes go through their own (scoped) tools."""
+    if not state.registry.get(command).read_only:
+        raise InvalidParameter(
+            f"{command!r} changes things on the device; use its own tool (e.g. restart_container), "
+            "which needs the infra:write or infra:admin scope."
+        )
+
+
 def command_catalogue(state: AppState, category: str | None) -> CommandList:
     commands = [
         CommandInfo(
@@ -80,7 +90,7 @@ def command_catalogue(state: AppState, category: str | None) -> CommandList:
             parameters=d.parameter_schema(),
         )
         for d in state.registry
-        if category is None or d.category == category
+        if d.read_only and (category is None or d.category == category)
     ]
     return CommandList(commands=commands, total=len(commands))
 
@@ -133,7 +143,8 @@ def register(mcp: FastMCP) -> None:
         force_refresh: ForceRefresh = False,
         state: AppState = Depends(app_state),
     ) -> Collected[dict[str, Any]]:
-        """Run any registered command on a device by name and return its parsed result."""
+        """Run any registered read command on a device by name and return its parsed result."""
+        require_read_only(state, command)
         result = await state.service.collect(device, command, params, force_refresh=force_refresh)
         return Collected[dict[str, Any]](**{**dict(result), "data": result.data.model_dump(mode="json")})
 
