@@ -52,12 +52,11 @@ class Served:
         return Client(StreamableHttpTransport(self.url, headers=all_headers))
 
 
-async def _serve(tmp_path: Path, **overrides: Any) -> AsyncIterator[Served]:
-    settings = make_settings(
-        tmp_path, jwt_secret=SECRET, jwt_issuer=ISSUER, jwt_audience=AUDIENCE, **overrides
-    )
+async def _serve(tmp_path: Path, key: SigningKey | None = None, **overrides: Any) -> AsyncIterator[Served]:
+    auth = {"jwt_secret": SECRET} if key is None else {"jwt_public_key": key.public_key, "jwks_url": key.jwks_url}
+    settings = make_settings(tmp_path, jwt_issuer=ISSUER, jwt_audience=AUDIENCE, **(auth | overrides))
     async with app_state(settings) as state:
-        key = SigningKey("HS256", SECRET, None, None)
+        key = key or SigningKey("HS256", SECRET, None, None)
         app = build_server(settings, transport="http", state=state, signing_key=key).http_app(
             path="/mcp", host_origin_protection=True
         )
@@ -236,6 +235,22 @@ async def test_forwarded_for_is_believed_only_from_a_trusted_proxy(tmp_path: Pat
         assert row.client_ip == "203.0.113.7"
 
 
+async def test_rs256_tokens_from_an_identity_provider_are_verified_with_its_public_key(tmp_path: Path) -> None:
+    from fastmcp.server.auth.providers.jwt import RSAKeyPair
+
+    pair, other = RSAKeyPair.generate(), RSAKeyPair.generate()
+    async for served in _serve(tmp_path, SigningKey("RS256", None, pair.public_key, None)):
+        good = pair.create_token(subject="carol", issuer=ISSUER, audience=AUDIENCE, scopes=[READ])
+        async with served.client(good) as client:
+            await client.call_tool("get_cache_stats", {})
+        forged = other.create_token(subject="carol", issuer=ISSUER, audience=AUDIENCE, scopes=[ADMIN])
+        for token in (forged, served.token(ADMIN)):  # another key pair, or an HS256 token
+            status, _, _ = await asyncio.to_thread(raw_post, served.url, token)
+            assert status == 401
+        (row,) = await audit_rows(served.state, kind="tool", subject="carol")
+        assert row.outcome == "ok"
+
+
 # ---- the real `infrastructor serve` process: generated key, dev token, `token create` ---------------------
 
 
@@ -280,6 +295,8 @@ async def test_first_start_generates_a_key_and_prints_one_dev_token(tmp_path: Pa
             assert page.structured_content["total"] >= 0
         status, _, _ = await asyncio.to_thread(raw_post, url, None)
         assert status == 401
+        status, _, _ = await asyncio.to_thread(raw_post, url, token, host="attacker.example")
+        assert status == 421  # DNS-rebinding protection: a foreign Host header never reaches a tool
     finally:
         _stop(proc)
     created = subprocess.run(
