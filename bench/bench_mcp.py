@@ -7,20 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
-import platform
-import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Awaitable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,106 +21,15 @@ sys.path.insert(0, str(ROOT))
 
 from fastmcp import Client  # noqa: E402
 
+from bench.harness import Results, machine, serve, timed, write_block  # noqa: E402
 from mcp_server.commands import default_registry  # noqa: E402
 from mcp_server.commands.base import NoParams  # noqa: E402
-from tests.sshd import SshdFleet, SshdHost, free_port  # noqa: E402
+from tests.sshd import SshdFleet, SshdHost  # noqa: E402
 
-HEALTH_TIMEOUT = 30.0
-SERVER_STOP_TIMEOUT = 10.0
 PEER_TIMEOUT = 60.0
 INTERVAL = 0.1
 BEGIN = "<!-- bench_mcp:begin -->"
 END = "<!-- bench_mcp:end -->"
-
-
-@dataclass
-class Series:
-    """Wall times in seconds of one measured scenario."""
-
-    name: str
-    samples: list[float] = field(default_factory=list)
-
-    @property
-    def median_ms(self) -> float:
-        return statistics.median(self.samples) * 1000
-
-    @property
-    def p95_ms(self) -> float:
-        ordered = sorted(self.samples)
-        # nearest rank: the smallest sample with at least 95% of samples at or below it
-        rank = max(1, -(-95 * len(ordered) // 100))
-        return ordered[rank - 1] * 1000
-
-
-@dataclass
-class Results:
-    series: dict[str, Series] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    def add(self, name: str, seconds: float) -> None:
-        self.series.setdefault(name, Series(name)).samples.append(seconds)
-
-    def median(self, name: str) -> float:
-        return self.series[name].median_ms
-
-
-@contextlib.contextmanager
-def mcp_server(data_dir: Path) -> Iterator[str]:
-    """Run `infrastructor serve` on a free loopback port until the block exits; yields the MCP URL."""
-    exe = shutil.which("infrastructor", path=str(Path(sys.executable).parent)) or shutil.which(
-        "infrastructor"
-    )
-    if exe is None:
-        raise RuntimeError("the infrastructor console script is not installed (pip install -e .)")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INFRA_")}
-    env |= {
-        "INFRA_DATA_DIR": str(data_dir),
-        "INFRA_SSH_KNOWN_HOSTS": str(data_dir / "known_hosts"),
-        "INFRA_LOG_LEVEL": "WARNING",
-    }
-    log_path = data_dir / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [exe, "serve", "--port", str(port)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    try:
-        _wait_healthy(f"http://127.0.0.1:{port}/health", proc, log_path)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=SERVER_STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=SERVER_STOP_TIMEOUT)
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> None:
-    deadline = time.monotonic() + HEALTH_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}"
-            )
-        with contextlib.suppress(urllib.error.URLError, ConnectionError):
-            with urllib.request.urlopen(url, timeout=1.0) as response:
-                if response.status == 200:
-                    return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} not healthy after {HEALTH_TIMEOUT}s")
-        time.sleep(0.05)
-
-
-async def timed(call: Awaitable[Any]) -> tuple[float, Any]:
-    started = time.perf_counter()
-    result = await call
-    return time.perf_counter() - started, result
 
 
 async def register(client: Client[Any], fleet: SshdFleet, hosts: list[SshdHost], sizes: list[int]) -> None:
@@ -275,24 +176,6 @@ def peers(fleet: SshdFleet, hosts: list[SshdHost], results: Results, repeat: int
         results.add(f"peer: parallel ssh &, {len(hosts)} hosts", time.perf_counter() - started)
 
 
-def machine() -> list[str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
-    from importlib.metadata import version
-
-    return [
-        f"- nproc: {len(os.sched_getaffinity(0))}; CPU: {cpu}",
-        f"- Python {platform.python_version()}, Linux {platform.release()}, {ssh}",
-        f"- fastmcp {version('fastmcp')}, asyncssh {version('asyncssh')}; database: SQLite (default)",
-        f"- run at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-    ]
-
-
 def ratios(results: Results, sizes: list[int], n_hosts: int) -> list[tuple[str, float, str]]:
     """(label, value, target) rows; an empty target means the row is context only."""
     small, large = min(sizes), max(sizes)
@@ -319,7 +202,15 @@ def verdict(value: float, target: str) -> str:
 
 
 def render(results: Results, sizes: list[int], n_hosts: int, command: str) -> str:
-    lines = [BEGIN, "", f"Command: `{command}`", "", *machine(), ""]
+    lines = [
+        BEGIN,
+        "",
+        f"Command: `{command}`",
+        "",
+        *machine(),
+        "- auth: on (bearer JWT, HS256, from `infrastructor token create`)",
+        "",
+    ]
     lines += ["| Scenario | n | median ms | p95 ms |", "|---|---:|---:|---:|"]
     for s in results.series.values():
         lines.append(f"| {s.name} | {len(s.samples)} | {s.median_ms:.1f} | {s.p95_ms:.1f} |")
@@ -330,26 +221,15 @@ def render(results: Results, sizes: list[int], n_hosts: int, command: str) -> st
     return "\n".join(lines) + "\n"
 
 
-def write_block(path: Path, block: str) -> None:
-    """Replace the generated block in path, keeping the hand-written text around it."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + block.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = (text.rstrip("\n") + "\n\n" if text else "") + block
-    path.write_text(text)
-
-
 async def measure(
-    url: str,
+    client: Client[Any],
     fleet: SshdFleet,
     hosts: list[SshdHost],
     sizes: list[int],
     args: argparse.Namespace,
     results: Results,
 ) -> None:
-    async with Client(url) as client:
+    async with client:
         await register(client, fleet, hosts, sizes)
         await round_trip(client, results, args.repeat)
         first = hosts[0]
@@ -384,15 +264,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="infra-bench-") as tmp, SshdFleet() as fleet:
         hosts = fleet.start_hosts([f"h{i:02d}" for i in range(1, sizes[-1] + 1)])
-        with mcp_server(Path(tmp)) as url:
-            asyncio.run(measure(url, fleet, hosts, sizes, args, results))
+        with serve(Path(tmp) / "server", auth=True) as server:
+            asyncio.run(measure(server.client(), fleet, hosts, sizes, args, results))
         peers(fleet, hosts, results, args.peer_repeat)
     results.notes.append(f"Total run time {time.monotonic() - started:.0f} s.")
     command = "python bench/bench_mcp.py " + " ".join(argv if argv is not None else sys.argv[1:])
     block = render(results, sizes, sizes[-1], command.strip())
     print(block)
     if args.out:
-        write_block(args.out, block)
+        write_block(args.out, block, BEGIN, END)
     return 0
 
 
