@@ -53,7 +53,11 @@ class Served:
 
 
 async def _serve(tmp_path: Path, key: SigningKey | None = None, **overrides: Any) -> AsyncIterator[Served]:
-    auth = {"jwt_secret": SECRET} if key is None else {"jwt_public_key": key.public_key, "jwks_url": key.jwks_url}
+    auth = (
+        {"jwt_secret": SECRET}
+        if key is None
+        else {"jwt_public_key": key.public_key, "jwks_url": key.jwks_url}
+    )
     settings = make_settings(tmp_path, jwt_issuer=ISSUER, jwt_audience=AUDIENCE, **(auth | overrides))
     async with app_state(settings) as state:
         key = key or SigningKey("HS256", SECRET, None, None)
@@ -235,7 +239,9 @@ async def test_forwarded_for_is_believed_only_from_a_trusted_proxy(tmp_path: Pat
         assert row.client_ip == "203.0.113.7"
 
 
-async def test_rs256_tokens_from_an_identity_provider_are_verified_with_its_public_key(tmp_path: Path) -> None:
+async def test_rs256_tokens_from_an_identity_provider_are_verified_with_its_public_key(
+    tmp_path: Path,
+) -> None:
     from fastmcp.server.auth.providers.jwt import RSAKeyPair
 
     pair, other = RSAKeyPair.generate(), RSAKeyPair.generate()

@@ -72,7 +72,9 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     log = (tmp_path / "server.log").open("w")
     proc = subprocess.Popen(
         [CLI, "serve", "--port", str(port)],
-        env=cli_env(tmp_path, INFRA_AUTH="false"),  # auth has its own tests (test_auth.py); loopback allows this
+        env=cli_env(
+            tmp_path, INFRA_AUTH="false"
+        ),  # auth has its own tests (test_auth.py); loopback allows this
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
