@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 from fastmcp import Context
 from fastmcp.dependencies import CurrentContext
 from fastmcp.exceptions import ToolError
+from pydantic import Field
 
 from mcp_server.errors import InfrastructorError
 
@@ -53,6 +54,29 @@ def paginate(items: Sequence[T], limit: int, offset: int) -> tuple[list[T], int,
     """(the page, the total, whether items exist beyond the page) for `limit`/`offset` list tools."""
     page = list(items[offset : offset + limit])
     return page, len(items), offset + len(page) < len(items)
+
+
+DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
+ForceRefresh = Annotated[
+    bool,
+    Field(description="Skip the cache and run the command now (the cache is refreshed with the result)."),
+]
+Limit = Annotated[int, Field(ge=1, le=500, description="Most items to return.")]
+Offset = Annotated[int, Field(ge=0, description="Items to skip (for paging).")]
+
+# Tools tagged with a scope need it over authenticated HTTP (see middleware.py); untagged tools need infra:read.
+WRITE_TAGS = {"scope:infra:write"}
+ADMIN_TAGS = {"scope:infra:admin"}
+
+
+def changes(*, destructive: bool, idempotent: bool, open_world: bool = True) -> dict[str, Any]:
+    """Annotations of a tool that changes something."""
+    return {
+        "readOnlyHint": False,
+        "destructiveHint": destructive,
+        "idempotentHint": idempotent,
+        "openWorldHint": open_world,
+    }
 
 
 READ_ONLY: dict[str, Any] = {

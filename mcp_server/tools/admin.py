@@ -16,9 +16,7 @@ from mcp_server.db.tables import DataCollectionAudit
 from mcp_server.errors import InvalidParameter
 from mcp_server.server import AppState
 from mcp_server.settings import Settings
-from mcp_server.tools import READ_ONLY, app_state, expected_errors
-
-ADMIN_TAGS = {"scope:infra:admin"}
+from mcp_server.tools import ADMIN_TAGS, READ_ONLY, DeviceArg, app_state, changes, expected_errors
 
 
 class AuditEntry(BaseModel):
@@ -72,18 +70,10 @@ def allowed_program(settings: Settings, program: str) -> bool:
 
 
 def register(mcp: FastMCP) -> None:
-    @mcp.tool(
-        annotations={
-            "readOnlyHint": False,
-            "destructiveHint": True,
-            "idempotentHint": False,
-            "openWorldHint": True,
-        },
-        tags=ADMIN_TAGS,
-    )
+    @mcp.tool(annotations=changes(destructive=True, idempotent=False), tags=ADMIN_TAGS)
     @expected_errors()
     async def run_command(
-        device: Annotated[str, Field(description="Device name, as listed by list_devices.")],
+        device: DeviceArg,
         argv: Annotated[
             list[str],
             Field(

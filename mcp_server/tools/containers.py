@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
@@ -19,34 +19,28 @@ from mcp_server.parsers.container_runtime import (
 )
 from mcp_server.parsers.containers import ContainerList, ContainerName, GrepText, Since, select_containers
 from mcp_server.server import AppState
-from mcp_server.tools import READ_ONLY, app_state, expected_errors, paginate
+from mcp_server.tools import (
+    READ_ONLY,
+    WRITE_TAGS,
+    DeviceArg,
+    ForceRefresh,
+    Limit,
+    Offset,
+    app_state,
+    changes,
+    expected_errors,
+    paginate,
+)
 
-DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
-ForceRefresh = Annotated[
-    bool,
-    Field(description="Skip the cache and run the command now (the cache is refreshed with the result)."),
-]
 Container = Annotated[ContainerName, Field(description="Container name or id, as listed by list_containers.")]
-Limit = Annotated[int, Field(ge=1, le=500, description="Most items to return.")]
-Offset = Annotated[int, Field(ge=0, description="Items to skip (for paging).")]
 StopTimeout = Annotated[
     int | None,
     Field(
         ge=0, le=600, description="Seconds to wait for a graceful stop before killing (docker's default: 10)."
     ),
 ]
-WRITE_SCOPE = {"scope:infra:write"}
 # room left for the freshness fields and JSON framing around the log lines
 LOG_BUDGET_MARGIN = 1_000
-
-
-def _write(destructive: bool, idempotent: bool) -> dict[str, Any]:
-    return {
-        "readOnlyHint": False,
-        "destructiveHint": destructive,
-        "idempotentHint": idempotent,
-        "openWorldHint": True,
-    }
 
 
 def register(mcp: FastMCP) -> None:
@@ -167,7 +161,7 @@ def register(mcp: FastMCP) -> None:
             update={"data": ComposeStacks(stacks=page, total=total, truncated=truncated)}
         )
 
-    @mcp.tool(annotations=_write(destructive=False, idempotent=True), tags=WRITE_SCOPE)
+    @mcp.tool(annotations=changes(destructive=False, idempotent=True), tags=WRITE_TAGS)
     @expected_errors()
     async def start_container(
         device: DeviceArg, container: Container, state: AppState = Depends(app_state)
@@ -175,7 +169,7 @@ def register(mcp: FastMCP) -> None:
         """Start a stopped container and report its new state; container reads afterwards are fresh."""
         return await state.service.collect(device, "container_start", {"container": container})
 
-    @mcp.tool(annotations=_write(destructive=True, idempotent=True), tags=WRITE_SCOPE)
+    @mcp.tool(annotations=changes(destructive=True, idempotent=True), tags=WRITE_TAGS)
     @expected_errors()
     async def stop_container(
         device: DeviceArg,
@@ -188,7 +182,7 @@ def register(mcp: FastMCP) -> None:
             device, "container_stop", {"container": container, "timeout": timeout}
         )
 
-    @mcp.tool(annotations=_write(destructive=True, idempotent=False), tags=WRITE_SCOPE)
+    @mcp.tool(annotations=changes(destructive=True, idempotent=False), tags=WRITE_TAGS)
     @expected_errors()
     async def restart_container(
         device: DeviceArg,

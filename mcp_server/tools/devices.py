@@ -14,10 +14,8 @@ from mcp_server.devices import NAME_PATTERN, Device, DeviceSpec
 from mcp_server.errors import InfrastructorError, InvalidParameter
 from mcp_server.server import AppState
 from mcp_server.ssh_config import load_ssh_config_with_warnings
-from mcp_server.tools import READ_ONLY, app_state, expected_errors
+from mcp_server.tools import READ_ONLY, WRITE_TAGS, DeviceArg, app_state, changes, expected_errors
 
-WRITE_TAGS = {"scope:infra:write"}
-DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
 Tags = Annotated[list[str] | None, Field(description="Free-form labels, e.g. ['nas', 'prod'].")]
 
 
@@ -125,7 +123,7 @@ async def _forget(state: AppState, name: str) -> int:
 
 
 def register(mcp: FastMCP) -> None:
-    write = {"readOnlyHint": False, "destructiveHint": False, "idempotentHint": False, "openWorldHint": False}
+    write = changes(destructive=False, idempotent=False, open_world=False)
 
     @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False})
     async def list_devices(tags: Tags = None, state: AppState = Depends(app_state)) -> DeviceList:

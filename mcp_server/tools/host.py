@@ -12,15 +12,16 @@ from mcp_server.collection import Collected
 from mcp_server.parsers.packages import PackageUpdates
 from mcp_server.parsers.vms import VmList
 from mcp_server.server import AppState
-from mcp_server.tools import READ_ONLY, app_state, expected_errors, paginate
-
-DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
-ForceRefresh = Annotated[
-    bool,
-    Field(description="Skip the cache and run the command now (the cache is refreshed with the result)."),
-]
-Limit = Annotated[int, Field(ge=1, le=500, description="Most items to return.")]
-Offset = Annotated[int, Field(ge=0, description="Items to skip (for paging).")]
+from mcp_server.tools import (
+    READ_ONLY,
+    DeviceArg,
+    ForceRefresh,
+    Limit,
+    Offset,
+    app_state,
+    expected_errors,
+    paginate,
+)
 
 
 def register(mcp: FastMCP) -> None:

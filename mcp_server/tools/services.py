@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
@@ -20,21 +20,18 @@ from mcp_server.parsers.services import (
     select_units,
 )
 from mcp_server.server import AppState
-from mcp_server.tools import READ_ONLY, app_state, expected_errors, paginate
+from mcp_server.tools import (
+    READ_ONLY,
+    WRITE_TAGS,
+    DeviceArg,
+    ForceRefresh,
+    app_state,
+    changes,
+    expected_errors,
+    paginate,
+)
 
-DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
-ForceRefresh = Annotated[
-    bool,
-    Field(description="Skip the cache and run the command now (the cache is refreshed with the result)."),
-]
 Unit = Annotated[UnitName, Field(description="A systemd unit with its suffix, e.g. 'nginx.service'.")]
-WRITE_SCOPE = {"scope:infra:write"}
-RESTART_ANNOTATIONS: dict[str, Any] = {
-    "readOnlyHint": False,
-    "destructiveHint": True,
-    "idempotentHint": False,
-    "openWorldHint": True,
-}
 # room left for the freshness fields, the unit's state and JSON framing around the journal entries
 JOURNAL_BUDGET_MARGIN = 2_000
 
@@ -81,7 +78,7 @@ def register(mcp: FastMCP) -> None:
         journal = newest_within(result.data.journal, budget)
         return result.model_copy(update={"data": result.data.model_copy(update={"journal": journal})})
 
-    @mcp.tool(annotations=RESTART_ANNOTATIONS, tags=WRITE_SCOPE)
+    @mcp.tool(annotations=changes(destructive=True, idempotent=False), tags=WRITE_TAGS)
     @expected_errors()
     async def restart_service(
         device: DeviceArg, unit: Unit, state: AppState = Depends(app_state)

@@ -15,8 +15,7 @@ from mcp_server.errors import CommandFailed, CommandTimeout, InvalidParameter
 from mcp_server.parsers.drives import Disk, DriveHealth, DrivePath, unreadable_drive
 from mcp_server.parsers.zfs import DatasetName, PoolName, PoolStatus, PoolUsage, Snapshot
 from mcp_server.server import AppState
-from mcp_server.tools import READ_ONLY, app_state, expected_errors, paginate
-from mcp_server.tools.system import DeviceArg, ForceRefresh
+from mcp_server.tools import READ_ONLY, DeviceArg, ForceRefresh, app_state, expected_errors, paginate
 
 M = TypeVar("M", bound=BaseModel)
 

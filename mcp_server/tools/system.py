@@ -18,13 +18,7 @@ from mcp_server.parsers.network import NetworkInterfaces
 from mcp_server.parsers.storage import DiskUsage
 from mcp_server.parsers.system import SystemMetrics, TopProcesses
 from mcp_server.server import AppState
-from mcp_server.tools import READ_ONLY, app_state, expected_errors
-
-DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
-ForceRefresh = Annotated[
-    bool,
-    Field(description="Skip the cache and run the command now (the cache is refreshed with the result)."),
-]
+from mcp_server.tools import READ_ONLY, DeviceArg, ForceRefresh, app_state, expected_errors
 
 
 class CommandInfo(BaseModel):
