@@ -9,8 +9,11 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import cachetools
 import jwt
+from fastmcp.server.auth import AccessToken
 from fastmcp.server.auth.providers.jwt import JWTVerifier
 
 from mcp_server.errors import ConfigurationError, InvalidParameter
@@ -40,6 +43,28 @@ def required_scope(tags: Iterable[str]) -> str:
     return READ
 
 
+class RememberingJWTVerifier(JWTVerifier):
+    """FastMCP's JWT verifier, remembering tokens it accepted for up to a minute (never past their expiry).
+
+    Agents send the same token on every call; re-verifying its signature each time is most of auth's cost.
+    Tokens cannot be revoked before they expire, so remembering an accepted one changes nothing about
+    which requests get in. Rejected tokens are never remembered.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._accepted: cachetools.TTLCache[str, AccessToken] = cachetools.TTLCache(maxsize=1024, ttl=60)
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        known = self._accepted.get(token)
+        if known is not None and (known.expires_at is None or known.expires_at > time.time()):
+            return known
+        verified = await super().verify_token(token)
+        if verified is not None:
+            self._accepted[token] = verified
+        return verified
+
+
 @dataclass(frozen=True)
 class SigningKey:
     """What verifies (and, for HS256, signs) tokens."""
@@ -51,7 +76,7 @@ class SigningKey:
     generated: bool = False  # True on the start that created it
 
     def verifier(self, settings: Settings) -> JWTVerifier:
-        return JWTVerifier(
+        return RememberingJWTVerifier(
             public_key=self.secret if self.algorithm == "HS256" else self.public_key,
             jwks_uri=self.jwks_url,
             algorithm=self.algorithm,

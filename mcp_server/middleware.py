@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from starlette.requests import Request
 
 from mcp_server.audit import CallContext, calling
-from mcp_server.auth import ADMIN, READ, granted, required_scope
+from mcp_server.auth import ADMIN, READ, granted
 from mcp_server.budget import fit
 from mcp_server.errors import InfrastructorError, MissingScope
 from mcp_server.redact import redact
@@ -79,6 +79,8 @@ class AuditMiddleware(Middleware):
         self.enforce_scopes = enforce_scopes
         self.trusted = settings.trusted_proxy_networks
         self.os_user = getpass.getuser()
+        # tool name -> the scope it needs; filled by build_server once every tool is registered
+        self.tool_scopes: dict[str, str] = {}
 
     def _context(self, target: str) -> tuple[CallContext, set[str] | None]:
         """The caller's context and, over authenticated HTTP, its effective scopes."""
@@ -112,8 +114,7 @@ class AuditMiddleware(Middleware):
         name = context.message.name
         arguments = dict(context.message.arguments or {})
         ctx, scopes = self._context(name)
-        tool = await context.fastmcp_context.fastmcp.get_tool(name) if context.fastmcp_context else None
-        needed = required_scope(tool.tags) if tool is not None else READ
+        needed = self.tool_scopes.get(name, READ)  # an unknown tool fails as unknown, after this
         return await self._audited(
             context,
             call_next,

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse
 
 from mcp_server import __version__
 from mcp_server.audit import BatchWriter
-from mcp_server.auth import SigningKey, dev_token_notice, signing_key
+from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
 from mcp_server.cache import CacheManager
 from mcp_server.collection import UnifiedDataCollectionService
 from mcp_server.commands import CommandRegistry, default_registry
@@ -175,6 +175,7 @@ def build_server(
             finally:
                 running.pop("state", None)
 
+    audit = AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None)
     mcp = FastMCP(
         "infrastructor",
         instructions=INSTRUCTIONS,
@@ -182,10 +183,7 @@ def build_server(
         lifespan=lifespan,
         mask_error_details=True,
         auth=signing_key.verifier(settings) if signing_key is not None else None,
-        middleware=[
-            AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None),
-            ResultBudgetMiddleware(settings.max_result_chars),
-        ],
+        middleware=[audit, ResultBudgetMiddleware(settings.max_result_chars)],
     )
     for area in (devices, system, containers, services, storage, host, admin):
         area.register(mcp)
@@ -194,8 +192,9 @@ def build_server(
     # On the 2026-07-28 protocol the SDK checks Mcp-Param headers on every tools/call with arguments; without
     # a schema lookup it runs the whole tools/list chain per call (10-15 ms, most of a cached call's time).
     # Our tools declare no such headers, so their registered input schemas answer the same question.
-    schemas = {c.name: c.parameters for c in mcp.local_provider._components.values() if isinstance(c, Tool)}
-    mcp._mcp_server.get_tool_input_schema = schemas.get
+    tools = [c for c in mcp.local_provider._components.values() if isinstance(c, Tool)]
+    mcp._mcp_server.get_tool_input_schema = {t.name: t.parameters for t in tools}.get
+    audit.tool_scopes = {t.name: required_scope(t.tags) for t in tools}
     resources.register(mcp)
     prompts.register(mcp)
 

@@ -364,3 +364,35 @@ def test_auth_can_be_turned_off_only_on_loopback(tmp_path: Path) -> None:
         check=False,
     )
     assert refused.returncode == 2 and "INFRA_AUTH=false" in refused.stderr
+
+
+async def test_an_accepted_token_is_remembered_only_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fastmcp.server.auth.providers.jwt import JWTVerifier
+
+    import mcp_server.auth as auth_module
+
+    settings = make_settings(
+        Path("/nonexistent"), jwt_secret=SECRET, jwt_issuer=ISSUER, jwt_audience=AUDIENCE
+    )
+    key = SigningKey("HS256", SECRET, None, None)
+    verifier = key.verifier(settings)
+    token, expires = issue_token(key, settings, subject="dave", scopes=[READ], ttl_seconds=300)
+    calls = 0
+    real = JWTVerifier.verify_token
+
+    async def counting(self: JWTVerifier, value: str) -> Any:
+        nonlocal calls
+        calls += 1
+        return await real(self, value)
+
+    monkeypatch.setattr(JWTVerifier, "verify_token", counting)
+    first = await verifier.verify_token(token)
+    assert first is not None and first.client_id == "dave"
+    assert await verifier.verify_token(token) == first and calls == 1
+    assert (
+        await verifier.verify_token(token + "x") is None and calls == 2
+    )  # a rejected token is checked each time
+    assert await verifier.verify_token(token + "x") is None and calls == 3
+    monkeypatch.setattr(auth_module.time, "time", lambda: expires + 1)
+    await verifier.verify_token(token)
+    assert calls == 4  # past its expiry the remembered token is verified again
