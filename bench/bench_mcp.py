@@ -183,6 +183,11 @@ def ratios(results: Results, sizes: list[int], n_hosts: int) -> list[tuple[str, 
     pairs = [
         ("system_metrics uncached, pooled", "system_metrics cached", ">= 20"),
         ("system_metrics fresh connection", "system_metrics uncached, pooled", ""),
+        (
+            "system_metrics (default interval) uncached, pooled",
+            "system_metrics (default interval) cached",
+            ">= 20",
+        ),
         ("os_info uncached, pooled", "os_info cached", ">= 20"),
         ("os_info fresh connection", "os_info uncached, pooled", ""),
         (fleet_label("warm", large), fleet_label("warm", small), "<= 2"),
@@ -241,6 +246,10 @@ async def measure(
             "get_system_metrics",
             {"interval": INTERVAL},
             args.repeat,
+        )
+        # what an agent gets with no arguments: CPU measured over the default 0.5 s
+        await single_device(
+            client, first, results, "system_metrics (default interval)", "get_system_metrics", {}, args.repeat
         )
         await single_device(client, first, results, "os_info", "collect", {"command": "os_info"}, args.repeat)
         await fan_out(client, hosts, sizes, results, args.fanout_repeat, args.cold_repeat)
