@@ -151,6 +151,9 @@ class BatchWriter:
             except (SQLAlchemyError, OSError) as exc:
                 backoff = min(backoff * 2, 5.0)
                 log.warning("database unavailable, %d segment(s) spooled: %s", len(self.segments()), exc)
+            except Exception:  # a dead writer would silently stop the audit: keep it alive
+                backoff = min(backoff * 2, 5.0)
+                log.exception("audit writer failed; %d rows kept and retried", self.pending)
 
     async def flush(self) -> None:
         """Write spooled segments, then everything queued so far; on failure spool the batch and raise."""
