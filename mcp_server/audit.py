@@ -235,7 +235,10 @@ class BatchWriter:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            # Cancel only while holding the lock: a flush interrupted between its commit and forgetting the
+            # rows would hand the same rows to the final flush below and write them twice.
+            async with self._lock:
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None

@@ -139,7 +139,9 @@ async def test_stdio_server_keeps_stdout_for_the_protocol(tmp_path: Path) -> Non
     assert (
         "INFO" in stderr.read_text()
     )  # logs went to stderr; a stray stdout line would have broken the session
-    (row,) = audit(tmp_path, kind="tool", command="os_info")
+    rows = audit(tmp_path, kind="tool", command="os_info")
+    assert len(rows) == 1, rows
+    (row,) = rows
     assert row["transport"] == "stdio" and row["subject"] == f"local:{os.environ.get('USER') or 'root'}"
 
 
