@@ -286,7 +286,7 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _devices(settings: Settings, args: argparse.Namespace) -> int:
-    from mcp_server.devices import DeviceSpec
+    from mcp_server.devices import device_spec
     from mcp_server.server import app_state
     from mcp_server.tools.devices import describe, import_config
 
@@ -305,7 +305,7 @@ async def _devices(settings: Settings, args: argparse.Namespace) -> int:
                 )
             out.print(table)
         elif args.devices_cmd == "add":
-            spec = DeviceSpec(
+            spec = device_spec(
                 hostname=args.hostname,
                 port=args.port,
                 username=args.username,

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import DeviceRow
-from mcp_server.errors import DeviceExists, DeviceNotFound, InvalidParameter
+from mcp_server.errors import DeviceExists, DeviceNotFound, InvalidParameter, invalid
 from mcp_server.secrets import SecretStore
 
 LOCAL = "local"
@@ -74,6 +74,14 @@ class DeviceSpec(BaseModel):
     tags: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")], ...] = ()
     description: str = Field(default="", max_length=1000)
     use_sudo: bool = False
+
+
+def device_spec(**fields: Any) -> DeviceSpec:
+    """A DeviceSpec, or InvalidParameter naming each bad field."""
+    try:
+        return DeviceSpec(**fields)
+    except ValidationError as exc:
+        raise invalid(exc) from None
 
 
 def _password_secret(name: str) -> str:
@@ -151,7 +159,7 @@ class DeviceRegistry:
         try:
             spec = DeviceSpec.model_validate(merged)
         except ValidationError as exc:
-            raise InvalidParameter(_describe(exc)) from None
+            raise invalid(exc) from None
         self._check_refs(name, spec)
         moved = (spec.hostname, spec.port) != (current.hostname, current.port)
         async with self._db.session() as session, session.begin():
@@ -238,7 +246,3 @@ def _to_device(row: DeviceRow, password: str | None) -> Device:
         created_at=row.created_at,
         updated_at=row.updated_at,
     )
-
-
-def _describe(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())

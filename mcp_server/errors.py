@@ -27,6 +27,10 @@ Foreign exceptions (asyncssh, OSError, SQLAlchemy) are translated into these at 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class InfrastructorError(Exception):
@@ -179,3 +183,12 @@ class MissingScope(InfrastructorError):
 
 class StorageError(InfrastructorError):
     error_type = "storage_error"
+
+
+def invalid(exc: ValidationError, prefix: str = "") -> InvalidParameter:
+    """An InvalidParameter naming every field pydantic rejected and why ('port: ...; hostname: ...')."""
+    problems = "; ".join(
+        f"{'.'.join(str(part) for part in error['loc']) or 'params'}: {error['msg']}"
+        for error in exc.errors()
+    )
+    return InvalidParameter(prefix + problems)

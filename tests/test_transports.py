@@ -171,6 +171,8 @@ def test_cli_devices_and_collect(tmp_path: Path, sshd_fleet: Any) -> None:
         str(sshd_fleet.client_key_path),
     )
     assert added.returncode == 0, added.stderr
+    hostile = run_cli(tmp_path, "devices", "add", "evil", "host; touch /tmp/p", "--port", "70000")
+    assert hostile.returncode == 2 and "hostname:" in hostile.stderr and "port:" in hostile.stderr
     listed = run_cli(tmp_path, "devices", "list")
     assert "gamma" in listed.stdout and "local" in listed.stdout
     collected = run_cli(tmp_path, "collect", "os_info", "--all", "--json")

@@ -10,7 +10,7 @@ from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from mcp_server.errors import InvalidParameter
+from mcp_server.errors import invalid
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -89,10 +89,7 @@ class CommandDefinition(Generic[M]):
         try:
             return self.params.model_validate(dict(params or {}))
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'params'}: {err['msg']}" for err in exc.errors()
-            )
-            raise InvalidParameter(f"Invalid parameters for command {self.name!r}: {problems}") from None
+            raise invalid(exc, f"Invalid parameters for command {self.name!r}: ") from None
 
     def render(self, params: BaseModel, *, sudo: bool = False) -> list[str]:
         """The argv for validated parameters; with `sudo` (and `root`), prefixed by a non-interactive sudo."""

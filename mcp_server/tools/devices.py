@@ -10,7 +10,7 @@ from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
 from pydantic import BaseModel, Field
 
-from mcp_server.devices import NAME_PATTERN, Device, DeviceSpec
+from mcp_server.devices import NAME_PATTERN, Device, device_spec
 from mcp_server.errors import InfrastructorError, InvalidParameter
 from mcp_server.server import AppState
 from mcp_server.ssh_config import load_ssh_config_with_warnings
@@ -159,7 +159,7 @@ def register(mcp: FastMCP) -> None:
         state: AppState = Depends(app_state),
     ) -> DeviceInfo:
         """Register an SSH device. The host key is verified against known_hosts or pinned on first connect."""
-        spec = _spec(
+        spec = device_spec(
             hostname=hostname,
             port=port,
             username=username,
@@ -269,16 +269,6 @@ def _existing(identity_file: str | None, warnings: list[str], alias: str) -> str
     return identity_file
 
 
-def _spec(**fields: Any) -> DeviceSpec:
-    from pydantic import ValidationError
-
-    try:
-        return DeviceSpec(**fields)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise InvalidParameter(problems) from None
-
-
 async def import_config(
     state: AppState, path: Path, only: list[str] | None, tags: list[str]
 ) -> SSHConfigImport:
@@ -307,7 +297,7 @@ async def import_config(
                 )
                 continue
         try:
-            spec = _spec(
+            spec = device_spec(
                 hostname=entry.hostname,
                 port=entry.port,
                 username=entry.user,
