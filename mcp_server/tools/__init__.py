@@ -11,6 +11,7 @@ from fastmcp.dependencies import CurrentContext
 from fastmcp.exceptions import ToolError
 from pydantic import Field
 
+from mcp_server.collection import Collected
 from mcp_server.errors import InfrastructorError
 
 if TYPE_CHECKING:
@@ -48,12 +49,20 @@ def expected_errors(
 
 
 T = TypeVar("T")
+C = TypeVar("C", bound=Collected[Any])
 
 
 def paginate(items: Sequence[T], limit: int, offset: int) -> tuple[list[T], int, bool]:
     """(the page, the total, whether items exist beyond the page) for `limit`/`offset` list tools."""
     page = list(items[offset : offset + limit])
     return page, len(items), offset + len(page) < len(items)
+
+
+def page_of(result: C, field: str, items: Sequence[Any], limit: int, offset: int) -> C:
+    """`result` (a Collected) whose data's list `field` holds one page of `items`, with `total`/`truncated` set."""
+    page, total, truncated = paginate(items, limit, offset)
+    data = result.data.model_copy(update={field: page, "total": total, "truncated": truncated})
+    return result.model_copy(update={"data": data})
 
 
 DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]

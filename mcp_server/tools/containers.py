@@ -29,7 +29,7 @@ from mcp_server.tools import (
     app_state,
     changes,
     expected_errors,
-    paginate,
+    page_of,
 )
 
 Container = Annotated[ContainerName, Field(description="Container name or id, as listed by list_containers.")]
@@ -84,9 +84,7 @@ def register(mcp: FastMCP) -> None:
         selected = select_containers(result.data, name=name, label=label, status=status)
         if not include_labels:
             selected = [c.model_copy(update={"labels": {}}) for c in selected]
-        page, total, truncated = paginate(selected, limit, offset)
-        data = ContainerList(all=want_all, containers=page, total=total, truncated=truncated)
-        return result.model_copy(update={"data": data})
+        return page_of(result, "containers", selected, limit, offset)
 
     @mcp.tool(annotations=READ_ONLY)
     @expected_errors()
@@ -141,9 +139,7 @@ def register(mcp: FastMCP) -> None:
         """CPU %, memory use/limit, network and block I/O in bytes of every running container (one sample),
         busiest CPU first."""
         result = await state.service.collect(device, "container_stats", force_refresh=force_refresh)
-        page, total, truncated = paginate(result.data.containers, limit, offset)
-        data = ContainerStatsList(containers=page, total=total, truncated=truncated)
-        return result.model_copy(update={"data": data})
+        return page_of(result, "containers", result.data.containers, limit, offset)
 
     @mcp.tool(annotations=READ_ONLY)
     @expected_errors()
@@ -156,10 +152,7 @@ def register(mcp: FastMCP) -> None:
     ) -> Collected[ComposeStacks]:
         """Docker Compose projects: status, config files, working directory, and each service's container state."""
         result = await state.service.collect(device, "compose_stacks", force_refresh=force_refresh)
-        page, total, truncated = paginate(result.data.stacks, limit, offset)
-        return result.model_copy(
-            update={"data": ComposeStacks(stacks=page, total=total, truncated=truncated)}
-        )
+        return page_of(result, "stacks", result.data.stacks, limit, offset)
 
     @mcp.tool(annotations=changes(destructive=False, idempotent=True), tags=WRITE_TAGS)
     @expected_errors()

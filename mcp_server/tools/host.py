@@ -20,7 +20,7 @@ from mcp_server.tools import (
     Offset,
     app_state,
     expected_errors,
-    paginate,
+    page_of,
 )
 
 
@@ -41,9 +41,7 @@ def register(mcp: FastMCP) -> None:
         security flag, and counts. Reads the package lists as they are (no refresh); never installs anything."""
         result = await state.service.collect(device, "package_updates", force_refresh=force_refresh)
         updates = [u for u in result.data.updates if u.security] if security_only else result.data.updates
-        page, total, truncated = paginate(updates, limit, offset)
-        data = result.data.model_copy(update={"updates": page, "total": total, "truncated": truncated})
-        return result.model_copy(update={"data": data})
+        return page_of(result, "updates", updates, limit, offset)
 
     @mcp.tool(annotations=READ_ONLY)
     @expected_errors()
@@ -57,6 +55,4 @@ def register(mcp: FastMCP) -> None:
         """libvirt virtual machines on a device (virsh, qemu:///system unless LIBVIRT_DEFAULT_URI says otherwise):
         state, vCPUs, memory, autostart; running ones first."""
         result = await state.service.collect(device, "vms", force_refresh=force_refresh)
-        page, total, truncated = paginate(result.data.vms, limit, offset)
-        data = result.data.model_copy(update={"vms": page, "total": total, "truncated": truncated})
-        return result.model_copy(update={"data": data})
+        return page_of(result, "vms", result.data.vms, limit, offset)

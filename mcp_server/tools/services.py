@@ -28,7 +28,7 @@ from mcp_server.tools import (
     app_state,
     changes,
     expected_errors,
-    paginate,
+    page_of,
 )
 
 Unit = Annotated[UnitName, Field(description="A systemd unit with its suffix, e.g. 'nginx.service'.")]
@@ -56,9 +56,7 @@ def register(mcp: FastMCP) -> None:
         failed units first. Needs systemd on the device."""
         result = await app.service.collect(device, "services", force_refresh=force_refresh)
         selected = select_units(result.data.units, state, pattern)
-        page, total, truncated = paginate(selected, limit, offset)
-        data = UnitList(units=page, total=total, truncated=truncated, failed_total=result.data.failed_total)
-        return result.model_copy(update={"data": data})
+        return page_of(result, "units", selected, limit, offset)
 
     @mcp.tool(annotations=READ_ONLY)
     @expected_errors()
