@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from mcp_server.parsers.common import parse_errors_as
 from mcp_server.parsers.container_common import (
     REDACTED,
     cut,
@@ -18,7 +19,6 @@ from mcp_server.parsers.container_common import (
     redact_text,
 )
 from mcp_server.parsers.containers import ContainerParams, PortMapping
-from mcp_server.parsers.system import parse_errors_as
 
 HEALTH_LOG_ENTRIES = 3
 HEALTH_OUTPUT_CHARS = 500

@@ -9,9 +9,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from mcp_server.parsers.common import parse_errors_as
 from mcp_server.parsers.container_common import docker_time, json_lines, percent_value, size_pair
 from mcp_server.parsers.containers import ContainerActionParams, ContainerLogsParams
-from mcp_server.parsers.system import parse_errors_as
 
 LINE_MAX_CHARS = 2000
 Action = Literal["start", "stop", "restart"]

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mcp_server.parsers.common import parse_errors_as
 from mcp_server.parsers.container_common import (
     cut,
     json_lines,
@@ -18,7 +19,6 @@ from mcp_server.parsers.container_common import (
     redact_labels,
     redact_text,
 )
-from mcp_server.parsers.system import parse_errors_as
 
 # A name docker accepts, or a (short or full) hex id; never starts with "-", so it cannot become an option.
 CONTAINER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"

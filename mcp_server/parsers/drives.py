@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from mcp_server.parsers.system import parse_errors_as
+from mcp_server.parsers.common import parse_errors_as
 
 DRIVE_PATTERN = r"^/dev/[A-Za-z0-9/_-]+$"
 # memory- and file-backed block devices have no SMART data; lsblk lists zram and ram disks as type "disk"

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from mcp_server.parsers.system import parse_errors_as
+from mcp_server.parsers.common import parse_errors_as
 
 
 class Address(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from mcp_server.parsers.system import parse_errors_as, split_sections
+from mcp_server.parsers.common import parse_errors_as, split_sections
 
 Manager = Literal["apt", "dnf", "pacman"]
 _APT = re.compile(

@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from mcp_server.parsers.system import parse_errors_as, split_sections
+from mcp_server.parsers.common import parse_errors_as, split_sections
 
 MESSAGE_MAX_CHARS = 2000
 PRIORITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")

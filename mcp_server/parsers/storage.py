@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mcp_server.parsers.system import parse_errors_as, percent, split_sections
+from mcp_server.parsers.common import parse_errors_as, percent, split_sections
 
 PSEUDO_FSTYPES = frozenset(
     {

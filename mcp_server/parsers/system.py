@@ -1,70 +1,18 @@
-"""Parsers for system_metrics, top_processes and os_info, plus the helpers the other parsers share."""
+"""Parsers for system_metrics, top_processes and os_info."""
 
 from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from functools import wraps
-from typing import Literal, NamedTuple, ParamSpec, TypeVar
+from typing import Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mcp_server.errors import ParseError
+from mcp_server.parsers.common import parse_errors_as, percent, split_sections
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-_MARKER = re.compile(r"^@@([a-z0-9_-]+)$")
 _CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
-
-
-def parse_errors_as(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Turn the ValueError/IndexError/KeyError/TypeError of malformed output into a ParseError."""
-
-    def decorate(parse: Callable[P, R]) -> Callable[P, R]:
-        @wraps(parse)
-        def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
-            try:
-                return parse(*args, **kwargs)
-            except (ValueError, IndexError, KeyError, TypeError) as exc:
-                stdout = args[0] if args and isinstance(args[0], str) else ""
-                raise ParseError(f"{what} output ({type(exc).__name__}: {exc})", stdout) from exc
-
-        return guarded
-
-    return decorate
-
-
-def split_sections(stdout: str, required: Iterable[str]) -> dict[str, list[str]]:
-    """Split script output at `@@name` marker lines.
-
-    Scripts end with `@@end`, so output cut short (a killed shell, a dropped channel) is an error rather
-    than a silently partial result; so is a required section that is absent.
-    """
-    # split("\n"), not splitlines(): /proc text may hold \x1c-\x1e and \x85, which splitlines breaks on
-    lines = stdout.rstrip("\n").split("\n")
-    if lines[-1] != "@@end":
-        raise ValueError("output is incomplete (no @@end marker)")
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in lines[:-1]:
-        marker = _MARKER.match(line)
-        # a marker opens a section once; a repeat can only be data that looks like one (a command line)
-        if marker and marker.group(1) not in sections and marker.group(1) != "end":
-            current = sections[marker.group(1)] = []
-        elif current is not None and line:
-            current.append(line)
-    for name in required:
-        if name not in sections:
-            raise ValueError(f"section @@{name} missing")
-    return sections
-
-
-def percent(part: float, whole: float) -> float:
-    """part/whole as a percentage rounded to 2 decimals; 0 when whole is 0."""
-    return round(part * 100.0 / whole, 2) if whole else 0.0
 
 
 def cpu_times(lines: Iterable[str]) -> list[int]:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from mcp_server.parsers.system import parse_errors_as
+from mcp_server.parsers.common import parse_errors_as
 
 POOL_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]*$"
 DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
