@@ -438,8 +438,9 @@ class SSHPool:
                     await self._discard(entry, entry.conn, lost=True)
                 elif now - entry.last_used >= idle:
                     _log.info("closing idle connection to %s", name)
-                    await self._discard(entry, entry.conn, lost=False)
+                    # counted before the await, so stats never show the connection gone but not yet counted
                     self._idle_closed += 1
+                    await self._discard(entry, entry.conn, lost=False)
 
 
 def _fields(device: Device, pinned: str | None = None) -> tuple[object, ...]:
