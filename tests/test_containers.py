@@ -333,7 +333,8 @@ async def test_get_container_redacts_secrets_everywhere_they_could_surface(
     assert {name: env[name] for name in SECRET_VALUES} == dict.fromkeys(SECRET_VALUES, REDACTED)
     assert env["PLAIN_SETTING"] == "visible"
     assert result["data"]["state"]["running"] is True and result["data"]["network_mode"] == "host"
-    async with sqlite_state.db.session() as session:
+    await sqlite_state.writer.flush()  # the snapshot is written by the batch writer, off the request path
+    async with sqlite_state.db.read_session() as session:
         snapshots = [json.dumps(s.data) for s in (await session.scalars(select(CollectionSnapshot))).all()]
     texts = [
         json.dumps(result),
