@@ -216,7 +216,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _rotate_secrets(settings: Settings) -> int:
     from mcp_server.secrets import rotate_master_key
-    from mcp_server.server import open_database
+    from mcp_server.state import open_database
 
     db = await open_database(settings)
     try:
@@ -286,15 +286,14 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _devices(settings: Settings, args: argparse.Namespace) -> int:
-    from mcp_server.devices import device_spec
-    from mcp_server.server import app_state
-    from mcp_server.tools.devices import describe, import_config
+    from mcp_server.devices import device_spec, import_ssh_hosts
+    from mcp_server.state import open_state
 
-    async with app_state(settings) as state:
+    async with open_state(settings) as state:
         if args.devices_cmd == "list":
             table = Table("name", "address", "user", "auth", "tags", "host key")
             for device in state.devices.list():
-                info = describe(device, state)
+                info = state.describe(device)
                 table.add_row(
                     info.name,
                     "(this machine)" if device.is_local else f"{info.hostname}:{info.port}",
@@ -321,7 +320,9 @@ async def _devices(settings: Settings, args: argparse.Namespace) -> int:
             await state.devices.remove(args.name)
             err.print(f"removed {args.name}")
         elif args.devices_cmd == "import-ssh-config":
-            result = await import_config(state, Path(args.path).expanduser(), args.hosts, args.tags)
+            result = await import_ssh_hosts(
+                state.devices, Path(args.path).expanduser(), args.hosts, args.tags
+            )
             for host in result.hosts:
                 err.print(f"{host.status:8} {host.alias}" + (f"  ({host.reason})" if host.reason else ""))
             for warning in result.warnings:
@@ -343,10 +344,10 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 
 
 async def _collect(settings: Settings, args: argparse.Namespace) -> int:
-    from mcp_server.server import app_state
+    from mcp_server.state import open_state
 
     params = _params(args.param)
-    async with app_state(settings) as state:
+    async with open_state(settings) as state:
         state.registry.get(args.command)
         names = state.devices.names() if args.all else [args.device]
         with Progress(console=err, transient=True) as progress:

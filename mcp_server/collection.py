@@ -30,6 +30,7 @@ from mcp_server.ssh import ProbeResult, SSHPool
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")  # a result model, or a plain dict for the generic `collect` tool
+T = TypeVar("T")
 
 
 class Collected(BaseModel, Generic[M]):
@@ -45,6 +46,9 @@ class Collected(BaseModel, Generic[M]):
     data: M
 
 
+C = TypeVar("C", bound=Collected[Any])
+
+
 class DeviceOutcome(BaseModel, Generic[M]):
     """One device's outcome in a fan-out: the result, or why there is none."""
 
@@ -55,6 +59,36 @@ class DeviceOutcome(BaseModel, Generic[M]):
     )
     error: str | None = Field(default=None, description="What went wrong and what to do about it.")
     result: Collected[M] | None = None
+
+
+class ConnectionTest(BaseModel):
+    """Outcome of connecting to a device and running a no-op command."""
+
+    device: str
+    ok: bool
+    latency_ms: float | None = None
+    server_version: str | None = None
+    host_key_fingerprint: str | None = None
+    host_key_source: str | None = Field(
+        default=None,
+        description="known_hosts, pinned (earlier), pinned_now (trusted on first use just now) or local.",
+    )
+    reused_connection: bool | None = None
+    error_type: str | None = None
+    error: str | None = None
+
+
+def paginate(items: Sequence[T], limit: int, offset: int) -> tuple[list[T], int, bool]:
+    """(the page, the total, whether items exist beyond the page) for `limit`/`offset` list tools."""
+    page = list(items[offset : offset + limit])
+    return page, len(items), offset + len(page) < len(items)
+
+
+def page_of(result: C, field: str, items: Sequence[Any], limit: int, offset: int) -> C:
+    """`result` (a Collected) whose data's list `field` holds one page of `items`, with `total`/`truncated` set."""
+    page, total, truncated = paginate(items, limit, offset)
+    data = result.data.model_copy(update={field: page, "total": total, "truncated": truncated})
+    return result.model_copy(update={"data": data})
 
 
 def _system_metric_row(device: str, at: datetime, m: Any) -> dict[str, Any]:
@@ -202,6 +236,23 @@ class UnifiedDataCollectionService:
             raise
         finally:
             self._audit(device, "connection_test", None, False, run, started, error)
+
+    async def test_connection(self, device: str) -> ConnectionTest:
+        """`probe`, with a connection failure reported in the result instead of raised."""
+        self.devices.get(device)  # an unknown name is a caller error, not a connection failure
+        try:
+            probe = await self.probe(device)
+        except InfrastructorError as exc:
+            return ConnectionTest(device=device, ok=False, error_type=exc.error_type, error=str(exc))
+        return ConnectionTest(
+            device=device,
+            ok=True,
+            latency_ms=round(probe.latency_ms, 2),
+            server_version=probe.server_version or None,
+            host_key_fingerprint=probe.host_key_fingerprint or None,
+            host_key_source=probe.host_key_source,
+            reused_connection=probe.reused_connection,
+        )
 
     async def _execute(
         self,

@@ -6,16 +6,18 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import asyncssh
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import DeviceRow
-from mcp_server.errors import DeviceExists, DeviceNotFound, InvalidParameter, invalid
+from mcp_server.errors import DeviceExists, DeviceNotFound, InfrastructorError, InvalidParameter, invalid
 from mcp_server.secrets import SecretStore
+from mcp_server.ssh_config import load_ssh_config_with_warnings
 
 LOCAL = "local"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -74,6 +76,18 @@ class DeviceSpec(BaseModel):
     tags: tuple[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")], ...] = ()
     description: str = Field(default="", max_length=1000)
     use_sudo: bool = False
+
+
+def spec_changes(**given: Any) -> dict[str, Any]:
+    """update_device's arguments as registry changes: None leaves a field alone, and an empty password or
+    jump_host removes it."""
+    changes = {k: v for k, v in given.items() if v is not None}
+    for field in ("password", "jump_host"):
+        if changes.get(field) == "":
+            changes[field] = None
+    if "tags" in changes:
+        changes["tags"] = tuple(changes["tags"])
+    return changes
 
 
 def device_spec(**fields: Any) -> DeviceSpec:
@@ -245,4 +259,132 @@ def _to_device(row: DeviceRow, password: str | None) -> Device:
         use_sudo=row.use_sudo,
         created_at=row.created_at,
         updated_at=row.updated_at,
+    )
+
+
+class DeviceInfo(BaseModel):
+    """A registered device. Secrets are never included."""
+
+    name: str
+    hostname: str
+    port: int
+    username: str | None
+    key_path: str | None
+    auth: Literal["local", "key", "password", "default"] = Field(
+        description="How the server authenticates: a key file, a stored password, or ssh-agent/default keys."
+    )
+    jump_host: str | None
+    tags: list[str]
+    description: str
+    host_key_fingerprint: str | None = Field(
+        description="SHA256 fingerprint of the pinned host key, if pinned."
+    )
+    use_sudo: bool = Field(
+        description="Commands that need root run through `sudo -n` (never with a password)."
+    )
+    connected: bool = Field(description="True when a pooled SSH connection is open right now.")
+
+
+class ImportedHost(BaseModel):
+    alias: str
+    status: Literal["added", "skipped"]
+    reason: str | None = None
+
+
+class SSHConfigImport(BaseModel):
+    path: str
+    hosts: list[ImportedHost]
+    added: int
+    skipped: int
+    warnings: list[str]
+
+
+def fingerprint(key_line: str | None) -> str | None:
+    if not key_line:
+        return None
+    try:
+        return str(asyncssh.import_public_key(key_line).get_fingerprint("sha256"))
+    except (asyncssh.KeyImportError, ValueError):
+        return None
+
+
+def describe(device: Device, *, connected: bool) -> DeviceInfo:
+    """The registry entry as clients see it: no secrets, the host key as a fingerprint."""
+    if device.is_local:
+        auth: Literal["local", "key", "password", "default"] = "local"
+    elif device.key_path:
+        auth = "key"
+    elif device.password:
+        auth = "password"
+    else:
+        auth = "default"
+    return DeviceInfo(
+        name=device.name,
+        hostname=device.hostname,
+        port=device.port,
+        username=device.username,
+        key_path=device.key_path,
+        auth=auth,
+        jump_host=device.jump_host,
+        tags=list(device.tags),
+        description=device.description,
+        host_key_fingerprint=fingerprint(device.host_key),
+        use_sudo=device.use_sudo,
+        connected=connected,
+    )
+
+
+def _existing(identity_file: str | None, warnings: list[str], alias: str) -> str | None:
+    """IdentityFile if it exists; ssh itself silently skips missing ones, we say so."""
+    if identity_file and not Path(identity_file).is_file():
+        warnings.append(f"{alias}: IdentityFile {identity_file!r} does not exist; using default keys")
+        return None
+    return identity_file
+
+
+async def import_ssh_hosts(
+    devices: DeviceRegistry, path: Path, only: list[str] | None, tags: list[str]
+) -> SSHConfigImport:
+    """Add every concrete Host of an OpenSSH config; jump hosts first so ProxyJump can refer to them."""
+    if not path.is_file():
+        raise InvalidParameter(f"No SSH config file at {str(path)!r}.")
+    entries, warnings = load_ssh_config_with_warnings(path)
+    wanted = set(only) if only else None
+    by_alias = {e.alias: e for e in entries}
+    ordered = sorted(entries, key=lambda e: 0 if any(o.proxy_jump == e.alias for o in entries) else 1)
+    results: list[ImportedHost] = []
+    for entry in ordered:
+        if wanted is not None and entry.alias not in wanted:
+            continue
+        name = entry.alias.lower()
+        jump = None
+        if entry.proxy_jump:
+            jump = entry.proxy_jump.lower() if entry.proxy_jump in by_alias else None
+            if jump is None:
+                results.append(
+                    ImportedHost(
+                        alias=entry.alias,
+                        status="skipped",
+                        reason=f"ProxyJump {entry.proxy_jump!r} is not a Host in this file",
+                    )
+                )
+                continue
+        try:
+            spec = device_spec(
+                hostname=entry.hostname,
+                port=entry.port,
+                username=entry.user,
+                key_path=_existing(entry.identity_file, warnings, entry.alias),
+                jump_host=jump,
+                tags=tuple(tags),
+                description=f"Imported from {path}",
+            )
+            await devices.add(name, spec)
+        except InfrastructorError as exc:
+            results.append(ImportedHost(alias=entry.alias, status="skipped", reason=str(exc)))
+            continue
+        results.append(ImportedHost(alias=entry.alias, status="added"))
+    added = sum(r.status == "added" for r in results)
+    return SSHConfigImport(
+        path=str(path), hosts=results, added=added, skipped=len(results) - added, warnings=warnings
     )

@@ -15,8 +15,9 @@ from sqlalchemy import select
 
 from mcp_server.db.tables import DataCollectionAudit
 from mcp_server.devices import DeviceSpec
-from mcp_server.server import AppState, app_state, build_server
+from mcp_server.server import build_server
 from mcp_server.settings import Settings, load_settings
+from mcp_server.state import AppState, open_state
 
 PG_ADMIN_DSN = os.environ.get("INFRA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -88,7 +89,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
 
 @pytest.fixture
 async def state(settings: Settings) -> AsyncIterator[AppState]:
-    async with app_state(settings) as running:
+    async with open_state(settings) as running:
         yield running
 
 

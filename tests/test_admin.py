@@ -12,7 +12,8 @@ from fastmcp.exceptions import ToolError
 
 from mcp_server.auth import ADMIN, WRITE
 from mcp_server.commands.admin import RUN_SCRIPT
-from mcp_server.server import app_state, build_server
+from mcp_server.server import build_server
+from mcp_server.state import open_state
 from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
 from tests.test_auth import _serve
 
@@ -29,7 +30,7 @@ async def test_run_command_runs_an_allowlisted_argv_literally_over_ssh(
 ) -> None:
     settings = make_settings(tmp_path, allow_run_command=True, run_command_allowlist="printf, uname")
     marker = tmp_path / "pwned"
-    async with app_state(settings) as state:
+    async with open_state(settings) as state:
         await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["alpha"])
         async with Client(build_server(settings, state=state)) as client:
             hostile = f"; touch {marker} $(touch {marker}) `touch {marker}`"

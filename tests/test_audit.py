@@ -9,7 +9,7 @@ from pathlib import Path
 import asyncpg
 
 from mcp_server.db.tables import DataCollectionAudit
-from mcp_server.server import app_state
+from mcp_server.state import open_state
 from tests.app_fixtures import PG_ADMIN_DSN, audit_rows, create_pg_database, drop_pg_database, make_settings
 
 
@@ -30,7 +30,7 @@ async def test_rows_spooled_while_the_database_was_away_are_replayed_after_a_res
     name = url.rsplit("/", 1)[1]
     settings = make_settings(tmp_path, database_url=url)
     try:
-        async with app_state(settings) as state:
+        async with open_state(settings) as state:
             await _accept_connections(name, False)
             await state.db.engine.dispose()
             for _ in range(3):
@@ -40,7 +40,7 @@ async def test_rows_spooled_while_the_database_was_away_are_replayed_after_a_res
         assert spooled and all(p.stat().st_mode & 0o777 == 0o600 for p in spooled)
         assert sum(len(p.read_text().splitlines()) for p in spooled) >= 3
         await _accept_connections(name, True)
-        async with app_state(settings) as state:
+        async with open_state(settings) as state:
             await state.writer.flush()
             assert state.writer.segments() == []
             rows = await audit_rows(state, kind="collection", command="os_info")
@@ -52,7 +52,7 @@ async def test_rows_spooled_while_the_database_was_away_are_replayed_after_a_res
 
 async def test_a_segment_replayed_before_a_crash_is_not_replayed_again(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    async with app_state(settings) as state:
+    async with open_state(settings) as state:
         row = {
             "occurred_at": datetime.now(UTC),
             "kind": "tool",

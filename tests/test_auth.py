@@ -22,7 +22,8 @@ from mcp import MCPError
 
 from mcp_server.auth import ADMIN, READ, WRITE, SigningKey, issue_token
 from mcp_server.db.tables import SecretRow
-from mcp_server.server import AppState, app_state, build_server
+from mcp_server.server import build_server
+from mcp_server.state import AppState, open_state
 from tests.app_fixtures import audit_rows, make_settings
 from tests.test_transports import CLI, cli_env, free_port
 
@@ -59,7 +60,7 @@ async def _serve(tmp_path: Path, key: SigningKey | None = None, **overrides: Any
         else {"jwt_public_key": key.public_key, "jwks_url": key.jwks_url}
     )
     settings = make_settings(tmp_path, jwt_issuer=ISSUER, jwt_audience=AUDIENCE, **(auth | overrides))
-    async with app_state(settings) as state:
+    async with open_state(settings) as state:
         key = key or SigningKey("HS256", SECRET, None, None)
         app = build_server(settings, transport="http", state=state, signing_key=key).http_app(
             path="/mcp", host_origin_protection=True
@@ -331,7 +332,7 @@ async def test_first_start_generates_a_key_and_prints_one_dev_token(tmp_path: Pa
     finally:
         _stop(proc)
     state_settings = make_settings(tmp_path)
-    async with app_state(state_settings) as state:
+    async with open_state(state_settings) as state:
         key = await state.secrets.get("jwt:hs256")
         async with state.db.read_session() as session:
             row = await session.get(SecretRow, "jwt:hs256")

@@ -9,14 +9,14 @@ import asyncpg
 
 from mcp_server.devices import DeviceSpec
 from mcp_server.secrets import key_fingerprint
-from mcp_server.server import app_state
+from mcp_server.state import open_state
 from tests.app_fixtures import PG_ADMIN_DSN, create_pg_database, drop_pg_database, make_settings
 from tests.test_transports import run_cli
 
 
 async def test_secrets_rotate_keeps_every_secret_readable_under_a_new_key(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    async with app_state(settings) as state:
+    async with open_state(settings) as state:
         await state.devices.add(
             "nas", DeviceSpec(hostname="127.0.0.1", port=1, password="pw-before-rotation")
         )
@@ -28,7 +28,7 @@ async def test_secrets_rotate_keeps_every_secret_readable_under_a_new_key(tmp_pa
     assert len(after) == 1 and after != before
     assert key_fingerprint(after[0].encode()) in result.stderr
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    async with app_state(settings) as state:
+    async with open_state(settings) as state:
         assert state.devices.get("nas").password == "pw-before-rotation"
 
 

@@ -28,8 +28,8 @@ from mcp_server.errors import (
 )
 from mcp_server.events import CollectionCompleted
 from mcp_server.executors import ExecResult, check_exit
-from mcp_server.server import AppState, app_state
 from mcp_server.settings import Settings
+from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
 
 
@@ -132,7 +132,7 @@ async def test_different_parameters_are_cached_separately(state: AppState) -> No
 
 async def test_ttl_expiry_executes_again(tmp_path: Path) -> None:
     now = [1000.0]
-    async with app_state(make_settings(tmp_path), clock=lambda: now[0]) as state:
+    async with open_state(make_settings(tmp_path), clock=lambda: now[0]) as state:
         ttl = state.registry.get("network_interfaces").ttl
         await state.service.collect("local", "network_interfaces")
         now[0] += ttl - 0.5
@@ -187,7 +187,7 @@ async def test_unknown_command_lists_the_registered_ones(state: AppState) -> Non
 async def test_malformed_or_hostile_parameters_are_rejected_before_anything_runs(
     sqlite_settings: Settings, params: dict[str, Any]
 ) -> None:
-    async with app_state(sqlite_settings) as state:
+    async with open_state(sqlite_settings) as state:
         with pytest.raises(InvalidParameter, match="system_metrics"):
             await state.service.collect("local", "system_metrics", params)
         assert state.local.commands_run == 0
@@ -200,7 +200,7 @@ async def test_malformed_or_hostile_parameters_are_rejected_before_anything_runs
 async def test_missing_binary_on_the_device_is_command_not_available(
     sqlite_settings: Settings, command: str
 ) -> None:
-    async with app_state(sqlite_settings, registry=extra_registry()) as state:
+    async with open_state(sqlite_settings, registry=extra_registry()) as state:
         with pytest.raises(CommandNotAvailable, match="definitely-not-installed-xyz.*'local'"):
             await state.service.collect("local", command)
         (row,) = await audit_rows(state, command=command)
@@ -208,7 +208,7 @@ async def test_missing_binary_on_the_device_is_command_not_available(
 
 
 async def test_non_zero_exit_is_command_failed_with_stderr(sqlite_settings: Settings) -> None:
-    async with app_state(sqlite_settings, registry=extra_registry()) as state:
+    async with open_state(sqlite_settings, registry=extra_registry()) as state:
         with pytest.raises(CommandFailed, match="exited with status 3: broken"):
             await state.service.collect("local", "exits_three")
         # a failure is not cached: the next call runs again
@@ -218,7 +218,7 @@ async def test_non_zero_exit_is_command_failed_with_stderr(sqlite_settings: Sett
 
 
 async def test_command_timeout_stops_the_command_within_its_timeout(sqlite_settings: Settings) -> None:
-    async with app_state(sqlite_settings, registry=extra_registry()) as state:
+    async with open_state(sqlite_settings, registry=extra_registry()) as state:
         started = time.monotonic()
         with pytest.raises(CommandTimeout, match="did not finish within 0.5s"):
             await state.service.collect("local", "slow")
@@ -230,7 +230,7 @@ async def test_unreachable_database_at_start_is_a_clear_error(tmp_path: Path) ->
     with pytest.raises(
         StorageError, match=r"Migrating postgresql\+asyncpg://postgres@127.0.0.1:1/nothing failed"
     ):
-        async with app_state(bad):
+        async with open_state(bad):
             pass
 
 
@@ -281,7 +281,7 @@ async def test_fan_out_reports_a_dead_host_while_the_others_succeed(state: AppSt
 async def test_missing_binary_over_ssh_is_command_not_available(
     sqlite_settings: Settings, sshd_fleet: Any
 ) -> None:
-    async with app_state(sqlite_settings, registry=extra_registry()) as state:
+    async with open_state(sqlite_settings, registry=extra_registry()) as state:
         await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["gamma"])
         with pytest.raises(CommandNotAvailable, match="definitely-not-installed-xyz.*'gamma'"):
             await state.service.collect("gamma", "missing_binary")
@@ -293,7 +293,7 @@ async def test_collection_keeps_serving_while_the_database_is_away_and_loses_no_
     url = await create_pg_database()
     name = url.rsplit("/", 1)[1]
     try:
-        async with app_state(make_settings(tmp_path, database_url=url)) as state:
+        async with open_state(make_settings(tmp_path, database_url=url)) as state:
             await state.service.collect("local", "os_info")
             await state.writer.flush()
             admin = await _pg_admin()
@@ -340,7 +340,7 @@ def sudo_rule(sshd_fleet: Any) -> Iterator[None]:
 async def test_use_sudo_runs_root_commands_through_sudo_without_a_password(
     sqlite_settings: Settings, sshd_fleet: Any, sudo_rule: None
 ) -> None:
-    async with app_state(sqlite_settings, registry=root_registry()) as state:
+    async with open_state(sqlite_settings, registry=root_registry()) as state:
         await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["alpha"], use_sudo=True)
         await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["beta"])
         as_root = await state.service.collect("alpha", "whoami_root")

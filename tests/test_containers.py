@@ -29,8 +29,9 @@ from mcp_server.parsers.container_common import (
 )
 from mcp_server.parsers.container_runtime import fit_newest, parse_container_logs
 from mcp_server.parsers.containers import ContainerLogsParams, state_from_status
-from mcp_server.server import AppState, app_state, build_server
+from mcp_server.server import build_server
 from mcp_server.settings import Settings
+from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
 from tests.podman import (
     CHATTY_LINES,
@@ -258,7 +259,7 @@ def docker_host(sshd_fleet: SshdFleet, container_engine: ContainerEngine) -> Ssh
 async def sqlite_state(
     sqlite_settings: Settings, sshd_fleet: SshdFleet, docker_host: SshdHost
 ) -> AsyncIterator[AppState]:
-    async with app_state(sqlite_settings) as running:
+    async with open_state(sqlite_settings) as running:
         await add_fleet_host(running, sshd_fleet, docker_host, name=DEVICE)
         yield running
 
@@ -441,7 +442,7 @@ async def test_a_device_without_docker_says_docker_is_not_installed(
     if any(Path(d, "docker").exists() for d in ("/usr/bin", "/bin")):
         pytest.skip("docker is on the restricted PATH too")
     host = sshd_fleet.start_host("no-docker", env={"PATH": "/usr/bin:/bin"})
-    async with app_state(sqlite_settings) as running:
+    async with open_state(sqlite_settings) as running:
         await add_fleet_host(running, sshd_fleet, host, name="no-docker")
         async with Client(build_server(running.settings, state=running)) as client:
             for tool, args in (
@@ -465,7 +466,7 @@ async def test_a_device_without_the_compose_plugin_says_so(
     ):
         pytest.skip("a system-wide compose plugin exists")
     host = sshd_fleet.start_host("docker-no-compose", env={"DOCKER_CONFIG": str(config)})
-    async with app_state(sqlite_settings) as running:
+    async with open_state(sqlite_settings) as running:
         await add_fleet_host(running, sshd_fleet, host, name="docker-no-compose")
         listed = await running.service.collect("docker-no-compose", "containers")
         assert "web" in {c.name for c in listed.data.containers}  # docker itself works there

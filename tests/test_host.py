@@ -15,8 +15,8 @@ from fastmcp import Client
 
 from mcp_server.commands import default_registry
 from mcp_server.errors import CommandNotAvailable, ParseError
-from mcp_server.server import AppState, app_state
 from mcp_server.settings import Settings
+from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
 from tests.sshd import SshdHost
 
@@ -120,7 +120,7 @@ async def test_check_updates_on_a_real_debian_host_matches_apt_itself(
 ) -> None:
     if shutil.which("apt") is None or shutil.which("dpkg") is None:
         pytest.skip("apt is not installed on this machine")
-    async with app_state(sqlite_settings) as state:
+    async with open_state(sqlite_settings) as state:
         await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["alpha"])
         result = await state.service.collect("alpha", "package_updates")
         local = await state.service.collect("local", "package_updates")
@@ -134,7 +134,7 @@ async def test_check_updates_on_a_real_debian_host_matches_apt_itself(
 async def test_a_device_without_a_package_manager_or_virsh_gets_command_not_available(
     sqlite_settings: Settings, sshd_fleet: Any, host_fixtures: HostFixtures
 ) -> None:
-    async with app_state(sqlite_settings) as state:
+    async with open_state(sqlite_settings) as state:
         await add_fleet_host(state, sshd_fleet, host_fixtures.bare, name="appliance")
         with pytest.raises(CommandNotAvailable) as raised:
             await state.service.collect("appliance", "package_updates")

@@ -13,7 +13,7 @@ from mcp import MCPError
 from sqlalchemy import select
 
 from mcp_server.db.tables import DeviceRow, SecretRow
-from mcp_server.server import AppState
+from mcp_server.state import AppState
 from tests.app_fixtures import audit_rows
 from tests.test_collection import meminfo_bytes
 

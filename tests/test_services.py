@@ -19,8 +19,9 @@ from mcp_server.commands import default_registry
 from mcp_server.commands.services import JournalParams, ServiceStatusParams
 from mcp_server.errors import CommandNotAvailable, InvalidParameter, ParseError
 from mcp_server.parsers.services import journal_entry, newest_within, parse_units, select_units
-from mcp_server.server import AppState, app_state, build_server
+from mcp_server.server import build_server
 from mcp_server.settings import Settings
+from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
 from tests.sshd import SshdHost
 
@@ -105,7 +106,7 @@ async def test_restart_invalidates_the_services_cache_and_the_argv_reaching_syst
     sqlite_settings: Settings, sshd_fleet: Any, service_hosts: ServiceHosts
 ) -> None:
     async with (
-        app_state(sqlite_settings) as state,
+        open_state(sqlite_settings) as state,
         Client(build_server(state.settings, state=state)) as client,
     ):
         await add_fleet_host(state, sshd_fleet, service_hosts.fixtures, name="nas")
@@ -129,7 +130,7 @@ async def test_a_failed_restart_is_a_clear_error_with_systemctls_message(
     sqlite_settings: Settings, sshd_fleet: Any, service_hosts: ServiceHosts
 ) -> None:
     async with (
-        app_state(sqlite_settings) as state,
+        open_state(sqlite_settings) as state,
         Client(build_server(state.settings, state=state)) as client,
     ):
         await add_fleet_host(state, sshd_fleet, service_hosts.fixtures, name="nas")
@@ -142,7 +143,7 @@ async def test_a_failed_restart_is_a_clear_error_with_systemctls_message(
 async def test_service_status_reports_state_pid_memory_and_decoded_journal_entries(
     sqlite_settings: Settings, sshd_fleet: Any, service_hosts: ServiceHosts
 ) -> None:
-    async with app_state(sqlite_settings) as state:
+    async with open_state(sqlite_settings) as state:
         await add_fleet_host(state, sshd_fleet, service_hosts.fixtures, name="nas")
         result = await state.service.collect("nas", "service_status", {"unit": "labapp.service", "lines": 5})
     status = result.data
@@ -194,7 +195,7 @@ async def test_journal_filters_reach_journalctl_as_single_quoted_arguments(
 async def test_missing_systemctl_and_journalctl_are_command_not_available_naming_binary_and_device(
     sqlite_settings: Settings, sshd_fleet: Any, service_hosts: ServiceHosts
 ) -> None:
-    async with app_state(sqlite_settings) as state:
+    async with open_state(sqlite_settings) as state:
         await add_fleet_host(state, sshd_fleet, service_hosts.bare, name="pi")
         cases = [
             ("services", {}, "systemctl"),
@@ -215,7 +216,7 @@ async def test_a_device_with_systemctl_but_no_running_systemd_says_systemd_is_no
 ) -> None:
     if shutil.which("systemctl") is None:
         pytest.skip("systemctl is not installed here")
-    async with app_state(sqlite_settings) as state:
+    async with open_state(sqlite_settings) as state:
         with pytest.raises(CommandNotAvailable, match="needs 'systemd'.*'local'"):
             await state.service.collect("local", "services")
 
@@ -252,7 +253,7 @@ async def test_injection_attempts_are_rejected_and_nothing_runs(
     sqlite_settings: Settings, sshd_fleet: Any, service_hosts: ServiceHosts, tool: str, argument: str
 ) -> None:
     async with (
-        app_state(sqlite_settings) as state,
+        open_state(sqlite_settings) as state,
         Client(build_server(state.settings, state=state)) as client,
     ):
         await add_fleet_host(state, sshd_fleet, service_hosts.fixtures, name="nas")

@@ -19,8 +19,9 @@ from mcp_server.commands import default_registry
 from mcp_server.commands.drives import SMART_OK_STATUSES
 from mcp_server.errors import ParseError
 from mcp_server.parsers.drives import DriveSmartParams, parse_drive_smart
-from mcp_server.server import AppState, app_state, build_server
+from mcp_server.server import build_server
 from mcp_server.settings import Settings
+from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
 from tests.sshd import SshdHost
 
@@ -87,7 +88,7 @@ def storage_hosts(sshd_fleet: Any) -> StorageHosts:
 
 @contextlib.asynccontextmanager
 async def mcp_on_sqlite(settings: Settings) -> AsyncIterator[tuple[AppState, Client[Any]]]:
-    async with app_state(settings) as state, Client(build_server(state.settings, state=state)) as client:
+    async with open_state(settings) as state, Client(build_server(state.settings, state=state)) as client:
         yield state, client
 
 

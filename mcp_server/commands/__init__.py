@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import Any
+
+from pydantic import BaseModel, Field
 
 from mcp_server.commands.base import Arg, ArgList, CommandDefinition, NoParams
-from mcp_server.errors import UnknownCommand
+from mcp_server.errors import InvalidParameter, UnknownCommand
 
-__all__ = ["Arg", "ArgList", "CommandDefinition", "CommandRegistry", "NoParams", "default_registry"]
+__all__ = [
+    "Arg",
+    "ArgList",
+    "CommandDefinition",
+    "CommandList",
+    "CommandRegistry",
+    "NoParams",
+    "default_registry",
+]
+
+
+class CommandInfo(BaseModel):
+    name: str
+    category: str
+    summary: str
+    ttl_seconds: float = Field(description="How long a result is served from the cache.")
+    timeout_seconds: float
+    parameters: dict[str, Any] = Field(description="JSON schema of the command's parameters (for `collect`).")
+
+
+class CommandList(BaseModel):
+    commands: list[CommandInfo]
+    total: int
 
 
 class CommandRegistry:
@@ -25,6 +50,33 @@ class CommandRegistry:
             return self._commands[name]
         except KeyError:
             raise UnknownCommand(name, self._commands) from None
+
+    def get_read(self, name: str) -> CommandDefinition:
+        """A command that may be run by name (`collect`, resources): read commands only; changes go through
+        their own scoped tools."""
+        definition = self.get(name)
+        if not definition.read_only:
+            raise InvalidParameter(
+                f"{name!r} changes things on the device; use its own tool (e.g. restart_container), "
+                "which needs the infra:write or infra:admin scope."
+            )
+        return definition
+
+    def catalogue(self, category: str | None = None) -> CommandList:
+        """Every read command (of `category`, if given) with its parameters' JSON schema."""
+        commands = [
+            CommandInfo(
+                name=d.name,
+                category=d.category,
+                summary=d.summary,
+                ttl_seconds=d.ttl,
+                timeout_seconds=d.timeout,
+                parameters=d.parameter_schema(),
+            )
+            for d in self
+            if d.read_only and (category is None or d.category == category)
+        ]
+        return CommandList(commands=commands, total=len(commands))
 
     def __iter__(self) -> Iterator[CommandDefinition]:
         return iter(self._commands.values())

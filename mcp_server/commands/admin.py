@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from mcp_server.commands.base import ArgList, CommandDefinition
-from mcp_server.errors import ParseError
+from mcp_server.errors import InvalidParameter, ParseError
 
 OUTPUT_MAX_CHARS = 20_000
 # "$@" runs the argv exactly as given (no word splitting, no globbing, no second parse); stderr joins stdout
@@ -30,6 +30,19 @@ class CommandOutput(BaseModel):
     exit_status: int = Field(description="The program's exit status (127: not found on the device).")
     output: str = Field(description=f"stdout and stderr interleaved; the last {OUTPUT_MAX_CHARS} characters.")
     truncated: bool = Field(description="True when earlier output was cut to fit.")
+
+
+def check_allowed(argv: list[str], *, enabled: bool, allowlist: str) -> None:
+    """run_command's gate: enabled at all, and argv[0] equal to an allowlist entry (a bare name matches a
+    bare name, a path that exact path)."""
+    if not enabled:
+        raise InvalidParameter(
+            "run_command is disabled on this server (INFRA_ALLOW_RUN_COMMAND=true enables it)."
+        )
+    entries = {e.strip() for e in allowlist.split(",") if e.strip()}
+    if argv[0] not in entries:
+        allowed = allowlist or "nothing (INFRA_RUN_COMMAND_ALLOWLIST is empty)"
+        raise InvalidParameter(f"{argv[0]!r} is not in INFRA_RUN_COMMAND_ALLOWLIST; allowed: {allowed}.")
 
 
 def parse_run_command(stdout: str, params: RunCommandParams) -> CommandOutput:

@@ -1,9 +1,11 @@
-"""Read queries over the tables (plain async functions)."""
+"""Read queries over the tables (plain async functions) and the models they answer with."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any, Literal
 
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,3 +52,46 @@ async def audit_rows(
         .offset(offset)
     )
     return list(rows.all()), int(total or 0)
+
+
+class AuditEntry(BaseModel):
+    """One audited event: a tool call, a resource read or a data collection."""
+
+    id: int
+    occurred_at: datetime
+    kind: str = Field(
+        description="tool, resource or collection (collections link to their call by request_id)."
+    )
+    request_id: str | None
+    subject: str | None = Field(description="Token subject, or local:<user> over stdio.")
+    client_id: str | None
+    client_ip: str | None
+    user_agent: str | None
+    request_path: str | None
+    transport: str | None
+    tool: str | None = Field(description="Tool name or resource URI.")
+    arguments: dict[str, Any] | None = Field(description="Call arguments with secret values replaced by ***.")
+    device: str | None
+    command: str | None
+    cache_hit: bool
+    ssh_commands: list[str]
+    duration_ms: float
+    outcome: Literal["ok", "error", "denied"] | str
+    error_type: str | None
+    error_message: str | None
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntry] = Field(description="Newest first.")
+    total: int = Field(description="Entries matching the filters in all.")
+    truncated: bool = Field(description="True when more entries match than this page holds (raise offset).")
+
+
+async def audit_page(session: AsyncSession, *, limit: int, offset: int, **filters: Any) -> AuditPage:
+    """One page of audit entries matching `filters` (see audit_rows), newest first."""
+    rows, total = await audit_rows(session, limit=limit, offset=offset, **filters)
+    return AuditPage(
+        entries=[AuditEntry.model_validate(r, from_attributes=True) for r in rows],
+        total=total,
+        truncated=offset + len(rows) < total,
+    )

@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, ParamSpec, TypeVar
 
-from fastmcp import Context
-from fastmcp.dependencies import CurrentContext
 from fastmcp.exceptions import ToolError
 from pydantic import Field
 
-from mcp_server.collection import Collected
 from mcp_server.errors import InfrastructorError
-
-if TYPE_CHECKING:
-    from mcp_server.server import AppState
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def app_state(ctx: Context = CurrentContext()) -> AppState:
-    """Dependency: the running server's AppState (hidden from tool schemas)."""
-    return ctx.lifespan_context["state"]  # type: ignore[no-any-return]
 
 
 def expected_errors(
@@ -46,23 +35,6 @@ def expected_errors(
         return wrapper
 
     return decorate
-
-
-T = TypeVar("T")
-C = TypeVar("C", bound=Collected[Any])
-
-
-def paginate(items: Sequence[T], limit: int, offset: int) -> tuple[list[T], int, bool]:
-    """(the page, the total, whether items exist beyond the page) for `limit`/`offset` list tools."""
-    page = list(items[offset : offset + limit])
-    return page, len(items), offset + len(page) < len(items)
-
-
-def page_of(result: C, field: str, items: Sequence[Any], limit: int, offset: int) -> C:
-    """`result` (a Collected) whose data's list `field` holds one page of `items`, with `total`/`truncated` set."""
-    page, total, truncated = paginate(items, limit, offset)
-    data = result.data.model_copy(update={field: page, "total": total, "truncated": truncated})
-    return result.model_copy(update={"data": data})
 
 
 DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]

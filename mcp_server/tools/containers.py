@@ -8,7 +8,7 @@ from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
 from pydantic import Field
 
-from mcp_server.collection import Collected
+from mcp_server.collection import Collected, page_of
 from mcp_server.parsers.compose import ComposeStacks
 from mcp_server.parsers.container_inspect import ContainerDetails
 from mcp_server.parsers.container_runtime import (
@@ -18,7 +18,7 @@ from mcp_server.parsers.container_runtime import (
     fit_newest,
 )
 from mcp_server.parsers.containers import ContainerList, ContainerName, GrepText, Since, select_containers
-from mcp_server.server import AppState
+from mcp_server.state import AppState, current_state
 from mcp_server.tools import (
     READ_ONLY,
     WRITE_TAGS,
@@ -26,10 +26,8 @@ from mcp_server.tools import (
     ForceRefresh,
     Limit,
     Offset,
-    app_state,
     changes,
     expected_errors,
-    page_of,
 )
 
 Container = Annotated[ContainerName, Field(description="Container name or id, as listed by list_containers.")]
@@ -74,7 +72,7 @@ def register(mcp: FastMCP) -> None:
         limit: Limit = 50,
         offset: Offset = 0,
         force_refresh: ForceRefresh = False,
-        state: AppState = Depends(app_state),
+        state: AppState = Depends(current_state),
     ) -> Collected[ContainerList]:
         """Containers on a device with image, state, health, ports, networks and compose project."""
         want_all = all or (status is not None and status != "running")
@@ -92,7 +90,7 @@ def register(mcp: FastMCP) -> None:
         device: DeviceArg,
         container: Container,
         force_refresh: ForceRefresh = False,
-        state: AppState = Depends(app_state),
+        state: AppState = Depends(current_state),
     ) -> Collected[ContainerDetails]:
         """One container in detail: state, health checks, restart count and policy, ports, mounts, networks,
         resource limits and environment (secret values shown as '***')."""
@@ -112,7 +110,7 @@ def register(mcp: FastMCP) -> None:
             bool, Field(description="Prefix lines with the time docker received them.")
         ] = False,
         force_refresh: ForceRefresh = False,
-        state: AppState = Depends(app_state),
+        state: AppState = Depends(current_state),
     ) -> Collected[ContainerLogs]:
         """The newest log lines (stdout and stderr) of a container; with grep, the newest matching lines among
         the last 50,000. Lines are cut at 2000 characters; the oldest lines are dropped to fit the output budget."""
@@ -134,7 +132,7 @@ def register(mcp: FastMCP) -> None:
         limit: Limit = 50,
         offset: Offset = 0,
         force_refresh: ForceRefresh = False,
-        state: AppState = Depends(app_state),
+        state: AppState = Depends(current_state),
     ) -> Collected[ContainerStatsList]:
         """CPU %, memory use/limit, network and block I/O in bytes of every running container (one sample),
         busiest CPU first."""
@@ -148,7 +146,7 @@ def register(mcp: FastMCP) -> None:
         limit: Limit = 50,
         offset: Offset = 0,
         force_refresh: ForceRefresh = False,
-        state: AppState = Depends(app_state),
+        state: AppState = Depends(current_state),
     ) -> Collected[ComposeStacks]:
         """Docker Compose projects: status, config files, working directory, and each service's container state."""
         result = await state.service.collect(device, "compose_stacks", force_refresh=force_refresh)
@@ -157,7 +155,7 @@ def register(mcp: FastMCP) -> None:
     @mcp.tool(annotations=changes(destructive=False, idempotent=True), tags=WRITE_TAGS)
     @expected_errors()
     async def start_container(
-        device: DeviceArg, container: Container, state: AppState = Depends(app_state)
+        device: DeviceArg, container: Container, state: AppState = Depends(current_state)
     ) -> Collected[ContainerActionResult]:
         """Start a stopped container and report its new state; container reads afterwards are fresh."""
         return await state.service.collect(device, "container_start", {"container": container})
@@ -168,7 +166,7 @@ def register(mcp: FastMCP) -> None:
         device: DeviceArg,
         container: Container,
         timeout: StopTimeout = None,
-        state: AppState = Depends(app_state),
+        state: AppState = Depends(current_state),
     ) -> Collected[ContainerActionResult]:
         """Stop a running container (SIGTERM, then SIGKILL after `timeout` seconds) and report its state."""
         return await state.service.collect(
@@ -181,7 +179,7 @@ def register(mcp: FastMCP) -> None:
         device: DeviceArg,
         container: Container,
         timeout: StopTimeout = None,
-        state: AppState = Depends(app_state),
+        state: AppState = Depends(current_state),
     ) -> Collected[ContainerActionResult]:
         """Restart a container (stop with `timeout`, then start) and report its new state."""
         return await state.service.collect(

@@ -8,19 +8,17 @@ from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
 from pydantic import Field
 
-from mcp_server.collection import Collected
+from mcp_server.collection import Collected, page_of
 from mcp_server.parsers.packages import PackageUpdates
 from mcp_server.parsers.vms import VmList
-from mcp_server.server import AppState
+from mcp_server.state import AppState, current_state
 from mcp_server.tools import (
     READ_ONLY,
     DeviceArg,
     ForceRefresh,
     Limit,
     Offset,
-    app_state,
     expected_errors,
-    page_of,
 )
 
 
@@ -35,7 +33,7 @@ def register(mcp: FastMCP) -> None:
         limit: Limit = 100,
         offset: Offset = 0,
         force_refresh: ForceRefresh = False,
-        state: AppState = Depends(app_state),
+        state: AppState = Depends(current_state),
     ) -> Collected[PackageUpdates]:
         """Pending package updates on a device (apt, dnf or pacman, detected): installed -> candidate version,
         security flag, and counts. Reads the package lists as they are (no refresh); never installs anything."""
@@ -50,7 +48,7 @@ def register(mcp: FastMCP) -> None:
         limit: Limit = 100,
         offset: Offset = 0,
         force_refresh: ForceRefresh = False,
-        state: AppState = Depends(app_state),
+        state: AppState = Depends(current_state),
     ) -> Collected[VmList]:
         """libvirt virtual machines on a device (virsh, qemu:///system unless LIBVIRT_DEFAULT_URI says otherwise):
         state, vCPUs, memory, autostart; running ones first."""

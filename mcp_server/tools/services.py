@@ -8,7 +8,7 @@ from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
 from pydantic import Field
 
-from mcp_server.collection import Collected
+from mcp_server.collection import Collected, page_of
 from mcp_server.commands.services import GrepText, TimeSpec, UnitGlob, UnitName
 from mcp_server.parsers.services import (
     JournalLogs,
@@ -19,16 +19,14 @@ from mcp_server.parsers.services import (
     newest_within,
     select_units,
 )
-from mcp_server.server import AppState
+from mcp_server.state import AppState, current_state
 from mcp_server.tools import (
     READ_ONLY,
     WRITE_TAGS,
     DeviceArg,
     ForceRefresh,
-    app_state,
     changes,
     expected_errors,
-    page_of,
 )
 
 Unit = Annotated[UnitName, Field(description="A systemd unit with its suffix, e.g. 'nginx.service'.")]
@@ -50,7 +48,7 @@ def register(mcp: FastMCP) -> None:
         limit: Annotated[int, Field(ge=1, le=500, description="Most units to return.")] = 50,
         offset: Annotated[int, Field(ge=0, description="Units to skip (for paging).")] = 0,
         force_refresh: ForceRefresh = False,
-        app: AppState = Depends(app_state),
+        app: AppState = Depends(current_state),
     ) -> Collected[UnitList]:
         """systemd units on a device (services, timers, mounts, sockets...) with load, active and sub state;
         failed units first. Needs systemd on the device."""
@@ -65,7 +63,7 @@ def register(mcp: FastMCP) -> None:
         unit: Unit,
         lines: Annotated[int, Field(ge=0, le=200, description="Recent journal entries to include.")] = 20,
         force_refresh: ForceRefresh = False,
-        state: AppState = Depends(app_state),
+        state: AppState = Depends(current_state),
     ) -> Collected[ServiceStatus]:
         """One systemd unit: active and sub state, since when, main PID, memory, tasks, restarts, whether it is
         enabled, the last run's result, and its most recent journal entries."""
@@ -79,7 +77,7 @@ def register(mcp: FastMCP) -> None:
     @mcp.tool(annotations=changes(destructive=True, idempotent=False), tags=WRITE_TAGS)
     @expected_errors()
     async def restart_service(
-        device: DeviceArg, unit: Unit, state: AppState = Depends(app_state)
+        device: DeviceArg, unit: Unit, state: AppState = Depends(current_state)
     ) -> Collected[RestartResult]:
         """Restart a systemd unit (`systemctl restart`); service reads afterwards are fresh. Needs root on the
         device: log in as root or set use_sudo with a sudoers rule for systemctl."""
@@ -106,7 +104,7 @@ def register(mcp: FastMCP) -> None:
         ] = None,
         lines: Annotated[int, Field(ge=1, le=2000, description="Newest matching entries to return.")] = 100,
         force_refresh: ForceRefresh = False,
-        state: AppState = Depends(app_state),
+        state: AppState = Depends(current_state),
     ) -> Collected[JournalLogs]:
         """The newest systemd journal entries of a device, filtered by unit, time, priority and text; messages
         cut at 2000 characters. Without root or the systemd-journal group the SSH user sees only its own

@@ -1,0 +1,166 @@
+"""AppState: every live object of a running server, opened once and handed to tools, resources and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from fastmcp import Context
+from fastmcp.dependencies import CurrentContext
+
+from mcp_server.audit import BatchWriter
+from mcp_server.cache import CacheManager
+from mcp_server.collection import UnifiedDataCollectionService
+from mcp_server.commands import CommandRegistry, default_registry
+from mcp_server.db import Database
+from mcp_server.db.credentials import (
+    check_schema_current,
+    credential_provider,
+    credentials_path,
+    install_credential_hook,
+)
+from mcp_server.db.engine import migrate as migrate_url
+from mcp_server.db.engine import redact_url
+from mcp_server.db.queries import AuditPage, audit_page
+from mcp_server.db.tables import CacheMetadata
+from mcp_server.devices import Device, DeviceInfo, DeviceRegistry, describe
+from mcp_server.events import EventBus
+from mcp_server.executors import LocalExecutor
+from mcp_server.secrets import SecretStore
+from mcp_server.settings import Settings
+from mcp_server.ssh import SSHOptions, SSHPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AppState:
+    """Every live object of a running server, built once by `open_state`."""
+
+    settings: Settings
+    db: Database
+    secrets: SecretStore
+    devices: DeviceRegistry
+    registry: CommandRegistry
+    cache: CacheManager
+    ssh: SSHPool
+    local: LocalExecutor
+    writer: BatchWriter
+    events: EventBus
+    service: UnifiedDataCollectionService
+    started_at: float = field(default_factory=time.monotonic)
+
+    def describe(self, device: Device) -> DeviceInfo:
+        """A device as clients see it, with whether its pooled connection is open now."""
+        return describe(device, connected=self.ssh.is_connected(device.name))
+
+    async def audit_page(self, *, limit: int, offset: int, **filters: Any) -> AuditPage:
+        """Audit entries matching `filters`, including everything audited up to this moment."""
+        await self.writer.flush()
+        async with self.db.read_session() as session:
+            return await audit_page(session, limit=limit, offset=offset, **filters)
+
+    async def forget_connection(self, name: str) -> int:
+        """Close a changed or removed device's connection and drop its cached results; returns how many."""
+        await self.ssh.drop(name)
+        return self.cache.invalidate(device=name)
+
+
+def current_state(ctx: Context = CurrentContext()) -> AppState:
+    """Dependency for tools and resources: the running server's AppState (hidden from schemas)."""
+    return ctx.lifespan_context["state"]  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def open_state(
+    settings: Settings,
+    *,
+    migrate: bool = True,
+    registry: CommandRegistry | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> AsyncIterator[AppState]:
+    """Open the database (migrating it), load devices and build the collection pipeline; close it all after.
+
+    `registry` and `clock` exist for tests (extra commands, a controllable cache clock).
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = await open_database(settings, migrate=migrate)
+    secrets = SecretStore.from_settings(db, settings)
+    devices = DeviceRegistry(db, secrets, local_device=settings.local_device)
+    await devices.load()
+    cache = CacheManager(settings.cache_max_entries, clock=clock)
+    ssh = SSHPool(
+        SSHOptions.from_settings(settings), lookup=devices.get, on_host_key_pinned=devices.pin_host_key
+    )
+    writer = BatchWriter(db, settings.data_dir / "spool", interval=settings.audit_flush_interval)
+    events = EventBus()
+    local = LocalExecutor()
+    registry = registry or default_registry()
+    service = UnifiedDataCollectionService(
+        settings,
+        registry=registry,
+        devices=devices,
+        cache=cache,
+        ssh=ssh,
+        local=local,
+        writer=writer,
+        events=events,
+    )
+    state = AppState(settings, db, secrets, devices, registry, cache, ssh, local, writer, events, service)
+    writer.start()
+    snapshots = asyncio.create_task(_record_cache_stats(state), name="infra-cache-stats")
+    log.info("database %s; %d devices", redact_url(db.url), len(devices.names()))
+    try:
+        yield state
+    finally:
+        snapshots.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await snapshots
+        _queue_cache_stats(state)
+        await ssh.close()
+        await writer.close()
+        await db.close()
+
+
+async def open_database(settings: Settings, *, migrate: bool = True) -> Database:
+    """The database, migrated; with a bootstrapped application role, connected as that role."""
+    db = Database(settings.resolved_database_url)
+    if credentials_path(settings).exists():
+        # the application role cannot create tables: migrate as the owner when given, else insist on head
+        install_credential_hook(db.engine, credential_provider(settings))
+        if migrate and settings.database_admin_url is not None:
+            await asyncio.to_thread(migrate_url, settings.database_admin_url.get_secret_value())
+        else:
+            await check_schema_current(db)
+    elif migrate:
+        await db.migrate()
+    return db
+
+
+def _queue_cache_stats(state: AppState) -> None:
+    s = state.cache.stats()
+    state.writer.add(
+        CacheMetadata,
+        {
+            "recorded_at": datetime.now(UTC),
+            "entries": s.entries,
+            "max_entries": s.max_entries,
+            "hits": s.hits,
+            "misses": s.misses,
+            "evictions": s.evictions,
+            "expirations": s.expirations,
+            "hit_ratio": s.hit_ratio,
+        },
+    )
+
+
+async def _record_cache_stats(state: AppState, every: float = 60.0) -> None:
+    while True:
+        await asyncio.sleep(every)
+        _queue_cache_stats(state)
