@@ -1,38 +1,130 @@
-"""Redaction of secret-looking values before they leave the server or reach the audit log."""
+"""Redaction of secrets before anything leaves the server, reaches the audit log or is stored.
+
+One set of rules for every text: tool arguments, command lines, collected snapshots, container environments
+and labels, configuration files and diffs. Every pattern runs in time linear in its input: each one starts
+at a literal or at a word start (a look-behind rejects every other position at once), its repetitions are
+possessive (no backtracking) and bounded, and a text is cut to MAX_TEXT characters before it is scanned.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any
 
 REDACTED = "***"
-# Names that hold secrets; `key_path` and friends name a file, not a secret, and stay visible.
+# Longer texts are cut (with a note) before scanning: nothing the server stores or returns needs more.
+MAX_TEXT = 1_000_000
+
+# A name that says its value is secret. "key" counts as a whole segment (APP_KEY, key, api-key) or glued to
+# a word that makes it one (apikey, privatekey), never inside another word (monkey, keyboard, KEYCLOAK_URL).
 _SECRET_NAME = re.compile(
-    r"pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|^key$", re.I
+    r"pass(?:word|wd|phrase)|secret|token|credential|(?:api|private|access|auth|secret|signing|encryption)"
+    r"[_.-]?key|(?:^|[_.-])key(?:$|[_.-])",
+    re.I,
 )
-_NOT_SECRET = re.compile(r"(_path|_file|_id|_name)$", re.I)
-_BEARER = re.compile(r"\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.I)
-_URL_PASSWORD = re.compile(r"(\w+://[^/\s:@]+:)[^@\s/]+(@)")
+# ...unless it names where a secret lives rather than the secret itself (key_path, PASSWORD_FILE, token_id).
+_NOT_SECRET = re.compile(r"[_.-](?:path|file|dir|id|name|url_env|length|len|expiry|expires|ttl)$", re.I)
+
+_URL_PASSWORD = re.compile(r"://([^/\s:@]{0,256}+):([^/\s@]{1,1024}+)@")
+_BEARER = re.compile(r"\b(bearer[ \t]{1,8}+)[^\s\"',;]{1,8192}+", re.I)
+_JWT = re.compile(r"(?<![\w-])eyJ[\w-]{8,}+\.eyJ[\w-]*+\.[\w-]*+")
+_PRIVATE_KEY = re.compile(r"-----BEGIN ([A-Z ]{0,40}+)PRIVATE KEY-----")
+# NAME=VALUE, NAME: VALUE, "NAME": "VALUE", --name=value; the name decides (see _SECRET_NAME).
+_ASSIGNMENT = re.compile(
+    r"(?<![\w.-])([\w.-]{1,64}+)(\"?[ \t]{0,4}+[=:][ \t]{0,4}+)"
+    r"(\"[^\"\n]{0,2048}+\"|'[^'\n]{0,2048}+'|[^\s,;&\"'<>]{1,2048}+)"
+)
 
 
 def secret_name(name: str) -> bool:
+    """Whether a variable, field, label or option name says its value is a secret."""
     return bool(_SECRET_NAME.search(name)) and not _NOT_SECRET.search(name)
 
 
+def secret_value(value: str) -> bool:
+    """Whether a value looks like a credential whatever its name (bearer token, URL password, JWT, key)."""
+    return redact_text(value) != value
+
+
+def _assignment(match: re.Match[str]) -> str:
+    name, sep, value = match.groups()
+    if not secret_name(name.lstrip("-")) or value in ('""', "''"):
+        return match.group(0)
+    quote = value[0] if value[0] in "\"'" else ""
+    return f"{name}{sep}{quote}{REDACTED}{quote}"
+
+
+def _private_keys(text: str) -> str:
+    """PEM private key blocks, body and all, replaced (found with str.find: no pattern spans the body)."""
+    out: list[str] = []
+    pos = 0
+    for begin in _PRIVATE_KEY.finditer(text):
+        if begin.start() < pos:
+            continue
+        end_marker = f"-----END {begin.group(1)}PRIVATE KEY-----"
+        end = text.find(end_marker, begin.end())
+        stop = len(text) if end < 0 else end + len(end_marker)
+        out.append(text[pos : begin.start()])
+        out.append(f"-----BEGIN {begin.group(1)}PRIVATE KEY-----{REDACTED}{end_marker}")
+        pos = stop
+    out.append(text[pos:])
+    return "".join(out)
+
+
 def redact_text(text: str) -> str:
-    """Bearer tokens and passwords inside URLs, masked."""
-    return _URL_PASSWORD.sub(rf"\1{REDACTED}\2", _BEARER.sub(rf"\1{REDACTED}", text))
+    """Free text with embedded credentials replaced by ***: URL passwords, bearer tokens, JWTs, private keys,
+    and the value of any NAME=VALUE or NAME: VALUE whose name says it is secret."""
+    if len(text) > MAX_TEXT:
+        text = text[:MAX_TEXT] + f"…[{len(text) - MAX_TEXT} characters cut before redaction]"
+    if "://" in text:
+        text = _URL_PASSWORD.sub(rf"://\1:{REDACTED}@", text)
+    text = _BEARER.sub(rf"\1{REDACTED}", text)
+    if "eyJ" in text:
+        text = _JWT.sub(REDACTED, text)
+    if "PRIVATE KEY-----" in text:
+        text = _private_keys(text)
+    if "=" in text or ":" in text:
+        text = _ASSIGNMENT.sub(_assignment, text)
+    return text
+
+
+def redact_pair(name: str, value: str) -> str:
+    """The value to show for NAME=VALUE: *** when the name or the value's shape says it is a secret."""
+    return REDACTED if (secret_name(name) and value) or secret_value(value) else value
+
+
+def redact_pairs(pairs: dict[str, str]) -> dict[str, str]:
+    """NAME -> VALUE pairs (labels, environment) with redact_pair applied to each."""
+    return {name: redact_pair(name, value) for name, value in pairs.items()}
+
+
+def redact_args(args: list[str]) -> list[str]:
+    """An argv with secrets hidden: `--password x` (the word after a secret-named option), plus redact_text."""
+    shown: list[str] = []
+    for index, arg in enumerate(args):
+        previous = args[index - 1] if index else ""
+        if previous.startswith("-") and "=" not in previous and secret_name(previous.lstrip("-")):
+            shown.append(REDACTED if not arg.startswith("-") else redact_text(arg))
+        else:
+            shown.append(redact_text(arg))
+    return shown
 
 
 def redact(value: Any, name: str = "") -> Any:
-    """A copy of `value` with secret-named entries and secret-looking strings masked."""
+    """A copy of a JSON-like value with secret-named entries and secret-looking strings masked."""
     if isinstance(value, dict):
         return {
-            k: REDACTED if secret_name(str(k)) and v not in (None, "") else redact(v, str(k))
+            k: REDACTED if secret_name(str(k)) and v not in (None, "", [], {}) else redact(v, str(k))
             for k, v in value.items()
         }
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [redact(item, name) for item in value]
     if isinstance(value, str):
         return redact_text(value)
     return value
+
+
+def digest(text: str) -> str:
+    """A short, stable fingerprint of a text that is too long to keep whole (sha256, first 16 hex digits)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]

@@ -18,17 +18,10 @@ from mcp_server.commands.containers import COMMANDS
 from mcp_server.db.tables import CollectionSnapshot
 from mcp_server.errors import CommandNotAvailable, InvalidParameter, ParseError
 from mcp_server.parsers.compose import _stack
-from mcp_server.parsers.container_common import (
-    REDACTED,
-    json_lines,
-    labels_from_string,
-    redact_args,
-    redact_pair,
-    redact_text,
-    size_bytes,
-)
+from mcp_server.parsers.container_common import json_lines, labels_from_string, size_bytes
 from mcp_server.parsers.container_runtime import fit_newest, parse_container_logs
 from mcp_server.parsers.containers import ContainerLogsParams, state_from_status
+from mcp_server.redact import REDACTED, redact_args, redact_pair, redact_text
 from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state

@@ -6,13 +6,28 @@ import json
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_server.errors import invalid
 
 M = TypeVar("M", bound=BaseModel)
+
+# Parameter contracts shared by several areas; an area's own live in commands/<area>.py.
+# A fixed text to search for: printable, one line, never option-like (it cannot start with '-').
+GREP_PATTERN = r"^[^\x00-\x1f\x7f-][^\x00-\x1f\x7f]*$"
+GrepText = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=GREP_PATTERN,
+        description="Only lines containing this text (a fixed string: no wildcards or regular expressions).",
+    ),
+]
+Limit = Annotated[int, Field(ge=1, le=500, description="Most items to return.")]
+Offset = Annotated[int, Field(ge=0, description="Items to skip (for paging).")]
 
 
 class NoParams(BaseModel):

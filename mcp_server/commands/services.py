@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from mcp_server.commands.base import Arg, ArgList, CommandDefinition, NoParams
+from mcp_server.commands.base import Arg, ArgList, CommandDefinition, GrepText, NoParams
 from mcp_server.parsers.services import (
     PRIORITY_NAMES,
     JournalLogs,
@@ -33,7 +33,6 @@ TIME_PATTERN = (
     r"|\d{1,6} ?(?:s|sec|second|seconds|min|minute|minutes|h|hour|hours|d|day|days|w|week|weeks) ago"
     r"|today|yesterday|now)$"
 )
-GREP_PATTERN = r"^[^\x00-\x1f\x7f-][^\x00-\x1f\x7f]*$"
 UNIT_GLOB_PATTERN = r"^[A-Za-z0-9:_.@*?\[\]\\][A-Za-z0-9:_.@*?\[\]\\-]{0,254}$"
 PRIORITY_DIGITS = tuple("01234567")
 # journalctl --grep exits 1 when nothing matches (indistinguishable from a failure), so text filtering
@@ -60,16 +59,6 @@ TimeSpec = Annotated[
         pattern=TIME_PATTERN,
         description="'2024-05-01', '2024-05-01 13:00[:00]', '-30min', '-2h', '-3d', '2 hours ago', "
         "'today', 'yesterday' or 'now' (device local time).",
-    ),
-]
-GrepText = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=200,
-        pattern=GREP_PATTERN,
-        description="Only entries whose message contains this text (no wildcards; case-insensitive "
-        f"unless it contains an upper-case letter), among the newest {GREP_SCAN_LINES} entries.",
     ),
 ]
 UnitGlob = Annotated[

@@ -1,4 +1,4 @@
-"""Helpers the container parsers share: docker's human units, label strings, times and secret redaction."""
+"""Helpers the container parsers share: docker's human units, label strings and times."""
 
 from __future__ import annotations
 
@@ -7,69 +7,6 @@ import re
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
-
-REDACTED = "***"
-
-# Names that mark an environment variable, label or option as holding a secret (matched anywhere, any case).
-_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|KEY|CREDENTIAL", re.I)
-_SECRET_VALUE = (
-    re.compile(r"\bbearer\s+\S", re.I),
-    re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@", re.I),  # scheme://user:password@host
-    re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\."),  # a JWT
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-)
-_TEXT_RULES = (
-    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1***@"),
-    (re.compile(r"(\bbearer\s+)[^\s\"',]+", re.I), r"\1***"),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_.-]+"), REDACTED),
-    (
-        re.compile(
-            r"([A-Za-z0-9_.-]*(?:password|passwd|token|secret|key|credential)[A-Za-z0-9_.-]*)(=)([^\s,\"']+)",
-            re.I,
-        ),
-        r"\1\2***",
-    ),
-)
-
-
-def secret_name(name: str) -> bool:
-    """Whether a variable, label or option name says its value is a secret."""
-    return bool(_SECRET_NAME.search(name))
-
-
-def secret_value(value: str) -> bool:
-    """Whether a value looks like a credential whatever its name (bearer token, URL password, JWT, key)."""
-    return any(pattern.search(value) for pattern in _SECRET_VALUE)
-
-
-def redact_pair(name: str, value: str) -> str:
-    """The value to show for NAME=VALUE: REDACTED when either side says it is a secret."""
-    return REDACTED if secret_name(name) or secret_value(value) else value
-
-
-def redact_text(text: str) -> str:
-    """Free text (a command line) with embedded credentials replaced by REDACTED."""
-    for pattern, replacement in _TEXT_RULES:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def redact_args(args: list[str]) -> list[str]:
-    """An argv with secrets hidden: `--password=x`, `--token x`, `KEY=x`, URLs with passwords."""
-    shown: list[str] = []
-    for index, arg in enumerate(args):
-        previous = args[index - 1] if index else ""
-        if (
-            previous.startswith("-")
-            and "=" not in previous
-            and secret_name(previous)
-            and not arg.startswith("-")
-        ):
-            shown.append(REDACTED)
-        else:
-            shown.append(redact_text(arg))
-    return shown
-
 
 _SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
 _UNITS = {
@@ -132,10 +69,6 @@ def labels_from_string(text: str) -> dict[str, str]:
         elif last is not None:
             labels[last] += "," + piece
     return labels
-
-
-def redact_labels(labels: dict[str, str]) -> dict[str, str]:
-    return {key: redact_pair(key, value) for key, value in labels.items()}
 
 
 _RFC3339 = re.compile(

@@ -10,15 +10,11 @@ from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as
 from mcp_server.parsers.container_common import (
-    REDACTED,
     cut,
     docker_time,
-    redact_args,
-    redact_labels,
-    redact_pair,
-    redact_text,
 )
 from mcp_server.parsers.containers import ContainerParams, PortMapping
+from mcp_server.redact import REDACTED, redact_args, redact_pair, redact_pairs, redact_text
 
 HEALTH_LOG_ENTRIES = 3
 HEALTH_OUTPUT_CHARS = 500
@@ -189,7 +185,7 @@ def details(item: dict[str, Any]) -> ContainerDetails:
             for name, net in sorted((settings.get("Networks") or {}).items())
         ],
         env=_env([str(e) for e in config.get("Env") or []]),
-        labels=redact_labels({str(k): str(v) for k, v in (config.get("Labels") or {}).items()}),
+        labels=redact_pairs({str(k): str(v) for k, v in (config.get("Labels") or {}).items()}),
         memory_limit_bytes=memory or None,
         cpu_limit=cpus / 1e9 if cpus else None,
         working_dir=config.get("WorkingDir") or None,

@@ -10,15 +10,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mcp_server.commands.base import GrepText
 from mcp_server.parsers.common import parse_errors_as
 from mcp_server.parsers.container_common import (
     cut,
     json_lines,
     labels_from_string,
     ps_time,
-    redact_labels,
-    redact_text,
 )
+from mcp_server.redact import redact_pairs, redact_text
 
 # A name docker accepts, or a (short or full) hex id; never starts with "-", so it cannot become an option.
 CONTAINER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -29,7 +29,6 @@ SINCE_PATTERN = (
     r"|[0-9]{4}-[0-9]{2}-[0-9]{2}(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?)$"
 )
 # A fixed string: printable, one line, not option-like.
-GREP_PATTERN = r"^[^\x00-\x1f\x7f-][^\x00-\x1f\x7f]*$"
 
 ContainerName = Annotated[
     str,
@@ -48,15 +47,6 @@ Since = Annotated[
         pattern=SINCE_PATTERN,
         description="Only lines newer than this: a duration ('10m', '2h'), a Unix time, or an RFC 3339 "
         "date/time ('2024-05-01T12:00:00Z').",
-    ),
-]
-GrepText = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=200,
-        pattern=GREP_PATTERN,
-        description="Only lines containing this exact text (case-sensitive, no wildcards).",
     ),
 ]
 TAIL_MAX = 2000
@@ -239,7 +229,7 @@ def _summary(item: dict[str, Any]) -> ContainerSummary:
         mounts=[m for m in str(item.get("Mounts") or "").split(",") if m],
         compose_project=labels.get("com.docker.compose.project"),
         compose_service=labels.get("com.docker.compose.service"),
-        labels=redact_labels(labels),
+        labels=redact_pairs(labels),
     )
 
 

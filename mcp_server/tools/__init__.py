@@ -42,8 +42,6 @@ ForceRefresh = Annotated[
     bool,
     Field(description="Skip the cache and run the command now (the cache is refreshed with the result)."),
 ]
-Limit = Annotated[int, Field(ge=1, le=500, description="Most items to return.")]
-Offset = Annotated[int, Field(ge=0, description="Items to skip (for paging).")]
 
 # Tools tagged with a scope need it over authenticated HTTP (see middleware.py); untagged tools need infra:read.
 WRITE_TAGS = {"scope:infra:write"}

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from mcp_server.collection import Collected
 from mcp_server.commands.admin import CommandOutput, check_allowed
+from mcp_server.commands.base import Limit, Offset
 from mcp_server.db.queries import AuditPage
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import ADMIN_TAGS, READ_ONLY, DeviceArg, changes, expected_errors
@@ -47,8 +48,8 @@ def register(mcp: FastMCP) -> None:
         outcome: Literal["ok", "error", "denied"] | None = None,
         kind: Literal["tool", "resource", "collection"] | None = None,
         request_id: str | None = None,
-        limit: Annotated[int, Field(ge=1, le=500)] = 50,
-        offset: Annotated[int, Field(ge=0)] = 0,
+        limit: Limit = 50,
+        offset: Offset = 0,
         state: AppState = Depends(current_state),
     ) -> AuditPage:
         """Search the audit log: who called what, from where, with what result (newest first, paginated)."""

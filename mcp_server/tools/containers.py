@@ -9,6 +9,7 @@ from fastmcp.dependencies import Depends
 from pydantic import Field
 
 from mcp_server.collection import Collected, page_of
+from mcp_server.commands.base import GrepText, Limit, Offset
 from mcp_server.parsers.compose import ComposeStacks
 from mcp_server.parsers.container_inspect import ContainerDetails
 from mcp_server.parsers.container_runtime import (
@@ -17,15 +18,13 @@ from mcp_server.parsers.container_runtime import (
     ContainerStatsList,
     fit_newest,
 )
-from mcp_server.parsers.containers import ContainerList, ContainerName, GrepText, Since, select_containers
+from mcp_server.parsers.containers import ContainerList, ContainerName, Since, select_containers
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import (
     READ_ONLY,
     WRITE_TAGS,
     DeviceArg,
     ForceRefresh,
-    Limit,
-    Offset,
     changes,
     expected_errors,
 )
@@ -105,7 +104,10 @@ def register(mcp: FastMCP) -> None:
         container: Container,
         tail: Annotated[int, Field(ge=1, le=2000, description="Newest lines to return.")] = 100,
         since: Since | None = None,
-        grep: GrepText | None = None,
+        grep: Annotated[
+            GrepText | None,
+            Field(description="Only lines containing this exact text (case-sensitive, no wildcards)."),
+        ] = None,
         timestamps: Annotated[
             bool, Field(description="Prefix lines with the time docker received them.")
         ] = False,

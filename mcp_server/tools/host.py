@@ -9,6 +9,7 @@ from fastmcp.dependencies import Depends
 from pydantic import Field
 
 from mcp_server.collection import Collected, page_of
+from mcp_server.commands.base import Limit, Offset
 from mcp_server.parsers.packages import PackageUpdates
 from mcp_server.parsers.vms import VmList
 from mcp_server.state import AppState, current_state
@@ -16,8 +17,6 @@ from mcp_server.tools import (
     READ_ONLY,
     DeviceArg,
     ForceRefresh,
-    Limit,
-    Offset,
     expected_errors,
 )
 

@@ -9,7 +9,8 @@ from fastmcp.dependencies import Depends
 from pydantic import Field
 
 from mcp_server.collection import Collected, page_of
-from mcp_server.commands.services import GrepText, TimeSpec, UnitGlob, UnitName
+from mcp_server.commands.base import GrepText, Limit, Offset
+from mcp_server.commands.services import TimeSpec, UnitGlob, UnitName
 from mcp_server.parsers.services import (
     JournalLogs,
     RestartResult,
@@ -45,8 +46,8 @@ def register(mcp: FastMCP) -> None:
         pattern: Annotated[
             UnitGlob | None, Field(description="Only units whose name matches, e.g. '*.timer'.")
         ] = None,
-        limit: Annotated[int, Field(ge=1, le=500, description="Most units to return.")] = 50,
-        offset: Annotated[int, Field(ge=0, description="Units to skip (for paging).")] = 0,
+        limit: Limit = 50,
+        offset: Offset = 0,
         force_refresh: ForceRefresh = False,
         app: AppState = Depends(current_state),
     ) -> Collected[UnitList]:
@@ -100,7 +101,11 @@ def register(mcp: FastMCP) -> None:
             ),
         ] = None,
         grep: Annotated[
-            GrepText | None, Field(description="Only entries whose message contains this text.")
+            GrepText | None,
+            Field(
+                description="Only entries whose message contains this text (no wildcards; case-insensitive "
+                "unless it holds an upper-case letter), among the newest 10,000 entries."
+            ),
         ] = None,
         lines: Annotated[int, Field(ge=1, le=2000, description="Newest matching entries to return.")] = 100,
         force_refresh: ForceRefresh = False,

@@ -9,6 +9,7 @@ from fastmcp.dependencies import Depends
 from pydantic import Field
 
 from mcp_server.collection import Collected
+from mcp_server.commands.base import Limit, Offset
 from mcp_server.parsers.drives import DrivePath
 from mcp_server.parsers.zfs import DatasetName, PoolName
 from mcp_server.reports import (
@@ -69,8 +70,8 @@ def register(mcp: FastMCP) -> None:
             Literal["creation", "name", "used"],
             Field(description="creation: newest first; name: alphabetical; used: largest first."),
         ] = "creation",
-        limit: Annotated[int, Field(ge=1, le=500, description="Snapshots per page.")] = 50,
-        offset: Annotated[int, Field(ge=0, description="Snapshots to skip (for paging).")] = 0,
+        limit: Limit = 50,
+        offset: Offset = 0,
         force_refresh: ForceRefresh = False,
         state: AppState = Depends(current_state),
     ) -> Collected[SnapshotPage]:
