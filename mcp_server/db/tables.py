@@ -173,3 +173,63 @@ class SpoolSegment(Base):
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     replayed_at: Mapped[datetime]
     rows: Mapped[int] = mapped_column(Integer)
+
+
+class ConfigWatchTarget(Base):
+    """A file (or a directory of files) watched for configuration changes on a device."""
+
+    __tablename__ = "config_watch_targets"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(63))
+    path: Mapped[str] = mapped_column(Text, doc="Absolute path on the device.")
+    kind: Mapped[str] = mapped_column(String(16), doc="compose | nginx | systemd | file")
+    source: Mapped[str] = mapped_column(String(16), doc="explicit | discovered")
+    is_directory: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    created_at: Mapped[datetime]
+
+    __table_args__ = (UniqueConstraint("device", "path", name="uq_watch_target"),)
+
+
+class ConfigurationSnapshot(Base):
+    """One version of a watched file: written only when its content hash differs from the latest version."""
+
+    __tablename__ = "configuration_snapshots"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(63))
+    path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    collected_at: Mapped[datetime]
+    content_hash: Mapped[str | None] = mapped_column(
+        String(64), doc="sha256 of the raw content; NULL when the file is absent (deleted)."
+    )
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    content: Mapped[str | None] = mapped_column(Text, doc="The content with secrets redacted.")
+
+    __table_args__ = (Index("ix_config_snapshots_device_path", "device", "path", "collected_at"),)
+
+
+class ConfigurationChangeEvent(Base):
+    """A detected change of a watched file: the diff, its risk and why (time series)."""
+
+    __tablename__ = "configuration_change_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    detected_at: Mapped[datetime]
+    device: Mapped[str] = mapped_column(String(63))
+    path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    change_type: Mapped[str] = mapped_column(String(16), doc="created | modified | deleted")
+    risk: Mapped[str] = mapped_column(String(8), doc="low | medium | high")
+    reasons: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    affected_services: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    summary: Mapped[str] = mapped_column(Text, default="")
+    diff: Mapped[str] = mapped_column(Text, default="", doc="Unified diff, secrets redacted.")
+    from_snapshot_id: Mapped[int | None] = mapped_column(BigInteger)
+    to_snapshot_id: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_config_changes_detected_at", "detected_at"),
+        Index("ix_config_changes_device_detected_at", "device", "detected_at"),
+    )
