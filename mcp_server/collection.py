@@ -24,7 +24,7 @@ from mcp_server.db.tables import CollectionSnapshot, ServicePerformanceMetric, S
 from mcp_server.devices import Device, DeviceRegistry
 from mcp_server.errors import CommandTimeout, InfrastructorError
 from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
-from mcp_server.executors import LocalExecutor, check_exit
+from mcp_server.executors import Executor, LocalExecutor, check_exit
 from mcp_server.settings import Settings
 from mcp_server.ssh import ProbeResult, SSHPool
 
@@ -144,6 +144,10 @@ class UnifiedDataCollectionService:
         self.writer = writer
         self.events = events
 
+    def executor(self, device: Device) -> Executor:
+        """The one seam between the pipeline and where commands run."""
+        return self.local if device.is_local else self.ssh
+
     async def collect(
         self,
         device: str,
@@ -170,7 +174,7 @@ class UnifiedDataCollectionService:
                 lambda: self._execute(target, definition, validated, params_key or "", run),
                 force_refresh=force_refresh,
             )
-            cache_hit = not run.executed
+            cache_hit = cached.from_cache
             return Collected(
                 device=target.name,
                 command=definition.name,
@@ -227,7 +231,7 @@ class UnifiedDataCollectionService:
         try:
             target = self.devices.get(device)
             if target.is_local:
-                result = await self.local.run(target.name, ["true"], timeout=5, label="connection_test")
+                result = await self.local.run(target, ["true"], timeout=5, label="connection_test")
                 check_exit(result, target.name, "connection_test")
                 return ProbeResult(target.name, "local", "", "local", result.duration * 1000, True)
             return await self.ssh.probe(target)
@@ -270,10 +274,7 @@ class UnifiedDataCollectionService:
         t_exec = t_parse = 0.0
         outcome = "error"
         try:
-            if device.is_local:
-                result = await self.local.run(device.name, argv, timeout=timeout, label=definition.name)
-            else:
-                result = await self.ssh.run(device, argv, timeout=timeout, label=definition.name)
+            result = await self.executor(device).run(device, argv, timeout=timeout, label=definition.name)
             t_exec = time.perf_counter()
             check_exit(result, device.name, definition.name, definition.ok_exit_statuses)
             value = definition.parse(result.stdout, params)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Protocol
 
+from mcp_server.devices import Device
 from mcp_server.errors import CommandFailed, CommandNotAvailable, CommandTimeout, SudoPasswordRequired
 
 
@@ -27,7 +28,9 @@ class ExecResult:
 
 
 class Executor(Protocol):
-    async def run(self, device: str, argv: list[str], *, timeout: float, label: str) -> ExecResult:
+    """Where commands run: the LocalExecutor for the built-in `local` device, the SSHPool for the rest."""
+
+    async def run(self, device: Device, argv: list[str], *, timeout: float, label: str) -> ExecResult:
         """Run argv on `device`; `label` (the command's registry name) is what errors mention.
 
         Returns the result whatever the exit status; raises CommandTimeout, or a ConnectionError_.
@@ -77,7 +80,7 @@ class LocalExecutor:
     def __init__(self) -> None:
         self.commands_run = 0
 
-    async def run(self, device: str, argv: list[str], *, timeout: float, label: str) -> ExecResult:
+    async def run(self, device: Device, argv: list[str], *, timeout: float, label: str) -> ExecResult:
         text = shlex.join(argv)
         started = time.perf_counter()
         try:
@@ -100,7 +103,7 @@ class LocalExecutor:
                 # the whole session, so a script's children die with it
                 os.killpg(proc.pid, signal.SIGKILL)
             await proc.wait()
-            raise CommandTimeout(device, label, timeout) from None
+            raise CommandTimeout(device.name, label, timeout) from None
         except asyncio.CancelledError:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()

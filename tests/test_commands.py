@@ -19,11 +19,14 @@ import pytest
 from pydantic import BaseModel
 
 from mcp_server.commands import Arg, CommandDefinition, default_registry
+from mcp_server.devices import Device
 from mcp_server.errors import InvalidParameter
 from mcp_server.executors import LocalExecutor, check_exit
 from mcp_server.parsers.network import NetworkInterfaces
 from mcp_server.parsers.storage import DiskUsage
 from mcp_server.parsers.system import OsInfo, SystemMetrics, TopProcesses
+
+LOCAL_DEVICE = Device(name="local", hostname="local")
 
 REGISTRY = default_registry()
 NAMES = ("system_metrics", "top_processes", "os_info", "disk_usage", "network_interfaces")
@@ -137,7 +140,7 @@ async def _run(name: str, params: dict[str, Any] | None = None, prefix: tuple[st
     command = REGISTRY.get(name)
     validated = command.validate(params or {})
     argv = [*prefix, *command.render(validated)]
-    result = await LocalExecutor().run("local", argv, timeout=command.timeout, label=name)
+    result = await LocalExecutor().run(LOCAL_DEVICE, argv, timeout=command.timeout, label=name)
     check_exit(result, "local", name, command.ok_exit_statuses)
     return command.parse(result.stdout, validated)
 
