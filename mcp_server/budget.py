@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+from typing import Any, Literal
 
 MARKER = "result_truncated"
+Keep = Literal["first", "newest"]
 _Path = tuple[str | int, ...]
 
 
@@ -35,6 +36,12 @@ def _set(root: Any, path: _Path, value: Any) -> None:
     root[path[-1]] = value
 
 
+def _get(root: Any, path: _Path) -> Any:
+    for key in path:
+        root = root[key]
+    return root
+
+
 def _label(path: _Path) -> str:
     return ".".join(str(p) for p in path) or "result"
 
@@ -43,10 +50,21 @@ def _mark(result: dict[str, Any], notes: dict[_Path, str], max_chars: int) -> No
     result[MARKER] = f"{'; '.join(notes.values())} (the whole result exceeded {max_chars} characters)"
 
 
-def fit(payload: dict[str, Any], max_chars: int) -> dict[str, Any]:
+def _part(items: list[Any], n: int, keep: Keep) -> list[Any]:
+    return items[len(items) - n :] if keep == "newest" and n else items[:n]
+
+
+def _which(keep: Keep) -> str:
+    return "newest " if keep == "newest" else ""
+
+
+def fit(payload: dict[str, Any], max_chars: int, *, keep: Keep = "first") -> dict[str, Any]:
     """`payload` if it fits, else a copy with the largest lists shortened (and very long strings cut).
 
-    The copy carries `result_truncated`, saying what was cut, so an agent knows to page or narrow its query.
+    `keep="first"` keeps a list's first items; `keep="newest"` keeps its last ones, for lists ordered oldest
+    to newest (log lines, journal entries), so the budget drops old lines, never new. A list whose object has
+    a boolean `truncated` field gets it set. The copy carries `result_truncated`, saying what was cut, so an
+    agent knows to page or narrow its query.
     """
     if _size(payload) <= max_chars:
         return payload
@@ -61,7 +79,7 @@ def fit(payload: dict[str, Any], max_chars: int) -> dict[str, Any]:
         total = original.setdefault(path, len(biggest))
         previous = notes.get(path)
         # measure with the longest note this cut could leave, so the final marker cannot push us over
-        notes[path] = f"{_label(path)}: kept {total} of {total} items"
+        notes[path] = f"{_label(path)}: kept {_which(keep)}{total} of {total} items"
         _mark(result, notes, max_chars)
         overflow = _size(result) - max_chars
         if overflow <= 0:
@@ -71,19 +89,23 @@ def fit(payload: dict[str, Any], max_chars: int) -> dict[str, Any]:
                 notes[path] = previous
             break
         if isinstance(biggest, str):
-            keep = max(len(biggest) - overflow - 40, 0)
-            _set(result, path, biggest[:keep] + f"…[{len(biggest) - keep} characters cut]")
-            notes[path] = f"{_label(path)}: string cut to {keep} characters"
+            chars = max(len(biggest) - overflow - 40, 0)
+            _set(result, path, biggest[:chars] + f"…[{len(biggest) - chars} characters cut]")
+            notes[path] = f"{_label(path)}: string cut to {chars} characters"
             continue
+        parent = _get(result, path[:-1])
+        if isinstance(parent, dict) and isinstance(parent.get("truncated"), bool):
+            parent["truncated"] = True
+
         low, high = 0, len(biggest) - 1
         while low < high:  # the most items that still fit
             mid = (low + high + 1) // 2
-            _set(result, path, biggest[:mid])
+            _set(result, path, _part(biggest, mid, keep))
             if _size(result) <= max_chars:
                 low = mid
             else:
                 high = mid - 1
-        _set(result, path, biggest[:low])
-        notes[path] = f"{_label(path)}: kept {low} of {total} items"
+        _set(result, path, _part(biggest, low, keep))
+        notes[path] = f"{_label(path)}: kept {_which(keep)}{low} of {total} items"
     _mark(result, notes, max_chars)
     return result

@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from mcp_server.audit import CallContext, calling
 from mcp_server.auth import ADMIN, READ, granted
-from mcp_server.budget import fit
+from mcp_server.budget import Keep, fit
 from mcp_server.errors import InfrastructorError, MissingScope
 from mcp_server.redact import redact
 from mcp_server.settings import Settings
@@ -189,6 +189,9 @@ class ResultBudgetMiddleware(Middleware):
 
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
+        # tools whose lists run oldest to newest (logs): the budget keeps their newest items; filled by
+        # build_server from the tools' tags
+        self.keep_newest: set[str] = set()
 
     async def on_call_tool(
         self, context: MiddlewareContext[mt.CallToolRequestParams], call_next: CallNext[Any, Any]
@@ -197,7 +200,8 @@ class ResultBudgetMiddleware(Middleware):
         structured = getattr(result, "structured_content", None)
         if not structured:
             return result
-        fitted = fit(structured, self.max_chars)
+        keep: Keep = "newest" if context.message.name in self.keep_newest else "first"
+        fitted = fit(structured, self.max_chars, keep=keep)
         if fitted is structured:
             return result
         text = json.dumps(fitted, separators=(",", ":"), default=str)

@@ -21,7 +21,7 @@ from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings, load_settings
 from mcp_server.state import AppState, open_database, open_state
-from mcp_server.tools import admin, containers, devices, host, services, storage, system
+from mcp_server.tools import KEEP_NEWEST, admin, containers, devices, host, services, storage, system
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ def build_server(
                 running.pop("state", None)
 
     audit = AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None)
+    budget = ResultBudgetMiddleware(settings.max_result_chars)
     mcp = FastMCP(
         "infrastructor",
         instructions=INSTRUCTIONS,
@@ -68,7 +69,7 @@ def build_server(
         lifespan=lifespan,
         mask_error_details=True,
         auth=signing_key.verifier(settings) if signing_key is not None else None,
-        middleware=[audit, ResultBudgetMiddleware(settings.max_result_chars)],
+        middleware=[audit, budget],
     )
     for area in (devices, system, containers, services, storage, host, admin):
         area.register(mcp)
@@ -80,6 +81,7 @@ def build_server(
     tools = [c for c in mcp.local_provider._components.values() if isinstance(c, Tool)]
     mcp._mcp_server.get_tool_input_schema = {t.name: t.parameters for t in tools}.get
     audit.tool_scopes = {t.name: required_scope(t.tags) for t in tools}
+    budget.keep_newest = {t.name for t in tools if KEEP_NEWEST in t.tags}
     resources.register(mcp)
     prompts.register(mcp)
 

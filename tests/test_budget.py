@@ -60,3 +60,23 @@ async def test_tool_results_respect_infra_max_result_chars(tmp_path: Any) -> Non
     assert size(content) <= 2000
     assert "data.processes: kept" in content[MARKER]
     assert json.loads(result.content[0].text) == content
+
+
+def test_keep_newest_keeps_the_end_of_the_list_and_marks_it_truncated() -> None:
+    payload = {"data": {"lines": [f"line {i:04d}" for i in range(1000)], "truncated": False}}
+    out = fit(payload, 1500, keep="newest")
+    lines = out["data"]["lines"]
+    assert size(out) <= 1500 and lines[-1] == "line 0999" and lines == payload["data"]["lines"][-len(lines) :]
+    assert out["data"]["truncated"] is True and "kept newest" in out[MARKER]
+
+
+async def test_log_tools_keep_their_newest_entries_within_the_budget(tmp_path: Any) -> None:
+    settings: Settings = make_settings(tmp_path, max_result_chars=1500)
+    async with Client(build_server(settings)) as client:
+        tools = {t.name: t for t in await client.list_tools()}
+    tagged = {
+        name
+        for name, t in tools.items()
+        if "budget:keep-newest" in (t.meta or {}).get("fastmcp", {}).get("tags", [])
+    }
+    assert tagged == {"get_container_logs", "get_journal_logs", "get_service_status"}

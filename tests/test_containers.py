@@ -19,7 +19,8 @@ from mcp_server.db.tables import CollectionSnapshot
 from mcp_server.errors import CommandNotAvailable, InvalidParameter, ParseError
 from mcp_server.parsers.compose import _stack
 from mcp_server.parsers.container_common import json_lines, labels_from_string, size_bytes
-from mcp_server.parsers.container_runtime import fit_newest, parse_container_logs
+from mcp_server.budget import fit
+from mcp_server.parsers.container_runtime import parse_container_logs
 from mcp_server.parsers.containers import ContainerLogsParams, state_from_status
 from mcp_server.redact import REDACTED, redact_args, redact_pair, redact_text
 from mcp_server.server import build_server
@@ -234,9 +235,9 @@ def test_mutations_are_never_cached_and_invalidate_every_container_read() -> Non
 def test_the_log_budget_drops_the_oldest_lines_and_keeps_the_newest() -> None:
     params = ContainerLogsParams(container="web", tail=2000)
     logs = parse_container_logs("".join(f"line {i}\n" for i in range(1, 1001)), params)
-    fitted = fit_newest(logs, 3000)
-    assert fitted.truncated and fitted.lines[-1].text == "line 1000"
-    assert 0 < len(fitted.lines) < 1000 and logs.total == 1000
+    fitted = fit({"data": logs.model_dump(mode="json")}, 3000, keep="newest")["data"]
+    assert fitted["truncated"] and fitted["lines"][-1]["text"] == "line 1000"
+    assert 0 < len(fitted["lines"]) < 1000 and logs.total == 1000
 
 
 # ---- end to end: MCP -> service -> SSH -> docker CLI -> podman ---------------------------------------------
@@ -365,7 +366,8 @@ async def test_logs_are_bounded_per_line_and_by_the_result_budget(mcp: Client[An
     assert data["total"] == 2000 and data["tail_reached"] is True and data["truncated"] is True
     assert len(data["lines"][-1]["text"]) == 2000 and set(data["lines"][-1]["text"]) == {"L"}
     assert data["lines"][-2]["text"] == f"line {CHATTY_LINES}"  # the newest lines survive the budget
-    assert len(json.dumps(result)) <= 40_000
+    # the budget bounds the JSON the server sends (compact, as budget.fit measures it)
+    assert len(json.dumps(result, separators=(",", ":"))) <= 40_000
 
 
 async def test_logs_grep_is_a_fixed_string_that_never_reaches_a_shell(

@@ -18,7 +18,8 @@ from fastmcp.exceptions import ToolError
 from mcp_server.commands import default_registry
 from mcp_server.commands.services import JournalParams, ServiceStatusParams
 from mcp_server.errors import CommandNotAvailable, InvalidParameter, ParseError
-from mcp_server.parsers.services import journal_entry, newest_within, parse_units, select_units
+from mcp_server.budget import fit
+from mcp_server.parsers.services import journal_entry, parse_units, select_units
 from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
@@ -378,8 +379,10 @@ def test_a_repeated_journal_field_is_joined_and_an_oversized_one_is_named_not_dr
 def test_the_result_budget_keeps_the_newest_journal_entries() -> None:
     base = {"__REALTIME_TIMESTAMP": "1763770000000000", "PRIORITY": "6"}
     entries = [journal_entry(base | {"MESSAGE": f"line {i} " + "x" * 100}) for i in range(50)]
-    kept = newest_within(entries, 2_000)
-    assert kept and kept[-1].message.startswith("line 49") and len(kept) < 50
+    payload = {"data": {"entries": [e.model_dump(mode="json") for e in entries], "truncated": False}}
+    kept = fit(payload, 2_000, keep="newest")["data"]
+    assert kept["entries"] and kept["entries"][-1]["message"].startswith("line 49")
+    assert len(kept["entries"]) < 50 and kept["truncated"] is True
 
 
 GARBAGE = ["garbage\n", "@@nothing\n1 2 3\n", "{}", "[1, 2]", "\x00\x01\x02", "@@end\n"]

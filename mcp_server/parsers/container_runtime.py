@@ -62,19 +62,6 @@ def parse_container_logs(stdout: str, params: ContainerLogsParams) -> ContainerL
     )
 
 
-def fit_newest(logs: ContainerLogs, budget_chars: int) -> ContainerLogs:
-    """Keep the newest lines whose text fits in `budget_chars` (the budget cuts old lines, never new ones)."""
-    used, keep = 0, 0
-    for line in reversed(logs.lines):
-        used += len(line.text) + 60  # JSON framing and a timestamp per line
-        if used > budget_chars:
-            break
-        keep += 1
-    if keep == len(logs.lines):
-        return logs
-    return logs.model_copy(update={"lines": logs.lines[len(logs.lines) - keep :], "truncated": True})
-
-
 class ContainerActionResult(BaseModel):
     container: str
     action: Action

@@ -348,14 +348,3 @@ class RestartResult(BaseModel):
 def parse_restart(stdout: str, params: UnitStatusParams) -> RestartResult:
     """`systemctl restart` prints nothing on success; failures arrive as a non-zero exit instead."""
     return RestartResult(unit=params.unit, restarted=True)
-
-
-def newest_within(entries: list[JournalEntry], budget_chars: int) -> list[JournalEntry]:
-    """The newest entries whose JSON fits in `budget_chars`: the result budget must cut old lines, not new."""
-    used, keep = 0, 0
-    for entry in reversed(entries):
-        used += len(entry.model_dump_json()) + 1
-        if used > budget_chars:
-            break
-        keep += 1
-    return entries[len(entries) - keep :]

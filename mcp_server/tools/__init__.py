@@ -43,6 +43,9 @@ ForceRefresh = Annotated[
     Field(description="Skip the cache and run the command now (the cache is refreshed with the result)."),
 ]
 
+# Tools whose results hold lists ordered oldest to newest: the result budget keeps the newest items.
+KEEP_NEWEST = "budget:keep-newest"
+
 # Tools tagged with a scope need it over authenticated HTTP (see middleware.py); untagged tools need infra:read.
 WRITE_TAGS = {"scope:infra:write"}
 ADMIN_TAGS = {"scope:infra:admin"}

@@ -16,11 +16,11 @@ from mcp_server.parsers.container_runtime import (
     ContainerActionResult,
     ContainerLogs,
     ContainerStatsList,
-    fit_newest,
 )
 from mcp_server.parsers.containers import ContainerList, ContainerName, Since, select_containers
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import (
+    KEEP_NEWEST,
     READ_ONLY,
     WRITE_TAGS,
     DeviceArg,
@@ -36,8 +36,6 @@ StopTimeout = Annotated[
         ge=0, le=600, description="Seconds to wait for a graceful stop before killing (docker's default: 10)."
     ),
 ]
-# room left for the freshness fields and JSON framing around the log lines
-LOG_BUDGET_MARGIN = 1_000
 
 
 def register(mcp: FastMCP) -> None:
@@ -97,7 +95,7 @@ def register(mcp: FastMCP) -> None:
             device, "container_inspect", {"container": container}, force_refresh=force_refresh
         )
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(annotations=READ_ONLY, tags={KEEP_NEWEST})
     @expected_errors()
     async def get_container_logs(
         device: DeviceArg,
@@ -123,9 +121,7 @@ def register(mcp: FastMCP) -> None:
             "grep": grep,
             "timestamps": timestamps,
         }
-        result = await state.service.collect(device, "container_logs", params, force_refresh=force_refresh)
-        budget = state.settings.max_result_chars - LOG_BUDGET_MARGIN
-        return result.model_copy(update={"data": fit_newest(result.data, budget)})
+        return await state.service.collect(device, "container_logs", params, force_refresh=force_refresh)
 
     @mcp.tool(annotations=READ_ONLY)
     @expected_errors()

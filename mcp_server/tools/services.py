@@ -17,11 +17,11 @@ from mcp_server.parsers.services import (
     ServiceStatus,
     UnitList,
     UnitState,
-    newest_within,
     select_units,
 )
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import (
+    KEEP_NEWEST,
     READ_ONLY,
     WRITE_TAGS,
     DeviceArg,
@@ -31,8 +31,6 @@ from mcp_server.tools import (
 )
 
 Unit = Annotated[UnitName, Field(description="A systemd unit with its suffix, e.g. 'nginx.service'.")]
-# room left for the freshness fields, the unit's state and JSON framing around the journal entries
-JOURNAL_BUDGET_MARGIN = 2_000
 
 
 def register(mcp: FastMCP) -> None:
@@ -57,7 +55,7 @@ def register(mcp: FastMCP) -> None:
         selected = select_units(result.data.units, state, pattern)
         return page_of(result, "units", selected, limit, offset)
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(annotations=READ_ONLY, tags={KEEP_NEWEST})
     @expected_errors()
     async def get_service_status(
         device: DeviceArg,
@@ -68,12 +66,9 @@ def register(mcp: FastMCP) -> None:
     ) -> Collected[ServiceStatus]:
         """One systemd unit: active and sub state, since when, main PID, memory, tasks, restarts, whether it is
         enabled, the last run's result, and its most recent journal entries."""
-        result = await state.service.collect(
+        return await state.service.collect(
             device, "service_status", {"unit": unit, "lines": lines}, force_refresh=force_refresh
         )
-        budget = state.settings.max_result_chars - JOURNAL_BUDGET_MARGIN
-        journal = newest_within(result.data.journal, budget)
-        return result.model_copy(update={"data": result.data.model_copy(update={"journal": journal})})
 
     @mcp.tool(annotations=changes(destructive=True, idempotent=False), tags=WRITE_TAGS)
     @expected_errors()
@@ -84,7 +79,7 @@ def register(mcp: FastMCP) -> None:
         device: log in as root or set use_sudo with a sudoers rule for systemctl."""
         return await state.service.collect(device, "restart_service", {"unit": unit})
 
-    @mcp.tool(annotations=READ_ONLY)
+    @mcp.tool(annotations=READ_ONLY, tags={KEEP_NEWEST})
     @expected_errors()
     async def get_journal_logs(
         device: DeviceArg,
@@ -122,9 +117,4 @@ def register(mcp: FastMCP) -> None:
             "grep": grep,
             "lines": lines,
         }
-        result = await state.service.collect(device, "journal_logs", params, force_refresh=force_refresh)
-        entries = newest_within(result.data.entries, state.settings.max_result_chars - JOURNAL_BUDGET_MARGIN)
-        if len(entries) == len(result.data.entries):
-            return result
-        data = result.data.model_copy(update={"entries": entries, "truncated": True})
-        return result.model_copy(update={"data": data})
+        return await state.service.collect(device, "journal_logs", params, force_refresh=force_refresh)
