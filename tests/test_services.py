@@ -15,10 +15,10 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
+from mcp_server.budget import fit
 from mcp_server.commands import default_registry
 from mcp_server.commands.services import JournalParams, ServiceStatusParams
 from mcp_server.errors import CommandNotAvailable, InvalidParameter, ParseError
-from mcp_server.budget import fit
 from mcp_server.parsers.services import journal_entry, parse_units, select_units
 from mcp_server.server import build_server
 from mcp_server.settings import Settings
