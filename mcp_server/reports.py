@@ -16,9 +16,9 @@ from pydantic import BaseModel, Field
 
 from mcp_server.collection import Collected, DeviceOutcome, UnifiedDataCollectionService, paginate
 from mcp_server.errors import CommandFailed, CommandTimeout, InvalidParameter
-from mcp_server.parsers.drives import Disk, DriveHealth, unreadable_drive
+from mcp_server.parsers.storage_drives import Disk, DriveHealth, unreadable_drive
+from mcp_server.parsers.storage_zfs import PoolStatus, PoolUsage, Snapshot
 from mcp_server.parsers.system import SystemMetrics
-from mcp_server.parsers.zfs import PoolStatus, PoolUsage, Snapshot
 
 
 class FleetDevice(BaseModel):

@@ -21,7 +21,17 @@ from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings, load_settings
 from mcp_server.state import AppState, open_database, open_state
-from mcp_server.tools import KEEP_NEWEST, admin, containers, devices, host, services, storage, system
+from mcp_server.tools import (
+    KEEP_NEWEST,
+    admin,
+    containers,
+    devices,
+    host,
+    network,
+    services,
+    storage,
+    system,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +81,7 @@ def build_server(
         auth=signing_key.verifier(settings) if signing_key is not None else None,
         middleware=[audit, budget],
     )
-    for area in (devices, system, containers, services, storage, host, admin):
+    for area in (devices, system, network, storage, containers, services, host, admin):
         area.register(mcp)
     if not settings.allow_run_command:
         mcp.disable(names={"run_command"})

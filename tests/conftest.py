@@ -1,4 +1,4 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: the sshd fleet here, the application's in tests/app_fixtures.py (a plugin)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.sshd import SSHD, SshdFleet, sshd_available
+
+pytest_plugins = ["tests.app_fixtures"]
 
 # ---- real sshd test hosts ---------------------------------------------------------------------------------
 
@@ -25,11 +27,3 @@ def sshd_fleet() -> Iterator[SshdFleet]:
     with SshdFleet() as fleet:
         fleet.start_hosts(FLEET_HOSTS)
         yield fleet
-
-
-# ---- end of real sshd test hosts --------------------------------------------------------------------------
-
-
-# ---- application: databases, settings, AppState, MCP clients (tests/app_fixtures.py) ---------------------
-
-from tests.app_fixtures import client, database_url, settings, sqlite_settings, state  # noqa: E402, F401

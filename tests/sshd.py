@@ -13,7 +13,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any
 import asyncssh
 
 from mcp_server.devices import Device
+from tests.helpers import free_port
 
 SSHD = Path("/usr/sbin/sshd")
 TEST_USER = "infratest"
@@ -37,12 +37,6 @@ _DISCONNECTED = re.compile(r"^Disconnected from user ", re.M)
 
 def sshd_available() -> bool:
     return SSHD.is_file() and os.access(SSHD, os.X_OK)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _write(path: Path, text: str, mode: int) -> Path:

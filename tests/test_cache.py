@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from mcp_server.cache import CacheKey, CacheManager, CacheStats
+from tests.helpers import until
 
 EPOCH = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -55,14 +54,6 @@ class Failing:
         self.calls += 1
         await self.gate.wait()
         raise RuntimeError(f"boom {self.calls}")
-
-
-async def until(predicate: Callable[[], bool], within: float = 2.0) -> None:
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0)
 
 
 def key(device: str = "nas01", command: str = "disk_usage", category: str = "storage", params: str = "{}"):

@@ -18,15 +18,16 @@ from mcp_server.commands import CommandRegistry
 from mcp_server.commands.containers import COMMANDS
 from mcp_server.db.tables import CollectionSnapshot
 from mcp_server.errors import CommandNotAvailable, InvalidParameter, ParseError
-from mcp_server.parsers.compose import _stack
-from mcp_server.parsers.container_common import json_lines, labels_from_string, size_bytes
-from mcp_server.parsers.container_runtime import parse_container_logs
 from mcp_server.parsers.containers import ContainerLogsParams, state_from_status
+from mcp_server.parsers.containers_common import json_lines, labels_from_string, size_bytes
+from mcp_server.parsers.containers_compose import _stack
+from mcp_server.parsers.containers_runtime import parse_container_logs
 from mcp_server.redact import REDACTED, redact_args, redact_pair, redact_text
 from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
+from tests.helpers import call_tool
 from tests.podman import (
     CHATTY_LINES,
     COMPOSE_PROJECT,
@@ -272,9 +273,7 @@ def victim_restored(container_engine: ContainerEngine) -> Iterator[None]:
 
 
 async def call(client: Client[Any], tool: str, **args: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, {"device": DEVICE, **args})
-    assert result.structured_content is not None
-    return result.structured_content
+    return await call_tool(client, tool, device=DEVICE, **args)
 
 
 async def test_container_tools_carry_the_right_annotations_and_scope_tags(mcp: Client[Any]) -> None:

@@ -7,7 +7,6 @@ import glob
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -41,6 +40,7 @@ from mcp_server.errors import ConfigurationError, StorageError
 from mcp_server.secrets import SecretStore, load_master_keys, rotate_master_key
 from mcp_server.settings import Settings
 from tests.app_fixtures import make_settings
+from tests.helpers import free_port
 
 SUPERUSER_PASSWORD = "cluster-admin-" + uuid.uuid4().hex
 
@@ -64,12 +64,6 @@ def _as_postgres(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*prefix, *argv], check=True, capture_output=True, text=True, timeout=60)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
     """A throwaway PostgreSQL cluster on a free loopback port with scram-sha-256 for every connection."""
@@ -87,7 +81,7 @@ def pg_cluster() -> Iterator[Cluster]:
         shutil.chown(root, "postgres")
         shutil.chown(pwfile, "postgres")
     data = root / "data"
-    port = _free_port()
+    port = free_port()
     _as_postgres(
         str(bindir / "initdb"), "-D", str(data), "-A", "scram-sha-256", f"--pwfile={pwfile}",
         "-U", "postgres", "--no-sync",

@@ -18,10 +18,10 @@ from mcp_server.errors import CommandNotAvailable, ParseError
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
+from tests.helpers import call_tool, fixture_bin
 from tests.sshd import SshdHost
 
 GOLDEN = Path(__file__).parent / "golden"
-FIXTURE_BIN = Path(__file__).parent / "fixture_bin" / "host"
 REGISTRY = default_registry()
 
 
@@ -31,33 +31,15 @@ class HostFixtures:
     bare: SshdHost  # sh only
 
 
-def _bin_dir(root: Path, programs: tuple[str, ...]) -> Path:
-    """<root>/bin with sh and the fixture programs; they read the captures in the sibling data/ directory."""
-    bin_dir = root / "bin"
-    bin_dir.mkdir(parents=True)
-    (bin_dir / "sh").symlink_to(shutil.which("sh") or "/bin/sh")
-    for program in programs:
-        shutil.copy(FIXTURE_BIN / program, bin_dir / program)
-        (bin_dir / program).chmod(0o755)
-    shutil.copytree(FIXTURE_BIN / "data", root / "data")
-    return bin_dir
-
-
 @pytest.fixture(scope="module")
 def host_fixtures(sshd_fleet: Any) -> HostFixtures:
     root = sshd_fleet.scratch_dir()
-    fixtures = _bin_dir(root / "hostfx", ("dnf", "rpm", "virsh"))
-    bare = _bin_dir(root / "hostbare", ())
+    fixtures = fixture_bin(root / "hostfx", "host", ("dnf", "rpm", "virsh"), shell=True)
+    bare = fixture_bin(root / "hostbare", "host", (), shell=True)
     return HostFixtures(
         fixtures=sshd_fleet.start_host("host-fixtures", env={"PATH": str(fixtures)}),
         bare=sshd_fleet.start_host("host-bare", env={"PATH": str(bare)}),
     )
-
-
-async def _call(client: Client[Any], tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 # ---- through MCP and the service, against real and fixture hosts ------------------------------------------------
@@ -67,7 +49,7 @@ async def test_check_updates_reads_dnf_with_installed_versions_and_the_security_
     client: Client[Any], state: AppState, sshd_fleet: Any, host_fixtures: HostFixtures
 ) -> None:
     await add_fleet_host(state, sshd_fleet, host_fixtures.fixtures, name="fedora")
-    result = await _call(client, "check_updates", device="fedora")
+    result = await call_tool(client, "check_updates", device="fedora")
     data = result["data"]
     assert (result["command"], data["manager"], data["total"], data["security_total"]) == (
         "package_updates",
@@ -82,10 +64,10 @@ async def test_check_updates_reads_dnf_with_installed_versions_and_the_security_
         "1.1-1",
         True,
     )
-    security = await _call(client, "check_updates", device="fedora", security_only=True)
+    security = await call_tool(client, "check_updates", device="fedora", security_only=True)
     assert [u["name"] for u in security["data"]["updates"]] == ["homelab-agent"]
     assert security["from_cache"] is True
-    page = await _call(client, "check_updates", device="fedora", limit=2, offset=3)
+    page = await call_tool(client, "check_updates", device="fedora", limit=2, offset=3)
     assert (len(page["data"]["updates"]), page["data"]["total"], page["data"]["truncated"]) == (1, 4, False)
 
 
@@ -93,7 +75,7 @@ async def test_list_vms_reports_states_vcpus_memory_and_autostart_running_first(
     client: Client[Any], state: AppState, sshd_fleet: Any, host_fixtures: HostFixtures
 ) -> None:
     await add_fleet_host(state, sshd_fleet, host_fixtures.fixtures, name="kvm")
-    result = await _call(client, "list_vms", device="kvm")
+    result = await call_tool(client, "list_vms", device="kvm")
     vms = result["data"]["vms"]
     assert [(v["name"], v["state"], v["vcpus"]) for v in vms] == [
         ("homeassistant", "running", 2),
@@ -102,7 +84,7 @@ async def test_list_vms_reports_states_vcpus_memory_and_autostart_running_first(
     ]
     assert vms[2]["id"] is None and vms[2]["max_memory_bytes"] == 16 * 1024**3
     assert (result["data"]["total"], result["data"]["running"]) == (3, 1)
-    paged = await _call(client, "list_vms", device="kvm", limit=1, offset=1)
+    paged = await call_tool(client, "list_vms", device="kvm", limit=1, offset=1)
     assert [v["name"] for v in paged["data"]["vms"]] == ["pihole"] and paged["data"]["truncated"] is True
     (row,) = [r for r in await audit_rows(state, kind="collection", command="vms") if not r.cache_hit]
     assert row.ssh_commands[0].startswith("sh -c 'export LC_ALL=C; command -v virsh")

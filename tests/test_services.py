@@ -24,10 +24,10 @@ from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
+from tests.helpers import call_tool, fixture_bin
 from tests.sshd import SshdHost
 
 GOLDEN = Path(__file__).parent / "golden"
-FIXTURE_BIN = Path(__file__).parent / "fixture_bin" / "services"
 REGISTRY = default_registry()
 SERVICE_COMMANDS = ("services", "service_status", "journal_logs")
 
@@ -47,29 +47,16 @@ class ServiceHosts:
 @pytest.fixture(scope="module")
 def service_hosts(sshd_fleet: Any) -> ServiceHosts:
     root = sshd_fleet.scratch_dir()
-    bin_dir, data, bare_bin = root / "svc" / "bin", root / "svc" / "data", root / "bare" / "bin"
-    bin_dir.mkdir(parents=True)
-    bare_bin.mkdir(parents=True)
+    bin_dir = fixture_bin(root / "svc", "services", ("systemctl", "journalctl"))
     # the bare host has a shell (the commands are sh scripts) and nothing else
-    (bare_bin / "sh").symlink_to(shutil.which("sh") or "/bin/sh")
-    shutil.copytree(FIXTURE_BIN / "data", data)
-    for program in ("systemctl", "journalctl"):
-        shutil.copy(FIXTURE_BIN / program, bin_dir / program)
-        (bin_dir / program).chmod(0o755)
-    (data / "calls.log").touch()
-    (data / "calls.log").chmod(0o666)
+    bare_bin = fixture_bin(root / "bare", "services", (), shell=True)
+    data = root / "svc" / "data"
     return ServiceHosts(
         # sshd applies only the first SetEnv line, so PATH is the one variable the hosts differ in
         fixtures=sshd_fleet.start_host("svc-fixtures", env={"PATH": f"{bin_dir}:/usr/bin:/bin"}),
         bare=sshd_fleet.start_host("svc-bare", env={"PATH": str(bare_bin)}),
         data=data,
     )
-
-
-async def _call(client: Client[Any], tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert result.structured_content is not None
-    return result.structured_content
 
 
 # ---- through MCP, against the fixture host ----------------------------------------------------------------------
@@ -79,7 +66,7 @@ async def test_list_services_puts_failed_units_first_and_filters_and_pages(
     client: Client[Any], state: AppState, sshd_fleet: Any, service_hosts: ServiceHosts
 ) -> None:
     await add_fleet_host(state, sshd_fleet, service_hosts.fixtures, name="nas")
-    first = await _call(client, "list_services", device="nas")
+    first = await call_tool(client, "list_services", device="nas")
     assert first["command"] == "services" and first["from_cache"] is False
     units = first["data"]["units"]
     assert [u["unit"] for u in units][:2] == ["zfs-import-cache.service", "boot.automount"]
@@ -89,14 +76,14 @@ async def test_list_services_puts_failed_units_first_and_filters_and_pages(
         False,
     )
 
-    failed = await _call(client, "list_services", device="nas", state="failed")
+    failed = await call_tool(client, "list_services", device="nas", state="failed")
     assert [u["unit"] for u in failed["data"]["units"]] == ["zfs-import-cache.service"]
     assert failed["from_cache"] is True  # filters and pages are cut from one cached listing
 
-    services = await _call(client, "list_services", device="nas", pattern="*.service", limit=1, offset=1)
+    services = await call_tool(client, "list_services", device="nas", pattern="*.service", limit=1, offset=1)
     assert [u["unit"] for u in services["data"]["units"]] == ["sshd.service"]
     assert (services["data"]["total"], services["data"]["truncated"]) == (2, False)
-    page = await _call(client, "list_services", device="nas", limit=2)
+    page = await call_tool(client, "list_services", device="nas", limit=2)
     assert (len(page["data"]["units"]), page["data"]["total"], page["data"]["truncated"]) == (2, 5, True)
 
     (row,) = [r for r in await audit_rows(state, kind="collection", command="services") if not r.cache_hit]
@@ -111,16 +98,16 @@ async def test_restart_invalidates_the_services_cache_and_the_argv_reaching_syst
         Client(build_server(state.settings, state=state)) as client,
     ):
         await add_fleet_host(state, sshd_fleet, service_hosts.fixtures, name="nas")
-        assert (await _call(client, "list_services", device="nas"))["from_cache"] is False
-        assert (await _call(client, "list_services", device="nas"))["from_cache"] is True
-        status = await _call(client, "get_service_status", device="nas", unit="zfs-import-cache.service")
+        assert (await call_tool(client, "list_services", device="nas"))["from_cache"] is False
+        assert (await call_tool(client, "list_services", device="nas"))["from_cache"] is True
+        status = await call_tool(client, "get_service_status", device="nas", unit="zfs-import-cache.service")
         assert status["from_cache"] is False
 
-        restarted = await _call(client, "restart_service", device="nas", unit="zfs-import-cache.service")
+        restarted = await call_tool(client, "restart_service", device="nas", unit="zfs-import-cache.service")
         assert restarted["data"] == {"unit": "zfs-import-cache.service", "restarted": True}
 
-        assert (await _call(client, "list_services", device="nas"))["from_cache"] is False
-        status = await _call(client, "get_service_status", device="nas", unit="zfs-import-cache.service")
+        assert (await call_tool(client, "list_services", device="nas"))["from_cache"] is False
+        status = await call_tool(client, "get_service_status", device="nas", unit="zfs-import-cache.service")
         assert status["from_cache"] is False  # service_status is in the same cache category
         (row,) = await audit_rows(state, kind="collection", command="restart_service")
         assert row.ssh_commands == ["systemctl restart -- zfs-import-cache.service"]
@@ -164,7 +151,7 @@ async def test_journal_filters_reach_journalctl_as_single_quoted_arguments(
     client: Client[Any], state: AppState, sshd_fleet: Any, service_hosts: ServiceHosts
 ) -> None:
     await add_fleet_host(state, sshd_fleet, service_hosts.fixtures, name="nas")
-    logs = await _call(
+    logs = await call_tool(
         client,
         "get_journal_logs",
         device="nas",
@@ -265,7 +252,7 @@ async def test_injection_attempts_are_rejected_and_nothing_runs(
         for value in CORPUS:
             arguments = base | {argument: value}
             if argument == "grep" and value in GREP_ACCEPTED:
-                data = await _call(client, tool, **arguments)
+                data = await call_tool(client, tool, **arguments)
                 assert data["data"]["entries"] == []
                 continue
             with pytest.raises(ToolError):

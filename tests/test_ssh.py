@@ -26,19 +26,11 @@ from mcp_server.errors import (
 from mcp_server.executors import check_exit
 from mcp_server.settings import Settings
 from mcp_server.ssh import SSHOptions, SSHPool
+from tests.helpers import until
 from tests.sshd import SshdFleet, SshdHost, free_port
 
 PASSWORD = "correct horse battery staple"
 PoolFactory = Callable[..., SSHPool]
-
-
-async def until(predicate: Callable[[], bool], deadline: float = 5.0) -> None:
-    """Poll predicate until it holds or the deadline passes."""
-    end = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"condition not met within {deadline}s")
-        await asyncio.sleep(0.02)
 
 
 def fresh_host(fleet: SshdFleet, prefix: str, **kwargs: Any) -> SshdHost:

@@ -16,17 +16,17 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from mcp_server.commands import default_registry
-from mcp_server.commands.drives import SMART_OK_STATUSES
+from mcp_server.commands.storage import SMART_OK_STATUSES
 from mcp_server.errors import ParseError
-from mcp_server.parsers.drives import DriveSmartParams, parse_drive_smart
+from mcp_server.parsers.storage_drives import DriveSmartParams, parse_drive_smart
 from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
+from tests.helpers import call_tool, fixture_bin
 from tests.sshd import SshdHost
 
 GOLDEN = Path(__file__).parent / "golden"
-FIXTURE_BIN = Path(__file__).parent / "fixture_bin" / "storage"
 REGISTRY = default_registry()
 STORAGE_COMMANDS = ("drive_inventory", "drive_smart", "zpool_list", "zpool_status", "zfs_snapshots")
 # the datasets of the system the zfs_snapshots capture comes from (mmitch/list-zfs-snapshots, t/mock-zfs.sh)
@@ -49,20 +49,14 @@ class StorageHosts:
 
 def _fixture_host_dir(root: Path, name: str, programs: tuple[str, ...], smart_case: str) -> Path:
     """<root>/<name>/bin holds the fixture programs; they read the captures in the sibling data/ directory."""
-    bin_dir, data = root / name / "bin", root / name / "data"
-    (data / "smartctl").mkdir(parents=True)
-    bin_dir.mkdir()
-    for program in programs:
-        shutil.copy(FIXTURE_BIN / program, bin_dir / program)
-        (bin_dir / program).chmod(0o755)
+    data = fixture_bin(root / name, "storage", programs).parent / "data"
+    (data / "smartctl").mkdir()
     shutil.copy(GOLDEN / "drive_inventory/debian12_virtio_zram_loop.txt", data / "lsblk.json")
     shutil.copy(GOLDEN / f"drive_smart/{smart_case}.txt", data / "smartctl/vda.json")
     shutil.copy(GOLDEN / "zpool_list/netdata_issue_degraded_store_and_zroot.txt", data / "zpool-list.txt")
     shutil.copy(GOLDEN / "zpool_status/proxmox_rpool_degraded_faulted_disk.txt", data / "zpool-status.txt")
     shutil.copy(GOLDEN / "zfs_snapshots/debian_zfs_auto_snapshot.txt", data / "zfs-snapshots.txt")
     (data / "zfs-datasets.txt").write_text("\n".join(DATASETS) + "\n")
-    (data / "calls.log").touch()
-    (data / "calls.log").chmod(0o666)
     return root / name
 
 
@@ -92,12 +86,6 @@ async def mcp_on_sqlite(settings: Settings) -> AsyncIterator[tuple[AppState, Cli
         yield state, client
 
 
-async def _call(client: Client[Any], tool: str, **arguments: Any) -> dict[str, Any]:
-    result = await client.call_tool(tool, arguments)
-    assert result.structured_content is not None
-    return result.structured_content
-
-
 # ---- through MCP, against the fixture host ----------------------------------------------------------------------
 
 
@@ -105,7 +93,7 @@ async def test_drive_health_checks_every_disk_one_disk_and_rejects_a_disk_lsblk_
     client: Client[Any], state: AppState, sshd_fleet: Any, storage_hosts: StorageHosts
 ) -> None:
     await add_fleet_host(state, sshd_fleet, storage_hosts.fixtures, name="nas")
-    every = await _call(client, "get_drive_health", device="nas")
+    every = await call_tool(client, "get_drive_health", device="nas")
     assert every["command"] == "drive_smart" and every["from_cache"] is False
     report = every["data"]
     assert (report["total"], report["failing"], report["healthy"]) == (1, 1, 0)
@@ -118,7 +106,7 @@ async def test_drive_health_checks_every_disk_one_disk_and_rejects_a_disk_lsblk_
     # smartctl exited 216: disk-condition bits, reported as data rather than raised as a failure
     assert vda["exit_status"] == 216 and [b["bit"] for b in vda["exit_status_bits"]] == [3, 4, 6, 7]
 
-    one = await _call(client, "get_drive_health", device="nas", drive="/dev/vda", force_refresh=True)
+    one = await call_tool(client, "get_drive_health", device="nas", drive="/dev/vda", force_refresh=True)
     assert [d["path"] for d in one["data"]["drives"]] == ["/dev/vda"]
 
     with pytest.raises(
@@ -136,7 +124,7 @@ async def test_zfs_status_reports_the_degraded_pool_its_faulted_disk_and_the_usa
 ) -> None:
     async with mcp_on_sqlite(sqlite_settings) as (state, client):
         await add_fleet_host(state, sshd_fleet, storage_hosts.fixtures, name="nas")
-        report = (await _call(client, "get_zfs_status", device="nas"))["data"]
+        report = (await call_tool(client, "get_zfs_status", device="nas"))["data"]
         pools = {p["name"]: p for p in report["pools"]}
         # the two captures come from different systems, so each pool is known to one command only
         assert sorted(pools) == ["rpool", "store", "zroot"]
@@ -159,7 +147,7 @@ async def test_zfs_status_reports_the_degraded_pool_its_faulted_disk_and_the_usa
         ]
         assert rpool["scan"]["state"] == "finished" and rpool["scan"]["ended"] == "Fri Aug 16 15:35:22 2024"
 
-        only = await _call(client, "get_zfs_status", device="nas", pool="zroot")
+        only = await call_tool(client, "get_zfs_status", device="nas", pool="zroot")
         assert [p["name"] for p in only["data"]["pools"]] == ["zroot"] and only["from_cache"] is True
         with pytest.raises(
             ToolError, match=r"Unknown pool 'tank' on device 'nas'. Pools: rpool, store, zroot\."
@@ -176,7 +164,7 @@ async def test_snapshots_of_a_dataset_whose_name_has_a_slash_are_newest_first_an
     async with mcp_on_sqlite(sqlite_settings) as (state, client):
         await add_fleet_host(state, sshd_fleet, storage_hosts.fixtures, name="nas")
         first = (
-            await _call(client, "list_zfs_snapshots", device="nas", dataset="rpool/ROOT/debian", limit=5)
+            await call_tool(client, "list_zfs_snapshots", device="nas", dataset="rpool/ROOT/debian", limit=5)
         )["data"]
         assert (first["total"], first["truncated"], first["sort_by"]) == (22, True, "creation")
         assert [s["snapshot"] for s in first["snapshots"][:2]] == [
@@ -184,7 +172,7 @@ async def test_snapshots_of_a_dataset_whose_name_has_a_slash_are_newest_first_an
             "zfs-auto-snap_frequent-2020-08-28-2115",
         ]
         assert {s["dataset"] for s in first["snapshots"]} == {"rpool/ROOT/debian"}
-        last = await _call(
+        last = await call_tool(
             client, "list_zfs_snapshots", device="nas", dataset="rpool/ROOT/debian", offset=20, limit=5
         )
         assert [s["snapshot"] for s in last["data"]["snapshots"]] == [
@@ -192,11 +180,11 @@ async def test_snapshots_of_a_dataset_whose_name_has_a_slash_are_newest_first_an
             "zfs-auto-snap_weekly-2020-08-09-0518",
         ]
         assert last["data"]["truncated"] is False and last["from_cache"] is True
-        largest = await _call(
+        largest = await call_tool(
             client, "list_zfs_snapshots", device="nas", dataset="rpool/ROOT/debian", sort_by="used"
         )
         assert largest["data"]["snapshots"][0]["used_bytes"] == 36737024
-        empty = await _call(client, "list_zfs_snapshots", device="nas", dataset="rpool/var/cache")
+        empty = await call_tool(client, "list_zfs_snapshots", device="nas", dataset="rpool/var/cache")
         assert (empty["data"]["total"], empty["data"]["snapshots"]) == (0, [])
         with pytest.raises(ToolError, match="cannot open 'rpool/nope': dataset does not exist"):
             await client.call_tool("list_zfs_snapshots", {"device": "nas", "dataset": "rpool/nope"})
@@ -212,9 +200,9 @@ async def test_a_second_call_within_the_ttl_is_served_from_cache_and_force_refre
     async with mcp_on_sqlite(sqlite_settings) as (state, client):
         await add_fleet_host(state, sshd_fleet, storage_hosts.fixtures, name="nas")
         before = storage_hosts.calls()
-        first = await _call(client, "get_drive_health", device="nas")
-        cached = await _call(client, "get_drive_health", device="nas")
-        refreshed = await _call(client, "get_drive_health", device="nas", force_refresh=True)
+        first = await call_tool(client, "get_drive_health", device="nas")
+        cached = await call_tool(client, "get_drive_health", device="nas")
+        refreshed = await call_tool(client, "get_drive_health", device="nas", force_refresh=True)
         ran = [c.split()[0] for c in storage_hosts.calls()[len(before) :]]
         assert (first["from_cache"], cached["from_cache"], refreshed["from_cache"]) == (False, True, False)
         assert cached["collected_at"] == first["collected_at"]
@@ -226,7 +214,7 @@ async def test_a_drive_smartctl_cannot_address_is_reported_unknown_instead_of_fa
 ) -> None:
     async with mcp_on_sqlite(sqlite_settings) as (state, client):
         await add_fleet_host(state, sshd_fleet, storage_hosts.usb, name="usb-box")
-        report = (await _call(client, "get_drive_health", device="usb-box"))["data"]
+        report = (await call_tool(client, "get_drive_health", device="usb-box"))["data"]
         (vda,) = report["drives"]
         assert (report["unknown"], vda["status"], vda["exit_status"]) == (1, "unknown", 1)
         assert vda["verdict"].startswith("unknown: smartctl failed with exit status 1")

@@ -19,15 +19,10 @@ import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 
+from tests.helpers import free_port
 from tests.test_collection import meminfo_bytes
 
 CLI = shutil.which("infrastructor", path=str(Path(sys.executable).parent)) or "infrastructor"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:

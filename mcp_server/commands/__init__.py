@@ -90,18 +90,7 @@ class CommandRegistry:
 
 def default_registry() -> CommandRegistry:
     """Every built-in command."""
-    from mcp_server.commands import (
-        admin,
-        containers,
-        drives,
-        network,
-        packages,
-        services,
-        storage,
-        system,
-        vms,
-        zfs,
-    )
+    from mcp_server.commands import admin, containers, host, network, services, storage, system
 
-    areas = (system, storage, network, containers, services, drives, zfs, vms, packages, admin)
+    areas = (system, network, storage, containers, services, host, admin)
     return CommandRegistry([definition for area in areas for definition in area.COMMANDS])

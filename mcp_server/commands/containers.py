@@ -3,17 +3,6 @@
 from __future__ import annotations
 
 from mcp_server.commands.base import Arg, CommandDefinition, NoParams
-from mcp_server.parsers.compose import ComposeStacks, parse_compose_stacks
-from mcp_server.parsers.container_inspect import ContainerDetails, parse_container_inspect
-from mcp_server.parsers.container_runtime import (
-    Action,
-    ContainerActionResult,
-    ContainerLogs,
-    ContainerStatsList,
-    action_parser,
-    parse_container_logs,
-    parse_container_stats,
-)
 from mcp_server.parsers.containers import (
     GREP_SCAN_LINES,
     ContainerActionParams,
@@ -22,6 +11,17 @@ from mcp_server.parsers.containers import (
     ContainerParams,
     ContainersParams,
     parse_containers,
+)
+from mcp_server.parsers.containers_compose import ComposeStacks, parse_compose_stacks
+from mcp_server.parsers.containers_inspect import ContainerDetails, parse_container_inspect
+from mcp_server.parsers.containers_runtime import (
+    Action,
+    ContainerActionResult,
+    ContainerLogs,
+    ContainerStatsList,
+    action_parser,
+    parse_container_logs,
+    parse_container_stats,
 )
 
 # Not `root`: docker access comes from the docker group, and running these through sudo would need `sh`

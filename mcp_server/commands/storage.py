@@ -1,9 +1,25 @@
-"""Storage commands: disk_usage."""
+"""Storage commands: disk_usage (df), drive_inventory (lsblk), drive_smart (smartctl), zpool_list, zpool_status and zfs_snapshots."""
 
 from __future__ import annotations
 
-from mcp_server.commands.base import CommandDefinition
+from mcp_server.commands.base import Arg, ArgList, CommandDefinition, NoParams
 from mcp_server.parsers.storage import DiskUsage, DiskUsageParams, parse_disk_usage
+from mcp_server.parsers.storage_drives import (
+    DriveHealth,
+    DriveInventory,
+    DriveSmartParams,
+    parse_drive_inventory,
+    parse_drive_smart,
+)
+from mcp_server.parsers.storage_zfs import (
+    ZfsSnapshots,
+    ZfsSnapshotsParams,
+    ZpoolList,
+    ZpoolStatus,
+    parse_zfs_snapshots,
+    parse_zpool_list,
+    parse_zpool_status,
+)
 
 # GNU df gives bytes and inodes in fixed columns with the mount point last; busybox and old coreutils
 # lack --output, so they fall back to POSIX df -Pk and /proc/mounts supplies the filesystem type.
@@ -36,4 +52,89 @@ DISK_USAGE: CommandDefinition[DiskUsage] = CommandDefinition(
     ok_exit_statuses=frozenset({0, 1}),
 )
 
-COMMANDS: tuple[CommandDefinition, ...] = (DISK_USAGE,)
+
+# -d: whole disks only (partitions carry no SMART data of their own); -b: sizes in bytes.
+DRIVE_INVENTORY: CommandDefinition[DriveInventory] = CommandDefinition(
+    name="drive_inventory",
+    category="drives",
+    summary="Physical disks of the device (lsblk): path, size, model, serial, rotational, transport.",
+    argv=("lsblk", "-J", "-b", "-d", "-o", "NAME,PATH,TYPE,SIZE,MODEL,SERIAL,ROTA,TRAN"),
+    model=DriveInventory,
+    parse=parse_drive_inventory,
+    params=NoParams,
+    ttl=300.0,
+    timeout=15.0,
+)
+
+# smartctl's exit status is a bitmask. Bits 2-7 describe the disk (failing, logged errors, ...) and come with
+# full JSON on stdout, so they are data, not failures. Bit 0 (bad command line, unknown device type) stays a
+# failure: sudo also exits 1 when it wants a password, and check_exit must see that to say so. Bit 1 (open
+# failed) still prints JSON naming the cause. 126/127 are the shell's "cannot execute" / "not found".
+SMART_OK_STATUSES = frozenset(status for status in range(256) if not status & 1) - {126}
+
+DRIVE_SMART: CommandDefinition[DriveHealth] = CommandDefinition(
+    name="drive_smart",
+    category="drives",
+    summary="SMART health of one drive (smartctl --json -a): overall health, wear, sectors, temperature, verdict.",
+    argv=("smartctl", "--json", "-a", "--", Arg("drive")),
+    model=DriveHealth,
+    parse=parse_drive_smart,
+    params=DriveSmartParams,
+    ttl=300.0,
+    timeout=60.0,
+    ok_exit_statuses=SMART_OK_STATUSES,
+    root=True,
+)
+
+
+# -H: tab-separated without a header; -p: exact bytes and plain numbers (no "%" or "x" suffixes).
+ZPOOL_LIST: CommandDefinition[ZpoolList] = CommandDefinition(
+    name="zpool_list",
+    category="zfs",
+    summary="ZFS pools: size, allocated, free, fragmentation, capacity, dedup ratio, health.",
+    argv=("zpool", "list", "-Hp", "-o", "name,size,alloc,free,frag,cap,dedup,health"),
+    model=ZpoolList,
+    parse=parse_zpool_list,
+    params=NoParams,
+    ttl=60.0,
+    timeout=30.0,
+    root=True,
+)
+
+# -p only makes the READ/WRITE/CKSUM counters exact. Every pool is listed and the tool filters: one cached answer
+# serves any pool, and a pool name never reaches the device.
+ZPOOL_STATUS: CommandDefinition[ZpoolStatus] = CommandDefinition(
+    name="zpool_status",
+    category="zfs",
+    summary="ZFS pool status: state, vdev tree with read/write/checksum errors, scrub or resilver, data errors.",
+    argv=("zpool", "status", "-p"),
+    model=ZpoolStatus,
+    parse=parse_zpool_status,
+    params=NoParams,
+    ttl=60.0,
+    timeout=30.0,
+    root=True,
+)
+
+# A snapshot's `refer` is not requested: no public capture of that column set exists to test it against.
+ZFS_SNAPSHOTS: CommandDefinition[ZfsSnapshots] = CommandDefinition(
+    name="zfs_snapshots",
+    category="zfs",
+    summary="ZFS snapshots, optionally of one dataset and its children: name, dataset, used bytes, creation time.",
+    argv=("zfs", "list", "-Hp", "-t", "snapshot", "-o", "name,used,creation", ArgList("dataset_args")),
+    model=ZfsSnapshots,
+    parse=parse_zfs_snapshots,
+    params=ZfsSnapshotsParams,
+    ttl=120.0,
+    timeout=60.0,
+)
+
+
+COMMANDS: tuple[CommandDefinition, ...] = (
+    DISK_USAGE,
+    DRIVE_INVENTORY,
+    DRIVE_SMART,
+    ZPOOL_LIST,
+    ZPOOL_STATUS,
+    ZFS_SNAPSHOTS,
+)

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mcp_server.commands.base import GrepText
 from mcp_server.parsers.common import parse_errors_as
-from mcp_server.parsers.container_common import (
+from mcp_server.parsers.containers_common import (
     cut,
     json_lines,
     labels_from_string,

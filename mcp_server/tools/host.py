@@ -10,8 +10,7 @@ from pydantic import Field
 
 from mcp_server.collection import Collected, page_of
 from mcp_server.commands.base import Limit, Offset
-from mcp_server.parsers.packages import PackageUpdates
-from mcp_server.parsers.vms import VmList
+from mcp_server.parsers.host import PackageUpdates, VmList
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import (
     READ_ONLY,

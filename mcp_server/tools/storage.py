@@ -1,4 +1,4 @@
-"""Storage health tools: SMART drive health, ZFS pool status and ZFS snapshots."""
+"""Storage tools: disk usage, SMART drive health, ZFS pool status and ZFS snapshots."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pydantic import Field
 
 from mcp_server.collection import Collected
 from mcp_server.commands.base import Limit, Offset
-from mcp_server.parsers.drives import DrivePath
-from mcp_server.parsers.zfs import DatasetName, PoolName
+from mcp_server.parsers.storage import DiskUsage
+from mcp_server.parsers.storage_drives import DrivePath
+from mcp_server.parsers.storage_zfs import DatasetName, PoolName
 from mcp_server.reports import (
     DriveHealthReport,
     SnapshotPage,
@@ -26,6 +27,21 @@ from mcp_server.tools import READ_ONLY, DeviceArg, ForceRefresh, expected_errors
 
 def register(mcp: FastMCP) -> None:
     """Add this area's tools to the server."""
+
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def get_disk_usage(
+        device: DeviceArg,
+        force_refresh: ForceRefresh = False,
+        include_pseudo: Annotated[
+            bool, Field(description="Also list tmpfs, overlay and other virtual filesystems.")
+        ] = False,
+        state: AppState = Depends(current_state),
+    ) -> Collected[DiskUsage]:
+        """Space and inode use per mounted filesystem of one device."""
+        return await state.service.collect(
+            device, "disk_usage", {"include_pseudo": include_pseudo}, force_refresh=force_refresh
+        )
 
     @mcp.tool(annotations=READ_ONLY)
     @expected_errors()

@@ -1,4 +1,4 @@
-"""System tools: the command catalogue, generic collect, metrics, disks, network, processes, fleet, cache."""
+"""System tools: the command catalogue, generic collect, metrics, processes, the fleet overview, cache stats."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ from pydantic import Field
 from mcp_server.cache import CacheStats
 from mcp_server.collection import Collected
 from mcp_server.commands import CommandList
-from mcp_server.parsers.network import NetworkInterfaces
-from mcp_server.parsers.storage import DiskUsage
 from mcp_server.parsers.system import SystemMetrics, TopProcesses
 from mcp_server.reports import FleetOverview, fleet_overview
 from mcp_server.state import AppState, current_state
@@ -60,29 +58,6 @@ def register(mcp: FastMCP) -> None:
         return await state.service.collect(
             device, "system_metrics", {"interval": interval}, force_refresh=force_refresh
         )
-
-    @mcp.tool(annotations=READ_ONLY)
-    @expected_errors()
-    async def get_disk_usage(
-        device: DeviceArg,
-        force_refresh: ForceRefresh = False,
-        include_pseudo: Annotated[
-            bool, Field(description="Also list tmpfs, overlay and other virtual filesystems.")
-        ] = False,
-        state: AppState = Depends(current_state),
-    ) -> Collected[DiskUsage]:
-        """Space and inode use per mounted filesystem of one device."""
-        return await state.service.collect(
-            device, "disk_usage", {"include_pseudo": include_pseudo}, force_refresh=force_refresh
-        )
-
-    @mcp.tool(annotations=READ_ONLY)
-    @expected_errors()
-    async def get_network_interfaces(
-        device: DeviceArg, force_refresh: ForceRefresh = False, state: AppState = Depends(current_state)
-    ) -> Collected[NetworkInterfaces]:
-        """Network interfaces of one device: state, MTU, addresses, and rx/tx byte, error and drop counters."""
-        return await state.service.collect(device, "network_interfaces", force_refresh=force_refresh)
 
     @mcp.tool(annotations=READ_ONLY)
     @expected_errors()

@@ -9,11 +9,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as
-from mcp_server.parsers.container_common import (
+from mcp_server.parsers.containers import ContainerParams, PortMapping
+from mcp_server.parsers.containers_common import (
     cut,
     docker_time,
 )
-from mcp_server.parsers.containers import ContainerParams, PortMapping
 from mcp_server.redact import REDACTED, redact_args, redact_pair, redact_pairs, redact_text
 
 HEALTH_LOG_ENTRIES = 3

@@ -11,8 +11,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as, split_sections
-from mcp_server.parsers.container_common import json_lines, labels_from_string
 from mcp_server.parsers.containers import health_from_status
+from mcp_server.parsers.containers_common import json_lines, labels_from_string
 
 
 class ComposeService(BaseModel):

@@ -10,8 +10,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as
-from mcp_server.parsers.container_common import docker_time, json_lines, percent_value, size_pair
 from mcp_server.parsers.containers import ContainerActionParams, ContainerLogsParams
+from mcp_server.parsers.containers_common import docker_time, json_lines, percent_value, size_pair
 
 LINE_MAX_CHARS = 2000
 Action = Literal["start", "stop", "restart"]

@@ -1,0 +1,60 @@
+"""Helpers the test modules share: polling with a deadline, calling a tool, ports, fixture hosts' programs."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from fastmcp import Client
+
+FIXTURE_BIN = Path(__file__).parent / "fixture_bin"
+
+
+async def until(predicate: Callable[[], bool], within: float = 5.0, *, interval: float = 0.02) -> None:
+    """Poll `predicate` until it holds; fail once `within` seconds have passed."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(interval)
+
+
+async def call_tool(client: Client[Any], tool: str, **arguments: Any) -> dict[str, Any]:
+    """Call a tool and return its structured result (failing the test on a tool error)."""
+    result = await client.call_tool(tool, arguments)
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fixture_bin(root: Path, area: str, programs: Iterable[str], *, shell: bool = False) -> Path:
+    """`root`/bin holding the fixture programs of tests/fixture_bin/<area> (and `sh` when `shell`), with the
+    area's captured outputs in the sibling `root`/data, where the programs read them. Returns the bin dir,
+    to put on a fixture host's PATH."""
+    source = FIXTURE_BIN / area
+    bin_dir = root / "bin"
+    bin_dir.mkdir(parents=True)
+    if shell:
+        (bin_dir / "sh").symlink_to(shutil.which("sh") or "/bin/sh")
+    for program in programs:
+        shutil.copy(source / program, bin_dir / program)
+        (bin_dir / program).chmod(0o755)
+    if (source / "data").is_dir():
+        shutil.copytree(source / "data", root / "data")
+    else:
+        (root / "data").mkdir()
+    calls = root / "data" / "calls.log"  # fixture programs append their arguments here
+    calls.touch()
+    calls.chmod(0o666)
+    return bin_dir
