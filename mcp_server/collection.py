@@ -277,7 +277,7 @@ class UnifiedDataCollectionService:
             result = await self.executor(device).run(device, argv, timeout=timeout, label=definition.name)
             t_exec = time.perf_counter()
             check_exit(result, device.name, definition.name, definition.ok_exit_statuses)
-            value = definition.parse(result.stdout, params)
+            value: BaseModel = definition.parse(result.stdout, params)
             t_parse = time.perf_counter()
             outcome = "ok"
         except InfrastructorError as exc:

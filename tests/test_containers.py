@@ -15,10 +15,10 @@ from sqlalchemy import select
 
 from mcp_server.budget import fit
 from mcp_server.commands import CommandRegistry
-from mcp_server.commands.containers import COMMANDS
+from mcp_server.commands.containers import COMMANDS, ContainerLogsParams
 from mcp_server.db.tables import CollectionSnapshot
 from mcp_server.errors import CommandNotAvailable, InvalidParameter, ParseError
-from mcp_server.parsers.containers import ContainerLogsParams, state_from_status
+from mcp_server.parsers.containers import state_from_status
 from mcp_server.parsers.containers_common import json_lines, labels_from_string, size_bytes
 from mcp_server.parsers.containers_compose import _stack
 from mcp_server.parsers.containers_runtime import parse_container_logs

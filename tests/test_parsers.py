@@ -9,14 +9,11 @@ import pytest
 from pydantic import BaseModel
 
 from mcp_server.commands import CommandDefinition, NoParams, default_registry
+from mcp_server.commands.storage import DiskUsageParams
+from mcp_server.commands.system import TopProcessesParams
 from mcp_server.errors import ParseError
-from mcp_server.parsers.storage import DiskUsageParams, parse_disk_usage
-from mcp_server.parsers.system import (
-    TopProcessesParams,
-    os_release,
-    parse_os_info,
-    parse_top_processes,
-)
+from mcp_server.parsers.storage import parse_disk_usage
+from mcp_server.parsers.system import os_release, parse_os_info, parse_top_processes
 
 GOLDEN = Path(__file__).parent / "golden"
 REGISTRY = default_registry()

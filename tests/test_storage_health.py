@@ -16,9 +16,9 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from mcp_server.commands import default_registry
-from mcp_server.commands.storage import SMART_OK_STATUSES
+from mcp_server.commands.storage import SMART_OK_STATUSES, DriveSmartParams
 from mcp_server.errors import ParseError
-from mcp_server.parsers.storage_drives import DriveSmartParams, parse_drive_smart
+from mcp_server.parsers.storage_drives import parse_drive_smart
 from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state

@@ -38,20 +38,20 @@ class CommandList(BaseModel):
 class CommandRegistry:
     """Commands by name; refuses duplicates."""
 
-    def __init__(self, definitions: Iterable[CommandDefinition]) -> None:
-        self._commands: dict[str, CommandDefinition] = {}
+    def __init__(self, definitions: Iterable[CommandDefinition[Any]]) -> None:
+        self._commands: dict[str, CommandDefinition[Any]] = {}
         for definition in definitions:
             if definition.name in self._commands:
                 raise ValueError(f"duplicate command name {definition.name!r}")
             self._commands[definition.name] = definition
 
-    def get(self, name: str) -> CommandDefinition:
+    def get(self, name: str) -> CommandDefinition[Any]:
         try:
             return self._commands[name]
         except KeyError:
             raise UnknownCommand(name, self._commands) from None
 
-    def get_read(self, name: str) -> CommandDefinition:
+    def get_read(self, name: str) -> CommandDefinition[Any]:
         """A command that may be run by name (`collect`, resources): read commands only; changes go through
         their own scoped tools."""
         definition = self.get(name)
@@ -78,7 +78,7 @@ class CommandRegistry:
         ]
         return CommandList(commands=commands, total=len(commands))
 
-    def __iter__(self) -> Iterator[CommandDefinition]:
+    def __iter__(self) -> Iterator[CommandDefinition[Any]]:
         return iter(self._commands.values())
 
     def __len__(self) -> int:

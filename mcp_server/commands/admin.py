@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -58,7 +58,7 @@ def parse_run_command(stdout: str, params: RunCommandParams) -> CommandOutput:
     )
 
 
-COMMANDS: tuple[CommandDefinition, ...] = (
+COMMANDS: tuple[CommandDefinition[Any], ...] = (
     CommandDefinition(
         name="run_command",
         category="admin",

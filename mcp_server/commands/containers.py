@@ -1,17 +1,14 @@
-"""Container commands through the docker CLI on the device (podman's Docker-compatible API works too)."""
+"""Container commands through the docker CLI on the device (podman's Docker-compatible API works too), and
+the validated parameters of every one of them (what may reach a device's docker CLI)."""
 
 from __future__ import annotations
 
-from mcp_server.commands.base import Arg, CommandDefinition, NoParams
-from mcp_server.parsers.containers import (
-    GREP_SCAN_LINES,
-    ContainerActionParams,
-    ContainerList,
-    ContainerLogsParams,
-    ContainerParams,
-    ContainersParams,
-    parse_containers,
-)
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from mcp_server.commands.base import Arg, CommandDefinition, GrepText, NoParams
+from mcp_server.parsers.containers import ContainerList, parse_containers
 from mcp_server.parsers.containers_compose import ComposeStacks, parse_compose_stacks
 from mcp_server.parsers.containers_inspect import ContainerDetails, parse_container_inspect
 from mcp_server.parsers.containers_runtime import (
@@ -23,6 +20,89 @@ from mcp_server.parsers.containers_runtime import (
     parse_container_logs,
     parse_container_stats,
 )
+
+# A name docker accepts, or a (short or full) hex id; never starts with "-", so it cannot become an option.
+CONTAINER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+# docker logs --since: a Go duration ("10m", "1h30m"), a Unix time, or an RFC 3339 date/time.
+SINCE_PATTERN = (
+    r"^(?:(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|ms|s|m|h))+"
+    r"|[0-9]{9,10}(?:\.[0-9]{1,9})?"
+    r"|[0-9]{4}-[0-9]{2}-[0-9]{2}(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?)$"
+)
+
+ContainerName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=CONTAINER_PATTERN,
+        description="Container name or id (letters, digits, '_', '.', '-'; starts with a letter or digit).",
+    ),
+]
+
+Since = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=40,
+        pattern=SINCE_PATTERN,
+        description="Only lines newer than this: a duration ('10m', '2h'), a Unix time, or an RFC 3339 "
+        "date/time ('2024-05-01T12:00:00Z').",
+    ),
+]
+
+TAIL_MAX = 2000
+
+GREP_SCAN_LINES = 50_000
+
+
+class ContainerParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    container: ContainerName
+
+
+class ContainerLogsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    container: ContainerName
+    tail: int = Field(default=100, ge=1, le=TAIL_MAX, description="Newest lines to return (at most 2000).")
+    since: Since | None = None
+    grep: GrepText | None = None
+    timestamps: bool = Field(default=False, description="Prefix each line with the time docker received it.")
+
+    # argv words: an absent option is an empty positional parameter to the script
+    @property
+    def since_arg(self) -> str:
+        return self.since or ""
+
+    @property
+    def grep_arg(self) -> str:
+        return self.grep or ""
+
+
+class ContainerActionParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    container: ContainerName
+    timeout: int | None = Field(
+        default=None,
+        ge=0,
+        le=600,
+        description="Seconds to wait for a graceful stop before the container is killed (docker's default: 10).",
+    )
+
+    @property
+    def timeout_arg(self) -> str:
+        return "" if self.timeout is None else str(self.timeout)
+
+
+class ContainersParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    all: bool = Field(default=False, description="Include stopped (exited, created, dead) containers.")
+
 
 # Not `root`: docker access comes from the docker group, and running these through sudo would need `sh`
 # (that is, everything) in sudoers.
@@ -160,7 +240,9 @@ COMPOSE_STACKS: CommandDefinition[ComposeStacks] = CommandDefinition(
 )
 
 
-def _action(verb: Action, params: type[ContainerParams] | type[ContainerActionParams]) -> CommandDefinition:
+def _action(
+    verb: Action, params: type[ContainerParams] | type[ContainerActionParams]
+) -> CommandDefinition[ContainerActionResult]:
     timed = params is ContainerActionParams
     argv: tuple[str | Arg, ...] = ("sh", "-c", _action_script(verb, timed), "sh", Arg("container"))
     return CommandDefinition[ContainerActionResult](
@@ -182,7 +264,7 @@ CONTAINER_START = _action("start", ContainerParams)
 CONTAINER_STOP = _action("stop", ContainerActionParams)
 CONTAINER_RESTART = _action("restart", ContainerActionParams)
 
-COMMANDS: tuple[CommandDefinition, ...] = (
+COMMANDS: tuple[CommandDefinition[Any], ...] = (
     CONTAINERS,
     CONTAINER_INSPECT,
     CONTAINER_LOGS,

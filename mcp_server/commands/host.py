@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mcp_server.commands.base import CommandDefinition, NoParams
 from mcp_server.parsers.host import PackageUpdates, VmList, parse_package_updates, parse_vms
 
@@ -69,4 +71,4 @@ VMS: CommandDefinition[VmList] = CommandDefinition(
 )
 
 
-COMMANDS: tuple[CommandDefinition, ...] = (PACKAGE_UPDATES, VMS)
+COMMANDS: tuple[CommandDefinition[Any], ...] = (PACKAGE_UPDATES, VMS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mcp_server.commands.base import CommandDefinition, NoParams
 from mcp_server.parsers.network import NetworkInterfaces, parse_network_interfaces
 
@@ -20,4 +22,4 @@ NETWORK_INTERFACES: CommandDefinition[NetworkInterfaces] = CommandDefinition(
     timeout=15.0,
 )
 
-COMMANDS: tuple[CommandDefinition, ...] = (NETWORK_INTERFACES,)
+COMMANDS: tuple[CommandDefinition[Any], ...] = (NETWORK_INTERFACES,)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -224,4 +224,4 @@ JOURNAL_LOGS: CommandDefinition[JournalLogs] = CommandDefinition(
     root=True,
 )
 
-COMMANDS: tuple[CommandDefinition, ...] = (SERVICES, SERVICE_STATUS, RESTART_SERVICE, JOURNAL_LOGS)
+COMMANDS: tuple[CommandDefinition[Any], ...] = (SERVICES, SERVICE_STATUS, RESTART_SERVICE, JOURNAL_LOGS)

@@ -2,24 +2,110 @@
 
 from __future__ import annotations
 
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
 from mcp_server.commands.base import Arg, ArgList, CommandDefinition, NoParams
-from mcp_server.parsers.storage import DiskUsage, DiskUsageParams, parse_disk_usage
+from mcp_server.parsers.storage import DiskUsage, parse_disk_usage
 from mcp_server.parsers.storage_drives import (
     DriveHealth,
     DriveInventory,
-    DriveSmartParams,
     parse_drive_inventory,
     parse_drive_smart,
 )
 from mcp_server.parsers.storage_zfs import (
     ZfsSnapshots,
-    ZfsSnapshotsParams,
     ZpoolList,
     ZpoolStatus,
     parse_zfs_snapshots,
     parse_zpool_list,
     parse_zpool_status,
 )
+
+
+def _drive_path(value: str) -> str:
+    # re.fullmatch, not the schema pattern alone: "$" would also accept a trailing newline
+    if not re.fullmatch(r"/dev/[A-Za-z0-9/_-]+", value) or ".." in value:
+        raise ValueError("must be a device path like /dev/sda or /dev/nvme0n1")
+    return value
+
+
+def _pool(value: str) -> str:
+    if not re.fullmatch(POOL_PATTERN[1:-1], value):
+        raise ValueError("must start with a letter and hold only letters, digits, '_', '.', ':' or '-'")
+    return value
+
+
+def _dataset(value: str) -> str:
+    if (
+        not re.fullmatch(DATASET_PATTERN[1:-1], value)
+        or ".." in value
+        or "//" in value
+        or value.endswith("/")
+    ):
+        raise ValueError("must be a dataset name like tank or tank/data/photos")
+    return value
+
+
+POOL_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]*$"
+
+DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
+
+PoolName = Annotated[
+    str,
+    Field(
+        pattern=POOL_PATTERN, min_length=1, max_length=255, description="A pool name as zpool list shows it."
+    ),
+    AfterValidator(_pool),
+]
+
+DatasetName = Annotated[
+    str,
+    Field(pattern=DATASET_PATTERN, min_length=1, max_length=255, description="A dataset, e.g. tank/data."),
+    AfterValidator(_dataset),
+]
+
+
+class ZfsSnapshotsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dataset: DatasetName | None = None
+
+    @property
+    def dataset_args(self) -> list[str]:
+        return ["-r", "--", self.dataset] if self.dataset else []
+
+
+DRIVE_PATTERN = r"^/dev/[A-Za-z0-9/_-]+$"
+
+DrivePath = Annotated[
+    str,
+    Field(
+        pattern=DRIVE_PATTERN,
+        min_length=6,
+        max_length=128,
+        description="A disk as lsblk lists it, e.g. /dev/sda.",
+    ),
+    AfterValidator(_drive_path),
+]
+
+
+class DriveSmartParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drive: DrivePath
+
+
+class DiskUsageParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    include_pseudo: bool = Field(
+        default=False,
+        description="Also list in-memory and virtual filesystems (tmpfs, devtmpfs, overlay, squashfs, ...).",
+    )
+
 
 # GNU df gives bytes and inodes in fixed columns with the mount point last; busybox and old coreutils
 # lack --output, so they fall back to POSIX df -Pk and /proc/mounts supplies the filesystem type.
@@ -130,7 +216,7 @@ ZFS_SNAPSHOTS: CommandDefinition[ZfsSnapshots] = CommandDefinition(
 )
 
 
-COMMANDS: tuple[CommandDefinition, ...] = (
+COMMANDS: tuple[CommandDefinition[Any], ...] = (
     DISK_USAGE,
     DRIVE_INVENTORY,
     DRIVE_SMART,

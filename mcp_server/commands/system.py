@@ -2,17 +2,47 @@
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
 from mcp_server.commands.base import Arg, CommandDefinition, NoParams
 from mcp_server.parsers.system import (
     OsInfo,
     SystemMetrics,
-    SystemMetricsParams,
     TopProcesses,
-    TopProcessesParams,
     parse_os_info,
     parse_system_metrics,
     parse_top_processes,
 )
+
+
+class SystemMetricsParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    interval: float = Field(
+        default=0.5,
+        ge=0.1,
+        le=5.0,
+        description="Seconds between the two CPU samples that utilisation is measured over.",
+    )
+
+
+class TopProcessesParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    sort_by: Literal["cpu", "memory"] = Field(
+        default="cpu",
+        description="Order by current CPU use ('cpu') or by resident memory ('memory'), highest first.",
+    )
+    limit: int = Field(default=15, ge=1, le=200, description="How many processes to return.")
+    interval: float = Field(
+        default=0.5,
+        ge=0.1,
+        le=5.0,
+        description="Seconds between the two samples that CPU use is measured over.",
+    )
+
 
 # Scripts are single lines of POSIX sh (dash, busybox ash) so they survive any login shell's quoting;
 # parameters arrive only as "$1". `sleep` may lack fractions on old busybox, hence the fallback; the
@@ -125,4 +155,4 @@ OS_INFO: CommandDefinition[OsInfo] = CommandDefinition(
     timeout=15.0,
 )
 
-COMMANDS: tuple[CommandDefinition, ...] = (SYSTEM_METRICS, TOP_PROCESSES, OS_INFO)
+COMMANDS: tuple[CommandDefinition[Any], ...] = (SYSTEM_METRICS, TOP_PROCESSES, OS_INFO)

@@ -1,16 +1,14 @@
-"""`docker ps --format '{{json .}}'` (docker 17 to 28, and podman's Docker API behind it) -> ContainerList,
-and the validated parameters of every container command (what may reach a device's docker CLI)."""
+"""`docker ps --format '{{json .}}'` (docker 17 to 28, and podman's Docker API behind it) -> ContainerList."""
 
 from __future__ import annotations
 
 import json
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from mcp_server.commands.base import GrepText
 from mcp_server.parsers.common import parse_errors_as
 from mcp_server.parsers.containers_common import (
     cut,
@@ -20,79 +18,8 @@ from mcp_server.parsers.containers_common import (
 )
 from mcp_server.redact import redact_pairs, redact_text
 
-# A name docker accepts, or a (short or full) hex id; never starts with "-", so it cannot become an option.
-CONTAINER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
-# docker logs --since: a Go duration ("10m", "1h30m"), a Unix time, or an RFC 3339 date/time.
-SINCE_PATTERN = (
-    r"^(?:(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|ms|s|m|h))+"
-    r"|[0-9]{9,10}(?:\.[0-9]{1,9})?"
-    r"|[0-9]{4}-[0-9]{2}-[0-9]{2}(?:T[0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?(?:Z|[+-][0-9]{2}:[0-9]{2})?)?)$"
-)
-# A fixed string: printable, one line, not option-like.
-
-ContainerName = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=128,
-        pattern=CONTAINER_PATTERN,
-        description="Container name or id (letters, digits, '_', '.', '-'; starts with a letter or digit).",
-    ),
-]
-Since = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=40,
-        pattern=SINCE_PATTERN,
-        description="Only lines newer than this: a duration ('10m', '2h'), a Unix time, or an RFC 3339 "
-        "date/time ('2024-05-01T12:00:00Z').",
-    ),
-]
-TAIL_MAX = 2000
-GREP_SCAN_LINES = 50_000
-
-
-class ContainerParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    container: ContainerName
-
-
-class ContainerLogsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    container: ContainerName
-    tail: int = Field(default=100, ge=1, le=TAIL_MAX, description="Newest lines to return (at most 2000).")
-    since: Since | None = None
-    grep: GrepText | None = None
-    timestamps: bool = Field(default=False, description="Prefix each line with the time docker received it.")
-
-    # argv words: an absent option is an empty positional parameter to the script
-    @property
-    def since_arg(self) -> str:
-        return self.since or ""
-
-    @property
-    def grep_arg(self) -> str:
-        return self.grep or ""
-
-
-class ContainerActionParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    container: ContainerName
-    timeout: int | None = Field(
-        default=None,
-        ge=0,
-        le=600,
-        description="Seconds to wait for a graceful stop before the container is killed (docker's default: 10).",
-    )
-
-    @property
-    def timeout_arg(self) -> str:
-        return "" if self.timeout is None else str(self.timeout)
-
+if TYPE_CHECKING:
+    from mcp_server.commands.containers import ContainersParams
 
 COMMAND_MAX_CHARS = 300
 ContainerState = Literal[
@@ -100,12 +27,6 @@ ContainerState = Literal[
 ]
 Health = Literal["healthy", "unhealthy", "starting"]
 STATES: tuple[str, ...] = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
-
-
-class ContainersParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    all: bool = Field(default=False, description="Include stopped (exited, created, dead) containers.")
 
 
 class PortMapping(BaseModel):

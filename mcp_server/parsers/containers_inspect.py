@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as
-from mcp_server.parsers.containers import ContainerParams, PortMapping
-from mcp_server.parsers.containers_common import (
-    cut,
-    docker_time,
-)
+from mcp_server.parsers.containers import PortMapping
+from mcp_server.parsers.containers_common import cut, docker_time
 from mcp_server.redact import REDACTED, redact_args, redact_pair, redact_pairs, redact_text
+
+if TYPE_CHECKING:
+    from mcp_server.commands.containers import ContainerParams
 
 HEALTH_LOG_ENTRIES = 3
 HEALTH_OUTPUT_CHARS = 500

@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as
-from mcp_server.parsers.containers import ContainerActionParams, ContainerLogsParams
 from mcp_server.parsers.containers_common import docker_time, json_lines, percent_value, size_pair
+
+if TYPE_CHECKING:
+    from mcp_server.commands.containers import ContainerActionParams, ContainerLogsParams
 
 LINE_MAX_CHARS = 2000
 Action = Literal["start", "stop", "restart"]

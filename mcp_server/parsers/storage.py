@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as, percent, split_sections
+
+if TYPE_CHECKING:
+    from mcp_server.commands.storage import DiskUsageParams
 
 PSEUDO_FSTYPES = frozenset(
     {
@@ -25,15 +29,6 @@ _INODES = r"(?P<itotal>\d+|-)\s+(?P<iused>\d+|-)\s+(?P<ifree>\d+|-)\s+(?:\d+%|-)
 # the source is matched lazily and everything after it is anchored, so spaces in source or mount point parse
 _GNU_LINE = re.compile(rf"^(?P<source>.+?)\s+(?P<fstype>\S+)\s+{_SPACE}\s+{_INODES}\s+(?P<target>/.*?)\s*$")
 _POSIX_LINE = re.compile(rf"^(?P<source>.+?)\s+{_SPACE}\s+(?P<target>/.*?)\s*$")
-
-
-class DiskUsageParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    include_pseudo: bool = Field(
-        default=False,
-        description="Also list in-memory and virtual filesystems (tmpfs, devtmpfs, overlay, squashfs, ...).",
-    )
 
 
 class Filesystem(BaseModel):

@@ -4,43 +4,20 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as
 
-DRIVE_PATTERN = r"^/dev/[A-Za-z0-9/_-]+$"
+if TYPE_CHECKING:
+    from mcp_server.commands.storage import DriveSmartParams
+
 # memory- and file-backed block devices have no SMART data; lsblk lists zram and ram disks as type "disk"
 VIRTUAL_PREFIXES = ("loop", "zram", "ram")
 HOT_CELSIUS = {"NVMe": 70}  # NVMe controllers run warmer than platters; other protocols use the default
 HOT_CELSIUS_DEFAULT = 60
 WEAR_WATCH_PERCENT = 80
-
-
-def _drive_path(value: str) -> str:
-    # re.fullmatch, not the schema pattern alone: "$" would also accept a trailing newline
-    if not re.fullmatch(r"/dev/[A-Za-z0-9/_-]+", value) or ".." in value:
-        raise ValueError("must be a device path like /dev/sda or /dev/nvme0n1")
-    return value
-
-
-DrivePath = Annotated[
-    str,
-    Field(
-        pattern=DRIVE_PATTERN,
-        min_length=6,
-        max_length=128,
-        description="A disk as lsblk lists it, e.g. /dev/sda.",
-    ),
-    AfterValidator(_drive_path),
-]
-
-
-class DriveSmartParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    drive: DrivePath
 
 
 class Disk(BaseModel):

@@ -4,56 +4,16 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as
 
-POOL_PATTERN = r"^[A-Za-z][A-Za-z0-9_.:-]*$"
-DATASET_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
+if TYPE_CHECKING:
+    from mcp_server.commands.storage import ZfsSnapshotsParams
+
 NO_POOLS = "no pools available"
-
-
-def _pool(value: str) -> str:
-    if not re.fullmatch(POOL_PATTERN[1:-1], value):
-        raise ValueError("must start with a letter and hold only letters, digits, '_', '.', ':' or '-'")
-    return value
-
-
-def _dataset(value: str) -> str:
-    if (
-        not re.fullmatch(DATASET_PATTERN[1:-1], value)
-        or ".." in value
-        or "//" in value
-        or value.endswith("/")
-    ):
-        raise ValueError("must be a dataset name like tank or tank/data/photos")
-    return value
-
-
-PoolName = Annotated[
-    str,
-    Field(
-        pattern=POOL_PATTERN, min_length=1, max_length=255, description="A pool name as zpool list shows it."
-    ),
-    AfterValidator(_pool),
-]
-DatasetName = Annotated[
-    str,
-    Field(pattern=DATASET_PATTERN, min_length=1, max_length=255, description="A dataset, e.g. tank/data."),
-    AfterValidator(_dataset),
-]
-
-
-class ZfsSnapshotsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    dataset: DatasetName | None = None
-
-    @property
-    def dataset_args(self) -> list[str]:
-        return ["-r", "--", self.dataset] if self.dataset else []
 
 
 class PoolUsage(BaseModel):

@@ -6,11 +6,14 @@ import re
 import shlex
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as, percent, split_sections
+
+if TYPE_CHECKING:
+    from mcp_server.commands.system import SystemMetricsParams, TopProcessesParams
 
 _CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
 
@@ -42,17 +45,6 @@ def meminfo_bytes(lines: Iterable[str]) -> dict[str, int]:
         if words:
             values[key.strip()] = int(words[0]) * (1024 if words[1:] == ["kB"] else 1)
     return values
-
-
-class SystemMetricsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    interval: float = Field(
-        default=0.5,
-        ge=0.1,
-        le=5.0,
-        description="Seconds between the two CPU samples that utilisation is measured over.",
-    )
 
 
 class CpuUsage(BaseModel):
@@ -240,22 +232,6 @@ def parse_os_info(stdout: str, params: BaseModel) -> OsInfo:
 
 
 ARGS_MAX_CHARS = 300
-
-
-class TopProcessesParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    sort_by: Literal["cpu", "memory"] = Field(
-        default="cpu",
-        description="Order by current CPU use ('cpu') or by resident memory ('memory'), highest first.",
-    )
-    limit: int = Field(default=15, ge=1, le=200, description="How many processes to return.")
-    interval: float = Field(
-        default=0.5,
-        ge=0.1,
-        le=5.0,
-        description="Seconds between the two samples that CPU use is measured over.",
-    )
 
 
 class ProcessInfo(BaseModel):

@@ -10,14 +10,11 @@ from pydantic import Field
 
 from mcp_server.collection import Collected, page_of
 from mcp_server.commands.base import GrepText, Limit, Offset
-from mcp_server.parsers.containers import ContainerList, ContainerName, Since, select_containers
+from mcp_server.commands.containers import ContainerName, Since
+from mcp_server.parsers.containers import ContainerList, select_containers
 from mcp_server.parsers.containers_compose import ComposeStacks
 from mcp_server.parsers.containers_inspect import ContainerDetails
-from mcp_server.parsers.containers_runtime import (
-    ContainerActionResult,
-    ContainerLogs,
-    ContainerStatsList,
-)
+from mcp_server.parsers.containers_runtime import ContainerActionResult, ContainerLogs, ContainerStatsList
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import (
     KEEP_NEWEST,

@@ -10,9 +10,8 @@ from pydantic import Field
 
 from mcp_server.collection import Collected
 from mcp_server.commands.base import Limit, Offset
+from mcp_server.commands.storage import DatasetName, DrivePath, PoolName
 from mcp_server.parsers.storage import DiskUsage
-from mcp_server.parsers.storage_drives import DrivePath
-from mcp_server.parsers.storage_zfs import DatasetName, PoolName
 from mcp_server.reports import (
     DriveHealthReport,
     SnapshotPage,
