@@ -34,7 +34,7 @@ from bench.harness import BENCH_JWT_SECRET, machine, write_block  # noqa: E402
 from mcp_server.auth import issue_token  # noqa: E402
 from mcp_server.server import build_server, http_signing_key  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
-from tests.sshd import free_port  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 BEGIN = "<!-- bench_auth_breakdown:begin -->"
 END = "<!-- bench_auth_breakdown:end -->"

@@ -20,7 +20,7 @@ from typing import Any
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
-from tests.sshd import free_port
+from tests.helpers import free_port
 
 HEALTH_TIMEOUT = 30.0
 SERVER_STOP_TIMEOUT = 10.0

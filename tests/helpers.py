@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import mcp_types as mt
 from fastmcp import Client
+from fastmcp.client.client import CallToolResult
 
 FIXTURE_BIN = Path(__file__).parent / "fixture_bin"
 
@@ -26,9 +28,7 @@ async def until(predicate: Callable[[], bool], within: float = 5.0, *, interval:
 
 async def call_tool(client: Client[Any], tool: str, **arguments: Any) -> dict[str, Any]:
     """Call a tool and return its structured result (failing the test on a tool error)."""
-    result = await client.call_tool(tool, arguments)
-    assert result.structured_content is not None
-    return result.structured_content
+    return structured(await client.call_tool(tool, arguments))
 
 
 def free_port() -> int:
@@ -58,3 +58,22 @@ def fixture_bin(root: Path, area: str, programs: Iterable[str], *, shell: bool =
     calls.touch()
     calls.chmod(0o666)
     return bin_dir
+
+
+def structured(result: CallToolResult) -> dict[str, Any]:
+    """A tool result's structured content (failing the test when the tool returned none)."""
+    assert result.structured_content is not None, result
+    return result.structured_content
+
+
+def hints(tool: mt.Tool) -> mt.ToolAnnotations:
+    """A listed tool's annotations (failing the test when it has none)."""
+    assert tool.annotations is not None, tool.name
+    return tool.annotations
+
+
+async def read_text(client: Client[Any], uri: str) -> str:
+    """The text of a resource's first content (failing the test for a binary one)."""
+    content = (await client.read_resource(uri))[0]
+    assert isinstance(content, mt.TextResourceContents), content
+    return content.text

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sshd import free_port
+from tests.helpers import free_port
 
 IMAGE = "localhost/bb:test"
 BUSYBOX = Path("/bin/busybox")

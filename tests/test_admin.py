@@ -15,6 +15,7 @@ from mcp_server.commands.admin import RUN_SCRIPT
 from mcp_server.server import build_server
 from mcp_server.state import open_state
 from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
+from tests.helpers import structured
 from tests.test_auth import _serve
 
 
@@ -37,12 +38,12 @@ async def test_run_command_runs_an_allowlisted_argv_literally_over_ssh(
             result = await client.call_tool(
                 "run_command", {"device": "alpha", "argv": ["printf", "%s|", hostile, "x y"]}
             )
-            data = result.structured_content["data"]
+            data = structured(result)["data"]
             assert data["exit_status"] == 0 and data["output"] == f"{hostile}|x y|"
             assert not marker.exists()
             failing = await client.call_tool("run_command", {"device": "alpha", "argv": ["uname", "--bogus"]})
-            assert failing.structured_content["data"]["exit_status"] != 0
-            assert failing.structured_content["from_cache"] is False
+            assert structured(failing)["data"]["exit_status"] != 0
+            assert structured(failing)["from_cache"] is False
             with pytest.raises(
                 ToolError, match="'sh' is not in INFRA_RUN_COMMAND_ALLOWLIST; allowed: printf, uname"
             ):
@@ -53,6 +54,7 @@ async def test_run_command_runs_an_allowlisted_argv_literally_over_ssh(
                 )
         rows = await audit_rows(state, kind="tool", tool="run_command")
         assert [r.outcome for r in rows] == ["ok", "ok", "error"]
+        assert rows[0].arguments is not None
         assert rows[0].arguments["argv"] == ["printf", "%s|", hostile, "x y"]
         assert rows[0].ssh_commands == [
             shlex.join(["sh", "-c", RUN_SCRIPT, "sh", "printf", "%s|", hostile, "x y"])
@@ -66,4 +68,4 @@ async def test_run_command_needs_the_admin_scope(tmp_path: Path) -> None:
                 await client.call_tool("run_command", {"device": "local", "argv": ["uname"]})
         async with served.client(served.token(ADMIN)) as client:
             result = await client.call_tool("run_command", {"device": "local", "argv": ["uname", "-s"]})
-            assert result.structured_content["data"]["output"] == "Linux"
+            assert structured(result)["data"]["output"] == "Linux"

@@ -25,7 +25,8 @@ from mcp_server.db.tables import SecretRow
 from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import audit_rows, make_settings
-from tests.test_transports import CLI, cli_env, free_port
+from tests.helpers import free_port, structured
+from tests.test_transports import CLI, cli_env
 
 SECRET = "s" * 48
 ISSUER, AUDIENCE = "https://issuer.test", "infrastructor-test"
@@ -221,7 +222,7 @@ async def test_every_call_is_audited_once_with_who_and_from_where(served: Served
     for row in rows:
         assert row.client_ip == "127.0.0.1" and row.user_agent == "claude-code/9.9"
         assert row.transport == "http" and row.request_path == "/mcp" and row.client_id == "bob"
-    assert rows[5].arguments["password"] == "***"
+    assert rows[5].arguments is not None and rows[5].arguments["password"] == "***"
     everything = json.dumps([[r.arguments, r.error_message] for r in await audit_rows(served.state)])
     assert "hunter2-secret" not in everything
 
@@ -299,7 +300,7 @@ async def test_first_start_generates_a_key_and_prints_one_dev_token(tmp_path: Pa
             StreamableHttpTransport(url, headers={"Authorization": f"Bearer {token}"})
         ) as client:
             page = await client.call_tool("query_audit_log", {})
-            assert page.structured_content["total"] >= 0
+            assert structured(page)["total"] >= 0
         status, _, _ = await asyncio.to_thread(raw_post, url, None)
         assert status == 401
         status, _, _ = await asyncio.to_thread(raw_post, url, token, host="attacker.example")
@@ -370,8 +371,6 @@ def test_auth_can_be_turned_off_only_on_loopback(tmp_path: Path) -> None:
 async def test_an_accepted_token_is_remembered_only_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
     from fastmcp.server.auth.providers.jwt import JWTVerifier
 
-    import mcp_server.auth as auth_module
-
     settings = make_settings(
         Path("/nonexistent"), jwt_secret=SECRET, jwt_issuer=ISSUER, jwt_audience=AUDIENCE
     )
@@ -394,6 +393,6 @@ async def test_an_accepted_token_is_remembered_only_until_it_expires(monkeypatch
         await verifier.verify_token(token + "x") is None and calls == 2
     )  # a rejected token is checked each time
     assert await verifier.verify_token(token + "x") is None and calls == 3
-    monkeypatch.setattr(auth_module.time, "time", lambda: expires + 1)
+    monkeypatch.setattr("mcp_server.auth.time.time", lambda: expires + 1)
     await verifier.verify_token(token)
     assert calls == 4  # past its expiry the remembered token is verified again

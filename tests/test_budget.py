@@ -24,7 +24,7 @@ def test_a_result_within_budget_is_returned_unchanged() -> None:
 
 
 def test_the_largest_list_is_shortened_to_fit_with_a_note() -> None:
-    payload = {
+    payload: dict[str, Any] = {
         "device": "x",
         "data": {"small": [1] * 5, "big": [{"name": f"item{i}", "v": i} for i in range(500)]},
     }
@@ -63,7 +63,7 @@ async def test_tool_results_respect_infra_max_result_chars(tmp_path: Any) -> Non
 
 
 def test_keep_newest_keeps_the_end_of_the_list_and_marks_it_truncated() -> None:
-    payload = {"data": {"lines": [f"line {i:04d}" for i in range(1000)], "truncated": False}}
+    payload: dict[str, Any] = {"data": {"lines": [f"line {i:04d}" for i in range(1000)], "truncated": False}}
     out = fit(payload, 1500, keep="newest")
     lines = out["data"]["lines"]
     assert size(out) <= 1500 and lines[-1] == "line 0999" and lines == payload["data"]["lines"][-len(lines) :]

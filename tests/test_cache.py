@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -56,7 +57,9 @@ class Failing:
         raise RuntimeError(f"boom {self.calls}")
 
 
-def key(device: str = "nas01", command: str = "disk_usage", category: str = "storage", params: str = "{}"):
+def key(
+    device: str = "nas01", command: str = "disk_usage", category: str = "storage", params: str = "{}"
+) -> CacheKey:
     return CacheKey(device=device, command=command, category=category, params=params)
 
 
@@ -70,7 +73,9 @@ def cache(clock: FakeClock) -> CacheManager:
     return CacheManager(100, clock=clock, wall_clock=clock.wall)
 
 
-async def test_first_call_runs_the_loader_and_reports_a_fresh_result(cache: CacheManager, clock: FakeClock):
+async def test_first_call_runs_the_loader_and_reports_a_fresh_result(
+    cache: CacheManager, clock: FakeClock
+) -> None:
     loader = Loader("data")
     result = await cache.get_or_load(key(), 60, loader)
     assert result.value == "data"
@@ -80,7 +85,7 @@ async def test_first_call_runs_the_loader_and_reports_a_fresh_result(cache: Cach
     assert cache.stats().misses == 1
 
 
-async def test_second_call_within_ttl_is_served_from_cache(cache: CacheManager, clock: FakeClock):
+async def test_second_call_within_ttl_is_served_from_cache(cache: CacheManager, clock: FakeClock) -> None:
     loader = Loader("data")
     first = await cache.get_or_load(key(), 60, loader)
     clock.advance(42.5)
@@ -95,7 +100,9 @@ async def test_second_call_within_ttl_is_served_from_cache(cache: CacheManager, 
     assert (stats.hits, stats.misses, stats.hit_ratio) == (1, 1, 0.5)
 
 
-async def test_entry_past_its_ttl_is_reloaded_and_counted_as_expired(cache: CacheManager, clock: FakeClock):
+async def test_entry_past_its_ttl_is_reloaded_and_counted_as_expired(
+    cache: CacheManager, clock: FakeClock
+) -> None:
     loader = Loader()
     await cache.get_or_load(key(), 30, loader)
     clock.advance(31)
@@ -106,7 +113,7 @@ async def test_entry_past_its_ttl_is_reloaded_and_counted_as_expired(cache: Cach
     assert (stats.hits, stats.misses, stats.expirations, stats.entries) == (0, 2, 1, 1)
 
 
-async def test_an_entry_exactly_ttl_seconds_old_is_expired(cache: CacheManager, clock: FakeClock):
+async def test_an_entry_exactly_ttl_seconds_old_is_expired(cache: CacheManager, clock: FakeClock) -> None:
     loader = Loader()
     await cache.get_or_load(key(), 30, loader)
     clock.advance(30)
@@ -115,7 +122,7 @@ async def test_an_entry_exactly_ttl_seconds_old_is_expired(cache: CacheManager, 
     assert loader.calls == 2
 
 
-async def test_fifty_concurrent_identical_calls_run_the_loader_once(cache: CacheManager):
+async def test_fifty_concurrent_identical_calls_run_the_loader_once(cache: CacheManager) -> None:
     loader = Loader("shared", gated=True)
     tasks = [asyncio.create_task(cache.get_or_load(key(), 60, loader)) for _ in range(50)]
     await until(lambda: cache.stats().joined == 49)
@@ -129,11 +136,11 @@ async def test_fifty_concurrent_identical_calls_run_the_loader_once(cache: Cache
     assert (stats.misses, stats.joined, stats.in_flight, stats.entries) == (50, 49, 0, 1)
 
 
-async def test_different_keys_load_independently_and_concurrently(cache: CacheManager):
+async def test_different_keys_load_independently_and_concurrently(cache: CacheManager) -> None:
     started: set[str] = set()
     both_started = asyncio.Event()
 
-    def loader_for(name: str):
+    def loader_for(name: str) -> Callable[[], Awaitable[str]]:
         async def load() -> str:
             started.add(name)
             if len(started) == 2:
@@ -156,7 +163,7 @@ async def test_different_keys_load_independently_and_concurrently(cache: CacheMa
     assert cache.stats().joined == 0
 
 
-async def test_keys_differing_only_in_params_are_cached_separately(cache: CacheManager):
+async def test_keys_differing_only_in_params_are_cached_separately(cache: CacheManager) -> None:
     loader = Loader()
     await cache.get_or_load(key(params='{"tail":10}'), 60, loader)
     await cache.get_or_load(key(params='{"tail":20}'), 60, loader)
@@ -165,7 +172,7 @@ async def test_keys_differing_only_in_params_are_cached_separately(cache: CacheM
 
 async def test_force_refresh_skips_a_fresh_entry_and_stores_the_new_value(
     cache: CacheManager, clock: FakeClock
-):
+) -> None:
     await cache.get_or_load(key(), 60, Loader("old"))
     clock.advance(5)
     refreshed = await cache.get_or_load(key(), 60, Loader("new"), force_refresh=True)
@@ -176,7 +183,7 @@ async def test_force_refresh_skips_a_fresh_entry_and_stores_the_new_value(
     assert (again.value, again.from_cache, again.age_seconds) == ("new", True, 1.0)
 
 
-async def test_force_refresh_joins_a_load_already_in_flight(cache: CacheManager):
+async def test_force_refresh_joins_a_load_already_in_flight(cache: CacheManager) -> None:
     loader = Loader("fresh", gated=True)
     first = asyncio.create_task(cache.get_or_load(key(), 60, loader))
     await until(lambda: loader.calls == 1)
@@ -189,7 +196,7 @@ async def test_force_refresh_joins_a_load_already_in_flight(cache: CacheManager)
     assert loader.calls == 1
 
 
-async def test_loader_exception_reaches_every_waiter_and_is_not_cached(cache: CacheManager):
+async def test_loader_exception_reaches_every_waiter_and_is_not_cached(cache: CacheManager) -> None:
     failing = Failing(gated=True)
     tasks = [asyncio.create_task(cache.get_or_load(key(), 60, failing)) for _ in range(3)]
     await until(lambda: cache.stats().joined == 2)
@@ -204,7 +211,7 @@ async def test_loader_exception_reaches_every_waiter_and_is_not_cached(cache: Ca
     assert (retry.value, retry.from_cache) == ("recovered", False)
 
 
-async def test_zero_ttl_never_stores_but_still_collapses_concurrent_calls(cache: CacheManager):
+async def test_zero_ttl_never_stores_but_still_collapses_concurrent_calls(cache: CacheManager) -> None:
     loader = Loader("live", gated=True)
     tasks = [asyncio.create_task(cache.get_or_load(key(), 0, loader)) for _ in range(5)]
     await until(lambda: cache.stats().joined == 4)
@@ -216,7 +223,7 @@ async def test_zero_ttl_never_stores_but_still_collapses_concurrent_calls(cache:
     assert loader.calls == 2
 
 
-async def test_lru_evicts_the_least_recently_used_entry(clock: FakeClock):
+async def test_lru_evicts_the_least_recently_used_entry(clock: FakeClock) -> None:
     cache = CacheManager(2, clock=clock, wall_clock=clock.wall)
     await cache.get_or_load(key(device="a"), 60, Loader("a"))
     await cache.get_or_load(key(device="b"), 60, Loader("b"))
@@ -230,7 +237,7 @@ async def test_lru_evicts_the_least_recently_used_entry(clock: FakeClock):
     assert (stats.entries, stats.max_entries, stats.evictions) == (2, 2, 1)
 
 
-async def test_peek_does_not_refresh_recency(clock: FakeClock):
+async def test_peek_does_not_refresh_recency(clock: FakeClock) -> None:
     cache = CacheManager(2, clock=clock, wall_clock=clock.wall)
     await cache.get_or_load(key(device="a"), 60, Loader("a"))
     await cache.get_or_load(key(device="b"), 60, Loader("b"))
@@ -239,7 +246,9 @@ async def test_peek_does_not_refresh_recency(clock: FakeClock):
     assert cache.peek(key(device="a")) is None
 
 
-async def test_peek_touches_no_counters_and_hides_expired_entries(cache: CacheManager, clock: FakeClock):
+async def test_peek_touches_no_counters_and_hides_expired_entries(
+    cache: CacheManager, clock: FakeClock
+) -> None:
     assert cache.peek(key()) is None
     await cache.get_or_load(key(), 10, Loader("v"))
     before = cache.stats()
@@ -259,7 +268,7 @@ async def _fill(cache: CacheManager) -> None:
         await cache.get_or_load(key(device, "containers", "containers"), 60, Loader())
 
 
-async def test_invalidate_by_device_removes_only_that_devices_entries(cache: CacheManager):
+async def test_invalidate_by_device_removes_only_that_devices_entries(cache: CacheManager) -> None:
     await _fill(cache)
     assert cache.invalidate(device="nas01") == 3
     assert cache.peek(key("nas01", "disk_usage", "storage")) is None
@@ -267,34 +276,36 @@ async def test_invalidate_by_device_removes_only_that_devices_entries(cache: Cac
     assert cache.stats().invalidations == 3
 
 
-async def test_invalidate_by_category_removes_it_on_every_device(cache: CacheManager):
+async def test_invalidate_by_category_removes_it_on_every_device(cache: CacheManager) -> None:
     await _fill(cache)
     assert cache.invalidate(category="storage") == 4
     assert cache.peek(key("web01", "containers", "containers")) is not None
 
 
-async def test_invalidate_by_command(cache: CacheManager):
+async def test_invalidate_by_command(cache: CacheManager) -> None:
     await _fill(cache)
     assert cache.invalidate(command="zfs_pools") == 2
     assert cache.peek(key("nas01", "zfs_pools", "storage")) is None
     assert cache.peek(key("nas01", "disk_usage", "storage")) is not None
 
 
-async def test_invalidate_filters_combine_with_and(cache: CacheManager):
+async def test_invalidate_filters_combine_with_and(cache: CacheManager) -> None:
     await _fill(cache)
     assert cache.invalidate(device="web01", command="disk_usage") == 1
     assert cache.invalidate(device="nobody") == 0
     assert cache.stats().entries == 5
 
 
-async def test_clear_empties_the_cache_without_counting_evictions(cache: CacheManager):
+async def test_clear_empties_the_cache_without_counting_evictions(cache: CacheManager) -> None:
     await _fill(cache)
     assert cache.clear() == 6
     stats = cache.stats()
     assert (stats.entries, stats.evictions, stats.invalidations) == (0, 0, 6)
 
 
-async def test_invalidation_during_a_load_keeps_its_stale_result_out_of_the_cache(cache: CacheManager):
+async def test_invalidation_during_a_load_keeps_its_stale_result_out_of_the_cache(
+    cache: CacheManager,
+) -> None:
     stale = Loader("stale", gated=True)
     waiting = asyncio.create_task(cache.get_or_load(key(), 60, stale))
     await until(lambda: stale.calls == 1)
@@ -311,7 +322,7 @@ async def test_invalidation_during_a_load_keeps_its_stale_result_out_of_the_cach
     assert cache.stats().in_flight == 0
 
 
-async def test_clear_during_a_load_keeps_its_result_out_of_the_cache(cache: CacheManager):
+async def test_clear_during_a_load_keeps_its_result_out_of_the_cache(cache: CacheManager) -> None:
     loader = Loader("stale", gated=True)
     waiting = asyncio.create_task(cache.get_or_load(key(), 60, loader))
     await until(lambda: loader.calls == 1)
@@ -321,7 +332,7 @@ async def test_clear_during_a_load_keeps_its_result_out_of_the_cache(cache: Cach
     assert cache.peek(key()) is None
 
 
-async def test_invalidation_of_another_device_does_not_affect_a_load_in_flight(cache: CacheManager):
+async def test_invalidation_of_another_device_does_not_affect_a_load_in_flight(cache: CacheManager) -> None:
     loader = Loader("kept", gated=True)
     waiting = asyncio.create_task(cache.get_or_load(key(device="nas01"), 60, loader))
     await until(lambda: loader.calls == 1)
@@ -331,7 +342,7 @@ async def test_invalidation_of_another_device_does_not_affect_a_load_in_flight(c
     assert cache.peek(key(device="nas01")) is not None
 
 
-async def test_cancelling_the_first_caller_does_not_break_joiners(cache: CacheManager):
+async def test_cancelling_the_first_caller_does_not_break_joiners(cache: CacheManager) -> None:
     loader = Loader("survives", gated=True)
     first = asyncio.create_task(cache.get_or_load(key(), 60, loader))
     await until(lambda: loader.calls == 1)
@@ -346,7 +357,7 @@ async def test_cancelling_the_first_caller_does_not_break_joiners(cache: CacheMa
     assert loader.calls == 1
 
 
-async def test_a_load_whose_callers_all_gave_up_still_completes_and_is_stored(cache: CacheManager):
+async def test_a_load_whose_callers_all_gave_up_still_completes_and_is_stored(cache: CacheManager) -> None:
     loader = Loader("late", gated=True)
     caller = asyncio.create_task(cache.get_or_load(key(), 60, loader))
     await until(lambda: loader.calls == 1)
@@ -357,7 +368,7 @@ async def test_a_load_whose_callers_all_gave_up_still_completes_and_is_stored(ca
     assert loader.calls == 1
 
 
-async def test_hit_ratio_is_zero_before_any_lookup(cache: CacheManager):
+async def test_hit_ratio_is_zero_before_any_lookup(cache: CacheManager) -> None:
     stats = cache.stats()
     assert stats.hit_ratio == 0.0
     assert stats == CacheStats(
@@ -366,11 +377,11 @@ async def test_hit_ratio_is_zero_before_any_lookup(cache: CacheManager):
     )  # fmt: skip
 
 
-def test_every_stats_field_is_described_for_the_agent():
+def test_every_stats_field_is_described_for_the_agent() -> None:
     properties = CacheStats.model_json_schema()["properties"]
     assert all(prop.get("description") for prop in properties.values())
 
 
-def test_a_cache_needs_room_for_at_least_one_entry():
+def test_a_cache_needs_room_for_at_least_one_entry() -> None:
     with pytest.raises(ValueError, match="max_entries"):
         CacheManager(0)

@@ -159,6 +159,7 @@ async def test_a_collection_emits_an_event(state: AppState) -> None:
     queue = state.events.subscribe_queue(types=(CollectionCompleted,))
     await state.service.collect("local", "os_info", force_refresh=True)
     event = await asyncio.wait_for(queue.get(), 5)
+    assert isinstance(event, CollectionCompleted)
     assert event.device == "local" and event.command == "os_info"
 
 

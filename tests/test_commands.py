@@ -80,7 +80,7 @@ def test_the_registry_holds_the_host_commands_with_their_categories_and_ttls() -
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)
 def test_parameters_only_reach_argv_as_separate_words_after_a_constant_script(
-    command: CommandDefinition,
+    command: CommandDefinition[Any],
 ) -> None:
     first, second = (command.validate(p) for p in VALID_PARAMS[command.name])
     argv_first, argv_second = command.render(first), command.render(second)
@@ -97,7 +97,7 @@ def test_parameters_only_reach_argv_as_separate_words_after_a_constant_script(
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)
-def test_scripts_are_one_line_so_any_login_shell_passes_them_through(command: CommandDefinition) -> None:
+def test_scripts_are_one_line_so_any_login_shell_passes_them_through(command: CommandDefinition[Any]) -> None:
     script = command.argv[2]
     assert isinstance(script, str) and "\n" not in script and "!" not in script
 
@@ -276,7 +276,7 @@ BUSYBOX_COMMANDS = [c for c in COMMANDS if c.name != "network_interfaces"]
 
 @pytest.mark.skipif(BUSYBOX is None, reason="busybox is not installed (apt-get install busybox-static)")
 @pytest.mark.parametrize("command", BUSYBOX_COMMANDS, ids=lambda c: c.name)
-async def test_scripts_run_and_parse_under_busybox(command: CommandDefinition) -> None:
+async def test_scripts_run_and_parse_under_busybox(command: CommandDefinition[Any]) -> None:
     params = {"interval": 0.1} if "interval" in command.params.model_fields else {}
     result = await _run(command.name, params, prefix=("busybox",))
     if isinstance(result, DiskUsage):
@@ -302,7 +302,7 @@ def _unprivileged_prefix() -> tuple[str, ...]:
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c.name)
-async def test_every_command_works_for_an_unprivileged_user(command: CommandDefinition) -> None:
+async def test_every_command_works_for_an_unprivileged_user(command: CommandDefinition[Any]) -> None:
     params = {"interval": 0.1} if "interval" in command.params.model_fields else {}
     result = await _run(command.name, params, prefix=_unprivileged_prefix())
     assert isinstance(result, command.model)

@@ -27,7 +27,7 @@ from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
-from tests.helpers import call_tool
+from tests.helpers import call_tool, hints, structured
 from tests.podman import (
     CHATTY_LINES,
     COMPOSE_PROJECT,
@@ -282,12 +282,12 @@ async def test_container_tools_carry_the_right_annotations_and_scope_tags(mcp: C
         tool = tools[name]
         tags = set(tool.meta["fastmcp"]["tags"]) if tool.meta else set()
         assert tool.annotations is not None and tool.output_schema is not None
-        assert tool.annotations.read_only_hint is (name in READ_TOOLS), name
+        assert hints(tool).read_only_hint is (name in READ_TOOLS), name
         assert ("scope:infra:write" in tags) is (name in WRITE_TOOLS), name
-    assert tools["stop_container"].annotations.destructive_hint is True
-    assert tools["restart_container"].annotations.destructive_hint is True
-    assert tools["start_container"].annotations.destructive_hint is False
-    assert tools["list_containers"].annotations.destructive_hint is False
+    assert hints(tools["stop_container"]).destructive_hint is True
+    assert hints(tools["restart_container"]).destructive_hint is True
+    assert hints(tools["start_container"]).destructive_hint is False
+    assert hints(tools["list_containers"]).destructive_hint is False
 
 
 async def test_list_containers_shows_running_ones_and_all_adds_the_exited(mcp: Client[Any]) -> None:
@@ -509,7 +509,7 @@ async def test_collect_runs_container_commands_by_name_with_the_same_validation(
     result = await mcp.call_tool(
         "collect", {"device": DEVICE, "command": "container_inspect", "params": {"container": "web"}}
     )
-    assert result.structured_content["data"]["name"] == "web"
+    assert structured(result)["data"]["name"] == "web"
     with pytest.raises(ToolError, match="container"):
         await mcp.call_tool(
             "collect",

@@ -29,7 +29,7 @@ FAILED = CollectionFailed(
 ADDED = DeviceChanged(device="web01", change="added")
 
 
-async def test_sync_and_async_handlers_both_receive_every_event():
+async def test_sync_and_async_handlers_both_receive_every_event() -> None:
     bus = EventBus()
     sync_seen: list[Event] = []
     async_seen: list[Event] = []
@@ -46,7 +46,7 @@ async def test_sync_and_async_handlers_both_receive_every_event():
     assert bus.published == 2
 
 
-async def test_a_handler_only_gets_the_event_types_it_asked_for():
+async def test_a_handler_only_gets_the_event_types_it_asked_for() -> None:
     bus = EventBus()
     seen: list[Event] = []
     bus.subscribe(seen.append, types=(CollectionFailed, DeviceChanged))
@@ -55,7 +55,7 @@ async def test_a_handler_only_gets_the_event_types_it_asked_for():
     assert seen == [FAILED, ADDED]
 
 
-async def test_unsubscribed_handler_receives_nothing_more_and_unsubscribing_twice_is_harmless():
+async def test_unsubscribed_handler_receives_nothing_more_and_unsubscribing_twice_is_harmless() -> None:
     bus = EventBus()
     seen: list[Event] = []
     unsubscribe = bus.subscribe(seen.append)
@@ -67,7 +67,9 @@ async def test_unsubscribed_handler_receives_nothing_more_and_unsubscribing_twic
     assert bus.subscriber_count == 0
 
 
-async def test_a_failing_handler_is_logged_and_does_not_stop_the_others(caplog: pytest.LogCaptureFixture):
+async def test_a_failing_handler_is_logged_and_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     bus = EventBus()
     seen: list[Event] = []
 
@@ -88,7 +90,7 @@ async def test_a_failing_handler_is_logged_and_does_not_stop_the_others(caplog: 
     assert [type(exc_info[1]) for exc_info in tracebacks] == [ValueError, KeyError]
 
 
-async def test_a_handler_may_unsubscribe_itself_while_an_event_is_being_delivered():
+async def test_a_handler_may_unsubscribe_itself_while_an_event_is_being_delivered() -> None:
     bus = EventBus()
     seen: list[str] = []
     unsubscribe_first = None
@@ -105,7 +107,7 @@ async def test_a_handler_may_unsubscribe_itself_while_an_event_is_being_delivere
     assert seen == ["first", "second", "second"]
 
 
-async def test_a_queue_listener_receives_events_in_order():
+async def test_a_queue_listener_receives_events_in_order() -> None:
     bus = EventBus()
     queue = bus.subscribe_queue(maxsize=10)
     for event in (COMPLETED, FAILED, ADDED):
@@ -114,7 +116,7 @@ async def test_a_queue_listener_receives_events_in_order():
     assert queue.empty()
 
 
-async def test_a_full_queue_drops_its_oldest_events_and_counts_them():
+async def test_a_full_queue_drops_its_oldest_events_and_counts_them() -> None:
     bus = EventBus()
     queue = bus.subscribe_queue(maxsize=2)
     events = [DeviceChanged(device=f"d{i}", change="updated") for i in range(5)]
@@ -126,7 +128,7 @@ async def test_a_full_queue_drops_its_oldest_events_and_counts_them():
     assert bus.published == 5
 
 
-async def test_a_queue_can_filter_by_type_and_stops_receiving_once_closed():
+async def test_a_queue_can_filter_by_type_and_stops_receiving_once_closed() -> None:
     bus = EventBus()
     queue = bus.subscribe_queue(maxsize=10, types=(CollectionFailed,))
     await bus.publish(COMPLETED)
@@ -138,7 +140,7 @@ async def test_a_queue_can_filter_by_type_and_stops_receiving_once_closed():
     assert bus.subscriber_count == 0
 
 
-async def test_a_slow_queue_listener_never_blocks_the_publisher_or_other_queues():
+async def test_a_slow_queue_listener_never_blocks_the_publisher_or_other_queues() -> None:
     bus = EventBus()
     slow = bus.subscribe_queue(maxsize=1)
     roomy = bus.subscribe_queue(maxsize=100)
@@ -149,12 +151,12 @@ async def test_a_slow_queue_listener_never_blocks_the_publisher_or_other_queues(
     assert (slow.dropped, roomy.dropped) == (49, 0)
 
 
-def test_a_queue_needs_room_for_one_event():
+def test_a_queue_needs_room_for_one_event() -> None:
     with pytest.raises(ValueError, match="maxsize"):
         EventBus().subscribe_queue(maxsize=0)
 
 
-def test_events_are_immutable_values():
+def test_events_are_immutable_values() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         ADDED.device = "other"  # type: ignore[misc]
     assert DeviceChanged(device="web01", change="added") == ADDED

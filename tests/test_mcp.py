@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import mcp_types as mt
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
@@ -15,6 +16,7 @@ from sqlalchemy import select
 from mcp_server.db.tables import DeviceRow, SecretRow
 from mcp_server.state import AppState
 from tests.app_fixtures import audit_rows
+from tests.helpers import hints, read_text, structured
 from tests.test_collection import meminfo_bytes
 
 READ_TOOLS = {
@@ -43,15 +45,16 @@ async def test_every_tool_has_a_description_annotations_and_an_output_schema(cli
         assert tool.annotations is not None, name
         tags = set(tool.meta["fastmcp"]["tags"]) if tool.meta else set()
         if "scope:infra:write" in tags or name in WRITE_TOOLS:
-            assert tool.annotations.read_only_hint is False, name
+            assert hints(tool).read_only_hint is False, name
             assert "scope:infra:write" in tags, name
         elif "scope:infra:admin" not in tags:
-            assert tool.annotations.read_only_hint is True, name
+            assert hints(tool).read_only_hint is True, name
     for name in READ_TOOLS:
-        assert tools[name].annotations.read_only_hint is True, name
-    assert tools["remove_device"].annotations.destructive_hint is True
-    assert tools["add_device"].annotations.destructive_hint is False
+        assert hints(tools[name]).read_only_hint is True, name
+    assert hints(tools["remove_device"]).destructive_hint is True
+    assert hints(tools["add_device"]).destructive_hint is False
     schema = tools["get_system_metrics"].output_schema
+    assert schema is not None
     assert FRESHNESS <= set(schema["properties"])
     assert "memory" in json.dumps(schema)
 
@@ -63,8 +66,8 @@ async def test_get_system_metrics_returns_structured_fresh_data(client: Client[A
     assert data["from_cache"] is False and data["device"] == "local"
     assert data["data"]["memory"]["total_bytes"] == meminfo_bytes("MemTotal")
     second = await client.call_tool("get_system_metrics", {"device": "local", "interval": 0.1})
-    assert second.structured_content["from_cache"] is True
-    assert second.structured_content["collected_at"] == data["collected_at"]
+    assert structured(second)["from_cache"] is True
+    assert structured(second)["collected_at"] == data["collected_at"]
 
 
 @pytest.mark.parametrize(
@@ -80,13 +83,13 @@ async def test_read_tools_return_their_data_with_freshness(
     client: Client[Any], tool: str, args: dict[str, Any], key: str
 ) -> None:
     result = await client.call_tool(tool, {"device": "local", **args})
-    assert FRESHNESS <= set(result.structured_content)
-    assert key in result.structured_content["data"]
+    assert FRESHNESS <= set(structured(result))
+    assert key in structured(result)["data"]
 
 
 async def test_list_processes_honours_limit_and_order(client: Client[Any]) -> None:
     result = await client.call_tool("list_processes", {"device": "local", "limit": 4, "sort_by": "memory"})
-    processes = result.structured_content["data"]["processes"]
+    processes = structured(result)["data"]["processes"]
     assert 1 <= len(processes) <= 4
     rss = [p["rss_bytes"] for p in processes]
     assert rss == sorted(rss, reverse=True)
@@ -94,7 +97,7 @@ async def test_list_processes_honours_limit_and_order(client: Client[Any]) -> No
 
 async def test_list_commands_describes_parameters(client: Client[Any]) -> None:
     result = await client.call_tool("list_commands", {})
-    commands = {c["name"]: c for c in result.structured_content["commands"]}
+    commands = {c["name"]: c for c in structured(result)["commands"]}
     assert {"system_metrics", "disk_usage", "network_interfaces", "top_processes", "os_info"} <= set(commands)
     assert "interval" in commands["system_metrics"]["parameters"]["properties"]
 
@@ -146,34 +149,32 @@ async def test_device_lifecycle_through_tools(client: Client[Any], state: AppSta
             "tags": ["lab", "test"],
         },
     )
-    assert (
-        added.structured_content["auth"] == "key" and added.structured_content["host_key_fingerprint"] is None
-    )
+    assert structured(added)["auth"] == "key" and structured(added)["host_key_fingerprint"] is None
 
     test = await client.call_tool("test_device_connection", {"device": "alpha"})
-    assert test.structured_content["ok"] is True
-    assert test.structured_content["host_key_source"] == "pinned_now"
-    assert test.structured_content["host_key_fingerprint"] == host.host_key_fingerprint
+    assert structured(test)["ok"] is True
+    assert structured(test)["host_key_source"] == "pinned_now"
+    assert structured(test)["host_key_fingerprint"] == host.host_key_fingerprint
 
     info = await client.call_tool("get_device", {"device": "alpha"})
-    assert info.structured_content["host_key_fingerprint"] == host.host_key_fingerprint
+    assert structured(info)["host_key_fingerprint"] == host.host_key_fingerprint
 
     listed = await client.call_tool("list_devices", {"tags": ["lab"]})
-    assert [d["name"] for d in listed.structured_content["devices"]] == ["alpha"]
+    assert [d["name"] for d in structured(listed)["devices"]] == ["alpha"]
 
     metrics = await client.call_tool("get_system_metrics", {"device": "alpha", "interval": 0.1})
-    assert metrics.structured_content["data"]["memory"]["total_bytes"] == meminfo_bytes("MemTotal")
+    assert structured(metrics)["data"]["memory"]["total_bytes"] == meminfo_bytes("MemTotal")
 
     updated = await client.call_tool(
         "update_device", {"device": "alpha", "description": "rack 1", "tags": ["x"]}
     )
-    assert updated.structured_content["description"] == "rack 1"
-    assert updated.structured_content["tags"] == ["x"]
+    assert structured(updated)["description"] == "rack 1"
+    assert structured(updated)["tags"] == ["x"]
     again = await client.call_tool("get_system_metrics", {"device": "alpha", "interval": 0.1})
-    assert again.structured_content["from_cache"] is False  # an update drops the device's cache
+    assert structured(again)["from_cache"] is False  # an update drops the device's cache
 
     removed = await client.call_tool("remove_device", {"device": "alpha"})
-    assert removed.structured_content["removed"] == "alpha"
+    assert structured(removed)["removed"] == "alpha"
     with pytest.raises(ToolError, match="Unknown device 'alpha'"):
         await client.call_tool("get_device", {"device": "alpha"})
 
@@ -186,7 +187,7 @@ async def test_a_device_password_is_encrypted_at_rest_and_never_returned(
         "add_device", {"name": "pw-host", "hostname": "127.0.0.1", "port": 1, "password": password}
     )
     assert password not in json.dumps(result.structured_content)
-    assert result.structured_content["auth"] == "password"
+    assert structured(result)["auth"] == "password"
     async with state.db.read_session() as session:
         secrets = (await session.scalars(select(SecretRow))).all()
         rows = (await session.scalars(select(DeviceRow))).all()
@@ -194,8 +195,8 @@ async def test_a_device_password_is_encrypted_at_rest_and_never_returned(
     assert all(password not in repr(vars(r)) for r in rows)
     assert state.devices.get("pw-host").password == password
     failed = await client.call_tool("test_device_connection", {"device": "pw-host"})
-    assert failed.structured_content["ok"] is False
-    assert failed.structured_content["error_type"] == "host_unreachable"
+    assert structured(failed)["ok"] is False
+    assert structured(failed)["error_type"] == "host_unreachable"
     assert password not in json.dumps(failed.structured_content)
     for row in await audit_rows(state):
         assert password not in json.dumps([row.arguments, row.error_message])
@@ -227,13 +228,13 @@ async def test_import_ssh_config_registers_hosts_and_jump_hosts(
         f"Host *\n  User {sshd_fleet.username}\n  IdentityFile {sshd_fleet.client_key_path}\n"
     )
     result = await client.call_tool("import_ssh_config", {"path": str(config), "tags": ["imported"]})
-    assert result.structured_content["added"] == 2
+    assert structured(result)["added"] == 2
     beta_info = await client.call_tool("get_device", {"device": "lab-beta"})
-    assert beta_info.structured_content["jump_host"] == "lab-alpha"
-    assert beta_info.structured_content["username"] == sshd_fleet.username
-    assert beta_info.structured_content["key_path"] == str(sshd_fleet.client_key_path)
+    assert structured(beta_info)["jump_host"] == "lab-alpha"
+    assert structured(beta_info)["username"] == sshd_fleet.username
+    assert structured(beta_info)["key_path"] == str(sshd_fleet.client_key_path)
     again = await client.call_tool("import_ssh_config", {"path": str(config)})
-    assert again.structured_content["added"] == 0 and again.structured_content["skipped"] == 2
+    assert structured(again)["added"] == 0 and structured(again)["skipped"] == 2
     with pytest.raises(ToolError, match="No SSH config file"):
         await client.call_tool("import_ssh_config", {"path": str(tmp_path / "missing")})
 
@@ -253,7 +254,7 @@ async def test_fleet_overview_reports_every_device(client: Client[Any], sshd_fle
         )
     await client.call_tool("add_device", {"name": "gone", "hostname": "127.0.0.1", "port": 1})
     result = await client.call_tool("get_fleet_overview", {})
-    overview = result.structured_content
+    overview = structured(result)
     assert overview["total"] == 4 and overview["ok"] == 3 and overview["failed"] == 1
     rows = {d["device"]: d for d in overview["devices"]}
     assert rows["gone"]["error_type"] == "host_unreachable"
@@ -264,20 +265,20 @@ async def test_fleet_overview_reports_every_device(client: Client[Any], sshd_fle
 async def test_cache_stats_count_hits_and_misses(client: Client[Any]) -> None:
     await client.call_tool("get_network_interfaces", {"device": "local"})
     await client.call_tool("get_network_interfaces", {"device": "local"})
-    stats = (await client.call_tool("get_cache_stats", {})).structured_content
+    stats = structured(await client.call_tool("get_cache_stats", {}))
     assert stats["hits"] == 1 and stats["misses"] == 1 and stats["entries"] == 1
 
 
 async def test_resources_serve_devices_commands_and_results(client: Client[Any]) -> None:
     templates = {t.uri_template for t in await client.list_resource_templates()}
     assert {"infra://devices/{device}", "infra://devices/{device}/{command}"} <= templates
-    devices = json.loads((await client.read_resource("infra://devices"))[0].text)
+    devices = json.loads(await read_text(client, "infra://devices"))
     assert [d["name"] for d in devices] == ["local"]
-    commands = json.loads((await client.read_resource("infra://commands"))[0].text)
+    commands = json.loads(await read_text(client, "infra://commands"))
     assert commands["total"] >= 5
-    result = json.loads((await client.read_resource("infra://devices/local/os_info"))[0].text)
+    result = json.loads(await read_text(client, "infra://devices/local/os_info"))
     assert result["data"]["hostname"] and FRESHNESS <= set(result)
-    stats = json.loads((await client.read_resource("infra://cache/stats"))[0].text)
+    stats = json.loads(await read_text(client, "infra://cache/stats"))
     assert stats["misses"] >= 1
     with pytest.raises(MCPError, match="Unknown device 'nas9'"):
         await client.read_resource("infra://devices/nas9/os_info")
@@ -285,7 +286,9 @@ async def test_resources_serve_devices_commands_and_results(client: Client[Any])
 
 async def test_diagnose_device_prompt_walks_through_the_tools(client: Client[Any]) -> None:
     prompt = await client.get_prompt("diagnose_device", {"device": "nas01", "symptom": "slow"})
-    text = prompt.messages[0].content.text
+    content = prompt.messages[0].content
+    assert isinstance(content, mt.TextContent)
+    text = content.text
     assert "nas01" in text and "get_system_metrics" in text and "list_processes" in text
 
 
@@ -321,7 +324,7 @@ async def test_a_changed_host_key_is_refused_until_the_operator_clears_it(
         "add_device", {"name": "rekey", "key_path": str(sshd_fleet.client_key_path), **args}
     )
     first = await client.call_tool("test_device_connection", {"device": "rekey"})
-    assert first.structured_content["host_key_source"] == "pinned_now"
+    assert structured(first)["host_key_source"] == "pinned_now"
     host.restart_with_new_host_key()
     # a no-op update drops the pooled connection, so the next call reconnects and meets the new key
     await client.call_tool("update_device", {"device": "rekey", "description": "rebuilt"})
@@ -330,8 +333,8 @@ async def test_a_changed_host_key_is_refused_until_the_operator_clears_it(
     assert "clear_host_key" in str(refused.value)
     await client.call_tool("update_device", {"device": "rekey", "clear_host_key": True})
     again = await client.call_tool("test_device_connection", {"device": "rekey"})
-    assert again.structured_content["ok"] is True
-    assert again.structured_content["host_key_fingerprint"] == host.host_key_fingerprint
+    assert structured(again)["ok"] is True
+    assert structured(again)["host_key_fingerprint"] == host.host_key_fingerprint
     host.stop()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -40,7 +41,7 @@ def test_golden_output_parses_to_the_expected_model(case: Path) -> None:
 
 
 @pytest.mark.parametrize("command", list(REGISTRY), ids=lambda c: c.name)
-def test_every_registered_command_has_a_golden_case(command: CommandDefinition) -> None:
+def test_every_registered_command_has_a_golden_case(command: CommandDefinition[Any]) -> None:
     folder = GOLDEN / command.name
     cases = sorted(folder.glob("*.txt")) if folder.is_dir() else []
     assert cases, f"no golden case in {folder}"
@@ -53,7 +54,7 @@ GARBAGE = ["", "\n", "garbage\n", "@@nothing\n1 2 3\n", "{}", "[1, 2]", "\x00\x0
 
 @pytest.mark.parametrize("text", GARBAGE, ids=repr)
 @pytest.mark.parametrize("command", HOST_COMMANDS, ids=lambda c: c.name)
-def test_garbage_or_empty_output_raises_parse_error(command: CommandDefinition, text: str) -> None:
+def test_garbage_or_empty_output_raises_parse_error(command: CommandDefinition[Any], text: str) -> None:
     with pytest.raises(ParseError) as info:
         command.parse(text, command.validate({}))
     assert command.name in str(info.value)

@@ -24,7 +24,7 @@ from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
-from tests.helpers import call_tool, fixture_bin
+from tests.helpers import call_tool, fixture_bin, hints
 from tests.sshd import SshdHost
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -321,13 +321,15 @@ def test_other_time_specs_are_refused(spec: str) -> None:
 
 
 def test_priority_takes_a_name_or_a_digit_and_an_integer_becomes_its_digit() -> None:
-    assert [JournalParams(priority=p).priority for p in ("err", "warning", "3", 7)] == [
+    priorities: tuple[Any, ...] = ("err", "warning", "3", 7)
+    assert [JournalParams(priority=p).priority for p in priorities] == [
         "err",
         "warning",
         "3",
         "7",
     ]
-    for bad in ("error", "8", 8, -1, True):
+    bad_priorities: tuple[Any, ...] = ("error", "8", 8, -1, True)
+    for bad in bad_priorities:
         with pytest.raises(ValueError):
             JournalParams(priority=bad)
 
@@ -403,6 +405,5 @@ async def test_service_tools_are_annotated_read_only_except_restart_which_is_a_d
         assert annotations is not None and annotations.read_only_hint is True, name
         assert (annotations.destructive_hint, annotations.idempotent_hint) == (False, True), name
     restart = tools["restart_service"]
-    assert restart.annotations is not None
-    assert (restart.annotations.read_only_hint, restart.annotations.destructive_hint) == (False, True)
+    assert (hints(restart).read_only_hint, hints(restart).destructive_hint) == (False, True)
     assert restart.meta is not None and "scope:infra:write" in restart.meta["fastmcp"]["tags"]

@@ -26,8 +26,8 @@ from mcp_server.errors import (
 from mcp_server.executors import check_exit
 from mcp_server.settings import Settings
 from mcp_server.ssh import SSHOptions, SSHPool
-from tests.helpers import until
-from tests.sshd import SshdFleet, SshdHost, free_port
+from tests.helpers import free_port, until
+from tests.sshd import SshdFleet, SshdHost
 
 PASSWORD = "correct horse battery staple"
 PoolFactory = Callable[..., SSHPool]

@@ -42,7 +42,7 @@ def parse(text: str, files: dict[str, str] | None = None) -> tuple[dict[str, SSH
     return {entry.alias: entry for entry in entries}, warnings
 
 
-def test_a_realistic_config_resolves_every_concrete_alias_in_file_order():
+def test_a_realistic_config_resolves_every_concrete_alias_in_file_order() -> None:
     config = HOME / ".ssh" / "config"
     entries, warnings = parse_ssh_config_with_warnings(
         config.read_text(), path=config, home=HOME, local_user="alice"
@@ -69,72 +69,72 @@ def test_a_realistic_config_resolves_every_concrete_alias_in_file_order():
     assert warnings[1] == f"{config}:31: bad Port '99999' for host broken; host skipped"
 
 
-def test_parse_ssh_config_returns_the_entries_alone():
+def test_parse_ssh_config_returns_the_entries_alone() -> None:
     config = HOME / ".ssh" / "config"
     entries = parse_ssh_config(config.read_text(), path=config, home=HOME, local_user="alice")
     assert [e.alias for e in entries][:2] == ["work-vm", "media"]
 
 
-def test_a_host_line_with_several_patterns_registers_each_concrete_alias():
+def test_a_host_line_with_several_patterns_registers_each_concrete_alias() -> None:
     entries, _ = parse("Host nas nas01 *.nas ?x !old\n  HostName 10.0.0.2\n")
     assert sorted(entries) == ["nas", "nas01"]
     assert entries["nas"].hostname == entries["nas01"].hostname == "10.0.0.2"
 
 
-def test_host_star_at_the_end_only_fills_what_earlier_blocks_left_unset():
+def test_host_star_at_the_end_only_fills_what_earlier_blocks_left_unset() -> None:
     entries, _ = parse("Host a\n  User root\nHost b\n  Port 2022\nHost *\n  User deploy\n  Port 2200\n")
     assert (entries["a"].user, entries["a"].port) == ("root", 2200)
     assert (entries["b"].user, entries["b"].port) == ("deploy", 2022)
 
 
-def test_host_star_at_the_top_overrides_later_blocks():
+def test_host_star_at_the_top_overrides_later_blocks() -> None:
     entries, _ = parse("Host *\n  User everyone\nHost a\n  User root\n  HostName a.example\n")
     assert (entries["a"].user, entries["a"].hostname) == ("everyone", "a.example")
 
 
-def test_options_before_the_first_host_line_apply_to_every_alias():
+def test_options_before_the_first_host_line_apply_to_every_alias() -> None:
     entries, _ = parse("User early\nPort 2022\n\nHost a\n  User late\n")
     assert (entries["a"].user, entries["a"].port) == ("early", 2022)
 
 
-def test_a_negated_pattern_keeps_a_wildcard_block_from_applying():
+def test_a_negated_pattern_keeps_a_wildcard_block_from_applying() -> None:
     text = "Host db web\nHost * !db\n  User app\nHost *\n  User fallback\n"
     entries, _ = parse(text)
     assert entries["web"].user == "app"
     assert entries["db"].user == "fallback"
 
 
-def test_an_alias_negated_on_its_own_host_line_is_not_registered():
+def test_an_alias_negated_on_its_own_host_line_is_not_registered() -> None:
     entries, _ = parse("Host foo !foo\n  User x\nHost bar\n")
     assert list(entries) == ["bar"]
 
 
-def test_question_mark_matches_exactly_one_character():
+def test_question_mark_matches_exactly_one_character() -> None:
     entries, _ = parse("Host web1 web10\nHost web?\n  User single\n")
     assert entries["web1"].user == "single"
     assert entries["web10"].user is None
 
 
-def test_an_alias_in_several_blocks_is_listed_once_with_merged_settings():
+def test_an_alias_in_several_blocks_is_listed_once_with_merged_settings() -> None:
     entries, _ = parse("Host a\n  User u\nHost b\nHost a\n  Port 2022\n  User ignored\n")
     assert list(entries) == ["a", "b"]
     assert (entries["a"].user, entries["a"].port) == ("u", 2022)
 
 
-def test_keywords_are_case_insensitive_and_accept_key_equals_value():
+def test_keywords_are_case_insensitive_and_accept_key_equals_value() -> None:
     text = "HOST a\n  hostname=a.example\n  PORT = 2201\n  User= bob\nhost b\n  HostName\t b.example\n"
     entries, _ = parse(text)
     assert entries["a"] == SSHHostEntry("a", "a.example", 2201, "bob", None, None)
     assert entries["b"].hostname == "b.example"
 
 
-def test_hostname_defaults_to_the_alias_and_expands_percent_h():
+def test_hostname_defaults_to_the_alias_and_expands_percent_h() -> None:
     entries, _ = parse("Host plain templ\nHost templ\n  HostName %h.lan.example\n")
     assert entries["plain"].hostname == "plain"
     assert entries["templ"].hostname == "templ.lan.example"
 
 
-def test_comments_are_ignored_but_a_quoted_hash_is_kept():
+def test_comments_are_ignored_but_a_quoted_hash_is_kept() -> None:
     text = '# header\nHost a # trailing comment\n  # indented comment\n  IdentityFile "~/.ssh/key#1" # why\n'
     entries, warnings = parse(text)
     assert list(entries) == ["a"]
@@ -142,7 +142,7 @@ def test_comments_are_ignored_but_a_quoted_hash_is_kept():
     assert warnings == []
 
 
-def test_quoted_identity_file_with_spaces_and_escapes():
+def test_quoted_identity_file_with_spaces_and_escapes() -> None:
     text = "Host a\n  IdentityFile \"/keys/my key\"\nHost b\n  IdentityFile /keys/other\\ key\nHost c\n  IdentityFile '~/q k'\n"
     entries, _ = parse(text)
     assert entries["a"].identity_file == "/keys/my key"
@@ -150,7 +150,7 @@ def test_quoted_identity_file_with_spaces_and_escapes():
     assert entries["c"].identity_file == "/home/alice/q k"
 
 
-def test_identity_file_tokens_are_expanded():
+def test_identity_file_tokens_are_expanded() -> None:
     text = (
         "Host box\n  HostName box.example\n  User deploy\n  Port 2022\n"
         "  IdentityFile %d/.ssh/id_%h_%r_%u_%n_%p_100%%\n"
@@ -160,19 +160,19 @@ def test_identity_file_tokens_are_expanded():
     assert warnings == []
 
 
-def test_percent_r_falls_back_to_the_local_user_when_no_user_is_set():
+def test_percent_r_falls_back_to_the_local_user_when_no_user_is_set() -> None:
     entries, _ = parse("Host box\n  IdentityFile ~/.ssh/%r\n")
     assert entries["box"].identity_file == "/home/alice/.ssh/alice"
     assert entries["box"].user is None
 
 
-def test_an_unknown_token_is_left_as_is_with_a_warning():
+def test_an_unknown_token_is_left_as_is_with_a_warning() -> None:
     entries, warnings = parse("Host box\n  IdentityFile ~/.ssh/%C\n")
     assert entries["box"].identity_file == "/home/alice/.ssh/%C"
     assert warnings == ["<ssh config>:2: unsupported token %C in '/home/alice/.ssh/%C' left as is"]
 
 
-def test_the_first_identity_file_wins():
+def test_the_first_identity_file_wins() -> None:
     entries, _ = parse(
         "Host a\n  IdentityFile ~/.ssh/first\n  IdentityFile ~/.ssh/second\nHost *\n  IdentityFile x\n"
     )
@@ -180,20 +180,20 @@ def test_the_first_identity_file_wins():
 
 
 @pytest.mark.parametrize("port", ["0", "65536", "99999", "ssh", "-1", "22x", "\uff12\uff12"])
-def test_a_bad_port_skips_that_host_with_a_warning(port: str):
+def test_a_bad_port_skips_that_host_with_a_warning(port: str) -> None:
     entries, warnings = parse(f"Host bad\n  Port {port}\nHost good\n  Port 65535\n")
     assert list(entries) == ["good"]
     assert entries["good"].port == 65535
     assert warnings == [f"<ssh config>:2: bad Port {port!r} for host bad; host skipped"]
 
 
-def test_a_bad_port_that_another_block_overrides_first_is_harmless():
+def test_a_bad_port_that_another_block_overrides_first_is_harmless() -> None:
     entries, warnings = parse("Host a\n  Port 2222\nHost *\n  Port nope\n")
     assert entries["a"].port == 2222
     assert warnings == []
 
 
-def test_proxy_jump_is_kept_verbatim():
+def test_proxy_jump_is_kept_verbatim() -> None:
     text = "Host a\n  ProxyJump bastion\nHost b\n  ProxyJump ops@gw.example:2200\nHost c\n  ProxyJump ssh://ops@gw:22\n"
     entries, _ = parse(text)
     assert entries["a"].proxy_jump == "bastion"
@@ -201,31 +201,31 @@ def test_proxy_jump_is_kept_verbatim():
     assert entries["c"].proxy_jump == "ssh://ops@gw:22"
 
 
-def test_proxy_jump_none_disables_a_later_default():
+def test_proxy_jump_none_disables_a_later_default() -> None:
     entries, _ = parse("Host a\n  ProxyJump none\nHost *\n  ProxyJump bastion\n")
     assert entries["a"].proxy_jump is None
 
 
-def test_a_multi_hop_proxy_jump_keeps_the_first_hop_and_warns():
+def test_a_multi_hop_proxy_jump_keeps_the_first_hop_and_warns() -> None:
     entries, warnings = parse("Host deep\n  ProxyJump hop1,hop2:2222\n")
     assert entries["deep"].proxy_jump == "hop1"
     assert warnings == ["<ssh config>:2: ProxyJump 'hop1,hop2:2222' has several hops; deep keeps only 'hop1'"]
 
 
-def test_a_proxy_command_obtained_first_shadows_proxy_jump_with_a_warning():
+def test_a_proxy_command_obtained_first_shadows_proxy_jump_with_a_warning() -> None:
     entries, warnings = parse("Host a\n  ProxyCommand ssh -W %h:%p gw\nHost *\n  ProxyJump bastion\n")
     assert entries["a"].proxy_jump is None
     assert warnings == ["<ssh config>:2: ProxyCommand is not supported; a imported without it"]
 
 
-def test_match_blocks_are_skipped_until_the_next_host_line():
+def test_match_blocks_are_skipped_until_the_next_host_line() -> None:
     text = "Match user root\n  User matched\n  Include extra.conf\nHost a\n  Port 2022\n"
     entries, warnings = parse(text, {"/home/alice/.ssh/extra.conf": "Host hidden\n"})
     assert entries == {"a": SSHHostEntry("a", "a", 2022, None, None, None)}
     assert warnings == ["<ssh config>:1: Match blocks are not supported; the options under it are ignored"]
 
 
-def test_include_is_relative_to_dot_ssh_and_expands_globs_in_lexical_order():
+def test_include_is_relative_to_dot_ssh_and_expands_globs_in_lexical_order() -> None:
     files = {
         "/home/alice/.ssh/conf.d/20-b.conf": "Host b\n  User from-b\n",
         "/home/alice/.ssh/conf.d/10-a.conf": "Host a\n  User from-a\nHost b\n  Port 2010\n",
@@ -236,19 +236,19 @@ def test_include_is_relative_to_dot_ssh_and_expands_globs_in_lexical_order():
     assert (entries["b"].user, entries["b"].port) == ("from-b", 2010)
 
 
-def test_include_accepts_absolute_and_tilde_paths_and_several_arguments():
+def test_include_accepts_absolute_and_tilde_paths_and_several_arguments() -> None:
     files = {"/etc/ssh/shared": "Host shared\n", "/home/alice/extra": "Host extra\n"}
     entries, _ = parse("Include /etc/ssh/shared ~/extra\n", files)
     assert list(entries) == ["shared", "extra"]
 
 
-def test_options_after_an_include_come_after_the_included_ones():
+def test_options_after_an_include_come_after_the_included_ones() -> None:
     files = {"/home/alice/.ssh/inc": "User included\n"}
     entries, _ = parse("Host a\n  Include inc\n  User after\n", files)
     assert entries["a"].user == "included"
 
 
-def test_an_include_inside_a_host_block_applies_only_to_that_host():
+def test_an_include_inside_a_host_block_applies_only_to_that_host() -> None:
     files = {"/home/alice/.ssh/inc": "Port 2022\nHost other\n  User nested\n"}
     entries, _ = parse("Host a other\n  User a-user\nHost a\n  Include inc\nHost b\n", files)
     assert entries["a"].port == 2022
@@ -256,20 +256,20 @@ def test_an_include_inside_a_host_block_applies_only_to_that_host():
     assert (entries["other"].user, entries["other"].port) == ("a-user", 22)
 
 
-def test_a_missing_include_is_ignored_like_ssh_does():
+def test_a_missing_include_is_ignored_like_ssh_does() -> None:
     entries, warnings = parse("Include nothing-here\nHost a\n")
     assert list(entries) == ["a"]
     assert warnings == []
 
 
-def test_an_unreadable_include_is_reported_and_skipped():
+def test_an_unreadable_include_is_reported_and_skipped() -> None:
     files = {"/home/alice/.ssh/dir": "<dir>"}
     entries, warnings = parse("Include dir\nHost a\n", files)
     assert list(entries) == ["a"]
     assert warnings == ["<ssh config>:1: cannot read included file /home/alice/.ssh/dir: Is a directory"]
 
 
-def test_a_recursive_include_stops_at_the_depth_limit():
+def test_a_recursive_include_stops_at_the_depth_limit() -> None:
     files = {"/home/alice/.ssh/loop": "Include loop\nHost looped\n"}
     entries, warnings = parse("Include loop\n", files)
     assert list(entries) == ["looped"]
@@ -277,13 +277,13 @@ def test_a_recursive_include_stops_at_the_depth_limit():
     assert "Include nested deeper than 16 levels" in warnings[0]
 
 
-def test_an_unterminated_quote_ignores_only_that_line():
+def test_an_unterminated_quote_ignores_only_that_line() -> None:
     entries, warnings = parse('Host a\n  IdentityFile "/keys/broken\n  User ok\n')
     assert entries["a"] == SSHHostEntry("a", "a", 22, "ok", None, None)
     assert warnings == ["<ssh config>:2: unterminated quote; line ignored"]
 
 
-def test_empty_host_lines_and_valueless_options_are_reported():
+def test_empty_host_lines_and_valueless_options_are_reported() -> None:
     entries, warnings = parse("Host\n  User nobody\nHost a\n  Port\n")
     assert entries == {"a": SSHHostEntry("a", "a", 22, None, None, None)}
     assert warnings == [
@@ -292,12 +292,12 @@ def test_empty_host_lines_and_valueless_options_are_reported():
     ]
 
 
-def test_an_empty_config_has_no_hosts():
+def test_an_empty_config_has_no_hosts() -> None:
     assert parse("")[0] == {}
     assert parse("# only a comment\n\n   \n")[0] == {}
 
 
-def test_load_ssh_config_reads_a_file(tmp_path: Path):
+def test_load_ssh_config_reads_a_file(tmp_path: Path) -> None:
     config = tmp_path / "config"
     config.write_text("Host a\n  HostName a.example\n  Port 2022\nHost b\n  Port 0\n")
     assert load_ssh_config(config) == [SSHHostEntry("a", "a.example", 2022, None, None, None)]
@@ -306,7 +306,7 @@ def test_load_ssh_config_reads_a_file(tmp_path: Path):
     assert warnings == [f"{config}:5: bad Port '0' for host b; host skipped"]
 
 
-def test_load_ssh_config_of_a_missing_file_names_the_path(tmp_path: Path):
+def test_load_ssh_config_of_a_missing_file_names_the_path(tmp_path: Path) -> None:
     missing = tmp_path / "nope"
     with pytest.raises(InvalidParameter, match=f"Cannot read SSH config {missing}: No such file"):
         load_ssh_config(missing)

@@ -23,7 +23,7 @@ from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
-from tests.helpers import call_tool, fixture_bin
+from tests.helpers import call_tool, fixture_bin, hints
 from tests.sshd import SshdHost
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -322,10 +322,12 @@ async def test_storage_tools_are_read_only_and_describe_their_results(sqlite_set
         tools = {t.name: t for t in await client.list_tools()}
     for name in ("get_drive_health", "get_zfs_status", "list_zfs_snapshots"):
         tool = tools[name]
-        assert tool.annotations is not None and tool.annotations.read_only_hint is True
-        assert tool.annotations.destructive_hint is False and tool.annotations.open_world_hint is True
+        assert tool.annotations is not None and hints(tool).read_only_hint is True
+        assert hints(tool).destructive_hint is False and hints(tool).open_world_hint is True
         assert tool.output_schema is not None and "collected_at" in tool.output_schema["properties"]
-    page = tools["list_zfs_snapshots"].output_schema["properties"]["data"]["properties"]
+    schema = tools["list_zfs_snapshots"].output_schema
+    assert schema is not None
+    page = schema["properties"]["data"]["properties"]
     assert {"total", "truncated", "snapshots"} <= set(page)
 
 

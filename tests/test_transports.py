@@ -19,7 +19,7 @@ import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StdioTransport, StreamableHttpTransport
 
-from tests.helpers import free_port
+from tests.helpers import free_port, structured
 from tests.test_collection import meminfo_bytes
 
 CLI = shutil.which("infrastructor", path=str(Path(sys.executable).parent)) or "infrastructor"
@@ -100,9 +100,9 @@ async def test_http_server_serves_tools_and_audits_the_client(
     transport = StreamableHttpTransport(f"{base}/mcp", headers={"User-Agent": "infra-test-agent/1.0"})
     async with Client(transport) as client:
         result = await client.call_tool("get_system_metrics", {"device": "local", "interval": 0.1})
-        assert result.structured_content["data"]["memory"]["total_bytes"] == meminfo_bytes("MemTotal")
+        assert structured(result)["data"]["memory"]["total_bytes"] == meminfo_bytes("MemTotal")
         overview = await client.call_tool("get_fleet_overview", {})
-    rows = {d["device"]: d for d in overview.structured_content["devices"]}
+    rows = {d["device"]: d for d in structured(overview)["devices"]}
     assert rows["local"]["ok"] is True
     assert rows["unreachable"]["ok"] is False and rows["unreachable"]["error_type"] == "host_unreachable"
     (row,) = audit(tmp_path, kind="tool", command="system_metrics")
@@ -130,7 +130,7 @@ async def test_stdio_server_keeps_stdout_for_the_protocol(tmp_path: Path) -> Non
     )
     async with Client(transport) as client:
         result = await client.call_tool("collect", {"device": "local", "command": "os_info"})
-        assert result.structured_content["data"]["hostname"] == socket.gethostname()
+        assert structured(result)["data"]["hostname"] == socket.gethostname()
     assert (
         "INFO" in stderr.read_text()
     )  # logs went to stderr; a stray stdout line would have broken the session
