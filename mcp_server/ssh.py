@@ -137,6 +137,9 @@ class _Entry:
     active: int = 0
     tunnel_users: int = 0
     lost_before: bool = False
+    # the last failed connect (when it ended, why): callers that were already waiting for it share its
+    # outcome instead of each spending another connect timeout on a dead host
+    failure: tuple[float, ConnectionError_] | None = None
 
     @property
     def alive(self) -> bool:
@@ -291,13 +294,21 @@ class SSHPool:
             hops = " -> ".join((*chain, device.name))
             raise HostUnreachable(chain[0], f"jump hosts form a loop: {hops}")
         entry = self._entry(device.name)
+        asked = time.monotonic()
         async with entry.lock:
             if entry.conn is not None and (
                 not entry.alive or entry.fields != _fields(device, self._pins.get(device.name))
             ):
                 await self._discard(entry, entry.conn, lost=not entry.alive)
+            if entry.conn is None and entry.failure is not None and entry.failure[0] >= asked:
+                failed = entry.failure[1]
+                raise type(failed)(failed.device, failed.detail)
             if entry.conn is None:
-                await self._open(device, entry, (*chain, device.name))
+                try:
+                    await self._open(device, entry, (*chain, device.name))
+                except ConnectionError_ as exc:
+                    entry.failure = (time.monotonic(), exc)
+                    raise
             assert entry.conn is not None
             # a jump connection about to carry a new tunnel must not look idle to the reaper
             entry.last_used = time.monotonic()

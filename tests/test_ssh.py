@@ -245,6 +245,36 @@ async def test_server_that_never_speaks_ssh_fails_within_connect_timeout(
         await server.wait_closed()
 
 
+async def test_callers_waiting_on_a_dead_host_share_one_connect_timeout(
+    sshd_fleet: SshdFleet, make_pool: PoolFactory
+) -> None:
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept_and_hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept_and_hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    device = sshd_fleet.device(sshd_fleet.hosts["alpha"], port=port)
+    pool = make_pool(connect_timeout=0.5)
+    try:
+        # a fan-out asks for two commands at once: the second waits for the first connect, then fails with it
+        results = await asyncio.gather(
+            *(pool.run(device, ["true"], timeout=5, label="true") for _ in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, HostUnreachable) for r in results), results
+        assert len(held) == 1  # one connection attempt, not one per waiting caller
+        # a later call tries again
+        with pytest.raises(HostUnreachable):
+            await pool.run(device, ["true"], timeout=5, label="true")
+        assert len(held) == 2
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
 async def test_changed_host_key_after_pinning_is_refused(
     sshd_fleet: SshdFleet, make_pool: PoolFactory
 ) -> None:
