@@ -3,12 +3,15 @@ networks, dependencies and restart policy. Environment values never appear in th
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, Field
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+# Redaction leaves `KEY: ***`, which YAML reads as an alias; quoted, it is the plain text it stands for.
+_REDACTED_VALUE = re.compile(r"^([ \t]*(?:- )?[^#\n:]+:[ \t]+)\*\*\*([ \t]*(?:#.*)?)$", re.M)
 
 
 class ComposeSyntaxError(ValueError):
@@ -46,6 +49,7 @@ class ComposeFile(BaseModel):
 
 def load_compose(text: str) -> dict[str, Any]:
     """The YAML document as a mapping; ComposeSyntaxError when it is not one compose could use."""
+    text = _REDACTED_VALUE.sub(r'\1"***"\2', text) if "***" in text else text
     try:
         data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:

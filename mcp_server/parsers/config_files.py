@@ -290,7 +290,10 @@ class ProxyRoute(BaseModel):
     domain: str = Field(description="server_name, or '(subfolder)' for a location included in a server.")
     location: str = Field(description="The location path.")
     upstream: str | None = Field(description="host:port the location proxies to.")
-    ssl: bool
+    redirect: str | None = Field(description="A `return` (redirect) instead of an upstream, if any.")
+    ssl: bool | None = Field(
+        description="TLS on the server block; null for a subfolder conf (its includer's)."
+    )
     auth: list[str] = Field(description="Authentication in force: empty means none.")
     file: str
 
@@ -326,8 +329,9 @@ def _routes(name: str, path: str, config: NginxConfig) -> list[ProxyRoute]:
                         domain=domain,
                         location=loc.path,
                         upstream=loc.upstream,
+                        redirect=loc.redirect,
                         ssl=server.ssl,
-                        auth=loc.auth or server.auth,
+                        auth=loc.auth,
                         file=path,
                     )
                 )
@@ -337,7 +341,8 @@ def _routes(name: str, path: str, config: NginxConfig) -> list[ProxyRoute]:
                 domain="(subfolder)",
                 location=loc.path,
                 upstream=loc.upstream,
-                ssl=False,
+                redirect=loc.redirect,
+                ssl=None,
                 auth=loc.auth,
                 file=path,
             )
