@@ -223,6 +223,31 @@ def _systemd(path: str, old: str, new: str, result: Assessment) -> None:
     result.affects(unit)
 
 
+def _created(kind: str, path: str, text: str, result: Assessment) -> None:
+    """A new file: medium, or high when what it starts is privileged."""
+    result.raise_to("medium", "new file")
+    if kind == "compose":
+        try:
+            services = load_compose(text).get("services") or {}
+        except ValueError as exc:
+            result.raise_to("high", f"not a valid compose file ({exc}); docker compose will refuse it")
+            return
+        for name, svc in services.items():
+            result.affects(str(name))
+            svc = svc if isinstance(svc, dict) else {}
+            if svc.get("privileged") or svc.get("network_mode") == "host" or svc.get("cap_add"):
+                result.raise_to(
+                    "high", f"service {name} runs privileged, on the host network or with capabilities"
+                )
+    elif kind == "nginx":
+        try:
+            result.affects(*(n for s in parse_nginx(text).servers for n in s.server_names))
+        except ValueError as exc:
+            result.raise_to("high", f"does not parse ({exc}); nginx -t would fail")
+    elif kind == "systemd":
+        result.affects(posixpath.basename(path))
+
+
 def classify(
     kind: str,
     path: str,
@@ -249,7 +274,8 @@ def classify(
         return result
     old_text, new_text = old or "", new or ""
     if change_type == "created":
-        result.raise_to("medium", "new file")
+        _created(kind, path, new_text, result)
+        return result
     if hidden_change and old_text == new_text:
         result.raise_to("medium", "a secret value changed (shown as *** in the diff)")
         return result

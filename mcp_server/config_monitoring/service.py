@@ -267,7 +267,7 @@ class ConfigurationMonitoringService:
         )
         target = Target.of(row)
         self.targets[device][path] = target
-        await self._baseline(target)
+        await self._baseline(target, None if is_dir else current)
         self._retarget(device)
         return WatchResult(
             watched=self._watched(self.targets[device][path]),
@@ -349,14 +349,14 @@ class ConfigurationMonitoringService:
         ).data
         return result
 
-    async def _baseline(self, target: Target) -> None:
+    async def _baseline(self, target: Target, current: ConfigFile | None = None) -> None:
         if target.is_directory:
             hashes = await self._hashes(target.device, [target])
             for path, digest in sorted(hashes.files.items()):
                 if digest != "!" and target.holds(path):
                     await self._refresh_path(target.device, path, target, baseline=True)
         else:
-            await self._refresh_path(target.device, target.path, target, baseline=True)
+            await self._refresh_path(target.device, target.path, target, baseline=True, current=current)
         at = datetime.now(UTC)
         await store.set_baseline(self.db, target.id, at)
         self.targets[target.device][target.path] = _replace(target, baseline_at=at)
@@ -395,9 +395,18 @@ class ConfigurationMonitoringService:
             if target is not None:
                 await self._refresh_path(device, path, target)
 
-    async def _refresh_path(self, device: str, path: str, target: Target, *, baseline: bool = False) -> None:
+    async def _refresh_path(
+        self,
+        device: str,
+        path: str,
+        target: Target,
+        *,
+        baseline: bool = False,
+        current: ConfigFile | None = None,
+    ) -> None:
         async with self._locks[device]:
-            current = await self._read(device, path, target.kind)
+            if current is None:
+                current = await self._read(device, path, target.kind)
             digest = current.sha256 if current.type == "file" else None
             known = self.latest.get((device, path))
             before = known.content_hash if known is not None else None

@@ -96,7 +96,9 @@ class DeviceMonitor:
                 while time.monotonic() < limit:
                     self._wake.clear()
                     try:
-                        await asyncio.wait_for(self._wake.wait(), debounce)
+                        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                        async with asyncio.timeout(debounce):
+                            await self._wake.wait()
                     except TimeoutError:
                         break
             self._wake.clear()
