@@ -12,8 +12,6 @@ from typing import Annotated, Any, Literal
 from fastmcp import FastMCP
 from pydantic import Field
 
-DeviceName = Annotated[str, Field(description="Device name, as listed by list_devices.")]
-
 
 def call(tool: str, **arguments: Any) -> str:
     """A tool call as the prompts write it: `name` {"arg": value}."""
@@ -23,7 +21,7 @@ def call(tool: str, **arguments: Any) -> str:
 def register(mcp: FastMCP) -> None:
     @mcp.prompt
     def diagnose_device(
-        device: DeviceName,
+        device: Annotated[str, Field(description="Device name, as listed by list_devices.")],
         symptom: Annotated[
             str, Field(description="What the user noticed, e.g. 'slow', 'disk full'.")
         ] = "slow",
@@ -47,7 +45,7 @@ def register(mcp: FastMCP) -> None:
 
     @mcp.prompt
     def triage_container(
-        device: DeviceName,
+        device: Annotated[str, Field(description="Device name, as listed by list_devices.")],
         container: Annotated[str, Field(description="Container name or id, as listed by list_containers.")],
     ) -> str:
         """Find out what is wrong with one container: state, health, logs, resource use, compose context."""
