@@ -62,7 +62,7 @@ def unit_sections(text: str) -> dict[str, dict[str, list[str]]]:
         if not line or line[0] in "#;":
             continue
         if line.endswith("\\"):
-            pending = line[:-1] + " "
+            pending = line[:-1].rstrip() + " "
             continue
         if line.startswith("["):
             if not line.endswith("]") or len(line) < 3:
