@@ -38,8 +38,11 @@ def golden_content(case: str) -> str:
         "/home/ann/.ssh/id_rsa",
         "/etc/ssl/private/site.pem",
         "/srv/tls/site.key",
-    ]
-    + ["/proc/self/environ", "/run/secrets/db_password", "/root/.docker/config.json", "/home/a/.pgpass"],
+        "/proc/self/environ",
+        "/run/secrets/db_password",
+        "/root/.docker/config.json",
+        "/home/a/.pgpass",
+    ],
 )
 def test_credential_stores_are_refused_by_path(path: str) -> None:
     with pytest.raises(ValueError, match="credential store"):
