@@ -680,7 +680,9 @@ class ConfigurationMonitoringService:
                 f"{path} is not a watched file on {device!r}; only watched files can be read "
                 "(watch_config_file, scope infra:write)."
             )
-        return await self._read(device, path, target.kind)
+        current = await self._read(device, path, target.kind)
+        await self._refresh_path(device, path, target, current=current)  # a change read here is recorded too
+        return current
 
 
 def _checked(path: str) -> str:
