@@ -341,6 +341,27 @@ async def test_killing_the_remote_inotifywait_restarts_watching_and_loses_no_cha
     assert len(remote_watchers(str(scratch))) == 1
 
 
+async def test_a_dropped_ssh_connection_is_reopened_and_watching_resumes(
+    ssh_watching: tuple[AppState, EventQueue, str, Path], sshd_fleet: SshdFleet
+) -> None:
+    state, queue, device, scratch = ssh_watching
+    conf = scratch / "site.conf"
+    conf.write_text("server { server_name a.example; location / { proxy_pass http://a:1; } }\n")
+    await state.config.watch(device, str(conf), "nginx")
+    await wait_for(lambda: state.config.status(device).mode == "inotify", "inotify mode over SSH")
+    restarts = state.config.status(device).restarts
+    logins = sshd_fleet.hosts["alpha"].accepted_logins()
+
+    assert sshd_fleet.hosts["alpha"].kill_sessions() >= 1  # as if the host rebooted its sshd sessions
+    await wait_for(lambda: state.config.status(device).restarts > restarts, "the watcher to notice")
+    await wait_for(lambda: state.config.status(device).mode == "inotify", "the watcher to come back")
+    conf.write_text("server { server_name a.example; location / { proxy_pass http://b:2; } }\n")
+    change = await next_change(queue)
+
+    assert change.risk == "high" and "upstream a:1 -> b:2" in change.summary
+    assert sshd_fleet.hosts["alpha"].accepted_logins() == logins + 1, "one new connection, reused"
+
+
 async def test_unwatching_the_last_file_stops_the_remote_inotifywait(
     ssh_watching: tuple[AppState, EventQueue, str, Path],
 ) -> None:

@@ -30,7 +30,6 @@ class WatchedFile(BaseModel):
     source: Literal["explicit", "discovered"]
     is_directory: bool = Field(description="A directory: every file in it is watched (*.conf for nginx).")
     files: list[str] = Field(description="For a directory: the files in it that have versions.")
-    versions: int | None = Field(default=None, description="Stored versions (files only).")
     latest_sha256: str | None = Field(
         description="Hash of the newest version; null when absent or a directory."
     )

@@ -10,6 +10,7 @@ are registered on FastMCP's low-level server, which FastMCP 4 leaves without the
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from typing import Any
@@ -21,6 +22,7 @@ from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, Res
 from mcp_server.events import ConfigChanged, Event
 
 log = logging.getLogger(__name__)
+SEND_TIMEOUT = 5.0
 
 
 def config_uri(device: str, path: str) -> str:
@@ -36,6 +38,7 @@ class ConfigNotifier:
         self.listen = ListenHandler(self.bus)
         # legacy sessions per URI; a session that fails to receive is dropped
         self._sessions: dict[str, list[Any]] = defaultdict(list)
+        self._sending: set[asyncio.Task[None]] = set()
         self.sent = 0
 
     def install(self, mcp: FastMCP) -> None:
@@ -62,13 +65,22 @@ class ConfigNotifier:
         uri = config_uri(event.device, event.path)
         await self.bus.publish(ResourceUpdated(uri=uri))
         for session in list(self._sessions.get(uri, [])):
-            try:
+            # off the publisher's path: a client that does not read must not hold up change detection
+            task = asyncio.create_task(self._send(uri, session))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, uri: str, session: Any) -> None:
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT):
                 await session.send_resource_updated(uri)
-                self.sent += 1
-            except Exception as exc:  # a closed session: forget it; others still get theirs
-                log.debug("dropping a subscriber of %s: %s", uri, exc)
-                self._sessions[uri] = [s for s in self._sessions[uri] if s is not session]
+            self.sent += 1
+        except Exception as exc:  # a closed or stuck session: forget it; the others still get theirs
+            log.debug("dropping a subscriber of %s: %s", uri, exc)
+            self._sessions[uri] = [s for s in self._sessions.get(uri, []) if s is not session]
 
     def close(self) -> None:
         self.listen.close()
         self._sessions.clear()
+        for task in list(self._sending):
+            task.cancel()

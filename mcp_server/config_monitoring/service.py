@@ -404,6 +404,7 @@ class ConfigurationMonitoringService:
         baseline: bool = False,
         current: ConfigFile | None = None,
     ) -> None:
+        published: ConfigChanged | None = None
         async with self._locks[device]:
             if current is None:
                 current = await self._read(device, path, target.kind)
@@ -429,18 +430,18 @@ class ConfigurationMonitoringService:
             version_id, event_id = await store.record(self.db, version, event)
             self.latest[(device, path)] = store.Latest(version_id, digest)
             if event is not None and event_id is not None:
-                await self.events.publish(
-                    ConfigChanged(
-                        device=device,
-                        path=path,
-                        kind=target.kind,
-                        change_type=event.change_type,  # type: ignore[arg-type]
-                        risk=event.risk,  # type: ignore[arg-type]
-                        event_id=event_id,
-                        detected_at=now,
-                        summary=event.summary,
-                    )
+                published = ConfigChanged(
+                    device=device,
+                    path=path,
+                    kind=target.kind,
+                    change_type=event.change_type,  # type: ignore[arg-type]
+                    risk=event.risk,  # type: ignore[arg-type]
+                    event_id=event_id,
+                    detected_at=now,
+                    summary=event.summary,
                 )
+        if published is not None:  # stored first; subscribers run outside the device's lock
+            await self.events.publish(published)
 
     async def _change(
         self,
