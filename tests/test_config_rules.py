@@ -13,7 +13,12 @@ from mcp_server.config_monitoring.diff import cosmetic, counts, unified_diff
 from mcp_server.config_monitoring.risk import at_least, classify
 from mcp_server.errors import InvalidParameter, ParseError
 from mcp_server.parsers.compose_file import ComposeSyntaxError, parse_compose_file
-from mcp_server.parsers.config_files import ConfigHashesParams, ConfigWatchParams, parse_config_file
+from mcp_server.parsers.config_files import (
+    ConfigFileParams,
+    ConfigHashesParams,
+    ConfigWatchParams,
+    parse_config_file,
+)
 from mcp_server.parsers.config_paths import check_path, detect_kind
 from mcp_server.parsers.nginx import NginxSyntaxError, parse_nginx
 from mcp_server.parsers.systemd_unit import SystemdSyntaxError, parse_systemd_unit
@@ -150,7 +155,7 @@ def test_systemd_continuations_resets_and_comments_follow_systemd() -> None:
 
 def test_config_file_output_cut_short_is_a_parse_error_or_marked_inconsistent() -> None:
     text = (GOLDEN / "systemd_ssh_service.txt").read_text()
-    params = REGISTRY.get("config_file").validate(
+    params = ConfigFileParams.model_validate(
         json.loads((GOLDEN / "systemd_ssh_service.params.json").read_text())
     )
     assert parse_config_file(text[: len(text) - 40], params).consistent is False

@@ -103,9 +103,9 @@ async def test_watch_edit_history_diff_and_changes_through_the_tools(
         assert future["total"] == 0
 
         content = await client.read_resource(f"infra://config/local{compose}")
-        body = json.loads(content[0].text)  # type: ignore[union-attr]
+        body = json.loads(content[0].text)
         assert body["compose"]["services"][0]["environment"] == ["API_TOKEN"]
-        assert "zzz999" not in content[0].text  # type: ignore[union-attr]
+        assert "zzz999" not in content[0].text
 
         removed = await client.call_tool("unwatch_config_file", {"device": "local", "path": str(compose)})
         assert removed.structured_content["removed"] is True
@@ -159,8 +159,9 @@ async def test_the_config_resource_serves_watched_files_only(client: Client[Any]
     conf = tmp_path / "watched.conf"
     conf.write_text("DB_PASSWORD=hunter2\nmode=fast\n")
     await client.call_tool("watch_config_file", {"device": "local", "path": str(conf)})
-    body = json.loads((await client.read_resource(f"infra://config/local{conf}"))[0].text)  # type: ignore[union-attr]
-    assert body["content"] == "DB_PASSWORD=***\nmode=fast\n"
+    [content] = await client.read_resource(f"infra://config/local{conf}")
+    assert isinstance(content, mt.TextResourceContents)
+    assert json.loads(content.text)["content"] == "DB_PASSWORD=***\nmode=fast\n"
 
 
 async def test_proxy_configs_list_routes_and_one_conf_from_a_watched_swag_directory(
@@ -173,6 +174,7 @@ async def test_proxy_configs_list_routes_and_one_conf_from_a_watched_swag_direct
     await client.call_tool("watch_config_file", {"device": "local", "path": str(confs)})
 
     listed = (await client.call_tool("list_proxy_configs", {"device": "local"})).structured_content
+    assert listed is not None
     routes = [r for r in listed["data"]["routes"] if r["file"].startswith(str(confs))]
     assert routes == [
         {
@@ -188,6 +190,7 @@ async def test_proxy_configs_list_routes_and_one_conf_from_a_watched_swag_direct
     one = (
         await client.call_tool("get_proxy_config", {"device": "local", "name": "grafana.*"})
     ).structured_content
+    assert one is not None
     assert one["name"] == "grafana.subdomain.conf" and one["config"]["servers"][0]["ssl"] is True
     with pytest.raises(ToolError, match="Known: "):
         await client.call_tool("get_proxy_config", {"device": "local", "name": "nothing.conf"})
@@ -214,7 +217,7 @@ async def test_a_listening_client_is_told_when_a_watched_file_changes(
         conf.write_text("a=2\n")
         event = await asyncio.wait_for(anext(aiter(subscription)), DEADLINE)
         assert getattr(event, "uri", None) == uri
-        body = json.loads((await client.read_resource(uri))[0].text)  # type: ignore[union-attr]
+        body = json.loads((await client.read_resource(uri))[0].text)
         assert body["content"] == "a=2\n"
 
 

@@ -3,6 +3,8 @@ events (watching), and read every nginx proxy conf. Scripts are constant; paths 
 
 from __future__ import annotations
 
+from typing import Any
+
 from mcp_server.commands.base import Arg, ArgList, CommandDefinition
 from mcp_server.parsers.config_files import (
     PROXY_FILE_BYTES,
@@ -158,4 +160,4 @@ PROXY_CONFIGS: CommandDefinition[ProxyConfigs] = CommandDefinition(
     access="internal",
 )
 
-COMMANDS: tuple[CommandDefinition, ...] = (CONFIG_FILE, CONFIG_HASHES, CONFIG_WATCH, PROXY_CONFIGS)
+COMMANDS: tuple[CommandDefinition[Any], ...] = (CONFIG_FILE, CONFIG_HASHES, CONFIG_WATCH, PROXY_CONFIGS)
