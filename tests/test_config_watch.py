@@ -186,6 +186,26 @@ async def test_files_created_in_a_watched_directory_are_changes_and_editor_scrat
     assert await fence(state, queue, "local", sentinel) == []
 
 
+async def test_a_credential_store_inside_a_watched_directory_is_never_read(
+    watching: tuple[AppState, EventQueue], tmp_path: Path
+) -> None:
+    state, queue = watching
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "settings.ini").write_text("mode=fast\n")
+    (app / "server.key").write_text("not shown\n")
+    result = await state.config.watch("local", str(app))
+    assert result.watched.files == [str(app / "settings.ini")]
+
+    (app / "server.key").write_text("rotated\n")
+    (app / "settings.ini").write_text("mode=slow\n")
+    change = await next_change(queue)
+
+    assert change.path == str(app / "settings.ini")
+    fetched = [r.params or "" for r in await audit_rows(state, command="config_file")]
+    assert not any("server.key" in p for p in fetched)
+
+
 async def test_a_file_in_a_directory_that_does_not_exist_yet_is_seen_when_both_are_created(
     watching: tuple[AppState, EventQueue], tmp_path: Path
 ) -> None:

@@ -49,7 +49,8 @@ FILE_SCRIPT = "\n".join(
 # are skipped. Unreadable files print `!` so that one of them does not hide the others.
 HASHES_SCRIPT = "\n".join(
     (
-        'h() { if [ -L "$1" ]; then case $(readlink -f -- "$1") in '
+        "h() { case $1 in " + _SECRETS_CASE + ") printf 'f ! %s\\n' \"$1\"; return;; esac",
+        '  if [ -L "$1" ]; then case $(readlink -f -- "$1") in '
         + _SECRETS_CASE
         + ") printf 'f ! %s\\n' \"$1\"; return;; esac; fi",
         '  if [ -f "$1" ] && [ -r "$1" ] && s=$(sha256sum < "$1" 2>/dev/null); then printf \'f %.64s %s\\n\' "$s" "$1";',
