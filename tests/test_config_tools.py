@@ -270,3 +270,20 @@ async def test_every_tool_a_prompt_names_exists_and_its_arguments_validate(clien
             assert name in tools, f"{prompt.name} names {name!r}, which is not a tool"
             if args:
                 jsonschema.validate(json.loads(args), tools[name].input_schema)
+
+
+async def test_an_http_client_listening_on_a_watched_file_is_told_of_its_change(
+    running: AppState, tmp_path: Path
+) -> None:
+    from fastmcp.utilities.tests import run_server_async
+
+    conf = tmp_path / "http.conf"
+    conf.write_text("a=1\n")
+    await running.config.watch("local", str(conf))
+    uri = f"infra://config/local{conf}"
+    server = build_server(running.settings, transport="http", state=running)
+    async with run_server_async(server) as url, Client(url) as client:
+        async with listen(client.session, resource_subscriptions=[uri]) as subscription:
+            conf.write_text("a=2\n")
+            event = await asyncio.wait_for(anext(aiter(subscription)), DEADLINE)
+            assert getattr(event, "uri", None) == uri
