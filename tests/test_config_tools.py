@@ -287,3 +287,25 @@ async def test_an_http_client_listening_on_a_watched_file_is_told_of_its_change(
             conf.write_text("a=2\n")
             event = await asyncio.wait_for(anext(aiter(subscription)), DEADLINE)
             assert getattr(event, "uri", None) == uri
+
+
+async def test_a_legacy_http_client_subscribed_to_a_file_gets_it_on_its_get_stream(
+    running: AppState, tmp_path: Path
+) -> None:
+    from fastmcp.utilities.tests import run_server_async
+
+    conf = tmp_path / "legacy-http.conf"
+    conf.write_text("a=1\n")
+    await running.config.watch("local", str(conf))
+    uri = f"infra://config/local{conf}"
+    updates = Updates()
+    server = build_server(running.settings, transport="http", state=running)
+    async with run_server_async(server) as url, Client(url, mode="legacy", message_handler=updates) as client:
+        with pytest.warns(Warning, match="resources/subscribe is removed"):
+            await client.session.subscribe_resource(uri)
+        conf.write_text("a=2\n")
+        end = time.monotonic() + DEADLINE
+        while not updates.uris:
+            assert time.monotonic() < end, "no notifications/resources/updated on the GET stream"
+            await asyncio.sleep(0.02)
+        assert updates.uris == [uri]
