@@ -5,31 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
 import posixpath
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from mcp_server.collection import UnifiedDataCollectionService
+from mcp_server.config_monitoring import history as past
 from mcp_server.config_monitoring import store
 from mcp_server.config_monitoring.diff import counts, unified_diff
 from mcp_server.config_monitoring.models import (
-    ConfigChange,
     ConfigChanges,
     ConfigDiff,
     ConfigHistory,
-    ConfigVersion,
     UnwatchResult,
     WatchedFile,
     WatchedFiles,
     WatchResult,
     WatchStatus,
 )
-from mcp_server.config_monitoring.risk import Assessment, at_least, classify, summary
+from mcp_server.config_monitoring.risk import Assessment, classify, summary
+from mcp_server.config_monitoring.targets import ChangeType, Target, checked, directory_kind, replaced
 from mcp_server.config_monitoring.watcher import DIR_EVENTS, RESTART_EVENTS, DeviceMonitor
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import ConfigurationChangeEvent, ConfigurationSnapshot, ConfigWatchTarget
@@ -37,55 +35,10 @@ from mcp_server.devices import DeviceRegistry
 from mcp_server.errors import InfrastructorError, InvalidParameter
 from mcp_server.events import CollectionCompleted, ConfigChanged, DeviceChanged, Event, EventBus
 from mcp_server.parsers.config_files import ConfigFile, ConfigHashes, WatchDir
-from mcp_server.parsers.config_paths import ConfigKind, check_path, detect_kind
+from mcp_server.parsers.config_paths import ConfigKind, detect_kind
 from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
-ChangeType = Literal["created", "modified", "deleted"]
-# files in a watched directory that are never configuration: editor swap/backup files and sed -i temp files
-_SCRATCH = ("*~", "*.swp", "*.swx", "*.tmp", ".*", "sed??????", "4913")
-
-
-@dataclass(frozen=True)
-class Target:
-    id: int
-    device: str
-    path: str
-    kind: ConfigKind
-    source: Literal["explicit", "discovered"]
-    is_directory: bool
-    created_at: datetime
-    baseline_at: datetime | None
-
-    @property
-    def pattern(self) -> Literal["conf", "all"]:
-        return "conf" if self.kind == "nginx" else "all"
-
-    def holds(self, path: str) -> bool:
-        """Whether `path` is this target, or a file this directory target watches."""
-        if not self.is_directory:
-            return path == self.path
-        name = posixpath.basename(path)
-        if posixpath.dirname(path) != self.path or any(fnmatch.fnmatchcase(name, p) for p in _SCRATCH):
-            return False
-        return self.pattern == "all" or name.endswith(".conf")
-
-    @classmethod
-    def of(cls, row: ConfigWatchTarget) -> Target:
-        return cls(
-            row.id,
-            row.device,
-            row.path,
-            row.kind,  # type: ignore[arg-type]
-            row.source,  # type: ignore[arg-type]
-            row.is_directory,
-            row.created_at,
-            row.baseline_at,
-        )
-
-
-def _directory_kind(path: str) -> ConfigKind:
-    return "nginx" if any(p in path for p in ("nginx", "proxy-confs", "site-confs")) else "file"
 
 
 class ConfigurationMonitoringService:
@@ -244,7 +197,7 @@ class ConfigurationMonitoringService:
         """Watch a file (or a directory of files) on a device; its current content becomes the first version."""
         await self.load()
         self.devices.get(device)
-        path = _checked(path)
+        path = checked(path)
         existing = self.targets.get(device, {}).get(path)
         if existing is not None:
             return WatchResult(
@@ -252,7 +205,7 @@ class ConfigurationMonitoringService:
             )
         current = await self._read(device, path, kind or detect_kind(path))
         is_dir = current.type == "directory"
-        resolved: ConfigKind = kind or (_directory_kind(path) if is_dir else current.kind)
+        resolved: ConfigKind = kind or (directory_kind(path) if is_dir else current.kind)
         row = await store.add_target(
             self.db,
             ConfigWatchTarget(
@@ -278,7 +231,7 @@ class ConfigurationMonitoringService:
 
     async def unwatch(self, device: str, path: str) -> UnwatchResult:
         await self.load()
-        path = _checked(path)
+        path = checked(path)
         if path not in self.targets.get(device, {}):
             watched = ", ".join(sorted(self.targets.get(device, {}))) or "none"
             raise InvalidParameter(f"{path} is not watched on {device!r}. Watched there: {watched}.")
@@ -359,7 +312,7 @@ class ConfigurationMonitoringService:
             await self._refresh_path(target.device, target.path, target, baseline=True, current=current)
         at = datetime.now(UTC)
         await store.set_baseline(self.db, target.id, at)
-        self.targets[target.device][target.path] = _replace(target, baseline_at=at)
+        self.targets[target.device][target.path] = replaced(target, baseline_at=at)
 
     async def reconcile(self, device: str) -> None:
         """Compare every watched hash on the device with the newest version; record what differs."""
@@ -539,94 +492,11 @@ class ConfigurationMonitoringService:
 
     async def history(self, device: str, path: str, limit: int, offset: int) -> ConfigHistory:
         self.devices.get(device)
-        path = _checked(path)
-        rows, total = await store.versions(self.db, device, path, limit, offset)
-        if not total:
-            raise InvalidParameter(
-                f"No versions of {path} on {device!r}: watch it first with watch_config_file."
-            )
-        events = await store.events_for(self.db, [r.id for r in rows])
-        versions = [
-            ConfigVersion(
-                id=r.id,
-                collected_at=r.collected_at,
-                sha256=r.content_hash,
-                size_bytes=r.size_bytes,
-                change_type=events[r.id].change_type if r.id in events else None,
-                risk=events[r.id].risk if r.id in events else None,
-                summary=events[r.id].summary if r.id in events else None,
-            )
-            for r in rows
-        ]
-        return ConfigHistory(
-            device=device, path=path, versions=versions, total=total, truncated=offset + len(rows) < total
-        )
+        return await past.history(self.db, device, path, limit, offset)
 
     async def diff(self, device: str, path: str, from_id: int | None, to_id: int | None) -> ConfigDiff:
         self.devices.get(device)
-        path = _checked(path)
-        rows, total = await store.versions(self.db, device, path, limit=2, offset=0)
-        if not total:
-            raise InvalidParameter(
-                f"No versions of {path} on {device!r}: watch it first with watch_config_file."
-            )
-        newer = await self._version(device, path, to_id) if to_id is not None else rows[0]
-        if from_id is not None:
-            older: ConfigurationSnapshot | None = await self._version(device, path, from_id)
-        else:
-            event = await store.event_for(self.db, newer.id)
-            older = (
-                await store.snapshot(self.db, event.from_snapshot_id)
-                if event is not None and event.from_snapshot_id is not None
-                else None
-            )
-        if older is not None and older.id > newer.id:
-            older, newer = newer, older
-        old_text = older.content if older is not None else None
-        change: ChangeType = (
-            "created"
-            if older is None or older.content_hash is None
-            else "deleted"
-            if newer.content_hash is None
-            else "modified"
-        )
-        if older is not None and older.content_hash == newer.content_hash:
-            assessment = Assessment(reasons=["low: the two versions are identical"])
-        else:
-            assessment = classify(
-                newer.kind,
-                path,
-                change,
-                old_text,
-                newer.content,
-                hidden_change=old_text == newer.content,
-            )
-        text = unified_diff(
-            old_text, newer.content, f"a{path}@{older.id if older else 0}", f"b{path}@{newer.id}"
-        )
-        added, removed = counts(text)
-        return ConfigDiff(
-            device=device,
-            path=path,
-            from_version=older.id if older is not None else None,
-            to_version=newer.id,
-            from_at=older.collected_at if older is not None else None,
-            to_at=newer.collected_at,
-            diff=text,
-            added_lines=added,
-            removed_lines=removed,
-            risk=assessment.risk,
-            reasons=assessment.reasons,
-            affected_services=assessment.affected_services,
-        )
-
-    async def _version(self, device: str, path: str, version_id: int) -> ConfigurationSnapshot:
-        row = await store.snapshot(self.db, version_id)
-        if row is None or row.device != device or row.path != path:
-            raise InvalidParameter(
-                f"Version {version_id} is not a version of {path} on {device!r}; get_config_history lists them."
-            )
-        return row
+        return await past.diff(self.db, device, path, from_id, to_id)
 
     async def changes(
         self,
@@ -641,40 +511,22 @@ class ConfigurationMonitoringService:
     ) -> ConfigChanges:
         if device is not None:
             self.devices.get(device)
-        rows, total = await store.changes(
+        return await past.changes(
             self.db,
             device=device,
             path=path,
             since=since,
-            risks=at_least(min_risk) if min_risk else None,
+            min_risk=min_risk,
             limit=limit,
             offset=offset,
+            with_diff=with_diff,
         )
-        changes = [
-            ConfigChange(
-                id=r.id,
-                detected_at=r.detected_at,
-                device=r.device,
-                path=r.path,
-                kind=r.kind,
-                change_type=r.change_type,
-                risk=r.risk,  # type: ignore[arg-type]
-                reasons=list(r.reasons or []),
-                affected_services=list(r.affected_services or []),
-                summary=r.summary,
-                diff=r.diff if with_diff else None,
-                from_version=r.from_snapshot_id,
-                to_version=r.to_snapshot_id,
-            )
-            for r in rows
-        ]
-        return ConfigChanges(changes=changes, total=total, truncated=offset + len(rows) < total)
 
     async def current(self, device: str, path: str) -> ConfigFile:
         """The file as it is now, for a watched path only (watching is what grants reading)."""
         await self.load()
         self.devices.get(device)
-        path = _checked(path)
+        path = checked(path)
         target = self.target_for(device, path)
         if target is None or (target.is_directory and target.path == path):
             raise InvalidParameter(
@@ -684,16 +536,3 @@ class ConfigurationMonitoringService:
         current = await self._read(device, path, target.kind)
         await self._refresh_path(device, path, target, current=current)  # a change read here is recorded too
         return current
-
-
-def _checked(path: str) -> str:
-    try:
-        return check_path(path)
-    except ValueError as exc:
-        raise InvalidParameter(f"path {path!r}: {exc}") from None
-
-
-def _replace(target: Target, **changes: Any) -> Target:
-    from dataclasses import replace
-
-    return replace(target, **changes)
