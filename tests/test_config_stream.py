@@ -16,6 +16,7 @@ from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
 from tests.sshd import SshdFleet
+from tests.test_config_watch import require_inotifywait
 
 DEADLINE = 20.0
 
@@ -23,6 +24,7 @@ DEADLINE = 20.0
 async def test_a_stream_on_the_local_executor_yields_parsed_inotify_lines_and_is_audited_twice(
     state: AppState, tmp_path: Path
 ) -> None:
+    require_inotifywait()
     watched = tmp_path / "etc"
     watched.mkdir()
     seen: list[str] = []
@@ -52,6 +54,7 @@ async def test_streams_and_collections_refuse_each_others_commands(sqlite_settin
 async def test_a_stream_over_ssh_holds_a_session_slot_and_frees_it_when_closed(
     sshd_fleet: SshdFleet, tmp_path: Path
 ) -> None:
+    require_inotifywait()
     settings = make_settings(tmp_path, ssh_max_sessions=2)
     scratch = sshd_fleet.scratch_dir()
     async with open_state(settings) as state:

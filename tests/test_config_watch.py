@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -274,6 +275,15 @@ async def test_a_symlink_to_a_credential_store_is_refused_on_the_device(
 # ---- SSH: one inotifywait stream per device ------------------------------------------------------------
 
 
+def require_inotifywait() -> None:
+    """The sshd test hosts are this machine: their inotifywait is ours (Debian inotify-tools)."""
+    if shutil.which("inotifywait") is None:
+        message = "inotifywait is not installed (apt-get install inotify-tools)"
+        if os.environ.get("INFRA_TEST_REQUIRE_SSHD") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
 def remote_watchers(marker: str) -> list[int]:
     """Pids of inotifywait processes (on the test hosts, i.e. this machine) watching under `marker`."""
     found = []
@@ -293,6 +303,7 @@ def remote_watchers(marker: str) -> list[int]:
 async def ssh_watching(
     sshd_fleet: SshdFleet, tmp_path: Path
 ) -> AsyncIterator[tuple[AppState, EventQueue, str, Path]]:
+    require_inotifywait()
     settings = make_settings(tmp_path, config_debounce=0.2, config_poll_interval=0.3)
     async with open_state(settings) as state:
         queue = state.events.subscribe_queue(types=(ConfigChanged,))
