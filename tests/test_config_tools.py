@@ -309,3 +309,27 @@ async def test_a_legacy_http_client_subscribed_to_a_file_gets_it_on_its_get_stre
             assert time.monotonic() < end, "no notifications/resources/updated on the GET stream"
             await asyncio.sleep(0.02)
         assert updates.uris == [uri]
+
+
+async def test_the_server_lifespan_runs_the_watchers_and_resumes_them_on_the_next_start(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, config_debounce=0.05)
+    conf = tmp_path / "lifespan.conf"
+    conf.write_text("a=1\n")
+    async with Client(build_server(settings)) as client:  # the server opens and closes its own state
+        await client.call_tool("watch_config_file", {"device": "local", "path": str(conf)})
+        conf.write_text("a=2\n")
+        end = time.monotonic() + DEADLINE
+        while not (await client.call_tool("list_config_changes", {})).structured_content["total"]:
+            assert time.monotonic() < end, "the lifespan's watcher saw no change"
+            await asyncio.sleep(0.05)
+    conf.write_text("a=3\n")  # while no server runs
+    async with Client(build_server(settings)) as client:
+        end = time.monotonic() + DEADLINE
+        while (await client.call_tool("list_config_changes", {})).structured_content["total"] < 2:
+            assert time.monotonic() < end, "the change made while stopped was not found at start-up"
+            await asyncio.sleep(0.05)
+        listed = await client.call_tool("list_watched_files", {})
+        assert listed.structured_content is not None
+        assert listed.structured_content["status"][0]["mode"] == "inotify"
