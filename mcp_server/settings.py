@@ -69,6 +69,13 @@ class Settings(BaseSettings):
         le=3600,
         description="Seconds between hash checks on devices without inotifywait.",
     )
+    config_reconcile_interval: float = Field(
+        default=300.0,
+        ge=1,
+        le=86_400,
+        description="Seconds between full hash checks while inotify watches, for changes inotify cannot see "
+        "(network and FUSE filesystems, a directory swapped by a symlink).",
+    )
     config_debounce: float = Field(
         default=0.05, ge=0, le=10, description="Quiet seconds after a burst of file events before reading."
     )

@@ -259,6 +259,33 @@ async def test_changes_made_while_the_server_was_down_are_found_at_start_up_with
             assert await session.scalar(select(func.count()).select_from(ConfigurationChangeEvent)) == 1
 
 
+async def test_a_change_inotify_cannot_see_is_found_by_the_periodic_hash_check(tmp_path: Path) -> None:
+    blue, green = tmp_path / "blue", tmp_path / "green"
+    for release, image in ((blue, "app:1"), (green, "app:2")):
+        release.mkdir()
+        (release / "compose.yaml").write_text(f"services:\n  app:\n    image: {image}\n")
+    current = tmp_path / "current"
+    current.symlink_to(blue)
+    settings = make_settings(tmp_path, config_debounce=0.05, config_reconcile_interval=1)
+    async with open_state(settings) as state:
+        queue = state.events.subscribe_queue(types=(ConfigChanged,))
+        await state.config.start()
+        await state.config.watch("local", str(current / "compose.yaml"))
+        await wait_for(lambda: state.config.status("local").mode == "inotify", "inotify mode")
+        end = time.monotonic() + DEADLINE
+        while not await audit_rows(state, command="config_hashes"):  # the check at watcher start is done
+            assert time.monotonic() < end, "no hash check after the watcher started"
+            await asyncio.sleep(0.02)
+
+        # a blue/green switch: the watch stays on blue's inode, no event reaches it
+        swap = tmp_path / "current.new"
+        swap.symlink_to(green)
+        swap.rename(current)
+        change = await next_change(queue)
+
+        assert change.path == str(current / "compose.yaml") and "app:1 -> app:2" in change.summary
+
+
 async def test_a_symlink_to_a_credential_store_is_refused_on_the_device(
     watching: tuple[AppState, EventQueue], tmp_path: Path
 ) -> None:

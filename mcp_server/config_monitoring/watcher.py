@@ -48,17 +48,20 @@ class DeviceMonitor:
         self._wake = asyncio.Event()
         self._watch_task: asyncio.Task[None] | None = None
         self._work_task: asyncio.Task[None] | None = None
+        self._sweep_task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         name = self.device.name
         self._work_task = asyncio.create_task(self._work_loop(), name=f"config-work-{name}")
         self._watch_task = asyncio.create_task(self._watch_loop(), name=f"config-watch-{name}")
+        self._sweep_task = asyncio.create_task(self._sweep(), name=f"config-sweep-{name}")
 
     async def stop(self) -> None:
-        for task in (self._watch_task, self._work_task):
+        tasks = (self._watch_task, self._work_task, self._sweep_task)
+        for task in tasks:
             if task is not None:
                 task.cancel()
-        for task in (self._watch_task, self._work_task):
+        for task in tasks:
             if task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
@@ -122,6 +125,14 @@ class DeviceMonitor:
                 self.notify(paths, reconcile=True)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF)
+
+    async def _sweep(self) -> None:
+        """A full hash check now and then while inotify watches: it cannot see every change (a network or
+        FUSE filesystem changed from elsewhere, a watched directory replaced through a symlink)."""
+        while True:
+            await asyncio.sleep(self.owner.settings.config_reconcile_interval)
+            if self.status.mode == "inotify":
+                self.notify(reconcile=True)
 
     # ---- the watch loop: inotify where possible, polling otherwise, restarted with backoff -------------
 
