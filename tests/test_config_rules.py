@@ -256,3 +256,23 @@ def test_unified_diff_marks_a_missing_final_newline_and_counts_lines() -> None:
     assert "\\ No newline at end of file" in text
     assert counts(text) == (1, 1)
     assert at_least("medium") == ["medium", "high"]
+
+
+def test_secrets_only_a_config_files_own_syntax_shows_are_redacted() -> None:
+    from mcp_server.parsers.config_files import redact_config
+
+    nginx = redact_config(
+        "nginx",
+        'location / {\n    proxy_set_header Authorization "Basic dXNlcjpwYXNz";\n'
+        "    proxy_set_header X-Api-Key abc123;\n    proxy_set_header Host $host;\n"
+        "    set $api_token s3cr3t;\n    set $upstream_app grafana;\n}\n",
+    )
+    assert 'Authorization "***";' in nginx and "X-Api-Key ***;" in nginx and "set $api_token ***;" in nginx
+    assert "Host $host;" in nginx and "set $upstream_app grafana;" in nginx
+    unit = redact_config(
+        "systemd", '[Service]\nEnvironment="DB_PASSWORD=two words" "TZ=UTC" API_TOKEN=zz SECRET_KEY="a b"\n'
+    )
+    assert unit == '[Service]\nEnvironment="DB_PASSWORD=***" "TZ=UTC" API_TOKEN=*** SECRET_KEY="***"\n'
+    assert parse_systemd_unit(unit).environment == [
+        '"DB_PASSWORD=***" "TZ=UTC" API_TOKEN=*** SECRET_KEY="***"'
+    ]

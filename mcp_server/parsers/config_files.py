@@ -15,7 +15,7 @@ from mcp_server.parsers.compose_file import ComposeFile, parse_compose_file
 from mcp_server.parsers.config_paths import ConfigKind, ConfigPath, detect_kind
 from mcp_server.parsers.nginx import NginxConfig, NginxLocation, parse_nginx
 from mcp_server.parsers.systemd_unit import SystemdUnitFile, parse_systemd_unit
-from mcp_server.redact import redact_text
+from mcp_server.redact import REDACTED, redact_text, secret_name
 
 MAX_FILE_BYTES = 1_048_576
 PROXY_FILE_BYTES = 262_144
@@ -55,6 +55,71 @@ class ConfigFile(BaseModel):
     parse_error: str | None = Field(
         default=None, description="Why the content does not parse as its kind (the tool would refuse it)."
     )
+
+
+# nginx directives whose first argument names a header or variable and whose second carries its value
+_NGINX_VALUE_DIRECTIVES = (
+    "proxy_set_header",
+    "add_header",
+    "grpc_set_header",
+    "fastcgi_param",
+    "uwsgi_param",
+    "scgi_param",
+    "set",
+    "env",
+)
+_NGINX_PAIR = re.compile(
+    r"^(?P<head>[ \t]*(?:"
+    + "|".join(_NGINX_VALUE_DIRECTIVES)
+    + r")[ \t]+(?P<q>[\"']?)(?P<name>[$\w.-]{1,64})(?P=q)[ \t]+)"
+    r"(?P<value>\"[^\"\n]*\"|'[^'\n]*'|[^;\s][^;\n]*?)(?P<tail>[ \t]*;)",
+    re.M,
+)
+_CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
+_ENV_ASSIGNMENT = re.compile(
+    r"\"(?P<qname>[A-Za-z_]\w{0,63})=(?P<qvalue>[^\"\n]*)\"|(?P<name>[A-Za-z_]\w{0,63})=(?P<value>\"[^\"\n]*\"|[^\s\"']+)"
+)
+
+
+def _nginx_pair(match: re.Match[str]) -> str:
+    name = match.group("name").lstrip("$")
+    if name.lower() not in _CREDENTIAL_HEADERS and not secret_name(name):
+        return match.group(0)
+    value = match.group("value")
+    quote = value[0] if value[0] in "\"'" else ""
+    return f"{match.group('head')}{quote}{REDACTED}{quote}{match.group('tail')}"
+
+
+def _systemd_environment(line: str) -> str:
+    key, sep, value = line.partition("=")
+    if key.strip() != "Environment" or not sep:
+        return line
+
+    def one(match: re.Match[str]) -> str:
+        if match.group("qname") is not None:  # "NAME=value with spaces"
+            return (
+                f'"{match.group("qname")}={REDACTED}"'
+                if secret_name(match.group("qname"))
+                else match.group(0)
+            )
+        if not secret_name(match.group("name")):
+            return match.group(0)
+        quote = '"' if match.group("value").startswith('"') else ""
+        return f"{match.group('name')}={quote}{REDACTED}{quote}"
+
+    return key + sep + _ENV_ASSIGNMENT.sub(one, value)
+
+
+def redact_config(kind: ConfigKind, text: str) -> str:
+    """A configuration text with its secrets replaced by ***: redact_text, plus what only the file's own
+    syntax shows (nginx `proxy_set_header Authorization "Basic ..."`, `set $api_token ...`; every
+    assignment of a systemd Environment= line)."""
+    text = redact_text(text)
+    if kind == "nginx" or "proxy_set_header" in text:
+        text = _NGINX_PAIR.sub(_nginx_pair, text)
+    if kind == "systemd" or "Environment=" in text:
+        text = "\n".join(_systemd_environment(line) for line in text.split("\n"))
+    return text
 
 
 def parse_content(kind: ConfigKind, text: str) -> tuple[dict[str, object], str | None]:
@@ -125,7 +190,7 @@ def parse_config_file(stdout: str, params: ConfigFileParams) -> ConfigFile:
         consistent = False
     else:
         consistent = binary or size > params.max_bytes or hashlib.sha256(raw.encode()).hexdigest() == digest
-    content = redact_text(raw) if not binary else None
+    content = redact_config(kind, raw) if not binary else None
     parsed, error = parse_content(kind, content) if content is not None else ({}, None)
     return ConfigFile(
         path=params.path,
@@ -409,6 +474,6 @@ def parse_proxy_configs(stdout: str, params: ProxyConfigsParams) -> ProxyConfigs
             current = texts.setdefault(line[len("@@file ") :], [])
         elif line:
             raise ValueError(f"unexpected line {line[:80]!r}")
-    files = [proxy_file(path, redact_text("\n".join(body) + "\n")) for path, body in texts.items()]
+    files = [proxy_file(path, redact_config("nginx", "\n".join(body) + "\n")) for path, body in texts.items()]
     routes = [r for f in files if f.config is not None for r in _routes(f.name, f.path, f.config)]
     return ProxyConfigs(dirs=dirs, files=files, routes=routes, total=len(files), truncated=False)
