@@ -7,10 +7,12 @@ runs commands on devices.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import shlex
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -22,9 +24,9 @@ from mcp_server.cache import CacheKey, CacheManager
 from mcp_server.commands import CommandDefinition, CommandRegistry
 from mcp_server.db.tables import CollectionSnapshot, ServicePerformanceMetric, SystemMetricRow
 from mcp_server.devices import Device, DeviceRegistry
-from mcp_server.errors import CommandTimeout, InfrastructorError
+from mcp_server.errors import CommandTimeout, InfrastructorError, InvalidParameter
 from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
-from mcp_server.executors import Executor, LocalExecutor, check_exit
+from mcp_server.executors import ExecResult, Executor, LocalExecutor, check_exit
 from mcp_server.settings import Settings
 from mcp_server.ssh import ProbeResult, SSHPool
 
@@ -165,6 +167,10 @@ class UnifiedDataCollectionService:
         try:
             target = self.devices.get(device)
             definition = self.registry.get(command)
+            if definition.streaming:
+                raise InvalidParameter(
+                    f"{command!r} is a long-lived stream; it is read with stream(), not collected."
+                )
             validated = definition.validate(params)
             params_key = definition.params_key(validated)
             key = CacheKey(target.name, definition.name, definition.category, params_key)
@@ -194,6 +200,55 @@ class UnifiedDataCollectionService:
             trace.executions += run.executed
             trace.cache_hits += cache_hit
             self._audit(device, command, params_key, cache_hit, run, started, error)
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, device: str, command: str, params: Mapping[str, Any] | BaseModel | None = None
+    ) -> AsyncIterator[AsyncIterator[Any]]:
+        """Start a streaming command and yield its output parsed one line at a time; leaving stops it.
+
+        Audited like a collection: one row when the stream starts (or fails to), one when it ends, with
+        how long it ran and why it stopped. Nothing is cached or stored: the caller owns what it reads.
+        """
+        started = time.perf_counter()
+        run = _Run(ssh_commands=[])
+        error: BaseException | None = None
+        params_key: str | None = None
+        opened = False
+        try:
+            target = self.devices.get(device)
+            definition = self.registry.get(command)
+            if not definition.streaming:
+                raise InvalidParameter(f"{command!r} is not a stream; collect it instead.")
+            validated = definition.validate(params)
+            params_key = definition.params_key(validated)
+            argv = definition.render(validated, sudo=target.use_sudo)
+            run.ssh_commands.append(shlex.join(argv))
+            run.executed = True
+            async with self.executor(target).stream(target, argv, label=definition.name) as handle:
+                self._audit(device, command, params_key, False, run, started, None)
+                opened = True
+
+                async def parsed() -> AsyncIterator[Any]:
+                    tail: collections.deque[str] = collections.deque(maxlen=5)
+                    async for line in handle.lines:
+                        tail.append(line)
+                        yield definition.parse(line, validated)
+                    status = handle.exit_status()
+                    if status not in (0, None):
+                        # the stream's last lines stand in for stderr (stream scripts merge the two)
+                        result = ExecResult(handle.command, "", "\n".join(tail), status, 0.0)
+                        check_exit(result, target.name, definition.name)
+
+                yield parsed()
+        except (asyncio.CancelledError, GeneratorExit):
+            raise  # stopped by its owner: a normal end
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            if opened or error is not None:
+                self._audit(device, command, params_key, False, run, started, error)
 
     async def collect_many(
         self,

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import DeviceRow
 from mcp_server.errors import DeviceExists, DeviceNotFound, InfrastructorError, InvalidParameter, invalid
+from mcp_server.events import DeviceChanged, EventBus
 from mcp_server.secrets import SecretStore
 from mcp_server.ssh_config import load_ssh_config_with_warnings
 
@@ -105,10 +106,13 @@ def _password_secret(name: str) -> str:
 class DeviceRegistry:
     """All devices, held in memory for the hot path and written through to the `devices` table."""
 
-    def __init__(self, db: Database, secrets: SecretStore, *, local_device: bool = True) -> None:
+    def __init__(
+        self, db: Database, secrets: SecretStore, *, local_device: bool = True, events: EventBus | None = None
+    ) -> None:
         self._db = db
         self._secrets = secrets
         self._local = local_device
+        self._events = events
         self._devices: dict[str, Device] = {}
 
     async def load(self) -> None:
@@ -161,7 +165,12 @@ class DeviceRegistry:
             raise DeviceExists(name) from None
         device = _to_device(row, spec.password)
         self._devices[name] = device
+        await self._publish(name, "added")
         return device
+
+    async def _publish(self, name: str, change: Literal["added", "updated", "removed"]) -> None:
+        if self._events is not None:
+            await self._events.publish(DeviceChanged(device=name, change=change))
 
     async def update(self, name: str, changes: Mapping[str, Any], *, clear_host_key: bool = False) -> Device:
         """Apply `changes` (DeviceSpec fields). A new hostname or port forgets the pinned host key."""
@@ -195,6 +204,7 @@ class DeviceRegistry:
                 await self._secrets.delete(_password_secret(name))
         device = _to_device(row, spec.password)
         self._devices[name] = device
+        await self._publish(name, "updated")
         return device
 
     async def remove(self, name: str) -> Device:
@@ -212,6 +222,7 @@ class DeviceRegistry:
             await session.execute(delete(DeviceRow).where(DeviceRow.name == name))
         await self._secrets.delete(_password_secret(name))
         del self._devices[name]
+        await self._publish(name, "removed")
         return device
 
     async def pin_host_key(self, name: str, key_line: str) -> None:

@@ -15,7 +15,8 @@
     │   ├── CommandFailed              non-zero exit (carries exit status and stderr tail)
     │   ├── CommandTimeout             no exit within the command's timeout
     │   ├── CommandNotAvailable        the binary is missing on the device
-    │   └── SudoPasswordRequired       use_sudo is set but sudo wants a password
+    │   ├── SudoPasswordRequired       use_sudo is set but sudo wants a password
+    │   └── SessionLimit               a long-lived stream would leave no SSH session for commands
     ├── ParseError                     output we could not understand (carries an excerpt)
     ├── MissingScope                   the caller's token lacks the scope a tool or resource needs
     └── StorageError                   the database refused or is unreachable
@@ -165,6 +166,19 @@ class SudoPasswordRequired(ExecutionError):
             f"Command {command!r} on device {device!r} needs root and sudo asked for a password, which the "
             "server never answers. Allow it without one for the SSH user, e.g. a sudoers line "
             "'USER ALL=(root) NOPASSWD: /usr/sbin/smartctl, /usr/sbin/zpool', or turn use_sudo off."
+        )
+
+
+class SessionLimit(ExecutionError):
+    error_type = "session_limit"
+
+    def __init__(self, device: str, command: str, max_sessions: int) -> None:
+        self.device = device
+        self.command = command
+        super().__init__(
+            f"Command {command!r} would hold one of the {max_sessions} SSH sessions allowed per device "
+            f"(INFRA_SSH_MAX_SESSIONS) on {device!r} for as long as it runs, leaving none for other commands; "
+            "raise INFRA_SSH_MAX_SESSIONS to at least 2."
         )
 
 

@@ -42,7 +42,21 @@ class DeviceChanged:
     change: Literal["added", "updated", "removed"]
 
 
-Event = CollectionCompleted | CollectionFailed | DeviceChanged
+@dataclass(frozen=True)
+class ConfigChanged:
+    """A watched configuration file changed: a new version was stored with its diff and risk."""
+
+    device: str
+    path: str
+    kind: str
+    change_type: Literal["created", "modified", "deleted"]
+    risk: Literal["low", "medium", "high"]
+    event_id: int
+    detected_at: datetime
+    summary: str
+
+
+Event = CollectionCompleted | CollectionFailed | DeviceChanged | ConfigChanged
 Handler = Callable[[Event], Awaitable[None] | None]
 
 

@@ -9,11 +9,15 @@ import re
 import shlex
 import signal
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from mcp_server.devices import Device
 from mcp_server.errors import CommandFailed, CommandNotAvailable, CommandTimeout, SudoPasswordRequired
+
+STOP_GRACE = 2.0  # seconds a stopped stream gets to exit on its own after its stdin closes
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,15 @@ class ExecResult:
     duration: float
 
 
+@dataclass(frozen=True)
+class LineStream:
+    """A long-lived command's output, line by line (stderr merged into it by the command itself)."""
+
+    command: str  # the exact text that runs (shlex-joined argv)
+    lines: AsyncIterator[str]  # ends when the command exits or its channel closes
+    exit_status: Callable[[], int | None]  # once `lines` has ended: how it exited (None: killed or lost)
+
+
 class Executor(Protocol):
     """Where commands run: the LocalExecutor for the built-in `local` device, the SSHPool for the rest."""
 
@@ -34,6 +47,16 @@ class Executor(Protocol):
         """Run argv on `device`; `label` (the command's registry name) is what errors mention.
 
         Returns the result whatever the exit status; raises CommandTimeout, or a ConnectionError_.
+        """
+        ...
+
+    def stream(
+        self, device: Device, argv: list[str], *, label: str
+    ) -> AbstractAsyncContextManager[LineStream]:
+        """Start argv on `device` and read its output as it comes; leaving the context stops it.
+
+        The command's stdin stays open for its lifetime and closes when the context exits, so a script can
+        notice that its reader went away. Raises CommandNotAvailable, SessionLimit or a ConnectionError_.
         """
         ...
 
@@ -115,3 +138,37 @@ class LocalExecutor:
             proc.returncode if proc.returncode is not None else -1,
             time.perf_counter() - started,
         )
+
+    @contextlib.asynccontextmanager
+    async def stream(self, device: Device, argv: list[str], *, label: str) -> AsyncIterator[LineStream]:
+        text = shlex.join(argv)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except FileNotFoundError:
+            raise CommandNotAvailable(device.name, label, argv[0]) from None
+        self.commands_run += 1
+        assert proc.stdout is not None and proc.stdin is not None
+        stdout = proc.stdout
+
+        async def lines() -> AsyncIterator[str]:
+            while raw := await stdout.readline():
+                yield raw.decode("utf-8", "replace").rstrip("\n")
+            await proc.wait()
+
+        try:
+            yield LineStream(text, lines(), lambda: proc.returncode)
+        finally:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            try:
+                await asyncio.wait_for(proc.wait(), STOP_GRACE)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()

@@ -17,6 +17,8 @@ from starlette.responses import JSONResponse
 
 from mcp_server import __version__, prompts, resources
 from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
+from mcp_server.config_monitoring.notifier import ConfigNotifier
+from mcp_server.events import ConfigChanged
 from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings, load_settings
@@ -24,6 +26,7 @@ from mcp_server.state import AppState, open_database, open_state
 from mcp_server.tools import (
     KEEP_NEWEST,
     admin,
+    config,
     containers,
     devices,
     host,
@@ -41,6 +44,9 @@ Start with list_devices, then get_fleet_overview for the whole fleet or get_syst
 get_network_interfaces and list_processes for one device. Results are cached for a few seconds per command
 (each says collected_at, from_cache and age_seconds); pass force_refresh=true when you need a fresh reading.
 list_commands shows every registered command; collect runs one by name with parameters.
+Configuration files watched with watch_config_file keep a version history: list_config_changes shows what
+changed, how risky it is and why; get_config_diff shows the diff. Subscribe to infra://config/{device}/{path}
+to be told when a watched file changes.
 """
 
 
@@ -57,17 +63,28 @@ def build_server(
     With `signing_key`, HTTP requests need a bearer JWT it verifies, and tools and resources need their scope.
     """
     running: dict[str, AppState] = {}
+    notifier = ConfigNotifier()
 
     @contextlib.asynccontextmanager
     async def lifespan(_server: FastMCP) -> AsyncIterator[dict[str, Any]]:
         if state is not None:
-            yield {"state": state}
+            # a shared state: whoever opened it starts and stops its watchers
+            unsubscribe = state.events.subscribe(notifier.on_event, types=(ConfigChanged,))
+            try:
+                yield {"state": state}
+            finally:
+                unsubscribe()
+                notifier.close()
             return
         async with open_state(settings) as own:
             running["state"] = own
+            unsubscribe = own.events.subscribe(notifier.on_event, types=(ConfigChanged,))
+            await own.config.start()
             try:
                 yield {"state": own}
             finally:
+                unsubscribe()
+                notifier.close()
                 running.pop("state", None)
 
     audit = AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None)
@@ -81,8 +98,9 @@ def build_server(
         auth=signing_key.verifier(settings) if signing_key is not None else None,
         middleware=[audit, budget],
     )
-    for area in (devices, system, network, storage, containers, services, host, admin):
+    for area in (devices, system, network, storage, containers, services, host, admin, config):
         area.register(mcp)
+    notifier.install(mcp)
     if not settings.allow_run_command:
         mcp.disable(names={"run_command"})
     # On the 2026-07-28 protocol the SDK checks Mcp-Param headers on every tools/call with arguments; without

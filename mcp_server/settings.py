@@ -59,6 +59,33 @@ class Settings(BaseSettings):
     fanout_concurrency: int = Field(default=32, ge=1, le=1024)
     max_result_chars: int = Field(default=40_000, ge=1_000, le=10_000_000)
 
+    config_watch: bool = Field(
+        default=True,
+        description="Watch configuration files for changes (inotify, or polling where inotify is missing).",
+    )
+    config_poll_interval: float = Field(
+        default=5.0,
+        ge=0.2,
+        le=3600,
+        description="Seconds between hash checks on devices without inotifywait.",
+    )
+    config_reconcile_interval: float = Field(
+        default=300.0,
+        ge=1,
+        le=86_400,
+        description="Seconds between full hash checks while inotify watches, for changes inotify cannot see "
+        "(network and FUSE filesystems, a directory swapped by a symlink).",
+    )
+    config_debounce: float = Field(
+        default=0.05, ge=0, le=10, description="Quiet seconds after a burst of file events before reading."
+    )
+    config_max_file_bytes: int = Field(default=1_048_576, ge=1024, le=16_777_216)
+    config_discovery: bool = Field(
+        default=True,
+        description="Watch the compose files and proxy-conf directories that list_compose_stacks and "
+        "list_proxy_configs find.",
+    )
+
     auth: bool = Field(
         default=True, description="Require a bearer JWT on HTTP; false is allowed only on loopback."
     )

@@ -10,7 +10,7 @@ import logging
 import shlex
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,8 +25,9 @@ from mcp_server.errors import (
     HostKeyMismatch,
     HostKeyUnknown,
     HostUnreachable,
+    SessionLimit,
 )
-from mcp_server.executors import ExecResult
+from mcp_server.executors import STOP_GRACE, ExecResult, LineStream
 from mcp_server.settings import Settings
 
 _log = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class _Entry:
     jump: str | None = None
     last_used: float = 0.0
     active: int = 0
+    streams: int = 0  # long-lived channels (watchers), each holding one of the session slots
     tunnel_users: int = 0
     lost_before: bool = False
     # the last failed connect (when it ended, why): callers that were already waiting for it share its
@@ -193,6 +195,56 @@ class SSHPool:
             finally:
                 entry.active -= 1
                 entry.last_used = time.monotonic()
+
+    @contextlib.asynccontextmanager
+    async def stream(self, device: Device, argv: list[str], *, label: str) -> AsyncIterator[LineStream]:
+        """A channel of its own on the pooled connection, read line by line until it closes.
+
+        It holds one of the device's session slots for its whole life, and at most max_sessions - 1 streams
+        run at once, so commands always keep a slot. The pooled connection is not reaped while it is open.
+        """
+        command = shlex.join(argv)
+        entry = self._entry(device.name)
+        if entry.streams >= self._options.max_sessions - 1:
+            raise SessionLimit(device.name, label, self._options.max_sessions)
+        entry.streams += 1
+        try:
+            async with entry.sem:
+                entry.active += 1
+                try:
+                    conn, proc = await self._session(device, entry, command, keep_stdin=True)
+                    self._commands += 1
+                    try:
+                        yield LineStream(
+                            command, self._lines(device, entry, conn, proc, label), lambda: proc.exit_status
+                        )
+                    finally:
+                        await _close_stream(proc)
+                finally:
+                    entry.active -= 1
+                    entry.last_used = time.monotonic()
+        finally:
+            entry.streams -= 1
+
+    async def _lines(
+        self,
+        device: Device,
+        entry: _Entry,
+        conn: asyncssh.SSHClientConnection,
+        proc: asyncssh.SSHClientProcess[str],
+        label: str,
+    ) -> AsyncIterator[str]:
+        try:
+            while line := await proc.stdout.readline():
+                yield line.rstrip("\n")
+        except _CHANNEL_ERRORS as exc:
+            await self._discard(entry, conn, lost=True)
+            raise HostUnreachable(
+                device.name, f"connection lost while running {label}: {_reason(exc)}"
+            ) from None
+        if not entry.alive:
+            await self._discard(entry, conn, lost=True)
+            raise HostUnreachable(device.name, f"connection lost while running {label}")
 
     async def probe(self, device: Device) -> ProbeResult:
         started = time.perf_counter()
@@ -271,14 +323,17 @@ class SSHPool:
         )
 
     async def _session(
-        self, device: Device, entry: _Entry, command: str
+        self, device: Device, entry: _Entry, command: str, *, keep_stdin: bool = False
     ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess[str]]:
         """A new channel on the pooled connection; a connection found dead is replaced once."""
         for retry in (False, True):
             conn = await self._connection(device, ())
             try:
                 proc = await conn.create_process(
-                    command, stdin=asyncssh.DEVNULL, encoding="utf-8", errors="replace"
+                    command,
+                    stdin=asyncssh.PIPE if keep_stdin else asyncssh.DEVNULL,
+                    encoding="utf-8",
+                    errors="replace",
                 )
                 return conn, proc
             except _CHANNEL_ERRORS as exc:
@@ -476,6 +531,16 @@ async def _stop(proc: asyncssh.SSHClientProcess[Any], *, wait: bool) -> None:
     if wait:
         with contextlib.suppress(TimeoutError, *_CHANNEL_ERRORS):
             await asyncio.wait_for(proc.wait_closed(), 2.0)
+
+
+async def _close_stream(proc: asyncssh.SSHClientProcess[Any]) -> None:
+    """End a stream: EOF on its stdin first (its script stops its children), then the channel itself."""
+    with contextlib.suppress(*_CHANNEL_ERRORS):
+        proc.stdin.write_eof()
+    with contextlib.suppress(TimeoutError, *_CHANNEL_ERRORS):
+        await asyncio.wait_for(proc.wait_closed(), STOP_GRACE)
+    if not proc.is_closing():
+        await _stop(proc, wait=True)
 
 
 def _translate(

@@ -18,6 +18,7 @@ from mcp_server.audit import BatchWriter
 from mcp_server.cache import CacheManager
 from mcp_server.collection import UnifiedDataCollectionService
 from mcp_server.commands import CommandRegistry, default_registry
+from mcp_server.config_monitoring import ConfigurationMonitoringService
 from mcp_server.db import Database
 from mcp_server.db.credentials import (
     check_schema_current,
@@ -54,6 +55,7 @@ class AppState:
     writer: BatchWriter
     events: EventBus
     service: UnifiedDataCollectionService
+    config: ConfigurationMonitoringService
     started_at: float = field(default_factory=time.monotonic)
 
     def describe(self, device: Device) -> DeviceInfo:
@@ -92,14 +94,14 @@ async def open_state(
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = await open_database(settings, migrate=migrate)
     secrets = SecretStore.from_settings(db, settings)
-    devices = DeviceRegistry(db, secrets, local_device=settings.local_device)
+    events = EventBus()
+    devices = DeviceRegistry(db, secrets, local_device=settings.local_device, events=events)
     await devices.load()
     cache = CacheManager(settings.cache_max_entries, clock=clock)
     ssh = SSHPool(
         SSHOptions.from_settings(settings), lookup=devices.get, on_host_key_pinned=devices.pin_host_key
     )
     writer = BatchWriter(db, settings.data_dir / "spool", interval=settings.audit_flush_interval)
-    events = EventBus()
     local = LocalExecutor()
     registry = registry or default_registry()
     service = UnifiedDataCollectionService(
@@ -112,7 +114,10 @@ async def open_state(
         writer=writer,
         events=events,
     )
-    state = AppState(settings, db, secrets, devices, registry, cache, ssh, local, writer, events, service)
+    config = ConfigurationMonitoringService(settings, service=service, db=db, devices=devices, events=events)
+    state = AppState(
+        settings, db, secrets, devices, registry, cache, ssh, local, writer, events, service, config
+    )
     writer.start()
     snapshots = asyncio.create_task(_record_cache_stats(state), name="infra-cache-stats")
     log.info("database %s; %d devices", redact_url(db.url), len(devices.names()))
@@ -122,6 +127,7 @@ async def open_state(
         snapshots.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await snapshots
+        await config.stop()  # watchers run commands: stop them before the pool and the writer close
         _queue_cache_stats(state)
         await ssh.close()
         await writer.close()

@@ -55,6 +55,11 @@ class CommandRegistry:
         """A command that may be run by name (`collect`, resources): read commands only; changes go through
         their own scoped tools."""
         definition = self.get(name)
+        if definition.access == "internal":
+            raise InvalidParameter(
+                f"{name!r} is run only by the server itself (configuration monitoring); use the config tools "
+                "(watch_config_file, get_config_history, list_proxy_configs)."
+            )
         if not definition.read_only:
             raise InvalidParameter(
                 f"{name!r} changes things on the device; use its own tool (e.g. restart_container), "
@@ -90,7 +95,7 @@ class CommandRegistry:
 
 def default_registry() -> CommandRegistry:
     """Every built-in command."""
-    from mcp_server.commands import admin, containers, host, network, services, storage, system
+    from mcp_server.commands import admin, config, containers, host, network, services, storage, system
 
-    areas = (system, network, storage, containers, services, host, admin)
+    areas = (system, network, storage, containers, services, host, admin, config)
     return CommandRegistry([definition for area in areas for definition in area.COMMANDS])

@@ -90,12 +90,16 @@ class CommandDefinition(Generic[M]):
     # Cache categories a successful run makes stale on that device (mutations: container stop, ...).
     invalidates: tuple[str, ...] = ()
     # Who may run it: "read" commands may also be run by name (collect tool, resources); the others only
-    # through their own tool, which carries the matching scope.
-    access: Literal["read", "write", "admin"] = "read"
+    # through their own tool, which carries the matching scope; "internal" ones only by the server itself
+    # (configuration monitoring reads the files an infra:write caller chose to watch, and nothing else).
+    access: Literal["read", "write", "admin", "internal"] = "read"
+    # A long-lived command whose output is read line by line (UnifiedDataCollectionService.stream), never
+    # collected or cached.
+    streaming: bool = False
 
     @property
     def read_only(self) -> bool:
-        return self.access == "read" and not self.invalidates
+        return self.access == "read" and not self.invalidates and not self.streaming
 
     def validate(self, params: Mapping[str, Any] | BaseModel | None) -> BaseModel:
         """Validate caller parameters against the command's parameter model."""

@@ -187,6 +187,9 @@ class ConfigWatchTarget(Base):
     source: Mapped[str] = mapped_column(String(16), doc="explicit | discovered")
     is_directory: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime]
+    baseline_at: Mapped[datetime | None] = mapped_column(
+        doc="When the first versions were recorded; until then nothing found is reported as a change."
+    )
 
     __table_args__ = (UniqueConstraint("device", "path", name="uq_watch_target"),)
 
@@ -207,7 +210,7 @@ class ConfigurationSnapshot(Base):
     size_bytes: Mapped[int | None] = mapped_column(BigInteger)
     content: Mapped[str | None] = mapped_column(Text, doc="The content with secrets redacted.")
 
-    __table_args__ = (Index("ix_config_snapshots_device_path", "device", "path", "collected_at"),)
+    __table_args__ = (Index("ix_config_snapshots_device_path", "device", "path", "id"),)
 
 
 class ConfigurationChangeEvent(Base):
@@ -232,4 +235,5 @@ class ConfigurationChangeEvent(Base):
     __table_args__ = (
         Index("ix_config_changes_detected_at", "detected_at"),
         Index("ix_config_changes_device_detected_at", "device", "detected_at"),
+        Index("ix_config_changes_device_path", "device", "path", "detected_at"),
     )

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(length=16), nullable=False),
         sa.Column("is_directory", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("baseline_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("device", "path", name="uq_watch_target"),
     )
@@ -48,7 +49,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_config_snapshots_device_path",
         "configuration_snapshots",
-        ["device", "path", "collected_at"],
+        ["device", "path", "id"],
     )
     op.create_table(
         "configuration_change_events",
@@ -71,9 +72,13 @@ def upgrade() -> None:
     op.create_index(
         "ix_config_changes_device_detected_at", "configuration_change_events", ["device", "detected_at"]
     )
+    op.create_index(
+        "ix_config_changes_device_path", "configuration_change_events", ["device", "path", "detected_at"]
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_config_changes_device_path", table_name="configuration_change_events")
     op.drop_index("ix_config_changes_device_detected_at", table_name="configuration_change_events")
     op.drop_index("ix_config_changes_detected_at", table_name="configuration_change_events")
     op.drop_table("configuration_change_events")
