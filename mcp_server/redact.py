@@ -8,8 +8,10 @@ possessive (no backtracking) and bounded, and a text is cut to MAX_TEXT characte
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+from collections.abc import Callable
 from typing import Any
 
 REDACTED = "***"
@@ -30,13 +32,24 @@ _URL_PASSWORD = re.compile(r"://([^/\s:@]{0,256}+):([^/\s@]{1,1024}+)@")
 _BEARER = re.compile(r"\b(bearer[ \t]{1,8}+)[^\s\"',;]{1,8192}+", re.I)
 _JWT = re.compile(r"(?<![\w-])eyJ[\w-]{8,}+\.eyJ[\w-]*+\.[\w-]*+")
 _PRIVATE_KEY = re.compile(r"-----BEGIN ([A-Z ]{0,40}+)PRIVATE KEY-----")
-# NAME=VALUE, NAME: VALUE, "NAME": "VALUE", --name=value; the name decides (see _SECRET_NAME).
+# NAME=VALUE, NAME: VALUE, "NAME": "VALUE", --name=value; the name decides (see _SECRET_NAME). Only the
+# name and separator are matched, so an assignment inside another one's value is still found; the value
+# is read (and skipped) only when the name says it is secret.
 _ASSIGNMENT = re.compile(
-    r"(?<![\w.-])([\w.-]{1,64}+)(\"?[ \t]{0,4}+[=:][ \t]{0,4}+)"
-    r"(\"[^\"\n]{0,2048}+\"|'[^'\n]{0,2048}+'|[^\s,;&\"'<>]{1,2048}+)"
+    r"(?<![\w.-])(?P<name>[\w.-]{0,64}?(?i:pass|secret|token|credential|key)[\w.-]{0,64}+)"
+    r"\"?[ \t]{0,4}+[=:][ \t]{0,4}+"
 )
+# A configuration directive and its one value on a line of their own: `password secret123`, `requirepass
+# foo` (redis.conf). Lower-case names only, so a sentence ("Password required") is left alone.
+_DIRECTIVE = re.compile(
+    r"(?m)^[ \t]{0,16}+(?P<name>[a-z_][a-z0-9_.-]{0,63}+)[ \t]{1,16}+(?=[^\s=:][^\s]*+;?[ \t]*+$)"
+)
+_VALUE = re.compile(r"\"[^\"\n]{0,2048}+\"|'[^'\n]{0,2048}+'|[^\s,;&\"'<>]{1,2048}+")
+# directives that hold a secret although their names do not say so
+_SECRET_DIRECTIVES = frozenset({"requirepass", "masterauth", "pass", "passwd"})
 
 
+@functools.lru_cache(maxsize=4096)
 def secret_name(name: str) -> bool:
     """Whether a variable, field, label or option name says its value is a secret."""
     return bool(_SECRET_NAME.search(name)) and not _NOT_SECRET.search(name)
@@ -47,12 +60,27 @@ def secret_value(value: str) -> bool:
     return redact_text(value) != value
 
 
-def _assignment(match: re.Match[str]) -> str:
-    name, sep, value = match.groups()
-    if not secret_name(name.lstrip("-")) or value in ('""', "''"):
-        return match.group(0)
-    quote = value[0] if value[0] in "\"'" else ""
-    return f"{name}{sep}{quote}{REDACTED}{quote}"
+def _secret_values(text: str, pattern: re.Pattern[str], secret: Callable[[str], bool]) -> str:
+    """`text` with the value after each `pattern` match (name, separator) masked where `secret(name)`."""
+    out: list[str] = []
+    pos = 0
+    for match in pattern.finditer(text):
+        name = match.group("name")
+        if match.start() < pos or not secret(name.lstrip("-")):
+            continue
+        value = _VALUE.match(text, match.end())
+        if value is None or value.group(0) in ('""', "''"):
+            continue
+        quote = value.group(0)[0] if value.group(0)[0] in "\"'" else ""
+        out.append(text[pos : match.end()])
+        out.append(f"{quote}{REDACTED}{quote}")
+        pos = value.end()
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def _secret_directive(name: str) -> bool:
+    return secret_name(name) or name.lower() in _SECRET_DIRECTIVES
 
 
 def _private_keys(text: str) -> str:
@@ -74,7 +102,8 @@ def _private_keys(text: str) -> str:
 
 def redact_text(text: str) -> str:
     """Free text with embedded credentials replaced by ***: URL passwords, bearer tokens, JWTs, private keys,
-    and the value of any NAME=VALUE or NAME: VALUE whose name says it is secret."""
+    the value of any NAME=VALUE or NAME: VALUE whose name says it is secret, and of a `NAME VALUE` directive
+    on a line of its own (config files)."""
     if len(text) > MAX_TEXT:
         text = text[:MAX_TEXT] + f"…[{len(text) - MAX_TEXT} characters cut before redaction]"
     if "://" in text:
@@ -85,8 +114,8 @@ def redact_text(text: str) -> str:
     if "PRIVATE KEY-----" in text:
         text = _private_keys(text)
     if "=" in text or ":" in text:
-        text = _ASSIGNMENT.sub(_assignment, text)
-    return text
+        text = _secret_values(text, _ASSIGNMENT, secret_name)
+    return _secret_values(text, _DIRECTIVE, _secret_directive)
 
 
 def redact_pair(name: str, value: str) -> str:
