@@ -15,16 +15,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from mcp_server.audit import BatchWriter, current_call
 from mcp_server.cache import CacheKey, CacheManager
 from mcp_server.commands import CommandDefinition, CommandRegistry
 from mcp_server.db.tables import CollectionSnapshot, ServicePerformanceMetric, SystemMetricRow
 from mcp_server.devices import Device, DeviceRegistry
-from mcp_server.errors import CommandTimeout, InfrastructorError
+from mcp_server.errors import CommandTimeout, InfrastructorError, ParseError
 from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
 from mcp_server.executors import Executor, LocalExecutor, check_exit
+from mcp_server.redact import REDACTED, redact_text, secret_name
 from mcp_server.settings import Settings
 from mcp_server.ssh import ProbeResult, SSHPool
 
@@ -106,6 +107,41 @@ def _system_metric_row(device: str, at: datetime, m: Any) -> dict[str, Any]:
         "swap_used_bytes": m.swap.used_bytes,
         "uptime_seconds": m.uptime_seconds,
     }
+
+
+def _masked(value: Any) -> tuple[Any, bool]:
+    """(value with secrets in its strings masked, whether anything changed); types are kept."""
+    if isinstance(value, dict):
+        changed = False
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, str) and item and isinstance(key, str) and secret_name(key):
+                out[key], hit = REDACTED, item != REDACTED
+            else:
+                out[key], hit = _masked(item)
+            changed |= hit
+        return out, changed
+    if isinstance(value, list | tuple):
+        items = [_masked(item) for item in value]
+        return type(value)(item for item, _ in items), any(hit for _, hit in items)
+    if isinstance(value, str):
+        masked = redact_text(value)
+        return masked, masked != value
+    return value, False
+
+
+def redact_result(value: BaseModel, command: str) -> BaseModel:
+    """A parsed result with every secret-looking string masked (process command lines, log lines, labels,
+    configuration values), before it is cached, returned or stored."""
+    masked, changed = _masked(value.model_dump())
+    if not changed:
+        return value
+    try:
+        return type(value).model_validate(masked)
+    except ValidationError:
+        raise ParseError(
+            f"the output of {command} (a secret-looking value sits in a constrained field)"
+        ) from None
 
 
 # Commands whose results also feed a time-series table, besides the latest snapshot.
@@ -277,7 +313,7 @@ class UnifiedDataCollectionService:
             result = await self.executor(device).run(device, argv, timeout=timeout, label=definition.name)
             t_exec = time.perf_counter()
             check_exit(result, device.name, definition.name, definition.ok_exit_statuses)
-            value = definition.parse(result.stdout, params)
+            value = redact_result(definition.parse(result.stdout, params), definition.name)
             t_parse = time.perf_counter()
             outcome = "ok"
         except InfrastructorError as exc:
