@@ -138,11 +138,18 @@ class AuthFailureLog:
     """Refused bearer tokens, written to the audit log at most `per_minute` times a minute in all and a tenth
     of that per client IP, so a flood cannot fill the disk; what is left out is counted in the next row."""
 
-    def __init__(self, per_minute: int, state_of: Callable[[], AppState | None]) -> None:
+    def __init__(
+        self,
+        per_minute: int,
+        state_of: Callable[[], AppState | None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.per_minute = per_minute
         self._state_of = state_of
-        self._all = RateLimiter(per_minute, max(per_minute, 1))
-        self._per_ip = RateLimiter(max(per_minute // 10, 1), max(per_minute // 10, 1))
+        per_ip = max(per_minute // 10, 1)
+        self._all = RateLimiter(per_minute, max(per_minute, 1), clock=clock)
+        self._per_ip = RateLimiter(per_ip, per_ip, clock=clock)
         self.suppressed = 0
 
     def record(self, scope: Scope, ip: str | None, reason: str) -> None:
@@ -182,7 +189,7 @@ class AuthFailureLog:
             duration_ms=0.0,
             outcome="denied",
             error_type="invalid_token",
-            error_message=f"bearer token refused: {reason}",
+            error_message=f"token refused: {reason}",
         )
         self.suppressed = 0
 
@@ -292,9 +299,14 @@ class SessionManager(FastMCPStreamableHTTPSessionManager):
             await _json_error(status, message, retry_after)(scope, receive, send)
             return
         session_id = transport.mcp_session_id
-        await self._serve_opening_request(transport, scope, receive, send)
-        if session_id in self._server_instances:
-            self._audit(scope, subject, session_id, "ok", None)
+
+        async def audited(message: Message) -> None:
+            # recorded as the answer starts, before the client can act on the new session
+            if message["type"] == "http.response.start" and message["status"] < 400:
+                self._audit(scope, subject, session_id, "ok", None)
+            await send(message)
+
+        await self._serve_opening_request(transport, scope, receive, audited)
 
     def _refusal(self, owner: str, admin: bool) -> tuple[int, str, float] | None:
         held = self._owned.get(owner, set())

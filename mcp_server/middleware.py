@@ -132,6 +132,7 @@ class AuditMiddleware(Middleware):
         encoded = json.dumps(arguments, separators=(",", ":"), ensure_ascii=False, default=str)
         problem = self._too_large("the arguments (as JSON) are", encoded)
         if len(name) > MAX_TOOL_NAME:
+            encoded = name  # what the audit fingerprints
             problem = (
                 f"the tool name is {len(name):,} characters; no tool has a name longer than {MAX_TOOL_NAME}."
             )
