@@ -8,6 +8,7 @@ possessive (no backtracking) and bounded, and a text is cut to MAX_TEXT characte
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from typing import Any
@@ -30,13 +31,16 @@ _URL_PASSWORD = re.compile(r"://([^/\s:@]{0,256}+):([^/\s@]{1,1024}+)@")
 _BEARER = re.compile(r"\b(bearer[ \t]{1,8}+)[^\s\"',;]{1,8192}+", re.I)
 _JWT = re.compile(r"(?<![\w-])eyJ[\w-]{8,}+\.eyJ[\w-]*+\.[\w-]*+")
 _PRIVATE_KEY = re.compile(r"-----BEGIN ([A-Z ]{0,40}+)PRIVATE KEY-----")
-# NAME=VALUE, NAME: VALUE, "NAME": "VALUE", --name=value; the name decides (see _SECRET_NAME).
-_ASSIGNMENT = re.compile(
-    r"(?<![\w.-])([\w.-]{1,64}+)(\"?[ \t]{0,4}+[=:][ \t]{0,4}+)"
-    r"(\"[^\"\n]{0,2048}+\"|'[^'\n]{0,2048}+'|[^\s,;&\"'<>]{1,2048}+)"
-)
+# NAME=VALUE, NAME: VALUE, "NAME": "VALUE", --name=value; the name decides (see _SECRET_NAME). Names are
+# found on their own and a value is matched only after a secret one, so the value of an ordinary name never
+# hides an assignment inside it (input_value='token=x', device: token=x, tool: 'password=x').
+_NAME = re.compile(r"(?<![\w.-])([\w.-]{1,64}+)(\"?[ \t]{0,4}+[=:][ \t]{0,4}+)")
+_VALUE = re.compile(r"\"[^\"\n]{0,2048}+\"|'[^'\n]{0,2048}+'|[^\s,;&\"'<>]{1,2048}+")
+# No secret name without one of these stems: a text without any is left alone at once.
+_STEM = re.compile(r"pass|secret|token|credential|key", re.I)
 
 
+@functools.lru_cache(maxsize=4096)
 def secret_name(name: str) -> bool:
     """Whether a variable, field, label or option name says its value is a secret."""
     return bool(_SECRET_NAME.search(name)) and not _NOT_SECRET.search(name)
@@ -47,12 +51,26 @@ def secret_value(value: str) -> bool:
     return redact_text(value) != value
 
 
-def _assignment(match: re.Match[str]) -> str:
-    name, sep, value = match.groups()
-    if not secret_name(name.lstrip("-")) or value in ('""', "''"):
-        return match.group(0)
-    quote = value[0] if value[0] in "\"'" else ""
-    return f"{name}{sep}{quote}{REDACTED}{quote}"
+def _assignments(text: str) -> str:
+    """Every NAME=VALUE (NAME: VALUE) whose name says it is secret, with the value replaced.
+
+    Linear: names are scanned once; a value is scanned only after a secret name, and the scan resumes
+    after it, so no character is part of two values.
+    """
+    out: list[str] = []
+    pos = 0
+    for match in _NAME.finditer(text):
+        if match.start() < pos or not secret_name(match.group(1).lstrip("-")):
+            continue
+        value = _VALUE.match(text, match.end())
+        if value is None or value.group(0) in ('""', "''"):
+            continue
+        quote = value.group(0)[0] if value.group(0)[0] in "\"'" else ""
+        out.append(text[pos : match.end()])
+        out.append(f"{quote}{REDACTED}{quote}")
+        pos = value.end()
+    out.append(text[pos:])
+    return "".join(out)
 
 
 def _private_keys(text: str) -> str:
@@ -84,8 +102,8 @@ def redact_text(text: str) -> str:
         text = _JWT.sub(REDACTED, text)
     if "PRIVATE KEY-----" in text:
         text = _private_keys(text)
-    if "=" in text or ":" in text:
-        text = _ASSIGNMENT.sub(_assignment, text)
+    if ("=" in text or ":" in text) and _STEM.search(text):
+        text = _assignments(text)
     return text
 
 
