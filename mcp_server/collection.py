@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -21,7 +22,7 @@ from mcp_server.audit import BatchWriter, current_call
 from mcp_server.cache import CacheKey, CacheManager
 from mcp_server.commands import CommandDefinition, CommandRegistry
 from mcp_server.db.tables import CollectionSnapshot, ServicePerformanceMetric, SystemMetricRow
-from mcp_server.devices import Device, DeviceRegistry
+from mcp_server.devices import NAME_PATTERN, Device, DeviceRegistry
 from mcp_server.errors import CommandTimeout, InfrastructorError, ParseError
 from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
 from mcp_server.executors import Executor, LocalExecutor, check_exit
@@ -144,6 +145,11 @@ def redact_result(value: BaseModel, command: str) -> BaseModel:
         ) from None
 
 
+def _named(device: str) -> str | None:
+    """`device` if it is shaped like a device name (anything else is caller text, never stored as a name)."""
+    return device if re.fullmatch(NAME_PATTERN, device) else None
+
+
 # Commands whose results also feed a time-series table, besides the latest snapshot.
 TIME_SERIES: dict[str, tuple[type, Callable[[str, datetime, Any], dict[str, Any]]]] = {
     "system_metrics": (SystemMetricRow, _system_metric_row),
@@ -224,12 +230,16 @@ class UnifiedDataCollectionService:
             raise
         finally:
             trace = current_call().trace
-            trace.devices.append(device)
-            trace.commands.append(command)
+            # names as the caller gave them are stored only once known to be names (identity columns are
+            # not redacted); an unknown one stays in the error message, which is
+            known_device = _named(device)
+            known_command = command if command in self.registry.names() else None
+            trace.devices.extend([known_device] if known_device else [])
+            trace.commands.extend([known_command] if known_command else [])
             trace.ssh_commands.extend(run.ssh_commands)
             trace.executions += run.executed
             trace.cache_hits += cache_hit
-            self._audit(device, command, params_key, cache_hit, run, started, error)
+            self._audit(known_device, known_command, params_key, cache_hit, run, started, error)
 
     async def collect_many(
         self,
@@ -275,7 +285,7 @@ class UnifiedDataCollectionService:
             error = exc
             raise
         finally:
-            self._audit(device, "connection_test", None, False, run, started, error)
+            self._audit(_named(device), "connection_test", None, False, run, started, error)
 
     async def test_connection(self, device: str) -> ConnectionTest:
         """`probe`, with a connection failure reported in the result instead of raised."""
@@ -362,8 +372,8 @@ class UnifiedDataCollectionService:
 
     def _audit(
         self,
-        device: str,
-        command: str,
+        device: str | None,
+        command: str | None,
         params_key: str | None,
         cache_hit: bool,
         run: _Run,

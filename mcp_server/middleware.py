@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import ipaddress
 import json
+import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from starlette.requests import Request
 from mcp_server.audit import CallContext, audit_arguments, calling, oversized_arguments
 from mcp_server.auth import ADMIN, READ, granted
 from mcp_server.budget import fit
+from mcp_server.devices import NAME_PATTERN
 from mcp_server.errors import ArgumentsTooLarge, InfrastructorError, MissingScope
 from mcp_server.redact import redact_text
 from mcp_server.settings import Settings
@@ -138,7 +140,9 @@ class AuditMiddleware(Middleware):
             )
         ctx, scopes = self._context(name[:MAX_TOOL_NAME])
         needed = self.tool_scopes.get(name, READ)  # an unknown tool fails as unknown, after this
-        device = arguments.get("device") if isinstance(arguments.get("device"), str) else None
+        given = arguments.get("device")
+        # stored as a name only when shaped like one: identity columns are not redacted
+        device = given if isinstance(given, str) and re.fullmatch(NAME_PATTERN, given) else None
 
         def admit() -> None:
             if problem is not None:
@@ -202,7 +206,7 @@ class AuditMiddleware(Middleware):
                 return await call_next(context)
         except BaseException as exc:
             outcome, error_type, message = _outcome(exc)
-            masked = _redacted(exc)
+            masked = _redacted(exc, error)
             if masked is not None:
                 raise masked from exc.__cause__
             raise
@@ -227,13 +231,17 @@ class AuditMiddleware(Middleware):
                 )
 
 
-def _redacted(exc: BaseException) -> Exception | None:
-    """The client-visible error with secrets masked (device stderr, echoed input), when it held any."""
-    if not isinstance(exc, ToolError | ResourceError):
+def _redacted(exc: BaseException, error: type[Exception]) -> Exception | None:
+    """The client-visible error with secrets masked (device stderr, input echoed by a validation error),
+    when it held any."""
+    if not isinstance(exc, FastMCPError | NotFoundError | ValidationError):
         return None
     text = str(exc)
     masked = redact_text(text)
-    return type(exc)(masked) if masked != text else None
+    if masked == text:
+        return None
+    # as the call's own error type: FastMCP rebuilds some messages (an unknown tool's) from the raw input
+    return error(masked)
 
 
 class ResultBudgetMiddleware(Middleware):
