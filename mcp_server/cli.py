@@ -18,6 +18,7 @@ from rich.table import Table
 from mcp_server import __version__
 from mcp_server.db.engine import migrate, redact_url
 from mcp_server.errors import InfrastructorError
+from mcp_server.logs import redact_log_handlers
 from mcp_server.permissions import restrict_umask, secure_data_dir
 from mcp_server.settings import Settings, load_settings
 
@@ -115,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        redact_log_handlers(logging.getLogger(), logging.getLogger("fastmcp"))
         if args.cmd == "serve":
             return _serve(settings, args)
         if args.cmd == "migrate":

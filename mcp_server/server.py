@@ -23,6 +23,7 @@ from mcp_server import __version__, prompts, resources
 from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
 from mcp_server.errors import ConfigurationError
 from mcp_server.http_app import build_http_app, serve_http
+from mcp_server.logs import redact_log_handlers
 from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
 from mcp_server.permissions import restrict_umask
 from mcp_server.secrets import SecretStore
@@ -218,6 +219,7 @@ def create_server() -> InfrastructorServer:
     (InfrastructorServer.run_http_async); host, port and path default to INFRA_HTTP_*.
     """
     restrict_umask()
+    redact_log_handlers(logging.getLogger(), logging.getLogger("fastmcp"))
     settings = load_settings()
     # fastmcp may call this factory from inside its event loop: resolve the key on a loop of our own
     with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -151,8 +151,16 @@ async def test_every_entry_point_serves_through_the_same_defences(server: str, t
     )
     async with Client(transport) as client:
         await client.call_tool("get_cache_stats", {})
-    (row,) = audit(tmp_path, kind="tool", subject="auditee")
+        # an invalid argument is echoed by the validation error: in the answer, the audit and the log
+        echoed = await client.call_tool(
+            "get_system_metrics", {"device": "local", "interval": "token=tok-5e6f7a8b"}, raise_on_error=False
+        )
+        assert echoed.is_error and "token=***" in echoed.content[0].text  # type: ignore[union-attr]
+    (row,) = audit(tmp_path, kind="tool", subject="auditee", tool="get_cache_stats")
     assert row["client_ip"] == "127.0.0.1"
+    (invalid,) = audit(tmp_path, kind="tool", subject="auditee", tool="get_system_metrics")
+    assert "token=***" in invalid["error_message"] and "tok-5e6f7a8b" not in invalid["arguments"]
+    assert "tok-5e6f7a8b" not in (tmp_path / "server.log").read_text()
     # a request whose headers never finish is cut off (INFRA_HTTP_HEADER_TIMEOUT=1)
     port = int(base.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
