@@ -176,8 +176,8 @@ class RememberingJWTVerifier(JWTVerifier):
 
     def get_middleware(self) -> list[Any]:
         return [
-            Middleware(AuthenticationMiddleware, backend=ReasonedBearerBackend(self)),  # type: ignore[arg-type]
-            Middleware(AuthContextMiddleware),  # type: ignore[arg-type]
+            Middleware(AuthenticationMiddleware, backend=ReasonedBearerBackend(self)),
+            Middleware(AuthContextMiddleware),
         ]
 
 

@@ -396,7 +396,7 @@ def build_http_app(
     middleware = [
         # Host/Origin validation against DNS rebinding, on every request (strict)
         Middleware(
-            HostOriginGuardMiddleware,  # type: ignore[arg-type]
+            HostOriginGuardMiddleware,
             allowed_hosts=[*allowed_hosts(settings), *(extra_hosts or [])],
             allowed_origins=None,
             mode="strict",
@@ -408,9 +408,7 @@ def build_http_app(
         middleware.extend(auth.get_middleware())
         routes.extend(auth.get_routes(mcp_path=path))
         endpoint = RequireAuthMiddleware(transport_app, auth.required_scopes, None, auth.challenge_scopes)
-    middleware.append(
-        Middleware(HttpGuard, settings=settings, path=path, state_of=server.state_of)  # type: ignore[arg-type]
-    )
+    middleware.append(Middleware(HttpGuard, settings=settings, path=path, state_of=server.state_of))
     routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
     routes.extend(server._get_additional_http_routes())
 

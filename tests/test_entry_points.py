@@ -155,7 +155,7 @@ async def test_every_entry_point_serves_through_the_same_defences(server: str, t
         echoed = await client.call_tool(
             "get_system_metrics", {"device": "local", "interval": "token=tok-5e6f7a8b"}, raise_on_error=False
         )
-        assert echoed.is_error and "token=***" in echoed.content[0].text  # type: ignore[union-attr]
+        assert echoed.is_error and "token=***" in echoed.content[0].text
     (row,) = audit(tmp_path, kind="tool", subject="auditee", tool="get_cache_stats")
     assert row["client_ip"] == "127.0.0.1"
     (invalid,) = audit(tmp_path, kind="tool", subject="auditee", tool="get_system_metrics")

@@ -167,8 +167,8 @@ async def test_every_bad_key_file_inside_the_allowed_directories_gets_the_same_a
     (ssh / "link_in").symlink_to(good)
     keys = state.settings.data_dir / "keys"
     keys.mkdir()
-    for name, path in (("k1", good), ("k2", ssh / "link_in"), ("k3", _key(keys / "fleet"))):
-        await client.call_tool("add_device", {"name": name, "hostname": "h", "key_path": str(path)})
+    for name, key_file in (("k1", good), ("k2", ssh / "link_in"), ("k3", _key(keys / "fleet"))):
+        await client.call_tool("add_device", {"name": name, "hostname": "h", "key_path": str(key_file)})
     # update_device goes through the same check
     changed = await _refusal(client, "update_device", {"device": "k1", "key_path": "/etc/passwd"})
     assert "outside the directories" in changed

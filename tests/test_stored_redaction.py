@@ -134,7 +134,7 @@ async def test_secrets_from_callers_and_devices_are_masked_in_every_stored_and_r
                 ):
                     failed = await client.call_tool(tool, arguments, raise_on_error=False)
                     assert failed.is_error
-                    returned.append(failed.content[0].text)  # type: ignore[union-attr]
+                    returned.append(failed.content[0].text)
                 with pytest.raises(Exception) as unreadable:
                     await client.read_resource(f"infra://devices/{ASSIGNMENT}")
                 returned.append(str(unreadable.value))
