@@ -126,7 +126,8 @@ async def over_http(results: Results, data_dir: Path, calls: int) -> None:
         idle.start()
         await asyncio.sleep(2.0)
         idle.stop.set()
-        idle.join()
+        # joined off the event loop: a probe may be waiting for an answer
+        await asyncio.to_thread(idle.join)
         results.series["/health, idle"] = Series("/health, idle", idle.samples)
         busy = HealthProbe(f"{base}/health")
         async with server.client() as client:
@@ -144,7 +145,7 @@ async def over_http(results: Results, data_dir: Path, calls: int) -> None:
                     )
                     assert result.is_error
             busy.stop.set()
-            busy.join()
+            await asyncio.to_thread(busy.join)
         results.series["/health, during 1 MB calls"] = Series("/health, during 1 MB calls", busy.samples)
 
 

@@ -169,8 +169,9 @@ class RememberingJWTVerifier(JWTVerifier):
         if self.issuer and claims.get("iss") != self.issuer:
             return "wrong issuer"
         audience = claims.get("aud")
-        audiences = audience if isinstance(audience, list) else [audience]
-        if self.audience and self.audience not in audiences:
+        offered = audience if isinstance(audience, list) else [audience]
+        expected = self.audience if isinstance(self.audience, list) else [self.audience]
+        if self.audience and not any(a in offered for a in expected):
             return "wrong audience"
         return "bad signature or unsupported algorithm"
 

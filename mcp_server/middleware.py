@@ -178,7 +178,10 @@ class AuditMiddleware(Middleware):
             call_next,
             ctx,
             "resource",
-            oversized_arguments(uri) if problem else {},
+            # the tool column keeps 128 characters; a longer URI is kept whole (redacted, bounded) here
+            oversized_arguments(uri)
+            if problem
+            else audit_arguments({"uri": uri} if len(uri) > MAX_TOOL_NAME else {}),
             None,
             admit,
             ResourceError,

@@ -214,13 +214,14 @@ class HealthProbe:
             self.answers += 1
             self._stop.wait(0.05)
 
-    def __enter__(self) -> HealthProbe:
+    async def __aenter__(self) -> HealthProbe:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(60)
+        # joined off the event loop: the probe may be waiting for an answer from this very loop
+        await asyncio.to_thread(self._thread.join, 60)
 
 
 async def test_a_megabyte_in_any_argument_is_refused_at_once_and_health_stays_responsive(
@@ -230,7 +231,7 @@ async def test_a_megabyte_in_any_argument_is_refused_at_once_and_health_stays_re
         token = served.token(READ, subject="fuzzer")
         session = await asyncio.to_thread(open_session, served.url, token)
         slowest = 0.0
-        with HealthProbe(f"{served.base}/health") as health:
+        async with HealthProbe(f"{served.base}/health") as health:
             for kind, make in PAYLOADS.items():
                 for where, place in POSITIONS.items():
                     tool, arguments, _ = place(make(MB))
@@ -442,6 +443,9 @@ async def test_refused_tokens_are_audited_with_ip_user_agent_and_reason_but_a_fl
             assert row.client_ip == "127.0.0.1" and row.user_agent == "scanner/1.0"
             assert row.subject is None and row.arguments["claimed_subject"] == "mallory"  # type: ignore[index]
             assert row.request_path == "/mcp" and row.transport == "http"
+        async with served.client(served.token(ADMIN, subject="auditor")) as client:
+            page = (await client.call_tool("query_audit_log", {"kind": "auth"})).structured_content
+        assert page is not None and page["total"] == 2
 
 
 async def test_refused_tokens_left_out_of_the_audit_are_counted_in_the_next_row(
