@@ -19,6 +19,9 @@ import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 
+from mcp_server.errors import ConfigurationError
+from mcp_server.server import build_server
+from tests.app_fixtures import make_settings
 from tests.test_transports import CLI, audit, cli_env, free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -167,3 +170,19 @@ async def test_every_entry_point_serves_through_the_same_defences(server: str, t
         sock.sendall(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
         sock.settimeout(30)
         assert sock.recv(64).startswith(b"HTTP/1.1 408")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"transport": "sse"}, {"stateless": True}, {"host_origin_protection": False}, {"uvicorn_config": {}}],
+    ids=["sse", "stateless", "no host check", "own uvicorn settings"],
+)
+async def test_options_that_would_bypass_the_hardened_app_are_refused(
+    tmp_path: Path, options: dict[str, object]
+) -> None:
+    server = build_server(make_settings(tmp_path), transport="http")
+    with pytest.raises(ConfigurationError, match="Infrastructor builds its HTTP app itself"):
+        await server.run_http_async(port=free_port(), **options)  # type: ignore[arg-type]
+    if "transport" in options or "host_origin_protection" in options:
+        with pytest.raises(ConfigurationError):
+            server.http_app(**options)  # type: ignore[arg-type]
