@@ -31,7 +31,8 @@ from fastmcp.client.transports import StreamableHttpTransport
 from mcp import MCPError
 
 from mcp_server.auth import ADMIN, READ, WRITE, SigningKey
-from mcp_server.http_app import AuthFailureLog, uvicorn_config
+from mcp_server.http_app import uvicorn_config
+from mcp_server.http_guard import AuthFailureLog
 from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import audit_rows, make_settings
