@@ -88,6 +88,9 @@ def server_env(data_dir: Path, *, auth: bool) -> dict[str, str]:
         "INFRA_DATA_DIR": str(data_dir),
         "INFRA_SSH_KNOWN_HOSTS": str(data_dir / "known_hosts"),
         "INFRA_LOG_LEVEL": "WARNING",
+        # the benchmarks call far faster than an agent: the per-subject request rate limit would answer 429
+        "INFRA_HTTP_RATE_LIMIT": "1000000",
+        "INFRA_HTTP_RATE_BURST": "1000000",
     }
     env |= {"INFRA_JWT_SECRET": BENCH_JWT_SECRET} if auth else {"INFRA_AUTH": "false"}
     return env

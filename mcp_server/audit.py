@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import json
 import logging
 import os
@@ -17,12 +18,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import JSON, String, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import Base, CollectionSnapshot, DataCollectionAudit, SpoolSegment
+from mcp_server.redact import REDACTED, digest, redact, redact_text, secret_name
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,119 @@ def calling(ctx: CallContext) -> Iterator[CallContext]:
         _current.reset(token)
 
 
+# ---- what may be stored: every text column redacted, bounded and free of NUL ------------------------------
+
+# Columns holding names, kinds, ids and hashes that the server produced or validated: bounded, never rewritten.
+IDENTITY_COLUMNS = frozenset(
+    {
+        "device", "command", "kind", "outcome", "error_type", "request_id", "transport", "client_ip",
+        "subject", "client_id", "name", "content_hash", "change_type", "risk", "source", "path",
+    }
+)  # fmt: skip
+# Redacted where the value is produced, before it is cached or returned (collection.py): not redone here.
+REDACTED_UPSTREAM = frozenset({("collection_snapshots", "data")})
+# Unbounded text columns of the audit log, bounded all the same: they hold caller- or device-provided text.
+TEXT_LIMITS = {("data_collection_audit", "error_message"): 4000, ("data_collection_audit", "params"): 4000}
+# Argument strings longer than this are audited as their start and a fingerprint.
+AUDIT_STRING_CHARS = 1024
+# Characters beyond a column's bound still scanned, so a secret that starts inside the bound is found whole.
+_SCAN_MARGIN = 8192
+
+
+@dataclass(frozen=True)
+class _Column:
+    json: bool
+    limit: int | None
+    rewrite: bool
+
+
+@functools.cache
+def _columns(table: type[Base]) -> dict[str, _Column]:
+    name = table.__tablename__
+    plan: dict[str, _Column] = {}
+    for column in table.__table__.columns:
+        rewrite = column.name not in IDENTITY_COLUMNS and (name, column.name) not in REDACTED_UPSTREAM
+        if isinstance(column.type, JSON):
+            plan[column.name] = _Column(True, None, rewrite)
+        elif isinstance(column.type, String):
+            limit = column.type.length or TEXT_LIMITS.get((name, column.name))
+            plan[column.name] = _Column(False, limit, rewrite)
+    return plan
+
+
+def _clean(text: str) -> str:
+    # PostgreSQL refuses NUL in text and JSONB; one such character would fail the whole batch.
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _bounded_text(value: str, column: _Column) -> str:
+    if column.limit is not None:
+        value = value[: column.limit + _SCAN_MARGIN]
+    if column.rewrite:
+        value = redact_text(value)
+    value = _clean(value)
+    return value[: column.limit] if column.limit is not None else value
+
+
+def _json_value(value: Any, rewrite: bool, name: str = "") -> Any:
+    """A JSON value with its strings redacted (types kept: a secret-named string becomes ***) and NUL-free."""
+    if isinstance(value, dict):
+        return {
+            _clean(str(k)): (
+                REDACTED
+                if rewrite and isinstance(v, str) and v and secret_name(str(k))
+                else _json_value(v, rewrite, str(k))
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_json_value(item, rewrite, name) for item in value]
+    if isinstance(value, str):
+        return _clean(redact_text(value) if rewrite else value)
+    return value
+
+
+def storable(table: type[Base], row: dict[str, Any]) -> dict[str, Any]:
+    """`row` as it may be stored: secrets redacted in every text and JSON column but the identity ones,
+    strings cut to their column's bound, NUL characters replaced."""
+    out = dict(row)
+    for name, column in _columns(table).items():
+        value = out.get(name)
+        if isinstance(value, str) and not column.json:
+            out[name] = _bounded_text(value, column)
+        elif value is not None and column.json:
+            out[name] = _json_value(value, column.rewrite)
+    return out
+
+
+def clip(text: str, keep: int = AUDIT_STRING_CHARS) -> str:
+    """`text`, or its first `keep` characters and a fingerprint of the whole when it is longer."""
+    if len(text) <= keep:
+        return text
+    return f"{text[:keep]}…[{len(text)} characters, sha256:{digest(text)}]"
+
+
+def _clip_strings(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {clip(str(k), 256): _clip_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clip_strings(item) for item in value]
+    if isinstance(value, str):
+        return clip(value)
+    return value
+
+
+def audit_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """Tool arguments as audited: secrets masked, long strings kept as their start and a fingerprint."""
+    return dict(_clip_strings(redact(arguments)))
+
+
+def oversized_arguments(text: str, keep: int = 512) -> dict[str, Any]:
+    """What the audit keeps of arguments too large to accept: size, fingerprint and a redacted start."""
+    head = redact_text(text[: keep + _SCAN_MARGIN])[:keep]
+    return {"$oversized": True, "characters": len(text), "sha256": digest(text), "start": head}
+
+
 _TABLES: dict[str, type[Base]] = {
     mapper.class_.__tablename__: mapper.class_ for mapper in Base.registry.mappers
 }
@@ -121,7 +236,9 @@ class BatchWriter:
         self.replayed = 0
 
     def add(self, table: type[Base], row: dict[str, Any]) -> None:
-        self._pending.append((table, row))
+        """Queue a row; it is made storable first (see `storable`), so neither the database nor the spool
+        file ever sees a secret, an over-long string or a NUL character."""
+        self._pending.append((table, storable(table, row)))
         if len(self._pending) >= self._max_batch:
             self._wake.set()
 
@@ -174,7 +291,7 @@ class BatchWriter:
                 raise
 
     def _spool_rows(self, rows: list[tuple[type[Base], dict[str, Any]]]) -> None:
-        self._spool.mkdir(parents=True, exist_ok=True)
+        self._spool.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"segment-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.jsonl"
         path = self._spool / name
         lines = "".join(

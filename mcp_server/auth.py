@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import math
 import re
 import secrets
 import time
@@ -15,6 +19,12 @@ import cachetools
 import jwt
 from fastmcp.server.auth import AccessToken
 from fastmcp.server.auth.providers.jwt import JWTVerifier
+from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from starlette.authentication import AuthCredentials, AuthenticationBackend
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection
 
 from mcp_server.errors import ConfigurationError, InvalidParameter
 from mcp_server.secrets import SecretStore
@@ -43,26 +53,150 @@ def required_scope(tags: Iterable[str]) -> str:
     return READ
 
 
-class RememberingJWTVerifier(JWTVerifier):
-    """FastMCP's JWT verifier, remembering tokens it accepted for up to a minute (never past their expiry).
+# Where the auth backend leaves, in the ASGI scope, why a bearer token was refused (read by the HTTP guard).
+REJECTION_SCOPE_KEY = "infra.token_rejected"
+MAX_TOKEN_CHARS = 8192
+_STRING_CLAIMS = ("sub", "client_id", "azp", "jti")
 
-    Agents send the same token on every call; re-verifying its signature each time is most of auth's cost.
-    Tokens cannot be revoked before they expire, so remembering an accepted one changes nothing about
-    which requests get in. Rejected tokens are never remembered.
+
+def unverified_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a compact JWT, decoded WITHOUT checking anything: for screening and reasons only."""
+    parts = token.split(".")
+    if len(parts) != 3 or not parts[1]:
+        return None
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        claims = json.loads(payload, parse_constant=_reject_constant)
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _number(value: object) -> float | None:
+    """A finite JSON number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def claims_problem(claims: dict[str, Any] | None, *, now: float, max_ttl: int, leeway: int) -> str | None:
+    """Why a token's claims are unacceptable whatever its signature, or None.
+
+    Every token must expire (`exp`), may not be used before `nbf` or claim to be issued in the future
+    (`iat`), and may not live longer than INFRA_JWT_MAX_TTL; every time claim is a finite number.
+    """
+    if claims is None:
+        return "malformed token (not a JWT with a JSON payload)"
+    times: dict[str, float | None] = {}
+    for name in ("exp", "nbf", "iat"):
+        raw = claims.get(name)
+        times[name] = None if raw is None else _number(raw)
+        if raw is not None and times[name] is None:
+            return f"malformed {name} claim (not a finite number)"
+    for name in _STRING_CLAIMS:
+        value = claims.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > 255):
+            return f"malformed {name} claim (not a string of at most 255 characters)"
+    scope = claims.get("scope")
+    if scope is not None and not isinstance(scope, str):
+        return "malformed scope claim (not a space-separated string)"
+    scp = claims.get("scp")
+    if scp is not None and not (
+        isinstance(scp, str) or (isinstance(scp, list) and all(isinstance(s, str) for s in scp))
+    ):
+        return "malformed scp claim (not a string or a list of strings)"
+    exp, nbf, iat = times["exp"], times["nbf"], times["iat"]
+    if exp is None:
+        return "no exp claim (tokens must expire)"
+    if exp < now - leeway:
+        return "expired"
+    if nbf is not None and nbf > now + leeway:
+        return "not valid yet (nbf is in the future)"
+    if iat is not None and iat > now + leeway:
+        return "issued in the future (iat)"
+    if exp - min(iat if iat is not None else now, now) > max_ttl + leeway:
+        return f"lifetime longer than INFRA_JWT_MAX_TTL ({max_ttl} s)"
+    return None
+
+
+class RememberingJWTVerifier(JWTVerifier):
+    """FastMCP's JWT verifier behind our claim checks, remembering accepted tokens for up to a minute.
+
+    Before any signature work a token is screened: at most MAX_TOKEN_CHARS, a JSON payload whose `exp`
+    is present, finite and within INFRA_JWT_MAX_TTL, `nbf`/`iat` not in the future (INFRA_JWT_LEEWAY of
+    skew). FastMCP's verifier then checks signature, issuer and audience. Agents send the same token on
+    every call; re-verifying its signature each time is most of auth's cost, and tokens cannot be revoked
+    before they expire, so remembering an accepted one changes nothing about which requests get in.
+    Rejected tokens are never remembered.
     """
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, max_ttl: int = 30 * 86_400, leeway: int = 30, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.max_ttl = max_ttl
+        self.leeway = leeway
         self._accepted: cachetools.TTLCache[str, AccessToken] = cachetools.TTLCache(maxsize=1024, ttl=60)
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        return (await self.check(token))[0]
+
+    async def check(self, token: str) -> tuple[AccessToken | None, str | None]:
+        """(the accepted token, None) or (None, why it was refused)."""
+        now = time.time()
         known = self._accepted.get(token)
-        if known is not None and (known.expires_at is None or known.expires_at > time.time()):
-            return known
-        verified = await super().verify_token(token)
-        if verified is not None:
-            self._accepted[token] = verified
-        return verified
+        if known is not None and (known.expires_at is None or known.expires_at > now):
+            return known, None
+        if len(token) > MAX_TOKEN_CHARS:
+            return None, f"token longer than {MAX_TOKEN_CHARS} characters"
+        claims = unverified_claims(token)
+        problem = claims_problem(claims, now=now, max_ttl=self.max_ttl, leeway=self.leeway)
+        if problem is not None:
+            return None, problem
+        try:
+            verified = await super().verify_token(token)
+        except (ArithmeticError, ValueError, TypeError, KeyError, AttributeError):
+            return None, "malformed token"
+        if verified is None:
+            return None, self._rejection(claims or {})
+        self._accepted[token] = verified
+        return verified, None
+
+    def _rejection(self, claims: dict[str, Any]) -> str:
+        """The likely reason FastMCP's verifier refused a token whose claims passed our screening."""
+        if self.issuer and claims.get("iss") != self.issuer:
+            return "wrong issuer"
+        audience = claims.get("aud")
+        offered = audience if isinstance(audience, list) else [audience]
+        expected = self.audience if isinstance(self.audience, list) else [self.audience]
+        if self.audience and not any(a in offered for a in expected):
+            return "wrong audience"
+        return "bad signature or unsupported algorithm"
+
+    def get_middleware(self) -> list[Any]:
+        return [
+            Middleware(AuthenticationMiddleware, backend=ReasonedBearerBackend(self)),
+            Middleware(AuthContextMiddleware),
+        ]
+
+
+class ReasonedBearerBackend(AuthenticationBackend):
+    """The SDK's bearer backend, except that a refused token leaves its reason in the request scope."""
+
+    def __init__(self, verifier: RememberingJWTVerifier) -> None:
+        self.verifier = verifier
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, AuthenticatedUser] | None:
+        header = conn.headers.get("authorization")
+        if not header or not header.lower().startswith("bearer "):
+            return None
+        token, reason = await self.verifier.check(header[7:].strip())
+        if token is None:
+            conn.scope[REJECTION_SCOPE_KEY] = reason
+            return None
+        return AuthCredentials(token.scopes), AuthenticatedUser(token)
 
 
 @dataclass(frozen=True)
@@ -75,8 +209,10 @@ class SigningKey:
     jwks_url: str | None
     generated: bool = False  # True on the start that created it
 
-    def verifier(self, settings: Settings) -> JWTVerifier:
+    def verifier(self, settings: Settings) -> RememberingJWTVerifier:
         return RememberingJWTVerifier(
+            max_ttl=settings.jwt_max_ttl,
+            leeway=settings.jwt_leeway,
             public_key=self.secret if self.algorithm == "HS256" else self.public_key,
             jwks_uri=self.jwks_url,
             algorithm=self.algorithm,
@@ -132,6 +268,11 @@ def issue_token(
     unknown = [s for s in wanted if s not in SCOPES]
     if unknown or not wanted:
         raise InvalidParameter(f"scopes {unknown or wanted}: choose from {', '.join(SCOPES)}")
+    if ttl_seconds > settings.jwt_max_ttl:
+        raise InvalidParameter(
+            f"--ttl {ttl_seconds}s is longer than INFRA_JWT_MAX_TTL ({settings.jwt_max_ttl}s), which the server "
+            "would refuse; choose a shorter lifetime or raise INFRA_JWT_MAX_TTL"
+        )
     if key.secret is None:
         raise ConfigurationError(
             "tokens are verified with an RS256 public key (INFRA_JWT_PUBLIC_KEY / INFRA_JWKS_URL): "
@@ -159,7 +300,8 @@ DEV_TOKEN_TTL = 7 * 86400
 
 def dev_token_notice(key: SigningKey, settings: Settings) -> str:
     """The one-time message with an admin token, printed on the start that generated the key."""
-    token, expires = issue_token(key, settings, subject="dev", scopes=[ADMIN], ttl_seconds=DEV_TOKEN_TTL)
+    ttl = min(DEV_TOKEN_TTL, settings.jwt_max_ttl)
+    token, expires = issue_token(key, settings, subject="dev", scopes=[ADMIN], ttl_seconds=ttl)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(expires))
     return (
         "Generated a signing key for bearer tokens (stored encrypted). Development token with scope "

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -20,6 +18,8 @@ from rich.table import Table
 from mcp_server import __version__
 from mcp_server.db.engine import migrate, redact_url
 from mcp_server.errors import InfrastructorError
+from mcp_server.logs import redact_log_handlers
+from mcp_server.permissions import restrict_umask, secure_data_dir
 from mcp_server.settings import Settings, load_settings
 
 # stdout belongs to the MCP protocol in stdio mode and to command output otherwise; everything else is stderr.
@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Everything the process creates (database, WAL, spool, keys) is its user's alone.
+    restrict_umask()
     args = _parser().parse_args(argv)
     try:
         settings = load_settings()
@@ -114,11 +116,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        redact_log_handlers(logging.getLogger(), logging.getLogger("fastmcp"))
         if args.cmd == "serve":
             return _serve(settings, args)
         if args.cmd == "migrate":
             admin = settings.database_admin_url
             url = admin.get_secret_value() if admin is not None else settings.resolved_database_url
+            secure_data_dir(settings.data_dir)
             migrate(url)
             err.print(f"database {redact_url(url)} is at the latest schema", soft_wrap=True)
             return 0
@@ -140,17 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from mcp_server.auth import dev_token_notice
+    from mcp_server.http_app import allowed_hosts, check_bind, serve_http
     from mcp_server.server import build_server, http_signing_key
 
     if args.stdio:
@@ -160,13 +156,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.http_host
     port = args.port or settings.http_port
     path = args.path or settings.http_path
-    if not settings.auth and not _is_loopback(host):
-        err.print(
-            f"[red]error:[/red] refusing to listen on {host} with INFRA_AUTH=false: without bearer-token auth "
-            "the server only listens on loopback (127.0.0.1, ::1, localhost).",
-            soft_wrap=True,
-        )
-        return 2
+    check_bind(host, auth=settings.auth)  # before any work: the same refusal serve_http applies
     key = asyncio.run(http_signing_key(settings))
     server = build_server(settings, transport="http", signing_key=key)
     url = f"http://{host}:{port}{path}"
@@ -191,26 +181,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         highlight=False,
         soft_wrap=True,
     )
-    allowed = [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
-    if host in ("0.0.0.0", "::") and not allowed:
+    if host in ("0.0.0.0", "::") and not allowed_hosts(settings):
         err.print(
             "[yellow]note:[/yellow] listening on all interfaces: requests are accepted only with a Host header "
             "of localhost/127.0.0.1 unless you list your server's names in INFRA_ALLOWED_HOSTS.",
             soft_wrap=True,
         )
-    asyncio.run(
-        server.run_http_async(
-            show_banner=False,
-            host=host,
-            port=port,
-            path=path,
-            # Host/Origin validation against DNS rebinding; the bind address and INFRA_ALLOWED_HOSTS are allowed.
-            host_origin_protection=True,
-            allowed_hosts=allowed or None,
-            # The audit records the socket peer; forwarded headers count only through INFRA_TRUSTED_PROXIES.
-            uvicorn_config={"proxy_headers": False, "log_level": settings.log_level.lower()},
-        )
-    )
+    asyncio.run(serve_http(server, host=host, port=port, path=path))
     return 0
 
 
@@ -320,9 +297,7 @@ async def _devices(settings: Settings, args: argparse.Namespace) -> int:
             await state.devices.remove(args.name)
             err.print(f"removed {args.name}")
         elif args.devices_cmd == "import-ssh-config":
-            result = await import_ssh_hosts(
-                state.devices, Path(args.path).expanduser(), args.hosts, args.tags
-            )
+            result = await import_ssh_hosts(state.devices, args.path, args.hosts, args.tags)
             for host in result.hosts:
                 err.print(f"{host.status:8} {host.alias}" + (f"  ({host.reason})" if host.reason else ""))
             for warning in result.warnings:

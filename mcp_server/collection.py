@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import re
 import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -17,16 +18,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from mcp_server.audit import BatchWriter, current_call
 from mcp_server.cache import CacheKey, CacheManager
 from mcp_server.commands import CommandDefinition, CommandRegistry
 from mcp_server.db.tables import CollectionSnapshot, ServicePerformanceMetric, SystemMetricRow
-from mcp_server.devices import Device, DeviceRegistry
-from mcp_server.errors import CommandTimeout, InfrastructorError, InvalidParameter
+from mcp_server.devices import NAME_PATTERN, Device, DeviceRegistry
+from mcp_server.errors import CommandTimeout, InfrastructorError, InvalidParameter, ParseError
 from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
 from mcp_server.executors import ExecResult, Executor, LocalExecutor, check_exit
+from mcp_server.redact import REDACTED, redact_text, secret_name
 from mcp_server.settings import Settings
 from mcp_server.ssh import ProbeResult, SSHPool
 
@@ -108,6 +110,46 @@ def _system_metric_row(device: str, at: datetime, m: Any) -> dict[str, Any]:
         "swap_used_bytes": m.swap.used_bytes,
         "uptime_seconds": m.uptime_seconds,
     }
+
+
+def _masked(value: Any) -> tuple[Any, bool]:
+    """(value with secrets in its strings masked, whether anything changed); types are kept."""
+    if isinstance(value, dict):
+        changed = False
+        out: dict[Any, Any] = {}
+        for key, item in value.items():
+            if isinstance(item, str) and item and isinstance(key, str) and secret_name(key):
+                out[key], hit = REDACTED, item != REDACTED
+            else:
+                out[key], hit = _masked(item)
+            changed |= hit
+        return out, changed
+    if isinstance(value, list | tuple):
+        items = [_masked(item) for item in value]
+        return type(value)(item for item, _ in items), any(hit for _, hit in items)
+    if isinstance(value, str):
+        masked = redact_text(value)
+        return masked, masked != value
+    return value, False
+
+
+def redact_result(value: BaseModel, command: str) -> BaseModel:
+    """A parsed result with every secret-looking string masked (process command lines, log lines, labels,
+    configuration values), before it is cached, returned or stored."""
+    masked, changed = _masked(value.model_dump())
+    if not changed:
+        return value
+    try:
+        return type(value).model_validate(masked)
+    except ValidationError:
+        raise ParseError(
+            f"the output of {command} (a secret-looking value sits in a constrained field)"
+        ) from None
+
+
+def _named(device: str) -> str | None:
+    """`device` if it is shaped like a device name (anything else is caller text, never stored as a name)."""
+    return device if re.fullmatch(NAME_PATTERN, device) else None
 
 
 # Commands whose results also feed a time-series table, besides the latest snapshot.
@@ -194,12 +236,16 @@ class UnifiedDataCollectionService:
             raise
         finally:
             trace = current_call().trace
-            trace.devices.append(device)
-            trace.commands.append(command)
+            # names as the caller gave them are stored only once known to be names (identity columns are
+            # not redacted); an unknown one stays in the error message, which is
+            known_device = _named(device)
+            known_command = command if command in self.registry.names() else None
+            trace.devices.extend([known_device] if known_device else [])
+            trace.commands.extend([known_command] if known_command else [])
             trace.ssh_commands.extend(run.ssh_commands)
             trace.executions += run.executed
             trace.cache_hits += cache_hit
-            self._audit(device, command, params_key, cache_hit, run, started, error)
+            self._audit(known_device, known_command, params_key, cache_hit, run, started, error)
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -294,7 +340,7 @@ class UnifiedDataCollectionService:
             error = exc
             raise
         finally:
-            self._audit(device, "connection_test", None, False, run, started, error)
+            self._audit(_named(device), "connection_test", None, False, run, started, error)
 
     async def test_connection(self, device: str) -> ConnectionTest:
         """`probe`, with a connection failure reported in the result instead of raised."""
@@ -332,7 +378,7 @@ class UnifiedDataCollectionService:
             result = await self.executor(device).run(device, argv, timeout=timeout, label=definition.name)
             t_exec = time.perf_counter()
             check_exit(result, device.name, definition.name, definition.ok_exit_statuses)
-            value: BaseModel = definition.parse(result.stdout, params)
+            value: BaseModel = redact_result(definition.parse(result.stdout, params), definition.name)
             t_parse = time.perf_counter()
             outcome = "ok"
         except InfrastructorError as exc:
@@ -381,8 +427,8 @@ class UnifiedDataCollectionService:
 
     def _audit(
         self,
-        device: str,
-        command: str,
+        device: str | None,
+        command: str | None,
         params_key: str | None,
         cache_hit: bool,
         run: _Run,

@@ -17,8 +17,10 @@ from mcp_server.db.engine import Database
 from mcp_server.db.tables import DeviceRow
 from mcp_server.errors import DeviceExists, DeviceNotFound, InfrastructorError, InvalidParameter, invalid
 from mcp_server.events import DeviceChanged, EventBus
+from mcp_server.redact import redact_text
 from mcp_server.secrets import SecretStore
-from mcp_server.ssh_config import load_ssh_config_with_warnings
+from mcp_server.ssh_config import parse_ssh_config_with_warnings
+from mcp_server.ssh_files import FilePolicy, check_key_path, include_access, key_problem, read_ssh_config
 
 LOCAL = "local"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
@@ -107,13 +109,22 @@ class DeviceRegistry:
     """All devices, held in memory for the hot path and written through to the `devices` table."""
 
     def __init__(
-        self, db: Database, secrets: SecretStore, *, local_device: bool = True, events: EventBus | None = None
+        self,
+        db: Database,
+        secrets: SecretStore,
+        *,
+        local_device: bool = True,
+        file_dirs: tuple[Path, ...] | None = None,
+        data_dir: Path | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self._db = db
         self._secrets = secrets
         self._local = local_device
         self._events = events
         self._devices: dict[str, Device] = {}
+        # the only places key files and SSH configs are read from (settings.ssh_file_directories)
+        self.files = FilePolicy(file_dirs or (Path("~/.ssh").expanduser(),), data_dir)
 
     async def load(self) -> None:
         async with self._db.read_session() as session:
@@ -155,7 +166,8 @@ class DeviceRegistry:
             updated_at=now,
             password_secret=secret,
             host_key=None,
-            **spec.model_dump(exclude={"password"}),
+            **spec.model_dump(exclude={"password", "description"}),
+            description=redact_text(spec.description),
         )
         row.tags = list(spec.tags)
         try:
@@ -189,8 +201,9 @@ class DeviceRegistry:
             row = await session.scalar(select(DeviceRow).where(DeviceRow.name == name))
             if row is None:
                 raise DeviceNotFound(name, self._devices)
-            for field in ("hostname", "port", "username", "key_path", "jump_host", "description", "use_sudo"):
+            for field in ("hostname", "port", "username", "key_path", "jump_host", "use_sudo"):
                 setattr(row, field, getattr(spec, field))
+            row.description = redact_text(spec.description)
             row.tags = list(spec.tags)
             if clear_host_key or moved:
                 row.host_key = None
@@ -250,9 +263,7 @@ class DeviceRegistry:
             if jump.is_local:
                 raise InvalidParameter("The 'local' device cannot be a jump host.")
         if spec.key_path is not None:
-            path = Path(spec.key_path).expanduser()
-            if not path.is_file():
-                raise InvalidParameter(f"key_path {spec.key_path!r} is not a readable file on the server.")
+            check_key_path(self.files, spec.key_path)
 
 
 def _to_device(row: DeviceRow, password: str | None) -> Device:
@@ -345,21 +356,28 @@ def describe(device: Device, *, connected: bool) -> DeviceInfo:
     )
 
 
-def _existing(identity_file: str | None, warnings: list[str], alias: str) -> str | None:
-    """IdentityFile if it exists; ssh itself silently skips missing ones, we say so."""
-    if identity_file and not Path(identity_file).is_file():
-        warnings.append(f"{alias}: IdentityFile {identity_file!r} does not exist; using default keys")
-        return None
+def _usable_key(policy: FilePolicy, identity_file: str | None, warnings: list[str], alias: str) -> str | None:
+    """IdentityFile if the server may and can use it; ssh itself silently skips missing ones, we say so."""
+    if identity_file:
+        problem = key_problem(policy, identity_file)
+        if problem is not None:
+            warnings.append(f"{alias}: IdentityFile not used, default keys instead: {problem}")
+            return None
     return identity_file
 
 
 async def import_ssh_hosts(
-    devices: DeviceRegistry, path: Path, only: list[str] | None, tags: list[str]
+    devices: DeviceRegistry, path: str, only: list[str] | None, tags: list[str]
 ) -> SSHConfigImport:
-    """Add every concrete Host of an OpenSSH config; jump hosts first so ProxyJump can refer to them."""
-    if not path.is_file():
-        raise InvalidParameter(f"No SSH config file at {str(path)!r}.")
-    entries, warnings = load_ssh_config_with_warnings(path)
+    """Add every concrete Host of an OpenSSH config; jump hosts first so ProxyJump can refer to them.
+
+    The config and the files it includes are read only from the registry's SSH file directories.
+    """
+    text = read_ssh_config(devices.files, path)
+    read, glob = include_access(devices.files)
+    entries, warnings = parse_ssh_config_with_warnings(
+        text, path=Path(path).expanduser(), read=read, glob=glob
+    )
     wanted = set(only) if only else None
     by_alias = {e.alias: e for e in entries}
     ordered = sorted(entries, key=lambda e: 0 if any(o.proxy_jump == e.alias for o in entries) else 1)
@@ -385,7 +403,7 @@ async def import_ssh_hosts(
                 hostname=entry.hostname,
                 port=entry.port,
                 username=entry.user,
-                key_path=_existing(entry.identity_file, warnings, entry.alias),
+                key_path=_usable_key(devices.files, entry.identity_file, warnings, entry.alias),
                 jump_host=jump,
                 tags=tuple(tags),
                 description=f"Imported from {path}",
@@ -397,5 +415,5 @@ async def import_ssh_hosts(
         results.append(ImportedHost(alias=entry.alias, status="added"))
     added = sum(r.status == "added" for r in results)
     return SSHConfigImport(
-        path=str(path), hosts=results, added=added, skipped=len(results) - added, warnings=warnings
+        path=path, hosts=results, added=added, skipped=len(results) - added, warnings=warnings
     )

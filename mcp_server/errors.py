@@ -6,6 +6,7 @@
     ├── DeviceExists                   add_device with a name already taken
     ├── UnknownCommand                 name not in the CommandRegistry (carries the known names)
     ├── InvalidParameter               a parameter failed validation; nothing was executed
+    │   └── ArgumentsTooLarge          a call's arguments exceed INFRA_MAX_ARGUMENT_CHARS
     ├── ConnectionError_               could not get a working SSH connection
     │   ├── HostUnreachable            DNS failure, refused, no route, connect timeout
     │   ├── AuthenticationFailed       the server rejected our key or password
@@ -80,6 +81,10 @@ class UnknownCommand(InfrastructorError):
 
 class InvalidParameter(InfrastructorError):
     error_type = "invalid_parameter"
+
+
+class ArgumentsTooLarge(InvalidParameter):
+    error_type = "arguments_too_large"
 
 
 class ConnectionError_(InfrastructorError):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import getpass
 import ipaddress
 import json
+import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,12 +19,16 @@ from fastmcp.tools import ToolResult
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from mcp_server.audit import CallContext, calling
+from mcp_server.audit import CallContext, audit_arguments, calling, oversized_arguments
 from mcp_server.auth import ADMIN, READ, granted
 from mcp_server.budget import Keep, fit
-from mcp_server.errors import InfrastructorError, MissingScope
-from mcp_server.redact import redact
+from mcp_server.devices import NAME_PATTERN
+from mcp_server.errors import ArgumentsTooLarge, InfrastructorError, MissingScope
+from mcp_server.redact import redact_text
 from mcp_server.settings import Settings
+
+# No tool is named longer than this; a longer name is refused before it is looked up, echoed or stored.
+MAX_TOOL_NAME = 128
 
 RESOURCE_SCOPES = {"infra://audit/": ADMIN}
 
@@ -54,6 +60,8 @@ def _outcome(exc: BaseException) -> tuple[str, str, str | None]:
     """(outcome, error_type, message safe to store) for an exception leaving a call."""
     cause = exc.__cause__
     if isinstance(cause, MissingScope):
+        return "denied", cause.error_type, str(cause)
+    if isinstance(cause, ArgumentsTooLarge):
         return "denied", cause.error_type, str(cause)
     if isinstance(cause, InfrastructorError):
         return "error", cause.error_type, str(cause)
@@ -108,20 +116,47 @@ class AuditMiddleware(Middleware):
             have = ", ".join(sorted(scopes)) or "no infra scopes"
             raise MissingScope(f"missing scope {needed}: {what} needs {needed}; this token has {have}.")
 
+    def _too_large(self, what: str, text: str) -> str | None:
+        limit = self.settings.max_argument_chars
+        if len(text) <= limit:
+            return None
+        return (
+            f"{what} {len(text):,} characters; the limit is {limit:,} (INFRA_MAX_ARGUMENT_CHARS). "
+            "Send smaller values (no tool needs more)."
+        )
+
     async def on_call_tool(
         self, context: MiddlewareContext[mt.CallToolRequestParams], call_next: CallNext[Any, Any]
     ) -> Any:
         name = context.message.name
         arguments = dict(context.message.arguments or {})
-        ctx, scopes = self._context(name)
+        # Size first, before any other work: a huge call must cost no more than measuring it.
+        encoded = json.dumps(arguments, separators=(",", ":"), ensure_ascii=False, default=str)
+        problem = self._too_large("the arguments (as JSON) are", encoded)
+        if len(name) > MAX_TOOL_NAME:
+            encoded = name  # what the audit fingerprints
+            problem = (
+                f"the tool name is {len(name):,} characters; no tool has a name longer than {MAX_TOOL_NAME}."
+            )
+        ctx, scopes = self._context(name[:MAX_TOOL_NAME])
         needed = self.tool_scopes.get(name, READ)  # an unknown tool fails as unknown, after this
+        given = arguments.get("device")
+        # stored as a name only when shaped like one: identity columns are not redacted
+        device = given if isinstance(given, str) and re.fullmatch(NAME_PATTERN, given) else None
+
+        def admit() -> None:
+            if problem is not None:
+                raise ArgumentsTooLarge(f"Refused tool call: {problem}")
+            self._authorize(scopes, needed, f"tool {name!r}")
+
         return await self._audited(
             context,
             call_next,
             ctx,
             "tool",
-            arguments,
-            lambda: self._authorize(scopes, needed, f"tool {name!r}"),
+            oversized_arguments(encoded) if problem else audit_arguments(arguments),
+            None if problem else device,
+            admit,
             ToolError,
         )
 
@@ -129,15 +164,26 @@ class AuditMiddleware(Middleware):
         self, context: MiddlewareContext[mt.ReadResourceRequestParams], call_next: CallNext[Any, Any]
     ) -> Any:
         uri = str(context.message.uri)
-        ctx, scopes = self._context(uri)
+        problem = self._too_large("the resource URI is", uri)
+        ctx, scopes = self._context(uri[:MAX_TOOL_NAME])
         needed = _resource_scope(uri)
+
+        def admit() -> None:
+            if problem is not None:
+                raise ArgumentsTooLarge(f"Refused resource read: {problem}")
+            self._authorize(scopes, needed, f"resource {uri}")
+
         return await self._audited(
             context,
             call_next,
             ctx,
             "resource",
-            {},
-            lambda: self._authorize(scopes, needed, f"resource {uri}"),
+            # the tool column keeps 128 characters; a longer URI is kept whole (redacted, bounded) here
+            oversized_arguments(uri)
+            if problem
+            else audit_arguments({"uri": uri} if len(uri) > MAX_TOOL_NAME else {}),
+            None,
+            admit,
             ResourceError,
         )
 
@@ -148,7 +194,8 @@ class AuditMiddleware(Middleware):
         ctx: CallContext,
         kind: str,
         arguments: dict[str, Any],
-        authorize: Any,
+        device: str | None,
+        admit: Callable[[], None],
         error: type[Exception],
     ) -> Any:
         started = time.perf_counter()
@@ -156,12 +203,15 @@ class AuditMiddleware(Middleware):
         try:
             with calling(ctx):
                 try:
-                    authorize()
-                except MissingScope as exc:
+                    admit()
+                except InfrastructorError as exc:
                     raise error(str(exc)) from exc
                 return await call_next(context)
         except BaseException as exc:
             outcome, error_type, message = _outcome(exc)
+            masked = _redacted(exc, error)
+            if masked is not None:
+                raise masked from exc.__cause__
             raise
         finally:
             state = context.fastmcp_context.lifespan_context.get("state") if context.fastmcp_context else None
@@ -171,8 +221,8 @@ class AuditMiddleware(Middleware):
                     occurred_at=datetime.now(UTC),
                     kind=kind,
                     **ctx.audit_fields(),
-                    arguments=redact(arguments),
-                    device=arguments.get("device") if isinstance(arguments.get("device"), str) else None,
+                    arguments=arguments,
+                    device=device,
                     command=",".join(dict.fromkeys(trace.commands)) or None,
                     params=None,
                     cache_hit=trace.executions == 0 and trace.cache_hits > 0,
@@ -182,6 +232,19 @@ class AuditMiddleware(Middleware):
                     error_type=error_type,
                     error_message=message,
                 )
+
+
+def _redacted(exc: BaseException, error: type[Exception]) -> Exception | None:
+    """The client-visible error with secrets masked (device stderr, input echoed by a validation error),
+    when it held any."""
+    if not isinstance(exc, FastMCPError | NotFoundError | ValidationError):
+        return None
+    text = str(exc)
+    masked = redact_text(text)
+    if masked == text:
+        return None
+    # as the call's own error type: FastMCP rebuilds some messages (an unknown tool's) from the raw input
+    return error(masked)
 
 
 class ResultBudgetMiddleware(Middleware):

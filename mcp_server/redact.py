@@ -47,6 +47,8 @@ _DIRECTIVE = re.compile(
 _VALUE = re.compile(r"\"[^\"\n]{0,2048}+\"|'[^'\n]{0,2048}+'|[^\s,;&\"'<>]{1,2048}+")
 # directives that hold a secret although their names do not say so
 _SECRET_DIRECTIVES = frozenset({"requirepass", "masterauth", "pass", "passwd"})
+# No secret name without one of these stems: a text without any is left alone at once.
+_STEM = re.compile(r"pass|secret|token|credential|key", re.I)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -113,7 +115,7 @@ def redact_text(text: str) -> str:
         text = _JWT.sub(REDACTED, text)
     if "PRIVATE KEY-----" in text:
         text = _private_keys(text)
-    if "=" in text or ":" in text:
+    if ("=" in text or ":" in text) and _STEM.search(text):
         text = _secret_values(text, _ASSIGNMENT, secret_name)
     return _secret_values(text, _DIRECTIVE, _secret_directive)
 

@@ -6,20 +6,28 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from fastmcp import FastMCP
+from fastmcp.server.http import HostOriginProtection, StarletteWithLifespan
 from fastmcp.tools import Tool
+from mcp.server.streamable_http import EventStore
+from starlette.middleware import Middleware as ASGIMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from mcp_server import __version__, prompts, resources
 from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
 from mcp_server.config_monitoring.notifier import ConfigNotifier
+from mcp_server.errors import ConfigurationError
 from mcp_server.events import ConfigChanged
+from mcp_server.http_app import build_http_app, serve_http
+from mcp_server.logs import redact_log_handlers
 from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
+from mcp_server.permissions import restrict_umask
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings, load_settings
 from mcp_server.state import AppState, open_database, open_state
@@ -50,25 +58,118 @@ to be told when a watched file changes.
 """
 
 
+_UNSUPPORTED = "Infrastructor builds its HTTP app itself, with its own settings (INFRA_*); remove"
+
+
+class InfrastructorServer(FastMCP[dict[str, Any]]):
+    """FastMCP with the server's settings attached. However it is served over HTTP (`infrastructor serve`,
+    `fastmcp run fastmcp.json`, `http_app()` in tests), it goes through http_app.py and its refusals."""
+
+    def __init__(self, settings: Settings, audit: AuditMiddleware, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.settings = settings
+        self.audit = audit
+        self.app_state: AppState | None = None
+
+    def state_of(self) -> AppState | None:
+        """The running AppState (None before the lifespan has opened it)."""
+        return self.app_state
+
+    def http_app(
+        self,
+        path: str | None = None,
+        middleware: list[ASGIMiddleware] | None = None,
+        json_response: bool | None = None,
+        stateless_http: bool | None = None,
+        transport: Literal["http", "streamable-http", "sse"] = "http",
+        event_store: EventStore | None = None,
+        retry_interval: int | None = None,
+        host_origin_protection: HostOriginProtection | None = None,
+        allowed_hosts: list[str] | None = None,
+        allowed_origins: list[str] | None = None,
+        session_idle_timeout: float | Literal["auto"] | None = None,
+    ) -> StarletteWithLifespan:
+        given = {
+            "middleware": middleware,
+            "json_response": json_response,
+            "stateless_http": stateless_http,
+            "event_store": event_store,
+            "retry_interval": retry_interval,
+            "allowed_origins": allowed_origins,
+            "session_idle_timeout": session_idle_timeout,
+        }
+        refused = [name for name, value in given.items() if value not in (None, False)]
+        if transport == "sse" or host_origin_protection not in (None, True) or refused:
+            what = ", ".join(refused + (["sse"] if transport == "sse" else []))
+            raise ConfigurationError(f"{_UNSUPPORTED}: {what or 'host_origin_protection'}")
+        return build_http_app(self, path=path or self.settings.http_path, extra_hosts=allowed_hosts)
+
+    async def run_http_async(
+        self,
+        show_banner: bool = True,
+        transport: Literal["http", "streamable-http", "sse"] = "http",
+        host: str | None = None,
+        port: int | None = None,
+        log_level: str | None = None,
+        path: str | None = None,
+        uvicorn_config: dict[str, Any] | None = None,
+        middleware: list[ASGIMiddleware] | None = None,
+        json_response: bool | None = None,
+        stateless_http: bool | None = None,
+        stateless: bool | None = None,
+        host_origin_protection: HostOriginProtection | None = None,
+        allowed_hosts: list[str] | None = None,
+        allowed_origins: list[str] | None = None,
+        sockets: list[socket.socket] | None = None,
+    ) -> None:
+        given = {
+            "uvicorn_config": uvicorn_config,
+            "middleware": middleware,
+            "json_response": json_response,
+            "stateless": stateless_http or stateless,
+            "allowed_hosts (use INFRA_ALLOWED_HOSTS)": allowed_hosts,
+            "allowed_origins": allowed_origins,
+            "sockets": sockets,
+        }
+        refused = [name for name, value in given.items() if value not in (None, False)]
+        if transport == "sse" or host_origin_protection not in (None, True) or refused:
+            what = ", ".join(refused + (["sse"] if transport == "sse" else []))
+            raise ConfigurationError(f"{_UNSUPPORTED}: {what or 'host_origin_protection'}")
+        await serve_http(
+            self,
+            host=host or self.settings.http_host,
+            port=port or self.settings.http_port,
+            path=path or self.settings.http_path,
+            log_level=log_level,
+        )
+
+    async def run_stdio_async(
+        self, show_banner: bool = True, log_level: str | None = None, stateless: bool = False
+    ) -> None:
+        self.audit.transport = "stdio"  # the audit records the local user, as `serve --stdio` does
+        await super().run_stdio_async(show_banner=show_banner, log_level=log_level, stateless=stateless)
+
+
 def build_server(
     settings: Settings,
     *,
     transport: str = "memory",
     state: AppState | None = None,
     signing_key: SigningKey | None = None,
-) -> FastMCP:
+) -> InfrastructorServer:
     """The MCP server: tools, resources and prompts over one AppState.
 
     Without `state` the lifespan builds (and closes) its own; with one, clients share that state.
     With `signing_key`, HTTP requests need a bearer JWT it verifies, and tools and resources need their scope.
     """
-    running: dict[str, AppState] = {}
     notifier = ConfigNotifier()
 
     @contextlib.asynccontextmanager
-    async def lifespan(_server: FastMCP) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
+        assert isinstance(server, InfrastructorServer)
         if state is not None:
             # a shared state: whoever opened it starts and stops its watchers
+            server.app_state = state
             unsubscribe = state.events.subscribe(notifier.on_event, types=(ConfigChanged,))
             try:
                 yield {"state": state}
@@ -77,7 +178,7 @@ def build_server(
                 notifier.close()
             return
         async with open_state(settings) as own:
-            running["state"] = own
+            server.app_state = own
             unsubscribe = own.events.subscribe(notifier.on_event, types=(ConfigChanged,))
             await own.config.start()
             try:
@@ -85,12 +186,14 @@ def build_server(
             finally:
                 unsubscribe()
                 notifier.close()
-                running.pop("state", None)
+                server.app_state = None
 
     audit = AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None)
     budget = ResultBudgetMiddleware(settings.max_result_chars)
-    mcp = FastMCP(
-        "infrastructor",
+    mcp = InfrastructorServer(
+        settings,
+        audit,
+        name="infrastructor",
         instructions=INSTRUCTIONS,
         version=__version__,
         lifespan=lifespan,
@@ -116,7 +219,7 @@ def build_server(
     @mcp.custom_route("/health", methods=["GET"])
     async def health(_request: Request) -> JSONResponse:
         """Liveness and database reachability; no auth, nothing sensitive."""
-        current = state or running.get("state")
+        current = mcp.state_of()
         db_ok = await current.db.ping() if current else None
         body = {
             "status": "ok" if db_ok is not False else "degraded",
@@ -132,7 +235,6 @@ async def http_signing_key(settings: Settings) -> SigningKey | None:
     """The key that verifies bearer tokens (generated and stored on first start), or None with INFRA_AUTH=false."""
     if not settings.auth:
         return None
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = await open_database(settings)
     try:
         return await signing_key(settings, SecretStore.from_settings(db, settings))
@@ -140,8 +242,14 @@ async def http_signing_key(settings: Settings) -> SigningKey | None:
         await db.close()
 
 
-def create_server() -> FastMCP:
-    """Entry point for `fastmcp run fastmcp.json`: settings from the environment, auth as `serve` does it."""
+def create_server() -> InfrastructorServer:
+    """Entry point for `fastmcp run fastmcp.json`: settings from the environment, auth as `serve` does it.
+
+    Serving it over HTTP goes through the same app builder and refusals as `infrastructor serve`
+    (InfrastructorServer.run_http_async); host, port and path default to INFRA_HTTP_*.
+    """
+    restrict_umask()
+    redact_log_handlers(logging.getLogger(), logging.getLogger("fastmcp"))
     settings = load_settings()
     # fastmcp may call this factory from inside its event loop: resolve the key on a loop of our own
     with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -107,6 +107,84 @@ class Settings(BaseSettings):
         description="Comma-separated extra Host header values accepted (DNS-rebinding protection).",
     )
 
+    jwt_max_ttl: int = Field(
+        default=30 * 86_400,
+        ge=60,
+        le=10 * 365 * 86_400,
+        description="Longest token lifetime accepted (exp minus iat, or minus now), in seconds; tokens "
+        "without exp are refused.",
+    )
+    jwt_leeway: int = Field(
+        default=30,
+        ge=0,
+        le=300,
+        description="Seconds of clock skew allowed when checking exp, nbf and iat.",
+    )
+
+    max_argument_chars: int = Field(
+        default=65_536,
+        ge=1024,
+        le=10_000_000,
+        description="Largest tool-call arguments (as JSON) or resource URI accepted; a bigger call is "
+        "refused before it is authorised, run or audited in full.",
+    )
+    http_max_body_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=65_536,
+        le=256 * 1024 * 1024,
+        description="Largest HTTP request body; bigger requests get 413.",
+    )
+    http_rate_limit: int = Field(
+        default=600,
+        ge=1,
+        le=1_000_000,
+        description="HTTP requests per minute allowed per token subject (per client IP without a valid "
+        "token); beyond it, 429 with Retry-After.",
+    )
+    http_rate_burst: int = Field(
+        default=120,
+        ge=1,
+        le=1_000_000,
+        description="Requests a subject may send at once before the rate applies.",
+    )
+    http_max_sessions: int = Field(
+        default=1000,
+        ge=1,
+        le=1_000_000,
+        description="Open MCP sessions (2025-11-25 protocol clients) in all; admin tokens may exceed it "
+        "up to their own per-subject cap.",
+    )
+    http_max_sessions_per_subject: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="Open MCP sessions one token subject may hold; beyond it, 429 with Retry-After.",
+    )
+    http_session_idle_timeout: float = Field(
+        default=300.0, gt=0, le=86_400, description="Seconds an MCP session may sit idle before it is closed."
+    )
+    http_header_timeout: float = Field(
+        default=10.0, gt=0, le=600, description="Seconds a client has to send a request's headers."
+    )
+    http_body_timeout: float = Field(
+        default=30.0, gt=0, le=3600, description="Seconds a client has to send a request's body."
+    )
+    http_max_connections: int = Field(
+        default=256, ge=1, le=100_000, description="Open HTTP connections accepted at once; more are refused."
+    )
+    audit_auth_failures_per_minute: int = Field(
+        default=60,
+        ge=0,
+        le=100_000,
+        description="Rejected-token attempts written to the audit log per minute (a tenth of it per client "
+        "IP); the rest are counted in the next row written.",
+    )
+    ssh_file_dirs: str = Field(
+        default="",
+        description="Comma-separated directories that key_path and import_ssh_config may read from; "
+        "default ~/.ssh and <data_dir>/keys.",
+    )
+
     allow_run_command: bool = Field(default=False, description="Offer run_command (admin scope) at all.")
     run_command_allowlist: str = Field(
         default="",
@@ -153,6 +231,20 @@ class Settings(BaseSettings):
             for v in self.trusted_proxies.split(",")
             if v.strip()
         ]
+
+    @field_validator("ssh_file_dirs")
+    @classmethod
+    def _absolute_dirs(cls, value: str) -> str:
+        for item in filter(None, (v.strip() for v in value.split(","))):
+            if not Path(item).expanduser().is_absolute():
+                raise ValueError(f"{item!r} is not an absolute directory (use /path or ~/path)")
+        return value
+
+    @property
+    def ssh_file_directories(self) -> tuple[Path, ...]:
+        """Where key files and SSH configs may be read from (INFRA_SSH_FILE_DIRS, or ~/.ssh and the keys dir)."""
+        listed = [Path(v.strip()).expanduser() for v in self.ssh_file_dirs.split(",") if v.strip()]
+        return tuple(listed) if listed else (Path("~/.ssh").expanduser(), self.data_dir / "keys")
 
     @property
     def resolved_database_url(self) -> str:

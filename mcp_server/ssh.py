@@ -28,9 +28,32 @@ from mcp_server.errors import (
     SessionLimit,
 )
 from mcp_server.executors import STOP_GRACE, ExecResult, LineStream
+from mcp_server.redact import redact_text
 from mcp_server.settings import Settings
 
 _log = logging.getLogger(__name__)
+
+
+class _AsyncsshLogFilter(logging.Filter):
+    """asyncssh logs every command it runs (and every channel) at INFO, arguments and all. Its INFO records
+    become DEBUG (kept only when this module logs at DEBUG) and every record it emits is redacted."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno <= logging.INFO:
+            if not _log.isEnabledFor(logging.DEBUG):
+                return False
+            record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        record.msg, record.args = redact_text(record.getMessage()), None
+        return True
+
+
+def quiet_asyncssh_logs() -> None:
+    """Install _AsyncsshLogFilter on asyncssh's loggers (once)."""
+    for name in ("asyncssh", "asyncssh.sftp"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _AsyncsshLogFilter) for f in logger.filters):
+            logger.addFilter(_AsyncsshLogFilter())
+
 
 HostKeySource = Literal["known_hosts", "pinned", "pinned_now", "local"]
 # what a dead pooled connection raises when a new channel is asked of it
@@ -163,6 +186,7 @@ class SSHPool:
         lookup: Callable[[str], Device],
         on_host_key_pinned: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
+        quiet_asyncssh_logs()
         self._options = options
         self._lookup = lookup
         self._on_pinned = on_host_key_pinned

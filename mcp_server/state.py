@@ -33,6 +33,7 @@ from mcp_server.db.tables import CacheMetadata
 from mcp_server.devices import Device, DeviceInfo, DeviceRegistry, describe
 from mcp_server.events import EventBus
 from mcp_server.executors import LocalExecutor
+from mcp_server.permissions import secure_data_dir
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings
 from mcp_server.ssh import SSHOptions, SSHPool
@@ -91,11 +92,17 @@ async def open_state(
 
     `registry` and `clock` exist for tests (extra commands, a controllable cache clock).
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = await open_database(settings, migrate=migrate)
     secrets = SecretStore.from_settings(db, settings)
     events = EventBus()
-    devices = DeviceRegistry(db, secrets, local_device=settings.local_device, events=events)
+    devices = DeviceRegistry(
+        db,
+        secrets,
+        local_device=settings.local_device,
+        file_dirs=settings.ssh_file_directories,
+        data_dir=settings.data_dir,
+        events=events,
+    )
     await devices.load()
     cache = CacheManager(settings.cache_max_entries, clock=clock)
     ssh = SSHPool(
@@ -135,7 +142,12 @@ async def open_state(
 
 
 async def open_database(settings: Settings, *, migrate: bool = True) -> Database:
-    """The database, migrated; with a bootstrapped application role, connected as that role."""
+    """The database, migrated; with a bootstrapped application role, connected as that role.
+
+    The data dir is made private first (created 0700, or tightened with a warning): every command that
+    touches state comes through here.
+    """
+    secure_data_dir(settings.data_dir)
     db = Database(settings.resolved_database_url)
     if credentials_path(settings).exists():
         # the application role cannot create tables: migrate as the owner when given, else insist on head

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -80,6 +81,8 @@ def sqlite_settings(tmp_path: Path) -> Settings:
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     defaults: dict[str, Any] = {
         "data_dir": tmp_path / "data",
+        # test keys and SSH configs live in temporary directories (the sshd fleet's, tmp_path)
+        "ssh_file_dirs": tempfile.gettempdir(),
         "ssh_known_hosts": tmp_path / "known_hosts",
         "ssh_connect_timeout": 3.0,
         "audit_flush_interval": 0.05,

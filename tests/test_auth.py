@@ -344,6 +344,7 @@ def test_token_create_rejects_unknown_scopes_and_bad_ttls(tmp_path: Path) -> Non
     for args, message in (
         (["--scopes", "infra:root"], "choose from infra:read, infra:write, infra:admin"),
         (["--ttl", "forever"], "--ttl 'forever'"),
+        (["--ttl", "400d"], "longer than INFRA_JWT_MAX_TTL"),  # the server would refuse such a token
     ):
         result = subprocess.run(
             [CLI, "token", "create", "--subject", "x", *args],

@@ -203,7 +203,7 @@ async def test_a_device_password_is_encrypted_at_rest_and_never_returned(
 
 
 async def test_add_device_rejects_bad_input_with_actionable_messages(client: Client[Any]) -> None:
-    with pytest.raises(ToolError, match="key_path '/nonexistent/key' is not a readable file"):
+    with pytest.raises(ToolError, match="key_path '/nonexistent/key' is outside the directories"):
         await client.call_tool("add_device", {"name": "x1", "hostname": "h", "key_path": "/nonexistent/key"})
     with pytest.raises(ToolError, match="validation error"):
         await client.call_tool("add_device", {"name": "Bad Name!", "hostname": "h"})
@@ -235,7 +235,7 @@ async def test_import_ssh_config_registers_hosts_and_jump_hosts(
     assert structured(beta_info)["key_path"] == str(sshd_fleet.client_key_path)
     again = await client.call_tool("import_ssh_config", {"path": str(config)})
     assert structured(again)["added"] == 0 and structured(again)["skipped"] == 2
-    with pytest.raises(ToolError, match="No SSH config file"):
+    with pytest.raises(ToolError, match="Cannot use SSH config .*: it must be an existing, readable file"):
         await client.call_tool("import_ssh_config", {"path": str(tmp_path / "missing")})
 
 

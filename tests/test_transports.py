@@ -9,6 +9,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFRA_")}
     env |= {
         "INFRA_DATA_DIR": str(tmp_path / "data"),
+        "INFRA_SSH_FILE_DIRS": tempfile.gettempdir(),
         "INFRA_SSH_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
         "INFRA_SSH_CONNECT_TIMEOUT": "3",
         "INFRA_AUDIT_FLUSH_INTERVAL": "0.05",

@@ -14,6 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 from mcp_server.errors import StorageError
+from mcp_server.permissions import create_private_file
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +37,12 @@ class Database:
         self.url = url
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
-        kwargs: dict[str, object] = {}
+        # Statement parameters (audit rows, snapshots) never appear in error messages and logs.
+        kwargs: dict[str, object] = {"hide_parameters": True}
         if self.dialect == "sqlite":
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                # 0600 before SQLite opens it; its -wal and -shm files take the same mode
+                create_private_file(Path(parsed.database))
             kwargs["connect_args"] = {"timeout": 15}
         else:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True, pool_recycle=1800)
@@ -98,7 +101,7 @@ def migrate(url: str, revision: str = "head") -> None:
     """Upgrade the database at `url` to `revision` (blocking; runs its own event loop)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(Path(parsed.database))
     try:
         command.upgrade(alembic_config(url), revision)
     except (SQLAlchemyError, OSError) as exc:

@@ -60,7 +60,8 @@ class AuditEntry(BaseModel):
     id: int
     occurred_at: datetime
     kind: str = Field(
-        description="tool, resource or collection (collections link to their call by request_id)."
+        description="tool, resource or collection (collections link to their call by request_id); session "
+        "(an MCP session opened or refused); auth (a refused bearer token: reason in error_message)."
     )
     request_id: str | None
     subject: str | None = Field(description="Token subject, or local:<user> over stdio.")

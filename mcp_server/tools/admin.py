@@ -46,7 +46,10 @@ def register(mcp: FastMCP) -> None:
         device: str | None = None,
         tool: Annotated[str | None, Field(description="Tool name or resource URI.")] = None,
         outcome: Literal["ok", "error", "denied"] | None = None,
-        kind: Literal["tool", "resource", "collection"] | None = None,
+        kind: Annotated[
+            Literal["tool", "resource", "collection", "session", "auth"] | None,
+            Field(description="session: an MCP session opened or refused; auth: a refused bearer token."),
+        ] = None,
         request_id: str | None = None,
         limit: Limit = 50,
         offset: Offset = 0,

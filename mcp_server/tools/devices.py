@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastmcp import FastMCP
@@ -58,7 +57,10 @@ def register(mcp: FastMCP) -> None:
         hostname: Annotated[str, Field(description="DNS name or IP address to SSH to.")],
         port: Annotated[int, Field(ge=1, le=65535)] = 22,
         username: Annotated[str | None, Field(description="SSH user; default: the server's OS user.")] = None,
-        key_path: Annotated[str | None, Field(description="Private key file on the server.")] = None,
+        key_path: Annotated[
+            str | None,
+            Field(description="Private key file on the server, inside INFRA_SSH_FILE_DIRS (default ~/.ssh)."),
+        ] = None,
         password: Annotated[str | None, Field(description="SSH password (stored encrypted).")] = None,
         jump_host: Annotated[
             str | None, Field(description="Name of a registered device to tunnel through.")
@@ -142,7 +144,11 @@ def register(mcp: FastMCP) -> None:
     @expected_errors()
     async def import_ssh_config(
         path: Annotated[
-            str | None, Field(description="OpenSSH client config on the server; default ~/.ssh/config.")
+            str | None,
+            Field(
+                description="OpenSSH client config on the server, inside INFRA_SSH_FILE_DIRS "
+                "(default ~/.ssh); default ~/.ssh/config."
+            ),
         ] = None,
         hosts: Annotated[
             list[str] | None, Field(description="Only these Host aliases (default: all).")
@@ -151,6 +157,4 @@ def register(mcp: FastMCP) -> None:
         state: AppState = Depends(current_state),
     ) -> SSHConfigImport:
         """Register the hosts of an OpenSSH config file (HostName, Port, User, IdentityFile, ProxyJump)."""
-        return await import_ssh_hosts(
-            state.devices, Path(path or "~/.ssh/config").expanduser(), hosts, tags or []
-        )
+        return await import_ssh_hosts(state.devices, path or "~/.ssh/config", hosts, tags or [])

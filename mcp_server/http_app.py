@@ -1,0 +1,238 @@
+"""The HTTP face of the server, built one way for every entry point (`infrastructor serve`, `fastmcp run`).
+
+    uvicorn (GuardedH11Protocol: connection cap, header and body read timeouts, no proxy headers)
+    └── Host/Origin check (DNS rebinding)
+        └── bearer-token authentication (auth.py; a refused token leaves its reason in the scope)
+            └── HttpGuard: per-subject (or per-IP) request rate -> 429; refused tokens -> audit (rate-limited)
+                └── /mcp -> SessionManager: body-size cap, per-subject and total session caps -> 429/503,
+                    short idle expiry, session creation audited
+(HttpGuard and SessionManager live in http_guard.py.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import h11
+import uvicorn
+from fastmcp.server.auth.middleware import RequireAuthMiddleware
+from fastmcp.server.http import (
+    HostOriginGuardMiddleware,
+    StarletteWithLifespan,
+    StreamableHTTPASGIApp,
+    create_base_app,
+)
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from mcp_server.errors import ConfigurationError
+from mcp_server.http_guard import HttpGuard, SessionManager
+from mcp_server.settings import Settings
+
+if TYPE_CHECKING:
+    from mcp_server.server import InfrastructorServer
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, *, auth: bool) -> None:
+    """The refusal every entry point applies before listening: no auth off a loopback address."""
+    if not auth and not is_loopback(host):
+        raise ConfigurationError(
+            f"refusing to listen on {host} with INFRA_AUTH=false: without bearer-token auth the server only "
+            "listens on loopback (127.0.0.1, ::1, localhost)."
+        )
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    return [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+
+
+# ---- the app ----------------------------------------------------------------------------------------------
+
+
+def build_http_app(
+    server: InfrastructorServer, *, path: str, extra_hosts: list[str] | None = None
+) -> StarletteWithLifespan:
+    """The streamable-HTTP app: FastMCP's pieces, assembled with our guard and session manager."""
+    settings = server.settings
+    transport_app = StreamableHTTPASGIApp(None)
+    routes: list[BaseRoute] = []
+    middleware = [
+        # Host/Origin validation against DNS rebinding, on every request (strict)
+        Middleware(
+            HostOriginGuardMiddleware,
+            allowed_hosts=[*allowed_hosts(settings), *(extra_hosts or [])],
+            allowed_origins=None,
+            mode="strict",
+        )
+    ]
+    auth = server.auth
+    endpoint: ASGIApp = transport_app
+    if auth is not None:
+        middleware.extend(auth.get_middleware())
+        routes.extend(auth.get_routes(mcp_path=path))
+        endpoint = RequireAuthMiddleware(transport_app, auth.required_scopes, None, auth.challenge_scopes)
+    middleware.append(Middleware(HttpGuard, settings=settings, path=path, state_of=server.state_of))
+    routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
+    routes.extend(server._get_additional_http_routes())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        manager = SessionManager(server._mcp_server, settings=settings, state_of=server.state_of)
+        transport_app.session_manager = manager
+        async with manager.run():
+            try:
+                yield
+            finally:
+                # end open sessions before the task group goes (an SSE stream cut mid-flight logs errors)
+                for session in list(manager._server_instances.values()):
+                    with contextlib.suppress(Exception):
+                        await session.terminate()
+
+    app = create_base_app(routes=routes, middleware=middleware, lifespan=lifespan)
+    app.state.fastmcp_server = server
+    app.state.fastmcp_auth = auth
+    app.state.path = path
+    app.state.transport_type = "streamable-http"
+    return app
+
+
+# ---- the server: connections, header and body read timeouts -----------------------------------------------
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a cap on open connections and deadlines for slow clients.
+
+    A request's headers must arrive within `header_timeout` of the connection opening (or of the previous
+    response), and its body within `body_timeout` of the headers; otherwise the connection is answered 408
+    and closed. uvicorn alone waits forever for a half-sent request.
+    """
+
+    header_timeout = 10.0
+    body_timeout = 30.0
+    max_connections = 256
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._deadline: asyncio.TimerHandle | None = None
+        self._waiting_for: str | None = None
+        super().connection_made(transport)
+        if len(self.connections) > self.max_connections:
+            log.warning("refused a connection from %s: %d open", self.client, len(self.connections) - 1)
+            transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n"
+                b"content-length: 0\r\n\r\n"
+            )
+            transport.close()
+            return
+        self._follow()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._arm(None)
+        super().connection_lost(exc)
+
+    def _follow(self) -> None:
+        """Arm the deadline that matches what the client owes us now (headers, a body, or nothing)."""
+        if self.transport.is_closing():
+            self._arm(None)
+        elif self.conn.their_state is h11.IDLE:
+            self._arm("headers")
+        elif self.conn.their_state is h11.SEND_BODY:
+            self._arm("body")
+        else:
+            self._arm(None)
+
+    def _arm(self, waiting_for: str | None) -> None:
+        if waiting_for == self._waiting_for:
+            return
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._waiting_for = waiting_for
+        if waiting_for is not None:
+            timeout = self.header_timeout if waiting_for == "headers" else self.body_timeout
+            self._deadline = self.loop.call_later(timeout, self._expired, waiting_for, timeout)
+
+    def _expired(self, waiting_for: str, timeout: float) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        log.warning(
+            "closed a connection from %s: request %s not received within %gs",
+            self.client,
+            waiting_for,
+            timeout,
+        )
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+            )
+        self.transport.close()
+
+
+def protocol_for(settings: Settings) -> type[GuardedH11Protocol]:
+    return type(
+        "GuardedH11Protocol",
+        (GuardedH11Protocol,),
+        {
+            "header_timeout": settings.http_header_timeout,
+            "body_timeout": settings.http_body_timeout,
+            "max_connections": settings.http_max_connections,
+        },
+    )
+
+
+def uvicorn_config(
+    app: ASGIApp, settings: Settings, *, host: str, port: int, log_level: str | None
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        http=protocol_for(settings),
+        ws="none",
+        # The audit records the socket peer; forwarded headers count only through INFRA_TRUSTED_PROXIES.
+        proxy_headers=False,
+        server_header=False,
+        timeout_keep_alive=5,
+        timeout_graceful_shutdown=2,
+        log_level=(log_level or settings.log_level).lower(),
+    )
+
+
+async def serve_http(
+    server: InfrastructorServer, *, host: str, port: int, path: str, log_level: str | None = None
+) -> None:
+    """Listen on host:port until stopped, after the refusals every entry point shares."""
+    check_bind(host, auth=server.auth is not None)
+    app = build_http_app(server, path=path)
+    log.info("serving MCP at http://%s:%d%s", host if ":" not in host else f"[{host}]", port, path)
+    await uvicorn.Server(
+        uvicorn_config(app, server.settings, host=host, port=port, log_level=log_level)
+    ).serve()

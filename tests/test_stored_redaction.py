@@ -1,0 +1,185 @@
+"""Secrets never reach storage, results or logs: every text column of every table, table-driven.
+
+Callers and devices put credentials in front of the server in many ways (tool arguments, a user agent,
+an unknown tool's name, a process's command line, a failing command's output, a token's claims). One
+run over real HTTP feeds them all in, on SQLite and PostgreSQL; then every row of every table is read back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+from sqlalchemy import JSON, String, select
+
+from mcp_server.audit import IDENTITY_COLUMNS
+from mcp_server.auth import ADMIN
+from mcp_server.db.tables import Base
+from mcp_server.state import AppState, open_state
+from tests.app_fixtures import add_fleet_host, make_settings
+from tests.test_security import SECRET, ping, serve
+
+# the values that must never be stored or returned in clear, and how they are presented
+CLEAR = ("sk-live-4f9a8b7c6d5e", "Tr0ub4dor-77", "hunter2-x9", "tok-0a1b2c3d4e")
+BEARER = "Bearer sk-live-4f9a8b7c6d5e"
+URL = "https://backup:Tr0ub4dor-77@nas.example/share"
+OPTION = "--password=hunter2-x9"
+ASSIGNMENT = "token=tok-0a1b2c3d4e"
+
+# Every column that holds caller- or device-provided text, and what puts a secret there in this test.
+COVERED = {
+    ("data_collection_audit", "arguments"): "add_device's description, run_command's argv",
+    ("data_collection_audit", "ssh_commands"): "run_command's argv, as it ran",
+    ("data_collection_audit", "params"): "the collection's parameters (run_command's argv)",
+    ("data_collection_audit", "error_message"): "a validation error echoing its input",
+    ("data_collection_audit", "user_agent"): "the User-Agent header",
+    ("data_collection_audit", "tool"): "an unknown tool's name, a resource URI",
+    ("collection_snapshots", "data"): "a process's command line, a command's output",
+    ("collection_snapshots", "params"): "run_command's argv",
+    ("devices", "description"): "add_device's description",
+}
+# Text columns that cannot carry such text, and why.
+NOT_CALLER_TEXT = {
+    ("devices", "hostname"): "validated: letters, digits and . _ : % [ ] - only",
+    ("devices", "username"): "validated: a user name pattern",
+    ("devices", "key_path"): "confined to INFRA_SSH_FILE_DIRS and checked to be a private key",
+    ("devices", "password_secret"): "the name of a row in secrets",
+    ("devices", "jump_host"): "validated: a device name",
+    ("devices", "tags"): "validated: a tag pattern",
+    ("devices", "host_key"): "the public key the device presented",
+    ("secrets", "ciphertext"): "encrypted",
+    ("data_collection_audit", "request_path"): "the MCP endpoint's path (only requests routed there are "
+    "audited); redacted all the same by audit.storable",
+    ("config_watch_targets", "path"): "configuration monitoring: paths validated there",
+    ("configuration_snapshots", "content"): "configuration monitoring redacts content as it stores it",
+    ("configuration_change_events", "reasons"): "configuration monitoring: risk rules' own text",
+    ("configuration_change_events", "affected_services"): "configuration monitoring: unit names",
+    ("configuration_change_events", "summary"): "configuration monitoring: its own text",
+    ("configuration_change_events", "diff"): "configuration monitoring redacts diffs as it stores them",
+}
+
+
+def text_columns() -> list[tuple[str, str]]:
+    return [
+        (table.name, column.name)
+        for table in Base.metadata.sorted_tables
+        for column in table.columns
+        if isinstance(column.type, String | JSON)
+    ]
+
+
+def test_every_text_column_is_covered_by_the_redaction_table() -> None:
+    unknown = [
+        column
+        for column in text_columns()
+        if column[1] not in IDENTITY_COLUMNS and column not in COVERED and column not in NOT_CALLER_TEXT
+    ]
+    assert unknown == [], (
+        "text columns nobody has classified: add each to COVERED (with a case in the test below that puts "
+        "a secret there) or to NOT_CALLER_TEXT (with the reason it cannot hold one)"
+    )
+
+
+async def _every_row(state: AppState) -> dict[tuple[str, str], list[str]]:
+    """Every stored value of every text column, as JSON text."""
+    await state.writer.flush()
+    values: dict[tuple[str, str], list[str]] = {}
+    async with state.db.read_session() as session:
+        for table in Base.metadata.sorted_tables:
+            for row in (await session.execute(select(table))).mappings():
+                for column in table.columns:
+                    if isinstance(column.type, String | JSON) and row[column.name] is not None:
+                        values.setdefault((table.name, column.name), []).append(
+                            json.dumps(row[column.name], ensure_ascii=False)
+                        )
+    return values
+
+
+def _clean(text: str) -> bool:
+    return not any(secret in text for secret in CLEAR)
+
+
+async def test_secrets_from_callers_and_devices_are_masked_in_every_stored_and_returned_field(
+    tmp_path: Path, database_url: str
+) -> None:
+    # a busy process with credentials on its command line, so it tops the CPU list
+    worker = subprocess.Popen(["sh", "-c", "while :; do :; done", "worker", OPTION, URL, ASSIGNMENT])
+    try:
+        async with serve(
+            tmp_path, database_url=database_url, allow_run_command=True, run_command_allowlist="ls"
+        ) as served:
+            returned: list[str] = []
+            token = served.token(ADMIN, subject="redactor")
+            async with served.client(token, user_agent=f"agent/1.0 ({BEARER})") as client:
+                description = f"backup to {URL}, {ASSIGNMENT}"
+                added = await client.call_tool(
+                    "add_device", {"name": "vault", "hostname": "h", "description": description}
+                )
+                ran = await client.call_tool(
+                    "run_command", {"device": "local", "argv": ["ls", f"/nonexistent/{OPTION}", URL]}
+                )
+                processes = await client.call_tool("list_processes", {"device": "local", "limit": 200})
+                assert "worker" in json.dumps(processes.structured_content)
+                for tool, arguments in (
+                    ("get_system_metrics", {"device": "local", "interval": ASSIGNMENT}),
+                    (ASSIGNMENT, {}),
+                    ("get_device", {"device": f"nul\x00{ASSIGNMENT}"}),
+                ):
+                    failed = await client.call_tool(tool, arguments, raise_on_error=False)
+                    assert failed.is_error
+                    returned.append(failed.content[0].text)
+                with pytest.raises(Exception) as unreadable:
+                    await client.read_resource(f"infra://devices/{ASSIGNMENT}")
+                returned.append(str(unreadable.value))
+                audit_page = await client.call_tool("query_audit_log", {"limit": 200})
+                for result in (added, ran, processes, audit_page):
+                    returned.append(json.dumps(result.structured_content))
+            forged = jwt.encode({"sub": f"mallory {OPTION}", "exp": int(time.time()) + 60}, "x" * 48)
+            assert (await asyncio.to_thread(ping, served.url, forged)).status == 401
+            for text in returned:
+                assert _clean(text), text
+            assert "***" in json.dumps(ran.structured_content)
+            stored = await _every_row(served.state)
+    finally:
+        worker.kill()
+        worker.wait()
+    leaks = {column: v for column, values in stored.items() for v in values if not _clean(v)}
+    assert leaks == {}
+    for column, how in COVERED.items():
+        assert any("***" in value for value in stored.get(column, [])), f"{column}: nothing masked ({how})"
+    assert any("\\ufffd" in v or "\ufffd" in v for v in stored[("data_collection_audit", "arguments")])
+    assert all(SECRET not in value for values in stored.values() for value in values)
+
+
+# ---- 10. what asyncssh logs --------------------------------------------------------------------------------
+
+
+async def test_remote_commands_are_logged_only_at_debug_and_redacted(
+    tmp_path: Path, sshd_fleet: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path)
+    async with open_state(settings) as state:
+        device = await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["alpha"])
+        caplog.set_level(logging.INFO)
+        await state.service.collect(device, "run_command", {"argv": ["echo", OPTION]})
+        asyncssh_info = [
+            r for r in caplog.records if r.name.startswith("asyncssh") and r.levelno >= logging.INFO
+        ]
+        assert not any("Command" in r.getMessage() for r in asyncssh_info)
+        assert all("hunter2" not in r.getMessage() for r in caplog.records)
+        caplog.clear()
+        caplog.set_level(logging.DEBUG)
+        await state.service.collect(device, "run_command", {"argv": ["echo", OPTION]}, force_refresh=True)
+        commands = [
+            r for r in caplog.records if r.name.startswith("asyncssh") and "Command:" in r.getMessage()
+        ]
+        assert commands and all(r.levelno == logging.DEBUG for r in commands)
+        assert all("hunter2" not in r.getMessage() for r in caplog.records)
+        assert any("--password=***" in r.getMessage() for r in commands)
