@@ -28,6 +28,8 @@ from mcp_server.db.credentials import (
 from mcp_server.db.engine import migrate as migrate_url
 from mcp_server.db.engine import redact_url
 from mcp_server.db.queries import AuditPage, audit_page
+from mcp_server.db.storage import ConfigureReport
+from mcp_server.db.storage import configure as configure_storage
 from mcp_server.db.tables import CacheMetadata
 from mcp_server.devices import Device, DeviceInfo, DeviceRegistry, describe
 from mcp_server.events import EventBus
@@ -135,12 +137,23 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> Database
         # the application role cannot create tables: migrate as the owner when given, else insist on head
         install_credential_hook(db.engine, credential_provider(settings))
         if migrate and settings.database_admin_url is not None:
-            await asyncio.to_thread(migrate_url, settings.database_admin_url.get_secret_value())
+            await migrate_and_configure(settings.database_admin_url.get_secret_value(), settings)
         else:
             await check_schema_current(db)
     elif migrate:
         await db.migrate()
+        await configure_storage(db, settings)
     return db
+
+
+async def migrate_and_configure(url: str, settings: Settings) -> ConfigureReport:
+    """Migrate the database at `url` to the latest schema and apply the storage settings (as its owner)."""
+    await asyncio.to_thread(migrate_url, url)
+    owner = Database(url)
+    try:
+        return await configure_storage(owner, settings)
+    finally:
+        await owner.close()
 
 
 def _queue_cache_stats(state: AppState) -> None:

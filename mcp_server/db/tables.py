@@ -316,6 +316,9 @@ class StorageLayout(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     mode: Mapped[str] = mapped_column(String(16), doc="timescale | partitioned | plain")
     detail: Mapped[str] = mapped_column(Text, default="")
+    policies: Mapped[str] = mapped_column(
+        Text, default="", server_default="", doc="The retention and compression settings last applied."
+    )
     configured_at: Mapped[datetime]
 
 

@@ -84,6 +84,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("mode", sa.String(length=16), nullable=False),
         sa.Column("detail", sa.Text(), nullable=False),
+        sa.Column("policies", sa.Text(), server_default="", nullable=False),
         sa.Column("configured_at", _TS, nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
