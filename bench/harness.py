@@ -88,6 +88,8 @@ def server_env(data_dir: Path, *, auth: bool) -> dict[str, str]:
         "INFRA_DATA_DIR": str(data_dir),
         "INFRA_SSH_KNOWN_HOSTS": str(data_dir / "known_hosts"),
         "INFRA_LOG_LEVEL": "WARNING",
+        # background polls would compete with the measured calls
+        "INFRA_POLL_ENABLED": "false",
     }
     env |= {"INFRA_JWT_SECRET": BENCH_JWT_SECRET} if auth else {"INFRA_AUTH": "false"}
     return env

@@ -21,7 +21,7 @@ from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings, load_settings
 from mcp_server.state import AppState, open_database, open_state
-from mcp_server.tools import admin, containers, devices, host, services, storage, system
+from mcp_server.tools import admin, containers, devices, history, host, services, storage, system
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def build_server(
         auth=signing_key.verifier(settings) if signing_key is not None else None,
         middleware=[audit, ResultBudgetMiddleware(settings.max_result_chars)],
     )
-    for area in (devices, system, containers, services, storage, host, admin):
+    for area in (devices, system, containers, services, storage, host, admin, history):
         area.register(mcp)
     if not settings.allow_run_command:
         mcp.disable(names={"run_command"})

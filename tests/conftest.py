@@ -32,4 +32,11 @@ def sshd_fleet() -> Iterator[SshdFleet]:
 
 # ---- application: databases, settings, AppState, MCP clients (tests/app_fixtures.py) ---------------------
 
-from tests.app_fixtures import client, database_url, settings, sqlite_settings, state  # noqa: E402, F401
+from tests.app_fixtures import (  # noqa: E402, F401
+    client,
+    database_url,
+    series_database_url,
+    settings,
+    sqlite_settings,
+    state,
+)

@@ -54,6 +54,16 @@ SERIES_BY_NAME = {s.name: s for s in SERIES}
 
 # The hourly rollup of system_metrics (a TimescaleDB continuous aggregate).
 ROLLUP = "system_metrics_hourly"
+# Values derived from system_metrics rows, as SQL over its columns ({f}: the dialect's float type). The
+# rollup and the raw history queries use these same expressions, so both give the same numbers.
+SYSTEM_EXPRESSIONS: dict[str, str] = {
+    "cpu_percent": "cpu_percent",
+    "memory_percent": "CAST(memory_used_bytes AS {f}) * 100.0 / NULLIF(CAST(memory_total_bytes AS {f}), 0)",
+    "memory_used_bytes": "CAST(memory_used_bytes AS {f})",
+    "load_1": "load_1",
+    "load_5": "load_5",
+    "load_15": "load_15",
+}
 
 
 def choose_mode(conn: Connection) -> tuple[Mode, str]:

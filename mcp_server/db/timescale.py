@@ -12,21 +12,10 @@ from datetime import timedelta
 
 from sqlalchemy import Connection, text
 
-from mcp_server.db.series import ROLLUP, SERIES, RetentionSetting, SeriesTable
+from mcp_server.db.series import ROLLUP, SERIES, SYSTEM_EXPRESSIONS, RetentionSetting, SeriesTable
 
-# The rollup's per-hour columns: <metric>_sum, _min, _max, _avg for each of these expressions over
-# system_metrics, and `samples`. history.py computes the same expressions over raw rows.
-ROLLUP_METRICS: dict[str, str] = {
-    "cpu_percent": "cpu_percent",
-    "memory_percent": (
-        "CAST(memory_used_bytes AS double precision) * 100.0 "
-        "/ NULLIF(CAST(memory_total_bytes AS double precision), 0)"
-    ),
-    "memory_used_bytes": "CAST(memory_used_bytes AS double precision)",
-    "load_1": "load_1",
-    "load_5": "load_5",
-    "load_15": "load_15",
-}
+# The rollup's per-hour columns: samples, and <metric>_sum, _count, _min, _max, _avg of each expression.
+ROLLUP_METRICS: dict[str, str] = {k: v.format(f="double precision") for k, v in SYSTEM_EXPRESSIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -89,8 +78,8 @@ def create_rollup(conn: Connection) -> None:
     Must run outside a transaction block (Alembic: `op.get_context().autocommit_block()`).
     """
     columns = ", ".join(
-        f"sum({expr}) AS {name}_sum, min({expr}) AS {name}_min, max({expr}) AS {name}_max, "
-        f"avg({expr}) AS {name}_avg"
+        f"sum({expr}) AS {name}_sum, count({expr}) AS {name}_count, min({expr}) AS {name}_min, "
+        f"max({expr}) AS {name}_max, avg({expr}) AS {name}_avg"
         for name, expr in ROLLUP_METRICS.items()
     )
     conn.execute(
