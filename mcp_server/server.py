@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from mcp_server import __version__, prompts, resources
 from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
 from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
+from mcp_server.polling.service import PollingService
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings, load_settings
 from mcp_server.state import AppState, open_database, open_state
@@ -55,9 +56,13 @@ def build_server(
             return
         async with open_state(settings) as own:
             running["state"] = own
+            own.polling = PollingService(own)
+            own.polling.start()
             try:
                 yield {"state": own}
             finally:
+                await own.polling.stop()
+                own.polling = None
                 running.pop("state", None)
 
     audit = AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None)

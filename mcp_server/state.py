@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmcp import Context
 from fastmcp.dependencies import CurrentContext
@@ -34,9 +34,13 @@ from mcp_server.db.tables import CacheMetadata
 from mcp_server.devices import Device, DeviceInfo, DeviceRegistry, describe
 from mcp_server.events import EventBus
 from mcp_server.executors import LocalExecutor
+from mcp_server.polling.breaker import BreakerPolicy, HealthBook
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings
 from mcp_server.ssh import SSHOptions, SSHPool
+
+if TYPE_CHECKING:
+    from mcp_server.polling.service import PollingService
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +60,19 @@ class AppState:
     writer: BatchWriter
     events: EventBus
     service: UnifiedDataCollectionService
+    health: HealthBook
     started_at: float = field(default_factory=time.monotonic)
+    polling: PollingService | None = None  # set while a server's lifespan runs the polling service
 
     def describe(self, device: Device) -> DeviceInfo:
-        """A device as clients see it, with whether its pooled connection is open now."""
-        return describe(device, connected=self.ssh.is_connected(device.name))
+        """A device as clients see it, with whether its pooled connection is open now and its health."""
+        return describe(
+            device, connected=self.ssh.is_connected(device.name), health=self.health.get(device.name)
+        )
+
+    async def refresh_health(self) -> None:
+        """Reload the devices' shared health (circuit breakers) if this copy is a few seconds old."""
+        await self.health.refresh()
 
     async def audit_page(self, *, limit: int, offset: int, **filters: Any) -> AuditPage:
         """Audit entries matching `filters`, including everything audited up to this moment."""
@@ -114,9 +126,17 @@ async def open_state(
         writer=writer,
         events=events,
     )
-    state = AppState(settings, db, secrets, devices, registry, cache, ssh, local, writer, events, service)
+    policy = BreakerPolicy(
+        settings.poll_breaker_threshold, settings.poll_breaker_backoff, settings.poll_breaker_max_backoff
+    )
+    health = HealthBook(db, policy, settings.replica_name)
+    state = AppState(
+        settings, db, secrets, devices, registry, cache, ssh, local, writer, events, service, health
+    )
     writer.start()
-    snapshots = asyncio.create_task(_record_cache_stats(state), name="infra-cache-stats")
+    snapshots = asyncio.create_task(
+        _record_cache_stats(state, settings.poll_report_interval), name="infra-cache-stats"
+    )
     log.info("database %s; %d devices", redact_url(db.url), len(devices.names()))
     try:
         yield state
@@ -169,6 +189,7 @@ def _queue_cache_stats(state: AppState) -> None:
             "evictions": s.evictions,
             "expirations": s.expirations,
             "hit_ratio": s.hit_ratio,
+            "replica": state.settings.replica_name,
         },
     )
 

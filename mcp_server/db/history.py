@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import BindParameter, DateTime, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mcp_server.db.series import ROLLUP, SYSTEM_EXPRESSIONS, Mode
+from mcp_server.db.series import ROLLUP, SYSTEM_EXPRESSIONS, Mode, as_utc
 
 Metric = Literal[
     "cpu_percent",
@@ -290,7 +290,7 @@ def _utc(value: object) -> datetime:
     if isinstance(value, str):  # SQLite through text(): the stored text
         value = datetime.fromisoformat(value)
     assert isinstance(value, datetime)
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return as_utc(value)
 
 
 def summarize(

@@ -105,3 +105,8 @@ def floor_time(value: datetime, width: timedelta) -> datetime:
     seconds = int(width.total_seconds())
     epoch = int(value.timestamp())
     return datetime.fromtimestamp(epoch - epoch % seconds, UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite hands back naive UTC values)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

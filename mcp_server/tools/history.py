@@ -10,6 +10,8 @@ from pydantic import Field
 
 from mcp_server.db.history import Metric, MetricsHistory
 from mcp_server.metrics_history import metrics_history
+from mcp_server.polling.report import ServiceHealth
+from mcp_server.polling.service import service_health
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import READ_ONLY, DeviceArg, expected_errors
 
@@ -69,3 +71,10 @@ def register(mcp: FastMCP) -> None:
             interface=interface,
             container=container,
         )
+
+    @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False})
+    async def get_service_health(state: AppState = Depends(current_state)) -> ServiceHealth:
+        """The server's own health: storage mode and retention, the background poller's counts, every replica's
+        latest report (collections, failures, p50/p95 durations, cache hit ratio, SSH connections), devices whose
+        polls fail or back off, and the audit writer's backlog."""
+        return await service_health(state)
