@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Connection, text
 
 from mcp_server.db.series import SeriesTable, floor_time
 
+# Rows older than this in the DEFAULT partition stay there (until retention deletes them) rather than
+# get partitions: a bogus timestamp must not create thousands of tables.
+BACKFILL_LIMIT = timedelta(days=400)
 _BOUND = re.compile(r"FROM \('([^']+)'\) TO \('([^']+)'\)")
 
 
@@ -169,10 +172,18 @@ def _create(conn: Connection, table: SeriesTable, start: datetime, *, move: bool
 
 
 def ensure_partitions(conn: Connection, table: SeriesTable, now: datetime) -> list[str]:
-    """Create the missing partitions from the current interval to `table.ahead` past `now`; returns names."""
+    """Create the missing partitions up to `table.ahead` past `now`, from the current interval or from
+    the oldest row in the DEFAULT partition (a backfill, a replayed spool), whichever is older; those
+    rows move into their partitions, so retention can later drop them with it. Returns the names."""
     existing = {p.start for p in partitions(conn, table)}
+    ts = _q(table.time_column)
+    stray = conn.scalar(
+        text(f"SELECT min({ts}) FROM {_q(default_partition(table))} WHERE {ts} >= :floor AND {ts} < :now"),
+        {"floor": now - BACKFILL_LIMIT, "now": now},
+    )
+    first = min(now, stray) if stray is not None else now
     created = []
-    start = floor_time(now, table.interval)
+    start = floor_time(first, table.interval)
     while start < now + table.ahead:
         if start not in existing:
             created.append(_create(conn, table, start))
