@@ -21,7 +21,7 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from sqlalchemy import text
 
-from mcp_server.db.history import METRICS
+from mcp_server.db.history import METRICS, device_trends
 from mcp_server.db.storage import layout
 from mcp_server.db.tables import ContainerStatRow, DiskMetricRow, NetworkMetricRow, SystemMetricRow
 from mcp_server.devices import DeviceSpec
@@ -333,3 +333,31 @@ async def test_a_range_without_samples_explains_where_history_comes_from(empty_h
     assert result.points == [] and result.summary.trend == "unknown"
     assert result.note is not None and "get_system_metrics" in result.note
     assert "background polling of it is off" in result.note  # the test settings turn the poller off
+
+
+async def test_device_trends_give_each_device_with_history_its_cpu_and_memory_direction(
+    history_state: AppState,
+) -> None:
+    mode, _, _ = await layout(history_state.db)
+    async with history_state.db.read_session() as session:
+        trends = await device_trends(session, mode, [DEVICE, "local"], until=T0 + timedelta(hours=4), hours=4)
+    assert set(trends) == {DEVICE}  # "local" has no history
+    trend = trends[DEVICE]
+    assert trend.memory_percent == "rising" and trend.memory_change is not None and trend.memory_change > 20
+    assert trend.cpu_percent == "steady" and trend.window_hours == 4
+
+
+async def test_the_fleet_overview_shows_a_trend_where_history_exists(state: AppState) -> None:
+    now = datetime.now(UTC)
+    for minutes in range(0, 6 * 60, 10):
+        row = system_rows()[0] | {"device": "local", "collected_at": now - timedelta(minutes=minutes)}
+        # memory falls over the last six hours: newer samples use less
+        row["memory_used_bytes"] = 2_000_000_000 + minutes * 5_000_000
+        state.writer.add(SystemMetricRow, row)
+    await state.writer.flush()
+    async with Client(build_server(state.settings, state=state)) as client:
+        overview = (await client.call_tool("get_fleet_overview", {})).structured_content
+    assert overview is not None
+    local = next(d for d in overview["devices"] if d["device"] == "local")
+    assert local["ok"] and local["trend"]["memory_percent"] == "falling"
+    assert local["trend"]["window_hours"] == 24
