@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             report = asyncio.run(migrate_and_configure(url, settings))
             err.print(f"database {redact_url(url)} is at the latest schema", soft_wrap=True)
             err.print(report.summary(), soft_wrap=True, highlight=False)
-            return 0
+            return 1 if report.error else 0
         if args.cmd == "secrets":
             return asyncio.run(_rotate_secrets(settings))
         if args.cmd == "db":

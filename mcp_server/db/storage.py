@@ -95,10 +95,12 @@ class ConfigureReport:
     mode: Mode
     detail: str
     actions: list[str] = field(default_factory=list)
+    error: str | None = None  # partition maintenance failed (reported, the schema itself is fine)
 
     def summary(self) -> str:
         head = f"time-series storage: {self.mode} ({self.detail})"
-        return "\n".join([head, *(f"  {a}" for a in self.actions)])
+        tail = [f"  partition maintenance FAILED: {self.error}"] if self.error else []
+        return "\n".join([head, *(f"  {a}" for a in self.actions), *tail])
 
 
 async def configure(db: Database, settings: Settings) -> ConfigureReport:
@@ -132,13 +134,15 @@ async def configure(db: Database, settings: Settings) -> ConfigureReport:
                 + (f"kept {rollup:g} d" if rollup > 0 else "kept forever"),
             ]
         elif mode == "partitioned":
-            now = datetime.now(UTC)
-            async with db.engine.begin() as conn:
-                created = await conn.run_sync(_ensure_all, now)
+            # a least-privilege application role cannot create or drop partitions: the owner's run
+            # (`infrastructor migrate`, e.g. from cron) does this pass too
+            done = await maintain(db, settings)
             report.actions = [
-                f"partitioned tables: {tables}; {len(created)} partition(s) created ahead",
+                f"partitioned tables: {tables}; {len(done.partitions_created)} partition(s) created ahead, "
+                f"{len(done.partitions_dropped)} expired one(s) dropped",
                 "retention (detach and drop, run by the polling service): " + _retention_line(wanted),
             ]
+            report.error = done.error
         else:
             report.actions = ["retention (deletes, run by the polling service): " + _retention_line(wanted)]
     except SQLAlchemyError as exc:
