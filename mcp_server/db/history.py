@@ -152,15 +152,12 @@ def _bucket(mode: Mode, dialect: str, ts: str, width: int) -> str:
     return f"CAST(extract(epoch FROM {fn}) AS bigint)"
 
 
-def _micros_between(dialect: str, later: str, earlier: str) -> str:
-    """Exact microseconds from `earlier` to `later` (both timestamp columns)."""
+def _micros(dialect: str, ts: str) -> str:
+    """Exact microseconds since the epoch of the timestamp column `ts`."""
     if dialect == "postgresql":
-        return f"CAST(extract(epoch FROM {later} - {earlier}) * 1000000 AS bigint)"
+        return f"CAST(extract(epoch FROM {ts}) * 1000000 AS bigint)"
     # SQLAlchemy stores 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds from strftime, microseconds from the text
-    return (
-        f"((CAST(strftime('%s', {later}) AS INTEGER) - CAST(strftime('%s', {earlier}) AS INTEGER)) * 1000000"
-        f" + CAST(substr({later}, 21, 6) AS INTEGER) - CAST(substr({earlier}, 21, 6) AS INTEGER))"
-    )
+    return f"(CAST(strftime('%s', {ts}) AS INTEGER) * 1000000 + CAST(substr({ts}, 21, 6) AS INTEGER))"
 
 
 def _times(*names: str) -> list[BindParameter[datetime]]:
@@ -196,17 +193,24 @@ def rollup_sql(metric: str, width: int, *, many: bool = False) -> str:
 
 
 def rate_sql(spec: MetricSpec, mode: Mode, dialect: str, width: int) -> str:
+    """Per-interval rates of a counter (consecutive samples), bucketed. The window runs in the index's
+    time order; times travel as integer microseconds so the interval is exact on every backend."""
     f = _float_type(dialect)
-    counter = spec.expression
     increase = "CASE WHEN c >= pc THEN c - pc ELSE c END"  # a reset: the counter restarted from zero
-    rate = f"CAST({increase} AS {f}) * 1000000.0 / CAST(NULLIF({_micros_between(dialect, 'ts', 'pts')}, 0) AS {f})"
+    rate = f"CAST({increase} AS {f}) * 1000000.0 / CAST(NULLIF(us - pus, 0) AS {f})"
+    if dialect == "postgresql":
+        bucket, time_column = _bucket(mode, dialect, "collected_at", width), "collected_at"
+    else:
+        bucket, time_column = f"(us / 1000000 / {width}) * {width}", "us"  # SQLite: integer epoch arithmetic
     return (
-        f"SELECT {_bucket(mode, dialect, 'ts', width)} AS b, avg(r), min(r), max(r), count(r) FROM ("
-        f"SELECT ts, {rate} AS r FROM ("
-        f"SELECT collected_at AS ts, {counter} AS c, LAG({counter}) OVER (ORDER BY collected_at) AS pc, "
-        f"LAG(collected_at) OVER (ORDER BY collected_at) AS pts FROM {spec.table} "
-        f"WHERE {_where(spec, 'collected_at', many=False, start='lookback')} AND {counter} IS NOT NULL"
-        ") w WHERE pts IS NOT NULL AND ts >= :since) x WHERE r IS NOT NULL GROUP BY b ORDER BY b"
+        f"SELECT {bucket} AS b, avg(r), min(r), max(r), count(r) FROM ("
+        f"SELECT {time_column}, {rate} AS r FROM ("
+        f"SELECT {'collected_at, ' if dialect == 'postgresql' else ''}us, c, LAG(c) OVER w AS pc, "
+        "LAG(us) OVER w AS pus FROM ("
+        f"SELECT collected_at, {_micros(dialect, 'collected_at')} AS us, {spec.expression} AS c FROM {spec.table} "
+        f"WHERE {_where(spec, 'collected_at', many=False, start='lookback')} AND {spec.expression} IS NOT NULL"
+        ") s WINDOW w AS (ORDER BY collected_at)"
+        ") x WHERE pus IS NOT NULL AND us >= :since_us) y WHERE r IS NOT NULL GROUP BY b ORDER BY b"
     )
 
 
@@ -236,7 +240,9 @@ async def points(session: AsyncSession, mode: Mode, q: Query) -> tuple[list[Hist
     if spec.counter:
         sql = rate_sql(spec, mode, dialect, q.bucket_seconds)
         params["lookback"] = q.since - RATE_LOOKBACK
-        statement = text(sql).bindparams(*_times("since", "until", "lookback"))
+        params["since_us"] = int(q.since.timestamp()) * 1_000_000  # since is whole seconds (aligned)
+        del params["since"]
+        statement = text(sql).bindparams(*_times("until", "lookback"))
     elif uses_rollup(mode, q.metric, q.bucket_seconds):
         statement = text(rollup_sql(q.metric, q.bucket_seconds)).bindparams(*_times("since", "until"))
         source = "hourly_rollup"
