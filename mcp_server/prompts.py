@@ -24,7 +24,9 @@ def register(mcp: FastMCP) -> None:
             "2. list_processes sorted by cpu, then by memory: which processes account for it.\n"
             "3. get_disk_usage: any filesystem above 90% space or inodes.\n"
             "4. get_network_interfaces: interfaces down or with growing rx/tx errors or drops.\n"
-            "5. Compare with get_fleet_overview if other devices may be affected.\n"
+            "5. get_metrics_history (cpu_percent, memory_percent, disk_used_percent, ...; since=7d): is this new "
+            "or a slow creep, and since when.\n"
+            "6. Compare with get_fleet_overview if other devices may be affected.\n"
             "Report the most likely cause first, quote the numbers that show it (with their collected_at), "
             "and say what you could not check. Do not suggest commands you have not verified are needed."
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -93,7 +94,7 @@ async def test_the_poller_fills_history_from_the_sshd_fleet(
                 return cpu_samples >= 3 and bool(rx["points"])
 
             for name in names:
-                await eventually(lambda n=name: history_of(n), f"three polls of {name}")  # type: ignore[misc]
+                await eventually(functools.partial(history_of, name), f"three polls of {name}")
             devices = await tool(state, "list_devices", {})
         health = {d["name"]: d["health"] for d in devices["devices"]}
         for name in names:
@@ -138,11 +139,13 @@ async def test_the_circuit_breaker_opens_on_a_stopped_sshd_and_closes_when_it_re
                 assert down["consecutive_failures"] >= 2
                 assert down["last_error_type"] == "host_unreachable"
                 assert down["retry_at"] is not None
-                assert service.poller is not None
-                await eventually(
-                    lambda: _true(service.poller.counters.skipped_breaker_open > 0),  # type: ignore[union-attr]
-                    "a poll skipped while the breaker is open",
-                )
+                poller = service.poller
+                assert poller is not None
+
+                async def skipped() -> bool:
+                    return poller.counters.skipped_breaker_open > 0
+
+                await eventually(skipped, "a poll skipped while the breaker is open")
                 report = await tool(state, "get_service_health", {})
                 assert [d["device"] for d in report["devices_not_ok"]] == [name]
                 sshd_fleet.launch(host)
@@ -157,10 +160,6 @@ async def test_the_circuit_breaker_opens_on_a_stopped_sshd_and_closes_when_it_re
 async def _is(health: Callable[[], Awaitable[dict[str, Any]]], status: str) -> dict[str, Any] | None:
     current = await health()
     return current if current["status"] == status else None
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def test_a_lease_is_held_by_one_replica_until_it_expires_uncompleted(

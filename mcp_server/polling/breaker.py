@@ -20,6 +20,7 @@ from mcp_server.db.engine import Database
 from mcp_server.db.series import as_utc
 from mcp_server.db.tables import DeviceHealthRow
 from mcp_server.devices import DeviceHealth
+from mcp_server.redact import redact_text
 
 REFRESH_AFTER = 2.0  # seconds a replica trusts its copy of the shared state
 SUCCESS_WRITE_EVERY = timedelta(seconds=60)  # a healthy device's row is refreshed at most this often
@@ -183,7 +184,7 @@ class HealthBook:
         failed = {
             "last_failure_at": now,
             "last_error_type": error_type[:64],
-            "last_error": message[:2000],
+            "last_error": redact_text(message)[:2000],
             "updated_at": now,
             "updated_by": self._replica,
         }
