@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sqlite3
 import statistics
@@ -130,7 +131,7 @@ async def drop_pg_database(admin_dsn: str, dsn: str) -> None:
 
 
 @contextlib.contextmanager
-def timescale_cluster(tmp: Path) -> Iterator[str | None]:
+def timescale_cluster() -> Iterator[str | None]:
     """The admin DSN of a TimescaleDB cluster: INFRA_TEST_TIMESCALE_URL's, or a private one started here."""
     given = os.environ.get("INFRA_TEST_TIMESCALE_URL")
     if given:
@@ -140,17 +141,20 @@ def timescale_cluster(tmp: Path) -> Iterator[str | None]:
         yield None
         return
     subprocess.run([str(SHARED_TSDB / "install.sh")], check=True, capture_output=True)
-    cluster = tmp / "tsdb"
-    out = subprocess.run(
-        [str(SHARED_TSDB / "start-cluster.sh"), str(cluster), str(free_port())],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
+    # its own directory under /tmp: start-cluster.sh hands it to the postgres user, who must reach it
+    cluster = Path(tempfile.mkdtemp(prefix="infra-bench-tsdb-"))
     try:
+        out = subprocess.run(
+            [str(SHARED_TSDB / "start-cluster.sh"), str(cluster), str(free_port())],
+            capture_output=True,
+            text=True,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"start-cluster.sh failed: {out.stderr.strip()}")
         yield out.stdout.strip().splitlines()[-1].replace("postgresql+asyncpg://", "postgresql://")
     finally:
         subprocess.run([str(SHARED_TSDB / "stop-cluster.sh"), str(cluster)], capture_output=True)
+        shutil.rmtree(cluster, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager
@@ -304,7 +308,16 @@ async def history(state: AppState, label: str, results: Results, repeat: int) ->
         for r in range(repeat):
             device = f"dev{r % DEVICES:02d}"
             started = time.perf_counter()
-            result = await metrics_history(state.db, state.devices, state.settings, device=device, **args)
+            result = await metrics_history(
+                state.db,
+                state.devices,
+                state.settings,
+                device=device,
+                metric=args["metric"],
+                since=args["since"],
+                bucket=args["bucket"],
+                interface=args.get("interface"),
+            )
             elapsed = time.perf_counter() - started
             assert result.points, (label, name)
             results.add(f"{label}|{name}|{result.source}", elapsed)
@@ -347,18 +360,17 @@ def render(results: Results, command: str, loads: dict[str, tuple[int, float]], 
         "|---|" + "---:|" * len(loads),
     ]
     for name, _ in QUERIES:
-        cells = []
+        row: list[str] = []
         for label in loads:
-            found = [s for key, s in results.series.items() if key.startswith(f"{label}|{name}|")]
+            found = [(key, s) for key, s in results.series.items() if key.startswith(f"{label}|{name}|")]
             if not found:
-                cells.append("n/a")
+                row.append("n/a")
                 continue
-            source = next(key for key in results.series if key.startswith(f"{label}|{name}|")).rsplit("|", 1)[
-                1
-            ]
+            key, timing = found[0]
+            source = key.rsplit("|", 1)[1]
             tag = " (rollup)" if source == "hourly_rollup" else ""
-            cells.append(f"{found[0].median_ms:.1f} / {found[0].p95_ms:.1f}{tag}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            row.append(f"{timing.median_ms:.1f} / {timing.p95_ms:.1f}{tag}")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
     lines += ["", *notes, "", f"Reproduce: `{command}`", "", END]
     return "\n".join(lines) + "\n"
 
@@ -375,7 +387,7 @@ async def run(
 ) -> tuple[dict[str, tuple[int, float]], list[str]]:
     notes: list[str] = []
     loads: dict[str, tuple[int, float]] = {}
-    with timescale_cluster(tmp) as tsdb:
+    with timescale_cluster() as tsdb:
         kinds = ["sqlite", "postgresql"] + (["timescale"] if tsdb else [])
         if not tsdb:
             notes.append("TimescaleDB was not available for this run (no INFRA_TEST_TIMESCALE_URL).")
@@ -401,7 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batched", type=int, default=20_000, help="rows per BatchWriter run")
     parser.add_argument("--single", type=int, default=2_000, help="rows per one-row-per-insert run")
     parser.add_argument("--history-repeat", type=int, default=20, help="calls per history query")
-    parser.add_argument("--days", type=int, default=DAYS, help="days of history per device (>= 30 for every query)")
+    parser.add_argument(
+        "--days", type=int, default=DAYS, help="days of history per device (>= 30 for every query)"
+    )
     parser.add_argument("--devices", type=int, default=DEVICES, help="devices with history")
     parser.add_argument("--out", type=Path, help="markdown file whose generated block is replaced")
     args = parser.parse_args(argv)

@@ -168,7 +168,7 @@ async def ask(state: AppState, **kwargs: Any) -> dict[str, Any]:
 def system_samples(metric: str) -> list[Sample]:
     def value(row: dict[str, Any]) -> float:
         if metric == "memory_percent":
-            return row["memory_used_bytes"] * 100.0 / row["memory_total_bytes"]
+            return float(row["memory_used_bytes"] * 100.0 / row["memory_total_bytes"])
         return float(row[metric])
 
     return [Sample(r["collected_at"], value(r)) for r in system_rows()]

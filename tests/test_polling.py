@@ -71,8 +71,9 @@ def poll_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settin
 async def tool(state: AppState, name: str, args: dict[str, Any]) -> dict[str, Any]:
     async with Client(build_server(state.settings, state=state)) as client:
         result = await client.call_tool(name, args)
-    assert result.structured_content is not None
-    return result.structured_content
+    content: dict[str, Any] | None = result.structured_content
+    assert content is not None
+    return content
 
 
 async def test_the_poller_fills_history_from_the_sshd_fleet(

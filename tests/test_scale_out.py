@@ -46,7 +46,7 @@ class Replica:
             raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.log.read_text()}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as response:
-                return response.status == 200
+                return bool(response.status == 200)
         except (urllib.error.URLError, ConnectionError):
             return False
 
