@@ -194,10 +194,8 @@ async def test_system_metric_buckets_match_the_reference_on_every_backend(
     assert result["source"] == expected_source
 
 
+@pytest.mark.parametrize("series_database_url", ["timescale"], indirect=True)
 async def test_the_hourly_rollup_gives_the_same_points_materialized_or_not(history_state: AppState) -> None:
-    mode, _, _ = await layout(history_state.db)
-    if mode != "timescale":
-        pytest.skip("the hourly rollup exists on TimescaleDB only")
     window = {"since": T0.isoformat(), "until": (T0 + timedelta(hours=4)).isoformat(), "bucket": "2h"}
     before = await ask(history_state, metric="memory_percent", **window)
     async with history_state.db.engine.connect() as conn:

@@ -153,12 +153,11 @@ async def test_migrations_go_down_and_up_again_keeping_every_row(
         await db.close()
 
 
+@pytest.mark.parametrize("series_database_url", ["postgresql"], indirect=True)
 async def test_native_partitions_are_created_ahead_and_expired_ones_detached_and_dropped(
     migrated: Database, tmp_path: Path
 ) -> None:
-    mode, _, _ = await layout(migrated)
-    if mode != "partitioned":
-        pytest.skip("native partitions are the PostgreSQL mode without TimescaleDB")
+    assert (await layout(migrated))[0] == MODES["postgresql"]
     settings = make_settings(tmp_path, database_url=migrated.url, retention_metrics_days=30)
     now = datetime.now(UTC)
     old, kept = now - timedelta(days=40), now - timedelta(days=3)
@@ -202,10 +201,9 @@ async def test_native_partitions_are_created_ahead_and_expired_ones_detached_and
     assert "data_collection_audit_default" in audit_weeks and len(audit_weeks) >= 3
 
 
+@pytest.mark.parametrize("series_database_url", ["sqlite"], indirect=True)
 async def test_retention_deletes_old_rows_on_sqlite(migrated: Database, tmp_path: Path) -> None:
-    mode, _, _ = await layout(migrated)
-    if mode != "plain":
-        pytest.skip("deletes are SQLite's retention")
+    assert (await layout(migrated))[0] == MODES["sqlite"]
     settings = make_settings(tmp_path, database_url=migrated.url, retention_metrics_days=30)
     now = datetime.now(UTC)
     rows = [_system_row(now - timedelta(days=d, minutes=m)) for d in (1, 29, 31, 45) for m in range(3)]
@@ -217,12 +215,11 @@ async def test_retention_deletes_old_rows_on_sqlite(migrated: Database, tmp_path
     assert await _count(migrated, DataCollectionAudit) == 1
 
 
+@pytest.mark.parametrize("series_database_url", ["timescale"], indirect=True)
 async def test_timescaledb_policies_drop_and_compress_chunks_and_follow_the_settings(
     migrated: Database, tmp_path: Path
 ) -> None:
-    mode, _, _ = await layout(migrated)
-    if mode != "timescale":
-        pytest.skip("policies are TimescaleDB's")
+    assert (await layout(migrated))[0] == MODES["timescale"]
     settings = make_settings(tmp_path, database_url=migrated.url, retention_metrics_days=20)
     report = await configure(migrated, settings)
     assert "metrics 20 d" in report.summary()
