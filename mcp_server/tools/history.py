@@ -58,6 +58,7 @@ def register(mcp: FastMCP) -> None:
         """A metric of one device over hours to weeks from the recorded history: per bucket avg/min/max and
         sample count, plus trend, peak and latest value. Buckets are whole and aligned to UTC (since is
         rounded down, until up)."""
+        await state.writer.flush()  # samples collected a moment ago are part of the answer
         return await metrics_history(
             state.db,
             state.devices,
