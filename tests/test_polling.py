@@ -79,7 +79,9 @@ async def tool(state: AppState, name: str, args: dict[str, Any]) -> dict[str, An
 async def test_the_poller_fills_history_from_the_sshd_fleet(
     sshd_fleet: SshdFleet, tmp_path: Path, database_url: str
 ) -> None:
-    settings = poll_settings(tmp_path, database_url, poll_system_interval=1, poll_network_interval=1)
+    settings = poll_settings(
+        tmp_path, database_url, poll_system_interval=1, poll_network_interval=1, poll_disk_interval=2
+    )
     async with open_state(settings) as state:
         names = [await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts[h]) for h in ("alpha", "beta")]
         async with polling(state):
@@ -91,11 +93,18 @@ async def test_the_poller_fills_history_from_the_sshd_fleet(
                     "get_metrics_history",
                     {"device": name, "metric": "net_rx_bytes_per_s", "interface": "lo", "bucket": "1m"},
                 )
+                disk = await tool(
+                    state,
+                    "get_metrics_history",
+                    {"device": name, "metric": "disk_used_percent", "mount": "/"},
+                )
                 cpu_samples = sum(p["samples"] for p in cpu["points"])
-                return cpu_samples >= 3 and bool(rx["points"])
+                return cpu_samples >= 3 and bool(rx["points"]) and bool(disk["points"])
 
             for name in names:
-                await eventually(functools.partial(history_of, name), f"three polls of {name}")
+                await eventually(
+                    functools.partial(history_of, name), f"system, network and disk polls of {name}"
+                )
             devices = await tool(state, "list_devices", {})
         health = {d["name"]: d["health"] for d in devices["devices"]}
         for name in names:
