@@ -286,3 +286,14 @@ async def test_each_replica_records_its_health_and_get_service_health_reports_it
     assert mine and mine[0]["alive"] is True and mine[0]["collections"] >= 0
     assert cache["replica"] == settings.replica_name and "hits" in cache
     assert cache["recorded"][0]["replica"] == settings.replica_name
+
+
+def test_every_poll_category_has_a_setting_and_runs_registered_read_commands() -> None:
+    from mcp_server.commands import default_registry
+    from mcp_server.polling.scheduler import CATEGORIES
+
+    registry = default_registry()
+    for category in CATEGORIES:
+        assert category.setting in Settings.model_fields
+        for command in category.commands:
+            assert registry.get(command).read_only, command
