@@ -7,12 +7,14 @@ the answers; tools and the CLI call these.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from mcp_server.collection import Collected, DeviceOutcome, UnifiedDataCollectionService, paginate
 from mcp_server.db.engine import Database
@@ -22,6 +24,8 @@ from mcp_server.errors import CommandFailed, CommandTimeout, InvalidParameter
 from mcp_server.parsers.drives import Disk, DriveHealth, unreadable_drive
 from mcp_server.parsers.system import SystemMetrics
 from mcp_server.parsers.zfs import PoolStatus, PoolUsage, Snapshot
+
+log = logging.getLogger(__name__)
 
 
 class FleetDevice(BaseModel):
@@ -114,9 +118,14 @@ async def fleet_overview(
 
 
 async def _trends(db: Database, devices: list[str]) -> dict[str, DeviceTrend]:
-    mode, _, _ = await layout(db)
-    async with db.read_session() as session:
-        return await device_trends(session, mode, devices, datetime.now(UTC))
+    try:
+        mode, _, _ = await layout(db)
+        async with db.read_session() as session:
+            return await device_trends(session, mode, devices, datetime.now(UTC))
+    except SQLAlchemyError as exc:
+        # the live numbers matter more than their history: answer without trends
+        log.warning("fleet overview without trends: database unavailable: %s", exc)
+        return {}
 
 
 M = TypeVar("M", bound=BaseModel)
