@@ -3,7 +3,8 @@ FROM python:3.11-slim
 # openssh-client for debugging connectivity from inside the container; the server itself uses asyncssh.
 RUN apt-get update && apt-get install -y --no-install-recommends openssh-client procps iproute2 \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --create-home --uid 10001 infra
+    && useradd --create-home --uid 10001 infra \
+    && install -d -o infra -g infra -m 0700 /home/infra/.local/share/infrastructor
 
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini fastmcp.json ./

@@ -91,6 +91,8 @@ def server_env(data_dir: Path, *, auth: bool) -> dict[str, str]:
         # the benchmarks call far faster than an agent: the per-subject request rate limit would answer 429
         "INFRA_HTTP_RATE_LIMIT": "1000000",
         "INFRA_HTTP_RATE_BURST": "1000000",
+        # background polls would compete with the measured calls
+        "INFRA_POLL_ENABLED": "false",
     }
     env |= {"INFRA_JWT_SECRET": BENCH_JWT_SECRET} if auth else {"INFRA_AUTH": "false"}
     return env

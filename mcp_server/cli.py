@@ -120,12 +120,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "serve":
             return _serve(settings, args)
         if args.cmd == "migrate":
+            from mcp_server.state import migrate_and_configure
+
             admin = settings.database_admin_url
             url = admin.get_secret_value() if admin is not None else settings.resolved_database_url
             secure_data_dir(settings.data_dir)
-            migrate(url)
+            report = asyncio.run(migrate_and_configure(url, settings))
             err.print(f"database {redact_url(url)} is at the latest schema", soft_wrap=True)
-            return 0
+            err.print(report.summary(), soft_wrap=True, highlight=False)
+            return 1 if report.error else 0
         if args.cmd == "secrets":
             return asyncio.run(_rotate_secrets(settings))
         if args.cmd == "db":

@@ -284,6 +284,28 @@ def _to_device(row: DeviceRow, password: str | None) -> Device:
     )
 
 
+class DeviceHealth(BaseModel):
+    """What background polling has seen of a device: its circuit breaker, shared by every server replica."""
+
+    status: Literal["ok", "degraded", "down", "unknown"] = Field(
+        description="ok: the last poll reached it; degraded: recent polls failed but fewer than the breaker "
+        "threshold; down: the breaker is open and polls back off; unknown: not polled yet."
+    )
+    breaker: Literal["closed", "open", "half_open"] = Field(
+        description="open: polls are skipped until retry_at; half_open: one trial poll is running."
+    )
+    consecutive_failures: int
+    last_success_at: datetime | None = None
+    last_failure_at: datetime | None = None
+    last_error_type: str | None = None
+    last_error: str | None = None
+    retry_at: datetime | None = Field(default=None, description="When an open breaker lets a poll try again.")
+    unsupported: list[str] = Field(
+        default_factory=list,
+        description="Poll categories whose programs are missing on the device (retried hourly).",
+    )
+
+
 class DeviceInfo(BaseModel):
     """A registered device. Secrets are never included."""
 
@@ -305,6 +327,7 @@ class DeviceInfo(BaseModel):
         description="Commands that need root run through `sudo -n` (never with a password)."
     )
     connected: bool = Field(description="True when a pooled SSH connection is open right now.")
+    health: DeviceHealth = Field(description="Reachability as background polling sees it (circuit breaker).")
 
 
 class ImportedHost(BaseModel):
@@ -330,7 +353,10 @@ def fingerprint(key_line: str | None) -> str | None:
         return None
 
 
-def describe(device: Device, *, connected: bool) -> DeviceInfo:
+UNKNOWN_HEALTH = DeviceHealth(status="unknown", breaker="closed", consecutive_failures=0)
+
+
+def describe(device: Device, *, connected: bool, health: DeviceHealth | None = None) -> DeviceInfo:
     """The registry entry as clients see it: no secrets, the host key as a fingerprint."""
     if device.is_local:
         auth: Literal["local", "key", "password", "default"] = "local"
@@ -353,6 +379,7 @@ def describe(device: Device, *, connected: bool) -> DeviceInfo:
         host_key_fingerprint=fingerprint(device.host_key),
         use_sudo=device.use_sudo,
         connected=connected,
+        health=health or UNKNOWN_HEALTH,
     )
 
 

@@ -38,7 +38,9 @@ def register(mcp: FastMCP) -> None:
             "or drops.\n"
             f"5. {call('list_config_changes', device=device, since='24h', min_risk='medium')}: a recent "
             "configuration change that lines up with the symptom.\n"
-            f"6. {call('get_fleet_overview')} if other devices may be affected.\n"
+            f"6. {call('get_metrics_history', device=device, metric='cpu_percent', since='7d')} (and "
+            "memory_percent, disk_used_percent with a mount): is this new or a slow creep, and since when.\n"
+            f"7. {call('get_fleet_overview')} if other devices may be affected.\n"
             "Report the most likely cause first, quote the numbers that show it (with their collected_at), "
             "and say what you could not check. Do not suggest commands you have not verified are needed."
         )

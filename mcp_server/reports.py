@@ -7,18 +7,25 @@ the answers; tools and the CLI call these.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from mcp_server.collection import Collected, DeviceOutcome, UnifiedDataCollectionService, paginate
+from mcp_server.db.engine import Database
+from mcp_server.db.history import DeviceTrend, device_trends
+from mcp_server.db.storage import layout
 from mcp_server.errors import CommandFailed, CommandTimeout, InvalidParameter
 from mcp_server.parsers.storage_drives import Disk, DriveHealth, unreadable_drive
 from mcp_server.parsers.storage_zfs import PoolStatus, PoolUsage, Snapshot
 from mcp_server.parsers.system import SystemMetrics
+
+log = logging.getLogger(__name__)
 
 
 class FleetDevice(BaseModel):
@@ -40,6 +47,9 @@ class FleetDevice(BaseModel):
     fullest_use_percent: float | None = None
     collected_at: datetime | None = None
     from_cache: bool | None = None
+    trend: DeviceTrend | None = Field(
+        default=None, description="CPU and memory trend over the last 24 h of history; null without history."
+    )
 
 
 class FleetOverview(BaseModel):
@@ -77,15 +87,26 @@ def _fleet_device(metrics: DeviceOutcome[Any], disks: DeviceOutcome[Any]) -> Fle
 
 
 async def fleet_overview(
-    service: UnifiedDataCollectionService, devices: list[str], *, force_refresh: bool = False
+    service: UnifiedDataCollectionService,
+    devices: list[str],
+    *,
+    force_refresh: bool = False,
+    db: Database | None = None,
 ) -> FleetOverview:
-    """Headline numbers of every given device, collected concurrently; a failing device is reported, not raised."""
+    """Headline numbers of every given device, collected concurrently; a failing device is reported, not raised.
+
+    With `db`, each device with recorded history also gets its 24 h CPU and memory trend.
+    """
     started = time.perf_counter()
     metrics, disks = await asyncio.gather(
         service.collect_many(devices, "system_metrics", force_refresh=force_refresh),
         service.collect_many(devices, "disk_usage", force_refresh=force_refresh),
     )
     rows = [_fleet_device(m, d) for m, d in zip(metrics, disks, strict=True)]
+    if db is not None:
+        trends = await _trends(db, devices)
+        for row in rows:
+            row.trend = trends.get(row.device)
     ok = sum(r.ok for r in rows)
     return FleetOverview(
         devices=rows,
@@ -94,6 +115,17 @@ async def fleet_overview(
         failed=len(rows) - ok,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
     )
+
+
+async def _trends(db: Database, devices: list[str]) -> dict[str, DeviceTrend]:
+    try:
+        mode, _, _ = await layout(db)
+        async with db.read_session() as session:
+            return await device_trends(session, mode, devices, datetime.now(UTC))
+    except SQLAlchemyError as exc:
+        # the live numbers matter more than their history: answer without trends
+        log.warning("fleet overview without trends: database unavailable: %s", exc)
+        return {}
 
 
 M = TypeVar("M", bound=BaseModel)

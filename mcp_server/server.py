@@ -28,6 +28,7 @@ from mcp_server.http_app import build_http_app, serve_http
 from mcp_server.logs import redact_log_handlers
 from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
 from mcp_server.permissions import restrict_umask
+from mcp_server.polling.service import PollingService
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings, load_settings
 from mcp_server.state import AppState, open_database, open_state
@@ -37,6 +38,7 @@ from mcp_server.tools import (
     config,
     containers,
     devices,
+    history,
     host,
     network,
     services,
@@ -181,9 +183,13 @@ def build_server(
             server.app_state = own
             unsubscribe = own.events.subscribe(notifier.on_event, types=(ConfigChanged,))
             await own.config.start()
+            own.polling = PollingService(own)
+            own.polling.start()
             try:
                 yield {"state": own}
             finally:
+                await own.polling.stop()
+                own.polling = None
                 unsubscribe()
                 notifier.close()
                 server.app_state = None
@@ -201,7 +207,7 @@ def build_server(
         auth=signing_key.verifier(settings) if signing_key is not None else None,
         middleware=[audit, budget],
     )
-    for area in (devices, system, network, storage, containers, services, host, admin, config):
+    for area in (devices, system, network, storage, containers, services, host, admin, config, history):
         area.register(mcp)
     notifier.install(mcp)
     if not settings.allow_run_command:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mcp_server.errors import ConfigurationError
@@ -191,6 +193,82 @@ class Settings(BaseSettings):
         description="Comma-separated programs run_command may start: names (uptime) or absolute paths (/usr/bin/uptime).",
     )
 
+    # History, retention and the polling service (issue: time-series storage and polling).
+    retention_metrics_days: float = Field(
+        default=30.0,
+        ge=0,
+        le=36_500,
+        description="Keep system, container, disk and network series; 0 = forever.",
+    )
+    retention_audit_days: float = Field(
+        default=365.0, ge=0, le=36_500, description="Keep audit rows; 0 = forever."
+    )
+    retention_performance_days: float = Field(
+        default=30.0, ge=0, le=36_500, description="Keep service performance and cache rows; 0 = forever."
+    )
+    retention_config_changes_days: float = Field(
+        default=365.0, ge=0, le=36_500, description="Keep configuration change events; 0 = forever."
+    )
+    retention_rollup_days: float = Field(
+        default=365.0,
+        ge=0,
+        le=36_500,
+        description="Keep the hourly system-metrics rollup (TimescaleDB); 0 = forever.",
+    )
+    compression_after_days: float = Field(
+        default=7.0, ge=0, le=36_500, description="Compress TimescaleDB chunks older than this; 0 = never."
+    )
+    maintenance_interval: float = Field(
+        default=3600.0,
+        ge=10,
+        le=86_400,
+        description="Seconds between retention and partition maintenance runs.",
+    )
+    poll_enabled: bool = Field(default=True, description="Poll every device in the background while serving.")
+    poll_system_interval: float = Field(
+        default=60.0, ge=0, le=86_400, description="Seconds between system_metrics polls; 0 = off."
+    )
+    poll_network_interval: float = Field(
+        default=60.0, ge=0, le=86_400, description="Seconds between network_interfaces polls; 0 = off."
+    )
+    poll_disk_interval: float = Field(
+        default=300.0, ge=0, le=86_400, description="Seconds between disk_usage polls; 0 = off."
+    )
+    poll_containers_interval: float = Field(
+        default=120.0, ge=0, le=86_400, description="Seconds between container_stats polls; 0 = off."
+    )
+    poll_drives_interval: float = Field(
+        default=3600.0, ge=0, le=86_400, description="Seconds between SMART drive health polls; 0 = off."
+    )
+    poll_jitter: float = Field(
+        default=0.2, ge=0, le=0.9, description="Share of each interval over which devices' polls are spread."
+    )
+    poll_concurrency: int = Field(default=8, ge=1, le=256, description="Polls running at once, in all.")
+    poll_device_concurrency: int = Field(
+        default=2, ge=1, le=16, description="Polls running at once per device."
+    )
+    poll_breaker_threshold: int = Field(
+        default=3, ge=1, le=100, description="Consecutive failed polls that open a device's circuit breaker."
+    )
+    poll_breaker_backoff: float = Field(
+        default=60.0,
+        ge=0.1,
+        le=86_400,
+        description="First wait (seconds) before polling an open device again.",
+    )
+    poll_breaker_max_backoff: float = Field(
+        default=3600.0, ge=0.1, le=86_400, description="Longest wait; the backoff doubles up to it."
+    )
+    poll_report_interval: float = Field(
+        default=60.0, ge=1, le=86_400, description="Seconds between this replica's service health rows."
+    )
+    replica_name: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}"[:128],
+        min_length=1,
+        max_length=128,
+        description="This server's name in leases and service health; default <hostname>-<pid>.",
+    )
+
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8765, ge=1, le=65535)
     http_path: str = "/mcp"
@@ -208,6 +286,27 @@ class Settings(BaseSettings):
             return None
         if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
             raise ValueError("must start with sqlite+aiosqlite:// or postgresql+asyncpg://")
+        return value
+
+    @field_validator(
+        "poll_system_interval",
+        "poll_network_interval",
+        "poll_disk_interval",
+        "poll_containers_interval",
+        "poll_drives_interval",
+    )
+    @classmethod
+    def _poll_interval(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("must be 0 (off) or at least 1 second")
+        return value
+
+    @field_validator("poll_breaker_max_backoff")
+    @classmethod
+    def _backoff_cap(cls, value: float, info: ValidationInfo) -> float:
+        first = info.data.get("poll_breaker_backoff")
+        if first is not None and value < first:
+            raise ValueError(f"must be at least INFRA_POLL_BREAKER_BACKOFF ({first:g})")
         return value
 
     @field_validator("http_path")

@@ -9,7 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastmcp import Context
 from fastmcp.dependencies import CurrentContext
@@ -29,14 +29,20 @@ from mcp_server.db.credentials import (
 from mcp_server.db.engine import migrate as migrate_url
 from mcp_server.db.engine import redact_url
 from mcp_server.db.queries import AuditPage, audit_page
+from mcp_server.db.storage import ConfigureReport
+from mcp_server.db.storage import configure as configure_storage
 from mcp_server.db.tables import CacheMetadata
 from mcp_server.devices import Device, DeviceInfo, DeviceRegistry, describe
 from mcp_server.events import EventBus
 from mcp_server.executors import LocalExecutor
 from mcp_server.permissions import secure_data_dir
+from mcp_server.polling.breaker import BreakerPolicy, HealthBook
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings
 from mcp_server.ssh import SSHOptions, SSHPool
+
+if TYPE_CHECKING:
+    from mcp_server.polling.service import PollingService
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +63,19 @@ class AppState:
     events: EventBus
     service: UnifiedDataCollectionService
     config: ConfigurationMonitoringService
+    health: HealthBook
     started_at: float = field(default_factory=time.monotonic)
+    polling: PollingService | None = None  # set while a server's lifespan runs the polling service
 
     def describe(self, device: Device) -> DeviceInfo:
-        """A device as clients see it, with whether its pooled connection is open now."""
-        return describe(device, connected=self.ssh.is_connected(device.name))
+        """A device as clients see it, with whether its pooled connection is open now and its health."""
+        return describe(
+            device, connected=self.ssh.is_connected(device.name), health=self.health.get(device.name)
+        )
+
+    async def refresh_health(self) -> None:
+        """Reload the devices' shared health (circuit breakers) if this copy is a few seconds old."""
+        await self.health.refresh()
 
     async def audit_page(self, *, limit: int, offset: int, **filters: Any) -> AuditPage:
         """Audit entries matching `filters`, including everything audited up to this moment."""
@@ -122,11 +136,17 @@ async def open_state(
         events=events,
     )
     config = ConfigurationMonitoringService(settings, service=service, db=db, devices=devices, events=events)
+    policy = BreakerPolicy(
+        settings.poll_breaker_threshold, settings.poll_breaker_backoff, settings.poll_breaker_max_backoff
+    )
+    health = HealthBook(db, policy, settings.replica_name)
     state = AppState(
-        settings, db, secrets, devices, registry, cache, ssh, local, writer, events, service, config
+        settings, db, secrets, devices, registry, cache, ssh, local, writer, events, service, config, health
     )
     writer.start()
-    snapshots = asyncio.create_task(_record_cache_stats(state), name="infra-cache-stats")
+    snapshots = asyncio.create_task(
+        _record_cache_stats(state, settings.poll_report_interval), name="infra-cache-stats"
+    )
     log.info("database %s; %d devices", redact_url(db.url), len(devices.names()))
     try:
         yield state
@@ -153,12 +173,23 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> Database
         # the application role cannot create tables: migrate as the owner when given, else insist on head
         install_credential_hook(db.engine, credential_provider(settings))
         if migrate and settings.database_admin_url is not None:
-            await asyncio.to_thread(migrate_url, settings.database_admin_url.get_secret_value())
+            await migrate_and_configure(settings.database_admin_url.get_secret_value(), settings)
         else:
             await check_schema_current(db)
     elif migrate:
         await db.migrate()
+        await configure_storage(db, settings)
     return db
+
+
+async def migrate_and_configure(url: str, settings: Settings) -> ConfigureReport:
+    """Migrate the database at `url` to the latest schema and apply the storage settings (as its owner)."""
+    await asyncio.to_thread(migrate_url, url)
+    owner = Database(url)
+    try:
+        return await configure_storage(owner, settings)
+    finally:
+        await owner.close()
 
 
 def _queue_cache_stats(state: AppState) -> None:
@@ -174,6 +205,7 @@ def _queue_cache_stats(state: AppState) -> None:
             "evictions": s.evictions,
             "expirations": s.expirations,
             "hit_ratio": s.hit_ratio,
+            "replica": state.settings.replica_name,
         },
     )
 

@@ -67,6 +67,65 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         await drop_pg_database(url)
 
 
+TIMESCALE_URL = os.environ.get("INFRA_TEST_TIMESCALE_URL")
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def create_timescale_database() -> str:
+    """A new database with the timescaledb extension on the INFRA_TEST_TIMESCALE_URL cluster; its URL."""
+    if not TIMESCALE_URL:
+        message = "INFRA_TEST_TIMESCALE_URL is not set (see .ci/run: a private cluster with TimescaleDB)"
+        if os.environ.get("INFRA_TEST_REQUIRE_TIMESCALE") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    name = f"infra_test_{uuid.uuid4().hex[:12]}"
+    try:
+        conn = await asyncpg.connect(_asyncpg_dsn(TIMESCALE_URL), timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        message = f"TimescaleDB cluster not reachable at {TIMESCALE_URL}: {exc}"
+        if os.environ.get("INFRA_TEST_REQUIRE_TIMESCALE") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = f"{TIMESCALE_URL.rsplit('/', 1)[0]}/{name}"
+    conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=5)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    finally:
+        await conn.close()
+    return url
+
+
+async def drop_timescale_database(url: str) -> None:
+    assert TIMESCALE_URL
+    conn = await asyncpg.connect(_asyncpg_dsn(TIMESCALE_URL), timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "timescale"])
+async def series_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Each test using this runs three times: SQLite (plain tables), PostgreSQL (native partitions) and
+    PostgreSQL with TimescaleDB (hypertables)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'infra.db'}"
+        return
+    timescale = request.param == "timescale"
+    url = await (create_timescale_database() if timescale else create_pg_database())
+    try:
+        yield url
+    finally:
+        await (drop_timescale_database(url) if timescale else drop_pg_database(url))
+
+
 @pytest.fixture
 def settings(tmp_path: Path, database_url: str) -> Settings:
     return make_settings(tmp_path, database_url=database_url)
@@ -86,6 +145,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "ssh_known_hosts": tmp_path / "known_hosts",
         "ssh_connect_timeout": 3.0,
         "audit_flush_interval": 0.05,
+        # the background poller is off unless a test turns it on
+        "poll_enabled": False,
     }
     return load_settings(**(defaults | overrides))
 

@@ -390,6 +390,18 @@ async def test_stats_report_every_running_container_in_bytes(mcp: Client[Any]) -
     assert paged["data"]["truncated"] is True and paged["data"]["total"] == result["data"]["total"]
 
 
+async def test_container_stats_feed_the_container_history(mcp: Client[Any]) -> None:
+    await call(mcp, "get_container_stats", force_refresh=True)
+    await call(mcp, "get_container_stats", force_refresh=True)
+    args = {"since": "1h", "bucket": "1m"}
+    memory = await call(
+        mcp, "get_metrics_history", metric="container_memory_bytes", container="worker", **args
+    )
+    assert sum(p["samples"] for p in memory["points"]) >= 2 and memory["summary"]["latest"] > 0
+    cpu = await call(mcp, "get_metrics_history", metric="container_cpu_percent", container="worker", **args)
+    assert cpu["points"] and cpu["unit"] == "% of one core"
+
+
 async def test_compose_stacks_list_projects_with_their_services(
     mcp: Client[Any], container_engine: ContainerEngine
 ) -> None:

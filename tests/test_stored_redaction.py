@@ -63,6 +63,23 @@ NOT_CALLER_TEXT = {
     ("configuration_change_events", "affected_services"): "configuration monitoring: unit names",
     ("configuration_change_events", "summary"): "configuration monitoring: its own text",
     ("configuration_change_events", "diff"): "configuration monitoring redacts diffs as it stores them",
+    ("cache_metadata", "replica"): "INFRA_REPLICA_NAME, the operator's setting",
+    ("service_performance_metrics", "replica"): "INFRA_REPLICA_NAME, the operator's setting",
+    ("poll_leases", "owner"): "INFRA_REPLICA_NAME, the operator's setting",
+    ("poll_leases", "category"): "one of the poller's fixed categories",
+    ("device_health", "updated_by"): "INFRA_REPLICA_NAME, the operator's setting",
+    ("device_health", "breaker"): "closed, open or half_open",
+    ("device_health", "last_error_type"): "an error type of errors.py",
+    ("device_health", "last_error"): "redacted as it is written (polling/breaker.py)",
+    ("container_stats", "container"): "from the collected result, redacted before it is stored; docker names "
+    "hold only letters, digits, _ . -",
+    ("container_stats", "container_id"): "from the collected result, redacted before it is stored (hex ids)",
+    ("disk_metrics", "mount"): "from the collected result, redacted before it is stored",
+    ("disk_metrics", "fstype"): "from the collected result, redacted before it is stored",
+    ("network_metrics", "interface"): "from the collected result, redacted before it is stored",
+    ("storage_layout", "mode"): "timescale, partitioned or plain",
+    ("storage_layout", "detail"): "the server's own description of the storage set-up",
+    ("storage_layout", "policies"): "the server's own retention and compression settings",
 }
 
 

@@ -34,6 +34,8 @@ def cli_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "INFRA_SSH_KNOWN_HOSTS": str(tmp_path / "known_hosts"),
         "INFRA_SSH_CONNECT_TIMEOUT": "3",
         "INFRA_AUDIT_FLUSH_INTERVAL": "0.05",
+        # background polls would add audit rows these tests do not expect
+        "INFRA_POLL_ENABLED": "false",
     }
     return env | extra
 

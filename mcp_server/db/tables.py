@@ -106,6 +106,65 @@ class SystemMetricRow(Base):
     __table_args__ = (Index("ix_system_metrics_device_collected_at", "device", "collected_at"),)
 
 
+class ContainerStatRow(Base):
+    """Time series of container_stats collections: one row per running container per sample."""
+
+    __tablename__ = "container_stats"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(63))
+    collected_at: Mapped[datetime]
+    container: Mapped[str] = mapped_column(String(255), doc="Container name.")
+    container_id: Mapped[str] = mapped_column(String(64))
+    cpu_percent: Mapped[float | None] = mapped_column(Float)
+    memory_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    memory_limit_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    net_rx_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    net_tx_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    block_read_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    block_write_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    pids: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_container_stats_device_container", "device", "container", "collected_at"),)
+
+
+class DiskMetricRow(Base):
+    """Time series of disk_usage collections: one row per real (non-pseudo) mount per sample."""
+
+    __tablename__ = "disk_metrics"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(63))
+    collected_at: Mapped[datetime]
+    mount: Mapped[str] = mapped_column(Text)
+    fstype: Mapped[str | None] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    used_bytes: Mapped[int] = mapped_column(BigInteger)
+    used_percent: Mapped[float] = mapped_column(Float)
+    inodes_used_percent: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_disk_metrics_device_mount", "device", "mount", "collected_at"),)
+
+
+class NetworkMetricRow(Base):
+    """Time series of network_interfaces collections: the byte, error and drop counters per interface."""
+
+    __tablename__ = "network_metrics"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device: Mapped[str] = mapped_column(String(63))
+    collected_at: Mapped[datetime]
+    interface: Mapped[str] = mapped_column(String(64))
+    rx_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    tx_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    rx_errors: Mapped[int | None] = mapped_column(BigInteger)
+    tx_errors: Mapped[int | None] = mapped_column(BigInteger)
+    rx_dropped: Mapped[int | None] = mapped_column(BigInteger)
+    tx_dropped: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (Index("ix_network_metrics_device_interface", "device", "interface", "collected_at"),)
+
+
 class CollectionSnapshot(Base):
     """The latest parsed result per device, command and parameters."""
 
@@ -135,23 +194,37 @@ class CacheMetadata(Base):
     evictions: Mapped[int] = mapped_column(BigInteger)
     expirations: Mapped[int] = mapped_column(BigInteger)
     hit_ratio: Mapped[float] = mapped_column(Float)
+    replica: Mapped[str | None] = mapped_column(String(128), doc="Server replica whose cache this is.")
 
 
 class ServicePerformanceMetric(Base):
-    """Timing of each executed collection: where the time went."""
+    """Timing of each executed collection (kind "collection"), and a periodic summary per server replica
+    (kind "replica": collections, failures, p50/p95 durations, cache hit ratio, open SSH connections)."""
 
     __tablename__ = "service_performance_metrics"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     recorded_at: Mapped[datetime]
-    device: Mapped[str] = mapped_column(String(63))
-    command: Mapped[str] = mapped_column(String(128))
-    execute_ms: Mapped[float] = mapped_column(Float)
-    parse_ms: Mapped[float] = mapped_column(Float)
-    total_ms: Mapped[float] = mapped_column(Float)
+    kind: Mapped[str] = mapped_column(String(16), default="collection", server_default="collection")
+    device: Mapped[str | None] = mapped_column(String(63))
+    command: Mapped[str | None] = mapped_column(String(128))
+    execute_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    parse_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    total_ms: Mapped[float] = mapped_column(Float, default=0.0)
     outcome: Mapped[str] = mapped_column(String(16))
+    replica: Mapped[str | None] = mapped_column(String(128))
+    period_seconds: Mapped[float | None] = mapped_column(Float)
+    collections: Mapped[int | None] = mapped_column(Integer)
+    failures: Mapped[int | None] = mapped_column(Integer)
+    p50_ms: Mapped[float | None] = mapped_column(Float)
+    p95_ms: Mapped[float | None] = mapped_column(Float)
+    cache_hit_ratio: Mapped[float | None] = mapped_column(Float)
+    ssh_connections_open: Mapped[int | None] = mapped_column(Integer)
 
-    __table_args__ = (Index("ix_perf_device_command", "device", "command", "recorded_at"),)
+    __table_args__ = (
+        Index("ix_perf_device_command", "device", "command", "recorded_at"),
+        Index("ix_perf_kind_replica", "kind", "replica", "recorded_at"),
+    )
 
 
 class SecretRow(Base):
@@ -237,3 +310,57 @@ class ConfigurationChangeEvent(Base):
         Index("ix_config_changes_device_detected_at", "device", "detected_at"),
         Index("ix_config_changes_device_path", "device", "path", "detected_at"),
     )
+
+
+class StorageLayout(Base):
+    """How the time-series tables are stored, chosen once by migration 0005 from the live database."""
+
+    __tablename__ = "storage_layout"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mode: Mapped[str] = mapped_column(String(16), doc="timescale | partitioned | plain")
+    detail: Mapped[str] = mapped_column(Text, default="")
+    policies: Mapped[str] = mapped_column(
+        Text, default="", server_default="", doc="The retention and compression settings last applied."
+    )
+    configured_at: Mapped[datetime]
+
+
+class PollLease(Base):
+    """A claim on one poll: (device, category, slot) is collected by whichever replica inserts it first.
+
+    A replica that dies leaves its claim uncompleted; once `expires_at` passes another replica may take it.
+    """
+
+    __tablename__ = "poll_leases"
+
+    device: Mapped[str] = mapped_column(String(63), primary_key=True)
+    category: Mapped[str] = mapped_column(String(32), primary_key=True)
+    slot: Mapped[int] = mapped_column(BigInteger, primary_key=True, doc="floor(epoch seconds / interval).")
+    owner: Mapped[str] = mapped_column(String(128))
+    request_id: Mapped[str] = mapped_column(String(64), doc="The audit request_id of the poll's collections.")
+    claimed_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (Index("ix_poll_leases_claimed_at", "claimed_at"),)
+
+
+class DeviceHealthRow(Base):
+    """The poller's circuit breaker per device, shared by every replica."""
+
+    __tablename__ = "device_health"
+
+    device: Mapped[str] = mapped_column(String(63), primary_key=True)
+    breaker: Mapped[str] = mapped_column(String(16), doc="closed | open")
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    opened_at: Mapped[datetime | None]
+    retry_at: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
+    last_failure_at: Mapped[datetime | None]
+    last_error_type: Mapped[str | None] = mapped_column(String(64))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str | None] = mapped_column(String(128))

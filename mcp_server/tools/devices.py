@@ -38,14 +38,18 @@ def register(mcp: FastMCP) -> None:
 
     @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False})
     async def list_devices(tags: Tags = None, state: AppState = Depends(current_state)) -> DeviceList:
-        """List registered devices (optionally only those carrying all the given tags)."""
+        """List registered devices (optionally only those carrying all the given tags), with each one's health
+        as background polling sees it."""
+        await state.refresh_health()
         devices = [state.describe(d) for d in state.devices.list(tags or ())]
         return DeviceList(devices=devices, total=len(devices))
 
     @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False})
     @expected_errors()
     async def get_device(device: DeviceArg, state: AppState = Depends(current_state)) -> DeviceInfo:
-        """Show one device's registry entry: address, user, auth method, tags, pinned host key."""
+        """Show one device's registry entry: address, user, auth method, tags, pinned host key, and its health
+        (circuit breaker: ok, degraded, down with the next retry, or unknown)."""
+        await state.refresh_health()
         return state.describe(state.devices.get(device))
 
     @mcp.tool(annotations=write, tags=WRITE_TAGS)

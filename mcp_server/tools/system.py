@@ -8,10 +8,10 @@ from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
 from pydantic import Field
 
-from mcp_server.cache import CacheStats
 from mcp_server.collection import Collected
 from mcp_server.commands import CommandList
 from mcp_server.parsers.system import SystemMetrics, TopProcesses
+from mcp_server.polling.report import CacheStatsReport, cache_report
 from mcp_server.reports import FleetOverview, fleet_overview
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import READ_ONLY, DeviceArg, ForceRefresh, expected_errors
@@ -82,11 +82,13 @@ def register(mcp: FastMCP) -> None:
         force_refresh: ForceRefresh = False,
         state: AppState = Depends(current_state),
     ) -> FleetOverview:
-        """Headline health of every device at once (CPU, memory, load, fullest disk); failures are listed per device."""
+        """Headline health of every device at once (CPU, memory, load, fullest disk; with a 24 h CPU and memory
+        trend where history exists); failures are listed per device."""
         names = [d.name for d in state.devices.list(tags or ())]
-        return await fleet_overview(state.service, names, force_refresh=force_refresh)
+        return await fleet_overview(state.service, names, force_refresh=force_refresh, db=state.db)
 
     @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False})
-    async def get_cache_stats(state: AppState = Depends(current_state)) -> CacheStats:
-        """Cache counters: entries, hits, misses, evictions, expirations, single-flight joins, hit ratio."""
-        return state.cache.stats()
+    async def get_cache_stats(state: AppState = Depends(current_state)) -> CacheStatsReport:
+        """Cache counters: entries, hits, misses, evictions, expirations, single-flight joins, hit ratio; plus
+        the counters every server replica recorded in the last hour."""
+        return await cache_report(state)

@@ -1,0 +1,144 @@
+"""get_metrics_history's request: checked and normalised (times, bucket width, series key), then answered
+from the time-series tables (db/history.py)."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from mcp_server.db.engine import Database
+from mcp_server.db.history import METRICS, MetricsHistory, Query, align, history, known_keys
+from mcp_server.db.storage import layout
+from mcp_server.devices import DeviceRegistry
+from mcp_server.errors import InvalidParameter
+from mcp_server.settings import Settings
+
+# Bucket widths divide a day evenly, so buckets never straddle midnight UTC and whole hours can come
+# from the hourly rollup.
+DAY = 86_400
+MIN_BUCKET = 60
+AUTO_POINTS = 500
+MAX_POINTS = 2000
+MAX_RANGE = timedelta(days=400)
+DEFAULT_RANGE = timedelta(hours=24)
+AUTO_BUCKETS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 14400, 21600, 28800, 43200, 86400)
+_DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+# which poll fills which table, for the note on an empty answer
+_FILLED_BY = {
+    "system_metrics": ("poll_system_interval", "get_system_metrics"),
+    "disk_metrics": ("poll_disk_interval", "get_disk_usage"),
+    "network_metrics": ("poll_network_interval", "get_network_interfaces"),
+    "container_stats": ("poll_containers_interval", "get_container_stats"),
+}
+
+
+def parse_duration(value: str) -> timedelta | None:
+    match = _DURATION.match(value.strip())
+    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)]) if match else None
+
+
+def parse_time(value: str | None, name: str, *, now: datetime, before: datetime | None = None) -> datetime:
+    """An ISO 8601 time (UTC when it has no offset), "now", or a duration ("24h") before `before`/now."""
+    if value is None or value.strip().lower() == "now":
+        return now
+    duration = parse_duration(value)
+    if duration is not None:
+        return (before or now) - duration
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidParameter(
+            f"{name} {value!r} is neither an ISO 8601 time (2026-12-01T08:00:00Z) nor a duration "
+            "(30m, 24h, 7d, 2w)."
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def bucket_width(value: str | None, span: timedelta) -> int:
+    """The bucket width in seconds: the given one checked, or the finest giving at most AUTO_POINTS."""
+    if value is None:
+        seconds = span.total_seconds()
+        return next((w for w in AUTO_BUCKETS if seconds / w <= AUTO_POINTS), DAY)
+    duration = parse_duration(value)
+    width = int(duration.total_seconds()) if duration else 0
+    if width < MIN_BUCKET or width > DAY or DAY % width:
+        raise InvalidParameter(
+            f"bucket {value!r}: use a width from 1m to 1d that divides a day evenly, e.g. 1m, 5m, 15m, 30m, "
+            "1h, 2h, 6h, 12h or 1d."
+        )
+    return width
+
+
+async def metrics_history(
+    db: Database,
+    devices: DeviceRegistry,
+    settings: Settings,
+    *,
+    device: str,
+    metric: str,
+    since: str | None = None,
+    until: str | None = None,
+    bucket: str | None = None,
+    mount: str | None = None,
+    interface: str | None = None,
+    container: str | None = None,
+    now: datetime | None = None,
+) -> MetricsHistory:
+    """One metric of one device over time, bucketed, with a summary; checks every argument first."""
+    devices.get(device)
+    spec = METRICS.get(metric)
+    if spec is None:
+        raise InvalidParameter(f"Unknown metric {metric!r}. Metrics: {', '.join(METRICS)}.")
+    now = now or datetime.now(UTC)
+    end = parse_time(until, "until", now=now)
+    start = parse_time(since, "since", now=now, before=end) if since else end - DEFAULT_RANGE
+    if start >= end:
+        raise InvalidParameter(f"since ({start.isoformat()}) must be before until ({end.isoformat()}).")
+    if end - start > MAX_RANGE:
+        raise InvalidParameter(f"The range is {(end - start).days} days; at most {MAX_RANGE.days} at once.")
+    width = bucket_width(bucket, end - start)
+    lo, hi = align(start, end, width)
+    count = int((hi - lo).total_seconds()) // width
+    if count > MAX_POINTS:
+        raise InvalidParameter(
+            f"{count} buckets of {bucket} between {lo.isoformat()} and {hi.isoformat()}; at most {MAX_POINTS}: "
+            "use a wider bucket or a shorter range."
+        )
+    given = {k: v for k, v in (("mount", mount), ("interface", interface), ("container", container)) if v}
+    extra = sorted(set(given) - ({spec.key} if spec.key else set()))
+    if extra:
+        takes = f"takes `{spec.key}` only" if spec.key else "takes none of mount, interface or container"
+        raise InvalidParameter(f"{metric} {takes}; remove {', '.join(extra)}.")
+    mode, _, _ = await layout(db)
+    async with db.read_session() as session:
+        key = given.get(spec.key) if spec.key else None
+        if spec.key and key is None:
+            known = await known_keys(session, metric, device, now - timedelta(days=7))
+            listed = ", ".join(known) if known else "none recorded in the last 7 days"
+            raise InvalidParameter(f"{metric} needs `{spec.key}`. Known for {device}: {listed}.")
+        result = await history(session, mode, Query(device, metric, key, lo, hi, width))
+        if not result.points:
+            result.note = await _why_empty(session, settings, metric, device, key, now)
+    return result
+
+
+async def _why_empty(
+    session: AsyncSession, settings: Settings, metric: str, device: str, key: str | None, now: datetime
+) -> str:
+    spec = METRICS[metric]
+    setting, tool = _FILLED_BY[spec.table]
+    interval = float(getattr(settings, setting))
+    if settings.poll_enabled and interval > 0:
+        polled = f"the poller records it every {interval:g} s (INFRA_{setting.upper()})"
+    else:
+        polled = f"background polling of it is off (INFRA_POLL_ENABLED / INFRA_{setting.upper()})"
+    text = f"No samples of {metric} for {device} in this range: {polled}, and every {tool} call adds one."
+    if key is not None:
+        known = await known_keys(session, metric, device, now - timedelta(days=7))
+        if key not in known:
+            listed = ", ".join(known) if known else "none"
+            text += f" Known {spec.key}s of {device} in the last 7 days: {listed}."
+    return text

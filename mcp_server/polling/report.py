@@ -1,0 +1,221 @@
+"""The service's own health: a periodic row per replica, recorded cache counters, and the reports built
+from them for get_service_health and get_cache_stats."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from mcp_server.cache import CacheStats
+from mcp_server.db.engine import Database
+from mcp_server.db.series import as_utc
+from mcp_server.db.storage import StorageInfo
+from mcp_server.db.tables import CacheMetadata, ServicePerformanceMetric
+from mcp_server.devices import DeviceHealth
+from mcp_server.events import CollectionCompleted, CollectionFailed, Event
+
+if TYPE_CHECKING:
+    from mcp_server.state import AppState
+
+RECENT = timedelta(hours=1)
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """Nearest-rank percentile (share in 0..1) of `values`; None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, -(-int(share * 100) * len(ordered) // 100))
+    return ordered[rank - 1]
+
+
+class ReplicaStats:
+    """Collections, failures and durations of this replica since the last row, from the event bus."""
+
+    def __init__(self, state: AppState) -> None:
+        self._state = state
+        self._durations: list[float] = []
+        self._collections = 0
+        self._failures = 0
+        self._started = time.monotonic()
+        stats = state.cache.stats()
+        self._hits, self._misses = stats.hits, stats.misses
+        self._unsubscribe = state.events.subscribe(
+            self._on_event, types=(CollectionCompleted, CollectionFailed)
+        )
+
+    def _on_event(self, event: Event) -> None:
+        self._collections += 1
+        if isinstance(event, CollectionCompleted):
+            self._durations.append(event.duration_ms)
+        else:
+            self._failures += 1
+
+    def close(self) -> None:
+        self._unsubscribe()
+
+    def take_row(self, now: datetime) -> dict[str, Any]:
+        """This period's summary as a service_performance_metrics row; starts the next period."""
+        cache = self._state.cache.stats()
+        hits, misses = cache.hits - self._hits, cache.misses - self._misses
+        row = {
+            "recorded_at": now,
+            "kind": "replica",
+            "outcome": "ok",
+            "replica": self._state.settings.replica_name,
+            "period_seconds": round(time.monotonic() - self._started, 3),
+            "collections": self._collections,
+            "failures": self._failures,
+            "p50_ms": percentile(self._durations, 0.50),
+            "p95_ms": percentile(self._durations, 0.95),
+            "cache_hit_ratio": hits / (hits + misses) if hits + misses else None,
+            "ssh_connections_open": self._state.ssh.stats().open_connections,
+            "execute_ms": 0.0,
+            "parse_ms": 0.0,
+            "total_ms": 0.0,
+        }
+        self._durations, self._collections, self._failures = [], 0, 0
+        self._hits, self._misses, self._started = cache.hits, cache.misses, time.monotonic()
+        return row
+
+
+class ReplicaReport(BaseModel):
+    """The latest periodic row of one server replica."""
+
+    replica: str
+    recorded_at: datetime
+    alive: bool = Field(description="True when the replica reported within three report intervals.")
+    period_seconds: float | None
+    collections: int | None = Field(description="Commands executed in the period (cache hits excluded).")
+    failures: int | None
+    p50_ms: float | None = Field(description="Median duration of the period's successful collections.")
+    p95_ms: float | None
+    cache_hit_ratio: float | None = Field(description="Hits / lookups in the period; null without lookups.")
+    ssh_connections_open: int | None
+
+
+class RecordedCache(BaseModel):
+    """The latest cache counters a replica recorded in cache_metadata."""
+
+    replica: str | None
+    recorded_at: datetime
+    entries: int
+    max_entries: int
+    hits: int
+    misses: int
+    evictions: int
+    expirations: int
+    hit_ratio: float
+
+
+class CacheStatsReport(CacheStats):
+    replica: str = Field(description="This server replica (INFRA_REPLICA_NAME).")
+    recorded: list[RecordedCache] = Field(
+        description="Latest counters each replica recorded in the last hour (cache_metadata), newest first."
+    )
+
+
+class PollerStatus(BaseModel):
+    running: bool = Field(description="True when this process runs the background poller.")
+    intervals: dict[str, float] = Field(description="Seconds between polls per category (INFRA_POLL_*).")
+    completed: int
+    failed: int
+    skipped_breaker_open: int
+    skipped_unsupported: int
+    held_elsewhere: int = Field(description="Due slots another replica had already claimed.")
+    taken_over: int = Field(description="Slots taken over after another replica's lease expired.")
+    missed: int = Field(description="Due slots not started within their slot (overload or database away).")
+
+
+class DeviceHealthEntry(BaseModel):
+    device: str
+    health: DeviceHealth
+
+
+class ServiceHealth(BaseModel):
+    replica: str
+    uptime_seconds: float
+    database_ok: bool
+    storage: StorageInfo
+    poller: PollerStatus
+    replicas: list[ReplicaReport] = Field(description="Every replica that reported in the last hour.")
+    devices_not_ok: list[DeviceHealthEntry] = Field(description="Devices whose polls fail or back off.")
+    writer_pending_rows: int = Field(description="Rows queued for the database right now.")
+    writer_spooled_segments: int = Field(description="Spool files waiting for the database to return.")
+    cache: CacheStats
+    cache_recorded: list[RecordedCache]
+
+
+def _latest_per_replica(rows: list[Any]) -> list[Any]:
+    seen: dict[str | None, Any] = {}
+    for row in rows:  # newest first
+        seen.setdefault(row.replica, row)
+    return list(seen.values())
+
+
+async def replica_reports(db: Database, now: datetime, report_interval: float) -> list[ReplicaReport]:
+    async with db.read_session() as session:
+        rows = (
+            await session.scalars(
+                select(ServicePerformanceMetric)
+                .where(
+                    ServicePerformanceMetric.kind == "replica",
+                    ServicePerformanceMetric.recorded_at >= now - RECENT,
+                )
+                .order_by(ServicePerformanceMetric.recorded_at.desc())
+                .limit(1000)
+            )
+        ).all()
+    return [
+        ReplicaReport(
+            replica=r.replica or "?",
+            recorded_at=as_utc(r.recorded_at),
+            alive=now - as_utc(r.recorded_at) <= timedelta(seconds=3 * report_interval),
+            period_seconds=r.period_seconds,
+            collections=r.collections,
+            failures=r.failures,
+            p50_ms=round(r.p50_ms, 2) if r.p50_ms is not None else None,
+            p95_ms=round(r.p95_ms, 2) if r.p95_ms is not None else None,
+            cache_hit_ratio=r.cache_hit_ratio,
+            ssh_connections_open=r.ssh_connections_open,
+        )
+        for r in _latest_per_replica(list(rows))
+    ]
+
+
+async def recorded_cache(db: Database, now: datetime) -> list[RecordedCache]:
+    async with db.read_session() as session:
+        rows = (
+            await session.scalars(
+                select(CacheMetadata)
+                .where(CacheMetadata.recorded_at >= now - RECENT)
+                .order_by(CacheMetadata.recorded_at.desc())
+                .limit(1000)
+            )
+        ).all()
+    return [
+        RecordedCache(
+            replica=r.replica,
+            recorded_at=as_utc(r.recorded_at),
+            entries=r.entries,
+            max_entries=r.max_entries,
+            hits=r.hits,
+            misses=r.misses,
+            evictions=r.evictions,
+            expirations=r.expirations,
+            hit_ratio=r.hit_ratio,
+        )
+        for r in _latest_per_replica(list(rows))
+    ]
+
+
+async def cache_report(state: AppState) -> CacheStatsReport:
+    await state.writer.flush()
+    recorded = await recorded_cache(state.db, datetime.now(UTC))
+    return CacheStatsReport(
+        **state.cache.stats().model_dump(), replica=state.settings.replica_name, recorded=recorded
+    )

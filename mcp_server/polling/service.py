@@ -1,0 +1,181 @@
+"""The polling service a server runs in the background: the poller, this replica's periodic health row,
+and storage maintenance (retention, partitions ahead) claimed by one replica per interval."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from mcp_server.db import storage
+from mcp_server.db.tables import ServicePerformanceMetric
+from mcp_server.devices import DeviceHealth
+from mcp_server.polling import leases
+from mcp_server.polling.report import (
+    DeviceHealthEntry,
+    PollerStatus,
+    ReplicaStats,
+    ServiceHealth,
+    recorded_cache,
+    replica_reports,
+)
+from mcp_server.polling.scheduler import Poller
+
+if TYPE_CHECKING:
+    from mcp_server.state import AppState
+
+log = logging.getLogger(__name__)
+
+MAINTENANCE = ("*", "maintenance")  # the lease key of a storage maintenance run
+STOP_TIMEOUT = 10.0
+
+
+class PollingService:
+    """Started and stopped by the server's lifespan; `poller` is None with INFRA_POLL_ENABLED=false."""
+
+    def __init__(self, state: AppState, *, clock: Callable[[], float] = time.time) -> None:
+        self._state = state
+        self._clock = clock
+        self.poller = Poller(state, clock=clock) if state.settings.poll_enabled else None
+        self.stats = ReplicaStats(state)
+        self.last_maintenance: storage.MaintenanceReport | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("infra-replica-report", self._report_loop),
+            ("infra-maintenance", self._maintenance_loop),
+        ]
+        if self.poller is not None:
+            loops.append(("infra-poller", self.poller.run))
+        self._tasks = [asyncio.create_task(loop(), name=name) for name, loop in loops]
+        intervals = self.poller.intervals() if self.poller else {}
+        log.info(
+            "polling service started as %s; poll intervals: %s",
+            self._state.settings.replica_name,
+            ", ".join(f"{k} {v:g}s" for k, v in intervals.items()) or "polling off",
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
+        self._tasks = []
+        self._state.writer.add(ServicePerformanceMetric, self.stats.take_row(self._now()))
+        self.stats.close()
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._clock(), UTC)
+
+    async def _report_loop(self) -> None:
+        every = self._state.settings.poll_report_interval
+        while True:
+            await asyncio.sleep(every)
+            self._state.writer.add(ServicePerformanceMetric, self.stats.take_row(self._now()))
+
+    async def _maintenance_loop(self) -> None:
+        every = self._state.settings.maintenance_interval
+        while True:
+            with contextlib.suppress(SQLAlchemyError, OSError):
+                await self.maintain_once()
+            await asyncio.sleep(every - self._clock() % every + 1.0)
+
+    async def maintain_once(self) -> storage.MaintenanceReport | None:
+        """Run retention for this maintenance slot unless another replica already claimed it."""
+        every = self._state.settings.maintenance_interval
+        slot = int(self._clock() // every)
+        device, category = MAINTENANCE
+        claim = await leases.claim(
+            self._state.db,
+            device,
+            category,
+            slot,
+            owner=self._state.settings.replica_name,
+            ttl=timedelta(seconds=min(every, 3600)),
+            now=self._now(),
+        )
+        if not claim.ours:
+            return None
+        report = await storage.maintain(self._state.db, self._state.settings, self._now())
+        self.last_maintenance = report
+        outcome = "ok" if report.error is None else "error"
+        await leases.complete(
+            self._state.db,
+            device,
+            category,
+            slot,
+            request_id=claim.request_id,
+            outcome=outcome,
+            now=self._now(),
+        )
+        if report.partitions_dropped or any(report.rows_deleted.values()):
+            log.info(
+                "retention: dropped partitions %s, deleted rows %s",
+                report.partitions_dropped,
+                {k: v for k, v in report.rows_deleted.items() if v},
+            )
+        return report
+
+    def status(self) -> PollerStatus:
+        return poller_status(self.poller)
+
+
+def poller_status(poller: Poller | None) -> PollerStatus:
+    if poller is None:
+        return PollerStatus(
+            running=False,
+            intervals={},
+            completed=0,
+            failed=0,
+            skipped_breaker_open=0,
+            skipped_unsupported=0,
+            held_elsewhere=0,
+            taken_over=0,
+            missed=0,
+        )
+    c = poller.counters
+    return PollerStatus(
+        running=True,
+        intervals=poller.intervals(),
+        completed=c.completed,
+        failed=c.failed,
+        skipped_breaker_open=c.skipped_breaker_open,
+        skipped_unsupported=c.skipped_unsupported,
+        held_elsewhere=c.held_elsewhere,
+        taken_over=c.taken_over,
+        missed=c.missed,
+    )
+
+
+async def service_health(state: AppState) -> ServiceHealth:
+    """This replica, every replica that reported recently, storage, the poller and unhealthy devices."""
+    now = datetime.now(UTC)
+    database_ok = await state.db.ping()
+    await state.writer.flush()
+    await state.health.refresh(force=True)
+    unhealthy = []
+    for name in state.devices.names():
+        health: DeviceHealth | None = state.health.get(name, now)
+        if health is not None and health.status != "ok":
+            unhealthy.append(DeviceHealthEntry(device=name, health=health))
+    polling = state.polling
+    return ServiceHealth(
+        replica=state.settings.replica_name,
+        uptime_seconds=round(time.monotonic() - state.started_at, 1),
+        database_ok=database_ok,
+        storage=await storage.info(state.db, state.settings),
+        poller=polling.status() if polling is not None else poller_status(None),
+        replicas=await replica_reports(state.db, now, state.settings.poll_report_interval),
+        devices_not_ok=unhealthy,
+        writer_pending_rows=state.writer.pending,
+        writer_spooled_segments=len(state.writer.segments()),
+        cache=state.cache.stats(),
+        cache_recorded=await recorded_cache(state.db, now),
+    )

@@ -1,0 +1,361 @@
+"""Metrics history against known rows on SQLite, PostgreSQL (native partitions) and TimescaleDB.
+
+Every backend is checked against the same reference computed here in Python from the same rows, so the
+three give identical points: epoch-aligned whole buckets, avg/min/max/sample counts, and rates from
+counters with resets.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
+from sqlalchemy import text
+
+from mcp_server.db.history import METRICS, device_trends
+from mcp_server.db.storage import layout
+from mcp_server.db.tables import ContainerStatRow, DiskMetricRow, NetworkMetricRow, SystemMetricRow
+from mcp_server.devices import DeviceSpec
+from mcp_server.metrics_history import metrics_history
+from mcp_server.server import build_server
+from mcp_server.state import AppState, open_state
+from tests.app_fixtures import make_settings
+
+DEVICE = "nas01"
+GiB = 1 << 30
+
+
+def _day_start(days_ago: int) -> datetime:
+    now = datetime.now(UTC)
+    return datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=days_ago)
+
+
+# Two days back, so retention (30 d) and compression (7 d) leave the rows alone while a test runs.
+T0 = _day_start(2)
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: datetime
+    value: float
+
+
+def system_rows() -> list[dict[str, Any]]:
+    """Four hours of 60 s samples (a quarter second past the minute, to exercise sub-second times)."""
+    rows = []
+    for i in range(240):
+        rows.append(
+            {
+                "device": DEVICE,
+                "collected_at": T0 + timedelta(seconds=60 * i, milliseconds=250),
+                "cpu_percent": float((i * 7) % 50),
+                "load_1": (i % 4) * 0.25,
+                "load_5": 1.0,
+                "load_15": 0.5,
+                "memory_total_bytes": 8_000_000_000,
+                # memory_percent = 25 + i * 0.125 (exact in binary): creeping up
+                "memory_used_bytes": 2_000_000_000 + i * 10_000_000,
+                "memory_available_bytes": 6_000_000_000 - i * 10_000_000,
+                "swap_total_bytes": 0,
+                "swap_used_bytes": 0,
+                "uptime_seconds": 1000.0 + 60 * i,
+            }
+        )
+    return rows
+
+
+def counter_rows() -> list[tuple[datetime, int]]:
+    """rx_bytes of eth0: 100 B/s, a reboot (counter back near zero), one late sample, then 250 B/s."""
+    samples, at, value = [], T0, 10_000_000
+    for i in range(150):
+        if i == 60:
+            value = 1_200  # reset: the increase over this interval is the new value itself
+        elif i == 100:
+            at += timedelta(seconds=30)  # a late poll: 90 s instead of 60
+            value += 9_000
+        elif i > 100:
+            value += 15_000
+        elif i:
+            value += 6_000
+        samples.append((at, value))
+        at += timedelta(seconds=60)
+    return samples
+
+
+def reference(samples: list[Sample], since: datetime, until: datetime, width: int) -> list[dict[str, Any]]:
+    """What every backend must answer: epoch-aligned buckets over [since, until)."""
+    buckets: dict[int, list[float]] = {}
+    for s in samples:
+        if since <= s.at < until:
+            buckets.setdefault(math.floor(s.at.timestamp() / width) * width, []).append(s.value)
+    return [
+        {
+            "bucket_start": datetime.fromtimestamp(b, UTC),
+            "avg": round(sum(v) / len(v), 4),
+            "min": round(min(v), 4),
+            "max": round(max(v), 4),
+            "samples": len(v),
+        }
+        for b, v in sorted(buckets.items())
+    ]
+
+
+def rates(samples: list[tuple[datetime, int]]) -> list[Sample]:
+    out = []
+    for (t0, c0), (t1, c1) in itertools.pairwise(samples):
+        increase = c1 - c0 if c1 >= c0 else c1
+        out.append(Sample(t1, increase / (t1 - t0).total_seconds()))
+    return out
+
+
+@pytest.fixture
+async def history_state(tmp_path: Path, series_database_url: str) -> AsyncIterator[AppState]:
+    """A migrated database (SQLite, partitioned PostgreSQL or TimescaleDB) holding the known rows."""
+    settings = make_settings(tmp_path, database_url=series_database_url)
+    async with open_state(settings) as state:
+        await state.devices.add(DEVICE, DeviceSpec(hostname="192.0.2.10"))
+        for row in system_rows():
+            state.writer.add(SystemMetricRow, row)
+        for at, value in counter_rows():
+            state.writer.add(
+                NetworkMetricRow,
+                {"device": DEVICE, "collected_at": at, "interface": "eth0", "rx_bytes": value, "tx_bytes": 0},
+            )
+        for i in range(120):
+            at = T0 + timedelta(minutes=i)
+            for mount, used in (("/", 40.0 + i // 10), ("/srv", 90.5)):
+                state.writer.add(
+                    DiskMetricRow,
+                    {
+                        "device": DEVICE,
+                        "collected_at": at,
+                        "mount": mount,
+                        "fstype": "ext4",
+                        "size_bytes": 100 * GiB,
+                        "used_bytes": int(used * GiB),
+                        "used_percent": used,
+                    },
+                )
+            state.writer.add(
+                ContainerStatRow,
+                {
+                    "device": DEVICE,
+                    "collected_at": at,
+                    "container": "web",
+                    "container_id": "abc123",
+                    "cpu_percent": float(i % 3) * 50.0,
+                    "memory_used_bytes": 100_000_000 + i,
+                },
+            )
+        await state.writer.flush()
+        yield state
+
+
+async def ask(state: AppState, **kwargs: Any) -> dict[str, Any]:
+    result = await metrics_history(state.db, state.devices, state.settings, device=DEVICE, **kwargs)
+    return result.model_dump()
+
+
+def system_samples(metric: str) -> list[Sample]:
+    def value(row: dict[str, Any]) -> float:
+        if metric == "memory_percent":
+            return float(row["memory_used_bytes"] * 100.0 / row["memory_total_bytes"])
+        return float(row[metric])
+
+    return [Sample(r["collected_at"], value(r)) for r in system_rows()]
+
+
+@pytest.mark.parametrize(
+    ("metric", "bucket", "width"),
+    [("cpu_percent", "5m", 300), ("load_1", "15m", 900), ("memory_percent", "1h", 3600)],
+)
+async def test_system_metric_buckets_match_the_reference_on_every_backend(
+    history_state: AppState, metric: str, bucket: str, width: int
+) -> None:
+    since, until = T0 + timedelta(minutes=10, seconds=30), T0 + timedelta(hours=3, seconds=1)
+    result = await ask(
+        history_state, metric=metric, since=since.isoformat(), until=until.isoformat(), bucket=bucket
+    )
+    lo = datetime.fromtimestamp(math.floor(since.timestamp() / width) * width, UTC)
+    hi = datetime.fromtimestamp(math.ceil(until.timestamp() / width) * width, UTC)
+    assert (result["since"], result["until"], result["bucket_seconds"]) == (lo, hi, width)
+    assert result["points"] == reference(system_samples(metric), lo, hi, width)
+    mode, _, _ = await layout(history_state.db)
+    expected_source = "hourly_rollup" if mode == "timescale" and width == 3600 else "raw"
+    assert result["source"] == expected_source
+
+
+@pytest.mark.parametrize("series_database_url", ["timescale"], indirect=True)
+async def test_the_hourly_rollup_gives_the_same_points_materialized_or_not(history_state: AppState) -> None:
+    window = {"since": T0.isoformat(), "until": (T0 + timedelta(hours=4)).isoformat(), "bucket": "2h"}
+    before = await ask(history_state, metric="memory_percent", **window)
+    async with history_state.db.engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("CALL refresh_continuous_aggregate('system_metrics_hourly', NULL, NULL)"))
+        materialized = await conn.scalar(text("SELECT count(*) FROM system_metrics_hourly"))
+    after = await ask(history_state, metric="memory_percent", **window)
+    assert materialized == 4
+    assert before["source"] == after["source"] == "hourly_rollup"
+    assert before["points"] == after["points"]
+    assert after["points"] == reference(system_samples("memory_percent"), T0, T0 + timedelta(hours=4), 7200)
+
+
+async def test_rates_come_from_counters_and_survive_a_counter_reset(history_state: AppState) -> None:
+    since, until = T0, T0 + timedelta(hours=3)
+    result = await ask(
+        history_state,
+        metric="net_rx_bytes_per_s",
+        interface="eth0",
+        since=since.isoformat(),
+        until=until.isoformat(),
+        bucket="15m",
+    )
+    expected = reference(rates(counter_rows()), since, until, 900)
+    assert result["points"] == expected
+    values = {round(r.value, 4) for r in rates(counter_rows())}
+    assert values == {100.0, 20.0, 250.0}  # steady, the reset interval (1200 B over 60 s), after the change
+    assert result["unit"] == "bytes/s"
+    assert result["summary"]["latest"] == 250.0
+    assert result["summary"]["peak"] == 250.0
+
+
+async def test_disk_and_container_series_are_selected_by_mount_and_container(history_state: AppState) -> None:
+    window = {"since": T0.isoformat(), "until": (T0 + timedelta(hours=2)).isoformat(), "bucket": "1h"}
+    root = await ask(history_state, metric="disk_used_percent", mount="/", **window)
+    assert [p["avg"] for p in root["points"]] == [42.5, 48.5]
+    assert root["summary"]["latest"] == 51.0
+    srv = await ask(history_state, metric="disk_used_percent", mount="/srv", **window)
+    assert [p["max"] for p in srv["points"]] == [90.5, 90.5]
+    web = await ask(history_state, metric="container_cpu_percent", container="web", **window)
+    assert [(p["min"], p["max"], p["samples"]) for p in web["points"]] == [(0.0, 100.0, 60)] * 2
+
+
+async def test_summary_reports_a_creeping_metric_as_rising_with_its_peak(history_state: AppState) -> None:
+    result = await ask(
+        history_state,
+        metric="memory_percent",
+        since=T0.isoformat(),
+        until=(T0 + timedelta(hours=4)).isoformat(),
+        bucket="30m",
+    )
+    summary = result["summary"]
+    assert summary["trend"] == "rising"
+    assert summary["peak"] == 25 + 239 * 0.125
+    assert summary["latest"] == 25 + 239 * 0.125
+    assert summary["latest_at"] == T0 + timedelta(seconds=60 * 239, milliseconds=250)
+    assert 25.0 < summary["change"] < 30.0
+    steady = await ask(
+        history_state,
+        metric="load_5",
+        since=T0.isoformat(),
+        until=(T0 + timedelta(hours=4)).isoformat(),
+        bucket="1h",
+    )
+    assert steady["summary"]["trend"] == "steady" and steady["summary"]["mean"] == 1.0
+
+
+def test_every_metric_the_tool_offers_has_a_series_definition() -> None:
+    from typing import get_args
+
+    from mcp_server.db.history import Metric
+
+    assert set(get_args(Metric)) == set(METRICS)
+
+
+async def test_the_tool_answers_through_mcp_with_the_same_points(history_state: AppState) -> None:
+    window = {"since": T0.isoformat(), "until": (T0 + timedelta(hours=2)).isoformat(), "bucket": "30m"}
+    async with Client(build_server(history_state.settings, state=history_state)) as client:
+        result = await client.call_tool(
+            "get_metrics_history", {"device": DEVICE, "metric": "cpu_percent", **window}
+        )
+    data = result.structured_content
+    assert data is not None
+    expected = reference(system_samples("cpu_percent"), T0, T0 + timedelta(hours=2), 1800)
+    assert [p["avg"] for p in data["points"]] == [p["avg"] for p in expected]
+    assert data["points"][0]["bucket_start"] == T0.isoformat().replace("+00:00", "Z")
+
+
+@pytest.fixture
+async def empty_history(state: AppState) -> AppState:
+    await state.devices.add(DEVICE, DeviceSpec(hostname="192.0.2.10"))
+    return state
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"metric": "disk_used_percent"}, "disk_used_percent needs `mount`. Known for nas01: none recorded"),
+        ({"metric": "net_rx_bytes_per_s"}, "needs `interface`"),
+        ({"metric": "cpu_percent", "mount": "/"}, "cpu_percent takes none of mount, interface or container"),
+        (
+            {"metric": "disk_used_percent", "mount": "/", "container": "x"},
+            "takes `mount` only; remove container",
+        ),
+        ({"metric": "cpu_percent", "bucket": "7m"}, "divides a day evenly"),
+        ({"metric": "cpu_percent", "bucket": "30s"}, "from 1m to 1d"),
+        ({"metric": "cpu_percent", "since": "yesterday"}, "neither an ISO 8601 time"),
+        ({"metric": "cpu_percent", "since": "2026-01-02", "until": "2026-01-01"}, "must be before until"),
+        ({"metric": "cpu_percent", "since": "60d", "bucket": "1m"}, "use a wider bucket or a shorter range"),
+        ({"metric": "cpu_percent", "since": "500d"}, "at most 400"),
+    ],
+)
+async def test_bad_history_requests_say_what_is_wrong_and_what_is_valid(
+    empty_history: AppState, args: dict[str, Any], message: str
+) -> None:
+    async with Client(build_server(empty_history.settings, state=empty_history)) as client:
+        with pytest.raises(ToolError, match=re.escape(message)):
+            await client.call_tool("get_metrics_history", {"device": DEVICE, **args})
+
+
+async def test_an_unknown_device_or_metric_is_refused_with_the_valid_names(empty_history: AppState) -> None:
+    async with Client(build_server(empty_history.settings, state=empty_history)) as client:
+        with pytest.raises(ToolError, match="Unknown device 'nas9'. Known devices: local, nas01"):
+            await client.call_tool("get_metrics_history", {"device": "nas9", "metric": "cpu_percent"})
+        with pytest.raises(ToolError, match="cpu_percent"):
+            await client.call_tool("get_metrics_history", {"device": DEVICE, "metric": "cpu"})
+
+
+async def test_a_range_without_samples_explains_where_history_comes_from(empty_history: AppState) -> None:
+    result = await metrics_history(
+        empty_history.db, empty_history.devices, empty_history.settings, device=DEVICE, metric="load_1"
+    )
+    assert result.points == [] and result.summary.trend == "unknown"
+    assert result.note is not None and "get_system_metrics" in result.note
+    assert "background polling of it is off" in result.note  # the test settings turn the poller off
+
+
+async def test_device_trends_give_each_device_with_history_its_cpu_and_memory_direction(
+    history_state: AppState,
+) -> None:
+    mode, _, _ = await layout(history_state.db)
+    async with history_state.db.read_session() as session:
+        trends = await device_trends(session, mode, [DEVICE, "local"], until=T0 + timedelta(hours=4), hours=4)
+    assert set(trends) == {DEVICE}  # "local" has no history
+    trend = trends[DEVICE]
+    assert trend.memory_percent == "rising" and trend.memory_change is not None and trend.memory_change > 20
+    assert trend.cpu_percent == "steady" and trend.window_hours == 4
+
+
+async def test_the_fleet_overview_shows_a_trend_where_history_exists(state: AppState) -> None:
+    now = datetime.now(UTC)
+    for minutes in range(0, 6 * 60, 10):
+        row = system_rows()[0] | {"device": "local", "collected_at": now - timedelta(minutes=minutes)}
+        # memory falls over the last six hours: newer samples use less
+        row["memory_used_bytes"] = 2_000_000_000 + minutes * 5_000_000
+        state.writer.add(SystemMetricRow, row)
+    await state.writer.flush()
+    async with Client(build_server(state.settings, state=state)) as client:
+        overview = (await client.call_tool("get_fleet_overview", {})).structured_content
+    assert overview is not None
+    local = next(d for d in overview["devices"] if d["device"] == "local")
+    assert local["ok"] and local["trend"]["memory_percent"] == "falling"
+    assert local["trend"]["window_hours"] == 24
