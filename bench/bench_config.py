@@ -98,6 +98,7 @@ async def run(edits: int, poll_interval: float) -> tuple[Results, dict[str, str]
             ssh_known_hosts=Path(tmp) / "known_hosts",
             config_poll_interval=poll_interval,
             log_level="WARNING",
+            ssh_file_dirs=str(fleet.client_key_path.parent),  # the fleet's client key lives there
         )
         async with open_state(settings) as state:
             await state.config.start()

@@ -9,6 +9,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -88,6 +89,8 @@ def server_env(data_dir: Path, *, auth: bool) -> dict[str, str]:
         "INFRA_DATA_DIR": str(data_dir),
         "INFRA_SSH_KNOWN_HOSTS": str(data_dir / "known_hosts"),
         "INFRA_LOG_LEVEL": "WARNING",
+        # the sshd fleet's client key lives in a temporary directory
+        "INFRA_SSH_FILE_DIRS": tempfile.gettempdir(),
         # the benchmarks call far faster than an agent: the per-subject request rate limit would answer 429
         "INFRA_HTTP_RATE_LIMIT": "1000000",
         "INFRA_HTTP_RATE_BURST": "1000000",

@@ -260,7 +260,8 @@ class BatchWriter:
         backoff = self._interval
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), backoff)
+                async with asyncio.timeout(backoff):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush()

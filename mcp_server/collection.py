@@ -380,9 +380,8 @@ class UnifiedDataCollectionService:
         async def one(name: str) -> DeviceOutcome[Any]:
             async with limit:
                 try:
-                    result = await asyncio.wait_for(
-                        self.collect(name, command, params, force_refresh=force_refresh), deadline
-                    )
+                    async with asyncio.timeout(deadline):
+                        result = await self.collect(name, command, params, force_refresh=force_refresh)
                 except TimeoutError:
                     exc = CommandTimeout(name, command, deadline)
                     return DeviceOutcome(device=name, ok=False, error_type=exc.error_type, error=str(exc))

@@ -120,7 +120,8 @@ class LocalExecutor:
             return ExecResult(text, "", f"{argv[0]}: Permission denied", 126, time.perf_counter() - started)
         self.commands_run += 1
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+            async with asyncio.timeout(timeout):
+                out, err = await proc.communicate()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 # the whole session, so a script's children die with it
@@ -167,7 +168,8 @@ class LocalExecutor:
             with contextlib.suppress(OSError):
                 proc.stdin.close()
             try:
-                await asyncio.wait_for(proc.wait(), STOP_GRACE)
+                async with asyncio.timeout(STOP_GRACE):
+                    await proc.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)

@@ -321,7 +321,8 @@ class SSHPool:
         conn, proc = await self._session(device, entry, command)
         self._commands += 1
         try:
-            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout)
+            async with asyncio.timeout(timeout):
+                stdout, stderr = await proc.communicate()
         except TimeoutError:
             await _stop(proc, wait=True)
             raise CommandTimeout(device.name, label, timeout) from None
@@ -408,8 +409,8 @@ class SSHPool:
         limit = self._options.connect_timeout
         started = time.perf_counter()
         try:
-            conn = await asyncio.wait_for(
-                asyncssh.connect(
+            async with asyncio.timeout(limit + 1.0):
+                conn = await asyncssh.connect(
                     device.hostname,
                     device.port,
                     tunnel=tunnel,
@@ -421,9 +422,7 @@ class SSHPool:
                     keepalive_interval=self._options.keepalive_interval or None,
                     gss_host=None,
                     **auth,
-                ),
-                timeout=limit + 1.0,
-            )
+                )
         except TimeoutError:
             raise HostUnreachable(
                 device.name, f"no SSH answer from {_where(device)} within {limit:g}s"
@@ -512,7 +511,8 @@ class SSHPool:
             entry.jump = None
         conn.close()
         with contextlib.suppress(TimeoutError, *_CHANNEL_ERRORS):
-            await asyncio.wait_for(conn.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await conn.wait_closed()
 
     async def _reap(self) -> None:
         """Close connections idle longer than idle_timeout, and clear ones the server dropped."""
@@ -554,7 +554,8 @@ async def _stop(proc: asyncssh.SSHClientProcess[Any], *, wait: bool) -> None:
     proc.close()
     if wait:
         with contextlib.suppress(TimeoutError, *_CHANNEL_ERRORS):
-            await asyncio.wait_for(proc.wait_closed(), 2.0)
+            async with asyncio.timeout(2.0):
+                await proc.wait_closed()
 
 
 async def _close_stream(proc: asyncssh.SSHClientProcess[Any]) -> None:
@@ -562,7 +563,8 @@ async def _close_stream(proc: asyncssh.SSHClientProcess[Any]) -> None:
     with contextlib.suppress(*_CHANNEL_ERRORS):
         proc.stdin.write_eof()
     with contextlib.suppress(TimeoutError, *_CHANNEL_ERRORS):
-        await asyncio.wait_for(proc.wait_closed(), STOP_GRACE)
+        async with asyncio.timeout(STOP_GRACE):
+            await proc.wait_closed()
     if not proc.is_closing():
         await _stop(proc, wait=True)
 

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -62,6 +63,7 @@ def _env(tmp_path: Path, name: str, url: str) -> dict[str, str]:
         "INFRA_LOCAL_DEVICE": "false",  # "local" would be a different machine per replica
         "INFRA_REPLICA_NAME": name,
         "INFRA_LOG_LEVEL": "WARNING",
+        "INFRA_SSH_FILE_DIRS": tempfile.gettempdir(),  # the sshd fleet's client key lives there
         "INFRA_SSH_CONNECT_TIMEOUT": "5",
         "INFRA_POLL_SYSTEM_INTERVAL": str(INTERVAL),
         "INFRA_POLL_NETWORK_INTERVAL": "0",

@@ -338,6 +338,12 @@ class ConfigurationMonitoringService:
             owner = self.target_for(device, path)
             if owner is not None and owner.is_directory:
                 changed.add(path)
+        if changed and self.settings.config_debounce:
+            # a hash taken in the middle of a write (truncated, half written) is not a version: wait for
+            # the debounce and hash again; a file still changing is read by the next check instead
+            await asyncio.sleep(self.settings.config_debounce)
+            again = await self._hashes(device, targets)
+            changed = {p for p in changed if again.files.get(p) == hashes.files.get(p)}
         if changed:
             await self.refresh(device, changed)
 

@@ -223,7 +223,8 @@ class Poller:
         outcome = "ok"
         try:
             with calling(context):
-                await asyncio.wait_for(self._collect(device, category), self.deadline(category))
+                async with asyncio.timeout(self.deadline(category)):
+                    await self._collect(device, category)
         except (ConnectionError_, CommandTimeout, TimeoutError) as exc:
             outcome = getattr(exc, "error_type", "command_timeout")
             message = str(exc) or f"poll of {category.name} exceeded {self.deadline(category):g}s"
