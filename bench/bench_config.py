@@ -26,6 +26,7 @@ from mcp_server.devices import DeviceSpec  # noqa: E402
 from mcp_server.events import ConfigChanged  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
 from mcp_server.state import AppState, open_state  # noqa: E402
+from tests.helpers import path_without  # noqa: E402
 from tests.sshd import SshdFleet, SshdHost  # noqa: E402
 
 BEGIN = "<!-- bench_config:begin -->"
@@ -70,18 +71,6 @@ async def measure(
         queue.close()
 
 
-def no_inotify_bin(root: Path) -> Path:
-    bindir = root / "bin-no-inotify"
-    bindir.mkdir(exist_ok=True)
-    for folder in (Path("/usr/bin"), Path("/bin")):
-        for program in folder.iterdir():
-            link = bindir / program.name
-            if program.name != "inotifywait" and not link.exists():
-                link.symlink_to(program)
-    bindir.chmod(0o755)
-    return bindir
-
-
 async def run(edits: int, poll_interval: float) -> tuple[Results, dict[str, str]]:
     results = Results()
     labels = {
@@ -92,7 +81,7 @@ async def run(edits: int, poll_interval: float) -> tuple[Results, dict[str, str]
     with SshdFleet() as fleet, tempfile.TemporaryDirectory(prefix="bench-config-") as tmp:
         scratch = fleet.scratch_dir()
         watched = fleet.start_host("watched")
-        polled = fleet.start_host("polled", env={"PATH": str(no_inotify_bin(scratch))})
+        polled = fleet.start_host("polled", env={"PATH": str(path_without(scratch, "inotifywait"))})
         settings = load_settings(
             data_dir=Path(tmp) / "data",
             ssh_known_hosts=Path(tmp) / "known_hosts",

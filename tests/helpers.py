@@ -77,3 +77,17 @@ async def read_text(client: Client[Any], uri: str) -> str:
     content = (await client.read_resource(uri))[0]
     assert isinstance(content, mt.TextResourceContents), content
     return content.text
+
+
+def path_without(root: Path, program: str) -> Path:
+    """A PATH directory under `root` with every program of /usr/bin and /bin except `program` (a host where
+    it is not installed)."""
+    bindir = root / f"bin-without-{program}"
+    bindir.mkdir(exist_ok=True)
+    for folder in (Path("/usr/bin"), Path("/bin")):
+        for found in folder.iterdir():
+            link = bindir / found.name
+            if found.name != program and not link.exists():
+                link.symlink_to(found)
+    bindir.chmod(0o755)
+    return bindir

@@ -20,6 +20,7 @@ from mcp_server.events import ConfigChanged, EventQueue
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
+from tests.helpers import path_without
 from tests.sshd import SshdFleet
 
 DEADLINE = 20.0
@@ -436,24 +437,11 @@ async def test_unwatching_the_last_file_stops_the_remote_inotifywait(
     assert state.config.status(device).mode == "not watching"
 
 
-def bin_without_inotifywait(root: Path) -> Path:
-    """A PATH directory with every program of /usr/bin and /bin except inotifywait."""
-    bindir = root / "bin-no-inotify"
-    bindir.mkdir(exist_ok=True)
-    for folder in (Path("/usr/bin"), Path("/bin")):
-        for program in folder.iterdir():
-            link = bindir / program.name
-            if program.name != "inotifywait" and not link.exists():
-                link.symlink_to(program)
-    bindir.chmod(0o755)
-    return bindir
-
-
 async def test_a_device_without_inotifywait_is_polled_with_one_batched_hash_command(
     sshd_fleet: SshdFleet, tmp_path: Path
 ) -> None:
     scratch = sshd_fleet.scratch_dir()
-    host = sshd_fleet.start_host("no-inotify", env={"PATH": str(bin_without_inotifywait(scratch))})
+    host = sshd_fleet.start_host("no-inotify", env={"PATH": str(path_without(scratch, "inotifywait"))})
     settings = make_settings(tmp_path, config_debounce=0.05, config_poll_interval=0.3)
     async with open_state(settings) as state:
         queue = state.events.subscribe_queue(types=(ConfigChanged,))
