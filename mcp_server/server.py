@@ -152,6 +152,12 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         await super().run_stdio_async(show_banner=show_banner, log_level=log_level, stateless=stateless)
 
 
+async def _stop_polling(state: AppState) -> None:
+    if state.polling is not None:
+        await state.polling.stop()
+        state.polling = None
+
+
 def build_server(
     settings: Settings,
     *,
@@ -169,30 +175,21 @@ def build_server(
     @contextlib.asynccontextmanager
     async def lifespan(server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
         assert isinstance(server, InfrastructorServer)
-        if state is not None:
-            # a shared state: whoever opened it starts and stops its watchers
-            server.app_state = state
-            unsubscribe = state.events.subscribe(notifier.on_event, types=(ConfigChanged,))
-            try:
-                yield {"state": state}
-            finally:
-                unsubscribe()
-                notifier.close()
-            return
-        async with open_state(settings) as own:
-            server.app_state = own
-            unsubscribe = own.events.subscribe(notifier.on_event, types=(ConfigChanged,))
-            await own.config.start()
-            own.polling = PollingService(own)
-            own.polling.start()
-            try:
-                yield {"state": own}
-            finally:
-                await own.polling.stop()
-                own.polling = None
-                unsubscribe()
-                notifier.close()
-                server.app_state = None
+        async with contextlib.AsyncExitStack() as stack:
+            running = state
+            if running is None:
+                # a state of its own: this server also runs its watchers and its poller (a shared state's
+                # owner does that)
+                running = await stack.enter_async_context(open_state(settings))
+                await running.config.start()
+                running.polling = PollingService(running)
+                running.polling.start()
+                stack.push_async_callback(_stop_polling, running)
+            server.app_state = running
+            stack.callback(setattr, server, "app_state", None)
+            stack.callback(notifier.close)
+            stack.callback(running.events.subscribe(notifier.on_event, types=(ConfigChanged,)))
+            yield {"state": running}
 
     audit = AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None)
     budget = ResultBudgetMiddleware(settings.max_result_chars)
