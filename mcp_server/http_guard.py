@@ -37,6 +37,45 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def audit_http_event(
+    state: AppState,
+    request: Request,
+    *,
+    kind: str,
+    subject: str | None,
+    client_id: str | None,
+    ip: str | None,
+    arguments: dict[str, Any],
+    outcome: str,
+    error_type: str | None,
+    error_message: str | None,
+) -> None:
+    """An audit row for something the HTTP edge decided on its own (a refused token, a session opened or
+    refused): no tool, no device, nothing run."""
+    state.writer.audit(
+        occurred_at=datetime.now(UTC),
+        kind=kind,
+        request_id=None,
+        transport="http",
+        tool=None,
+        subject=subject,
+        client_id=client_id,
+        client_ip=ip,
+        user_agent=request.headers.get("user-agent"),
+        request_path=request.url.path,
+        arguments=arguments,
+        device=None,
+        command=None,
+        params=None,
+        cache_hit=False,
+        ssh_commands=[],
+        duration_ms=0.0,
+        outcome=outcome,
+        error_type=error_type,
+        error_message=error_message,
+    )
+
+
 class RateLimiter:
     """Token buckets per key: `per_minute` sustained, `burst` at once. Keys beyond `max_keys` (least
     recently seen first) are forgotten, which only ever gives a forgotten key a full bucket again."""
@@ -120,27 +159,17 @@ class AuthFailureLog:
         header = request.headers.get("authorization", "")
         claims = unverified_claims(header[7:].strip()) if header[:7].lower() == "bearer " else None
         claimed = (claims or {}).get("sub")
-        state.writer.audit(
-            occurred_at=datetime.now(UTC),
+        audit_http_event(
+            state,
+            request,
             kind="auth",
-            request_id=None,
-            transport="http",
-            tool=None,
             subject=None,  # nothing about a refused token is verified
             client_id=None,
-            client_ip=ip,
-            user_agent=request.headers.get("user-agent"),
-            request_path=request.url.path,
+            ip=ip,
             arguments={
                 "claimed_subject": claimed if isinstance(claimed, str) else None,
                 "not_recorded_before": self.suppressed,
             },
-            device=None,
-            command=None,
-            params=None,
-            cache_hit=False,
-            ssh_commands=[],
-            duration_ms=0.0,
             outcome="denied",
             error_type="invalid_token",
             error_message=f"token refused: {reason}",
@@ -312,25 +341,15 @@ class SessionManager(FastMCPStreamableHTTPSessionManager):
         request = Request(scope)
         user = scope.get("user")
         client = user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
-        state.writer.audit(
-            occurred_at=datetime.now(UTC),
+        audit_http_event(
+            state,
+            request,
             kind="session",
-            request_id=None,
-            transport="http",
-            tool=None,
             subject=subject,
             client_id=client,
-            client_ip=client_ip(request, self.trusted),
-            user_agent=request.headers.get("user-agent"),
-            request_path=request.url.path,
+            ip=client_ip(request, self.trusted),
             # the session id is a capability: only its fingerprint is kept
             arguments={"session": digest(session_id) if session_id else None},
-            device=None,
-            command=None,
-            params=None,
-            cache_hit=False,
-            ssh_commands=[],
-            duration_ms=0.0,
             outcome=outcome,
             error_type=None if outcome == "ok" else "session_limit",
             error_message=message,
