@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -222,57 +222,56 @@ async def test_refused_port_fails_fast_with_host_unreachable(
     assert time.monotonic() - started < 1.0
 
 
-async def test_server_that_never_speaks_ssh_fails_within_connect_timeout(
-    sshd_fleet: SshdFleet, make_pool: PoolFactory
-) -> None:
+@dataclass
+class SilentServer:
+    """A TCP server on loopback that accepts connections and never says a word (a dead SSH service)."""
+
+    port: int
+    held: list[asyncio.StreamWriter]
+
+
+@pytest.fixture
+async def silent_server() -> AsyncIterator[SilentServer]:
     held: list[asyncio.StreamWriter] = []
 
     async def accept_and_hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         held.append(writer)
 
     server = await asyncio.start_server(accept_and_hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    device = sshd_fleet.device(sshd_fleet.hosts["alpha"], port=port)
-    started = time.monotonic()
     try:
-        with pytest.raises(HostUnreachable, match=r"no SSH answer .* within 0.5s"):
-            await make_pool(connect_timeout=0.5).run(device, ["true"], timeout=5, label="true")
-        assert time.monotonic() - started < 2.5
+        yield SilentServer(server.sockets[0].getsockname()[1], held)
     finally:
         for writer in held:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_server_that_never_speaks_ssh_fails_within_connect_timeout(
+    sshd_fleet: SshdFleet, make_pool: PoolFactory, silent_server: SilentServer
+) -> None:
+    device = sshd_fleet.device(sshd_fleet.hosts["alpha"], port=silent_server.port)
+    started = time.monotonic()
+    with pytest.raises(HostUnreachable, match=r"no SSH answer .* within 0.5s"):
+        await make_pool(connect_timeout=0.5).run(device, ["true"], timeout=5, label="true")
+    assert time.monotonic() - started < 2.5
 
 
 async def test_callers_waiting_on_a_dead_host_share_one_connect_timeout(
-    sshd_fleet: SshdFleet, make_pool: PoolFactory
+    sshd_fleet: SshdFleet, make_pool: PoolFactory, silent_server: SilentServer
 ) -> None:
-    held: list[asyncio.StreamWriter] = []
-
-    async def accept_and_hold(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server = await asyncio.start_server(accept_and_hold, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    device = sshd_fleet.device(sshd_fleet.hosts["alpha"], port=port)
+    device = sshd_fleet.device(sshd_fleet.hosts["alpha"], port=silent_server.port)
     pool = make_pool(connect_timeout=0.5)
-    try:
-        # a fan-out asks for two commands at once: the second waits for the first connect, then fails with it
-        results = await asyncio.gather(
-            *(pool.run(device, ["true"], timeout=5, label="true") for _ in range(3)), return_exceptions=True
-        )
-        assert all(isinstance(r, HostUnreachable) for r in results), results
-        assert len(held) == 1  # one connection attempt, not one per waiting caller
-        # a later call tries again
-        with pytest.raises(HostUnreachable):
-            await pool.run(device, ["true"], timeout=5, label="true")
-        assert len(held) == 2
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+    # a fan-out asks for two commands at once: the second waits for the first connect, then fails with it
+    results = await asyncio.gather(
+        *(pool.run(device, ["true"], timeout=5, label="true") for _ in range(3)), return_exceptions=True
+    )
+    assert all(isinstance(r, HostUnreachable) for r in results), results
+    assert len(silent_server.held) == 1  # one connection attempt, not one per waiting caller
+    # a later call tries again
+    with pytest.raises(HostUnreachable):
+        await pool.run(device, ["true"], timeout=5, label="true")
+    assert len(silent_server.held) == 2
 
 
 async def test_changed_host_key_after_pinning_is_refused(
