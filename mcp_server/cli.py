@@ -20,7 +20,7 @@ from mcp_server.db.engine import migrate, redact_url
 from mcp_server.errors import InfrastructorError
 from mcp_server.logs import redact_log_handlers
 from mcp_server.permissions import restrict_umask, secure_data_dir
-from mcp_server.settings import Settings, load_settings
+from mcp_server.settings import TOOLSETS, Settings, load_settings
 
 # stdout belongs to the MCP protocol in stdio mode and to command output otherwise; everything else is stderr.
 err = Console(stderr=True)
@@ -39,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="HTTP bind address (default INFRA_HTTP_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default INFRA_HTTP_PORT or 8765)")
     serve.add_argument("--path", help="HTTP path of the MCP endpoint (default /mcp)")
+    serve.add_argument(
+        "--read-only", action="store_true", help="offer only tools that change nothing (INFRA_READ_ONLY)"
+    )
+    serve.add_argument(
+        "--toolsets",
+        metavar="LIST",
+        help=f"comma-separated toolsets to offer: {','.join(TOOLSETS)} (INFRA_TOOLSETS; default all)",
+    )
 
     sub.add_parser("migrate", help="create or upgrade the database schema")
 
@@ -109,7 +117,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     restrict_umask()
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings()
+        overrides: dict[str, object] = {}
+        if args.cmd == "serve" and args.read_only:
+            overrides["read_only"] = True
+        if args.cmd == "serve" and args.toolsets is not None:
+            overrides["toolsets"] = args.toolsets
+        settings = load_settings(**overrides)
         logging.basicConfig(
             level=settings.log_level,
             stream=sys.stderr,

@@ -7,10 +7,13 @@ against the real tools (tests/test_prompts.py) and copied into a call as they ar
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from fastmcp import FastMCP
 from pydantic import Field
+
+from mcp_server.settings import TOOLSETS
 
 
 def call(tool: str, **arguments: Any) -> str:
@@ -18,7 +21,15 @@ def call(tool: str, **arguments: Any) -> str:
     return f"`{tool}` {json.dumps(arguments)}"
 
 
-def register(mcp: FastMCP) -> None:
+# The toolsets whose tools each prompt names: a prompt is offered only when all of them are.
+NEEDS = {
+    "diagnose_device": {"system", "storage", "config", "history"},
+    "triage_container": {"containers", "config"},
+    "review_config_changes": {"config", "containers", "services"},
+}
+
+
+def register(mcp: FastMCP, offered: Iterable[str] = TOOLSETS) -> None:
     @mcp.prompt
     def diagnose_device(
         device: Annotated[str, Field(description="Device name, as listed by list_devices.")],
@@ -101,3 +112,7 @@ def register(mcp: FastMCP) -> None:
             "affected, and whether it looks intended (a version bump) or needs a human (TLS or auth removed, a "
             "secret changed, a port opened to the world). Quote diff lines; never guess at secret values."
         )
+
+    unavailable = {name for name, needs in NEEDS.items() if not needs <= set(offered)}
+    if unavailable:
+        mcp.disable(names=unavailable, components={"prompt"})

@@ -45,6 +45,7 @@ from mcp_server.tools import (
     storage,
     system,
 )
+from mcp_server.tools.schemas import compact
 
 log = logging.getLogger(__name__)
 
@@ -204,20 +205,16 @@ def build_server(
         auth=signing_key.verifier(settings) if signing_key is not None else None,
         middleware=[audit, budget],
     )
-    for area in (devices, system, network, storage, containers, services, host, admin, config, history):
-        area.register(mcp)
+    tools = _register_tools(mcp, settings)
     notifier.install(mcp)
-    if not settings.allow_run_command:
-        mcp.disable(names={"run_command"})
     # On the 2026-07-28 protocol the SDK checks Mcp-Param headers on every tools/call with arguments; without
     # a schema lookup it runs the whole tools/list chain per call (10-15 ms, most of a cached call's time).
     # Our tools declare no such headers, so their registered input schemas answer the same question.
-    tools = [c for c in mcp.local_provider._components.values() if isinstance(c, Tool)]
     mcp._mcp_server.get_tool_input_schema = {t.name: t.parameters for t in tools}.get
     audit.tool_scopes = {t.name: required_scope(t.tags) for t in tools}
     budget.keep_newest = {t.name for t in tools if KEEP_NEWEST in t.tags}
     resources.register(mcp)
-    prompts.register(mcp)
+    prompts.register(mcp, offered=settings.offered_toolsets)
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health(_request: Request) -> JSONResponse:
@@ -232,6 +229,35 @@ def build_server(
         return JSONResponse(body, status_code=200 if db_ok is not False else 503)
 
     return mcp
+
+
+AREAS = (devices, system, network, storage, containers, services, host, admin, config, history)
+# Offered whatever the toolsets: every other tool takes a device name from it.
+ALWAYS_OFFERED = {"list_devices"}
+
+
+def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
+    """Register every area's tools with compact listed schemas; disable those the settings do not offer
+    (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND). Returns every registered tool."""
+    hidden: set[str] = set()
+    seen: dict[str, Tool] = {}
+    for area in AREAS:
+        area.register(mcp)
+        for component in mcp.local_provider._components.values():
+            if isinstance(component, Tool) and component.name not in seen:
+                seen[component.name] = component
+                if settings.tool_schemas == "compact":
+                    compact(component)
+                read_only = bool(component.annotations and component.annotations.read_only_hint)
+                if area.TOOLSET not in settings.offered_toolsets and component.name not in ALWAYS_OFFERED:
+                    hidden.add(component.name)
+                if settings.read_only and not read_only:
+                    hidden.add(component.name)
+    if not settings.allow_run_command:
+        hidden.add("run_command")
+    if hidden:  # (an empty name set would match every tool)
+        mcp.disable(names=hidden, components={"tool"})
+    return list(seen.values())
 
 
 async def http_signing_key(settings: Settings) -> SigningKey | None:

@@ -13,6 +13,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mcp_server.errors import ConfigurationError
 
+# Every tool belongs to one toolset (tools/<module>.TOOLSET); INFRA_TOOLSETS / --toolsets choose which are offered.
+TOOLSETS = ("devices", "system", "containers", "services", "storage", "config", "history", "admin")
+
+
+def _items(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
 
 class Settings(BaseSettings):
     """Every tunable of the server. Environment variables are INFRA_<FIELD NAME>."""
@@ -188,6 +195,19 @@ class Settings(BaseSettings):
     )
 
     allow_run_command: bool = Field(default=False, description="Offer run_command (admin scope) at all.")
+    read_only: bool = Field(
+        default=False,
+        description="Offer only the tools that change nothing (no device, container or service writes).",
+    )
+    tool_schemas: Literal["compact", "full"] = Field(
+        default="compact",
+        description="How tools/list shows schemas: compact (result fields one level deep; ~14k tokens for every "
+        "tool) or full (every nested field and description, for clients that generate types; ~38k tokens).",
+    )
+    toolsets: str = Field(
+        default="",
+        description=f"Comma-separated toolsets to offer ({', '.join(TOOLSETS)}); default all of them.",
+    )
     run_command_allowlist: str = Field(
         default="",
         description="Comma-separated programs run_command may start: names (uptime) or absolute paths (/usr/bin/uptime).",
@@ -330,6 +350,19 @@ class Settings(BaseSettings):
             for v in self.trusted_proxies.split(",")
             if v.strip()
         ]
+
+    @field_validator("toolsets")
+    @classmethod
+    def _known_toolsets(cls, value: str) -> str:
+        unknown = [v for v in _items(value) if v not in TOOLSETS]
+        if unknown:
+            raise ValueError(f"unknown toolset {', '.join(unknown)}; valid: {', '.join(TOOLSETS)}")
+        return value
+
+    @property
+    def offered_toolsets(self) -> tuple[str, ...]:
+        """The toolsets whose tools are registered (all unless INFRA_TOOLSETS names some)."""
+        return tuple(_items(self.toolsets)) or TOOLSETS
 
     @field_validator("ssh_file_dirs")
     @classmethod

@@ -67,9 +67,18 @@ def structured(result: CallToolResult) -> dict[str, Any]:
 
 
 def hints(tool: mt.Tool) -> mt.ToolAnnotations:
-    """A listed tool's annotations (failing the test when it has none)."""
-    assert tool.annotations is not None, tool.name
-    return tool.annotations
+    """A listed tool's annotations as a client reads them, the protocol's defaults filled in: a tool that does
+    not say otherwise is destructive, not idempotent and open world, and those first two hints mean nothing
+    for a read-only tool (it is neither). Fails the test when the tool has no annotations."""
+    listed = tool.annotations
+    assert listed is not None, tool.name
+    read_only = listed.read_only_hint is True
+    return mt.ToolAnnotations(
+        read_only_hint=read_only,
+        destructive_hint=False if read_only else listed.destructive_hint is not False,
+        idempotent_hint=True if read_only else listed.idempotent_hint is True,
+        open_world_hint=listed.open_world_hint is not False,
+    )
 
 
 async def read_text(client: Client[Any], uri: str) -> str:

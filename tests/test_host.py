@@ -18,7 +18,7 @@ from mcp_server.errors import CommandNotAvailable, ParseError
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows
-from tests.helpers import call_tool, fixture_bin
+from tests.helpers import call_tool, fixture_bin, hints
 from tests.sshd import SshdHost
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -177,8 +177,8 @@ def test_dnf_obsoleting_packages_are_not_counted_as_updates() -> None:
 async def test_check_updates_and_list_vms_are_read_only_tools(client: Client[Any]) -> None:
     tools = {t.name: t for t in await client.list_tools()}
     for name in ("check_updates", "list_vms"):
-        annotations = tools[name].annotations
-        assert annotations is not None and annotations.read_only_hint is True, name
+        annotations = hints(tools[name])
+        assert annotations.read_only_hint is True, name
         assert annotations.destructive_hint is False and annotations.open_world_hint is True, name
         assert tools[name].output_schema is not None and "total" in json.dumps(tools[name].output_schema), (
             name

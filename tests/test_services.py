@@ -401,8 +401,8 @@ async def test_service_tools_are_annotated_read_only_except_restart_which_is_a_d
 ) -> None:
     tools = {t.name: t for t in await client.list_tools()}
     for name in ("list_services", "get_service_status", "get_journal_logs"):
-        annotations = tools[name].annotations
-        assert annotations is not None and annotations.read_only_hint is True, name
+        annotations = hints(tools[name])
+        assert annotations.read_only_hint is True, name
         assert (annotations.destructive_hint, annotations.idempotent_hint) == (False, True), name
     restart = tools["restart_service"]
     assert (hints(restart).read_only_hint, hints(restart).destructive_hint) == (False, True)

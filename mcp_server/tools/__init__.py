@@ -37,10 +37,10 @@ def expected_errors(
     return decorate
 
 
-DeviceArg = Annotated[str, Field(description="Device name, as listed by list_devices.")]
+DeviceArg = Annotated[str, Field(description="From list_devices.")]
 ForceRefresh = Annotated[
     bool,
-    Field(description="Skip the cache and run the command now (the cache is refreshed with the result)."),
+    Field(description="Bypass the cache."),
 ]
 
 # Tools whose results hold lists ordered oldest to newest: the result budget keeps the newest items.
@@ -52,18 +52,18 @@ ADMIN_TAGS = {"scope:infra:admin"}
 
 
 def changes(*, destructive: bool, idempotent: bool, open_world: bool = True) -> dict[str, Any]:
-    """Annotations of a tool that changes something."""
-    return {
-        "readOnlyHint": False,
-        "destructiveHint": destructive,
-        "idempotentHint": idempotent,
-        "openWorldHint": open_world,
-    }
+    """Annotations of a tool that changes something; hints at their protocol defaults (destructive, not
+    idempotent, open world) are left out."""
+    hints: dict[str, Any] = {"readOnlyHint": False}
+    if not destructive:
+        hints["destructiveHint"] = False
+    if idempotent:
+        hints["idempotentHint"] = True
+    if not open_world:
+        hints["openWorldHint"] = False
+    return hints
 
 
-READ_ONLY: dict[str, Any] = {
-    "readOnlyHint": True,
-    "destructiveHint": False,
-    "idempotentHint": True,
-    "openWorldHint": True,
-}
+# destructiveHint and idempotentHint mean something only when readOnlyHint is false; openWorldHint defaults to
+# true: a read tool's annotations are this one flag (plus openWorldHint=false for those that stay local).
+READ_ONLY: dict[str, Any] = {"readOnlyHint": True}

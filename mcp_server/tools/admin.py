@@ -1,23 +1,52 @@
-"""Admin tools (scope infra:admin): the audit log and run_command."""
+"""Admin tools: the command catalogue and generic collect, the audit log and run_command (scope infra:admin)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
 from pydantic import Field
 
 from mcp_server.collection import Collected
+from mcp_server.commands import CommandList
 from mcp_server.commands.admin import CommandOutput, check_allowed
 from mcp_server.commands.base import Limit, Offset
 from mcp_server.db.queries import AuditPage
 from mcp_server.state import AppState, current_state
-from mcp_server.tools import ADMIN_TAGS, READ_ONLY, DeviceArg, changes, expected_errors
+from mcp_server.tools import ADMIN_TAGS, READ_ONLY, DeviceArg, ForceRefresh, changes, expected_errors
+
+TOOLSET = "admin"
 
 
 def register(mcp: FastMCP) -> None:
+    @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False})
+    async def list_commands(
+        category: Annotated[
+            str | None, Field(description="Only this category (system, storage, network).")
+        ] = None,
+        state: AppState = Depends(current_state),
+    ) -> CommandList:
+        """List every registered command with its parameters' JSON schema; run one with `collect`."""
+        return state.registry.catalogue(category)
+
+    @mcp.tool(annotations=READ_ONLY)
+    @expected_errors()
+    async def collect(
+        device: DeviceArg,
+        command: Annotated[str, Field(description="Registry command name (see list_commands).")],
+        params: Annotated[
+            dict[str, Any] | None, Field(description="Parameters as described by list_commands.")
+        ] = None,
+        force_refresh: ForceRefresh = False,
+        state: AppState = Depends(current_state),
+    ) -> Collected[dict[str, Any]]:
+        """Run any registered read command on a device by name and return its parsed result."""
+        state.registry.get_read(command)
+        result = await state.service.collect(device, command, params, force_refresh=force_refresh)
+        return Collected[dict[str, Any]](**{**dict(result), "data": result.data.model_dump(mode="json")})
+
     @mcp.tool(annotations=changes(destructive=True, idempotent=False), tags=ADMIN_TAGS)
     @expected_errors()
     async def run_command(

@@ -83,6 +83,9 @@ async def _proxy_configs(state: AppState, device: str, force_refresh: bool) -> C
     return await state.service.collect(device, "proxy_configs", params, force_refresh=force_refresh)
 
 
+TOOLSET = "config"
+
+
 def register(mcp: FastMCP) -> None:
     @mcp.tool(annotations=changes(destructive=False, idempotent=True, open_world=True), tags=WRITE_TAGS)
     @expected_errors()

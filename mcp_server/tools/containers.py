@@ -34,6 +34,8 @@ StopTimeout = Annotated[
     ),
 ]
 
+TOOLSET = "containers"
+
 
 def register(mcp: FastMCP) -> None:
     @mcp.tool(annotations=READ_ONLY)

@@ -33,6 +33,9 @@ class RemovedDevice(BaseModel):
     cache_entries_dropped: int
 
 
+TOOLSET = "devices"
+
+
 def register(mcp: FastMCP) -> None:
     write = changes(destructive=False, idempotent=False, open_world=False)
 

@@ -1,4 +1,4 @@
-"""History tools: metrics over days and weeks from the time-series tables, and the service's own health."""
+"""History tools: metrics over days and weeks from the time-series tables, the service's own health, cache stats."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from pydantic import Field
 
 from mcp_server.db.history import Metric, MetricsHistory
 from mcp_server.metrics_history import metrics_history
-from mcp_server.polling.report import ServiceHealth
+from mcp_server.polling.report import CacheStatsReport, ServiceHealth, cache_report
 from mcp_server.polling.service import service_health
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import READ_ONLY, DeviceArg, expected_errors
 
 SeriesKey = Annotated[str | None, Field(max_length=255)]
+
+TOOLSET = "history"
 
 
 def register(mcp: FastMCP) -> None:
@@ -79,3 +81,9 @@ def register(mcp: FastMCP) -> None:
         latest report (collections, failures, p50/p95 durations, cache hit ratio, SSH connections), devices whose
         polls fail or back off, and the audit writer's backlog."""
         return await service_health(state)
+
+    @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False})
+    async def get_cache_stats(state: AppState = Depends(current_state)) -> CacheStatsReport:
+        """Cache counters: entries, hits, misses, evictions, expirations, single-flight joins, hit ratio; plus
+        the counters every server replica recorded in the last hour."""
+        return await cache_report(state)

@@ -19,6 +19,8 @@ from mcp_server.tools import (
     expected_errors,
 )
 
+TOOLSET = "system"
+
 
 def register(mcp: FastMCP) -> None:
     @mcp.tool(annotations=READ_ONLY)

@@ -10,6 +10,8 @@ from mcp_server.parsers.network import NetworkInterfaces
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import READ_ONLY, DeviceArg, ForceRefresh, expected_errors
 
+TOOLSET = "system"
+
 
 def register(mcp: FastMCP) -> None:
     @mcp.tool(annotations=READ_ONLY)

@@ -32,6 +32,8 @@ from mcp_server.tools import (
 
 Unit = Annotated[UnitName, Field(description="A systemd unit with its suffix, e.g. 'nginx.service'.")]
 
+TOOLSET = "services"
+
 
 def register(mcp: FastMCP) -> None:
     @mcp.tool(annotations=READ_ONLY)
@@ -86,8 +88,15 @@ def register(mcp: FastMCP) -> None:
         unit: Annotated[
             UnitName | None, Field(description="Only this unit's entries, e.g. 'nginx.service'.")
         ] = None,
-        since: Annotated[TimeSpec | None, Field(description="Only entries at or after this time.")] = None,
-        until: Annotated[TimeSpec | None, Field(description="Only entries at or before this time.")] = None,
+        since: Annotated[
+            TimeSpec | None,
+            Field(
+                description="Only entries at or after this time: '2024-05-01 13:00', '-2h', '3 days ago', 'today' (device local time)."
+            ),
+        ] = None,
+        until: Annotated[
+            TimeSpec | None, Field(description="Only entries at or before this time (same forms as since).")
+        ] = None,
         priority: Annotated[
             str | int | None,
             Field(

@@ -23,6 +23,8 @@ from mcp_server.reports import (
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import READ_ONLY, DeviceArg, ForceRefresh, expected_errors
 
+TOOLSET = "storage"
+
 
 def register(mcp: FastMCP) -> None:
     """Add this area's tools to the server."""

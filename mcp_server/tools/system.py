@@ -1,49 +1,23 @@
-"""System tools: the command catalogue, generic collect, metrics, processes, the fleet overview, cache stats."""
+"""System tools: metrics, processes and the fleet overview."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
 from pydantic import Field
 
 from mcp_server.collection import Collected
-from mcp_server.commands import CommandList
 from mcp_server.parsers.system import SystemMetrics, TopProcesses
-from mcp_server.polling.report import CacheStatsReport, cache_report
 from mcp_server.reports import FleetOverview, fleet_overview
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import READ_ONLY, DeviceArg, ForceRefresh, expected_errors
 
+TOOLSET = "system"
+
 
 def register(mcp: FastMCP) -> None:
-    @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False})
-    async def list_commands(
-        category: Annotated[
-            str | None, Field(description="Only this category (system, storage, network).")
-        ] = None,
-        state: AppState = Depends(current_state),
-    ) -> CommandList:
-        """List every registered command with its parameters' JSON schema; run one with `collect`."""
-        return state.registry.catalogue(category)
-
-    @mcp.tool(annotations=READ_ONLY)
-    @expected_errors()
-    async def collect(
-        device: DeviceArg,
-        command: Annotated[str, Field(description="Registry command name (see list_commands).")],
-        params: Annotated[
-            dict[str, Any] | None, Field(description="Parameters as described by list_commands.")
-        ] = None,
-        force_refresh: ForceRefresh = False,
-        state: AppState = Depends(current_state),
-    ) -> Collected[dict[str, Any]]:
-        """Run any registered read command on a device by name and return its parsed result."""
-        state.registry.get_read(command)
-        result = await state.service.collect(device, command, params, force_refresh=force_refresh)
-        return Collected[dict[str, Any]](**{**dict(result), "data": result.data.model_dump(mode="json")})
-
     @mcp.tool(annotations=READ_ONLY)
     @expected_errors()
     async def get_system_metrics(
@@ -86,9 +60,3 @@ def register(mcp: FastMCP) -> None:
         trend where history exists); failures are listed per device."""
         names = [d.name for d in state.devices.list(tags or ())]
         return await fleet_overview(state.service, names, force_refresh=force_refresh, db=state.db)
-
-    @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False})
-    async def get_cache_stats(state: AppState = Depends(current_state)) -> CacheStatsReport:
-        """Cache counters: entries, hits, misses, evictions, expirations, single-flight joins, hit ratio; plus
-        the counters every server replica recorded in the last hour."""
-        return await cache_report(state)
