@@ -193,6 +193,13 @@ async def test_inspector_over_http_with_a_bearer_token(
     assert row["transport"] == "http" and row["subject"] == "inspector-ci" and row["outcome"] == "ok"
     assert row["client_ip"] == "127.0.0.1"
 
+    # the Inspector speaks the 2025-11-25 protocol unless told otherwise; "modern" pins 2026-07-28
+    modern = inspector(
+        "--protocol-era", "modern", "--method", "tools/call", "--tool-name", "list_devices"
+    ).result
+    assert [device["name"] for device in modern["structuredContent"]["devices"]] == ["local"]
+    assert modern["_meta"]["io.modelcontextprotocol/serverInfo"]["name"] == "infrastructor"
+
     # the token's scope holds: infra:read may not add a device (exit 5, a tool error)
     denied = inspector(
         "--method", "tools/call", "--tool-name", "add_device",
