@@ -93,14 +93,14 @@ class _Pairs:
 
     def __init__(self, total: int, report: OnStep | None) -> None:
         self.steps = Steps(total, report)
-        self.heard: dict[str, dict[int, StepDone]] = defaultdict(dict)
+        self.halves: dict[str, dict[int, StepDone]] = defaultdict(dict)
 
     def half(self, order: int) -> OnStep | None:
         if self.steps.report is None:
             return None
 
         async def heard(step: StepDone) -> None:
-            both = self.heard[step.name]
+            both = self.halves[step.name]
             both[order] = step
             if len(both) == 2:
                 failed = [both[i] for i in sorted(both) if both[i].outcome != "ok"]

@@ -6,8 +6,8 @@ for the clients that ask, and FastMCP 4.1 and the SDK gate them as each protocol
   below warning when it set none (the spec leaves that default to the server; see build_server).
 - 2026-07-28 requests: logging is deprecated (SEP-2577) and opt-in per request; the SDK sends nothing unless
   the request's `_meta` carries `io.modelcontextprotocol/logLevel`, and nothing below that level.
-Only warnings are sent (a device that failed in a fan-out, an answer that fell back), redacted like all
-output. Progress is sent only when the request carried a progressToken (FastMCP checks).
+Only warnings are sent (a device or drive that failed while the call went on, a result cut to the size
+budget), redacted like all output. Progress is sent only when the request carried a progressToken (FastMCP checks).
 """
 
 from __future__ import annotations
