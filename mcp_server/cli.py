@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from mcp_server import __version__
@@ -20,6 +22,7 @@ from mcp_server.db.engine import migrate, redact_url
 from mcp_server.errors import InfrastructorError
 from mcp_server.logs import redact_log_handlers
 from mcp_server.permissions import restrict_umask, secure_data_dir
+from mcp_server.progress import OnStep, StepDone
 from mcp_server.settings import TOOLSETS, Settings, load_settings
 
 # stdout belongs to the MCP protocol in stdio mode and to command output otherwise; everything else is stderr.
@@ -334,6 +337,26 @@ def _params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+@contextlib.contextmanager
+def device_progress(what: str, total: int) -> Iterator[OnStep]:
+    """Devices as they finish, on stderr: a progress bar on a terminal, else one plain line each."""
+    if not err.is_terminal:
+
+        async def line(step: StepDone) -> None:
+            err.print(f"{what}: {step.done}/{step.total} {step.message}", markup=False, highlight=False)
+
+        yield line
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True) as progress:
+        task = progress.add_task(what, total=total)
+
+        async def advance(step: StepDone) -> None:
+            progress.update(task, advance=1, description=f"{what}: {escape(step.message)}")
+
+        yield advance
+
+
 async def _collect(settings: Settings, args: argparse.Namespace) -> int:
     from mcp_server.state import open_state
 
@@ -341,10 +364,9 @@ async def _collect(settings: Settings, args: argparse.Namespace) -> int:
     async with open_state(settings) as state:
         state.registry.get(args.command)
         names = state.devices.names() if args.all else [args.device]
-        with Progress(console=err, transient=True) as progress:
-            progress.add_task(f"{args.command} on {len(names)} device(s)", total=None)
+        with device_progress(args.command, len(names)) as on_device:
             outcomes = await state.service.collect_many(
-                names, args.command, params, force_refresh=args.force_refresh
+                names, args.command, params, force_refresh=args.force_refresh, on_device=on_device
             )
         if args.json:
             out.print_json(json.dumps([o.model_dump(mode="json") for o in outcomes]))

@@ -36,6 +36,7 @@ from mcp_server.devices import NAME_PATTERN, Device, DeviceRegistry
 from mcp_server.errors import CommandTimeout, InfrastructorError, InvalidParameter, ParseError
 from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
 from mcp_server.executors import ExecResult, Executor, LocalExecutor, check_exit
+from mcp_server.progress import OnStep, Steps
 from mcp_server.redact import REDACTED, redact_text, secret_name
 from mcp_server.settings import Settings
 from mcp_server.ssh import ProbeResult, SSHPool
@@ -371,13 +372,18 @@ class UnifiedDataCollectionService:
         params: Mapping[str, Any] | None = None,
         *,
         force_refresh: bool = False,
+        on_device: OnStep | None = None,
     ) -> list[DeviceOutcome[Any]]:
-        """Collect from many devices at once; each device's failure is reported, never raised."""
+        """Collect from many devices at once; each device's failure is reported, never raised.
+
+        `on_device` hears about each device as it finishes (its outcome: "ok" or the error type).
+        """
         limit = asyncio.Semaphore(self.settings.fanout_concurrency)
         # A backstop only: the executors enforce their own connect and command timeouts.
         deadline = self.settings.ssh_connect_timeout * 2 + self.settings.ssh_command_timeout + 5
+        steps = Steps(len(devices), on_device)
 
-        async def one(name: str) -> DeviceOutcome[Any]:
+        async def attempt(name: str) -> DeviceOutcome[Any]:
             async with limit:
                 try:
                     async with asyncio.timeout(deadline):
@@ -388,6 +394,11 @@ class UnifiedDataCollectionService:
                 except InfrastructorError as exc:
                     return DeviceOutcome(device=name, ok=False, error_type=exc.error_type, error=str(exc))
                 return DeviceOutcome(device=name, ok=True, result=result)
+
+        async def one(name: str) -> DeviceOutcome[Any]:
+            outcome = await attempt(name)
+            await steps.finished(name, outcome.error_type or "ok", outcome.error)
+            return outcome
 
         return list(await asyncio.gather(*(one(n) for n in devices)))
 

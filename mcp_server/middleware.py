@@ -21,11 +21,12 @@ from starlette.requests import Request
 
 from mcp_server.audit import CallContext, audit_arguments, calling, oversized_arguments
 from mcp_server.auth import ADMIN, READ, granted
-from mcp_server.budget import Keep, fit
+from mcp_server.budget import MARKER, Keep, fit
 from mcp_server.devices import NAME_PATTERN
 from mcp_server.errors import ArgumentsTooLarge, InfrastructorError, MissingScope
 from mcp_server.redact import redact_text
 from mcp_server.settings import Settings
+from mcp_server.tools.notify import warn
 
 # No tool is named longer than this; a longer name is refused before it is looked up, echoed or stored.
 MAX_TOOL_NAME = 128
@@ -267,6 +268,8 @@ class ResultBudgetMiddleware(Middleware):
         fitted = fit(structured, self.max_chars, keep=keep)
         if fitted is structured:
             return result
+        if context.fastmcp_context is not None:
+            await warn(context.fastmcp_context, f"{context.message.name}: {fitted[MARKER]}")
         text = json.dumps(fitted, separators=(",", ":"), default=str)
         return ToolResult(
             content=[mt.TextContent(type="text", text=text)], structured_content=fitted, meta=result.meta

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from mcp_server.errors import CommandFailed, CommandTimeout, InvalidParameter
 from mcp_server.parsers.storage_drives import Disk, DriveHealth, unreadable_drive
 from mcp_server.parsers.storage_zfs import PoolStatus, PoolUsage, Snapshot
 from mcp_server.parsers.system import SystemMetrics
+from mcp_server.progress import OnStep, StepDone, Steps
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +87,47 @@ def _fleet_device(metrics: DeviceOutcome[Any], disks: DeviceOutcome[Any]) -> Fle
     return row
 
 
+class _Pairs:
+    """A device's two collections as one step, reported once both have finished (the first half's failure
+    names the outcome, then the second's)."""
+
+    def __init__(self, total: int, report: OnStep | None) -> None:
+        self.steps = Steps(total, report)
+        self.halves: dict[str, dict[int, StepDone]] = defaultdict(dict)
+
+    def half(self, order: int) -> OnStep | None:
+        if self.steps.report is None:
+            return None
+
+        async def heard(step: StepDone) -> None:
+            both = self.halves[step.name]
+            both[order] = step
+            if len(both) == 2:
+                failed = [both[i] for i in sorted(both) if both[i].outcome != "ok"]
+                first = failed[0] if failed else step
+                await self.steps.finished(step.name, first.outcome, first.problem)
+
+        return heard
+
+
 async def fleet_overview(
     service: UnifiedDataCollectionService,
     devices: list[str],
     *,
     force_refresh: bool = False,
     db: Database | None = None,
+    on_device: OnStep | None = None,
 ) -> FleetOverview:
     """Headline numbers of every given device, collected concurrently; a failing device is reported, not raised.
 
-    With `db`, each device with recorded history also gets its 24 h CPU and memory trend.
+    With `db`, each device with recorded history also gets its 24 h CPU and memory trend. `on_device` hears
+    about each device once both its collections have finished.
     """
     started = time.perf_counter()
+    pairs = _Pairs(len(devices), on_device)
     metrics, disks = await asyncio.gather(
-        service.collect_many(devices, "system_metrics", force_refresh=force_refresh),
-        service.collect_many(devices, "disk_usage", force_refresh=force_refresh),
+        service.collect_many(devices, "system_metrics", force_refresh=force_refresh, on_device=pairs.half(0)),
+        service.collect_many(devices, "disk_usage", force_refresh=force_refresh, on_device=pairs.half(1)),
     )
     rows = [_fleet_device(m, d) for m, d in zip(metrics, disks, strict=True)]
     if db is not None:
@@ -188,9 +215,16 @@ async def _drive(
 
 
 async def drive_health(
-    service: UnifiedDataCollectionService, device: str, drive: str | None, force: bool
+    service: UnifiedDataCollectionService,
+    device: str,
+    drive: str | None,
+    force: bool,
+    on_drive: OnStep | None = None,
 ) -> Collected[DriveHealthReport]:
-    """SMART health of every disk lsblk lists (or one), with a verdict per drive and counts."""
+    """SMART health of every disk lsblk lists (or one), with a verdict per drive and counts.
+
+    `on_drive` hears about each drive as it is checked (its status; a problem when smartctl gave no answer).
+    """
     inventory = await service.collect(device, "drive_inventory", force_refresh=force)
     disks: list[Disk] = inventory.data.disks
     if drive is not None:
@@ -200,7 +234,19 @@ async def drive_health(
             raise InvalidParameter(
                 f"Unknown drive {drive!r} on device {device!r}. Drives found by lsblk: {known}."
             )
-    outcomes = await asyncio.gather(*(_drive(service, device, d, force) for d in disks))
+    steps = Steps(len(disks), on_drive)
+
+    async def checked(disk: Disk) -> Collected[DriveHealth] | DriveHealth:
+        outcome = await _drive(service, device, disk, force)
+        if isinstance(outcome, Collected):
+            await steps.finished(disk.path, outcome.data.status)
+        else:
+            await steps.finished(
+                disk.path, outcome.status, f"Drive {disk.path} on device {device!r}: {outcome.verdict}"
+            )
+        return outcome
+
+    outcomes = await asyncio.gather(*(checked(d) for d in disks))
     collected = [inventory, *(o for o in outcomes if isinstance(o, Collected))]
     drives = [o.data if isinstance(o, Collected) else o for o in outcomes]
     counts = Counter(d.status for d in drives)

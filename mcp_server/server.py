@@ -8,6 +8,7 @@ import contextlib
 import logging
 import socket
 import sys
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from fastmcp import FastMCP
 from fastmcp.server.http import HostOriginProtection, StarletteWithLifespan
 from fastmcp.tools import Tool
 from mcp.server.streamable_http import EventStore
+from mcp.shared.exceptions import MCPDeprecationWarning
 from starlette.middleware import Middleware as ASGIMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -192,6 +194,11 @@ def build_server(
             stack.callback(running.events.subscribe(notifier.on_event, types=(ConfigChanged,)))
             yield {"state": running}
 
+    # Log notifications (tools/notify.py) are a deprecated feature used on purpose: its one warning per
+    # process says nothing the operator can act on. Clients that set no level get warnings and above.
+    warnings.filterwarnings(
+        "ignore", "The logging capability is deprecated", MCPDeprecationWarning, r"fastmcp\.server\.context"
+    )
     audit = AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None)
     budget = ResultBudgetMiddleware(settings.max_result_chars)
     mcp = InfrastructorServer(
@@ -202,6 +209,7 @@ def build_server(
         version=__version__,
         lifespan=lifespan,
         mask_error_details=True,
+        client_log_level="warning",
         auth=signing_key.verifier(settings) if signing_key is not None else None,
         middleware=[audit, budget],
     )

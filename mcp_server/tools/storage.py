@@ -12,6 +12,7 @@ from mcp_server.collection import Collected
 from mcp_server.commands.base import Limit, Offset
 from mcp_server.commands.storage import DatasetName, DrivePath, PoolName
 from mcp_server.parsers.storage import DiskUsage
+from mcp_server.progress import OnStep
 from mcp_server.reports import (
     DriveHealthReport,
     SnapshotPage,
@@ -22,6 +23,7 @@ from mcp_server.reports import (
 )
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import READ_ONLY, DeviceArg, ForceRefresh, expected_errors
+from mcp_server.tools.notify import step_reporter
 
 TOOLSET = "storage"
 
@@ -56,10 +58,11 @@ def register(mcp: FastMCP) -> None:
         ] = None,
         force_refresh: ForceRefresh = False,
         state: AppState = Depends(current_state),
+        on_drive: OnStep = Depends(step_reporter),
     ) -> Collected[DriveHealthReport]:
         """SMART health of a device's disks: overall health, temperature, power-on hours, reallocated and pending
         sectors, NVMe wear, and a plain-language verdict per drive (healthy / watch / failing / unknown)."""
-        return await drive_health(state.service, device, drive, force_refresh)
+        return await drive_health(state.service, device, drive, force_refresh, on_drive)
 
     @mcp.tool(annotations=READ_ONLY)
     @expected_errors()

@@ -10,9 +10,11 @@ from pydantic import Field
 
 from mcp_server.collection import Collected
 from mcp_server.parsers.system import SystemMetrics, TopProcesses
+from mcp_server.progress import OnStep
 from mcp_server.reports import FleetOverview, fleet_overview
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import READ_ONLY, DeviceArg, ForceRefresh, expected_errors
+from mcp_server.tools.notify import step_reporter
 
 TOOLSET = "system"
 
@@ -55,8 +57,11 @@ def register(mcp: FastMCP) -> None:
         tags: Annotated[list[str] | None, Field(description="Only devices carrying all these tags.")] = None,
         force_refresh: ForceRefresh = False,
         state: AppState = Depends(current_state),
+        on_device: OnStep = Depends(step_reporter),
     ) -> FleetOverview:
         """Headline health of every device at once (CPU, memory, load, fullest disk; with a 24 h CPU and memory
-        trend where history exists); failures are listed per device."""
+        trend where history exists); failures are listed per device. Reports progress per device."""
         names = [d.name for d in state.devices.list(tags or ())]
-        return await fleet_overview(state.service, names, force_refresh=force_refresh, db=state.db)
+        return await fleet_overview(
+            state.service, names, force_refresh=force_refresh, db=state.db, on_device=on_device
+        )
