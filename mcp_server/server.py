@@ -26,7 +26,7 @@ from mcp_server.errors import ConfigurationError
 from mcp_server.events import ConfigChanged
 from mcp_server.http_app import build_http_app, serve_http
 from mcp_server.logs import redact_log_handlers
-from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
+from mcp_server.middleware import AuditMiddleware, InvalidParamsMiddleware, ResultBudgetMiddleware
 from mcp_server.permissions import restrict_umask
 from mcp_server.polling.service import PollingService
 from mcp_server.secrets import SecretStore
@@ -202,7 +202,7 @@ def build_server(
         lifespan=lifespan,
         mask_error_details=True,
         auth=signing_key.verifier(settings) if signing_key is not None else None,
-        middleware=[audit, budget],
+        middleware=[audit, InvalidParamsMiddleware(), budget],
     )
     for area in (devices, system, network, storage, containers, services, host, admin, config, history):
         area.register(mcp)
