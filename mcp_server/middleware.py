@@ -308,6 +308,7 @@ class InvalidParamsMiddleware(Middleware):
                 if not problems:
                     raise
         usage = [f"{a.name}{'' if a.required else ' (optional)'}" for a in declared]
+        problems = [redact_text(p) for p in problems]  # they may echo a value
         raise MCPError(
             code=mt.INVALID_PARAMS,
             message="\n".join([f"Invalid arguments for prompt {name}:", *problems, _accepted(usage)]),
@@ -321,8 +322,10 @@ class InvalidParamsMiddleware(Middleware):
             return await call_next(context)
         except ResourceError as exc:
             if isinstance(exc.__cause__, DeviceNotFound | UnknownCommand | InvalidParameter):
-                uri = str(context.message.uri)
-                raise MCPError(code=mt.INVALID_PARAMS, message=str(exc), data={"uri": uri}) from exc.__cause__
+                # both echo the URI, which may carry a secret
+                uri = redact_text(str(context.message.uri))
+                message = redact_text(str(exc))
+                raise MCPError(code=mt.INVALID_PARAMS, message=message, data={"uri": uri}) from exc.__cause__
             raise
 
 

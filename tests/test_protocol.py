@@ -337,3 +337,9 @@ async def test_completions_over_http_need_a_token_with_infra_read(served: Served
         assert (await admin.complete(template, {"name": "device", "value": ""})).completion.values == [
             "local"
         ]
+    # the same on the 2026-07-28 protocol (no session), which FastMCP's client negotiates by default
+    async with served.client(served.token(READ)) as modern:
+        assert (await modern.complete(template, {"name": "device", "value": "l"})).values == ["local"]
+    async with served.client(_signed(scope="profile")) as modern_stranger:
+        with pytest.raises(MCPError, match="missing scope infra:read"):
+            await modern_stranger.complete(template, {"name": "device", "value": ""})
