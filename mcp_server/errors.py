@@ -28,11 +28,15 @@ Foreign exceptions (asyncssh, OSError, SQLAlchemy) are translated into these at 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from mcp_server.redact import secret_name
+
 if TYPE_CHECKING:
     from pydantic import ValidationError
+    from pydantic_core import ErrorDetails
 
 
 class InfrastructorError(Exception):
@@ -211,3 +215,82 @@ def invalid(exc: ValidationError, prefix: str = "") -> InvalidParameter:
         for error in exc.errors()
     )
     return InvalidParameter(prefix + problems)
+
+
+# pydantic error type -> what the value must be (pydantic's own message is the fallback)
+_MUST = {
+    "less_than_equal": "must be ≤ {le}",
+    "less_than": "must be < {lt}",
+    "greater_than_equal": "must be ≥ {ge}",
+    "greater_than": "must be > {gt}",
+    "multiple_of": "must be a multiple of {multiple_of}",
+    "string_too_short": "must be at least {min_length} characters",
+    "string_too_long": "must be at most {max_length} characters",
+    "too_short": "must have at least {min_length} items",
+    "too_long": "must have at most {max_length} items",
+    "literal_error": "must be {expected}",
+    "enum": "must be {expected}",
+    "string_pattern_mismatch": "must match {pattern}",
+    "int_parsing": "must be an integer",
+    "int_type": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "bool_parsing": "must be true or false",
+    "bool_type": "must be true or false",
+    "string_type": "must be a string",
+    "dict_type": "must be an object",
+    "model_type": "must be an object",
+    "list_type": "must be a list",
+    "missing": "required",
+    "missing_argument": "required",
+    "unexpected_keyword_argument": "unknown argument",
+    "extra_forbidden": "unknown argument",
+    "none_required": "may be omitted",
+}
+# union members pydantic names in an error's location ('limit', 'int'); they are not part of the field's name
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "list", "dict"})
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for part in loc:
+        if isinstance(part, str) and (part in _TYPE_TAGS or "[" in part):
+            break
+        parts.append(str(part))
+    return ".".join(parts) or "arguments"
+
+
+def _got(error: ErrorDetails, field: str) -> str:
+    value = error.get("input")
+    if error["type"].startswith(("missing", "unexpected", "extra")) or secret_name(field.rsplit(".", 1)[-1]):
+        return ""
+    if isinstance(value, bool | int | float) or value is None:
+        return f" (got {json.dumps(value)})"
+    if isinstance(value, str):
+        return f" (got {value!r})" if len(value) <= 60 else f" (got {len(value):,} characters)"
+    return ""
+
+
+def field_problems(exc: ValidationError) -> list[str]:
+    """One line per field pydantic rejected: 'lines: must be ≤ 2000 (got 20000)', 'device: required'.
+
+    Values are echoed only when short and not named like a secret; no pydantic links or internal names.
+    """
+    found: dict[str, list[str]] = {}
+    for error in exc.errors(include_url=False):
+        field = _field(error["loc"])
+        template = _MUST.get(error["type"])
+        context = error.get("ctx") or {}
+        try:
+            text = template.format(**context) if template else error["msg"].removeprefix("Value error, ")
+        except (KeyError, IndexError):
+            text = error["msg"]
+        text = text[:1].lower() + text[1:] + _got(error, field)
+        if text not in found.setdefault(field, []):
+            found[field].append(text)
+    lines = []
+    for field, texts in found.items():
+        meaningful = [t for t in texts if not t.startswith("may be omitted")] or texts
+        lines.append(f"{field}: {' or '.join(meaningful)}")
+    return lines

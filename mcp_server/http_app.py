@@ -4,8 +4,10 @@
     └── Host/Origin check (DNS rebinding)
         └── bearer-token authentication (auth.py; a refused token leaves its reason in the scope)
             └── HttpGuard: per-subject (or per-IP) request rate -> 429; refused tokens -> audit (rate-limited)
-                └── /mcp -> SessionManager: body-size cap, per-subject and total session caps -> 429/503,
-                    short idle expiry, session creation audited
+                ├── /mcp -> BearerRequired: no accepted token -> 401 saying how to get one, with the metadata URL
+                │   └── SessionManager: body-size cap, per-subject and total session caps -> 429/503,
+                │       short idle expiry, session creation audited
+                └── /.well-known/oauth-protected-resource[/mcp]: RFC 9728 metadata, no token needed
 (HttpGuard and SessionManager live in http_guard.py.)
 """
 
@@ -14,25 +16,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import h11
 import uvicorn
-from fastmcp.server.auth.middleware import RequireAuthMiddleware
+from fastmcp.server.auth import AuthProvider
 from fastmcp.server.http import (
     HostOriginGuardMiddleware,
     StarletteWithLifespan,
     StreamableHTTPASGIApp,
     create_base_app,
 )
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from mcp_server.auth import READ, REJECTION_SCOPE_KEY, SCOPES
 from mcp_server.errors import ConfigurationError
 from mcp_server.http_guard import HttpGuard, SessionManager
 from mcp_server.settings import Settings
@@ -65,6 +72,97 @@ def allowed_hosts(settings: Settings) -> list[str]:
     return [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
 
 
+# ---- bearer tokens: the 401 challenge and the protected-resource metadata (RFC 6750, RFC 9728) ------------
+
+METADATA_PATH = "/.well-known/oauth-protected-resource"
+
+
+def _origin(request: Request) -> str:
+    """scheme://host[:port] as the client addressed us (the Host header has passed the Host check)."""
+    return f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _how_to_get_a_token(auth: AuthProvider) -> str:
+    if getattr(auth, "algorithm", "HS256") == "HS256":
+        return "create one with `infrastructor token create --subject NAME --scopes infra:read`"
+    issuer = getattr(auth, "issuer", None)
+    return f"get one from the identity provider that issues them{f' ({issuer})' if issuer else ''}"
+
+
+class BearerRequired:
+    """The MCP endpoint needs an accepted bearer token; otherwise 401 with a challenge that names the
+    resource metadata (RFC 9728 §5.1) and says how to get a token, and the reason a token was refused."""
+
+    def __init__(self, app: ASGIApp, *, path: str, auth: AuthProvider) -> None:
+        self.app = app
+        self.path = path
+        self.hint = _how_to_get_a_token(auth)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or isinstance(scope.get("user"), AuthenticatedUser):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        reason = scope.get(REJECTION_SCOPE_KEY)
+        challenge = [f'scope="{READ}"', f'resource_metadata="{_origin(request)}{METADATA_PATH}{self.path}"']
+        if reason is None:  # no bearer token at all: no error attribute (RFC 6750 §3.1)
+            body = {
+                "error": "unauthorized",
+                "error_description": f"This MCP endpoint needs a bearer token: send Authorization: Bearer "
+                f"<token>; {self.hint}.",
+            }
+        else:
+            described = f"the bearer token was refused ({reason})"
+            challenge[:0] = ['error="invalid_token"', f'error_description="{described}"']
+            body = {
+                "error": "invalid_token",
+                "error_description": f"The bearer token was refused ({reason}). Send a valid one as "
+                f"Authorization: Bearer <token>; {self.hint}.",
+            }
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 401,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                    (b"www-authenticate", ("Bearer " + ", ".join(challenge)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+def metadata_routes(path: str, auth: AuthProvider) -> list[BaseRoute]:
+    """GET /.well-known/oauth-protected-resource (and with the MCP path appended, as RFC 9728 §3.1 and the
+    MCP clients look for it): what this resource is and which scopes it knows. Tokens come from
+    `infrastructor token create`, so no authorization server is named unless an identity provider issues
+    them (RS256 with an https issuer)."""
+    issuer = getattr(auth, "issuer", None)
+    servers = (
+        [issuer]
+        if getattr(auth, "algorithm", "HS256") != "HS256"
+        and isinstance(issuer, str)
+        and issuer.startswith("https://")
+        else []
+    )
+
+    async def metadata(request: Request) -> JSONResponse:
+        document: dict[str, object] = {
+            "resource": f"{_origin(request)}{path}",
+            "bearer_methods_supported": ["header"],
+            "scopes_supported": list(SCOPES),
+            "resource_name": "Infrastructor",
+        }
+        if servers:
+            document["authorization_servers"] = servers
+        return JSONResponse(document, headers={"Cache-Control": "public, max-age=3600"})
+
+    paths = dict.fromkeys([METADATA_PATH, f"{METADATA_PATH}{path.rstrip('/')}"])
+    return [Route(p, endpoint=metadata, methods=["GET"]) for p in paths]
+
+
 # ---- the app ----------------------------------------------------------------------------------------------
 
 
@@ -88,8 +186,8 @@ def build_http_app(
     endpoint: ASGIApp = transport_app
     if auth is not None:
         middleware.extend(auth.get_middleware())
-        routes.extend(auth.get_routes(mcp_path=path))
-        endpoint = RequireAuthMiddleware(transport_app, auth.required_scopes, None, auth.challenge_scopes)
+        routes.extend(metadata_routes(path, auth))
+        endpoint = BearerRequired(transport_app, path=path, auth=auth)
     middleware.append(Middleware(HttpGuard, settings=settings, path=path, state_of=server.state_of))
     routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
     routes.extend(server._get_additional_http_routes())

@@ -1,8 +1,10 @@
-"""MCP middleware: audit every tool call and resource read (with identity), enforce scopes, bound results."""
+"""MCP middleware: audit every tool call and resource read (with identity), enforce scopes, turn client
+mistakes into readable invalid-params errors, bound results."""
 
 from __future__ import annotations
 
 import getpass
+import inspect
 import ipaddress
 import json
 import re
@@ -12,18 +14,29 @@ from datetime import UTC, datetime
 from typing import Any
 
 import mcp_types as mt
-from fastmcp.exceptions import FastMCPError, NotFoundError, ResourceError, ToolError
+from fastmcp.exceptions import FastMCPError, NotFoundError, PromptError, ResourceError, ToolError
+from fastmcp.exceptions import ValidationError as ArgumentsError
+from fastmcp.resources import ResourceContent, ResourceResult
 from fastmcp.server.dependencies import get_access_token, get_http_request
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools import ToolResult
-from pydantic import ValidationError
+from mcp import MCPError
+from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 
 from mcp_server.audit import CallContext, audit_arguments, calling, oversized_arguments
 from mcp_server.auth import ADMIN, READ, granted
 from mcp_server.budget import MARKER, Keep, fit
 from mcp_server.devices import NAME_PATTERN
-from mcp_server.errors import ArgumentsTooLarge, InfrastructorError, MissingScope
+from mcp_server.errors import (
+    ArgumentsTooLarge,
+    DeviceNotFound,
+    InfrastructorError,
+    InvalidParameter,
+    MissingScope,
+    UnknownCommand,
+    field_problems,
+)
 from mcp_server.redact import redact_text
 from mcp_server.settings import Settings
 from mcp_server.tools.notify import warn
@@ -248,8 +261,95 @@ def _redacted(exc: BaseException, error: type[Exception]) -> Exception | None:
     return error(masked)
 
 
+def _accepted(names: list[str]) -> str:
+    return f"accepted arguments: {', '.join(names)}" if names else "it takes no arguments"
+
+
+class InvalidParamsMiddleware(Middleware):
+    """Client mistakes as the client can act on them: one readable line per bad tool or prompt argument
+    (no pydantic internals), and invalid params (-32602) for a prompt's missing or invalid argument and for
+    a resource template naming an unknown device, command or path, as FastMCP answers an unknown URI.
+
+    It sits inside the audit, so audit rows keep the readable text.
+    """
+
+    async def on_call_tool(
+        self, context: MiddlewareContext[mt.CallToolRequestParams], call_next: CallNext[Any, Any]
+    ) -> Any:
+        try:
+            return await call_next(context)
+        except (ArgumentsError, ValidationError) as exc:
+            cause = exc if isinstance(exc, ValidationError) else exc.__cause__
+            if not isinstance(cause, ValidationError):
+                raise
+            name = context.message.name
+            problems = field_problems(cause)
+            tool = await context.fastmcp_context.fastmcp.get_tool(name) if context.fastmcp_context else None
+            if tool is not None and any(p.endswith("unknown argument") for p in problems):
+                problems.append(_accepted(list(tool.parameters.get("properties", {}))))
+            raise ArgumentsError("\n".join([f"Invalid arguments for {name}:", *problems])) from cause
+
+    async def on_get_prompt(
+        self, context: MiddlewareContext[mt.GetPromptRequestParams], call_next: CallNext[Any, Any]
+    ) -> Any:
+        name = context.message.name
+        given = context.message.arguments or {}
+        server = context.fastmcp_context.fastmcp if context.fastmcp_context else None
+        prompt = await server.get_prompt(name) if server is not None else None
+        if prompt is None:
+            return await call_next(context)  # unknown: FastMCP's own invalid-params answer
+        declared = prompt.arguments or []
+        problems = [f"{a.name}: required" for a in declared if a.required and a.name not in given]
+        problems += [f"{k}: unknown argument" for k in given if k not in {a.name for a in declared}]
+        if not problems:
+            try:
+                return await call_next(context)
+            except PromptError:
+                problems = _value_problems(getattr(prompt, "fn", None), given)
+                if not problems:
+                    raise
+        usage = [f"{a.name}{'' if a.required else ' (optional)'}" for a in declared]
+        problems = [redact_text(p) for p in problems]  # they may echo a value
+        raise MCPError(
+            code=mt.INVALID_PARAMS,
+            message="\n".join([f"Invalid arguments for prompt {name}:", *problems, _accepted(usage)]),
+            data={"prompt": name, "problems": problems},
+        )
+
+    async def on_read_resource(
+        self, context: MiddlewareContext[mt.ReadResourceRequestParams], call_next: CallNext[Any, Any]
+    ) -> Any:
+        try:
+            return await call_next(context)
+        except ResourceError as exc:
+            if isinstance(exc.__cause__, DeviceNotFound | UnknownCommand | InvalidParameter):
+                # both echo the URI, which may carry a secret
+                uri = redact_text(str(context.message.uri))
+                message = redact_text(str(exc))
+                raise MCPError(code=mt.INVALID_PARAMS, message=message, data={"uri": uri}) from exc.__cause__
+            raise
+
+
+def _value_problems(fn: Any, given: dict[str, Any]) -> list[str]:
+    """Why a prompt's argument values fail their types (FastMCP only says rendering failed)."""
+    if fn is None:
+        return []
+    parameters = inspect.signature(fn).parameters
+    problems: list[str] = []
+    for name, value in given.items():
+        annotation = parameters[name].annotation if name in parameters else inspect.Parameter.empty
+        if annotation is inspect.Parameter.empty:
+            continue
+        try:
+            TypeAdapter(annotation).validate_python(value)
+        except ValidationError as exc:
+            problems += [f"{name}{line.removeprefix('arguments')}" for line in field_problems(exc)]
+    return problems
+
+
 class ResultBudgetMiddleware(Middleware):
-    """Keeps every tool result within INFRA_MAX_RESULT_CHARS, cutting whole list items (see budget.py)."""
+    """Keeps every tool result and resource read within INFRA_MAX_RESULT_CHARS, cutting whole list items
+    (see budget.py)."""
 
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
@@ -274,3 +374,31 @@ class ResultBudgetMiddleware(Middleware):
         return ToolResult(
             content=[mt.TextContent(type="text", text=text)], structured_content=fitted, meta=result.meta
         )
+
+    async def on_read_resource(
+        self, context: MiddlewareContext[mt.ReadResourceRequestParams], call_next: CallNext[Any, Any]
+    ) -> Any:
+        result = await call_next(context)
+        contents = result.contents if isinstance(result, ResourceResult) else []
+        if all(not isinstance(c.content, str) or len(c.content) <= self.max_chars for c in contents):
+            return result
+        return ResourceResult([self._fit(c) for c in contents], meta=result.meta)
+
+    def _fit(self, item: ResourceContent) -> ResourceContent:
+        """One content within the budget: JSON cut by whole list items (newest first lists, such as
+        infra://audit/recent, keep their newest), other text cut at the end with a note."""
+        text = item.content
+        if not isinstance(text, str) or len(text) <= self.max_chars:
+            return item
+        try:
+            payload = json.loads(text) if item.mime_type == "application/json" else None
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict | list):
+            # a list has nowhere to carry the marker: it is cut as the `items` of an object
+            fitted = fit(payload if isinstance(payload, dict) else {"items": payload}, self.max_chars)
+            cut = json.dumps(fitted, separators=(",", ":"), default=str)  # as budget.fit measured it
+        else:
+            note = f"\n…[{MARKER}: text cut to fit {self.max_chars} characters]"
+            cut = text[: max(self.max_chars - len(note), 0)] + note
+        return ResourceContent(cut, mime_type=item.mime_type, meta=item.meta)

@@ -4,7 +4,8 @@ Each step names a tool in backticks followed by its arguments as JSON, so that t
 against the real tools (tests/test_prompts.py) and copied into a call as they are.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: FastMCP converts a prompt's string arguments with each
+# parameter's annotation, and a string annotation (Annotated[Literal[...], ...]) cannot be resolved there.
 
 import json
 from collections.abc import Iterable

@@ -28,7 +28,7 @@ from mcp_server.errors import ConfigurationError
 from mcp_server.events import ConfigChanged
 from mcp_server.http_app import build_http_app, serve_http
 from mcp_server.logs import redact_log_handlers
-from mcp_server.middleware import AuditMiddleware, ResultBudgetMiddleware
+from mcp_server.middleware import AuditMiddleware, InvalidParamsMiddleware, ResultBudgetMiddleware
 from mcp_server.permissions import restrict_umask
 from mcp_server.polling.service import PollingService
 from mcp_server.secrets import SecretStore
@@ -211,7 +211,7 @@ def build_server(
         mask_error_details=True,
         client_log_level="warning",
         auth=signing_key.verifier(settings) if signing_key is not None else None,
-        middleware=[audit, budget],
+        middleware=[audit, InvalidParamsMiddleware(), budget],
     )
     tools = _register_tools(mcp, settings)
     notifier.install(mcp)

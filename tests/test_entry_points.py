@@ -135,6 +135,9 @@ async def test_every_entry_point_serves_through_the_same_defences(server: str, t
     # bearer auth: none, or one without exp -> 401
     assert ping(server, None) == 401
     assert ping(server, token("noexp", exp=None)) == 401
+    # the resource metadata the 401 points to, without a token
+    with urllib.request.urlopen(f"{base}/.well-known/oauth-protected-resource/mcp", timeout=10) as response:
+        assert json.load(response)["resource"] == server
     # DNS rebinding: a foreign Host or Origin never reaches a tool
     assert ping(server, token("viewer"), host="attacker.example") == 421
     assert ping(server, token("viewer"), origin="http://attacker.example") == 403

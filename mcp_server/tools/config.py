@@ -12,7 +12,6 @@ from fastmcp.dependencies import Depends
 from fastmcp.exceptions import ResourceError
 from pydantic import Field
 
-from mcp_server.budget import fit
 from mcp_server.collection import Collected, page_of
 from mcp_server.commands.base import Limit, Offset
 from mcp_server.config_monitoring.models import (
@@ -236,4 +235,4 @@ def register(mcp: FastMCP) -> None:
     async def config_file(device: str, path: str, state: AppState = Depends(current_state)) -> dict[str, Any]:
         """A watched configuration file as it is now (secrets redacted) with its parsed structure."""
         current = await state.config.current(device, "/" + path.lstrip("/"))
-        return fit(current.model_dump(mode="json"), state.settings.max_result_chars)
+        return current.model_dump(mode="json")
