@@ -61,8 +61,11 @@ def _fixture_host_dir(root: Path, name: str, programs: tuple[str, ...], smart_ca
 
 
 @pytest.fixture(scope="module")
-def storage_hosts(sshd_fleet: Any) -> StorageHosts:
+def storage_hosts(sshd_fleet: Any, request: pytest.FixtureRequest) -> StorageHosts:
+    """The fixture hosts, once per test module using them (tests/test_progress.py imports this fixture too):
+    host names carry the module's name, as the session's fleet starts each name once."""
     root = sshd_fleet.scratch_dir()
+    module = request.module.__name__.rsplit(".", 1)[-1]
     everything = ("lsblk", "smartctl", "zpool", "zfs")
     fixtures = _fixture_host_dir(root, "fixtures", everything, "usb_jmicron_hdd_failing")
     usb = _fixture_host_dir(root, "usb", everything, "unknown_device_type")
@@ -70,7 +73,7 @@ def storage_hosts(sshd_fleet: Any) -> StorageHosts:
 
     def host(name: str, home: Path) -> SshdHost:
         # sshd applies only the first SetEnv line, so PATH is the one variable; the data dir sits beside bin/
-        return sshd_fleet.start_host(name, env={"PATH": f"{home / 'bin'}:/usr/bin:/bin"})  # type: ignore[no-any-return]
+        return sshd_fleet.start_host(f"{name}-{module}", env={"PATH": f"{home / 'bin'}:/usr/bin:/bin"})  # type: ignore[no-any-return]
 
     return StorageHosts(
         fixtures=host("storage-fixtures", fixtures),
