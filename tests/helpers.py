@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
+import subprocess
 import time
-from collections.abc import Callable, Iterable
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +103,29 @@ def path_without(root: Path, program: str) -> Path:
                 link.symlink_to(found)
     bindir.chmod(0o755)
     return bindir
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], port: int, env: dict[str, str], log: Path, *, cwd: Path | None = None
+) -> Iterator[str]:
+    """Run an HTTP server process listening on 127.0.0.1:`port` until /health answers; yield its MCP URL.
+
+    Output goes to `log`, which a failure to come up shows; the process is terminated on exit."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(log.read_text()) from None
+                time.sleep(0.1)
+        yield f"{base}/mcp"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -22,7 +22,7 @@ from fastmcp.client.transports import StreamableHttpTransport
 from mcp_server.errors import ConfigurationError
 from mcp_server.server import build_server
 from tests.app_fixtures import make_settings
-from tests.helpers import free_port
+from tests.helpers import free_port, serving
 from tests.test_transports import CLI, audit, cli_env
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,29 +87,8 @@ def server(entry_point: str, tmp_path: Path) -> Iterator[str]:
         INFRA_HTTP_RATE_BURST="8",
         INFRA_HTTP_MAX_BODY_BYTES="100000",
     )
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            ENTRY_POINTS[entry_point]("127.0.0.1", port),
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(log.read_text()) from None
-                time.sleep(0.1)
-        yield f"{base}/mcp"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serving(ENTRY_POINTS[entry_point]("127.0.0.1", port), port, env, log, cwd=REPO) as url:
+        yield url
 
 
 def test_every_entry_point_refuses_to_listen_publicly_without_auth(entry_point: str, tmp_path: Path) -> None:

@@ -13,8 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ from fastmcp import Client
 
 from mcp_server.server import build_server
 from tests.app_fixtures import make_settings
-from tests.helpers import free_port
+from tests.helpers import free_port, serving
 from tests.test_collection import meminfo_bytes
 from tests.test_transports import CLI, audit, cli_env, run_cli
 
@@ -153,28 +151,9 @@ def http_server(tmp_path: Path) -> Iterator[str]:
     """`infrastructor serve` on a free loopback port with bearer auth on (the default); yields the MCP URL."""
     port = free_port()
     log = tmp_path / "server.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [CLI, "serve", "--host", "127.0.0.1", "--port", str(port)],
-            env=cli_env(tmp_path),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + TIMEOUT
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(log.read_text()) from None
-                time.sleep(0.1)
-        yield f"{base}/mcp"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    command = [CLI, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with serving(command, port, cli_env(tmp_path), log) as url:
+        yield url
 
 
 async def test_inspector_over_http_with_a_bearer_token(
