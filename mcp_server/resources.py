@@ -84,8 +84,7 @@ async def _candidates(
     if name == "device":
         return state.devices.names()
     if name == "command" and isinstance(ref, mt.ResourceTemplateReference):
-        # what infra://devices/{device}/{command} will read (CommandRegistry.get_read)
-        return sorted(d.name for d in state.registry if d.read_only and d.access != "internal")
+        return state.registry.readable()  # what infra://devices/{device}/{command} will read
     if name == "path" and isinstance(ref, mt.ResourceTemplateReference) and known.get("device"):
         config = state.config
         await config.load()

@@ -51,10 +51,16 @@ class CommandRegistry:
         except KeyError:
             raise UnknownCommand(name, self._commands) from None
 
+    def readable(self) -> list[str]:
+        """The commands `get_read` accepts, by name."""
+        return sorted(n for n, d in self._commands.items() if d.read_only and d.access != "internal")
+
     def get_read(self, name: str) -> CommandDefinition[Any]:
         """A command that may be run by name (`collect`, resources): read commands only; changes go through
         their own scoped tools."""
-        definition = self.get(name)
+        if name not in self._commands:
+            raise UnknownCommand(name, self.readable())
+        definition = self._commands[name]
         if definition.access == "internal":
             raise InvalidParameter(
                 f"{name!r} is run only by the server itself (configuration monitoring); use the config tools "

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, ParamSpec, TypeVar
 
-from fastmcp.exceptions import ToolError
+from fastmcp.exceptions import FastMCPError, ToolError
 from pydantic import Field
 
 from mcp_server.errors import InfrastructorError
@@ -16,12 +17,13 @@ R = TypeVar("R")
 
 
 def expected_errors(
-    error: type[Exception] = ToolError,
+    error: type[FastMCPError] = ToolError,
 ) -> Callable[[Callable[P, Awaitable[R]]], Callable[P, Awaitable[R]]]:
     """Turn InfrastructorError into a client-visible ToolError/ResourceError with the same message.
 
     This is the one place expected failures become protocol errors; anything else is masked by FastMCP
-    (mask_error_details) and logged with its traceback.
+    (mask_error_details) and logged with its traceback. Expected ones (an unknown device, a host that is down)
+    are the caller's to read and are in the audit log: FastMCP logs them at INFO, not as ERROR tracebacks.
     """
 
     def decorate(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -30,7 +32,7 @@ def expected_errors(
             try:
                 return await fn(*args, **kwargs)
             except InfrastructorError as exc:
-                raise error(str(exc)) from exc
+                raise error(str(exc), log_level=logging.INFO) from exc
 
         return wrapper
 
