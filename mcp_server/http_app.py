@@ -77,9 +77,20 @@ def allowed_hosts(settings: Settings) -> list[str]:
 METADATA_PATH = "/.well-known/oauth-protected-resource"
 
 
-def _origin(request: Request) -> str:
-    """scheme://host[:port] as the client addressed us (the Host header has passed the Host check)."""
-    return f"{request.url.scheme}://{request.url.netloc}"
+Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
+
+
+def _origin(request: Request, trusted: Networks) -> str:
+    """scheme://host[:port] as the client addressed us: the Host header (it has passed the Host check) and the
+    scheme, which a proxy in INFRA_TRUSTED_PROXIES that terminates TLS gives as X-Forwarded-Proto."""
+    scheme = request.url.scheme
+    forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+    peer = request.client.host if request.client else None
+    if forwarded in ("http", "https") and peer is not None and trusted:
+        with contextlib.suppress(ValueError):
+            if any(ipaddress.ip_address(peer) in network for network in trusted):
+                scheme = forwarded
+    return f"{scheme}://{request.url.netloc}"
 
 
 def _how_to_get_a_token(auth: AuthProvider) -> str:
@@ -93,10 +104,11 @@ class BearerRequired:
     """The MCP endpoint needs an accepted bearer token; otherwise 401 with a challenge that names the
     resource metadata (RFC 9728 §5.1) and says how to get a token, and the reason a token was refused."""
 
-    def __init__(self, app: ASGIApp, *, path: str, auth: AuthProvider) -> None:
+    def __init__(self, app: ASGIApp, *, path: str, auth: AuthProvider, trusted: Networks) -> None:
         self.app = app
         self.path = path
         self.hint = _how_to_get_a_token(auth)
+        self.trusted = trusted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or isinstance(scope.get("user"), AuthenticatedUser):
@@ -104,7 +116,7 @@ class BearerRequired:
             return
         request = Request(scope)
         reason = scope.get(REJECTION_SCOPE_KEY)
-        challenge = [f'scope="{READ}"', f'resource_metadata="{_origin(request)}{METADATA_PATH}{self.path}"']
+        challenge = [f'scope="{READ}"', f'resource_metadata="{_origin(request, self.trusted)}{METADATA_PATH}{self.path}"']
         if reason is None:  # no bearer token at all: no error attribute (RFC 6750 §3.1)
             body = {
                 "error": "unauthorized",
@@ -134,7 +146,7 @@ class BearerRequired:
         await send({"type": "http.response.body", "body": payload})
 
 
-def metadata_routes(path: str, auth: AuthProvider) -> list[BaseRoute]:
+def metadata_routes(path: str, auth: AuthProvider, trusted: Networks) -> list[BaseRoute]:
     """GET /.well-known/oauth-protected-resource (and with the MCP path appended, as RFC 9728 §3.1 and the
     MCP clients look for it): what this resource is and which scopes it knows. Tokens come from
     `infrastructor token create`, so no authorization server is named unless an identity provider issues
@@ -150,7 +162,7 @@ def metadata_routes(path: str, auth: AuthProvider) -> list[BaseRoute]:
 
     async def metadata(request: Request) -> JSONResponse:
         document: dict[str, object] = {
-            "resource": f"{_origin(request)}{path}",
+            "resource": f"{_origin(request, trusted)}{path}",
             "bearer_methods_supported": ["header"],
             "scopes_supported": list(SCOPES),
             "resource_name": "Infrastructor",
@@ -186,8 +198,9 @@ def build_http_app(
     endpoint: ASGIApp = transport_app
     if auth is not None:
         middleware.extend(auth.get_middleware())
-        routes.extend(metadata_routes(path, auth))
-        endpoint = BearerRequired(transport_app, path=path, auth=auth)
+        trusted = settings.trusted_proxy_networks
+        routes.extend(metadata_routes(path, auth, trusted))
+        endpoint = BearerRequired(transport_app, path=path, auth=auth, trusted=trusted)
     middleware.append(Middleware(HttpGuard, settings=settings, path=path, state_of=server.state_of))
     routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
     routes.extend(server._get_additional_http_routes())

@@ -303,6 +303,28 @@ async def test_a_401_points_to_the_resource_metadata_which_the_sdk_discovery_fin
     assert (refused.outcome, refused.error_message) == ("denied", "token refused: expired")
 
 
+async def test_behind_a_trusted_tls_proxy_the_metadata_and_the_challenge_say_https(tmp_path: Path) -> None:
+    https = {"X-Forwarded-Proto": "https", "Accept": "application/json"}
+    async with httpx2.AsyncClient(timeout=10) as http:
+        async for served in _serve(tmp_path / "trusted", trusted_proxies="127.0.0.1/32"):
+            origin = served.url.removesuffix("/mcp").replace("http://", "https://")
+            missing = await http.post(served.url, json={}, headers=https)
+            assert (
+                f'resource_metadata="{origin}/.well-known/oauth-protected-resource/mcp"'
+                in (missing.headers["www-authenticate"])
+            )
+            found = await http.get(
+                f"{served.url.removesuffix('/mcp')}/.well-known/oauth-protected-resource", headers=https
+            )
+            assert found.json()["resource"] == f"{origin}/mcp"
+        # from a peer that is not a trusted proxy the header is not believed
+        async for served in _serve(tmp_path / "untrusted"):
+            found = await http.get(
+                f"{served.url.removesuffix('/mcp')}/.well-known/oauth-protected-resource", headers=https
+            )
+            assert found.json()["resource"] == served.url
+
+
 async def test_the_metadata_names_the_identity_provider_when_one_issues_the_tokens(
     tmp_path: Path,
 ) -> None:
