@@ -116,7 +116,10 @@ class BearerRequired:
             return
         request = Request(scope)
         reason = scope.get(REJECTION_SCOPE_KEY)
-        challenge = [f'scope="{READ}"', f'resource_metadata="{_origin(request, self.trusted)}{METADATA_PATH}{self.path}"']
+        challenge = [
+            f'scope="{READ}"',
+            f'resource_metadata="{_origin(request, self.trusted)}{METADATA_PATH}{self.path}"',
+        ]
         if reason is None:  # no bearer token at all: no error attribute (RFC 6750 §3.1)
             body = {
                 "error": "unauthorized",
