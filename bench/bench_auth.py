@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from fastmcp import Client  # noqa: E402
 
-from bench.harness import BENCH_JWT_SECRET, Results, Series, machine, serve, timed, write_block  # noqa: E402
+from bench.harness import BENCH_JWT_SECRET, Results, Series, command_line, machine, publish, serve, timed  # noqa: E402
 from mcp_server.audit import BatchWriter  # noqa: E402
 from mcp_server.auth import SigningKey  # noqa: E402
 from mcp_server.db.engine import Database  # noqa: E402
@@ -258,11 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ):
             results.series[series.name] = series
     results.notes.append(f"Total run time {time.monotonic() - started:.0f} s.")
-    command = "python bench/bench_auth.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    block = render(results, [c.label for c in scenarios("h01")], command.strip())
-    print(block)
-    if args.out:
-        write_block(args.out, block, BEGIN, END)
+    command = command_line("bench_auth.py", argv)
+    block = render(results, [c.label for c in scenarios("h01")], command)
+    publish(block, args.out, BEGIN, END)
     return 0
 
 

@@ -30,7 +30,7 @@ from fastmcp.server import server as fastmcp_server  # noqa: E402
 from fastmcp.server.transforms import visibility  # noqa: E402
 from mcp.server.auth.middleware import bearer_auth  # noqa: E402
 
-from bench.harness import BENCH_JWT_SECRET, machine, write_block  # noqa: E402
+from bench.harness import BENCH_JWT_SECRET, command_line, machine, publish  # noqa: E402
 from mcp_server.auth import issue_token  # noqa: E402
 from mcp_server.server import build_server, http_signing_key  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
@@ -214,11 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             auth = i % 2 == 0
             median, steps = asyncio.run(one_round(auth, Path(tmp) / f"round{i}", args.calls))
             rounds.append((auth, median, steps))
-    command = "python bench/bench_auth_breakdown.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    block = render(rounds, args.calls, command.strip())
-    print(block)
-    if args.out:
-        write_block(args.out, block, BEGIN, END)
+    command = command_line("bench_auth_breakdown.py", argv)
+    block = render(rounds, args.calls, command)
+    publish(block, args.out, BEGIN, END)
     return 0
 
 

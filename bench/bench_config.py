@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import Results, machine, write_block  # noqa: E402
+from bench.harness import Results, command_line, machine, publish  # noqa: E402
 from mcp_server.devices import DeviceSpec  # noqa: E402
 from mcp_server.events import ConfigChanged  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
@@ -144,11 +144,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     results, facts = asyncio.run(run(args.edits, args.poll_interval))
-    command = "python bench/bench_config.py" + (f" --out {args.out}" if args.out else "")
+    command = command_line("bench_config.py")
     block = report(results, facts, args.edits, command)
-    print(block)
-    if args.out is not None:
-        write_block(args.out, block, BEGIN, END)
+    publish(block, args.out, BEGIN, END)
 
 
 if __name__ == "__main__":

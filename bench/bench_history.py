@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
-from bench.harness import Results, machine, write_block  # noqa: E402
+from bench.harness import Results, command_line, machine, publish  # noqa: E402
 from mcp_server.audit import BatchWriter  # noqa: E402
 from mcp_server.db.storage import layout  # noqa: E402
 from mcp_server.db.tables import DataCollectionAudit, SystemMetricRow  # noqa: E402
@@ -426,11 +426,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="infra-bench-history-") as tmp:
         loads, notes = asyncio.run(run(args, Path(tmp), results))
     notes.append(f"Total run time {time.monotonic() - started:.0f} s.")
-    command = "python bench/bench_history.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    block = render(results, command.strip(), loads, notes)
-    print(block)
-    if args.out:
-        write_block(args.out, block, BEGIN, END)
+    command = command_line("bench_history.py", argv)
+    block = render(results, command, loads, notes)
+    publish(block, args.out, BEGIN, END)
     return 0
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from fastmcp import Client  # noqa: E402
 
-from bench.harness import Results, machine, serve, timed, write_block  # noqa: E402
+from bench.harness import Results, command_line, machine, publish, serve, timed  # noqa: E402
 from mcp_server.commands import default_registry  # noqa: E402
 from mcp_server.commands.base import NoParams  # noqa: E402
 from tests.sshd import SshdFleet, SshdHost  # noqa: E402
@@ -277,11 +277,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(measure(server.client(), fleet, hosts, sizes, args, results))
         peers(fleet, hosts, results, args.peer_repeat)
     results.notes.append(f"Total run time {time.monotonic() - started:.0f} s.")
-    command = "python bench/bench_mcp.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    block = render(results, sizes, sizes[-1], command.strip())
-    print(block)
-    if args.out:
-        write_block(args.out, block, BEGIN, END)
+    command = command_line("bench_mcp.py", argv)
+    block = render(results, sizes, sizes[-1], command)
+    publish(block, args.out, BEGIN, END)
     return 0
 
 

@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import jwt  # noqa: E402
 
-from bench.harness import Results, Series, machine, serve, write_block  # noqa: E402
+from bench.harness import Results, Series, command_line, machine, publish, serve  # noqa: E402
 from mcp_server.audit import storable  # noqa: E402
 from mcp_server.auth import claims_problem, unverified_claims  # noqa: E402
 from mcp_server.collection import redact_result  # noqa: E402
@@ -174,11 +174,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="infra-bench-security-") as tmp:
         asyncio.run(over_http(results, Path(tmp), args.calls))
     results.notes.append(f"Total run time {time.monotonic() - started:.0f} s.")
-    command = "python bench/bench_security.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    block = render(results, command.strip())
-    print(block)
-    if args.out:
-        write_block(args.out, block, BEGIN, END)
+    command = command_line("bench_security.py", argv)
+    block = render(results, command)
+    publish(block, args.out, BEGIN, END)
     return 0
 
 

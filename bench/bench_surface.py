@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from fastmcp import Client  # noqa: E402
 
-from bench.harness import write_block  # noqa: E402
+from bench.harness import command_line, publish  # noqa: E402
 from mcp_server.server import build_server  # noqa: E402
 from mcp_server.settings import TOOLSETS, load_settings  # noqa: E402
 from mcp_server.tools.schemas import CHARS_PER_TOKEN, listed_chars  # noqa: E402
@@ -76,11 +76,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    command = "python bench/bench_surface.py" + (f" --out {args.out}" if args.out else "")
+    command = command_line("bench_surface.py")
     block = report(asyncio.run(run()), command)
-    print(block)
-    if args.out is not None:
-        write_block(args.out, block, BEGIN, END)
+    publish(block, args.out, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,3 +222,15 @@ def write_block(path: Path, block: str, begin: str, end: str) -> None:
     else:
         text = (text.rstrip("\n") + "\n\n" if text else "") + block
     path.write_text(text)
+
+
+def command_line(script: str, argv: Sequence[str] | None = None) -> str:
+    """How this run was started, as the report shows it: `python bench/<script> <its arguments>`."""
+    return " ".join(["python", f"bench/{script}", *(argv if argv is not None else sys.argv[1:])])
+
+
+def publish(block: str, out: Path | None, begin: str, end: str) -> None:
+    """Print a report block and, with --out, replace the generated block of that markdown file with it."""
+    print(block)
+    if out is not None:
+        write_block(out, block, begin, end)
