@@ -23,7 +23,7 @@ from mcp_server.errors import InfrastructorError
 from mcp_server.logs import redact_log_handlers
 from mcp_server.permissions import restrict_umask, secure_data_dir
 from mcp_server.progress import OnStep, StepDone
-from mcp_server.settings import TOOLSETS, Settings, load_settings
+from mcp_server.settings import TOOLSETS, Settings, comma_list, load_settings
 
 # stdout belongs to the MCP protocol in stdio mode and to command output otherwise; everything else is stderr.
 err = Console(stderr=True)
@@ -267,7 +267,7 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
     key = await http_signing_key(settings)
     if key is None:
         raise InfrastructorError("INFRA_AUTH is false: there is no key to sign tokens with")
-    scopes = [s.strip() for s in args.scopes.split(",") if s.strip()]
+    scopes = comma_list(args.scopes)
     token, expires = issue_token(
         key, settings, subject=args.subject, scopes=scopes, ttl_seconds=parse_ttl(args.ttl)
     )

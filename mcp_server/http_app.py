@@ -42,7 +42,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from mcp_server.auth import READ, REJECTION_SCOPE_KEY, SCOPES
 from mcp_server.errors import ConfigurationError
 from mcp_server.http_guard import HttpGuard, SessionManager
-from mcp_server.settings import Settings
+from mcp_server.settings import Settings, comma_list
 
 if TYPE_CHECKING:
     from mcp_server.server import InfrastructorServer
@@ -69,7 +69,7 @@ def check_bind(host: str, *, auth: bool) -> None:
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
-    return [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+    return comma_list(settings.allowed_hosts)
 
 
 # ---- bearer tokens: the 401 challenge and the protected-resource metadata (RFC 6750, RFC 9728) ------------

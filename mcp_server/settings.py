@@ -17,7 +17,8 @@ from mcp_server.errors import ConfigurationError
 TOOLSETS = ("devices", "system", "containers", "services", "storage", "config", "history", "admin")
 
 
-def _items(value: str) -> list[str]:
+def comma_list(value: str) -> list[str]:
+    """The entries of a comma-separated setting, trimmed, empty ones dropped."""
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
@@ -339,22 +340,18 @@ class Settings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: str) -> str:
-        for item in filter(None, (v.strip() for v in value.split(","))):
+        for item in comma_list(value):
             ipaddress.ip_network(item, strict=False)  # raises ValueError naming the bad entry
         return value
 
     @property
     def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-        return [
-            ipaddress.ip_network(v.strip(), strict=False)
-            for v in self.trusted_proxies.split(",")
-            if v.strip()
-        ]
+        return [ipaddress.ip_network(v, strict=False) for v in comma_list(self.trusted_proxies)]
 
     @field_validator("toolsets")
     @classmethod
     def _known_toolsets(cls, value: str) -> str:
-        unknown = [v for v in _items(value) if v not in TOOLSETS]
+        unknown = [v for v in comma_list(value) if v not in TOOLSETS]
         if unknown:
             raise ValueError(f"unknown toolset {', '.join(unknown)}; valid: {', '.join(TOOLSETS)}")
         return value
@@ -362,12 +359,12 @@ class Settings(BaseSettings):
     @property
     def offered_toolsets(self) -> tuple[str, ...]:
         """The toolsets whose tools are registered (all unless INFRA_TOOLSETS names some)."""
-        return tuple(_items(self.toolsets)) or TOOLSETS
+        return tuple(comma_list(self.toolsets)) or TOOLSETS
 
     @field_validator("ssh_file_dirs")
     @classmethod
     def _absolute_dirs(cls, value: str) -> str:
-        for item in filter(None, (v.strip() for v in value.split(","))):
+        for item in comma_list(value):
             if not Path(item).expanduser().is_absolute():
                 raise ValueError(f"{item!r} is not an absolute directory (use /path or ~/path)")
         return value
@@ -375,7 +372,7 @@ class Settings(BaseSettings):
     @property
     def ssh_file_directories(self) -> tuple[Path, ...]:
         """Where key files and SSH configs may be read from (INFRA_SSH_FILE_DIRS, or ~/.ssh and the keys dir)."""
-        listed = [Path(v.strip()).expanduser() for v in self.ssh_file_dirs.split(",") if v.strip()]
+        listed = [Path(v).expanduser() for v in comma_list(self.ssh_file_dirs)]
         return tuple(listed) if listed else (Path("~/.ssh").expanduser(), self.data_dir / "keys")
 
     @property

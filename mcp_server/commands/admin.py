@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from mcp_server.commands.base import ArgList, CommandDefinition
 from mcp_server.errors import InvalidParameter, ParseError
+from mcp_server.settings import comma_list
 
 OUTPUT_MAX_CHARS = 20_000
 # "$@" runs the argv exactly as given (no word splitting, no globbing, no second parse); stderr joins stdout
@@ -39,7 +40,7 @@ def check_allowed(argv: list[str], *, enabled: bool, allowlist: str) -> None:
         raise InvalidParameter(
             "run_command is disabled on this server (INFRA_ALLOW_RUN_COMMAND=true enables it)."
         )
-    entries = {e.strip() for e in allowlist.split(",") if e.strip()}
+    entries = set(comma_list(allowlist))
     if argv[0] not in entries:
         allowed = allowlist or "nothing (INFRA_RUN_COMMAND_ALLOWLIST is empty)"
         raise InvalidParameter(f"{argv[0]!r} is not in INFRA_RUN_COMMAND_ALLOWLIST; allowed: {allowed}.")
