@@ -7,7 +7,7 @@
    (864,000 system_metrics rows and as many network counter rows) on SQLite, PostgreSQL and TimescaleDB.
 
 Run from the repository root: python bench/bench_history.py [--repeat 5] [--out docs/benchmarks.md]
-TimescaleDB: INFRA_TEST_TIMESCALE_URL, or a private cluster started from ../shared/timescaledb.
+TimescaleDB: when INFRA_TEST_TIMESCALE_URL names a cluster with the extension available (skipped otherwise).
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ import argparse
 import asyncio
 import contextlib
 import os
-import shutil
 import signal
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,12 +42,10 @@ from mcp_server.devices import DeviceSpec  # noqa: E402
 from mcp_server.metrics_history import metrics_history  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
 from mcp_server.state import AppState, open_state  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
 
 BEGIN = "<!-- bench_history:begin -->"
 END = "<!-- bench_history:end -->"
 PG_ADMIN = os.environ.get("INFRA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
-SHARED_TSDB = ROOT.parent / "shared" / "timescaledb"
 DEVICES = 20
 DAYS = 30
 STEP = 60  # seconds between samples
@@ -132,29 +128,9 @@ async def drop_pg_database(admin_dsn: str, dsn: str) -> None:
 
 @contextlib.contextmanager
 def timescale_cluster() -> Iterator[str | None]:
-    """The admin DSN of a TimescaleDB cluster: INFRA_TEST_TIMESCALE_URL's, or a private one started here."""
+    """The admin DSN of the TimescaleDB cluster INFRA_TEST_TIMESCALE_URL names, or None (not measured)."""
     given = os.environ.get("INFRA_TEST_TIMESCALE_URL")
-    if given:
-        yield given.replace("postgresql+asyncpg://", "postgresql://")
-        return
-    if not (SHARED_TSDB / "start-cluster.sh").exists():
-        yield None
-        return
-    subprocess.run([str(SHARED_TSDB / "install.sh")], check=True, capture_output=True)
-    # its own directory under /tmp: start-cluster.sh hands it to the postgres user, who must reach it
-    cluster = Path(tempfile.mkdtemp(prefix="infra-bench-tsdb-"))
-    try:
-        out = subprocess.run(
-            [str(SHARED_TSDB / "start-cluster.sh"), str(cluster), str(free_port())],
-            capture_output=True,
-            text=True,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"start-cluster.sh failed: {out.stderr.strip()}")
-        yield out.stdout.strip().splitlines()[-1].replace("postgresql+asyncpg://", "postgresql://")
-    finally:
-        subprocess.run([str(SHARED_TSDB / "stop-cluster.sh"), str(cluster)], capture_output=True)
-        shutil.rmtree(cluster, ignore_errors=True)
+    yield given.replace("postgresql+asyncpg://", "postgresql://") if given else None
 
 
 @contextlib.asynccontextmanager
