@@ -25,9 +25,9 @@ import jwt  # noqa: E402
 from bench.harness import Results, Series, command_line, machine, publish, serve  # noqa: E402
 from mcp_server.audit import storable  # noqa: E402
 from mcp_server.auth import claims_problem, unverified_claims  # noqa: E402
-from mcp_server.collection import redact_result  # noqa: E402
 from mcp_server.commands import default_registry  # noqa: E402
 from mcp_server.db.tables import DataCollectionAudit  # noqa: E402
+from mcp_server.parsing import redact_result  # noqa: E402
 from mcp_server.redact import redact_text  # noqa: E402
 
 BEGIN = "<!-- bench_security:begin -->"

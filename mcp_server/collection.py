@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from mcp_server.audit import BatchWriter, current_call
 from mcp_server.cache import CacheKey, CacheManager
@@ -33,13 +33,14 @@ from mcp_server.db.tables import (
     SystemMetricRow,
 )
 from mcp_server.devices import NAME_PATTERN, Device, DeviceRegistry
-from mcp_server.errors import CommandTimeout, InfrastructorError, InvalidParameter, ParseError
+from mcp_server.errors import CommandTimeout, InfrastructorError, InvalidParameter
 from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
 from mcp_server.executors import ExecResult, Executor, LocalExecutor, check_exit
+from mcp_server.parsing import parse_output
 from mcp_server.progress import OnStep, Steps
-from mcp_server.redact import REDACTED, redact_text, secret_name
 from mcp_server.settings import Settings
 from mcp_server.ssh import ProbeResult, SSHPool
+from mcp_server.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 M = TypeVar("M")  # a result model, or a plain dict for the generic `collect` tool
@@ -121,41 +122,6 @@ def _system_metric_rows(device: str, at: datetime, m: Any) -> list[dict[str, Any
             "uptime_seconds": m.uptime_seconds,
         }
     ]
-
-
-def _masked(value: Any) -> tuple[Any, bool]:
-    """(value with secrets in its strings masked, whether anything changed); types are kept."""
-    if isinstance(value, dict):
-        changed = False
-        out: dict[Any, Any] = {}
-        for key, item in value.items():
-            if isinstance(item, str) and item and isinstance(key, str) and secret_name(key):
-                out[key], hit = REDACTED, item != REDACTED
-            else:
-                out[key], hit = _masked(item)
-            changed |= hit
-        return out, changed
-    if isinstance(value, list | tuple):
-        items = [_masked(item) for item in value]
-        return type(value)(item for item, _ in items), any(hit for _, hit in items)
-    if isinstance(value, str):
-        masked = redact_text(value)
-        return masked, masked != value
-    return value, False
-
-
-def redact_result(value: BaseModel, command: str) -> BaseModel:
-    """A parsed result with every secret-looking string masked (process command lines, log lines, labels,
-    configuration values), before it is cached, returned or stored."""
-    masked, changed = _masked(value.model_dump())
-    if not changed:
-        return value
-    try:
-        return type(value).model_validate(masked)
-    except ValidationError:
-        raise ParseError(
-            f"the output of {command} (a secret-looking value sits in a constrained field)"
-        ) from None
 
 
 def _named(device: str) -> str | None:
@@ -247,8 +213,10 @@ class UnifiedDataCollectionService:
         local: LocalExecutor,
         writer: BatchWriter,
         events: EventBus,
+        workers: WorkerPool,
     ) -> None:
         self.settings = settings
+        self.workers = workers
         self.registry = registry
         self.devices = devices
         self.cache = cache
@@ -340,7 +308,9 @@ class UnifiedDataCollectionService:
             argv = definition.render(validated, sudo=target.use_sudo)
             run.ssh_commands.append(shlex.join(argv))
             run.executed = True
-            async with self.executor(target).stream(target, argv, label=definition.name) as handle:
+            async with self.executor(target).stream(
+                target, argv, label=definition.name, separator=definition.separator
+            ) as handle:
                 self._audit(device, command, params_key, False, run, started, None)
                 opened = True
 
@@ -456,7 +426,13 @@ class UnifiedDataCollectionService:
             result = await self.executor(device).run(device, argv, timeout=timeout, label=definition.name)
             t_exec = time.perf_counter()
             check_exit(result, device.name, definition.name, definition.ok_exit_statuses)
-            value: BaseModel = redact_result(definition.parse(result.stdout, params), definition.name)
+            value = await parse_output(
+                definition,
+                result.stdout,
+                params,
+                workers=self.workers,
+                deadline=self.settings.parse_timeout,
+            )
             t_parse = time.perf_counter()
             outcome = "ok"
         except InfrastructorError as exc:

@@ -17,6 +17,7 @@
     │   ├── CommandTimeout             no exit within the command's timeout
     │   ├── CommandNotAvailable        the binary is missing on the device
     │   ├── SudoPasswordRequired       use_sudo is set but sudo wants a password
+    │   ├── OutputTooLarge             the command wrote more than INFRA_MAX_OUTPUT_BYTES; it was stopped
     │   └── SessionLimit               a long-lived stream would leave no SSH session for commands
     ├── ParseError                     output we could not understand (carries an excerpt)
     ├── MissingScope                   the caller's token lacks the scope a tool or resource needs
@@ -50,6 +51,17 @@ class InfrastructorError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # rebuilt as it was, whatever the subclass's __init__ takes (errors cross from parse workers)
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[InfrastructorError], message: str, state: dict[str, object]) -> InfrastructorError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigurationError(InfrastructorError):
@@ -175,6 +187,20 @@ class SudoPasswordRequired(ExecutionError):
             f"Command {command!r} on device {device!r} needs root and sudo asked for a password, which the "
             "server never answers. Allow it without one for the SSH user, e.g. a sudoers line "
             "'USER ALL=(root) NOPASSWD: /usr/sbin/smartctl, /usr/sbin/zpool', or turn use_sudo off."
+        )
+
+
+class OutputTooLarge(ExecutionError):
+    error_type = "output_too_large"
+
+    def __init__(self, device: str, command: str, limit: int) -> None:
+        self.device = device
+        self.command = command
+        self.limit = limit
+        super().__init__(
+            f"Command {command!r} on device {device!r} wrote more than {limit:,} bytes of output and was "
+            "stopped. Ask for less (limit, tail, lines or grep where the tool takes them), or raise "
+            "INFRA_MAX_OUTPUT_BYTES."
         )
 
 

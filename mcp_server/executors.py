@@ -9,15 +9,82 @@ import re
 import shlex
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 from mcp_server.devices import Device
-from mcp_server.errors import CommandFailed, CommandNotAvailable, CommandTimeout, SudoPasswordRequired
+from mcp_server.errors import (
+    CommandFailed,
+    CommandNotAvailable,
+    CommandTimeout,
+    OutputTooLarge,
+    SudoPasswordRequired,
+)
 
 STOP_GRACE = 2.0  # seconds a stopped stream gets to exit on its own after its stdin closes
+MAX_OUTPUT = 16_777_216  # bytes of stdout a command may write (INFRA_MAX_OUTPUT_BYTES)
+STDERR_KEEP = 65_536  # stderr beyond this is read and dropped: only its start reaches an error message
+MAX_RECORD = 65_536  # a streamed record (line) longer than this is cut
+_CHUNK = 65_536
+Read = Callable[[int], Awaitable[bytes]]
+
+
+async def read_capped(read: Read, limit: int) -> bytes | None:
+    """Everything `read` gives until EOF, or None as soon as it exceeds `limit` bytes (the rest unread)."""
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await read(_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_head(read: Read, keep: int = STDERR_KEEP) -> bytes:
+    """The first `keep` bytes `read` gives; the rest is read until EOF and dropped (memory stays bounded)."""
+    kept = bytearray()
+    while chunk := await read(_CHUNK):
+        if len(kept) < keep:
+            kept += chunk[: keep - len(kept)]
+    return bytes(kept)
+
+
+def _decode(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+async def records(read: Read, separator: bytes = b"\n", limit: int = MAX_RECORD) -> AsyncIterator[str]:
+    """The records of a stream, split at `separator` (without it) and decoded; a record longer than `limit`
+    bytes is given cut to `limit` with a marker, and its rest skipped. Memory stays within about `limit`."""
+    pending = bytearray()
+    skipping = False
+    while chunk := await read(_CHUNK):
+        start = 0
+        while (end := chunk.find(separator, start)) >= 0:
+            if skipping:
+                skipping = False
+            elif pending:
+                pending += chunk[start:end]
+                yield _decode(bytes(pending)) if len(pending) <= limit else _cut(bytes(pending), limit)
+                pending.clear()
+            else:
+                yield _decode(chunk[start:end]) if end - start <= limit else _cut(chunk[start:end], limit)
+            start = end + len(separator)
+        if not skipping:
+            pending += chunk[start:]
+            if len(pending) > limit:
+                yield _cut(bytes(pending), limit)
+                pending.clear()
+                skipping = True
+    if pending and not skipping:
+        yield _decode(bytes(pending))
+
+
+def _cut(raw: bytes, limit: int) -> str:
+    return _decode(raw[:limit]) + f"…[record cut at {limit} bytes]"
 
 
 @dataclass(frozen=True)
@@ -46,14 +113,16 @@ class Executor(Protocol):
     async def run(self, device: Device, argv: list[str], *, timeout: float, label: str) -> ExecResult:
         """Run argv on `device`; `label` (the command's registry name) is what errors mention.
 
-        Returns the result whatever the exit status; raises CommandTimeout, or a ConnectionError_.
+        Returns the result whatever the exit status; raises CommandTimeout, OutputTooLarge (the command is
+        stopped once its stdout exceeds the executor's limit), or a ConnectionError_.
         """
         ...
 
     def stream(
-        self, device: Device, argv: list[str], *, label: str
+        self, device: Device, argv: list[str], *, label: str, separator: bytes = b"\n"
     ) -> AbstractAsyncContextManager[LineStream]:
-        """Start argv on `device` and read its output as it comes; leaving the context stops it.
+        """Start argv on `device` and read its output as it comes, record by record (split at `separator`,
+        each at most MAX_RECORD bytes); leaving the context stops it.
 
         The command's stdin stays open for its lifetime and closes when the context exits, so a script can
         notice that its reader went away. Raises CommandNotAvailable, SessionLimit or a ConnectionError_.
@@ -100,8 +169,9 @@ def check_exit(result: ExecResult, device: str, command: str, ok: frozenset[int]
 class LocalExecutor:
     """Runs argv as a subprocess of the server (the built-in `local` device); no shell involved."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_output: int = MAX_OUTPUT) -> None:
         self.commands_run = 0
+        self.max_output = max_output
 
     async def run(self, device: Device, argv: list[str], *, timeout: float, label: str) -> ExecResult:
         text = shlex.join(argv)
@@ -119,29 +189,38 @@ class LocalExecutor:
         except PermissionError:
             return ExecResult(text, "", f"{argv[0]}: Permission denied", 126, time.perf_counter() - started)
         self.commands_run += 1
+        assert proc.stdout is not None and proc.stderr is not None
+        errors = asyncio.ensure_future(read_head(proc.stderr.read))
         try:
             async with asyncio.timeout(timeout):
-                out, err = await proc.communicate()
+                out = await read_capped(proc.stdout.read, self.max_output)
+                if out is None:
+                    _kill_session(proc)
+                    raise OutputTooLarge(device.name, label, self.max_output)
+                err = await errors
+                await proc.wait()
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                # the whole session, so a script's children die with it
-                os.killpg(proc.pid, signal.SIGKILL)
-            await proc.wait()
+            _kill_session(proc)
             raise CommandTimeout(device.name, label, timeout) from None
-        except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        except BaseException:
+            _kill_session(proc)
             raise
+        finally:
+            if not errors.done():
+                errors.cancel()
+            await proc.wait()
         return ExecResult(
             text,
-            out.decode("utf-8", "replace"),
-            err.decode("utf-8", "replace"),
+            _decode(out),
+            _decode(err),
             proc.returncode if proc.returncode is not None else -1,
             time.perf_counter() - started,
         )
 
     @contextlib.asynccontextmanager
-    async def stream(self, device: Device, argv: list[str], *, label: str) -> AsyncIterator[LineStream]:
+    async def stream(
+        self, device: Device, argv: list[str], *, label: str, separator: bytes = b"\n"
+    ) -> AsyncIterator[LineStream]:
         text = shlex.join(argv)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -158,8 +237,8 @@ class LocalExecutor:
         stdout = proc.stdout
 
         async def lines() -> AsyncIterator[str]:
-            while raw := await stdout.readline():
-                yield raw.decode("utf-8", "replace").rstrip("\n")
+            async for record in records(stdout.read, separator):
+                yield record
             await proc.wait()
 
         try:
@@ -171,6 +250,12 @@ class LocalExecutor:
                 async with asyncio.timeout(STOP_GRACE):
                     await proc.wait()
             except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                _kill_session(proc)
                 await proc.wait()
+
+
+def _kill_session(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the process's whole session, so a script's children die with it."""
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -67,6 +67,24 @@ class Settings(BaseSettings):
     ssh_host_key_policy: Literal["tofu", "strict"] = "tofu"
 
     fanout_concurrency: int = Field(default=32, ge=1, le=1024)
+    max_output_bytes: int = Field(
+        default=16_777_216,
+        ge=65_536,
+        le=1_073_741_824,
+        description="Most bytes of output one command may write; a command that writes more is stopped.",
+    )
+    parse_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Seconds a parse, diff or risk assessment of a large output may take (in a worker process).",
+    )
+    parse_memory_mb: int = Field(
+        default=1024,
+        ge=256,
+        le=65_536,
+        description="Address space of each parse worker process (MiB); more is refused as too costly.",
+    )
     max_result_chars: int = Field(default=40_000, ge=1_000, le=10_000_000)
 
     config_watch: bool = Field(

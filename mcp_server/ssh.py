@@ -25,9 +25,18 @@ from mcp_server.errors import (
     HostKeyMismatch,
     HostKeyUnknown,
     HostUnreachable,
+    OutputTooLarge,
     SessionLimit,
 )
-from mcp_server.executors import STOP_GRACE, ExecResult, LineStream
+from mcp_server.executors import (
+    MAX_OUTPUT,
+    STOP_GRACE,
+    ExecResult,
+    LineStream,
+    read_capped,
+    read_head,
+    records,
+)
 from mcp_server.redact import redact_text
 from mcp_server.settings import Settings
 
@@ -68,6 +77,7 @@ class SSHOptions:
     max_sessions: int = 8
     known_hosts: Path = field(default_factory=lambda: Path("~/.ssh/known_hosts").expanduser())
     host_key_policy: Literal["tofu", "strict"] = "tofu"
+    max_output: int = MAX_OUTPUT
 
     @classmethod
     def from_settings(cls, s: Settings) -> SSHOptions:
@@ -78,6 +88,7 @@ class SSHOptions:
             max_sessions=s.ssh_max_sessions,
             known_hosts=s.ssh_known_hosts,
             host_key_policy=s.ssh_host_key_policy,
+            max_output=s.max_output_bytes,
         )
 
 
@@ -221,7 +232,9 @@ class SSHPool:
                 entry.last_used = time.monotonic()
 
     @contextlib.asynccontextmanager
-    async def stream(self, device: Device, argv: list[str], *, label: str) -> AsyncIterator[LineStream]:
+    async def stream(
+        self, device: Device, argv: list[str], *, label: str, separator: bytes = b"\n"
+    ) -> AsyncIterator[LineStream]:
         """A channel of its own on the pooled connection, read line by line until it closes.
 
         It holds one of the device's session slots for its whole life, and at most max_sessions - 1 streams
@@ -240,7 +253,9 @@ class SSHPool:
                     self._commands += 1
                     try:
                         yield LineStream(
-                            command, self._lines(device, entry, conn, proc, label), lambda: proc.exit_status
+                            command,
+                            self._lines(device, entry, conn, proc, label, separator),
+                            lambda: proc.exit_status,
                         )
                     finally:
                         await _close_stream(proc)
@@ -255,12 +270,13 @@ class SSHPool:
         device: Device,
         entry: _Entry,
         conn: asyncssh.SSHClientConnection,
-        proc: asyncssh.SSHClientProcess[str],
+        proc: asyncssh.SSHClientProcess[bytes],
         label: str,
+        separator: bytes,
     ) -> AsyncIterator[str]:
         try:
-            while line := await proc.stdout.readline():
-                yield line.rstrip("\n")
+            async for record in records(proc.stdout.read, separator):
+                yield record
         except _CHANNEL_ERRORS as exc:
             await self._discard(entry, conn, lost=True)
             raise HostUnreachable(
@@ -320,9 +336,15 @@ class SSHPool:
         started = time.perf_counter()
         conn, proc = await self._session(device, entry, command)
         self._commands += 1
+        errors = asyncio.ensure_future(read_head(proc.stderr.read))
         try:
             async with asyncio.timeout(timeout):
-                stdout, stderr = await proc.communicate()
+                stdout = await read_capped(proc.stdout.read, self._options.max_output)
+                if stdout is None:
+                    await _stop(proc, wait=True)
+                    raise OutputTooLarge(device.name, label, self._options.max_output)
+                stderr = await errors
+                await proc.wait_closed()
         except TimeoutError:
             await _stop(proc, wait=True)
             raise CommandTimeout(device.name, label, timeout) from None
@@ -334,6 +356,9 @@ class SSHPool:
             raise HostUnreachable(
                 device.name, f"connection lost while running {label}: {_reason(exc)}"
             ) from None
+        finally:
+            if not errors.done():
+                errors.cancel()
         if proc.returncode is None and not entry.alive:
             await self._discard(entry, conn, lost=True)
             raise HostUnreachable(device.name, f"connection lost while running {label}")
@@ -341,15 +366,15 @@ class SSHPool:
         _log.debug("%s on %s exited %s in %.1f ms", label, device.name, proc.returncode, duration * 1000)
         return ExecResult(
             command,
-            str(stdout or ""),
-            str(stderr or ""),
+            stdout.decode("utf-8", "replace"),
+            stderr.decode("utf-8", "replace"),
             -1 if proc.returncode is None else proc.returncode,
             duration,
         )
 
     async def _session(
         self, device: Device, entry: _Entry, command: str, *, keep_stdin: bool = False
-    ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess[str]]:
+    ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess[bytes]]:
         """A new channel on the pooled connection; a connection found dead is replaced once."""
         for retry in (False, True):
             conn = await self._connection(device, ())
@@ -357,8 +382,7 @@ class SSHPool:
                 proc = await conn.create_process(
                     command,
                     stdin=asyncssh.PIPE if keep_stdin else asyncssh.DEVNULL,
-                    encoding="utf-8",
-                    errors="replace",
+                    encoding=None,
                 )
                 return conn, proc
             except _CHANNEL_ERRORS as exc:

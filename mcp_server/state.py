@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from mcp_server.polling.breaker import BreakerPolicy, HealthBook
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings
 from mcp_server.ssh import SSHOptions, SSHPool
+from mcp_server.workers import WorkerPool
 
 if TYPE_CHECKING:
     from mcp_server.polling.service import PollingService
@@ -123,7 +125,8 @@ async def open_state(
         SSHOptions.from_settings(settings), lookup=devices.get, on_host_key_pinned=devices.pin_host_key
     )
     writer = BatchWriter(db, settings.data_dir / "spool", interval=settings.audit_flush_interval)
-    local = LocalExecutor()
+    local = LocalExecutor(max_output=settings.max_output_bytes)
+    workers = WorkerPool(size=min(2, os.cpu_count() or 1), memory_mb=settings.parse_memory_mb)
     registry = registry or default_registry()
     service = UnifiedDataCollectionService(
         settings,
@@ -134,6 +137,7 @@ async def open_state(
         local=local,
         writer=writer,
         events=events,
+        workers=workers,
     )
     config = ConfigurationMonitoringService(settings, service=service, db=db, devices=devices, events=events)
     policy = BreakerPolicy(
@@ -157,6 +161,7 @@ async def open_state(
         await config.stop()  # watchers run commands: stop them before the pool and the writer close
         _queue_cache_stats(state)
         await ssh.close()
+        await workers.close()
         await writer.close()
         await db.close()
 

@@ -96,6 +96,10 @@ class CommandDefinition(Generic[M]):
     # A long-lived command whose output is read line by line (UnifiedDataCollectionService.stream), never
     # collected or cached.
     streaming: bool = False
+    separator: bytes = b"\n"  # how a stream's records end (NUL where they carry file names)
+    # A cheaper parse for an output whose full parse exceeds the worker's deadline or memory: given why, it
+    # returns the result without its costly part (a config file's structure), so the content is still known.
+    fallback: Callable[[str, Any, str], M] | None = None
 
     @property
     def read_only(self) -> bool:

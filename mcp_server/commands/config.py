@@ -16,6 +16,7 @@ from mcp_server.parsers.config_files import (
     InotifyEvents,
     ProxyConfigs,
     ProxyConfigsParams,
+    config_file_unparsed,
     parse_config_file,
     parse_config_hashes,
     parse_inotify_events,
@@ -67,6 +68,7 @@ HASHES_SCRIPT = "\n".join(
 )
 
 # inotifywait on each directory, or its nearest existing ancestor (so that creating the directory is seen).
+# Each event ends with a NUL (a file name may hold a newline); inotifywait's own status lines come first.
 # stdin stays open: when the channel closes, `read` returns and inotifywait is killed, so no watcher is
 # left behind on the device even when sshd cannot deliver a signal.
 WATCH_SCRIPT = "\n".join(
@@ -75,11 +77,16 @@ WATCH_SCRIPT = "\n".join(
         'n=$#; while [ "$n" -gt 0 ]; do d=$1; shift; n=$((n - 1))',
         '  while [ ! -d "$d" ]; do d=${d%/*}; [ -n "$d" ] || d=/; done; set -- "$@" "$d"; done',
         "exec 3<&0",
-        "inotifywait -m --format '%e %w%f' -e create -e modify -e close_write -e moved_to -e moved_from"
-        ' -e delete -e delete_self -e move_self -e attrib -- "$@" 2>&1 </dev/null &',
+        # inotifywait's own lines (stderr) reach the stream NUL-ended too, as they come, through a fifo
+        't=$(mktemp -d) && mkfifo "$t/err" || { echo "cannot make a fifo in ${TMPDIR:-/tmp}"; exit 1; }',
+        "{ rm -rf \"$t\"; while IFS= read -r l; do printf '%s\\0' \"$l\"; done",
+        "  [ -z \"$l\" ] || printf '%s\\0' \"$l\"; } <\"$t/err\" &",
+        "r=$!",
+        "inotifywait -m --no-newline --format '%e %w%f%0' -e create -e modify -e close_write -e moved_to"
+        " -e moved_from -e delete -e delete_self -e move_self -e attrib -- \"$@\" 2>\"$t/err\" </dev/null &",
         "w=$!",
         '{ while read -r _; do :; done; kill "$w"; } <&3 2>/dev/null &',
-        'wait "$w"; s=$?; kill $! 2>/dev/null; exit "$s"',
+        'k=$!; wait "$w"; s=$?; wait "$r"; kill "$k" 2>/dev/null; exit "$s"',
     )
 )
 
@@ -115,6 +122,7 @@ CONFIG_FILE: CommandDefinition[ConfigFile] = CommandDefinition(
     argv=("sh", "-c", FILE_SCRIPT, "sh", Arg("path"), Arg("max_bytes")),
     model=ConfigFile,
     parse=parse_config_file,
+    fallback=config_file_unparsed,
     params=ConfigFileParams,
     ttl=2.0,
     timeout=30.0,
@@ -145,6 +153,7 @@ CONFIG_WATCH: CommandDefinition[InotifyEvents] = CommandDefinition(
     ttl=0.0,
     timeout=0.0,
     streaming=True,
+    separator=b"\0",
     access="internal",
 )
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from mcp_server.collection import UnifiedDataCollectionService
 from mcp_server.config_monitoring import history as past
 from mcp_server.config_monitoring import store
-from mcp_server.config_monitoring.diff import counts, unified_diff
+from mcp_server.config_monitoring.changes import assess_change
 from mcp_server.config_monitoring.models import (
     ConfigChanges,
     ConfigDiff,
@@ -26,7 +26,6 @@ from mcp_server.config_monitoring.models import (
     WatchResult,
     WatchStatus,
 )
-from mcp_server.config_monitoring.risk import Assessment, classify, summary
 from mcp_server.config_monitoring.targets import ChangeType, Target, checked, directory_kind, replaced
 from mcp_server.config_monitoring.watcher import DIR_EVENTS, RESTART_EVENTS, DeviceMonitor
 from mcp_server.db.engine import Database
@@ -39,6 +38,7 @@ from mcp_server.parsers.config_paths import ConfigKind, detect_kind
 from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
+_UNSEEN = "?"  # no hash prompted a read (a file event, a client's read); hashes are hex, "!" or None
 
 
 class ConfigurationMonitoringService:
@@ -345,14 +345,18 @@ class ConfigurationMonitoringService:
             again = await self._hashes(device, targets)
             changed = {p for p in changed if again.files.get(p) == hashes.files.get(p)}
         if changed:
-            await self.refresh(device, changed)
+            await self.refresh(device, changed, {p: hashes.files.get(p) for p in changed})
 
-    async def refresh(self, device: str, paths: Iterable[str]) -> None:
-        """Read each path now and record a new version where its content changed."""
+    async def refresh(
+        self, device: str, paths: Iterable[str], seen: dict[str, str | None] | None = None
+    ) -> None:
+        """Read each path now and record a new version where its content changed. `seen` holds the hashes
+        that prompted the refresh: a path already recorded at that hash (by a concurrent check) is not
+        read again."""
         for path in sorted(paths):
             target = self.target_for(device, path)
             if target is not None:
-                await self._refresh_path(device, path, target)
+                await self._refresh_path(device, path, target, seen=(seen or {}).get(path, _UNSEEN))
 
     async def _refresh_path(
         self,
@@ -362,9 +366,13 @@ class ConfigurationMonitoringService:
         *,
         baseline: bool = False,
         current: ConfigFile | None = None,
+        seen: str | None = _UNSEEN,
     ) -> None:
         published: ConfigChanged | None = None
         async with self._locks[device]:
+            known = self.latest.get((device, path))
+            if seen != _UNSEEN and known is not None and known.content_hash == seen:
+                return  # recorded at that hash while this waited for the lock
             if current is None:
                 current = await self._read(device, path, target.kind)
             digest = current.sha256 if current.type == "file" else None
@@ -418,26 +426,28 @@ class ConfigurationMonitoringService:
             old_text = previous.content if previous is not None else None
         change_type: ChangeType = "created" if before is None else "deleted" if digest is None else "modified"
         new_text = current.content if digest is not None else None
-        if current.binary and digest is not None:
-            assessment = Assessment()
-            assessment.raise_to("medium", "binary content changed")
-        else:
-            assessment = classify(
-                target.kind, path, change_type, old_text, new_text, hidden_change=old_text == new_text
-            )
-        diff = unified_diff(old_text, new_text, f"a{path}", f"b{path}")
-        added, removed = counts(diff)
+        change = await assess_change(
+            self.service.workers,
+            self.settings.parse_timeout,
+            target.kind,
+            path,
+            change_type,
+            old_text,
+            new_text,
+            binary=current.binary and digest is not None,
+            hidden_change=old_text == new_text,
+        )
         return ConfigurationChangeEvent(
             detected_at=now,
             device=target.device,
             path=path,
             kind=target.kind,
             change_type=change_type,
-            risk=assessment.risk,
-            reasons=assessment.reasons,
-            affected_services=assessment.affected_services,
-            summary=summary(change_type, path, assessment, added, removed),
-            diff=diff,
+            risk=change.risk,
+            reasons=change.reasons,
+            affected_services=change.affected_services,
+            summary=change.summary,
+            diff=change.diff,
             from_snapshot_id=known.snapshot_id if known is not None else None,
         )
 

@@ -149,6 +149,16 @@ def _meta(lines: list[str]) -> dict[str, str]:
 @parse_errors_as("config_file")
 def parse_config_file(stdout: str, params: ConfigFileParams) -> ConfigFile:
     """`@@meta` key lines, then `@@content` and the raw bytes (files), or `@@end` (anything else)."""
+    return _config_file(stdout, params, unparsed=None)
+
+
+@parse_errors_as("config_file")
+def config_file_unparsed(stdout: str, params: ConfigFileParams, reason: str) -> ConfigFile:
+    """parse_config_file without the structured view (its parse exceeded its budget: `reason`)."""
+    return _config_file(stdout, params, unparsed=reason)
+
+
+def _config_file(stdout: str, params: ConfigFileParams, unparsed: str | None) -> ConfigFile:
     if not stdout.startswith("@@meta\n"):
         raise ValueError("no @@meta section")
     head, marker, raw = stdout[len("@@meta\n") :].partition("@@content\n")
@@ -191,7 +201,9 @@ def parse_config_file(stdout: str, params: ConfigFileParams) -> ConfigFile:
     else:
         consistent = binary or size > params.max_bytes or hashlib.sha256(raw.encode()).hexdigest() == digest
     content = redact_config(kind, raw) if not binary else None
-    parsed, error = parse_content(kind, content) if content is not None else ({}, None)
+    parsed, error = parse_content(kind, content) if content is not None and unparsed is None else ({}, None)
+    if content is not None and unparsed is not None:
+        error = unparsed
     return ConfigFile(
         path=params.path,
         kind=kind,
@@ -307,23 +319,28 @@ class InotifyEvents(BaseModel):
     errors: list[str] = Field(description="Lines inotifywait wrote about watches it could not set.")
 
 
-_EVENT_LINE = re.compile(r"^([A-Z_]+(?:,[A-Z_]+)*) (/.*)$")
+_EVENT_HEAD = re.compile(r"([A-Z_]{1,32}+(?:,[A-Z_]{1,32}+){0,16}+) (?=/)")
 
 
 @parse_errors_as("config_watch")
 def parse_inotify_events(stdout: str, params: BaseModel) -> InotifyEvents:
-    """`inotifywait -m --format '%e %w%f'` lines, with its own status lines on the same stream."""
+    """`inotifywait -m --format '%e %w%f%0'` output (the stream hands over one NUL-ended record at a time):
+    in each record, inotifywait's own status lines (newline-ended) and then at most one event, whose path
+    runs to the end of the record (newlines and all)."""
     events: list[InotifyEvent] = []
     errors: list[str] = []
     ready = False
-    for line in stdout.split("\n"):
-        if not line or line.startswith("Setting up watches"):
-            continue
-        if line == "Watches established.":
-            ready = True
-        elif match := _EVENT_LINE.match(line):
+    for record in stdout.split("\0"):
+        ready |= _inotify_record(record, events, errors)
+    return InotifyEvents(events=events, ready=ready, errors=errors)
+
+
+def _inotify_record(rest: str, events: list[InotifyEvent], errors: list[str]) -> bool:
+    ready = False
+    while rest:
+        if match := _EVENT_HEAD.match(rest):
             names = match.group(1).split(",")
-            path = match.group(2)
+            path = rest[match.end() :]
             events.append(
                 InotifyEvent(
                     path=path.rstrip("/") or "/",
@@ -331,9 +348,13 @@ def parse_inotify_events(stdout: str, params: BaseModel) -> InotifyEvents:
                     is_dir="ISDIR" in names,
                 )
             )
-        else:
+            break
+        line, _, rest = rest.partition("\n")
+        if line == "Watches established.":
+            ready = True
+        elif line and not line.startswith("Setting up watches"):
             errors.append(line[:300])
-    return InotifyEvents(events=events, ready=ready, errors=errors)
+    return ready
 
 
 # ---- every nginx proxy conf on a device ---------------------------------------------------------------------
