@@ -79,11 +79,11 @@ WATCH_SCRIPT = "\n".join(
         "exec 3<&0",
         # inotifywait's own lines (stderr) reach the stream NUL-ended too, as they come, through a fifo
         't=$(mktemp -d) && mkfifo "$t/err" || { echo "cannot make a fifo in ${TMPDIR:-/tmp}"; exit 1; }',
-        "{ rm -rf \"$t\"; while IFS= read -r l; do printf '%s\\0' \"$l\"; done",
-        "  [ -z \"$l\" ] || printf '%s\\0' \"$l\"; } <\"$t/err\" &",
+        '{ rm -rf "$t"; while IFS= read -r l; do printf \'%s\\0\' "$l"; done',
+        '  [ -z "$l" ] || printf \'%s\\0\' "$l"; } <"$t/err" &',
         "r=$!",
         "inotifywait -m --no-newline --format '%e %w%f%0' -e create -e modify -e close_write -e moved_to"
-        " -e moved_from -e delete -e delete_self -e move_self -e attrib -- \"$@\" 2>\"$t/err\" </dev/null &",
+        ' -e moved_from -e delete -e delete_self -e move_self -e attrib -- "$@" 2>"$t/err" </dev/null &',
         "w=$!",
         '{ while read -r _; do :; done; kill "$w"; } <&3 2>/dev/null &',
         'k=$!; wait "$w"; s=$?; wait "$r"; kill "$k" 2>/dev/null; exit "$s"',
