@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import importlib
 import logging
+import os
 import pickle
 import resource
 import signal
@@ -192,4 +193,6 @@ def _die_with_parent() -> None:
 
 if __name__ == "__main__":
     _die_with_parent()
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the server's event loop (answers, health checks) comes before a host's big output
     _serve(int(sys.argv[1]))
