@@ -1,9 +1,11 @@
 """The watch policy: what may be watched and read (an allow-list of configuration places, a deny-list that wins),
 applied by the server to the path a caller names and by the device's shell to the path with its symlinks
-resolved, on real sshd hosts and on `local`; and file names framed by NUL between device and parser."""
+resolved, on real sshd hosts and on `local`; file names framed by NUL between device and parser; and reads of
+a watched file shared for a moment but never past a change."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -15,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import mcp_types as mt
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
@@ -26,13 +29,14 @@ from mcp_server.commands.config import POLICY_SCRIPT
 from mcp_server.config_monitoring.targets import watch_policy
 from mcp_server.db.tables import CollectionSnapshot
 from mcp_server.errors import ConfigurationError, InvalidParameter, ParseError
+from mcp_server.events import ConfigChanged
 from mcp_server.parsers.config_files import ConfigHashesParams, parse_config_hashes
 from mcp_server.parsers.config_paths import DEFAULT_ALLOW, DENY, WatchPolicy
 from mcp_server.parsers.config_proxy import ProxyConfigsParams, parse_proxy_configs
 from mcp_server.server import build_server
 from mcp_server.settings import load_settings
 from mcp_server.state import AppState, open_state
-from tests.app_fixtures import add_fleet_host, make_settings
+from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
 from tests.sshd import SshdFleet
 
 DEADLINE = 20.0
@@ -447,3 +451,44 @@ async def test_a_target_the_policy_now_refuses_is_dropped_at_start_and_its_conte
         assert changes is not None and changes["total"] == 1 and changes["changes"][0]["diff"] is None
         with pytest.raises(MCPError, match="outside the places"):
             await client.read_resource(f"infra://config/local{conf}")
+
+
+# ---- one read shared, never past a change -----------------------------------------------------------------
+
+
+def content(contents: list[mt.TextResourceContents | mt.BlobResourceContents]) -> str:
+    [only] = contents
+    assert isinstance(only, mt.TextResourceContents)
+    return str(json.loads(only.text)["content"])
+
+
+async def executions(state: AppState) -> int:
+    """config_file runs on the device (a reader that joined one in flight ran nothing)."""
+    return len([row for row in await audit_rows(state, command="config_file") if row.ssh_commands])
+
+
+async def test_readers_of_a_watched_file_share_one_read_but_never_get_it_after_a_change(
+    running_client: tuple[AppState, Client[Any]], tmp_path: Path
+) -> None:
+    state, client = running_client
+    conf = tmp_path / "app.conf"
+    conf.write_text("a=1\n")
+    await client.call_tool("watch_config_file", {"device": "local", "path": str(conf)})
+    uri = f"infra://config/local{conf}"
+    before = await executions(state)
+
+    concurrent = await asyncio.gather(*(client.read_resource(uri) for _ in range(5)))
+    after = [await client.read_resource(uri) for _ in range(3)]
+
+    assert {content(c) for c in [*concurrent, *after]} == {"a=1\n"}
+    # the watch's own read may still be fresh enough to serve them all
+    assert await executions(state) <= before + 1, "eight readers within the TTL, at most one read"
+    state.cache.invalidate(device="local", command="config_file")
+    before = await executions(state)
+    together = await asyncio.gather(*(state.config.current("local", str(conf)) for _ in range(5)))
+    assert {c.content for c in together} == {"a=1\n"}
+    assert await executions(state) == before + 1, "five readers at once, one read"
+    queue = state.events.subscribe_queue(types=(ConfigChanged,))
+    conf.write_text("a=2\n")
+    await asyncio.wait_for(queue.get(), DEADLINE)
+    assert content(await client.read_resource(uri)) == "a=2\n"

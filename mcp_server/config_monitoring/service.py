@@ -204,6 +204,7 @@ class ConfigurationMonitoringService:
             return "rewatch"
         target = self.target_for(device, path)
         if target is not None and not (target.is_directory and target.path == path):
+            self._forget_reads(device)  # from now on a reader gets what the file is after this event
             return "refresh"
         return None
 
@@ -308,8 +309,9 @@ class ConfigurationMonitoringService:
     # ---- reading devices ----------------------------------------------------------------------------------
 
     async def _read(self, device: str, path: str, kind: ConfigKind) -> ConfigFile:
-        """The file now. A file of a watched directory must resolve inside that directory; one the policy
-        refuses by its name is not read at all."""
+        """The file now, read once for every concurrent reader and shared for the command's short TTL
+        (a change event drops the shared read, see _forget_reads). A file of a watched directory must
+        resolve inside that directory; one the policy refuses by its name is not read at all."""
         policy = self.policy(device)
         reason = policy.refusal(path, directory=None)
         if reason is not None:
@@ -324,15 +326,16 @@ class ConfigurationMonitoringService:
             else None,
             "policy": policy,
         }
-        result: ConfigFile = (
-            await self.service.collect(device, "config_file", params, force_refresh=True)
-        ).data
+        result: ConfigFile = (await self.service.collect(device, "config_file", params)).data
         for _ in range(3):  # the file changed between hashing and reading: read again
             if result.consistent:
                 break
             await asyncio.sleep(0.05)
             result = (await self.service.collect(device, "config_file", params, force_refresh=True)).data
         return result
+
+    def _forget_reads(self, device: str) -> None:
+        self.service.cache.invalidate(device=device, command="config_file")
 
     async def _hashes(self, device: str, targets: list[Target]) -> ConfigHashes:
         params = {
@@ -392,6 +395,7 @@ class ConfigurationMonitoringService:
 
     async def refresh(self, device: str, paths: Iterable[str]) -> None:
         """Read each path now and record a new version where its content changed."""
+        self._forget_reads(device)
         for path in sorted(paths):
             target = self.target_for(device, path)
             if target is not None:
