@@ -88,6 +88,7 @@ async def run(edits: int, poll_interval: float) -> tuple[Results, dict[str, str]
             config_poll_interval=poll_interval,
             log_level="WARNING",
             ssh_file_dirs=str(fleet.client_key_path.parent),  # the fleet's client key lives there
+            config_watch_allow=f"{tempfile.gettempdir()}/*",  # the watched files are temporary too
         )
         async with open_state(settings) as state:
             await state.config.start()

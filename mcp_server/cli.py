@@ -10,7 +10,8 @@ import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -19,11 +20,15 @@ from rich.table import Table
 
 from mcp_server import __version__
 from mcp_server.db.engine import migrate, redact_url
-from mcp_server.errors import InfrastructorError
+from mcp_server.errors import InfrastructorError, InvalidParameter
 from mcp_server.logs import redact_log_handlers
 from mcp_server.permissions import restrict_umask, secure_data_dir
 from mcp_server.progress import OnStep, StepDone
 from mcp_server.settings import TOOLSETS, Settings, comma_list, load_settings
+
+if TYPE_CHECKING:
+    from mcp_server.collection import DeviceOutcome
+    from mcp_server.state import AppState
 
 # stdout belongs to the MCP protocol in stdio mode and to command output otherwise; everything else is stderr.
 err = Console(stderr=True)
@@ -362,12 +367,16 @@ async def _collect(settings: Settings, args: argparse.Namespace) -> int:
 
     params = _params(args.param)
     async with open_state(settings) as state:
-        state.registry.get(args.command)
         names = state.devices.names() if args.all else [args.device]
-        with device_progress(args.command, len(names)) as on_device:
-            outcomes = await state.service.collect_many(
-                names, args.command, params, force_refresh=args.force_refresh, on_device=on_device
-            )
+        if args.command == "config_file":
+            outcomes = [await _read_watched(state, name, params) for name in names]
+        else:
+            _check_collect(state, args.command, params)
+            force = args.force_refresh or args.command == "run_command"
+            with device_progress(args.command, len(names)) as on_device:
+                outcomes = await state.service.collect_many(
+                    names, args.command, params, force_refresh=force, on_device=on_device
+                )
         if args.json:
             out.print_json(json.dumps([o.model_dump(mode="json") for o in outcomes]))
         else:
@@ -380,3 +389,46 @@ async def _collect(settings: Settings, args: argparse.Namespace) -> int:
                     table.add_row(o.device, "yes", f"{o.result.age_seconds:.1f}", body[:300])
             out.print(table)
     return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _check_collect(state: AppState, command: str, params: dict[str, Any]) -> None:
+    """The gates of the MCP tools that run a command by name: `collect` runs read commands only, and
+    `run_command` only when INFRA_ALLOW_RUN_COMMAND is on and the program is in its allowlist."""
+    from mcp_server.commands.admin import check_allowed
+
+    if command != "run_command":
+        state.registry.get_read(command)
+        return
+    argv = params.get("argv")
+    if not isinstance(argv, list) or not argv or not all(isinstance(word, str) for word in argv):
+        raise InvalidParameter(
+            "run_command takes its program and arguments as a JSON list: --param 'argv=[\"uptime\"]'"
+        )
+    check_allowed(
+        argv, enabled=state.settings.allow_run_command, allowlist=state.settings.run_command_allowlist
+    )
+
+
+async def _read_watched(state: AppState, device: str, params: dict[str, Any]) -> DeviceOutcome[Any]:
+    """A configuration file as the `infra://config/{device}/{path*}` resource reads it: watched files only."""
+    from mcp_server.collection import Collected, DeviceOutcome
+
+    path = params.get("path")
+    try:
+        if set(params) != {"path"} or not isinstance(path, str):
+            raise InvalidParameter(
+                "config_file reads one watched file: --param path=/absolute/path (watch it first with "
+                "watch_config_file)"
+            )
+        data = await state.config.current(device, path)
+    except InfrastructorError as exc:
+        return DeviceOutcome(device=device, ok=False, error_type=exc.error_type, error=str(exc))
+    result = Collected[Any](
+        device=device,
+        command="config_file",
+        collected_at=datetime.now(UTC),
+        from_cache=False,
+        age_seconds=0.0,
+        data=data,
+    )
+    return DeviceOutcome(device=device, ok=True, result=result)

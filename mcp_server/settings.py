@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mcp_server.errors import ConfigurationError
+from mcp_server.parsers.config_paths import check_glob
 
 # Every tool belongs to one toolset (tools/<module>.TOOLSET); INFRA_TOOLSETS / --toolsets choose which are offered.
 TOOLSETS = ("devices", "system", "containers", "services", "storage", "config", "history", "admin")
@@ -106,6 +107,14 @@ class Settings(BaseSettings):
     )
     config_debounce: float = Field(
         default=0.05, ge=0, le=10, description="Quiet seconds after a burst of file events before reading."
+    )
+    config_watch_allow: str = Field(
+        default="",
+        description="Comma-separated globs of more files that may be watched, besides the usual configuration "
+        "places (compose projects in /opt, /srv, /home; /etc/nginx and SWAG confs; systemd units; service "
+        "configs in /etc; Unraid). A glob with '/' matches the whole path and its * spans directories "
+        "(/data/stacks/*); one without '/' matches a file name. Credential stores, keys, histories and the "
+        "server's own data stay refused.",
     )
     config_max_file_bytes: int = Field(default=1_048_576, ge=1024, le=16_777_216)
     config_discovery: bool = Field(
@@ -378,6 +387,13 @@ class Settings(BaseSettings):
     def offered_toolsets(self) -> tuple[str, ...]:
         """The toolsets whose tools are registered (all unless INFRA_TOOLSETS names some)."""
         return tuple(comma_list(self.toolsets)) or TOOLSETS
+
+    @field_validator("config_watch_allow")
+    @classmethod
+    def _globs(cls, value: str) -> str:
+        for item in comma_list(value):
+            check_glob(item)  # raises ValueError naming the bad glob
+        return value
 
     @field_validator("ssh_file_dirs")
     @classmethod

@@ -143,6 +143,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "data_dir": tmp_path / "data",
         # test keys and SSH configs live in temporary directories (the sshd fleet's, tmp_path)
         "ssh_file_dirs": tempfile.gettempdir(),
+        # so are the configuration files tests watch (the server's own data dir there stays refused)
+        "config_watch_allow": f"{tempfile.gettempdir()}/*",
         "ssh_known_hosts": tmp_path / "known_hosts",
         "ssh_connect_timeout": 3.0,
         "audit_flush_interval": 0.05,

@@ -1,7 +1,9 @@
-"""Operator commands end to end: `secrets rotate` and `db bootstrap-credentials` / `rotate-credentials`."""
+"""Operator commands end to end: `secrets rotate`, `db bootstrap-credentials` / `rotate-credentials`, and the
+gates `collect` shares with the MCP tools."""
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -67,3 +69,54 @@ async def test_db_credentials_bootstrap_and_rotation_through_the_cli(tmp_path: P
                 await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
         finally:
             await admin.close()
+
+
+def test_cli_collect_runs_run_command_only_when_enabled_and_allowlisted_like_the_mcp_tool(
+    tmp_path: Path,
+) -> None:
+    argv = ["--param", 'argv=["id", "-u"]', "--json"]
+    off = run_cli(tmp_path, "collect", "run_command", *argv)
+    assert off.returncode == 2 and "run_command is disabled on this server" in off.stderr, off.stderr
+    unlisted = run_cli(tmp_path, "collect", "run_command", *argv, INFRA_ALLOW_RUN_COMMAND="true")
+    assert unlisted.returncode == 2 and "'id' is not in INFRA_RUN_COMMAND_ALLOWLIST" in unlisted.stderr
+    listed = run_cli(
+        tmp_path,
+        "collect",
+        "run_command",
+        *argv,
+        INFRA_ALLOW_RUN_COMMAND="true",
+        INFRA_RUN_COMMAND_ALLOWLIST="id",
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout)[0]["result"]["data"]["argv"] == ["id", "-u"]
+
+
+def test_cli_collect_runs_read_commands_by_name_and_nothing_that_changes_or_is_internal(
+    tmp_path: Path,
+) -> None:
+    change = run_cli(
+        tmp_path, "collect", "restart_service", "--param", "unit=infrastructor-no-such-unit.service"
+    )
+    assert change.returncode == 2 and "changes things on the device" in change.stderr, change.stderr
+    internal = run_cli(tmp_path, "collect", "config_hashes", "--param", 'files=["/etc/fstab"]')
+    assert internal.returncode == 2 and "run only by the server itself" in internal.stderr, internal.stderr
+
+
+async def test_cli_collect_reads_a_configuration_file_only_when_it_is_watched_and_allowed(
+    tmp_path: Path,
+) -> None:
+    conf = tmp_path / "app.conf"
+    conf.write_text("mode=fast\nAPI_TOKEN=abc123\n")
+    allow = {"INFRA_CONFIG_WATCH_ALLOW": f"{tmp_path}/*"}
+    read = ["collect", "config_file", "--param", f"path={conf}", "--json"]
+
+    unwatched = run_cli(tmp_path, *read, **allow)
+    assert unwatched.returncode == 1 and "is not a watched file" in unwatched.stdout, unwatched.stdout
+    async with open_state(make_settings(tmp_path, config_watch_allow=f"{tmp_path}/*")) as state:
+        await state.config.watch("local", str(conf))
+    watched = run_cli(tmp_path, *read, **allow)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert json.loads(watched.stdout)[0]["result"]["data"]["content"] == "mode=fast\nAPI_TOKEN=***\n"
+    # without the setting that allowed it, the same target is no longer read
+    refused = run_cli(tmp_path, *read)
+    assert refused.returncode == 1 and "outside the places configuration is watched from" in refused.stdout

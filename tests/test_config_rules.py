@@ -20,7 +20,7 @@ from mcp_server.parsers.config_files import (
     parse_config_file,
 )
 from mcp_server.parsers.config_nginx import NginxSyntaxError, parse_nginx
-from mcp_server.parsers.config_paths import check_path, detect_kind
+from mcp_server.parsers.config_paths import WatchPolicy, detect_kind
 from mcp_server.parsers.config_systemd import SystemdSyntaxError, parse_systemd_unit
 from mcp_server.tools.config import parse_since
 
@@ -50,8 +50,9 @@ def golden_content(case: str) -> str:
     ],
 )
 def test_credential_stores_are_refused_by_path(path: str) -> None:
+    assert "credential store" in (WatchPolicy().refusal(path, directory=None) or "")
     with pytest.raises(ValueError, match="credential store"):
-        check_path(path)
+        ConfigFileParams(path=path)
 
 
 @pytest.mark.parametrize(
@@ -74,8 +75,9 @@ def test_paths_reach_the_device_as_argv_words_never_inside_the_script() -> None:
     params = ConfigWatchParams(dirs=(hostile,))
     argv = REGISTRY.get("config_watch").render(params)
     assert argv[:2] == ["sh", "-c"] and argv[-1] == hostile and hostile not in argv[2]
-    argv = REGISTRY.get("config_hashes").render(ConfigHashesParams(files=(hostile,)))
-    assert argv[4:] == ["1", hostile]
+    policy = WatchPolicy(allow=("/tmp/*",))
+    argv = REGISTRY.get("config_hashes").render(ConfigHashesParams(files=(hostile,), policy=policy))
+    assert argv[4:] == ["/tmp/*", "", "1", hostile] and hostile not in argv[2]
 
 
 def test_since_takes_durations_and_iso_times() -> None:
@@ -159,8 +161,9 @@ def test_config_file_output_cut_short_is_a_parse_error_or_marked_inconsistent() 
         json.loads((GOLDEN / "systemd_ssh_service.params.json").read_text())
     )
     assert parse_config_file(text[: len(text) - 40], params).consistent is False
-    with pytest.raises(ParseError):
-        parse_config_file("@@meta\ntype file\n", params)
+    for cut in ("@@meta\0type\0file\0", "@@meta\0type\0", "@@meta\0type\0missing\0@@end\0more", ""):
+        with pytest.raises(ParseError):
+            parse_config_file(cut, params)
 
 
 # ---- diff and risk on real edits --------------------------------------------------------------------------

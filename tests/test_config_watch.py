@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from mcp_server.db.tables import ConfigurationChangeEvent, ConfigurationSnapshot
+from mcp_server.errors import InvalidParameter
 from mcp_server.events import ConfigChanged, EventQueue
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
@@ -293,9 +294,8 @@ async def test_a_symlink_to_a_credential_store_is_refused_on_the_device(
     state, _queue = watching
     link = tmp_path / "innocent.conf"
     link.symlink_to("/etc/shadow")
-    from mcp_server.errors import CommandFailed
 
-    with pytest.raises(CommandFailed, match="credential store"):
+    with pytest.raises(InvalidParameter, match="resolves to /etc/shadow: a credential store"):
         await state.config.watch("local", str(link))
     assert str(link) not in state.config.targets.get("local", {})
 

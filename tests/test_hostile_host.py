@@ -179,7 +179,7 @@ async def server(hostile: Hostile, tmp_path: Path) -> AsyncIterator[str]:
         INFRA_HTTP_RATE_LIMIT="100000",
         INFRA_HTTP_RATE_BURST="1000",
         INFRA_CONFIG_DEBOUNCE="0.05",
-        INFRA_CONFIG_WATCH_ALLOW=str(hostile.files),
+        INFRA_CONFIG_WATCH_ALLOW=f"{hostile.files},{hostile.files}/*",
     )
     with serving([CLI, "serve"], port, env, tmp_path / "server.log", cwd=REPO) as url:
         yield url

@@ -26,7 +26,14 @@ from mcp_server.config_monitoring.models import (
     WatchResult,
     WatchStatus,
 )
-from mcp_server.config_monitoring.targets import ChangeType, Target, checked, directory_kind, replaced
+from mcp_server.config_monitoring.targets import (
+    ChangeType,
+    Target,
+    checked,
+    directory_kind,
+    replaced,
+    watch_policy,
+)
 from mcp_server.config_monitoring.watcher import DIR_EVENTS, RESTART_EVENTS, DeviceMonitor
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import ConfigurationChangeEvent, ConfigurationSnapshot, ConfigWatchTarget
@@ -34,7 +41,7 @@ from mcp_server.devices import DeviceRegistry
 from mcp_server.errors import InfrastructorError, InvalidParameter
 from mcp_server.events import CollectionCompleted, ConfigChanged, DeviceChanged, Event, EventBus
 from mcp_server.parsers.config_files import ConfigFile, ConfigHashes, WatchDir
-from mcp_server.parsers.config_paths import ConfigKind, detect_kind
+from mcp_server.parsers.config_paths import ConfigKind, WatchPolicy, detect_kind
 from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,11 @@ class ConfigurationMonitoringService:
         if self._loaded:
             return
         for row in await store.targets(self.db):
+            reason = self.policy(row.device).refusal(row.path, directory=row.is_directory)
+            if reason is not None:  # watched before the policy refused it: its versions stay, reading stops
+                log.warning("no longer watching %s on %s: %s", row.path, row.device, reason)
+                await store.remove_target(self.db, row.device, row.path)
+                continue
             self.targets[row.device][row.path] = Target.of(row)
         self.latest = await store.latest(self.db)
         self._loaded = True
@@ -156,6 +168,14 @@ class ConfigurationMonitoringService:
 
     # ---- targets ----------------------------------------------------------------------------------------
 
+    def policy(self, device: str) -> WatchPolicy:
+        """What may be read on the device: one policy for watching, reading, hashing and the proxy scan."""
+        try:
+            local = self.devices.get(device).is_local
+        except InfrastructorError:
+            local = False
+        return watch_policy(self.settings, local=local)
+
     def target_for(self, device: str, path: str) -> Target | None:
         """The target that watches `path` on `device` (the file itself, or its directory)."""
         targets = self.targets.get(device, {})
@@ -184,6 +204,7 @@ class ConfigurationMonitoringService:
             return "rewatch"
         target = self.target_for(device, path)
         if target is not None and not (target.is_directory and target.path == path):
+            self._forget_reads(device)  # from now on a reader gets what the file is after this event
             return "refresh"
         return None
 
@@ -197,14 +218,20 @@ class ConfigurationMonitoringService:
         """Watch a file (or a directory of files) on a device; its current content becomes the first version."""
         await self.load()
         self.devices.get(device)
-        path = checked(path)
+        policy = self.policy(device)
+        path = checked(path, policy)
         existing = self.targets.get(device, {}).get(path)
         if existing is not None:
             return WatchResult(
                 watched=self._watched(existing), created=False, exists=True, status=self.status(device)
             )
         current = await self._read(device, path, kind or detect_kind(path))
+        if current.type == "refused":
+            raise InvalidParameter(current.refusal())
         is_dir = current.type == "directory"
+        reason = policy.refusal(path, directory=is_dir)  # now that it is known to be a file or a directory
+        if reason is not None:
+            raise InvalidParameter(reason)
         resolved: ConfigKind = kind or (directory_kind(path) if is_dir else current.kind)
         row = await store.add_target(
             self.db,
@@ -273,7 +300,8 @@ class ConfigurationMonitoringService:
         return added, errors
 
     async def _found(self, device: str, command: str) -> list[tuple[str, ConfigKind]]:
-        result = await self.service.collect(device, command)
+        params = {"policy": self.policy(device)} if command == "proxy_configs" else None
+        result = await self.service.collect(device, command, params)
         if command == "compose_stacks":
             return [(f, "compose") for s in result.data.stacks for f in s.config_files if f.startswith("/")]
         return [(d, "nginx") for d in result.data.dirs]
@@ -281,10 +309,24 @@ class ConfigurationMonitoringService:
     # ---- reading devices ----------------------------------------------------------------------------------
 
     async def _read(self, device: str, path: str, kind: ConfigKind) -> ConfigFile:
-        params = {"path": path, "kind": kind, "max_bytes": self.settings.config_max_file_bytes}
-        result: ConfigFile = (
-            await self.service.collect(device, "config_file", params, force_refresh=True)
-        ).data
+        """The file now, read once for every concurrent reader and shared for the command's short TTL
+        (a change event drops the shared read, see _forget_reads). A file of a watched directory must
+        resolve inside that directory; one the policy refuses by its name is not read at all."""
+        policy = self.policy(device)
+        reason = policy.refusal(path, directory=None)
+        if reason is not None:
+            return ConfigFile.refused(path, kind, None, reason)
+        owner = self.target_for(device, path)
+        params = {
+            "path": path,
+            "kind": kind,
+            "max_bytes": self.settings.config_max_file_bytes,
+            "watched_dir": owner.path
+            if owner is not None and owner.is_directory and owner.path != path
+            else None,
+            "policy": policy,
+        }
+        result: ConfigFile = (await self.service.collect(device, "config_file", params)).data
         for _ in range(3):  # the file changed between hashing and reading: read again
             if result.consistent:
                 break
@@ -292,10 +334,14 @@ class ConfigurationMonitoringService:
             result = (await self.service.collect(device, "config_file", params, force_refresh=True)).data
         return result
 
+    def _forget_reads(self, device: str) -> None:
+        self.service.cache.invalidate(device=device, command="config_file")
+
     async def _hashes(self, device: str, targets: list[Target]) -> ConfigHashes:
         params = {
             "files": [t.path for t in targets if not t.is_directory],
             "dirs": [WatchDir(path=t.path, pattern=t.pattern) for t in targets if t.is_directory],
+            "policy": self.policy(device),
         }
         result: ConfigHashes = (
             await self.service.collect(device, "config_hashes", params, force_refresh=True)
@@ -353,6 +399,7 @@ class ConfigurationMonitoringService:
         """Read each path now and record a new version where its content changed. `seen` holds the hashes
         that prompted the refresh: a path already recorded at that hash (by a concurrent check) is not
         read again."""
+        self._forget_reads(device)
         for path in sorted(paths):
             target = self.target_for(device, path)
             if target is not None:
@@ -508,10 +555,12 @@ class ConfigurationMonitoringService:
 
     async def history(self, device: str, path: str, limit: int, offset: int) -> ConfigHistory:
         self.devices.get(device)
+        checked(path, self.policy(device))
         return await past.history(self.db, device, path, limit, offset)
 
     async def diff(self, device: str, path: str, from_id: int | None, to_id: int | None) -> ConfigDiff:
         self.devices.get(device)
+        checked(path, self.policy(device))
         return await past.diff(self.db, device, path, from_id, to_id)
 
     async def changes(
@@ -527,7 +576,7 @@ class ConfigurationMonitoringService:
     ) -> ConfigChanges:
         if device is not None:
             self.devices.get(device)
-        return await past.changes(
+        found = await past.changes(
             self.db,
             device=device,
             path=path,
@@ -537,12 +586,20 @@ class ConfigurationMonitoringService:
             offset=offset,
             with_diff=with_diff,
         )
+        # versions stored before the policy refused their path keep their summary, never their content
+        hidden = [
+            c.model_copy(update={"diff": None})
+            if c.diff is not None and self.policy(c.device).refusal(c.path, directory=None)
+            else c
+            for c in found.changes
+        ]
+        return found.model_copy(update={"changes": hidden})
 
     async def current(self, device: str, path: str) -> ConfigFile:
         """The file as it is now, for a watched path only (watching is what grants reading)."""
         await self.load()
         self.devices.get(device)
-        path = checked(path)
+        path = checked(path, self.policy(device))
         target = self.target_for(device, path)
         if target is None or (target.is_directory and target.path == path):
             raise InvalidParameter(
@@ -551,4 +608,6 @@ class ConfigurationMonitoringService:
             )
         current = await self._read(device, path, target.kind)
         await self._refresh_path(device, path, target, current=current)  # a change read here is recorded too
+        if current.type == "refused":
+            raise InvalidParameter(current.refusal())
         return current

@@ -1,5 +1,5 @@
-"""Outputs of the configuration commands -> models: one file's content and hash, a batch of hashes, inotify
-events, and every nginx proxy conf on a device. File content is redacted before it is parsed or returned."""
+"""Outputs of the configuration commands -> models: one file's content and hash, a batch of hashes, and inotify
+events (the proxy scan is in config_proxy.py). File content is redacted before it is parsed or returned."""
 
 from __future__ import annotations
 
@@ -12,26 +12,59 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mcp_server.parsers.common import parse_errors_as
 from mcp_server.parsers.config_compose import ComposeFile, parse_compose_file
-from mcp_server.parsers.config_nginx import NginxConfig, NginxLocation, parse_nginx
-from mcp_server.parsers.config_paths import ConfigKind, ConfigPath, detect_kind
+from mcp_server.parsers.config_nginx import NginxConfig, parse_nginx
+from mcp_server.parsers.config_paths import ConfigKind, ConfigPath, WatchPolicy, detect_kind, well_formed
 from mcp_server.parsers.config_systemd import SystemdUnitFile, parse_systemd_unit
 from mcp_server.redact import REDACTED, redact_text, secret_name
 
 MAX_FILE_BYTES = 1_048_576
-PROXY_FILE_BYTES = 262_144
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
 
-class ConfigFileParams(BaseModel):
+class PolicyParams(BaseModel):
+    """Parameters that carry the watch policy to the device, whose script checks resolved paths against it."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    policy: WatchPolicy = Field(default_factory=WatchPolicy)
+
+    @property
+    def allow_lines(self) -> str:
+        return "\n".join(self.policy.allow)
+
+    @property
+    def own_lines(self) -> str:
+        return "\n".join(self.policy.own)
+
+    def check(self, path: str, directory: bool | None) -> None:
+        reason = self.policy.refusal(path, directory=directory)
+        if reason is not None:
+            raise ValueError(reason)
+
+
+class ConfigFileParams(PolicyParams):
     path: ConfigPath
     kind: ConfigKind | None = Field(default=None, description="How to parse it; default: judged by the path.")
     max_bytes: int = Field(default=MAX_FILE_BYTES, ge=1, le=16 * MAX_FILE_BYTES)
+    watched_dir: ConfigPath | None = Field(
+        default=None,
+        description="The watched directory the file belongs to: its resolved path must stay inside it.",
+    )
+
+    @model_validator(mode="after")
+    def _allowed(self) -> ConfigFileParams:
+        self.check(self.path, None)
+        if self.watched_dir is not None and posixpath.dirname(self.path) != self.watched_dir:
+            raise ValueError(f"{self.path} is not a file of the directory {self.watched_dir}")
+        return self
 
     @property
     def resolved_kind(self) -> ConfigKind:
         return self.kind or detect_kind(self.path)
+
+    @property
+    def watched_dir_word(self) -> str:
+        return self.watched_dir or ""
 
 
 class ConfigFile(BaseModel):
@@ -39,7 +72,10 @@ class ConfigFile(BaseModel):
 
     path: str
     kind: ConfigKind
-    type: Literal["file", "directory", "missing"] = Field(description="What the path is on the device.")
+    type: Literal["file", "directory", "missing", "refused"] = Field(
+        description="What the path is on the device; refused: the watch policy does not allow reading it "
+        "(see refused_reason)."
+    )
     resolved_path: str | None = Field(description="The path with symlinks resolved.")
     size_bytes: int | None
     sha256: str | None = Field(description="sha256 of the whole file as stored on the device.")
@@ -55,6 +91,31 @@ class ConfigFile(BaseModel):
     parse_error: str | None = Field(
         default=None, description="Why the content does not parse as its kind (the tool would refuse it)."
     )
+    refused_reason: str | None = Field(
+        default=None, description="Why the watch policy refused the path, as it resolved on the device."
+    )
+
+    def refusal(self) -> str:
+        """What to tell a caller about a refused file."""
+        if self.resolved_path is None or self.resolved_path == self.path:
+            return f"{self.path}: {self.refused_reason}"
+        return f"{self.path} resolves to {self.resolved_path}: {self.refused_reason}"
+
+    @classmethod
+    def refused(cls, path: str, kind: ConfigKind, resolved: str | None, reason: str) -> ConfigFile:
+        return cls(
+            path=path,
+            kind=kind,
+            type="refused",
+            resolved_path=resolved,
+            size_bytes=None,
+            sha256=None,
+            truncated=False,
+            binary=False,
+            consistent=True,
+            content=None,
+            refused_reason=reason,
+        )
 
 
 # nginx directives whose first argument names a header or variable and whose second carries its value
@@ -136,19 +197,38 @@ def parse_content(kind: ConfigKind, text: str) -> tuple[dict[str, object], str |
     return {}, None
 
 
-def _meta(lines: list[str]) -> dict[str, str]:
+_META_KEYS = ("type", "resolved", "size", "sha256", "reason")
+
+
+def _meta(stdout: str) -> tuple[dict[str, str], str | None]:
+    """The NUL-separated key/value fields after `@@meta`, and the raw content after `@@content` (or None
+    when the fields end with `@@end`)."""
+    if not stdout.startswith("@@meta\0"):
+        raise ValueError("no @@meta section")
     meta: dict[str, str] = {}
-    for line in lines:
-        key, _, value = line.partition(" ")
-        if key not in ("type", "resolved", "size", "sha256"):
-            raise ValueError(f"unexpected line {line[:80]!r}")
-        meta[key] = value.strip()
-    return meta
+    at = len("@@meta\0")
+    while True:
+        end = stdout.find("\0", at)
+        if end < 0:
+            raise ValueError("output is incomplete (no @@content or @@end)")
+        key = stdout[at:end]
+        if key == "@@content":
+            return meta, stdout[end + 1 :]
+        if key == "@@end":
+            if end + 1 != len(stdout):
+                raise ValueError("output after @@end")
+            return meta, None
+        if key not in _META_KEYS or key in meta:
+            raise ValueError(f"unexpected field {key[:80]!r}")
+        value_end = stdout.find("\0", end + 1)
+        if value_end < 0:
+            raise ValueError(f"field {key} has no value")
+        meta[key], at = stdout[end + 1 : value_end], value_end + 1
 
 
 @parse_errors_as("config_file")
 def parse_config_file(stdout: str, params: ConfigFileParams) -> ConfigFile:
-    """`@@meta` key lines, then `@@content` and the raw bytes (files), or `@@end` (anything else)."""
+    """NUL-separated: `@@meta`, key/value fields, then `@@content` and the raw bytes (files), or `@@end`."""
     return _config_file(stdout, params, unparsed=None)
 
 
@@ -159,26 +239,25 @@ def config_file_unparsed(stdout: str, params: ConfigFileParams, reason: str) -> 
 
 
 def _config_file(stdout: str, params: ConfigFileParams, unparsed: str | None) -> ConfigFile:
-    if not stdout.startswith("@@meta\n"):
-        raise ValueError("no @@meta section")
-    head, marker, raw = stdout[len("@@meta\n") :].partition("@@content\n")
-    if marker:
-        meta = _meta(head.rstrip("\n").split("\n") if head.strip() else [])
-    else:
-        lines = head.rstrip("\n").split("\n")
-        if not lines or lines[-1] != "@@end":
-            raise ValueError("output is incomplete (no @@content or @@end)")
-        meta = _meta(lines[:-1])
+    meta, raw = _meta(stdout)
     kind = params.resolved_kind
     kind_of = meta.get("type")
-    if kind_of not in ("file", "directory", "missing"):
+    if kind_of not in ("file", "directory", "missing", "refused"):
         raise ValueError(f"unknown type {kind_of!r}")
+    resolved = meta.get("resolved")
+    reason = meta.get("reason")
+    if kind_of != "refused" and resolved is not None:
+        # the device applied the policy to the resolved path; so does the server, with the same patterns
+        reason = params.policy.refusal(resolved, directory=kind_of == "directory")
+        kind_of = "refused" if reason is not None else kind_of
+    if kind_of == "refused":
+        return ConfigFile.refused(params.path, kind, resolved, reason or "refused by the watch policy")
     if kind_of != "file":
         return ConfigFile(
             path=params.path,
             kind=kind,
             type=kind_of,  # type: ignore[arg-type]
-            resolved_path=meta.get("resolved"),
+            resolved_path=resolved,
             size_bytes=None,
             sha256=None,
             truncated=False,
@@ -186,7 +265,7 @@ def _config_file(stdout: str, params: ConfigFileParams, unparsed: str | None) ->
             consistent=True,
             content=None,
         )
-    if not marker:
+    if raw is None:
         raise ValueError("a file without @@content")
     size = int(meta["size"])
     digest = meta["sha256"]
@@ -208,7 +287,7 @@ def _config_file(stdout: str, params: ConfigFileParams, unparsed: str | None) ->
         path=params.path,
         kind=kind,
         type="file",
-        resolved_path=meta.get("resolved"),
+        resolved_path=resolved,
         size_bytes=size,
         sha256=digest,
         truncated=size > params.max_bytes,
@@ -232,9 +311,7 @@ class WatchDir(BaseModel):
     pattern: DirPattern = Field(default="all", description="conf: only *.conf files; all: every file.")
 
 
-class ConfigHashesParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class ConfigHashesParams(PolicyParams):
     files: tuple[ConfigPath, ...] = ()
     dirs: tuple[WatchDir, ...] = ()
 
@@ -242,6 +319,10 @@ class ConfigHashesParams(BaseModel):
     def _bounded(self) -> ConfigHashesParams:
         if len(self.files) + len(self.dirs) > 2000:
             raise ValueError("at most 2000 files and directories per device")
+        for path in self.files:
+            self.check(path, None)
+        for d in self.dirs:
+            self.check(d.path, True)
         return self
 
     # argv words: the file count, the files, then (pattern, directory) pairs
@@ -256,7 +337,10 @@ class ConfigHashesParams(BaseModel):
 
 FileHash = Annotated[
     str | None,
-    Field(description="sha256 of the file; null when it does not exist; '!' when it cannot be read."),
+    Field(
+        description="sha256 of the file; null when it does not exist or the watch policy refuses it; '!' when "
+        "it cannot be read."
+    ),
 ]
 
 
@@ -267,31 +351,55 @@ class ConfigHashes(BaseModel):
     dirs: dict[str, bool] = Field(description="Each watched directory and whether it exists.")
 
 
-_HASH_LINE = re.compile(r"^f ([0-9a-f]{64}|-|!) (/.*)$")
-_DIR_LINE = re.compile(r"^d ([+-]) (/.*)$")
+def nul_records(stdout: str, arity: dict[str, int]) -> list[list[str]]:
+    """NUL-separated records, each a tag and its fields (`arity` gives how many per tag), ended by `@@end`.
+    Output that does not split into whole records is refused, never read in part."""
+    tokens = stdout.split("\0")
+    if len(tokens) < 2 or tokens[-1] != "" or tokens[-2] != "@@end":
+        raise ValueError("output is incomplete (no @@end marker)")
+    tokens = tokens[:-2]
+    records: list[list[str]] = []
+    at = 0
+    while at < len(tokens):
+        tag = tokens[at]
+        if tag not in arity:
+            raise ValueError(f"unexpected record {tag[:80]!r}")
+        end = at + 1 + arity[tag]
+        if end > len(tokens):
+            raise ValueError(f"a {tag} record cut short")
+        records.append(tokens[at:end])
+        at = end
+    return records
+
+
+_HASH_FIELD = re.compile(r"^(?:[0-9a-f]{64}|-|!)$")
 
 
 @parse_errors_as("config_hashes")
 def parse_config_hashes(stdout: str, params: ConfigHashesParams) -> ConfigHashes:
-    """`f HASH PATH` per file (`-` missing, `!` unreadable) and `d +|- DIR` before a directory's files."""
-    lines = stdout.rstrip("\n").split("\n")
-    if lines[-1] != "@@end":
-        raise ValueError("output is incomplete (no @@end marker)")
+    """NUL-separated `f HASH PATH` per file (`-` missing or refused, `!` unreadable) and `d +|- DIR` before a
+    directory's files."""
     files: dict[str, str | None] = {}
     dirs: dict[str, bool] = {}
     wanted_files = set(params.files)
     wanted_dirs = {d.path for d in params.dirs}
     current: str | None = None
-    for line in lines[:-1]:
-        if match := _DIR_LINE.match(line):
-            current = match.group(2) if match.group(2) in wanted_dirs else None
+    for tag, value, path in nul_records(stdout, {"f": 2, "d": 2}):
+        if not path.startswith("/"):
+            raise ValueError(f"{tag} record with a relative path {path[:80]!r}")
+        if tag == "d":
+            if value not in "+-" or len(value) != 1:
+                raise ValueError(f"bad directory state {value[:80]!r}")
+            current = path if path in wanted_dirs else None
             if current is not None:
-                dirs[current] = match.group(1) == "+"
-        elif match := _HASH_LINE.match(line):
-            path, value = match.group(2), match.group(1)
-            # a file belongs to the output only as a watched file or a direct child of the current directory
-            if path in wanted_files or (current is not None and posixpath.dirname(path) == current):
-                files[path] = None if value == "-" else value
+                dirs[current] = value == "+"
+            continue
+        if not _HASH_FIELD.match(value):
+            raise ValueError(f"bad hash {value[:80]!r}")
+        # a file belongs to the output only as a watched file or a direct child of the current directory
+        if path in wanted_files or (current is not None and posixpath.dirname(path) == current):
+            # a name no watched path can have (a newline in it) is never read: it counts as unreadable
+            files[path] = None if value == "-" else value if well_formed(path) else "!"
     missing = wanted_files - files.keys()
     if missing:
         raise ValueError(f"no hash line for {sorted(missing)[0]}")
@@ -355,146 +463,3 @@ def _inotify_record(rest: str, events: list[InotifyEvent], errors: list[str]) ->
         elif line and not line.startswith("Setting up watches"):
             errors.append(line[:300])
     return ready
-
-
-# ---- every nginx proxy conf on a device ---------------------------------------------------------------------
-
-
-class ProxyConfigsParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    dirs: tuple[ConfigPath, ...] = Field(
-        default=(),
-        max_length=20,
-        description="More directories of *.conf files to read besides the usual ones.",
-    )
-
-
-class ProxyRoute(BaseModel):
-    """One way into the proxy: a domain (or a subfolder path) and where it leads."""
-
-    domain: str = Field(description="server_name, or '(subfolder)' for a location included in a server.")
-    location: str = Field(description="The location path.")
-    upstream: str | None = Field(description="host:port the location proxies to.")
-    redirect: str | None = Field(description="A `return` (redirect) instead of an upstream, if any.")
-    ssl: bool | None = Field(
-        description="TLS on the server block; null for a subfolder conf (its includer's)."
-    )
-    auth: list[str] = Field(description="Authentication in force: empty means none.")
-    file: str
-
-
-class ProxyConfigFile(BaseModel):
-    path: str
-    name: str = Field(description="File name, e.g. grafana.subdomain.conf.")
-    server_names: list[str]
-    upstreams: list[str]
-    ssl: bool
-    auth: list[str]
-    config: NginxConfig | None
-    parse_error: str | None
-
-
-class ProxyConfigs(BaseModel):
-    dirs: list[str] = Field(description="Directories read.")
-    files: list[ProxyConfigFile]
-    routes: list[ProxyRoute] = Field(description="Every domain/location -> upstream, with TLS and auth.")
-    total: int
-    truncated: bool
-
-
-def _routes(name: str, path: str, config: NginxConfig) -> list[ProxyRoute]:
-    routes: list[ProxyRoute] = []
-    for server in config.servers:
-        for domain in server.server_names or ["_"]:
-            for loc in server.locations or [
-                NginxLocation(path="/", proxy_pass=None, upstream=None, auth=[], includes=[], redirect=None)
-            ]:
-                routes.append(
-                    ProxyRoute(
-                        domain=domain,
-                        location=loc.path,
-                        upstream=loc.upstream,
-                        redirect=loc.redirect,
-                        ssl=server.ssl,
-                        auth=loc.auth,
-                        file=path,
-                    )
-                )
-    for loc in config.locations:
-        routes.append(
-            ProxyRoute(
-                domain="(subfolder)",
-                location=loc.path,
-                upstream=loc.upstream,
-                redirect=loc.redirect,
-                ssl=None,
-                auth=loc.auth,
-                file=path,
-            )
-        )
-    return routes
-
-
-def proxy_file(path: str, text: str) -> ProxyConfigFile:
-    """One proxy conf's summary from its (already redacted) text."""
-    name = posixpath.basename(path)
-    try:
-        config = parse_nginx(text)
-    except ValueError as exc:
-        return ProxyConfigFile(
-            path=path,
-            name=name,
-            server_names=[],
-            upstreams=[],
-            ssl=False,
-            auth=[],
-            config=None,
-            parse_error=str(exc),
-        )
-    servers = config.servers
-    return ProxyConfigFile(
-        path=path,
-        name=name,
-        server_names=[n for s in servers for n in s.server_names],
-        upstreams=list(
-            dict.fromkeys(
-                [u for s in servers for u in s.upstreams]
-                + [loc.upstream for loc in config.locations if loc.upstream]
-            )
-        ),
-        ssl=any(s.ssl for s in servers),
-        auth=list(
-            dict.fromkeys(
-                [a for s in servers for a in s.auth] + [a for loc in config.locations for a in loc.auth]
-            )
-        ),
-        config=config,
-        parse_error=None,
-    )
-
-
-@parse_errors_as("proxy_configs")
-def parse_proxy_configs(stdout: str, params: ProxyConfigsParams) -> ProxyConfigs:
-    """`@@dir PATH`, then `@@file PATH` and the file's lines each prefixed with '|'; `@@end` last."""
-    lines = stdout.rstrip("\n").split("\n")
-    if lines[-1] != "@@end":
-        raise ValueError("output is incomplete (no @@end marker)")
-    dirs: list[str] = []
-    texts: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in lines[:-1]:
-        if line.startswith("|"):
-            if current is None:
-                raise ValueError("file content before any @@file line")
-            current.append(line[1:])
-        elif line.startswith("@@dir /"):
-            dirs.append(line[len("@@dir ") :])
-            current = None
-        elif line.startswith("@@file /"):
-            current = texts.setdefault(line[len("@@file ") :], [])
-        elif line:
-            raise ValueError(f"unexpected line {line[:80]!r}")
-    files = [proxy_file(path, redact_config("nginx", "\n".join(body) + "\n")) for path, body in texts.items()]
-    routes = [r for f in files if f.config is not None for r in _routes(f.name, f.path, f.config)]
-    return ProxyConfigs(dirs=dirs, files=files, routes=routes, total=len(files), truncated=False)

@@ -23,8 +23,8 @@ from mcp_server.config_monitoring.models import (
     WatchResult,
 )
 from mcp_server.errors import InvalidParameter
-from mcp_server.parsers.config_files import ProxyConfigFile, ProxyConfigs
 from mcp_server.parsers.config_paths import MAX_PATH
+from mcp_server.parsers.config_proxy import ProxyConfigFile, ProxyConfigs
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import READ_ONLY, WRITE_TAGS, DeviceArg, ForceRefresh, changes, expected_errors
 
@@ -78,7 +78,7 @@ def _nginx_dirs(state: AppState, device: str) -> list[str]:
 
 async def _proxy_configs(state: AppState, device: str, force_refresh: bool) -> Collected[ProxyConfigs]:
     await state.config.load()
-    params = {"dirs": _nginx_dirs(state, device)}
+    params = {"dirs": _nginx_dirs(state, device), "policy": state.config.policy(device)}
     return await state.service.collect(device, "proxy_configs", params, force_refresh=force_refresh)
 
 
@@ -95,7 +95,9 @@ def register(mcp: FastMCP) -> None:
 
         Its current content becomes the first version; every later change is stored as a new version with a
         diff and a risk rating within about a second. A missing file is watched for creation. Content is
-        stored and shown with secrets redacted; credential stores (/etc/shadow, private keys, ...) are refused.
+        stored and shown with secrets redacted. Only configuration places may be watched (compose projects,
+        nginx/SWAG, systemd units, service configs in /etc, Unraid; more with INFRA_CONFIG_WATCH_ALLOW), never
+        credential stores, keys or histories, and a symlink that leads elsewhere is refused on the device.
         """
         return await state.config.watch(device, path, kind)
 
