@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -402,12 +403,14 @@ async def import_ssh_hosts(
     """
     text = read_ssh_config(devices.files, path)
     read, glob = include_access(devices.files)
-    entries, warnings = parse_ssh_config_with_warnings(
-        text, path=Path(path).expanduser(), read=read, glob=glob
+    # bounded (ssh_config's limits), but up to about a second of CPU: not on the event loop
+    entries, warnings = await asyncio.to_thread(
+        parse_ssh_config_with_warnings, text, path=Path(path).expanduser(), read=read, glob=glob
     )
     wanted = set(only) if only else None
     by_alias = {e.alias: e for e in entries}
-    ordered = sorted(entries, key=lambda e: 0 if any(o.proxy_jump == e.alias for o in entries) else 1)
+    jumps = {e.proxy_jump for e in entries}
+    ordered = sorted(entries, key=lambda e: 0 if e.alias in jumps else 1)
     results: list[ImportedHost] = []
     for entry in ordered:
         if wanted is not None and entry.alias not in wanted:
