@@ -4,6 +4,7 @@
     ├── ConfigurationError             a bad INFRA_* setting (names the variable)
     ├── DeviceNotFound                 unknown device name (carries the known names)
     ├── DeviceExists                   add_device with a name already taken
+    ├── DeviceLimit                    add_device beyond INFRA_MAX_DEVICES
     ├── UnknownCommand                 name not in the CommandRegistry (carries the known names)
     ├── InvalidParameter               a parameter failed validation; nothing was executed
     │   └── ArgumentsTooLarge          a call's arguments exceed INFRA_MAX_ARGUMENT_CHARS
@@ -72,6 +73,18 @@ class DeviceExists(InfrastructorError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"A device named {name!r} already exists; use update_device to change it.")
+
+
+class DeviceLimit(InfrastructorError):
+    error_type = "device_limit"
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        super().__init__(
+            f"Cannot add device {name!r}: {limit:,} devices are registered, the most this server allows "
+            "(INFRA_MAX_DEVICES). Remove devices that are no longer needed, or raise INFRA_MAX_DEVICES."
+        )
 
 
 class UnknownCommand(InfrastructorError):
