@@ -224,7 +224,8 @@ class StorageError(InfrastructorError):
 def invalid(exc: ValidationError, prefix: str = "") -> InvalidParameter:
     """An InvalidParameter naming every field pydantic rejected and why ('port: ...; hostname: ...')."""
     problems = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'params'}: {error['msg']}"
+        f"{'.'.join(str(part) for part in error['loc']) or 'params'}: "
+        + error["msg"].removeprefix("Value error, ")
         for error in exc.errors()
     )
     return InvalidParameter(prefix + problems)
