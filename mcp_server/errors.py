@@ -9,7 +9,8 @@
     ├── InvalidParameter               a parameter failed validation; nothing was executed
     │   └── ArgumentsTooLarge          a call's arguments exceed INFRA_MAX_ARGUMENT_CHARS
     ├── ConnectionError_               could not get a working SSH connection
-    │   ├── HostUnreachable            DNS failure, refused, no route, connect timeout
+    │   ├── HostUnreachable            DNS failure; no SSH server answered (one message: refused,
+    │   │                              reset, timed out or not SSH are not told apart)
     │   ├── AuthenticationFailed       the server rejected our key or password
     │   ├── HostKeyMismatch            the host key differs from the known or pinned one
     │   └── HostKeyUnknown             strict host-key policy and the host is not in known_hosts

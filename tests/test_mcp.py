@@ -20,8 +20,9 @@ from mcp_server.errors import DeviceLimit
 from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import audit_rows, make_settings
-from tests.helpers import hints, read_text, structured
+from tests.helpers import free_port, hints, read_text, structured
 from tests.test_collection import meminfo_bytes
+from tests.test_ssh import tcp_service
 
 READ_TOOLS = {
     "list_devices",
@@ -282,6 +283,20 @@ async def test_import_ssh_config_says_how_many_hosts_the_device_limit_let_it_add
         assert result["warnings"][0].startswith("Device limit reached: added 2 host(s); 3 more not added")
         listed = structured(await client.call_tool("list_devices", {}))["devices"]
         assert sorted(d["name"] for d in listed) == ["existing", "h0", "h1", "local"]
+
+
+async def test_connection_tests_do_not_tell_a_closed_port_from_a_service_that_is_not_ssh(
+    client: Client[Any],
+) -> None:
+    errors = {}
+    async with tcp_service(b"220 smtp.example ESMTP ready\r\n") as smtp:
+        for name, port in (("closed", free_port()), ("smtp", smtp)):
+            await client.call_tool("add_device", {"name": name, "hostname": "127.0.0.1", "port": port})
+            tested = structured(await client.call_tool("test_device_connection", {"device": name}))
+            assert (tested["ok"], tested["error_type"]) == (False, "host_unreachable")
+            errors[name] = tested["error"].replace(name, "NAME").replace(str(port), "PORT")
+    assert errors["closed"] == errors["smtp"]
+    assert "no SSH server answered there" in errors["closed"]
 
 
 async def test_fleet_overview_reports_every_device(client: Client[Any], sshd_fleet: Any) -> None:
