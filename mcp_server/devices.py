@@ -437,7 +437,9 @@ async def import_ssh_hosts(
     ordered = sorted(entries, key=lambda e: 0 if e.alias in jumps else 1)
     results: list[ImportedHost] = []
     full = False
-    limit = f"not added: {devices.max_devices:,} devices are registered, the most INFRA_MAX_DEVICES allows"
+    limit = (
+        f"not added: the limit of {devices.max_devices:,} registered devices (INFRA_MAX_DEVICES) is reached"
+    )
     for entry in ordered:
         if wanted is not None and entry.alias not in wanted:
             continue
@@ -481,9 +483,9 @@ async def import_ssh_hosts(
         left = sum(r.reason == limit for r in results)
         warnings.insert(
             0,
-            f"Device limit reached: added {added} host(s); {left} more not added because "
-            f"{devices.max_devices:,} devices are registered, the most INFRA_MAX_DEVICES allows. Remove devices "
-            "or raise the limit, then import again (hosts already added are skipped).",
+            f"Device limit reached: added {added} host(s); {left} more not added because the limit of "
+            f"{devices.max_devices:,} registered devices (INFRA_MAX_DEVICES) is reached. Remove devices or raise "
+            "the limit, then import again (hosts already added are skipped).",
         )
     return SSHConfigImport(
         path=path, hosts=results, added=added, skipped=len(results) - added, warnings=warnings

@@ -83,8 +83,8 @@ class DeviceLimit(InfrastructorError):
         self.name = name
         self.limit = limit
         super().__init__(
-            f"Cannot add device {name!r}: {limit:,} devices are registered, the most this server allows "
-            "(INFRA_MAX_DEVICES). Remove devices that are no longer needed, or raise INFRA_MAX_DEVICES."
+            f"Cannot add device {name!r}: the limit of {limit:,} registered devices (INFRA_MAX_DEVICES) is "
+            "reached. Remove devices that are no longer needed, or raise INFRA_MAX_DEVICES."
         )
 
 

@@ -251,8 +251,7 @@ async def test_devices_beyond_infra_max_devices_are_refused_with_a_clear_error(t
             await client.call_tool("add_device", {"name": name, "hostname": "127.0.0.1"})
         with pytest.raises(
             ToolError,
-            match=r"Cannot add device 'three': 2 devices are registered, the most "
-            r"this server allows \(INFRA_MAX_DEVICES\)",
+            match=r"Cannot add device 'three': the limit of 2 registered devices \(INFRA_MAX_DEVICES\) is reached",
         ):
             await client.call_tool("add_device", {"name": "three", "hostname": "127.0.0.1"})
         await client.call_tool("remove_device", {"device": "one"})
@@ -278,7 +277,7 @@ async def test_import_ssh_config_says_how_many_hosts_the_device_limit_let_it_add
         assert (result["added"], result["skipped"]) == (2, 3)
         assert [h["status"] for h in result["hosts"]] == ["added"] * 2 + ["skipped"] * 3
         assert {h["reason"] for h in result["hosts"][2:]} == {
-            "not added: 3 devices are registered, the most INFRA_MAX_DEVICES allows"
+            "not added: the limit of 3 registered devices (INFRA_MAX_DEVICES) is reached"
         }
         assert result["warnings"][0].startswith("Device limit reached: added 2 host(s); 3 more not added")
         listed = structured(await client.call_tool("list_devices", {}))["devices"]
