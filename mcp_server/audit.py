@@ -94,10 +94,25 @@ IDENTITY_COLUMNS = frozenset(
 )  # fmt: skip
 # Redacted where the value is produced, before it is cached or returned (collection.py): not redone here.
 REDACTED_UPSTREAM = frozenset({("collection_snapshots", "data")})
-# Unbounded text columns of the audit log, bounded all the same: they hold caller- or device-provided text.
-TEXT_LIMITS = {("data_collection_audit", "error_message"): 4000, ("data_collection_audit", "params"): 4000}
+# Every variable-size column of an audit row is bounded, in UTF-8 bytes, so a row stays under
+# AUDIT_ROW_BYTES whatever a caller or a host sends: the String columns by their length, the rest by these.
+AUDIT_TABLE = "data_collection_audit"
+AUDIT_ROW_BYTES = 10_240
+TEXT_LIMITS = {(AUDIT_TABLE, "error_message"): 1024, (AUDIT_TABLE, "params"): 1024}
+# Compact JSON (non-ASCII escaped, so characters are bytes) of a row's arguments kept whole up to this; beyond
+# it, a summary of each argument (see summarize_arguments).
+AUDIT_ARGUMENTS_CHARS = 4096
+# The SSH commands a row lists: distinct ones in order, each cut to SSH_COMMAND_CHARS, up to this in all.
+SSH_COMMANDS_CHARS = 1024
+SSH_COMMAND_CHARS = 256
+JSON_LIMITS = {
+    (AUDIT_TABLE, "arguments"): AUDIT_ARGUMENTS_CHARS,
+    (AUDIT_TABLE, "ssh_commands"): SSH_COMMANDS_CHARS,
+}
 # Argument strings longer than this are audited as their start and a fingerprint.
 AUDIT_STRING_CHARS = 1024
+# What a summarized argument keeps of its start
+SUMMARY_START_CHARS = 160
 # Characters beyond a column's bound still scanned, so a secret that starts inside the bound is found whole.
 _SCAN_MARGIN = 8192
 
@@ -107,6 +122,7 @@ class _Column:
     json: bool
     limit: int | None
     rewrite: bool
+    in_bytes: bool = False  # the limit counts UTF-8 bytes (audit rows), not characters
 
 
 @functools.cache
@@ -116,10 +132,10 @@ def _columns(table: type[Base]) -> dict[str, _Column]:
     for column in table.__table__.columns:
         rewrite = column.name not in IDENTITY_COLUMNS and (name, column.name) not in REDACTED_UPSTREAM
         if isinstance(column.type, JSON):
-            plan[column.name] = _Column(True, None, rewrite)
+            plan[column.name] = _Column(True, JSON_LIMITS.get((name, column.name)), rewrite)
         elif isinstance(column.type, String):
             limit = column.type.length or TEXT_LIMITS.get((name, column.name))
-            plan[column.name] = _Column(False, limit, rewrite)
+            plan[column.name] = _Column(False, limit, rewrite, in_bytes=name == AUDIT_TABLE)
     return plan
 
 
@@ -129,19 +145,23 @@ def _clean(text: str) -> str:
 
 
 def _bounded_text(value: str, column: _Column) -> str:
-    if column.limit is not None:
-        value = value[: column.limit + _SCAN_MARGIN]
+    if column.limit is None:
+        return _clean(redact_text(value) if column.rewrite else value)
+    value = value[: column.limit + _SCAN_MARGIN]
     if column.rewrite:
         value = redact_text(value)
-    value = _clean(value)
-    return value[: column.limit] if column.limit is not None else value
+    value = _clean(value)[: column.limit]
+    if column.in_bytes and not value.isascii():
+        # cut on a character boundary; lone surrogates (which no database stores) are dropped on the way
+        value = value.encode("utf-8", "surrogatepass")[: column.limit].decode("utf-8", "ignore")
+    return value
 
 
 def _json_value(value: Any, rewrite: bool, name: str = "") -> Any:
     """A JSON value with its strings redacted (types kept: a secret-named string becomes ***) and NUL-free."""
     if isinstance(value, dict):
         return {
-            _clean(str(k)): (
+            _clean(redact_text(str(k)) if rewrite else str(k)): (
                 REDACTED
                 if rewrite and isinstance(v, str) and v and secret_name(str(k))
                 else _json_value(v, rewrite, str(k))
@@ -155,16 +175,30 @@ def _json_value(value: Any, rewrite: bool, name: str = "") -> Any:
     return value
 
 
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), default=str))
+
+
+def _bounded_json(value: Any, limit: int) -> Any:
+    if _json_size(value) <= limit:
+        return value
+    if isinstance(value, list):
+        return bounded_commands([str(item) for item in value], limit)
+    return summarize_arguments(value if isinstance(value, dict) else {"value": value}, limit)
+
+
 def storable(table: type[Base], row: dict[str, Any]) -> dict[str, Any]:
     """`row` as it may be stored: secrets redacted in every text and JSON column but the identity ones,
-    strings cut to their column's bound, NUL characters replaced."""
+    strings cut to their column's bound, JSON columns of the audit summarized past theirs (JSON_LIMITS), NUL
+    characters replaced."""
     out = dict(row)
     for name, column in _columns(table).items():
         value = out.get(name)
         if isinstance(value, str) and not column.json:
             out[name] = _bounded_text(value, column)
         elif value is not None and column.json:
-            out[name] = _json_value(value, column.rewrite)
+            value = _json_value(value, column.rewrite)
+            out[name] = value if column.limit is None else _bounded_json(value, column.limit)
     return out
 
 
@@ -186,8 +220,64 @@ def _clip_strings(value: Any) -> Any:
 
 
 def audit_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
-    """Tool arguments as audited: secrets masked, long strings kept as their start and a fingerprint."""
-    return dict(_clip_strings(redact(arguments)))
+    """Tool arguments as audited: secrets masked, long strings kept as their start and a fingerprint; past
+    AUDIT_ARGUMENTS_CHARS of JSON in all, a summary of each argument (fingerprints of the values as sent)."""
+    kept = dict(_clip_strings(redact(arguments)))
+    return kept if _json_size(kept) <= AUDIT_ARGUMENTS_CHARS else summarize_arguments(arguments)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def fingerprint(value: Any) -> str:
+    """digest() of a string, or of the compact JSON of any other value (json.dumps with separators (",",
+    ":") and ensure_ascii=False): what an audit summary gives to match an argument as it was sent."""
+    return digest(value if isinstance(value, str) else _compact(value))
+
+
+def summarize_arguments(arguments: dict[str, Any], limit: int = AUDIT_ARGUMENTS_CHARS) -> dict[str, Any]:
+    """Arguments too large to audit whole, as at most `limit` characters of JSON: the size and fingerprint of
+    them all, then for each argument in turn (while they fit) its redacted start, size and fingerprint.
+
+    A secret-named argument is only ever ***; the others' fingerprints are of the values as sent, so the
+    operator can match a call they hold (see `fingerprint`)."""
+    whole = _compact(arguments)
+    summary: dict[str, Any] = {
+        "$summary": f"arguments of {len(whole):,} characters (JSON), over the {limit:,} audited whole",
+        "characters": len(whole),
+        "sha256": digest(whole),
+        "arguments": {},
+    }
+    kept: dict[str, Any] = summary["arguments"]
+    for index, (name, value) in enumerate(arguments.items()):
+        key = _clean(redact_text(str(name)[: 64 + _SCAN_MARGIN]))[:64]
+        key = f"{key}#{index}" if key in kept else key
+        if secret_name(str(name)) and value not in (None, "", [], {}):
+            entry: Any = REDACTED
+        else:
+            text = value if isinstance(value, str) else _compact(value)
+            start = _clean(redact_text(text[: SUMMARY_START_CHARS + _SCAN_MARGIN])[:SUMMARY_START_CHARS])
+            entry = {"start": start, "characters": len(text), "sha256": fingerprint(value)}
+        kept[key] = entry
+        if _json_size(summary) > limit - 40:
+            del kept[key]
+            summary["more_arguments"] = len(arguments) - index
+            break
+    return summary
+
+
+def bounded_commands(commands: list[str], limit: int = SSH_COMMANDS_CHARS) -> list[str]:
+    """The SSH commands of an audit row within `limit` characters of JSON: distinct ones in order, each cut
+    to SSH_COMMAND_CHARS (with a fingerprint), then a count of those left out."""
+    distinct = list(dict.fromkeys(commands))
+    kept: list[str] = []
+    for index, command in enumerate(distinct):
+        kept.append(clip(command, SSH_COMMAND_CHARS))
+        if _json_size(kept) > limit - 60:
+            kept[-1] = f"…[{len(distinct) - index} more distinct commands, {len(commands)} run in all]"
+            break
+    return kept
 
 
 def oversized_arguments(text: str, keep: int = 512) -> dict[str, Any]:

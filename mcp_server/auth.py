@@ -56,7 +56,8 @@ def required_scope(tags: Iterable[str]) -> str:
 # Where the auth backend leaves, in the ASGI scope, why a bearer token was refused (read by the HTTP guard).
 REJECTION_SCOPE_KEY = "infra.token_rejected"
 MAX_TOKEN_CHARS = 8192
-_STRING_CLAIMS = ("sub", "client_id", "azp", "jti")
+MAX_SUBJECT_CHARS = 255
+_STRING_CLAIMS = ("client_id", "azp", "jti")
 
 
 def unverified_claims(token: str) -> dict[str, Any] | None:
@@ -83,11 +84,22 @@ def _number(value: object) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def subject_problem(subject: object) -> str | None:
+    """Why `subject` cannot be a token's subject, or None: it must be a non-empty string of at most
+    MAX_SUBJECT_CHARS printable characters, not all spaces."""
+    if not isinstance(subject, str) or not subject.strip() or len(subject) > MAX_SUBJECT_CHARS:
+        return f"not a non-empty string of at most {MAX_SUBJECT_CHARS} characters"
+    if not subject.isprintable():
+        return "it holds control characters"
+    return None
+
+
 def claims_problem(claims: dict[str, Any] | None, *, now: float, max_ttl: int, leeway: int) -> str | None:
     """Why a token's claims are unacceptable whatever its signature, or None.
 
-    Every token must expire (`exp`), may not be used before `nbf` or claim to be issued in the future
-    (`iat`), and may not live longer than INFRA_JWT_MAX_TTL; every time claim is a finite number.
+    Every token must name its subject (`sub`: the audit's who) and expire (`exp`), may not be used before
+    `nbf` or claim to be issued in the future (`iat`), and may not live longer than INFRA_JWT_MAX_TTL; every
+    time claim is a finite number.
     """
     if claims is None:
         return "malformed token (not a JWT with a JSON payload)"
@@ -97,6 +109,11 @@ def claims_problem(claims: dict[str, Any] | None, *, now: float, max_ttl: int, l
         times[name] = None if raw is None else _number(raw)
         if raw is not None and times[name] is None:
             return f"malformed {name} claim (not a finite number)"
+    sub = claims.get("sub")
+    if sub is None:
+        return "no sub claim (tokens must name their subject, who the audit log records)"
+    if (problem := subject_problem(sub)) is not None:
+        return f"malformed sub claim ({problem})"
     for name in _STRING_CLAIMS:
         value = claims.get(name)
         if value is not None and (not isinstance(value, str) or len(value) > 255):
@@ -264,6 +281,9 @@ def issue_token(
     key: SigningKey, settings: Settings, *, subject: str, scopes: Iterable[str], ttl_seconds: int
 ) -> tuple[str, int]:
     """A signed HS256 token and its expiry (epoch seconds)."""
+    problem = subject_problem(subject)
+    if problem is not None:
+        raise InvalidParameter(f"--subject {subject!r}: {problem}; name who the token is for (e.g. ci-bot)")
     wanted = list(dict.fromkeys(scopes))
     unknown = [s for s in wanted if s not in SCOPES]
     if unknown or not wanted:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -15,7 +16,14 @@ from sqlalchemy.exc import IntegrityError
 
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import DeviceRow
-from mcp_server.errors import DeviceExists, DeviceNotFound, InfrastructorError, InvalidParameter, invalid
+from mcp_server.errors import (
+    DeviceExists,
+    DeviceLimit,
+    DeviceNotFound,
+    InfrastructorError,
+    InvalidParameter,
+    invalid,
+)
 from mcp_server.events import DeviceChanged, EventBus
 from mcp_server.redact import redact_text
 from mcp_server.secrets import SecretStore
@@ -114,6 +122,7 @@ class DeviceRegistry:
         secrets: SecretStore,
         *,
         local_device: bool = True,
+        max_devices: int = 1000,
         file_dirs: tuple[Path, ...] | None = None,
         data_dir: Path | None = None,
         events: EventBus | None = None,
@@ -123,6 +132,8 @@ class DeviceRegistry:
         self._local = local_device
         self._events = events
         self._devices: dict[str, Device] = {}
+        self.max_devices = max_devices
+        self._adding: set[str] = set()  # names being added right now: they count toward max_devices
         # the only places key files and SSH configs are read from (settings.ssh_file_directories)
         self.files = FilePolicy(file_dirs or (Path("~/.ssh").expanduser(),), data_dir)
 
@@ -150,11 +161,26 @@ class DeviceRegistry:
         wanted = set(tags)
         return [d for _, d in sorted(self._devices.items()) if wanted <= set(d.tags)]
 
+    def count(self) -> int:
+        """Registered SSH devices (the built-in 'local' is not one), with those being added right now."""
+        return len(self._devices) - (LOCAL in self._devices) + len(self._adding)
+
     async def add(self, name: str, spec: DeviceSpec) -> Device:
         self._check_name(name)
-        if name in self._devices:
+        if name in self._devices or name in self._adding:
             raise DeviceExists(name)
         self._check_refs(name, spec)
+        if self.count() >= self.max_devices:
+            raise DeviceLimit(name, self.max_devices)
+        self._adding.add(name)
+        try:
+            device = await self._insert(name, spec)
+        finally:
+            self._adding.discard(name)
+        await self._publish(name, "added")
+        return device
+
+    async def _insert(self, name: str, spec: DeviceSpec) -> Device:
         now = datetime.now(UTC)
         secret = None
         if spec.password:
@@ -177,7 +203,6 @@ class DeviceRegistry:
             raise DeviceExists(name) from None
         device = _to_device(row, spec.password)
         self._devices[name] = device
-        await self._publish(name, "added")
         return device
 
     async def _publish(self, name: str, change: Literal["added", "updated", "removed"]) -> None:
@@ -402,15 +427,24 @@ async def import_ssh_hosts(
     """
     text = read_ssh_config(devices.files, path)
     read, glob = include_access(devices.files)
-    entries, warnings = parse_ssh_config_with_warnings(
-        text, path=Path(path).expanduser(), read=read, glob=glob
+    # bounded (ssh_config's limits), but up to about a second of CPU: not on the event loop
+    entries, warnings = await asyncio.to_thread(
+        parse_ssh_config_with_warnings, text, path=Path(path).expanduser(), read=read, glob=glob
     )
     wanted = set(only) if only else None
     by_alias = {e.alias: e for e in entries}
-    ordered = sorted(entries, key=lambda e: 0 if any(o.proxy_jump == e.alias for o in entries) else 1)
+    jumps = {e.proxy_jump for e in entries}
+    ordered = sorted(entries, key=lambda e: 0 if e.alias in jumps else 1)
     results: list[ImportedHost] = []
+    full = False
+    limit = (
+        f"not added: the limit of {devices.max_devices:,} registered devices (INFRA_MAX_DEVICES) is reached"
+    )
     for entry in ordered:
         if wanted is not None and entry.alias not in wanted:
+            continue
+        if full:
+            results.append(ImportedHost(alias=entry.alias, status="skipped", reason=limit))
             continue
         name = entry.alias.lower()
         jump = None
@@ -436,11 +470,23 @@ async def import_ssh_hosts(
                 description=f"Imported from {path}",
             )
             await devices.add(name, spec)
+        except DeviceLimit:
+            full = True
+            results.append(ImportedHost(alias=entry.alias, status="skipped", reason=limit))
+            continue
         except InfrastructorError as exc:
             results.append(ImportedHost(alias=entry.alias, status="skipped", reason=str(exc)))
             continue
         results.append(ImportedHost(alias=entry.alias, status="added"))
     added = sum(r.status == "added" for r in results)
+    if full:
+        left = sum(r.reason == limit for r in results)
+        warnings.insert(
+            0,
+            f"Device limit reached: added {added} host(s); {left} more not added because the limit of "
+            f"{devices.max_devices:,} registered devices (INFRA_MAX_DEVICES) is reached. Remove devices or raise "
+            "the limit, then import again (hosts already added are skipped).",
+        )
     return SSHConfigImport(
         path=path, hosts=results, added=added, skipped=len(results) - added, warnings=warnings
     )

@@ -4,11 +4,13 @@
     ├── ConfigurationError             a bad INFRA_* setting (names the variable)
     ├── DeviceNotFound                 unknown device name (carries the known names)
     ├── DeviceExists                   add_device with a name already taken
+    ├── DeviceLimit                    add_device beyond INFRA_MAX_DEVICES
     ├── UnknownCommand                 name not in the CommandRegistry (carries the known names)
     ├── InvalidParameter               a parameter failed validation; nothing was executed
     │   └── ArgumentsTooLarge          a call's arguments exceed INFRA_MAX_ARGUMENT_CHARS
     ├── ConnectionError_               could not get a working SSH connection
-    │   ├── HostUnreachable            DNS failure, refused, no route, connect timeout
+    │   ├── HostUnreachable            DNS failure; no SSH server answered (one message: refused,
+    │   │                              reset, timed out or not SSH are not told apart)
     │   ├── AuthenticationFailed       the server rejected our key or password
     │   ├── HostKeyMismatch            the host key differs from the known or pinned one
     │   └── HostKeyUnknown             strict host-key policy and the host is not in known_hosts
@@ -84,6 +86,18 @@ class DeviceExists(InfrastructorError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"A device named {name!r} already exists; use update_device to change it.")
+
+
+class DeviceLimit(InfrastructorError):
+    error_type = "device_limit"
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        super().__init__(
+            f"Cannot add device {name!r}: the limit of {limit:,} registered devices (INFRA_MAX_DEVICES) is "
+            "reached. Remove devices that are no longer needed, or raise INFRA_MAX_DEVICES."
+        )
 
 
 class UnknownCommand(InfrastructorError):
@@ -237,7 +251,8 @@ class StorageError(InfrastructorError):
 def invalid(exc: ValidationError, prefix: str = "") -> InvalidParameter:
     """An InvalidParameter naming every field pydantic rejected and why ('port: ...; hostname: ...')."""
     problems = "; ".join(
-        f"{'.'.join(str(part) for part in error['loc']) or 'params'}: {error['msg']}"
+        f"{'.'.join(str(part) for part in error['loc']) or 'params'}: "
+        + error["msg"].removeprefix("Value error, ")
         for error in exc.errors()
     )
     return InvalidParameter(prefix + problems)

@@ -3,7 +3,6 @@ from the time-series tables (db/history.py)."""
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -14,6 +13,7 @@ from mcp_server.db.storage import layout
 from mcp_server.devices import DeviceRegistry
 from mcp_server.errors import InvalidParameter
 from mcp_server.settings import Settings
+from mcp_server.times import parse_duration, parse_time
 
 # Bucket widths divide a day evenly, so buckets never straddle midnight UTC and whole hours can come
 # from the hourly rollup.
@@ -24,8 +24,6 @@ MAX_POINTS = 2000
 MAX_RANGE = timedelta(days=400)
 DEFAULT_RANGE = timedelta(hours=24)
 AUTO_BUCKETS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 14400, 21600, 28800, 43200, 86400)
-_DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
 # which poll fills which table, for the note on an empty answer
 _FILLED_BY = {
     "system_metrics": ("poll_system_interval", "get_system_metrics"),
@@ -35,34 +33,15 @@ _FILLED_BY = {
 }
 
 
-def parse_duration(value: str) -> timedelta | None:
-    match = _DURATION.match(value.strip())
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)]) if match else None
-
-
-def parse_time(value: str | None, name: str, *, now: datetime, before: datetime | None = None) -> datetime:
-    """An ISO 8601 time (UTC when it has no offset), "now", or a duration ("24h") before `before`/now."""
-    if value is None or value.strip().lower() == "now":
-        return now
-    duration = parse_duration(value)
-    if duration is not None:
-        return (before or now) - duration
-    try:
-        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidParameter(
-            f"{name} {value!r} is neither an ISO 8601 time (2026-12-01T08:00:00Z) nor a duration "
-            "(30m, 24h, 7d, 2w)."
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
-
-
 def bucket_width(value: str | None, span: timedelta) -> int:
     """The bucket width in seconds: the given one checked, or the finest giving at most AUTO_POINTS."""
     if value is None:
         seconds = span.total_seconds()
         return next((w for w in AUTO_BUCKETS if seconds / w <= AUTO_POINTS), DAY)
-    duration = parse_duration(value)
+    try:
+        duration = parse_duration(value)
+    except ValueError:
+        duration = None
     width = int(duration.total_seconds()) if duration else 0
     if width < MIN_BUCKET or width > DAY or DAY % width:
         raise InvalidParameter(
@@ -94,7 +73,7 @@ async def metrics_history(
         raise InvalidParameter(f"Unknown metric {metric!r}. Metrics: {', '.join(METRICS)}.")
     now = now or datetime.now(UTC)
     end = parse_time(until, "until", now=now)
-    start = parse_time(since, "since", now=now, before=end) if since else end - DEFAULT_RANGE
+    start = parse_time(since, "since", now=now, until=end) if since else end - DEFAULT_RANGE
     if start >= end:
         raise InvalidParameter(f"since ({start.isoformat()}) must be before until ({end.isoformat()}).")
     if end - start > MAX_RANGE:

@@ -48,6 +48,13 @@ class Settings(BaseSettings):
         "default: generated into <data_dir>/master.key (mode 0600).",
     )
     local_device: bool = Field(default=True, description="Offer the built-in 'local' device.")
+    max_devices: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000,
+        description="Most SSH devices that may be registered (the built-in 'local' is not counted); "
+        "add_device and import_ssh_config refuse more.",
+    )
 
     cache_max_entries: int = Field(default=2048, ge=1, le=1_000_000)
     audit_flush_interval: float = Field(default=0.25, gt=0, le=60)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import getpass
 import logging
 import shlex
@@ -136,10 +135,14 @@ class _Client(asyncssh.SSHClient):
         self.authenticating = True
 
     @property
+    def spoke_ssh(self) -> bool:
+        """The server sent an SSH version line: an SSH server answered."""
+        return self._conn is not None and bool(self._conn.get_extra_info("server_version"))
+
+    @property
     def in_key_exchange(self) -> bool:
         """The server sent its version but authentication never began."""
-        spoke = self._conn is not None and bool(self._conn.get_extra_info("server_version"))
-        return spoke and not self.authenticating
+        return self.spoke_ssh and not self.authenticating
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         # only called for keys outside the trusted set: accepted solely under trust-on-first-use
@@ -448,9 +451,13 @@ class SSHPool:
                     **auth,
                 )
         except TimeoutError:
-            raise HostUnreachable(
-                device.name, f"no SSH answer from {_where(device)} within {limit:g}s"
-            ) from None
+            if client.spoke_ssh:
+                raise HostUnreachable(
+                    device.name,
+                    f"the SSH server at {_where(device)} did not finish its handshake within {limit:g}s",
+                ) from None
+            _log.info("no SSH answer from %s (%s) within %gs", device.name, _where(device), limit)
+            raise no_ssh_server(device) from None
         except (OSError, asyncssh.Error, ValueError) as exc:
             raise _translate(exc, device, plan, client, method, username) from None
         if device.jump_host:
@@ -613,18 +620,30 @@ def _translate(
         return AuthenticationFailed(name, f"{where} rejected {method} for user {username!r}")
     if isinstance(exc, asyncssh.KeyImportError | asyncssh.KeyEncryptionError):
         return AuthenticationFailed(name, f"cannot load {method}: {_reason(exc)}")
-    if isinstance(exc, asyncssh.ChannelOpenError):
-        return HostUnreachable(name, f"the jump host could not open a tunnel to {where}: {_reason(exc)}")
-    if isinstance(exc, asyncssh.DisconnectError):
-        return HostUnreachable(name, f"{where} closed the SSH connection: {_reason(exc)}")
-    # several resolved addresses all refusing arrive as one OSError("Multiple exceptions: ...")
-    if isinstance(exc, ConnectionRefusedError) or f"[Errno {errno.ECONNREFUSED}]" in str(exc):
-        return HostUnreachable(name, f"connection refused on port {device.port} of {device.hostname}")
     if isinstance(exc, socket.gaierror):
         return HostUnreachable(name, f"name {device.hostname!r} does not resolve ({exc.strerror})")
-    if isinstance(exc, OSError):
-        return HostUnreachable(name, f"{where}: {exc.strerror or exc}")
+    if isinstance(exc, asyncssh.ChannelOpenError) and exc.code == asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED:
+        return HostUnreachable(name, f"the jump host refuses to open tunnels (to {where}): {_reason(exc)}")
+    if client.spoke_ssh and isinstance(exc, asyncssh.DisconnectError | OSError):
+        return HostUnreachable(name, f"the SSH server at {where} closed the connection: {_reason(exc)}")
+    if isinstance(exc, asyncssh.Error | OSError):
+        _log.info("no SSH session to %s (%s): %s: %s", name, where, type(exc).__name__, _reason(exc))
+        return no_ssh_server(device)
     return HostUnreachable(name, f"{where}: {_reason(exc)}")
+
+
+def no_ssh_server(device: Device) -> HostUnreachable:
+    """The one answer for every way a connection can fail before an SSH server has said a word: refused,
+    reset, timed out, filtered, no route, or a service that is not SSH (directly or through a jump host).
+
+    Telling them apart would let a caller who may add devices map which ports answer on any address the
+    server can reach; the detail goes to the server log at INFO instead."""
+    return HostUnreachable(
+        device.name,
+        f"could not open an SSH session to {_where(device)} (no SSH server answered there: the connection "
+        "was refused, reset or timed out, or what answered is not SSH). Check the hostname and port, that "
+        "sshd is running there and that no firewall drops the connection; the server log has the detail.",
+    )
 
 
 def _host_key_error(device: Device, plan: _HostKeyPlan, client: _Client) -> ConnectionError_:

@@ -2,13 +2,20 @@
 
 Pure apart from the injected `read` and `glob`: every parameter takes the FIRST value obtained, scanning
 the matching Host blocks in file order (Include splices files in place). Match blocks are skipped.
+
+The config is input from whoever may write to the SSH file directories, so the work it can cause is
+bounded: Include depth, files read (a file counts each time it is included), characters, lines, Host
+aliases and alias-against-pattern checks each have a limit, and passing one is an InvalidParameter
+naming the limit and the file. Within them a parse takes at most about a second; callers on an event loop
+still run it in a worker thread.
 """
 
 from __future__ import annotations
 
 import getpass
+import heapq
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from glob import glob as _fs_glob
 from pathlib import Path
@@ -17,10 +24,21 @@ from mcp_server.errors import InvalidParameter
 
 # OpenSSH's READCONF_MAX_DEPTH; also what stops an Include cycle.
 MAX_INCLUDE_DEPTH = 16
+MAX_FILES = 64  # included files read, counting a file each time it is included
+MAX_CHARS = 1024 * 1024  # characters read, over the config and everything it includes
+MAX_LINES = 20_000
+MAX_HOSTS = 2_000  # concrete Host aliases
+# alias-against-block and alias-against-pattern checks (a pattern counts 1 per 16 characters); blocks that
+# list plain names are looked up by name, so only wildcard blocks are checked against every alias
+MAX_PATTERN_WORK = 500_000
+MAX_WORD = 255  # characters in one Host pattern or alias
+MAX_WARNINGS = 100
 DEFAULT_PORT = 22
 _WANTED = frozenset({"hostname", "port", "user", "identityfile", "proxyjump", "proxycommand"})
 _WILDCARDS = frozenset("*?!")
 _KEYWORD = re.compile(r"([^\s=]+)\s*(?:=\s*)?(.*)$", re.DOTALL)
+_SPECIAL = re.compile(r"[\"'\\#]")
+_PLAIN_WORD = re.compile(r"[^ \t]+")
 
 
 @dataclass(frozen=True)
@@ -41,39 +59,101 @@ class _Option:
     args: tuple[str, ...]
     origin: str
 
+    @property
+    def slot(self) -> str:
+        # ProxyJump and ProxyCommand exclude each other: whichever comes first wins.
+        return "proxy" if self.keyword in ("proxyjump", "proxycommand") else self.keyword
+
+
+_SLOTS = 5  # hostname, port, user, identityfile, proxy
+
+
+class _Fuel:
+    """The pattern-matching work a config may cause, spent as it is done."""
+
+    def __init__(self, reader: _Reader) -> None:
+        self.left = MAX_PATTERN_WORK
+        self._reader = reader
+
+    def spend(self, units: int) -> None:
+        self.left -= units
+        if self.left < 0:
+            raise self._reader.too_much(
+                f"matching its Host aliases against its Host patterns takes more than {MAX_PATTERN_WORK:,} "
+                "pattern checks (the limit; a long pattern counts as several)"
+            )
+
+
+class _HostLine:
+    """One Host line's patterns, compiled once: the plain names in a set, the others as regexes."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        names: set[str] = set()
+        others: list[tuple[bool, re.Pattern[str], int]] = []
+        for pattern in patterns:
+            if _WILDCARDS.intersection(pattern):
+                negated = pattern.startswith("!")
+                body = pattern[1:] if negated else pattern
+                others.append((negated, _compile(body), 1 + len(body) // 16))
+            else:
+                names.add(pattern)
+        self.names = frozenset(names)
+        self.others = tuple(others)
+
+    @property
+    def names_only(self) -> bool:
+        """Matches exactly the names in `names` (no wildcard, no negation)."""
+        return not self.others
+
+    def matches(self, alias: str, fuel: _Fuel) -> bool:
+        matched = alias in self.names
+        for negated, regex, cost in self.others:
+            fuel.spend(cost)
+            if regex.fullmatch(alias):
+                if negated:
+                    return False
+                matched = True
+        return matched
+
+
+def _compile(pattern: str) -> re.Pattern[str]:
+    """An ssh pattern (`*` any run, `?` one character; no [...] classes) as a regex that cannot backtrack
+    more than linearly: each piece between stars is matched at its leftmost place and kept (atomic group),
+    which finds a match whenever there is one because the pieces have fixed lengths."""
+
+    def piece(text: str) -> str:
+        return "".join("." if c == "?" else re.escape(c) for c in text)
+
+    head, *middle = pattern.split("*")
+    if not middle:
+        return re.compile(piece(head), re.DOTALL)
+    *middle, tail = middle
+    inner = "".join(f"(?>.*?{piece(m)})" for m in middle if m)
+    return re.compile(f"{piece(head)}{inner}.*{piece(tail)}", re.DOTALL)
+
 
 @dataclass
 class _Section:
-    """Options that apply to an alias matching every Host pattern list in `conditions`."""
+    """Options that apply to an alias matching every Host line in `conditions`."""
 
-    conditions: tuple[tuple[str, ...], ...]
+    conditions: tuple[_HostLine, ...]
     active: bool
-    options: list[_Option] = field(default_factory=list)
+    first: dict[str, _Option] = field(default_factory=dict)  # slot -> its first option in this section
     aliases: list[str] = field(default_factory=list)
 
-    def applies_to(self, alias: str) -> bool:
-        return self.active and all(_host_line_matches(patterns, alias) for patterns in self.conditions)
+    def applies_to(self, alias: str, fuel: _Fuel) -> bool:
+        fuel.spend(1)
+        return self.active and all(line.matches(alias, fuel) for line in self.conditions)
 
-
-def _pattern_matches(pattern: str, name: str) -> bool:
-    # ssh patterns know only `*` and `?`; fnmatch would also honour [...] classes.
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, name, re.DOTALL) is not None
-
-
-def _host_line_matches(patterns: tuple[str, ...], alias: str) -> bool:
-    matched = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        if _pattern_matches(pattern[1:] if negated else pattern, alias):
-            if negated:
-                return False
-            matched = True
-    return matched
+    def names(self) -> frozenset[str] | None:
+        """The only aliases this section can apply to, when a Host line of it lists plain names alone."""
+        return next((line.names for line in self.conditions if line.names_only), None)
 
 
 def _argv_split(text: str) -> list[str]:
     """Split arguments as OpenSSH's argv_split: both quote kinds, backslash escapes, `#` starts a comment."""
+    if not _SPECIAL.search(text):
+        return _PLAIN_WORD.findall(text)
     args: list[str] = []
     i, n = 0, len(text)
     while i < n:
@@ -116,24 +196,40 @@ def _split_line(line: str) -> tuple[str, list[str]] | None:
 class _Reader:
     def __init__(
         self,
+        root: str,
         home: Path,
         read: Callable[[Path], str],
         glob: Callable[[str], Iterable[Path]],
         warnings: list[str],
     ) -> None:
-        self.home, self.read, self.glob, self.warnings = home, read, glob, warnings
+        self.root, self.home, self.read, self.glob, self.warnings = root, home, read, glob, warnings
         self.sections: list[_Section] = []
+        self.files = self.chars = self.lines = 0
+        self.fuel = _Fuel(self)
 
-    def _open(self, conditions: tuple[tuple[str, ...], ...], active: bool) -> _Section:
+    def _open(self, conditions: tuple[_HostLine, ...], active: bool) -> _Section:
         section = _Section(conditions, active)
         self.sections.append(section)
         return section
 
+    def too_much(self, what: str) -> InvalidParameter:
+        return InvalidParameter(
+            f"SSH config {self.root} is too large to import: {what}. Split it and import the parts one by one, "
+            "or import only the hosts you need from a smaller file."
+        )
+
     def parse(
-        self, text: str, name: str, conditions: tuple[tuple[str, ...], ...], active: bool, depth: int
+        self, text: str, name: str, conditions: tuple[_HostLine, ...], active: bool, depth: int
     ) -> None:
+        self.chars += len(text)
+        if self.chars > MAX_CHARS:
+            raise self.too_much(f"with {name} it holds more than {MAX_CHARS:,} characters (the limit)")
+        lines = text.splitlines()
+        self.lines += len(lines)
+        if self.lines > MAX_LINES:
+            raise self.too_much(f"with {name} it holds more than {MAX_LINES:,} lines (the limit)")
         section = self._open(conditions, active)
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(lines, start=1):
             where = f"{name}:{number}"
             try:
                 split = _split_line(line)
@@ -144,9 +240,16 @@ class _Reader:
                 continue
             keyword, args = split
             if keyword == "host":
+                usable = bool(args)
                 if not args:
                     self.warnings.append(f"{where}: Host without patterns; the options under it are ignored")
-                section = self._open((*conditions, tuple(args)), active and bool(args))
+                elif max(len(a) for a in args) > MAX_WORD:
+                    self.warnings.append(
+                        f"{where}: Host pattern longer than {MAX_WORD} characters; the options under it are "
+                        "ignored"
+                    )
+                    usable, args = False, []
+                section = self._open((*conditions, _HostLine(args)), active and usable)
                 section.aliases.extend(p for p in args if not _WILDCARDS.intersection(p))
             elif keyword == "match":
                 self.warnings.append(
@@ -159,27 +262,75 @@ class _Reader:
                         self._include(arg, where, section.conditions, depth)
                 # Options after the Include come after the included ones in first-wins order.
                 section = self._open(section.conditions, section.active)
-            elif keyword in _WANTED and not args:
-                self.warnings.append(f"{where}: {keyword} without a value; ignored")
-            else:
-                section.options.append(_Option(keyword, tuple(args), where))
+            elif keyword in _WANTED:
+                if not args:
+                    self.warnings.append(f"{where}: {keyword} without a value; ignored")
+                    continue
+                option = _Option(keyword, tuple(args), where)
+                section.first.setdefault(option.slot, option)
 
-    def _include(self, arg: str, where: str, conditions: tuple[tuple[str, ...], ...], depth: int) -> None:
+    def _include(self, arg: str, where: str, conditions: tuple[_HostLine, ...], depth: int) -> None:
         if depth >= MAX_INCLUDE_DEPTH:
-            self.warnings.append(
-                f"{where}: Include nested deeper than {MAX_INCLUDE_DEPTH} levels; {arg} ignored"
+            raise InvalidParameter(
+                f"SSH config {self.root}: {where}: Include {arg!r} nests files deeper than "
+                f"{MAX_INCLUDE_DEPTH} levels (the limit, as in OpenSSH). Does a file include itself, or a "
+                "file that includes it? Remove the Include that leads back."
             )
-            return
         pattern = Path(_expand_tilde(arg, self.home))
         if not pattern.is_absolute():
             pattern = self.home / ".ssh" / pattern
         for path in self.glob(str(pattern)):
+            self.files += 1
+            if self.files > MAX_FILES:
+                raise self.too_much(
+                    f"{where}: Include {arg!r} would read more than {MAX_FILES} included files in all "
+                    "(the limit; a file counts each time it is included)"
+                )
             try:
                 text = self.read(path)
             except OSError as error:
                 self.warnings.append(f"{where}: cannot read included file {path}: {error.strerror or error}")
                 continue
             self.parse(text, str(path), conditions, True, depth + 1)
+
+    def aliases(self) -> list[str]:
+        """Every concrete alias of an active Host line that applies to it, in file order, once."""
+        found: dict[str, None] = {}
+        for section in self.sections:
+            for alias in section.aliases:
+                if alias not in found and section.applies_to(alias, self.fuel):
+                    found[alias] = None
+                    if len(found) > MAX_HOSTS:
+                        raise self.too_much(f"it names more than {MAX_HOSTS:,} Host aliases (the limit)")
+        return list(found)
+
+    def chosen(self, aliases: list[str]) -> Iterator[tuple[str, dict[str, _Option]]]:
+        """Each alias with the first value of each option that applies to it.
+
+        A section whose Host lines include one of plain names is looked up by name; only the others
+        (wildcards, negations, options before any Host line) are checked against every alias.
+        """
+        by_name: dict[str, list[int]] = {}
+        everyone: list[int] = []
+        for index, section in enumerate(self.sections):
+            if not section.active or not section.first:
+                continue
+            names = section.names()
+            if names is None:
+                everyone.append(index)
+            else:
+                for name in names:
+                    by_name.setdefault(name, []).append(index)
+        for alias in aliases:
+            chosen: dict[str, _Option] = {}
+            for index in heapq.merge(by_name.get(alias, ()), everyone):
+                section = self.sections[index]
+                if section.applies_to(alias, self.fuel):
+                    for slot, option in section.first.items():
+                        chosen.setdefault(slot, option)
+                    if len(chosen) == _SLOTS:
+                        break
+            yield alias, chosen
 
 
 def _expand_tilde(value: str, home: Path) -> str:
@@ -213,22 +364,9 @@ def _parse_port(value: str) -> int | None:
     return port if 1 <= port <= 65535 else None
 
 
-def _first_values(alias: str, sections: list[_Section]) -> dict[str, _Option]:
-    chosen: dict[str, _Option] = {}
-    for section in sections:
-        if section.applies_to(alias):
-            for candidate in section.options:
-                # ProxyJump and ProxyCommand exclude each other: whichever comes first wins.
-                slot = "proxy" if candidate.keyword in ("proxyjump", "proxycommand") else candidate.keyword
-                if candidate.keyword in _WANTED and slot not in chosen:
-                    chosen[slot] = candidate
-    return chosen
-
-
 def _resolve(
-    alias: str, sections: list[_Section], home: Path, local_user: str, warnings: list[str]
+    alias: str, chosen: dict[str, _Option], home: Path, local_user: str, warnings: list[str]
 ) -> SSHHostEntry | None:
-    chosen = _first_values(alias, sections)
     hostname = alias
     if option := chosen.get("hostname"):
         hostname = _expand_tokens(option.args[0], {"h": alias, "%": "%"}, option.origin, warnings)
@@ -291,16 +429,15 @@ def parse_ssh_config_with_warnings(
     """Every concrete Host alias resolved to its effective settings, plus what was skipped and why."""
     home = home if home is not None else Path.home()
     warnings: list[str] = []
-    reader = _Reader(home, read or _read_text, glob or _sorted_glob, warnings)
-    reader.parse(text, str(path) if path is not None else "<ssh config>", (), True, 0)
-
-    aliases: list[str] = []
-    for section in reader.sections:
-        for alias in section.aliases:
-            if alias not in aliases and section.applies_to(alias):
-                aliases.append(alias)
+    root = str(path) if path is not None else "<ssh config>"
+    reader = _Reader(root, home, read or _read_text, glob or _sorted_glob, warnings)
+    reader.parse(text, root, (), True, 0)
     user = local_user if local_user is not None else _current_user()
-    entries = [_resolve(alias, reader.sections, home, user, warnings) for alias in aliases]
+    entries = [
+        _resolve(alias, chosen, home, user, warnings) for alias, chosen in reader.chosen(reader.aliases())
+    ]
+    if len(warnings) > MAX_WARNINGS:
+        warnings[MAX_WARNINGS:] = [f"... and {len(warnings) - MAX_WARNINGS:,} more warnings"]
     return [entry for entry in entries if entry is not None], warnings
 
 

@@ -115,6 +115,7 @@ async def open_state(
         db,
         secrets,
         local_device=settings.local_device,
+        max_devices=settings.max_devices,
         file_dirs=settings.ssh_file_directories,
         data_dir=settings.data_dir,
         events=events,

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+from fastmcp import Client
 
+from mcp_server.audit import AUDIT_ARGUMENTS_CHARS, AUDIT_ROW_BYTES, SUMMARY_START_CHARS, fingerprint
 from mcp_server.db.tables import DataCollectionAudit
-from mcp_server.state import open_state
+from mcp_server.redact import digest
+from mcp_server.state import AppState, open_state
 from tests.app_fixtures import PG_ADMIN_DSN, audit_rows, create_pg_database, drop_pg_database, make_settings
 
 
@@ -73,3 +78,74 @@ async def test_a_segment_replayed_before_a_crash_is_not_replayed_again(tmp_path:
         await state.writer.flush()
         assert state.writer.segments() == []
         assert len(await audit_rows(state, tool="probe")) == 1
+
+
+# ---- every row is bounded, whatever a caller or a host sends ------------------------------------------------
+
+
+def _row_bytes(row: DataCollectionAudit) -> int:
+    """What a stored row holds: every column's value as compact JSON, in UTF-8 bytes."""
+    values = {c.name: getattr(row, c.name) for c in DataCollectionAudit.__table__.columns}
+    return len(json.dumps(values, separators=(",", ":"), ensure_ascii=False, default=str).encode())
+
+
+async def test_a_call_with_many_maximal_arguments_is_audited_in_a_few_kilobytes_with_fingerprints(
+    client: Client[Any], state: AppState
+) -> None:
+    # what a read token could send many times a second: about 64 kB of arguments, under the 65,536 limit
+    tags = [f"{i:02}" + "t" * 998 for i in range(20)]
+    arguments: dict[str, Any] = {"tags": tags} | {f"extra{i:02}": "v" * 1000 for i in range(40)}
+    result = await client.call_tool("list_devices", arguments, raise_on_error=False)
+    assert result.is_error  # the extra arguments are unknown; the call is audited all the same
+    (row,) = await audit_rows(state, kind="tool", tool="list_devices")
+    assert _row_bytes(row) <= AUDIT_ROW_BYTES
+    assert len(json.dumps(row.arguments, separators=(",", ":"))) <= AUDIT_ARGUMENTS_CHARS
+    assert row.error_message is not None and len(row.error_message) <= 1024
+    summary = row.arguments
+    assert summary is not None
+    # the fingerprints match the call as the client sent it
+    assert summary["sha256"] == digest(json.dumps(arguments, separators=(",", ":"), ensure_ascii=False))
+    assert summary["characters"] > 60_000
+    sent = json.dumps(tags, separators=(",", ":"))
+    assert fingerprint(tags) == digest(sent)
+    assert summary["arguments"]["tags"] == {
+        "start": sent[:SUMMARY_START_CHARS],
+        "characters": len(sent),
+        "sha256": digest(sent),
+    }
+    assert summary["arguments"]["extra00"]["sha256"] == fingerprint("v" * 1000) == digest("v" * 1000)
+    shown = len(summary["arguments"])
+    assert shown >= 10 and summary["more_arguments"] == len(arguments) - shown
+
+
+async def test_every_variable_column_of_an_audit_row_is_bounded(state: AppState) -> None:
+    huge = "password=hunter2 " + "é" * 50_000
+    commands = [f"sh -c 'step {i}' " + "x" * 5000 for i in range(300)]
+    state.writer.audit(
+        occurred_at=datetime.now(UTC),
+        kind="tool",
+        request_id=huge,
+        transport=huge,
+        tool=huge,
+        subject=huge,
+        client_id=huge,
+        client_ip=huge,
+        user_agent=huge,
+        request_path=huge,
+        arguments={f"{i}{huge[:2000]}": [huge[:5000], {"k": huge[:5000]}] for i in range(50)},
+        device=huge,
+        command=huge,
+        params=huge,
+        cache_hit=False,
+        ssh_commands=commands + commands,
+        duration_ms=1.0,
+        outcome="error",
+        error_type=huge,
+        error_message=huge,
+    )
+    (row,) = await audit_rows(state, kind="tool")
+    assert _row_bytes(row) <= AUDIT_ROW_BYTES
+    assert "hunter2" not in json.dumps([row.arguments, row.params, row.error_message, row.user_agent])
+    assert row.arguments is not None and row.arguments["more_arguments"] > 30
+    assert row.ssh_commands[0].startswith("sh -c 'step 0' xxx") and "sha256:" in row.ssh_commands[0]
+    assert row.ssh_commands[-1].endswith("more distinct commands, 600 run in all]")

@@ -133,6 +133,33 @@ async def test_requests_without_a_valid_token_get_401_with_www_authenticate(
     assert headers.get("www-authenticate", headers.get("WWW-Authenticate", "")).startswith("Bearer"), case
 
 
+def _without_sub(**claims: Any) -> str:
+    now = int(time.time())
+    base = {"scope": ADMIN, "iat": now, "exp": now + 600, "iss": ISSUER, "aud": AUDIENCE}
+    return jwt.encode(base | claims, SECRET, algorithm="HS256")
+
+
+async def test_a_token_must_name_its_subject_or_it_gets_401_saying_so(served: Served) -> None:
+    refused = {
+        _without_sub(): "no sub claim (tokens must name their subject, who the audit log records)",
+        _without_sub(client_id="svc", azp="svc"): "no sub claim",
+        _without_sub(sub=""): "malformed sub claim (not a non-empty string of at most 255 characters)",
+        _without_sub(sub="   "): "malformed sub claim (not a non-empty string",
+        _without_sub(sub="x" * 256): "malformed sub claim (not a non-empty string of at most 255",
+        _without_sub(sub="alice\nadmin"): "malformed sub claim (it holds control characters)",
+    }
+    for token, reason in refused.items():
+        status, _, body = await asyncio.to_thread(raw_post, served.url, token)
+        assert status == 401 and reason in json.loads(body)["error_description"], body
+    rows = await audit_rows(served.state, kind="auth")
+    assert len(rows) == len(refused) and all(r.subject is None for r in rows)
+    assert "token refused: no sub claim" in (rows[0].error_message or "")
+    async with served.client(_without_sub(sub="x" * 255)) as client:
+        await client.call_tool("get_cache_stats", {})
+    assert len(await audit_rows(served.state, kind="tool", subject="x" * 255)) == 1
+    assert await audit_rows(served.state, subject="unknown") == []
+
+
 async def test_a_valid_token_is_accepted_and_health_needs_none(served: Served) -> None:
     async with served.client(served.token(READ)) as client:
         assert "get_system_metrics" in {t.name for t in await client.list_tools()}
@@ -345,6 +372,7 @@ def test_token_create_rejects_unknown_scopes_and_bad_ttls(tmp_path: Path) -> Non
         (["--scopes", "infra:root"], "choose from infra:read, infra:write, infra:admin"),
         (["--ttl", "forever"], "--ttl 'forever'"),
         (["--ttl", "400d"], "longer than INFRA_JWT_MAX_TTL"),  # the server would refuse such a token
+        (["--subject", " "], "--subject ' ': not a non-empty string"),  # nor a token without a subject
     ):
         result = subprocess.run(
             [CLI, "token", "create", "--subject", "x", *args],

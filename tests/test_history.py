@@ -27,7 +27,9 @@ from mcp_server.db.tables import ContainerStatRow, DiskMetricRow, NetworkMetricR
 from mcp_server.devices import DeviceSpec
 from mcp_server.metrics_history import metrics_history
 from mcp_server.server import build_server
+from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
+from mcp_server.times import docker_since, journal_time, parse_time
 from tests.app_fixtures import make_settings
 
 DEVICE = "nas01"
@@ -302,7 +304,7 @@ async def empty_history(state: AppState) -> AppState:
         ),
         ({"metric": "cpu_percent", "bucket": "7m"}, "divides a day evenly"),
         ({"metric": "cpu_percent", "bucket": "30s"}, "from 1m to 1d"),
-        ({"metric": "cpu_percent", "since": "yesterday"}, "neither an ISO 8601 time"),
+        ({"metric": "cpu_percent", "since": "yesterday"}, "neither a duration (30m, 24h, 7d, 2w) nor an ISO"),
         ({"metric": "cpu_percent", "since": "2026-01-02", "until": "2026-01-01"}, "must be before until"),
         ({"metric": "cpu_percent", "since": "60d", "bucket": "1m"}, "use a wider bucket or a shorter range"),
         ({"metric": "cpu_percent", "since": "500d"}, "at most 400"),
@@ -314,6 +316,64 @@ async def test_bad_history_requests_say_what_is_wrong_and_what_is_valid(
     async with Client(build_server(empty_history.settings, state=empty_history)) as client:
         with pytest.raises(ToolError, match=re.escape(message)):
             await client.call_tool("get_metrics_history", {"device": DEVICE, **args})
+
+
+DURATION_RANGE = "out of range: a duration may be at most 100 years (36500 days)"
+DATE_RANGE = "out of range: a date must lie in the years 1970 to 9998"
+HISTORY = {"device": "local", "metric": "cpu_percent"}
+
+
+@pytest.mark.parametrize(
+    ("tool", "args", "message"),
+    [
+        ("get_metrics_history", HISTORY | {"since": "999999w"}, f"since '999999w' is {DURATION_RANGE}"),
+        ("get_metrics_history", HISTORY | {"until": "999999d"}, f"until '999999d' is {DURATION_RANGE}"),
+        (
+            "get_metrics_history",
+            HISTORY | {"since": "5214w"},
+            "since '5214w' is out of range: it reaches back before 1970",
+        ),
+        ("get_metrics_history", HISTORY | {"since": "0001-01-01T00:00:00+01:00"}, DATE_RANGE),
+        ("get_metrics_history", HISTORY | {"until": "9999-12-31T23:59:59-14:00"}, DATE_RANGE),
+        ("list_config_changes", {"since": "999999w"}, f"since '999999w' is {DURATION_RANGE}"),
+        ("list_config_changes", {"since": "0001-01-01T00:00:00+01:00"}, DATE_RANGE),
+        ("get_journal_logs", {"device": "local", "since": "-999999w"}, f"since: {DURATION_RANGE}"),
+        ("get_journal_logs", {"device": "local", "until": "999999 weeks ago"}, f"until: {DURATION_RANGE}"),
+        ("get_journal_logs", {"device": "local", "since": "0001-01-01"}, f"since: {DATE_RANGE}"),
+        ("get_journal_logs", {"device": "local", "since": "2024-13-45"}, "since: not a real date and time"),
+        (
+            "get_container_logs",
+            {"device": "local", "container": "web", "since": "9999999999999h"},
+            DURATION_RANGE,
+        ),
+        (
+            "get_container_logs",
+            {"device": "local", "container": "web", "since": "2024-02-30"},
+            "not a real date",
+        ),
+        ("query_audit_log", {"since": "0001-01-01T00:00:00+01:00"}, f"since: {DATE_RANGE}"),
+        ("query_audit_log", {"until": "9999-12-31T23:59:59-14:00"}, f"until: {DATE_RANGE}"),
+    ],
+)
+async def test_huge_durations_and_dates_out_of_range_are_invalid_parameters_naming_the_argument(
+    sqlite_settings: Settings, tool: str, args: dict[str, Any], message: str
+) -> None:
+    async with (
+        open_state(sqlite_settings) as state,
+        Client(build_server(sqlite_settings, state=state)) as client,
+    ):
+        with pytest.raises(ToolError, match=re.escape(message)):
+            await client.call_tool(tool, args)
+
+
+def test_times_at_the_edges_of_the_range_are_accepted() -> None:
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    assert parse_time("1970-01-01", "since", now=now) == datetime(1970, 1, 1, tzinfo=UTC)
+    assert parse_time("9998-12-31T23:00:00-14:00", "until", now=now) == datetime(9999, 1, 1, 13, tzinfo=UTC)
+    assert parse_time("2900w", "since", now=now) == now - timedelta(weeks=2900)
+    assert journal_time("-5000w") == "-5000w" and docker_since("876000h") == "876000h"
+    with pytest.raises(ValueError, match="at most 100 years"):
+        docker_since("876001h")
 
 
 async def test_an_unknown_device_or_metric_is_refused_with_the_valid_names(empty_history: AppState) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,14 @@ from mcp import MCPError
 from sqlalchemy import select
 
 from mcp_server.db.tables import DeviceRow, SecretRow
-from mcp_server.state import AppState
-from tests.app_fixtures import audit_rows
-from tests.helpers import hints, read_text, structured
+from mcp_server.devices import Device, DeviceSpec
+from mcp_server.errors import DeviceLimit
+from mcp_server.server import build_server
+from mcp_server.state import AppState, open_state
+from tests.app_fixtures import audit_rows, make_settings
+from tests.helpers import free_port, hints, read_text, structured
 from tests.test_collection import meminfo_bytes
+from tests.test_ssh import tcp_service
 
 READ_TOOLS = {
     "list_devices",
@@ -237,6 +242,60 @@ async def test_import_ssh_config_registers_hosts_and_jump_hosts(
     assert structured(again)["added"] == 0 and structured(again)["skipped"] == 2
     with pytest.raises(ToolError, match="Cannot use SSH config .*: it must be an existing, readable file"):
         await client.call_tool("import_ssh_config", {"path": str(tmp_path / "missing")})
+
+
+async def test_devices_beyond_infra_max_devices_are_refused_with_a_clear_error(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_devices=2)
+    async with open_state(settings) as state, Client(build_server(settings, state=state)) as client:
+        for name in ("one", "two"):  # the built-in 'local' does not count
+            await client.call_tool("add_device", {"name": name, "hostname": "127.0.0.1"})
+        with pytest.raises(
+            ToolError,
+            match=r"Cannot add device 'three': the limit of 2 registered devices \(INFRA_MAX_DEVICES\) is reached",
+        ):
+            await client.call_tool("add_device", {"name": "three", "hostname": "127.0.0.1"})
+        await client.call_tool("remove_device", {"device": "one"})
+        await client.call_tool("add_device", {"name": "three", "hostname": "127.0.0.1"})
+        # concurrent adds cannot slip past the limit together
+        await client.call_tool("remove_device", {"device": "three"})
+        spec = DeviceSpec(hostname="127.0.0.1")
+        outcomes = await asyncio.gather(
+            *(state.devices.add(f"racer{i}", spec) for i in range(5)), return_exceptions=True
+        )
+        assert sum(isinstance(o, Device) for o in outcomes) == 1
+        assert all(isinstance(o, DeviceLimit) for o in outcomes if not isinstance(o, Device))
+        assert state.devices.count() == 2
+
+
+async def test_import_ssh_config_says_how_many_hosts_the_device_limit_let_it_add(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_devices=3)
+    config = tmp_path / "ssh_config"
+    config.write_text("".join(f"Host h{i}\n  HostName 127.0.0.{i + 1}\n" for i in range(5)))
+    async with open_state(settings) as state, Client(build_server(settings, state=state)) as client:
+        await client.call_tool("add_device", {"name": "existing", "hostname": "127.0.0.1"})
+        result = structured(await client.call_tool("import_ssh_config", {"path": str(config)}))
+        assert (result["added"], result["skipped"]) == (2, 3)
+        assert [h["status"] for h in result["hosts"]] == ["added"] * 2 + ["skipped"] * 3
+        assert {h["reason"] for h in result["hosts"][2:]} == {
+            "not added: the limit of 3 registered devices (INFRA_MAX_DEVICES) is reached"
+        }
+        assert result["warnings"][0].startswith("Device limit reached: added 2 host(s); 3 more not added")
+        listed = structured(await client.call_tool("list_devices", {}))["devices"]
+        assert sorted(d["name"] for d in listed) == ["existing", "h0", "h1", "local"]
+
+
+async def test_connection_tests_do_not_tell_a_closed_port_from_a_service_that_is_not_ssh(
+    client: Client[Any],
+) -> None:
+    errors = {}
+    async with tcp_service(b"220 smtp.example ESMTP ready\r\n") as smtp:
+        for name, port in (("closed", free_port()), ("smtp", smtp)):
+            await client.call_tool("add_device", {"name": name, "hostname": "127.0.0.1", "port": port})
+            tested = structured(await client.call_tool("test_device_connection", {"device": name}))
+            assert (tested["ok"], tested["error_type"]) == (False, "host_unreachable")
+            errors[name] = tested["error"].replace(name, "NAME").replace(str(port), "PORT")
+    assert errors["closed"] == errors["smtp"]
+    assert "no SSH server answered there" in errors["closed"]
 
 
 async def test_fleet_overview_reports_every_device(client: Client[Any], sshd_fleet: Any) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
@@ -217,7 +220,7 @@ async def test_refused_port_fails_fast_with_host_unreachable(
     port = free_port()
     device = sshd_fleet.device(sshd_fleet.hosts["alpha"], port=port)
     started = time.monotonic()
-    with pytest.raises(HostUnreachable, match=f"connection refused on port {port}"):
+    with pytest.raises(HostUnreachable, match=f"could not open an SSH session to 127.0.0.1:{port}"):
         await make_pool().run(device, ["true"], timeout=5, label="true")
     assert time.monotonic() - started < 1.0
 
@@ -252,7 +255,7 @@ async def test_server_that_never_speaks_ssh_fails_within_connect_timeout(
 ) -> None:
     device = sshd_fleet.device(sshd_fleet.hosts["alpha"], port=silent_server.port)
     started = time.monotonic()
-    with pytest.raises(HostUnreachable, match=r"no SSH answer .* within 0.5s"):
+    with pytest.raises(HostUnreachable, match=r"could not open an SSH session .*no SSH server answered"):
         await make_pool(connect_timeout=0.5).run(device, ["true"], timeout=5, label="true")
     assert time.monotonic() - started < 2.5
 
@@ -467,7 +470,7 @@ async def test_jump_host_without_forwarding_reports_the_tunnel_failure(
 ) -> None:
     jump = sshd_fleet.device(sshd_fleet.hosts["alpha"])
     target = sshd_fleet.device(sshd_fleet.hosts["beta"], jump_host=jump.name)
-    with pytest.raises(HostUnreachable, match="could not open a tunnel"):
+    with pytest.raises(HostUnreachable, match="the jump host refuses to open tunnels"):
         await make_pool(devices=[jump]).run(target, ["true"], timeout=5, label="true")
 
 
@@ -538,3 +541,76 @@ def test_options_come_from_settings(tmp_path: Path) -> None:
         ssh_host_key_policy="strict",
     )
     assert SSHOptions.from_settings(settings) == SSHOptions(4, 7, 90, 5, tmp_path / "kh", "strict")
+
+
+# ---- no port-scan oracle: every way to find no SSH server gives one answer ---------------------------------
+
+
+@contextlib.asynccontextmanager
+async def tcp_service(reply: bytes | None) -> AsyncIterator[int]:
+    """A loopback TCP service that answers each connection with `reply` and closes it, or (None) resets it."""
+
+    async def answer(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if reply is None:
+            writer.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+            )
+            writer.transport.abort()
+            return
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_refused_reset_silent_and_non_ssh_ports_get_one_answer_and_the_log_keeps_the_detail(
+    sshd_fleet: SshdFleet,
+    make_pool: PoolFactory,
+    silent_server: SilentServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    jump = sshd_fleet.device(fresh_host(sshd_fleet, "jump", allow_tcp_forwarding=True))
+    pool = make_pool(devices=[jump], connect_timeout=1.0)
+    answers: dict[str, str] = {}
+    async with (
+        tcp_service(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n") as http,
+        tcp_service(None) as resetting,
+    ):
+        ports = {
+            "refused": free_port(),
+            "reset": resetting,
+            "silent (filtered)": silent_server.port,
+            "http": http,
+            "refused behind a jump host": free_port(),
+        }
+        for case, port in ports.items():
+            # a device as a caller with write scope would add it: no pinned key, any address
+            device = sshd_fleet.device(
+                sshd_fleet.hosts["alpha"], name="probe", port=port, host_key=None,
+                jump_host=jump.name if "jump" in case else None,
+            )  # fmt: skip
+            with (
+                caplog.at_level(logging.INFO, logger="mcp_server.ssh"),
+                pytest.raises(HostUnreachable) as failed,
+            ):
+                await pool.run(device, ["true"], timeout=5, label="true")
+            answers[case] = str(failed.value).replace(f":{port} ", ":PORT ")
+            await pool.drop("probe")
+    assert len(set(answers.values())) == 1, answers
+    assert answers["refused"].startswith(
+        "Cannot reach device 'probe': could not open an SSH session to 127.0.0.1:PORT (no SSH server answered there"
+    )
+    logged = caplog.text
+    assert "ConnectionRefusedError" in logged and "within 1s" in logged and "ChannelOpenError" in logged
+    # an SSH server that refuses our key has been found: saying so reveals nothing more
+    with pytest.raises(AuthenticationFailed):
+        await pool.run(
+            sshd_fleet.device(sshd_fleet.hosts["alpha"], name="nokey", username="nobody-here"),
+            ["true"], timeout=5, label="true",
+        )  # fmt: skip

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
 
 from mcp_server.errors import InvalidParameter
+from mcp_server.server import build_server
+from mcp_server.settings import Settings
 from mcp_server.ssh_config import (
     SSHHostEntry,
     load_ssh_config,
@@ -14,6 +23,9 @@ from mcp_server.ssh_config import (
     parse_ssh_config,
     parse_ssh_config_with_warnings,
 )
+from mcp_server.state import open_state
+from tests.helpers import structured
+from tests.test_transports import run_cli
 
 HOME = Path(__file__).parent / "data" / "ssh_config" / "home"
 FAKE_HOME = Path("/home/alice")
@@ -269,12 +281,118 @@ def test_an_unreadable_include_is_reported_and_skipped() -> None:
     assert warnings == ["<ssh config>:1: cannot read included file /home/alice/.ssh/dir: Is a directory"]
 
 
-def test_a_recursive_include_stops_at_the_depth_limit() -> None:
-    files = {"/home/alice/.ssh/loop": "Include loop\nHost looped\n"}
-    entries, warnings = parse("Include loop\n", files)
-    assert list(entries) == ["looped"]
-    assert len(warnings) == 1
-    assert "Include nested deeper than 16 levels" in warnings[0]
+def test_a_file_that_includes_itself_is_refused_naming_the_depth_limit_and_the_file() -> None:
+    files = {"/home/alice/.ssh/loop": "Include loop loop\nHost looped\n"}
+    started = time.perf_counter()
+    with pytest.raises(InvalidParameter) as refused:
+        parse("Include loop\n", files)
+    assert time.perf_counter() - started < 5  # was 2^16 parses of the file
+    assert "/home/alice/.ssh/loop:1: Include 'loop' nests files deeper than 16 levels" in str(refused.value)
+    assert "Remove the Include that leads back" in str(refused.value)
+
+
+def test_files_that_include_each_other_are_refused() -> None:
+    files = {"/home/alice/.ssh/a": "Include b\n", "/home/alice/.ssh/b": "Include a\n"}
+    with pytest.raises(InvalidParameter, match="Include '[ab]' nests files deeper than 16 levels"):
+        parse("Include a\n", files)
+
+
+def test_a_chain_of_seventeen_distinct_files_is_one_too_deep() -> None:
+    files = {f"/home/alice/.ssh/f{i}": f"Include f{i + 1}\nHost h{i}\n" for i in range(17)}
+    files["/home/alice/.ssh/f16"] = "Host h16\n"
+    with pytest.raises(InvalidParameter, match=r"/home/alice/\.ssh/f15:1: Include 'f16' nests files deeper"):
+        parse("Include f0\n", files)
+    del files["/home/alice/.ssh/f16"]
+    files["/home/alice/.ssh/f15"] = "Host h15\n"
+    entries, _ = parse("Include f0\n", files)
+    assert len(entries) == 16
+
+
+def test_a_glob_include_that_matches_itself_stops_at_the_file_limit() -> None:
+    files = {f"/home/alice/.ssh/conf.d/{i}.conf": "Include conf.d/*.conf\n" for i in range(3)}
+    with pytest.raises(InvalidParameter) as refused:
+        parse("Include conf.d/*.conf\n", files)
+    assert "nests files deeper than 16 levels" in str(refused.value)
+    wide = {f"/home/alice/.ssh/conf.d/{i:02}.conf": f"Host h{i}\n" for i in range(65)}
+    with pytest.raises(InvalidParameter) as refused:
+        parse("Include conf.d/*.conf\n", wide)
+    assert (
+        "SSH config <ssh config> is too large to import: <ssh config>:1: Include 'conf.d/*.conf' would read "
+        "more than 64 included files in all (the limit" in str(refused.value)
+    )
+
+
+def test_included_files_adding_up_to_more_than_a_mebibyte_are_refused_naming_the_file() -> None:
+    big = "# " + "x" * (256 * 1024 - 3) + "\n"
+    files = {f"/home/alice/.ssh/big{i}": big for i in range(5)}
+    with pytest.raises(
+        InvalidParameter, match=r"with /home/alice/\.ssh/big3 it holds more than 1,048,576 char"
+    ):
+        parse("Include big0 big1 big2 big3 big4\n", files)
+
+
+def test_more_than_twenty_thousand_lines_are_refused() -> None:
+    files = {"/home/alice/.ssh/long": "# a comment\n" * 20_000}
+    with pytest.raises(
+        InvalidParameter, match=r"with /home/alice/\.ssh/long it holds more than 20,000 lines"
+    ):
+        parse("Host a\nInclude long\n", files)
+
+
+def test_more_than_two_thousand_host_aliases_are_refused() -> None:
+    assert len(parse("".join(f"Host h{i}\n" for i in range(2000)))[0]) == 2000
+    with pytest.raises(InvalidParameter, match="it names more than 2,000 Host aliases"):
+        parse("".join(f"Host h{i}\n" for i in range(2001)))
+
+
+def test_a_large_config_with_defaults_for_every_host_resolves_quickly() -> None:
+    text = "".join(f"Host h{i} alias{i}\n  HostName 10.0.{i // 250}.{i % 250}\n" for i in range(1000))
+    text += "Host *.lab h1*\n  Port 2222\nHost *\n  User ops\n  IdentityFile ~/.ssh/%n.key\n" * 10
+    started = time.perf_counter()
+    entries, warnings = parse(text)
+    assert time.perf_counter() - started < 5  # was over 15 s
+    assert len(entries) == 2000 and warnings == []
+    assert entries["h999"] == SSHHostEntry("h999", "10.0.3.249", 22, "ops", "/home/alice/.ssh/h999.key", None)
+    assert entries["h12"].port == 2222
+
+
+def test_many_wildcard_blocks_against_many_aliases_are_refused_at_the_matching_limit() -> None:
+    text = "".join(f"Host h{i}\n" for i in range(1000)) + "Host *\n  User x\n" * 600
+    started = time.perf_counter()
+    with pytest.raises(InvalidParameter, match="takes more than 500,000 pattern checks"):
+        parse(text)
+    assert time.perf_counter() - started < 10
+
+
+def test_a_pattern_with_many_stars_matches_in_linear_time() -> None:
+    # a backtracking regex takes minutes on this alias
+    text = f"Host {'a' * 40} ab\nHost *a*a*a*a*a*a*a*a*a*a*a*a*b\n  User starred\n"
+    started = time.perf_counter()
+    entries, _ = parse(text)
+    assert time.perf_counter() - started < 5
+    assert entries["a" * 40].user is None
+    assert entries["ab"].user is None
+    entries, _ = parse("Host aaab abab xaby ab\nHost *a*b a?a*\n  User m\n")
+    assert {alias: entry.user for alias, entry in entries.items()} == {
+        "aaab": "m",
+        "abab": "m",
+        "xaby": None,
+        "ab": "m",
+    }
+
+
+def test_a_host_pattern_longer_than_255_characters_is_ignored_with_a_warning() -> None:
+    entries, warnings = parse(f"Host {'x' * 256} a\n  User long\nHost a\n")
+    assert entries == {"a": SSHHostEntry("a", "a", 22, None, None, None)}
+    assert warnings == [
+        "<ssh config>:1: Host pattern longer than 255 characters; the options under it are ignored"
+    ]
+
+
+def test_warnings_are_capped_at_a_hundred_with_a_count_of_the_rest() -> None:
+    _, warnings = parse("Host a\n" + "  Port\n" * 150)
+    assert len(warnings) == 101
+    assert warnings[-1] == "... and 50 more warnings"
 
 
 def test_an_unterminated_quote_ignores_only_that_line() -> None:
@@ -310,3 +428,68 @@ def test_load_ssh_config_of_a_missing_file_names_the_path(tmp_path: Path) -> Non
     missing = tmp_path / "nope"
     with pytest.raises(InvalidParameter, match=f"Cannot read SSH config {missing}: No such file"):
         load_ssh_config(missing)
+
+
+# ---- through the tool and the CLI -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def sqlite_client(sqlite_settings: Settings) -> AsyncIterator[Client[Any]]:
+    async with open_state(sqlite_settings) as state, Client(build_server(sqlite_settings, state=state)) as c:
+        yield c
+
+
+async def test_import_ssh_config_refuses_a_self_including_config_at_once(
+    sqlite_client: Client[Any], tmp_path: Path
+) -> None:
+    config = tmp_path / "config"
+    config.write_text(f"Include {config} {config}\nHost looped\n")
+    with pytest.raises(ToolError, match=rf"{config}:1: Include '{config}' nests files deeper than 16 levels"):
+        await sqlite_client.call_tool("import_ssh_config", {"path": str(config)})
+    assert [d["name"] for d in structured(await sqlite_client.call_tool("list_devices", {}))["devices"]] == [
+        "local"
+    ]
+
+
+async def test_import_ssh_config_parses_off_the_event_loop(
+    sqlite_client: Client[Any], tmp_path: Path
+) -> None:
+    # nearly as much matching work as the limits allow (2,000 aliases x 120 wildcard blocks)
+    config = tmp_path / "config"
+    config.write_text("".join(f"Host h{i}\n" for i in range(2000)) + "Host *\n  User x\n" * 120)
+    started = time.perf_counter()
+    parse_ssh_config(config.read_text(), home=FAKE_HOME)
+    parse_seconds = time.perf_counter() - started
+    small = tmp_path / "small"
+    small.write_text("Host one\n")
+    await sqlite_client.call_tool("import_ssh_config", {"path": str(small), "hosts": ["none"]})  # warm up
+    gaps: list[float] = []
+
+    async def heartbeat() -> None:
+        last = time.perf_counter()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    # a full garbage collection of the test process's heap pauses every thread alike: keep it out
+    gc.collect()
+    gc.freeze()
+    beating = asyncio.create_task(heartbeat())
+    try:
+        result = await sqlite_client.call_tool("import_ssh_config", {"path": str(config), "hosts": ["none"]})
+    finally:
+        beating.cancel()
+        gc.unfreeze()
+    assert structured(result)["added"] == 0
+    # the loop kept turning while the config was parsed: on the loop, one gap would last the whole parse
+    assert max(gaps) < parse_seconds / 2, (max(gaps), parse_seconds)
+
+
+def test_the_cli_import_names_the_limit_a_config_passes(tmp_path: Path) -> None:
+    config = tmp_path / "config"
+    config.write_text("".join(f"Host h{i}\n" for i in range(2001)))
+    result = run_cli(tmp_path, "devices", "import-ssh-config", str(config))
+    assert result.returncode != 0
+    assert "it names more than 2,000 Host aliases (the limit)" in result.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mcp_server.commands.base import Arg, CommandDefinition, GrepText, NoParams
 from mcp_server.parsers.containers import ContainerList, parse_containers
@@ -20,6 +20,7 @@ from mcp_server.parsers.containers_runtime import (
     parse_container_logs,
     parse_container_stats,
 )
+from mcp_server.times import docker_since
 
 # A name docker accepts, or a (short or full) hex id; never starts with "-", so it cannot become an option.
 CONTAINER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
@@ -50,6 +51,7 @@ Since = Annotated[
         description="Only lines newer than this: a duration ('10m', '2h'), a Unix time, or an RFC 3339 "
         "date/time ('2024-05-01T12:00:00Z').",
     ),
+    AfterValidator(docker_since),
 ]
 
 TAIL_MAX = 2000

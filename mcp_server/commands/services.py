@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from mcp_server.commands.base import Arg, ArgList, CommandDefinition, GrepText, NoParams
 from mcp_server.parsers.services import (
@@ -18,6 +18,7 @@ from mcp_server.parsers.services import (
     parse_service_status,
     parse_units,
 )
+from mcp_server.times import journal_time
 
 UNIT_SUFFIXES = ("service", "socket", "timer", "mount", "target", "path", "slice", "scope", "device", "swap")
 # letters, digits, ':_.@-' and systemd's own \xNN escapes, a known type suffix, and never a leading '-'
@@ -60,6 +61,7 @@ TimeSpec = Annotated[
         description="'2024-05-01', '2024-05-01 13:00[:00]', '-30min', '-2h', '-3d', '2 hours ago', "
         "'today', 'yesterday' or 'now' (device local time).",
     ),
+    AfterValidator(journal_time),
 ]
 UnitGlob = Annotated[
     str,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
-from pydantic import Field
+from pydantic import AfterValidator, Field
 
 from mcp_server.collection import Collected
 from mcp_server.commands import CommandList
@@ -15,9 +15,12 @@ from mcp_server.commands.admin import CommandOutput, check_allowed
 from mcp_server.commands.base import Limit, Offset
 from mcp_server.db.queries import AuditPage
 from mcp_server.state import AppState, current_state
+from mcp_server.times import utc
 from mcp_server.tools import ADMIN_TAGS, READ_ONLY, DeviceArg, ForceRefresh, changes, expected_errors
 
 TOOLSET = "admin"
+# converted to UTC (UTC when no offset is given) and refused outside the years the server handles
+AuditTime = Annotated[datetime, AfterValidator(utc)]
 
 
 def register(mcp: FastMCP) -> None:
@@ -69,8 +72,10 @@ def register(mcp: FastMCP) -> None:
 
     @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False}, tags=ADMIN_TAGS)
     async def query_audit_log(
-        since: Annotated[datetime | None, Field(description="ISO 8601 time; entries at or after it.")] = None,
-        until: Annotated[datetime | None, Field(description="ISO 8601 time; entries before it.")] = None,
+        since: Annotated[
+            AuditTime | None, Field(description="ISO 8601 time; entries at or after it.")
+        ] = None,
+        until: Annotated[AuditTime | None, Field(description="ISO 8601 time; entries before it.")] = None,
         subject: str | None = None,
         device: str | None = None,
         tool: Annotated[str | None, Field(description="Tool name or resource URI.")] = None,
@@ -88,8 +93,8 @@ def register(mcp: FastMCP) -> None:
         return await state.audit_page(
             limit=limit,
             offset=offset,
-            since=_utc(since),
-            until=_utc(until),
+            since=since,
+            until=until,
             subject=subject,
             device=device,
             tool=tool,
@@ -97,9 +102,3 @@ def register(mcp: FastMCP) -> None:
             kind=kind,
             request_id=request_id,
         )
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)

@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastmcp import FastMCP
@@ -26,6 +25,7 @@ from mcp_server.errors import InvalidParameter
 from mcp_server.parsers.config_paths import MAX_PATH
 from mcp_server.parsers.config_proxy import ProxyConfigFile, ProxyConfigs
 from mcp_server.state import AppState, current_state
+from mcp_server.times import parse_time
 from mcp_server.tools import READ_ONLY, WRITE_TAGS, DeviceArg, ForceRefresh, changes, expected_errors
 
 PathArg = Annotated[
@@ -50,25 +50,13 @@ SinceArg = Annotated[
 MinRisk = Annotated[
     Literal["low", "medium", "high"] | None, Field(description="Only changes at least this risky.")
 ]
-_DURATION = re.compile(r"^(\d{1,6})([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_since(value: str | None, now: datetime | None = None) -> datetime | None:
-    """'24h' -> 24 hours ago; an ISO 8601 time as given (UTC when it has no zone)."""
+    """'24h' -> 24 hours ago; an ISO 8601 time as given (UTC when it has no zone); None when not given."""
     if value is None or value == "":
         return None
-    now = now or datetime.now(UTC)
-    match = _DURATION.match(value.strip())
-    if match:
-        return now - timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
-    try:
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise InvalidParameter(
-            f"since {value!r}: use a duration ('30m', '24h', '7d') or an ISO 8601 time ('2025-05-01T12:00:00Z')."
-        ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return parse_time(value, "since", now=now or datetime.now(UTC))
 
 
 def _nginx_dirs(state: AppState, device: str) -> list[str]:
