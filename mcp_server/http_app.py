@@ -41,6 +41,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mcp_server.auth import READ, REJECTION_SCOPE_KEY, SCOPES
 from mcp_server.errors import ConfigurationError
+from mcp_server.fastmcp_internals import custom_routes, low_level, open_sessions
 from mcp_server.http_guard import HttpGuard, SessionManager
 from mcp_server.settings import Settings, comma_list
 
@@ -206,18 +207,18 @@ def build_http_app(
         endpoint = BearerRequired(transport_app, path=path, auth=auth, trusted=trusted)
     middleware.append(Middleware(HttpGuard, settings=settings, path=path, state_of=server.state_of))
     routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
-    routes.extend(server._get_additional_http_routes())
+    routes.extend(custom_routes(server))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        manager = SessionManager(server._mcp_server, settings=settings, state_of=server.state_of)
+        manager = SessionManager(low_level(server), settings=settings, state_of=server.state_of)
         transport_app.session_manager = manager
         async with manager.run():
             try:
                 yield
             finally:
                 # end open sessions before the task group goes (an SSE stream cut mid-flight logs errors)
-                for session in list(manager._server_instances.values()):
+                for session in list(open_sessions(manager).values()):
                     with contextlib.suppress(Exception):
                         await session.terminate()
 

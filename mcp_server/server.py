@@ -26,6 +26,7 @@ from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signin
 from mcp_server.config_monitoring.notifier import ConfigNotifier
 from mcp_server.errors import ConfigurationError
 from mcp_server.events import ConfigChanged
+from mcp_server.fastmcp_internals import low_level, registered_components
 from mcp_server.http_app import build_http_app, serve_http
 from mcp_server.logs import redact_log_handlers
 from mcp_server.middleware import AuditMiddleware, InvalidParamsMiddleware, ResultBudgetMiddleware
@@ -218,7 +219,7 @@ def build_server(
     # On the 2026-07-28 protocol the SDK checks Mcp-Param headers on every tools/call with arguments; without
     # a schema lookup it runs the whole tools/list chain per call (10-15 ms, most of a cached call's time).
     # Our tools declare no such headers, so their registered input schemas answer the same question.
-    mcp._mcp_server.get_tool_input_schema = {t.name: t.parameters for t in tools}.get
+    low_level(mcp).get_tool_input_schema = {t.name: t.parameters for t in tools}.get
     audit.tool_scopes = {t.name: required_scope(t.tags) for t in tools}
     budget.keep_newest = {t.name for t in tools if KEEP_NEWEST in t.tags}
     resources.register(mcp)
@@ -251,7 +252,7 @@ def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
     seen: dict[str, Tool] = {}
     for area in AREAS:
         area.register(mcp)
-        for component in mcp.local_provider._components.values():
+        for component in registered_components(mcp):
             if isinstance(component, Tool) and component.name not in seen:
                 seen[component.name] = component
                 if settings.tool_schemas == "compact":

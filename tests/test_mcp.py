@@ -14,6 +14,7 @@ from mcp import MCPError
 from sqlalchemy import select
 
 from mcp_server.db.tables import DeviceRow, SecretRow
+from mcp_server.fastmcp_internals import low_level
 from mcp_server.state import AppState
 from tests.app_fixtures import audit_rows
 from tests.helpers import hints, read_text, structured
@@ -362,7 +363,7 @@ async def test_the_fast_input_schema_lookup_agrees_with_tools_list(
 ) -> None:
     from mcp_server.server import build_server
 
-    lookup = build_server(state.settings, state=state)._mcp_server.get_tool_input_schema
+    lookup = low_level(build_server(state.settings, state=state)).get_tool_input_schema
     assert lookup is not None
     for tool in await client.list_tools():
         schema = lookup(tool.name)

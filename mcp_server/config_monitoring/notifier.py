@@ -20,6 +20,7 @@ from fastmcp import FastMCP
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ResourceUpdated
 
 from mcp_server.events import ConfigChanged, Event
+from mcp_server.fastmcp_internals import low_level
 
 log = logging.getLogger(__name__)
 SEND_TIMEOUT = 5.0
@@ -43,7 +44,7 @@ class ConfigNotifier:
 
     def install(self, mcp: FastMCP) -> None:
         """Serve subscriptions/listen, resources/subscribe and resources/unsubscribe on the server."""
-        low = mcp._mcp_server
+        low = low_level(mcp)
         low.add_request_handler("subscriptions/listen", mt.SubscriptionsListenRequestParams, self.listen)
         low.add_request_handler("resources/subscribe", mt.SubscribeRequestParams, self._subscribe)
         low.add_request_handler("resources/unsubscribe", mt.UnsubscribeRequestParams, self._unsubscribe)
