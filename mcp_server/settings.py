@@ -182,6 +182,12 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(
         default=256, ge=1, le=100_000, description="Open HTTP connections accepted at once; more are refused."
     )
+    max_subscriptions_per_session: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Resources one MCP session (or one subscriptions/listen stream) may subscribe to.",
+    )
     audit_auth_failures_per_minute: int = Field(
         default=60,
         ge=0,

@@ -33,7 +33,7 @@ from mcp import MCPError
 from mcp_server.auth import ADMIN, READ, WRITE, SigningKey
 from mcp_server.http_app import uvicorn_config
 from mcp_server.http_guard import AuthFailureLog
-from mcp_server.server import build_server
+from mcp_server.server import InfrastructorServer, build_server
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import audit_rows, make_settings
 from tests.helpers import free_port
@@ -47,6 +47,7 @@ MB = 1_000_000
 class Served:
     url: str
     state: AppState
+    server: InfrastructorServer
 
     @property
     def base(self) -> str:
@@ -85,7 +86,7 @@ async def serve(tmp_path: Path, **overrides: Any) -> AsyncIterator[Served]:
             assert time.monotonic() < deadline and not task.done(), "uvicorn did not start"
             await asyncio.sleep(0.02)
         try:
-            yield Served(f"http://127.0.0.1:{port}/mcp", state)
+            yield Served(f"http://127.0.0.1:{port}/mcp", state, server)
         finally:
             uv.should_exit = True
             await asyncio.wait_for(task, 20)
