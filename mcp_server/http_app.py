@@ -365,7 +365,7 @@ def _shed(connections: list[GuardedH11Protocol]) -> bool:
     if not waiting:
         return False
     _, victim = min(waiting, key=lambda pair: pair[0])
-    log.info("closed a waiting connection from %s to admit a new one", victim.client)
+    log.debug("closed a waiting connection from %s to admit a new one", victim.client)
     victim.transport.close()
     return True
 

@@ -33,7 +33,7 @@ from fastmcp.client.transports import StreamableHttpTransport
 from mcp import MCPError
 
 from mcp_server.auth import ADMIN, READ, WRITE, SigningKey
-from mcp_server.http_app import uvicorn_config
+from mcp_server.http_app import GuardedH11Protocol, uvicorn_config
 from mcp_server.http_guard import AuthFailureLog
 from mcp_server.server import InfrastructorServer, build_server
 from mcp_server.state import AppState, open_state
@@ -50,6 +50,7 @@ class Served:
     url: str
     state: AppState
     server: InfrastructorServer
+    uvicorn: uvicorn.Server
 
     @property
     def base(self) -> str:
@@ -88,7 +89,7 @@ async def serve(tmp_path: Path, **overrides: Any) -> AsyncIterator[Served]:
             assert time.monotonic() < deadline and not task.done(), "uvicorn did not start"
             await asyncio.sleep(0.02)
         try:
-            yield Served(f"http://127.0.0.1:{port}/mcp", state, server)
+            yield Served(f"http://127.0.0.1:{port}/mcp", state, server, uv)
         finally:
             uv.should_exit = True
             await asyncio.wait_for(task, 20)
@@ -529,6 +530,12 @@ def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
     return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
 
 
+def waiting(connection: object) -> tuple[bool, float] | None:
+    """What a server-side connection waits for (see GuardedH11Protocol.waiting)."""
+    assert isinstance(connection, GuardedH11Protocol)
+    return connection.waiting()
+
+
 def still_open(sock: socket.socket) -> bool:
     """Whether the server has neither closed the connection nor answered on it."""
     readable, _, _ = select.select([sock], [], [], 0)
@@ -551,7 +558,10 @@ async def test_connections_beyond_the_cap_are_refused_when_every_one_is_busy(tmp
         busy = [connect(served.port) for _ in range(4)]
         for sock in busy:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        connections = served.uvicorn.server_state.connections
         try:
+            # the server has read their bytes: none is waiting for a first byte
+            await until(lambda: [waiting(c) for c in connections] == [None] * 4, 30)
             deadline = time.monotonic() + 30
             refused, _ = await asyncio.to_thread(slow_client, served.port, b"", deadline)
             assert refused.startswith(b"HTTP/1.1 503")
