@@ -23,6 +23,7 @@
     │   └── SessionLimit               a long-lived stream would leave no SSH session for commands
     ├── ParseError                     output we could not understand (carries an excerpt)
     ├── MissingScope                   the caller's token lacks the scope a tool or resource needs
+    ├── SubscriptionLimit              a session or subject already holds as many subscriptions as allowed
     └── StorageError                   the database refused or is unreachable
 
 Foreign exceptions (asyncssh, OSError, SQLAlchemy) are translated into these at the I/O edge
@@ -242,6 +243,10 @@ class ParseError(InfrastructorError):
 
 class MissingScope(InfrastructorError):
     error_type = "missing_scope"
+
+
+class SubscriptionLimit(InfrastructorError):
+    error_type = "subscription_limit"
 
 
 class StorageError(InfrastructorError):

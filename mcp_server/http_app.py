@@ -1,6 +1,7 @@
 """The HTTP face of the server, built one way for every entry point (`infrastructor serve`, `fastmcp run`).
 
-    uvicorn (GuardedH11Protocol: connection cap, header and body read timeouts, no proxy headers)
+    uvicorn (GuardedH11Protocol: connection caps in all and per client IP, silent connections shed at a cap,
+             header and body read timeouts, no proxy headers)
     └── Host/Origin check (DNS rebinding)
         └── bearer-token authentication (auth.py; a refused token leaves its reason in the scope)
             └── HttpGuard: per-subject (or per-IP) request rate -> 429; refused tokens -> audit (rate-limited)
@@ -41,6 +42,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mcp_server.auth import READ, REJECTION_SCOPE_KEY, SCOPES
 from mcp_server.errors import ConfigurationError
+from mcp_server.fastmcp_internals import custom_routes, low_level, open_sessions
 from mcp_server.http_guard import HttpGuard, SessionManager
 from mcp_server.settings import Settings, comma_list
 
@@ -206,18 +208,18 @@ def build_http_app(
         endpoint = BearerRequired(transport_app, path=path, auth=auth, trusted=trusted)
     middleware.append(Middleware(HttpGuard, settings=settings, path=path, state_of=server.state_of))
     routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
-    routes.extend(server._get_additional_http_routes())
+    routes.extend(custom_routes(server))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        manager = SessionManager(server._mcp_server, settings=settings, state_of=server.state_of)
+        manager = SessionManager(low_level(server), settings=settings, state_of=server.state_of)
         transport_app.session_manager = manager
         async with manager.run():
             try:
                 yield
             finally:
                 # end open sessions before the task group goes (an SSE stream cut mid-flight logs errors)
-                for session in list(manager._server_instances.values()):
+                for session in list(open_sessions(manager).values()):
                     with contextlib.suppress(Exception):
                         await session.terminate()
 
@@ -233,7 +235,14 @@ def build_http_app(
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with a cap on open connections and deadlines for slow clients.
+    """uvicorn's HTTP/1.1 protocol with caps on open connections and deadlines for slow clients.
+
+    At most `max_connections` connections are open, and at most `max_per_ip` from one client IP (the socket
+    peer; `trusted` proxies, which carry many clients, only count against the total). A connection beyond a
+    cap takes the place of one that is waiting for the first byte of a request: one that has never sent a
+    byte first, else one idle between requests, the longest-waiting first. So connections opened and left
+    silent cannot lock a client that sends its request out; only when every connection is busy is a new one
+    refused (503).
 
     A request's headers must arrive within `header_timeout` of the connection opening (or of the previous
     response), and its body within `body_timeout` of the headers; otherwise the connection is answered 408
@@ -243,13 +252,18 @@ class GuardedH11Protocol(H11Protocol):
     header_timeout = 10.0
     body_timeout = 30.0
     max_connections = 256
+    max_per_ip = 64
+    trusted: Networks = []
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self._deadline: asyncio.TimerHandle | None = None
         self._waiting_for: str | None = None
+        self._spoke = False
+        self._idle_since: float | None = None
         super().connection_made(transport)
-        if len(self.connections) > self.max_connections:
-            log.warning("refused a connection from %s: %d open", self.client, len(self.connections) - 1)
+        refusal = self._make_room()
+        if refusal is not None:
+            log.warning("refused a connection from %s: %s", self.client, refusal)
             transport.write(
                 b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\nretry-after: 1\r\n"
                 b"content-length: 0\r\n\r\n"
@@ -258,7 +272,36 @@ class GuardedH11Protocol(H11Protocol):
             return
         self._follow()
 
+    def _make_room(self) -> str | None:
+        """Shed a waiting connection for each cap this one would exceed; why it cannot be admitted, if so."""
+        others = [
+            c
+            for c in self.connections
+            if isinstance(c, GuardedH11Protocol) and c is not self and not c.transport.is_closing()
+        ]
+        ip = self.client[0] if self.client else None
+        if ip is not None and not self._trusted(ip):
+            same = [c for c in others if c.client is not None and c.client[0] == ip]
+            if len(same) >= self.max_per_ip and not _shed(same):
+                return f"{len(same)} open from {ip} (INFRA_HTTP_MAX_CONNECTIONS_PER_IP)"
+            others = [c for c in others if not c.transport.is_closing()]
+        if len(others) >= self.max_connections and not _shed(others):
+            return f"{len(others)} open (INFRA_HTTP_MAX_CONNECTIONS)"
+        return None
+
+    def _trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted)
+
+    def waiting(self) -> tuple[bool, float] | None:
+        """(has sent a byte, since when) while the connection waits for the first byte of a request."""
+        return None if self._idle_since is None else (self._spoke, self._idle_since)
+
     def data_received(self, data: bytes) -> None:
+        self._spoke = True
         super().data_received(data)
         self._follow()
 
@@ -271,7 +314,13 @@ class GuardedH11Protocol(H11Protocol):
         super().connection_lost(exc)
 
     def _follow(self) -> None:
-        """Arm the deadline that matches what the client owes us now (headers, a body, or nothing)."""
+        """Arm the deadline that matches what the client owes us now (headers, a body, or nothing), and note
+        whether it is waiting for the first byte of a request."""
+        idle = self.conn.their_state is h11.IDLE and not self.conn.trailing_data[0]
+        if not idle:
+            self._idle_since = None
+        elif self._idle_since is None:
+            self._idle_since = self.loop.time()
         if self.transport.is_closing():
             self._arm(None)
         elif self.conn.their_state is h11.IDLE:
@@ -309,6 +358,18 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
 
+def _shed(connections: list[GuardedH11Protocol]) -> bool:
+    """Close the connection that has waited longest for a request's first byte, preferring one that never
+    sent a byte; False when every one is busy."""
+    waiting = [(w, c) for c in connections if (w := c.waiting()) is not None]
+    if not waiting:
+        return False
+    _, victim = min(waiting, key=lambda pair: pair[0])
+    log.debug("closed a waiting connection from %s to admit a new one", victim.client)
+    victim.transport.close()
+    return True
+
+
 def protocol_for(settings: Settings) -> type[GuardedH11Protocol]:
     return type(
         "GuardedH11Protocol",
@@ -317,6 +378,8 @@ def protocol_for(settings: Settings) -> type[GuardedH11Protocol]:
             "header_timeout": settings.http_header_timeout,
             "body_timeout": settings.http_body_timeout,
             "max_connections": settings.http_max_connections,
+            "max_per_ip": settings.http_max_connections_per_ip,
+            "trusted": settings.trusted_proxy_networks,
         },
     )
 

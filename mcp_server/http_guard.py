@@ -27,6 +27,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_server.auth import ADMIN, REJECTION_SCOPE_KEY, granted, unverified_claims
+from mcp_server.fastmcp_internals import open_sessions
 from mcp_server.middleware import client_ip
 from mcp_server.redact import digest
 from mcp_server.settings import Settings
@@ -301,12 +302,12 @@ class SessionManager(FastMCPStreamableHTTPSessionManager):
                 "wait for an idle one to close.",
                 self._soonest_expiry(held),
             )
-        if not admin and len(self._server_instances) >= self.total_cap:
+        if not admin and len(open_sessions(self)) >= self.total_cap:
             return (
                 503,
-                f"Too many open MCP sessions in all ({len(self._server_instances)}, INFRA_HTTP_MAX_SESSIONS); "
+                f"Too many open MCP sessions in all ({len(open_sessions(self))}, INFRA_HTTP_MAX_SESSIONS); "
                 "retry later.",
-                self._soonest_expiry(set(self._server_instances)),
+                self._soonest_expiry(set(open_sessions(self))),
             )
         return None
 
@@ -316,7 +317,7 @@ class SessionManager(FastMCPStreamableHTTPSessionManager):
         deadlines = [
             scope.deadline - now
             for sid in session_ids
-            if (transport := self._server_instances.get(sid)) is not None
+            if (transport := open_sessions(self).get(sid)) is not None
             and (scope := transport.idle_scope) is not None
             and math.isfinite(scope.deadline)
         ]

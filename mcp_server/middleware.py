@@ -11,16 +11,17 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mcp_types as mt
 from fastmcp.exceptions import FastMCPError, NotFoundError, PromptError, ResourceError, ToolError
 from fastmcp.exceptions import ValidationError as ArgumentsError
 from fastmcp.resources import ResourceContent, ResourceResult
-from fastmcp.server.dependencies import get_access_token, get_http_request
+from fastmcp.server.dependencies import get_http_request
 from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools import ToolResult
 from mcp import MCPError
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 
@@ -40,6 +41,9 @@ from mcp_server.errors import (
 from mcp_server.redact import redact_text
 from mcp_server.settings import Settings
 from mcp_server.tools.notify import warn
+
+if TYPE_CHECKING:
+    from mcp_server.state import AppState
 
 # No tool is named longer than this; a longer name is refused before it is looked up, echoed or stored.
 MAX_TOOL_NAME = 128
@@ -68,6 +72,44 @@ def client_ip(request: Request, trusted: list[ipaddress.IPv4Network | ipaddress.
         if not any(address in net for net in trusted):
             return hop
     return hops[-1]
+
+
+def authorize(scopes: set[str] | None, needed: str, what: str) -> None:
+    """Raise MissingScope unless `scopes` (None: not checked) hold `needed`."""
+    if scopes is not None and needed not in scopes:
+        have = ", ".join(sorted(scopes)) or "no infra scopes"
+        raise MissingScope(f"missing scope {needed}: {what} needs {needed}; this token has {have}.")
+
+
+def write_audit(
+    state: AppState,
+    ctx: CallContext,
+    *,
+    kind: str,
+    arguments: dict[str, Any],
+    device: str | None,
+    started: float,
+    outcome: str,
+    error_type: str | None,
+    message: str | None,
+) -> None:
+    """The audit row of one call (a tool call, a resource read, a subscription) from its context."""
+    trace = ctx.trace
+    state.writer.audit(
+        occurred_at=datetime.now(UTC),
+        kind=kind,
+        **ctx.audit_fields(),
+        arguments=arguments,
+        device=device,
+        command=",".join(dict.fromkeys(trace.commands)) or None,
+        params=None,
+        cache_hit=trace.executions == 0 and trace.cache_hits > 0,
+        ssh_commands=trace.ssh_commands,
+        duration_ms=(time.perf_counter() - started) * 1000,
+        outcome=outcome,
+        error_type=error_type,
+        error_message=message,
+    )
 
 
 def _outcome(exc: BaseException) -> tuple[str, str, str | None]:
@@ -105,30 +147,32 @@ class AuditMiddleware(Middleware):
         self.tool_scopes: dict[str, str] = {}
 
     def _context(self, target: str) -> tuple[CallContext, set[str] | None]:
-        """The caller's context and, over authenticated HTTP, its effective scopes."""
         try:
-            request = get_http_request()
+            request: Request | None = get_http_request()
         except RuntimeError:
+            request = None
+        return self.caller(target, request)
+
+    def caller(self, target: str, request: Request | None) -> tuple[CallContext, set[str] | None]:
+        """The context of a call that arrived with `request` (None: not over HTTP) and, over authenticated
+        HTTP, the caller's effective scopes."""
+        if request is None:
             subject = f"local:{self.os_user}" if self.transport == "stdio" else None
             return CallContext(transport=self.transport, tool=target, subject=subject), None
-        token = get_access_token()
-        scopes = granted(token.scopes) if token is not None else set()
+        user = request.scope.get("user")
+        token = user.access_token if isinstance(user, AuthenticatedUser) else None
+        claims = getattr(token, "claims", None) or {}
         ctx = CallContext(
             transport="http",
             tool=target,
-            subject=(token.claims.get("sub") if token is not None else None),
+            subject=claims.get("sub"),
             client_id=token.client_id if token is not None else None,
             client_ip=client_ip(request, self.trusted),
             user_agent=(request.headers.get("user-agent") or "")[:512] or None,
             request_path=request.url.path,
         )
+        scopes = granted(token.scopes) if token is not None else set()
         return ctx, scopes if self.enforce_scopes else None
-
-    @staticmethod
-    def _authorize(scopes: set[str] | None, needed: str, what: str) -> None:
-        if scopes is not None and needed not in scopes:
-            have = ", ".join(sorted(scopes)) or "no infra scopes"
-            raise MissingScope(f"missing scope {needed}: {what} needs {needed}; this token has {have}.")
 
     def _too_large(self, what: str, text: str) -> str | None:
         limit = self.settings.max_argument_chars
@@ -161,7 +205,7 @@ class AuditMiddleware(Middleware):
         def admit() -> None:
             if problem is not None:
                 raise ArgumentsTooLarge(f"Refused tool call: {problem}")
-            self._authorize(scopes, needed, f"tool {name!r}")
+            authorize(scopes, needed, f"tool {name!r}")
 
         return await self._audited(
             context,
@@ -185,7 +229,7 @@ class AuditMiddleware(Middleware):
         def admit() -> None:
             if problem is not None:
                 raise ArgumentsTooLarge(f"Refused resource read: {problem}")
-            self._authorize(scopes, needed, f"resource {uri}")
+            authorize(scopes, needed, f"resource {uri}")
 
         return await self._audited(
             context,
@@ -230,21 +274,16 @@ class AuditMiddleware(Middleware):
         finally:
             state = context.fastmcp_context.lifespan_context.get("state") if context.fastmcp_context else None
             if state is not None:
-                trace = ctx.trace
-                state.writer.audit(
-                    occurred_at=datetime.now(UTC),
+                write_audit(
+                    state,
+                    ctx,
                     kind=kind,
-                    **ctx.audit_fields(),
                     arguments=arguments,
                     device=device,
-                    command=",".join(dict.fromkeys(trace.commands)) or None,
-                    params=None,
-                    cache_hit=trace.executions == 0 and trace.cache_hits > 0,
-                    ssh_commands=trace.ssh_commands,
-                    duration_ms=(time.perf_counter() - started) * 1000,
+                    started=started,
                     outcome=outcome,
                     error_type=error_type,
-                    error_message=message,
+                    message=message,
                 )
 
 

@@ -26,6 +26,7 @@ from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signin
 from mcp_server.config_monitoring.notifier import ConfigNotifier
 from mcp_server.errors import ConfigurationError
 from mcp_server.events import ConfigChanged
+from mcp_server.fastmcp_internals import low_level, registered_components
 from mcp_server.http_app import build_http_app, serve_http
 from mcp_server.logs import redact_log_handlers
 from mcp_server.middleware import AuditMiddleware, InvalidParamsMiddleware, ResultBudgetMiddleware
@@ -34,6 +35,7 @@ from mcp_server.polling.service import PollingService
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings, load_settings
 from mcp_server.state import AppState, open_database, open_state
+from mcp_server.subscriptions import Subscriptions
 from mcp_server.tools import (
     KEEP_NEWEST,
     admin,
@@ -75,6 +77,8 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         self.settings = settings
         self.audit = audit
         self.app_state: AppState | None = None
+        self.notifier = ConfigNotifier()
+        self.subscriptions = Subscriptions(settings, audit, self.state_of, self.notifier)
 
     def state_of(self) -> AppState | None:
         """The running AppState (None before the lifespan has opened it)."""
@@ -173,7 +177,6 @@ def build_server(
     Without `state` the lifespan builds (and closes) its own; with one, clients share that state.
     With `signing_key`, HTTP requests need a bearer JWT it verifies, and tools and resources need their scope.
     """
-    notifier = ConfigNotifier()
 
     @contextlib.asynccontextmanager
     async def lifespan(server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
@@ -190,8 +193,8 @@ def build_server(
                 stack.push_async_callback(_stop_polling, running)
             server.app_state = running
             stack.callback(setattr, server, "app_state", None)
-            stack.callback(notifier.close)
-            stack.callback(running.events.subscribe(notifier.on_event, types=(ConfigChanged,)))
+            stack.callback(server.subscriptions.close)
+            stack.callback(running.events.subscribe(server.notifier.on_event, types=(ConfigChanged,)))
             yield {"state": running}
 
     # Log notifications (tools/notify.py) are a deprecated feature used on purpose: its one warning per
@@ -214,11 +217,11 @@ def build_server(
         middleware=[audit, InvalidParamsMiddleware(), budget],
     )
     tools = _register_tools(mcp, settings)
-    notifier.install(mcp)
+    mcp.subscriptions.install(mcp)
     # On the 2026-07-28 protocol the SDK checks Mcp-Param headers on every tools/call with arguments; without
     # a schema lookup it runs the whole tools/list chain per call (10-15 ms, most of a cached call's time).
     # Our tools declare no such headers, so their registered input schemas answer the same question.
-    mcp._mcp_server.get_tool_input_schema = {t.name: t.parameters for t in tools}.get
+    low_level(mcp).get_tool_input_schema = {t.name: t.parameters for t in tools}.get
     audit.tool_scopes = {t.name: required_scope(t.tags) for t in tools}
     budget.keep_newest = {t.name for t in tools if KEEP_NEWEST in t.tags}
     resources.register(mcp)
@@ -251,7 +254,7 @@ def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
     seen: dict[str, Tool] = {}
     for area in AREAS:
         area.register(mcp)
-        for component in mcp.local_provider._components.values():
+        for component in registered_components(mcp):
             if isinstance(component, Tool) and component.name not in seen:
                 seen[component.name] = component
                 if settings.tool_schemas == "compact":

@@ -214,7 +214,24 @@ class Settings(BaseSettings):
         default=30.0, gt=0, le=3600, description="Seconds a client has to send a request's body."
     )
     http_max_connections: int = Field(
-        default=256, ge=1, le=100_000, description="Open HTTP connections accepted at once; more are refused."
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Open HTTP connections accepted at once. At the cap a new connection takes the place of "
+        "the one that has waited longest without sending a byte of a request; if none has, it is refused.",
+    )
+    http_max_connections_per_ip: int = Field(
+        default=64,
+        ge=1,
+        le=100_000,
+        description="Open HTTP connections accepted at once from one client IP (the socket peer); "
+        "INFRA_TRUSTED_PROXIES are held only to INFRA_HTTP_MAX_CONNECTIONS.",
+    )
+    max_subscriptions_per_session: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Resources one MCP session (or one subscriptions/listen stream) may subscribe to.",
     )
     audit_auth_failures_per_minute: int = Field(
         default=60,

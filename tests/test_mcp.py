@@ -17,6 +17,7 @@ from sqlalchemy import select
 from mcp_server.db.tables import DeviceRow, SecretRow
 from mcp_server.devices import Device, DeviceSpec
 from mcp_server.errors import DeviceLimit
+from mcp_server.fastmcp_internals import low_level
 from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import audit_rows, make_settings
@@ -421,7 +422,7 @@ async def test_the_fast_input_schema_lookup_agrees_with_tools_list(
 ) -> None:
     from mcp_server.server import build_server
 
-    lookup = build_server(state.settings, state=state)._mcp_server.get_tool_input_schema
+    lookup = low_level(build_server(state.settings, state=state)).get_tool_input_schema
     assert lookup is not None
     for tool in await client.list_tools():
         schema = lookup(tool.name)

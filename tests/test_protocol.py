@@ -27,6 +27,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from mcp_server.auth import ADMIN, READ, SigningKey
 from mcp_server.devices import DeviceSpec
+from mcp_server.fastmcp_internals import low_level
 from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
@@ -48,7 +49,7 @@ async def memory_session(state: AppState) -> AsyncIterator[ClientSession]:
     fixture: the transport's task group must close in the task that opened it)."""
     server = build_server(state.settings, state=state)
     async with (
-        InMemoryTransport(server._mcp_server) as (read, write),
+        InMemoryTransport(low_level(server)) as (read, write),
         ClientSession(read, write) as connected,
     ):
         await connected.initialize()

@@ -12,7 +12,9 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import http.client
 import json
+import select
 import socket
 import threading
 import time
@@ -31,12 +33,12 @@ from fastmcp.client.transports import StreamableHttpTransport
 from mcp import MCPError
 
 from mcp_server.auth import ADMIN, READ, WRITE, SigningKey
-from mcp_server.http_app import uvicorn_config
+from mcp_server.http_app import GuardedH11Protocol, uvicorn_config
 from mcp_server.http_guard import AuthFailureLog
-from mcp_server.server import build_server
+from mcp_server.server import InfrastructorServer, build_server
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import audit_rows, make_settings
-from tests.helpers import free_port
+from tests.helpers import free_port, until
 
 SECRET = "k" * 48
 LEGACY = "2025-11-25"
@@ -47,6 +49,8 @@ MB = 1_000_000
 class Served:
     url: str
     state: AppState
+    server: InfrastructorServer
+    uvicorn: uvicorn.Server
 
     @property
     def base(self) -> str:
@@ -85,7 +89,7 @@ async def serve(tmp_path: Path, **overrides: Any) -> AsyncIterator[Served]:
             assert time.monotonic() < deadline and not task.done(), "uvicorn did not start"
             await asyncio.sleep(0.02)
         try:
-            yield Served(f"http://127.0.0.1:{port}/mcp", state)
+            yield Served(f"http://127.0.0.1:{port}/mcp", state, server, uv)
         finally:
             uv.should_exit = True
             await asyncio.wait_for(task, 20)
@@ -521,15 +525,48 @@ async def test_half_sent_headers_and_bodies_are_timed_out_with_408(tmp_path: Pat
             await client.call_tool("get_cache_stats", {})
 
 
-async def test_connections_beyond_the_cap_are_refused_while_the_others_are_served(tmp_path: Path) -> None:
+def connect(port: int, source: str = "127.0.0.1") -> socket.socket:
+    """A TCP connection to the server from `source` (any 127/8 address is this machine's loopback)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+
+
+def waiting(connection: object) -> tuple[bool, float] | None:
+    """What a server-side connection waits for (see GuardedH11Protocol.waiting)."""
+    assert isinstance(connection, GuardedH11Protocol)
+    return connection.waiting()
+
+
+def still_open(sock: socket.socket) -> bool:
+    """Whether the server has neither closed the connection nor answered on it."""
+    readable, _, _ = select.select([sock], [], [], 0)
+    return not readable  # a closed connection reads as end of file, an answered one as data
+
+
+def health_from(port: int, source: str) -> int:
+    """GET /health from `source`; the status."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    try:
+        conn.request("GET", "/health")
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+async def test_connections_beyond_the_cap_are_refused_when_every_one_is_busy(tmp_path: Path) -> None:
     async with serve(tmp_path, http_max_connections=4, http_header_timeout=60.0) as served:
-        idle = [socket.create_connection(("127.0.0.1", served.port), timeout=10) for _ in range(4)]
+        # each has sent half a request: none is waiting for a first byte, so none can make room
+        busy = [connect(served.port) for _ in range(4)]
+        for sock in busy:
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        connections = served.uvicorn.server_state.connections
         try:
+            # the server has read their bytes: none is waiting for a first byte
+            await until(lambda: [waiting(c) for c in connections] == [None] * 4, 30)
             deadline = time.monotonic() + 30
             refused, _ = await asyncio.to_thread(slow_client, served.port, b"", deadline)
             assert refused.startswith(b"HTTP/1.1 503")
         finally:
-            for sock in idle:
+            for sock in busy:
                 sock.close()
         # once they are gone, new connections are served again
         end = time.monotonic() + 30
@@ -541,3 +578,73 @@ async def test_connections_beyond_the_cap_are_refused_while_the_others_are_serve
             except (urllib.error.URLError, ConnectionError):
                 assert time.monotonic() < end, "the server did not accept connections again"
                 await asyncio.sleep(0.1)
+
+
+async def test_one_client_address_cannot_hold_more_than_its_share_of_the_connections(tmp_path: Path) -> None:
+    async with serve(
+        tmp_path, http_max_connections=8, http_max_connections_per_ip=3, http_header_timeout=60.0
+    ) as served:
+        flood = [connect(served.port, "127.0.0.2") for _ in range(10)]
+        try:
+            # each connection beyond three takes the place of the address's longest-silent one
+            await until(lambda: [still_open(s) for s in flood] == [False] * 7 + [True] * 3, 30)
+            statuses = await asyncio.gather(
+                *(asyncio.to_thread(health_from, served.port, f"127.0.0.{n}") for n in range(3, 8))
+            )
+            assert statuses == [200] * 5
+            assert sum(still_open(s) for s in flood) == 3
+        finally:
+            for sock in flood:
+                sock.close()
+
+
+async def test_a_trusted_proxy_is_held_only_to_the_total_connection_cap(tmp_path: Path) -> None:
+    async with serve(
+        tmp_path,
+        http_max_connections=8,
+        http_max_connections_per_ip=2,
+        http_header_timeout=60.0,
+        trusted_proxies="127.0.0.9/32",
+    ) as served:
+        proxy = [connect(served.port, "127.0.0.9") for _ in range(5)]
+        other = [connect(served.port, "127.0.0.2") for _ in range(4)]
+        try:
+            await until(lambda: sum(map(still_open, other)) == 2, 30)
+            assert all(map(still_open, proxy))
+        finally:
+            for sock in proxy + other:
+                sock.close()
+
+
+async def test_at_the_cap_a_silent_flood_from_one_address_still_lets_a_client_with_a_token_in(
+    tmp_path: Path,
+) -> None:
+    async with serve(
+        tmp_path, http_max_connections=6, http_max_connections_per_ip=6, http_header_timeout=60.0
+    ) as served:
+        flood = [connect(served.port, "127.0.0.2") for _ in range(6)]
+        stop = threading.Event()
+
+        def keep_flooding() -> None:
+            """Re-open every flood connection the server closes, as fast as it closes them."""
+            while not stop.is_set():
+                for n, sock in enumerate(flood):
+                    if not still_open(sock):
+                        sock.close()
+                        flood[n] = connect(served.port, "127.0.0.2")
+                stop.wait(0.005)
+
+        flooder = threading.Thread(target=keep_flooding, daemon=True)
+        flooder.start()
+        try:
+            async with served.client(served.token(READ)) as client:
+                for _ in range(10):
+                    result = await client.call_tool("get_cache_stats", {})
+                    assert not result.is_error
+            reply = await asyncio.to_thread(health_from, served.port, "127.0.0.3")
+            assert reply == 200
+        finally:
+            stop.set()
+            await asyncio.to_thread(flooder.join, 30)
+            for sock in flood:
+                sock.close()

@@ -20,6 +20,7 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
 from mcp_server.errors import ConfigurationError
+from mcp_server.fastmcp_internals import registered_components
 from mcp_server.prompts import NEEDS
 from mcp_server.server import ALWAYS_OFFERED, AREAS, build_server
 from mcp_server.settings import TOOLSETS
@@ -158,7 +159,7 @@ def _areas() -> dict[str, str]:
     for area in AREAS:
         scratch: FastMCP[Any] = FastMCP("scratch")
         area.register(scratch)
-        for component in scratch.local_provider._components.values():
+        for component in registered_components(scratch):
             if isinstance(component, Tool):
                 owner[component.name] = area.TOOLSET
     return owner

@@ -81,8 +81,11 @@ def register(mcp: FastMCP) -> None:
         tool: Annotated[str | None, Field(description="Tool name or resource URI.")] = None,
         outcome: Literal["ok", "error", "denied"] | None = None,
         kind: Annotated[
-            Literal["tool", "resource", "collection", "session", "auth"] | None,
-            Field(description="session: an MCP session opened or refused; auth: a refused bearer token."),
+            Literal["tool", "resource", "collection", "session", "auth", "subscription"] | None,
+            Field(
+                description="session: an MCP session opened or refused; auth: a refused bearer token; "
+                "subscription: a resource subscription or listen stream, allowed or refused."
+            ),
         ] = None,
         request_id: str | None = None,
         limit: Limit = 50,
