@@ -40,7 +40,7 @@ REGISTRY = default_registry()
 BASE_SECONDS = 0.05
 SECONDS_PER_CHAR = 20e-6
 # examples per target in CI; set INFRA_FUZZ_EXAMPLES higher for a deeper run by hand
-EXAMPLES = int(os.environ.get("INFRA_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("INFRA_FUZZ_EXAMPLES", "80"))
 
 FUZZ = settings(
     max_examples=EXAMPLES,
