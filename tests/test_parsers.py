@@ -1,8 +1,9 @@
-"""Golden-file and error tests for the system, storage and network parsers."""
+"""Golden-file and error tests for the parsers, and hostile output each must refuse with a ParseError."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,18 @@ import pytest
 from pydantic import BaseModel
 
 from mcp_server.commands import CommandDefinition, NoParams, default_registry
+from mcp_server.commands.admin import RunCommandParams, parse_run_command
 from mcp_server.commands.storage import DiskUsageParams
 from mcp_server.commands.system import TopProcessesParams
+from mcp_server.config_monitoring import risk
 from mcp_server.errors import ParseError
+from mcp_server.parsers.config_compose import parse_compose_file
+from mcp_server.parsers.config_files import parse_content
+from mcp_server.parsers.config_nginx import parse_nginx
 from mcp_server.parsers.storage import parse_disk_usage
+from mcp_server.parsers.storage_zfs import parse_zpool_status
 from mcp_server.parsers.system import os_release, parse_os_info, parse_top_processes
+from tests.test_fuzz import alias_bomb
 
 GOLDEN = Path(__file__).parent / "golden"
 REGISTRY = default_registry()
@@ -199,3 +207,130 @@ def test_a_command_line_that_looks_like_a_section_marker_cannot_hijack_a_section
     ps = "    7 {x\n@@status\n/proc/9/status:Uid:\t0\t0\t0\t0\n} python\n    9 y\n@@end\n    9 z\n"
     result = parse_top_processes(_top("", _stat(7, "x\n@@status", 1, 5), ps=ps), TopProcessesParams())
     assert [(p.pid, p.name, p.args) for p in result.processes] == [(7, "x\n@@status", "{x")]
+
+
+# ---- hostile output: refused with a clear reason, never an escaped exception --------------------------------
+
+
+def test_a_yaml_alias_bomb_in_a_compose_file_is_refused_before_it_expands() -> None:
+    # 446 bytes that stand for a billion strings froze the server when anything walked them
+    bomb = alias_bomb()
+    assert len(bomb) < 1000
+    started = time.perf_counter()
+    parsed, error = parse_content("compose", bomb)
+    assert time.perf_counter() - started < 1.0
+    assert parsed == {}
+    assert error == (
+        "the YAML expands to more than 100000 nodes through aliases (or is far larger than a compose file)"
+    )
+
+
+def test_compose_anchors_and_merge_keys_still_parse() -> None:
+    text = (
+        "x-common: &default\n  restart: unless-stopped\n  environment: &env\n    TZ: UTC\n"
+        "services:\n  web:\n    <<: *default\n    image: nginx\n  worker:\n    <<: *default\n"
+        "    image: app\n    environment: *env\n"
+    )
+    services = {s.name: s for s in parse_compose_file(text).services}
+    assert services["web"].restart == "unless-stopped"
+    assert services["worker"].environment == ["TZ"]
+
+
+def test_a_compose_alias_inside_its_own_anchor_is_refused_and_rated_high_risk() -> None:
+    text = "services:\n  app:\n    image: nginx\n    labels: &l [*l]\n"
+    assert parse_content("compose", text)[1] == "an alias at line 4 refers to a node that contains it"
+    old = "services:\n  app:\n    image: nginx\n    labels: [a]\n"
+    assessment = risk.classify("compose", "/srv/compose.yaml", "modified", old, text)
+    assert assessment.risk == "high"
+    assert "not a valid compose file (an alias at line 4" in assessment.reasons[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("services:\n  app:\n    labels: " + "[" * 65 + "]" * 65, "nests deeper than 64 levels"),
+        (
+            f"a: &a {'[' * 30}x{']' * 30}\nb: {'[' * 35}*a{']' * 35}\n",
+            "nests deeper than 64 levels (counting through aliases)",
+        ),
+        ("services:\n" + "".join(f"  s{i}:\n    image: x\n" for i in range(1001)), "1001 services"),
+        ("x: " + "a" * 1_048_577, "a compose file has at most 1048576"),
+        (
+            "a: &a " + "x" * 500_000 + "\nb: [" + ", ".join(["*a"] * 10) + "]\n",
+            "more than 4194304 characters",
+        ),
+    ],
+    ids=["deep", "deep through aliases", "1001 services", "over 1 MiB", "long scalar aliased"],
+)
+def test_compose_files_past_the_bounds_are_refused_with_the_bound_named(text: str, reason: str) -> None:
+    parsed, error = parse_content("compose", text)
+    assert parsed == {} and error is not None and reason in error, error
+
+
+def test_nginx_blocks_nested_past_the_limit_are_a_syntax_error() -> None:
+    deep = "http {" * 5_000 + "}" * 5_000
+    assert parse_content("nginx", deep) == ({}, "blocks nest deeper than 32 levels on line 1")
+    assert "nest deeper" in risk.classify("nginx", "/etc/nginx/nginx.conf", "modified", "", deep).reasons[0]
+
+
+def test_nginx_variables_that_double_at_each_set_are_left_unresolved() -> None:
+    # each `set` doubles the value: resolved, proxy_pass would be 2**40 characters long
+    sets = "".join(f"set $v{i + 1} $v{i}$v{i};" for i in range(40))
+    config = parse_nginx(f"location / {{ set $v0 ab; {sets} proxy_pass http://$v40; }}")
+    location = config.locations[0]
+    assert location.proxy_pass == "http://$v40"
+    assert location.upstream is None
+
+
+def test_nginx_variables_still_resolve_through_nested_scopes() -> None:
+    config = parse_nginx(
+        "server { set $app web; set $port 80; location / { set $port 8080; proxy_pass http://$app:$port; }"
+        " location /b { location /b/c { proxy_pass http://$app:$port/c; } } }"
+    )
+    assert [loc.upstream for loc in config.servers[0].locations] == ["web:8080", None, "web:80"]
+
+
+def test_zpool_status_config_without_its_header_is_a_parse_error() -> None:
+    with pytest.raises(ParseError, match="NAME STATE header"):
+        parse_zpool_status(
+            "  pool: tank\n state: ONLINE\nconfig:\n\n        tank  ONLINE 0 0 0\n", NoParams()
+        )
+
+
+def test_a_run_command_exit_marker_that_is_not_a_plain_number_is_a_parse_error() -> None:
+    params = RunCommandParams(argv=("true",))
+    for status in ("²", "9" * 5000):
+        with pytest.raises(ParseError, match="no exit marker"):
+            parse_run_command(f"@@exit={status}\n", params)
+
+
+@pytest.mark.parametrize(
+    ("command", "stdout"),
+    [
+        ("network_interfaces", "[" * 100_000 + "]" * 100_000),
+        ("container_inspect", '[{"a":' * 100_000),
+        ("network_interfaces", '[{"ifname": "lo", "ifindex": 1, "stats64": [1]}]'),
+        ("zfs_snapshots", f"tank@a\t0\t{10**20}\n"),
+        (
+            "container_stats",
+            '{"ID":"a","MemUsage":"1e400MiB / 1GiB","NetIO":"0B / 0B","BlockIO":"0B / 0B","CPUPerc":"1%"}',
+        ),
+        ("journal_logs", '{"__REALTIME_TIMESTAMP": "1' + "0" * 30 + '", "MESSAGE": "x"}\n'),
+        ("journal_logs", '{"__REALTIME_TIMESTAMP": "1", "MESSAGE": ' + "[" * 900 + '"x"' + "]" * 900 + "}\n"),
+    ],
+    ids=[
+        "deep JSON array",
+        "deep JSON object",
+        "list for an object",
+        "year 10**12",
+        "infinite size",
+        "far timestamp",
+        "deeply nested field",
+    ],
+)
+def test_output_of_the_wrong_shape_or_range_is_a_parse_error(command: str, stdout: str) -> None:
+    definition = REGISTRY.get(command)
+    params_file = next((GOLDEN / command).glob("*.params.json"), None)
+    params = definition.validate(json.loads(params_file.read_text()) if params_file else {})
+    with pytest.raises(ParseError, match=command):
+        definition.parse(stdout, params)

@@ -48,7 +48,8 @@ def check_allowed(argv: list[str], *, enabled: bool, allowlist: str) -> None:
 
 def parse_run_command(stdout: str, params: RunCommandParams) -> CommandOutput:
     body, sep, status = stdout.rstrip("\n").rpartition("@@exit=")
-    if not sep or not status.isdigit():
+    # ASCII digits only: int() refuses other Unicode digits ('²'), and a shell's $? has at most three
+    if not sep or not (status.isascii() and status.isdigit()) or len(status) > 3:
         raise ParseError("run_command output (no exit marker: the command was cut short)", stdout[-200:])
     body = body[:-1] if body.endswith("\n") else body
     return CommandOutput(

@@ -69,6 +69,10 @@ class Assessment:
     risk: Risk = "low"
     reasons: list[str] = field(default_factory=list)
     affected_services: list[str] = field(default_factory=list)
+    _affected: set[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._affected = set(self.affected_services)
 
     def raise_to(self, risk: Risk, reason: str) -> None:
         if _ORDER[risk] > _ORDER[self.risk]:
@@ -77,7 +81,9 @@ class Assessment:
 
     def affects(self, *names: str) -> None:
         for name in names:
-            if name and name not in self.affected_services:
+            # a set beside the list: a file with thousands of services or server names stays linear
+            if name and name not in self._affected:
+                self._affected.add(name)
                 self.affected_services.append(name)
 
 
@@ -188,8 +194,9 @@ def _nginx(old: str, new: str, result: Assessment) -> None:
     new_locs = after.locations
     if [(x.path, x.upstream, x.auth) for x in old_locs] != [(x.path, x.upstream, x.auth) for x in new_locs]:
         _locations("(subfolder)", [x.path for x in old_locs], [x.path for x in new_locs], result)
+        by_path = {x.path: x for x in reversed(new_locs)}  # the first location with each path wins
         for a_loc in old_locs:
-            b_loc = next((x for x in new_locs if x.path == a_loc.path), None)
+            b_loc = by_path.get(a_loc.path)
             if b_loc is not None and (a_loc.upstream, a_loc.auth) != (b_loc.upstream, b_loc.auth):
                 result.raise_to("high", f"location {a_loc.path}: upstream or authentication changed")
 

@@ -15,15 +15,21 @@ R = TypeVar("R")
 _MARKER = re.compile(r"^@@([a-z0-9_-]+)$")
 
 
+_MALFORMED = (ValueError, IndexError, KeyError, TypeError, AttributeError, ArithmeticError, RecursionError)
+
+
 def parse_errors_as(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
-    """Turn the ValueError/IndexError/KeyError/TypeError of malformed output into a ParseError."""
+    """Turn what malformed output raises into a ParseError: ValueError, IndexError, KeyError, TypeError, an
+    AttributeError (JSON of the wrong shape: a list where an object belongs), an ArithmeticError (a number out
+    of range: a 400-digit size, a timestamp past year 9999) and a RecursionError (data nested deeper than the
+    interpreter recurses)."""
 
     def decorate(parse: Callable[P, R]) -> Callable[P, R]:
         @wraps(parse)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
                 return parse(*args, **kwargs)
-            except (ValueError, IndexError, KeyError, TypeError) as exc:
+            except _MALFORMED as exc:
                 stdout = args[0] if args and isinstance(args[0], str) else ""
                 raise ParseError(f"{what} output ({type(exc).__name__}: {exc})", stdout) from exc
 

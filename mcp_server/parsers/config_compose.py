@@ -11,7 +11,16 @@ from pydantic import BaseModel, Field
 
 _Loader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 # Redaction leaves `KEY: ***`, which YAML reads as an alias; quoted, it is the plain text it stands for.
-_REDACTED_VALUE = re.compile(r"^([ \t]*(?:- )?[^#\n:]+:[ \t]+)\*\*\*([ \t]*(?:#.*)?)$", re.M)
+# Possessive runs: the indent, the key and the spaces cannot trade characters, so a line costs one pass.
+_REDACTED_VALUE = re.compile(r"^([ \t]*+(?:- )?[^#\n:]++:[ \t]++)\*\*\*([ \t]*+(?:#.*)?)$", re.M)
+
+# Bounds far above any real compose file. Aliases are counted expanded: a few hundred bytes of anchors can
+# stand for billions of nodes, and anything that walks the data (validation, str(), ==) pays for each one.
+MAX_CHARS = 1_048_576
+MAX_NODES = 100_000
+MAX_SCALAR_CHARS = 4 * MAX_CHARS
+MAX_DEPTH = 64
+MAX_SERVICES = 1_000
 
 
 class ComposeSyntaxError(ValueError):
@@ -47,16 +56,89 @@ class ComposeFile(BaseModel):
     secrets: list[str]
 
 
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    return list(node.value) if isinstance(node, yaml.SequenceNode) else []
+
+
+def check_expansion(root: yaml.Node) -> None:
+    """Refuse a node graph that, with every alias expanded, has more than MAX_NODES nodes, MAX_SCALAR_CHARS
+    characters of scalars or MAX_DEPTH levels, or that contains itself. Each distinct node is visited once
+    (sizes are memoised), so the check is linear in the text however much the aliases multiply."""
+    done: dict[int, tuple[int, int, int]] = {}  # id(node) -> (nodes, scalar characters, depth) expanded
+    open_: set[int] = set()  # collections whose children are being counted
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_counted = stack.pop()
+        key = id(node)
+        if children_counted:
+            sizes = [done[id(child)] for child in _children(node)]
+            nodes = 1 + sum(s[0] for s in sizes)
+            chars = sum(s[1] for s in sizes)
+            depth = 1 + max((s[2] for s in sizes), default=0)
+            open_.discard(key)
+        elif key in done:
+            continue
+        elif key in open_:
+            raise ComposeSyntaxError(
+                f"an alias at line {node.start_mark.line + 1} refers to a node that contains it"
+            )
+        elif isinstance(node, yaml.ScalarNode):
+            nodes, chars, depth = 1, len(node.value), 1
+        else:
+            open_.add(key)
+            stack.append((node, True))
+            stack.extend((child, False) for child in _children(node))
+            continue
+        if nodes > MAX_NODES:
+            raise ComposeSyntaxError(
+                f"the YAML expands to more than {MAX_NODES} nodes through aliases (or is far larger than a "
+                "compose file)"
+            )
+        if chars > MAX_SCALAR_CHARS:
+            raise ComposeSyntaxError(
+                f"the YAML expands to more than {MAX_SCALAR_CHARS} characters through aliases"
+            )
+        if depth > MAX_DEPTH:
+            raise ComposeSyntaxError(
+                f"the YAML nests deeper than {MAX_DEPTH} levels (counting through aliases)"
+            )
+        done[key] = (nodes, chars, depth)
+
+
+def _yaml(text: str) -> Any:
+    """The one YAML document, refused before any Python object is built when it expands too far."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        check_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_compose(text: str) -> dict[str, Any]:
     """The YAML document as a mapping; ComposeSyntaxError when it is not one compose could use."""
+    if len(text) > MAX_CHARS:
+        raise ComposeSyntaxError(
+            f"the file has {len(text)} characters; a compose file has at most {MAX_CHARS}"
+        )
     text = _REDACTED_VALUE.sub(r'\1"***"\2', text) if "***" in text else text
     try:
-        data = yaml.load(text, Loader=_Loader)
+        data = _yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ComposeSyntaxError(f"not valid YAML{where}: {problem}") from None
+    except (ValueError, OverflowError) as exc:
+        if isinstance(exc, ComposeSyntaxError):
+            raise
+        # a scalar that resolves to a type it cannot be: a timestamp of month 13, an integer of 5000 digits
+        raise ComposeSyntaxError(f"not valid YAML: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -64,6 +146,8 @@ def load_compose(text: str) -> dict[str, Any]:
     services = data.get("services", {})
     if services is not None and not isinstance(services, dict):
         raise ComposeSyntaxError("'services' must be a mapping of service names to definitions")
+    if services and len(services) > MAX_SERVICES:
+        raise ComposeSyntaxError(f"{len(services)} services; a compose file here has at most {MAX_SERVICES}")
     return data
 
 

@@ -129,11 +129,13 @@ _NGINX_VALUE_DIRECTIVES = (
     "set",
     "env",
 )
+# Possessive throughout, so no two parts trade characters (a lazy value before `[ \t]*;` was cubic on a long
+# line); the spaces an unquoted value ends with go back to the tail in _nginx_pair.
 _NGINX_PAIR = re.compile(
-    r"^(?P<head>[ \t]*(?:"
+    r"^(?P<head>[ \t]*+(?:"
     + "|".join(_NGINX_VALUE_DIRECTIVES)
-    + r")[ \t]+(?P<q>[\"']?)(?P<name>[$\w.-]{1,64})(?P=q)[ \t]+)"
-    r"(?P<value>\"[^\"\n]*\"|'[^'\n]*'|[^;\s][^;\n]*?)(?P<tail>[ \t]*;)",
+    + r")[ \t]++(?P<q>[\"']?)(?P<name>[$\w.-]{1,64}+)(?P=q)[ \t]++)"
+    r"(?P<value>\"[^\"\n]*+\"(?=[ \t]*+;)|'[^'\n]*+'(?=[ \t]*+;)|[^;\s][^;\n]*+)(?P<tail>[ \t]*+;)",
     re.M,
 )
 _CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
@@ -148,7 +150,8 @@ def _nginx_pair(match: re.Match[str]) -> str:
         return match.group(0)
     value = match.group("value")
     quote = value[0] if value[0] in "\"'" else ""
-    return f"{match.group('head')}{quote}{REDACTED}{quote}{match.group('tail')}"
+    spaces = value[len(value.rstrip(" \t")) :]
+    return f"{match.group('head')}{quote}{REDACTED}{quote}{spaces}{match.group('tail')}"
 
 
 def _systemd_environment(line: str) -> str:

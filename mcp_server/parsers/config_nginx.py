@@ -7,6 +7,8 @@ A real tokenizer (quotes, escapes, comments, blocks), not line matching: SWAG co
 from __future__ import annotations
 
 import re
+from collections import ChainMap
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel, Field
@@ -15,6 +17,11 @@ from pydantic import BaseModel, Field
 _AUTH_INCLUDES = ("authelia", "authentik", "ldap", "tinyauth", "oauth2-proxy", "oauth2_proxy", "organizr")
 _PASS_DIRECTIVES = ("proxy_pass", "fastcgi_pass", "grpc_pass", "uwsgi_pass", "scgi_pass")
 _VARIABLE = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+# Real configs nest http > server > location > location > if; past this the text is hostile, and the walks
+# below recurse once per level.
+MAX_DEPTH = 32
+# `set $b $a$a; set $c $b$b; ...` doubles a value per line; one that resolves longer stays unresolved.
+MAX_RESOLVED_CHARS = 512
 
 
 class NginxSyntaxError(ValueError):
@@ -98,6 +105,8 @@ def parse_directives(text: str) -> list[Directive]:
         elif not quoted and token == "{":
             if name is None:
                 raise NginxSyntaxError(f"block without a directive name on line {at}")
+            if len(stack) > MAX_DEPTH:
+                raise NginxSyntaxError(f"blocks nest deeper than {MAX_DEPTH} levels on line {at}")
             directive = Directive(name, args, line, block=[])
             stack[-1].append(directive)
             stack.append(directive.block)  # type: ignore[arg-type]
@@ -148,11 +157,24 @@ class NginxConfig(BaseModel):
     includes: list[str] = Field(description="Top-level includes.")
 
 
-Scope = dict[str, str]
+Scope = Mapping[str, str | None]  # variable -> value; None: too long to resolve
 
 
-def _resolve(value: str, scope: Scope) -> str:
-    return _VARIABLE.sub(lambda m: scope.get(m.group(1), m.group(0)), value)
+def _resolve(value: str, scope: Scope) -> str | None:
+    """value with the variables `set` in scope substituted; None when it would pass MAX_RESOLVED_CHARS or uses
+    a variable that did."""
+    parts: list[str] = []
+    size, end = 0, 0
+    for match in _VARIABLE.finditer(value):
+        text = scope.get(match.group(1), match.group(0))
+        if text is None:
+            return None
+        parts += (value[end : match.start()], text)
+        size += match.start() - end + len(text)
+        end = match.end()
+        if size > MAX_RESOLVED_CHARS:
+            return None
+    return "".join(parts) + value[end:] if parts else value
 
 
 def _upstream(target: str) -> str | None:
@@ -181,11 +203,14 @@ def _auth(block: list[Directive], scope: Scope) -> list[str]:
 
 
 def _sets(block: list[Directive], scope: Scope) -> Scope:
-    inner = dict(scope)
+    """The scope inside a block: its own `set`s layered over the outer ones (never a copy of them, which
+    made a server with many `set`s and many locations quadratic)."""
+    own: dict[str, str | None] = {}
+    inner = ChainMap(own, *(scope.maps if isinstance(scope, ChainMap) else [scope]))
     for d in block:
         if d.name == "set" and len(d.args) >= 2:
-            inner[d.args[0].lstrip("$")] = _resolve(d.args[1], inner)
-    return inner
+            own[d.args[0].lstrip("$")] = _resolve(d.args[1], inner)
+    return inner if own else scope
 
 
 def _location(
@@ -194,7 +219,7 @@ def _location(
     body = d.block or []
     inner = _sets(body, scope)
     target = next((c.args[0] for c in body if c.name in _PASS_DIRECTIVES and c.args), None)
-    resolved = _resolve(target, inner) if target else None
+    resolved = (_resolve(target, inner) or target) if target else None
     ret = next((" ".join(c.args) for c in body if c.name == "return" and c.args), None)
     own = _auth(body, inner)
     return NginxLocation(

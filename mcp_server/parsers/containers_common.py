@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)\s*([A-Za-z]*)\s*$")
+# possessive: the spaces around the unit cannot trade characters (quadratic on a run of spaces)
+_SIZE = re.compile(r"^\s*+([0-9]++(?:\.[0-9]++)?(?:e[+-]?[0-9]++)?)\s*+([A-Za-z]*+)\s*+$")
 _UNITS = {
     "": 1,
     "b": 1,

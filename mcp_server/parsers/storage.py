@@ -24,11 +24,15 @@ PSEUDO_FSTYPES = frozenset(
 # what busybox df shows as the source of a pseudo mount when /proc/mounts was unreadable
 _PSEUDO_SOURCES = frozenset({"tmpfs", "devtmpfs", "udev", "overlay", "none", "shm", "proc", "sysfs"})
 
-_SPACE = r"(?P<size>\d+|-)\s+(?P<used>\d+|-)\s+(?P<avail>\d+|-)\s+(?:\d+%|-)"
-_INODES = r"(?P<itotal>\d+|-)\s+(?P<iused>\d+|-)\s+(?P<ifree>\d+|-)\s+(?:\d+%|-)"
-# the source is matched lazily and everything after it is anchored, so spaces in source or mount point parse
-_GNU_LINE = re.compile(rf"^(?P<source>.+?)\s+(?P<fstype>\S+)\s+{_SPACE}\s+{_INODES}\s+(?P<target>/.*?)\s*$")
-_POSIX_LINE = re.compile(rf"^(?P<source>.+?)\s+{_SPACE}\s+(?P<target>/.*?)\s*$")
+_SPACE = r"(?P<size>\d++|-)\s++(?P<used>\d++|-)\s++(?P<avail>\d++|-)\s++(?:\d++%|-)"
+_INODES = r"(?P<itotal>\d++|-)\s++(?P<iused>\d++|-)\s++(?P<ifree>\d++|-)\s++(?:\d++%|-)"
+# The source is matched lazily and everything after it is anchored, so spaces in source or mount point parse.
+# It ends on a non-space and every field is possessive, so each try costs only the fields it reads and
+# starts only at the end of a word: linear, where backtracking `\s+` runs made a long line cubic.
+_SOURCE = r"^(?P<source>\s|.*?\S)\s++"
+_TARGET = r"\s++(?P<target>/.*)"  # to the end of the line; its trailing spaces are stripped after
+_GNU_LINE = re.compile(rf"{_SOURCE}(?P<fstype>\S++)\s++{_SPACE}\s++{_INODES}{_TARGET}")
+_POSIX_LINE = re.compile(rf"{_SOURCE}{_SPACE}{_TARGET}")
 
 
 class Filesystem(BaseModel):
@@ -139,7 +143,7 @@ def parse_disk_usage(stdout: str, params: DiskUsageParams) -> DiskUsage:
         space = [match.group("size"), match.group("used"), match.group("avail")]
         if "-" in space:
             continue  # a filesystem without a size; df hides those itself unless -a
-        target = match.group("target")
+        target = match.group("target").rstrip()
         fstype = match.group("fstype") if gnu else types.get(target)
         inodes = [match.group("itotal"), match.group("iused"), match.group("ifree")] if gnu else []
         # busybox lists a mount point once per /proc/mounts entry; the numbers are the same stat()

@@ -136,8 +136,10 @@ def _scan(lines: list[str]) -> ScanInfo:
         state, found = "finished", done.groupdict()
     elif running := re.match(r"^\S+ (?P<how>in progress|paused) since (?P<since>.+)$", head):
         state = "in_progress" if running.group("how") == "in progress" else "paused"
+        # the amount starts a word: a search trying `\S+` at every character of a long word is quadratic
         progress = re.search(
-            r"(?P<amount>\S+) (?:repaired|resilvered), (?P<pct>[\d.]+)% done(?:, (?P<left>\S+) to go)?", rest
+            r"(?<!\S)(?P<amount>\S++) (?:repaired|resilvered), (?P<pct>[\d.]+)% done(?:, (?P<left>\S+) to go)?",
+            rest,
         )
         found = {"since": running.group("since"), **(progress.groupdict() if progress else {})}
     elif canceled := re.match(r"^\S+ canceled on (?P<on>.+)$", head):
@@ -159,7 +161,9 @@ def _scan(lines: list[str]) -> ScanInfo:
 
 def _config(lines: list[str]) -> list[Vdev]:
     rows = [line.expandtabs(8) for line in lines if line.strip()]
-    header = next(i for i, line in enumerate(rows) if line.split()[:2] == ["NAME", "STATE"])
+    header = next((i for i, line in enumerate(rows) if line.split()[:2] == ["NAME", "STATE"]), None)
+    if header is None:
+        raise ValueError("config: without its NAME STATE header")
     base = len(rows[header]) - len(rows[header].lstrip())
     vdevs: list[Vdev] = []
     ancestors: dict[int, str] = {}  # the latest name seen at each depth

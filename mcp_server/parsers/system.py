@@ -186,6 +186,10 @@ class OsInfo(BaseModel):
 _CPU_MODEL_KEYS = ("model name", "Processor", "cpu model", "Hardware", "cpu")
 
 
+# shlex reads a character at a time (~15 µs each); a real os-release value is a short line
+_SHLEX_MAX_CHARS = 4096
+
+
 def os_release(lines: Iterable[str]) -> dict[str, str]:
     """KEY=value pairs of an os-release file, with shell quoting removed."""
     values: dict[str, str] = {}
@@ -194,7 +198,7 @@ def os_release(lines: Iterable[str]) -> dict[str, str]:
         if not sep or key.startswith("#"):
             continue
         try:
-            values[key] = " ".join(shlex.split(raw))
+            values[key] = " ".join(shlex.split(raw)) if len(raw) <= _SHLEX_MAX_CHARS else raw.strip("\"'")
         except ValueError:
             values[key] = raw.strip("\"'")
     return values
