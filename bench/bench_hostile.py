@@ -123,11 +123,13 @@ async def measure(results: Results, rounds: int) -> None:
         started = time.perf_counter()
         "".join(difflib.unified_diff(worst_old.splitlines(True), worst_new.splitlines(True), "a", "b"))
         results.add("diff worst case: difflib on the loop", time.perf_counter() - started)
-        wall, lag = await stall(
-            lambda: assess_change(pool, 10.0, "file", "/etc/x.conf", "modified", worst_old, worst_new)
-        )
-        results.add("diff worst case: assess_change", wall)
-        results.add("diff worst case: assess_change, loop stall", lag)
+        for run in range(rounds + 1):  # the first call imports the risk rules into the worker: not counted
+            wall, lag = await stall(
+                lambda: assess_change(pool, 10.0, "file", "/etc/x.conf", "modified", worst_old, worst_new)
+            )
+            if run:
+                results.add("diff worst case: assess_change", wall)
+                results.add("diff worst case: assess_change, loop stall", lag)
     finally:
         await pool.close()
 
