@@ -37,7 +37,7 @@ from mcp_server.errors import CommandTimeout, InfrastructorError, InvalidParamet
 from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
 from mcp_server.executors import ExecResult, Executor, LocalExecutor, check_exit
 from mcp_server.progress import OnStep, Steps
-from mcp_server.redact import REDACTED, redact_text, secret_name
+from mcp_server.redact import REDACTED, redact_args, redact_text, secret_name
 from mcp_server.settings import Settings
 from mcp_server.ssh import ProbeResult, SSHPool
 
@@ -136,6 +136,9 @@ def _masked(value: Any) -> tuple[Any, bool]:
             changed |= hit
         return out, changed
     if isinstance(value, list | tuple):
+        if value and all(isinstance(item, str) for item in value):  # maybe an argv (a compose command)
+            shown = redact_args(list(value))
+            return type(value)(shown), shown != list(value)
         items = [_masked(item) for item in value]
         return type(value)(item for item, _ in items), any(hit for _, hit in items)
     if isinstance(value, str):
@@ -338,7 +341,7 @@ class UnifiedDataCollectionService:
             validated = definition.validate(params)
             params_key = definition.params_key(validated)
             argv = definition.render(validated, sudo=target.use_sudo)
-            run.ssh_commands.append(shlex.join(argv))
+            run.ssh_commands.append(shlex.join(redact_args(argv)))  # masked word by word, then quoted
             run.executed = True
             async with self.executor(target).stream(target, argv, label=definition.name) as handle:
                 self._audit(device, command, params_key, False, run, started, None)
@@ -447,7 +450,7 @@ class UnifiedDataCollectionService:
     ) -> BaseModel:
         run.executed = True
         argv = definition.render(params, sudo=device.use_sudo)
-        run.ssh_commands.append(shlex.join(argv))
+        run.ssh_commands.append(shlex.join(redact_args(argv)))  # masked word by word, then quoted
         timeout = min(definition.timeout, self.settings.ssh_command_timeout)
         t0 = time.perf_counter()
         t_exec = t_parse = 0.0
