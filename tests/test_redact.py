@@ -8,7 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from mcp_server.redact import REDACTED, redact, redact_args, redact_text
+from mcp_server.parsers.config_files import redact_config
+from mcp_server.parsers.config_paths import KINDS, ConfigKind
+from mcp_server.redact import REDACTED, redact, redact_args, redact_key_blocks, redact_text
 from tests.secret_corpus import CONTROL, NEAR_MISSES, SHAPES, Shape, command_argv, leaks
 
 MASKED = [
@@ -94,6 +96,25 @@ def test_the_whole_corpus_in_one_text_leaks_nothing_and_keeps_every_near_miss() 
     shown = redact_text("\n".join([*lines[:40], *NEAR_MISSES, *lines[40:]]))
     assert leaks(shown) == {}
     assert all(near in shown for near in NEAR_MISSES)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_configuration_file_of_every_kind_holding_the_corpus_leaks_nothing_and_keeps_the_near_misses(
+    kind: ConfigKind,
+) -> None:
+    shown = redact_config(kind, "\n".join([*NEAR_MISSES, *(s.text for s in SHAPES)]) + "\n")
+    assert leaks(shown) == {} and all(near in shown for near in NEAR_MISSES)
+
+
+def test_a_private_key_printed_over_several_log_lines_is_masked_before_they_are_split() -> None:
+    key = next(s for s in SHAPES if s.name.startswith("pem RSA"))
+    lines = redact_key_blocks(f"2024-01-01T00:00:00Z starting\n{key.text}\nready\n").split("\n")
+    assert lines == [
+        "2024-01-01T00:00:00Z starting",
+        "-----BEGIN RSA PRIVATE KEY-----***-----END RSA PRIVATE KEY-----",
+        "ready",
+        "",
+    ]
 
 
 def test_commands_on_one_line_split_by_shell_operators_leak_nothing() -> None:

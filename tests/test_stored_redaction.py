@@ -27,7 +27,8 @@ from mcp_server.db.tables import Base
 from mcp_server.events import ConfigChanged
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, make_settings
-from tests.helpers import fixture_bin
+from tests.helpers import fixture_bin, until
+from tests.podman import engine_fixture  # noqa: F401  (the container_engine session fixture)
 from tests.secret_corpus import CONTROL, NEAR_MISSES, SHAPES, leaks
 from tests.test_security import SECRET, ping, serve
 
@@ -345,6 +346,55 @@ async def test_a_process_command_line_is_redacted_before_it_is_cut_so_no_secret_
         worker.wait()
     (listed,) = [p.args for p in result.data.processes if p.args and p.args.startswith("sh -c while")]
     assert listed.endswith(" postgres://app:***@db/app") and secret[:4] not in listed
+
+
+def _env_entry(index: int, shape: Any) -> str:
+    """A container's environment entry carrying `shape`: itself when it is NAME=VALUE, else a neutral name's value."""
+    name, sep, _ = shape.text.partition("=")
+    return (
+        shape.text
+        if sep and name.isidentifier() and "\n" not in shape.text
+        else f"CORPUS_{index}={shape.text}"
+    )
+
+
+async def test_a_containers_environment_command_and_log_lines_mask_every_shape_of_the_corpus(
+    tmp_path: Path, sshd_fleet: Any, container_engine: Any
+) -> None:
+    """Through real docker (podman) and sshd: env by name and by shape, the command as argv, and log lines,
+    among them private keys printed over several lines."""
+    env = [arg for i, shape in enumerate(SHAPES) for arg in ("-e", _env_entry(i, shape))]
+    printed = "\n".join([CONTROL, *(shape.text for shape in SHAPES)])
+    words = [
+        w
+        for shape in SHAPES
+        if shape.argv and not shape.spaced_value
+        for w in (*shlex.split(shape.text), ";")
+    ]
+    script = 'printf "%s\\n" "$LOG_TEXT"; exec sleep 100000'
+    container_engine.docker(
+        "run", "-d", "--network", "host", "--name", "corpus", *env, "-e", f"PLAIN={CONTROL}",
+        "-e", f"LOG_TEXT={printed}", "localhost/bb:test", "sh", "-c", script, "corpus", CONTROL, *words,
+    )  # fmt: skip
+    try:
+        container_engine.wait_state("corpus", "running")
+        host = sshd_fleet.start_host("redact-docker", env=container_engine.client_env)
+        async with open_state(make_settings(tmp_path)) as state:
+            device = await add_fleet_host(state, sshd_fleet, host, name="docker")
+            await until(lambda: CONTROL in container_engine.docker("logs", "corpus").stdout, 20)
+            details = await state.service.collect(device, "container_inspect", {"container": "corpus"})
+            logs = await state.service.collect(
+                device, "container_logs", {"container": "corpus", "tail": 1000}
+            )
+            stored = await _every_row(state)
+    finally:
+        container_engine.docker("rm", "--force", "corpus", check=False)
+    env_shown = {e.name: e.value for e in details.data.env}
+    assert env_shown["PLAIN"] == CONTROL and CONTROL in details.data.command
+    assert CONTROL in [line.text for line in logs.data.lines]
+    returned = [details.data.model_dump_json(), logs.data.model_dump_json()]
+    assert [leaks(text) for text in returned] == [{}, {}]
+    assert {column: leaks(v) for column, values in stored.items() for v in values if leaks(v)} == {}
 
 
 # Columns the corpus reaches beyond COVERED's list (configuration monitoring's own redaction).

@@ -23,7 +23,7 @@ from typing import Any
 
 from mcp_server.redact.commands import argv_lists, argv_masks, command_lines
 from mcp_server.redact.names import ARG_VALUE, REDACTED, VALUE, lowered, masked_value, secret_name
-from mcp_server.redact.shapes import redact_shapes, replace
+from mcp_server.redact.shapes import redact_key_blocks, redact_shapes, replace
 
 __all__ = [
     "MAX_TEXT",
@@ -31,6 +31,7 @@ __all__ = [
     "digest",
     "redact",
     "redact_args",
+    "redact_key_blocks",
     "redact_pair",
     "redact_pairs",
     "redact_text",

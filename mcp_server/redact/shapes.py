@@ -143,12 +143,19 @@ def _known_tokens(text: str) -> Iterator[tuple[int, int, str]]:
             yield start, end, REDACTED
 
 
-def redact_shapes(text: str) -> str:
-    """`text` with every credential recognised by its shape replaced by ***."""
+def redact_key_blocks(text: str) -> str:
+    """`text` with its private key blocks (PEM, SSH2, PuTTY) masked: the rules that span lines, for a text
+    about to be split into lines (log output) however long it is."""
     if "PRIVATE KEY" in text:
         text = replace(text, _private_keys(text))
     if "Private-Lines:" in text:
         text = _PUTTY.sub(rf"\1{REDACTED}", text)
+    return text
+
+
+def redact_shapes(text: str) -> str:
+    """`text` with every credential recognised by its shape replaced by ***."""
+    text = redact_key_blocks(text)
     if "://" in text:
         text = replace(text, _url_passwords(text))
     low = lowered(text)
