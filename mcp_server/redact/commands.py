@@ -120,14 +120,13 @@ TOOLS: dict[str, Tool] = {
 # Families by name prefix: mysql, mysqldump, mariadb-dump, ...; ldapsearch, ldapadd, ...; mongosh, mongodump...
 _FAMILIES = (("mysql", _MYSQL), ("mariadb", _MYSQL), ("ldap", _LDAP), ("mongo", _MONGO), ("mosquitto_", Tool(spaced=("-P",))))  # fmt: skip
 _FAMILY_PREFIXES = tuple(prefix for prefix, _ in _FAMILIES)
-_FAMILY = "(?:" + "|".join(_FAMILY_PREFIXES) + r")[\w-]{0,24}+"
-_FAMILY_NAME = re.compile(_FAMILY)
-# a program's name (its boundary before is checked after the match, so the engine skips to candidates)
-_PROGRAM = re.compile(
-    "(?:"
-    + "|".join(re.escape(name) for name in sorted(TOOLS, key=len, reverse=True))
-    + f"|{_FAMILY})(?=[ \t])"
+_FAMILY_NAME = re.compile("(?:" + "|".join(_FAMILY_PREFIXES) + r")[\w-]{0,24}+")
+# Where a program's name may start: a bare alternation of literals, which the engine skips to at C speed; the
+# boundary before it and the whole name (a word followed by white space) are checked after.
+_PROGRAM_START = re.compile(
+    "|".join(re.escape(name) for name in sorted([*TOOLS, *_FAMILY_PREFIXES], key=len)[::-1])
 )
+_PROGRAM = re.compile(r"[\w.+-]{1,64}+(?=[ \t])")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 MAX_WORDS = 4096
 # one shell word after white space (or a backslash-newline): quoted runs kept whole, a lone quote allowed
@@ -256,9 +255,14 @@ def command_lines(text: str) -> str:
     """`text` with the secrets in the command lines of known programs masked (see argv_masks)."""
     out: list[str] = []
     pos = search = 0
-    while (program := _PROGRAM.search(text, search)) is not None:
-        if program.start() > 0 and text[program.start() - 1] in _NAME_CHARS:
-            search = program.start() + 1  # inside a longer name
+    while (hit := _PROGRAM_START.search(text, search)) is not None:
+        program = _PROGRAM.match(text, hit.start())
+        if (
+            (hit.start() and text[hit.start() - 1] in _NAME_CHARS)
+            or program is None
+            or not tool_for(program[0])
+        ):
+            search = hit.start() + 1  # inside a longer word, or not a program
             continue
         words: list[tuple[int, int]] = []
         argv = [program.group(0)]
@@ -277,7 +281,8 @@ def command_lines(text: str) -> str:
             argv.append(raw.replace("'", "").replace('"', "") if quoted else raw)
             if closes or (quoted and (raw.count('"') % 2 or raw.count("'") % 2)):
                 break  # the end of the command, or of the string that holds it
-        masks = argv_masks(argv)
+        search = max(at, program.end())
+        masks = argv_masks(argv) if words else {}
         for index, (start, end) in enumerate(words, 1):
             raw = text[start:end]
             if index in masks:
@@ -288,7 +293,6 @@ def command_lines(text: str) -> str:
                 continue
             out += (text[pos:start], shown)
             pos = end
-        search = max(at, program.end())
     if not out:
         return text
     out.append(text[pos:])
