@@ -144,9 +144,20 @@ def test_a_private_key_keeps_its_armour_and_loses_its_body_whatever_its_end() ->
     )
     cut = redact_text("x\n-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END PRIVATE KEY-----\nafter_this")
     assert cut == "x\n-----BEGIN EC PRIVATE KEY-----***-----END PRIVATE KEY-----\nafter_this"
-    # a key block cut short is masked over what can still be key text, and not beyond it
+    # a key block cut short loses its key lines and nothing after them, which keep their own context
     assert redact_text('[{"k": "-----BEGIN PRIVATE KEY-----\\nMIIE\\nAb"}, {"next": 1}]') == (
-        '[{"k": "-----BEGIN PRIVATE KEY-----***}, {"next": 1}]'
+        '[{"k": "-----BEGIN PRIVATE KEY-----***"}, {"next": 1}]'
+    )
+    assert redact_text("-----BEGIN RSA PRIVATE KEY----- MIIEowIBAAKCAQEAxyz7 sshpass -p X ssh nas") == (
+        "-----BEGIN RSA PRIVATE KEY-----*** sshpass -p *** ssh nas"
+    )
+    assert redact_text("-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEAxyz7\nmysql -pX db") == (
+        "-----BEGIN RSA PRIVATE KEY-----***\nmysql -p*** db"
+    )
+    # PuTTY says how many private lines follow
+    line = "AAAAIGkGb3Ho1Xq2e0sF9yT4"
+    assert redact_text(f"Private-Lines: 1\n{line}\nmongosh -p X\nPrivate-Lines: 2 {line} AAA= {line}") == (
+        f"Private-Lines: 1***\nmongosh -p ***\nPrivate-Lines: 2*** {line}"
     )
 
 
@@ -168,6 +179,13 @@ ADVERSARIAL: dict[str, Callable[[int], str]] = {
     "BEGIN": lambda n: "BEGIN " * (n // 6),
     "-----BEGIN": lambda n: "-----BEGIN " * (n // 11),
     "BEGIN PRIVATE KEY without END": lambda n: "-----BEGIN RSA PRIVATE KEY-----\n" * (n // 32),
+    "BEGIN PRIVATE KEY, END far away": lambda n: (
+        "-----BEGIN RSA PRIVATE KEY-----\n" * (n // 64) + "x" * (n // 2) + "-----END RSA PRIVATE KEY-----"
+    ),
+    "BEGIN PRIVATE KEY, key lines, junk, END": lambda n: (
+        ("-----BEGIN RSA PRIVATE KEY-----\n" + "QUJD\n" * 100 + "%\n") * (n // 640)
+        + "-----END RSA PRIVATE KEY-----"
+    ),
     "PuTTY private lines": lambda n: "Private-Lines: 1\n" + "AAAA\n" * (n // 5),
     "PuTTY headers": lambda n: "Private-Lines: 1" * (n // 16),
     "://a:": lambda n: "://a:" * (n // 5),

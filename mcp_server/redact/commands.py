@@ -127,6 +127,8 @@ _PROGRAM_START = re.compile(
     "|".join(re.escape(name) for name in sorted([*TOOLS, *_FAMILY_PREFIXES], key=len)[::-1])
 )
 _PROGRAM = re.compile(r"[\w.+-]{1,64}+(?=[ \t])")
+# what may stand before a program's name in a word: $(mysql, `mysql, (curl
+_OPENERS = "$()`{}[],;|&<>!"
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 MAX_WORDS = 4096
 # one shell word after white space (or a backslash-newline): quoted runs kept whole, a lone quote allowed
@@ -213,7 +215,7 @@ def argv_masks(argv: Sequence[str]) -> dict[int, str]:
             if keep is not None:
                 masks[index] = keep
             continue
-        found = tool_for(arg) if not dash and "=" not in arg and ":" not in arg else None
+        found = tool_for(arg.lstrip(_OPENERS)) if not dash and "=" not in arg and ":" not in arg else None
         if found is not None or arg in _SEPARATORS:  # another command starts
             finish()
             tool, active, batch, last = found, found is not None and not found.after, False, -1

@@ -14,19 +14,28 @@ from collections.abc import Iterable, Iterator
 
 from mcp_server.redact.names import REDACTED, lowered, masked_value
 
-# PEM (-----BEGIN RSA PRIVATE KEY-----) and SSH2 (---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----) armour. The body
-# runs to the next END line; a block cut before one is masked over what can still be key text (base64, header
-# lines, JSON's \n, the ? ps shows for a newline), at most 64 KiB: a 16384-bit RSA key is 12.
+# PEM (-----BEGIN RSA PRIVATE KEY-----) and SSH2 (---- BEGIN SSH2 ENCRYPTED PRIVATE KEY ----) armour. A whole
+# block is masked from its armour to its END line (whatever that says), when only key text lies between (base64,
+# header lines, line breaks as they are written: JSON's \n, ps's spaces) within 64 KiB: a 16384-bit RSA key
+# takes 12. A block cut short loses its key lines, and nothing after them: text that follows keeps its context.
 _ARMOUR_BEGIN = re.compile(r"-----BEGIN ([A-Z0-9 ]{1,48}+)-----|---- BEGIN ([A-Z0-9 ]{1,48}+)----")
 _ARMOUR_END = re.compile(r"-{4,5}+ ?END [A-Z0-9 ]{1,48}+-{4,5}+")
-_KEY_BODY = re.compile(r"[A-Za-z0-9+/=\s\\:,.\"?-]{0,65536}+")
-# PuTTY .ppk: the base64 lines after Private-Lines: N (however the text breaks its lines: ps shows a newline
-# as a space), and the MAC.
-_LINE_BREAK = r"(?:\r?\n|\\r\\n|\\n|[ \t])"
-_PUTTY = re.compile(
-    rf"(Private-Lines:[ \t]{{0,8}}+\d{{1,5}}+)(?:{_LINE_BREAK}[A-Za-z0-9+/=]{{1,128}}+(?=[\s\\]|$)){{1,1024}}+"
-    rf"(?:{_LINE_BREAK}Private-MAC:[ \t]*+\w{{0,128}}+)?+"
+_KEY_TEXT = re.compile(r"[A-Za-z0-9+/=\s\\:,.\"-]{0,65536}+")
+_LINE_BREAK = r"(?:\r?\n|\\r\\n|\\n)"
+_LINE_END = r"(?=[\r\n\\\"']|$)"
+# a whole line of a key: base64, a header (Proc-Type: 4,ENCRYPTED), or empty...
+_KEY_LINE = re.compile(
+    rf"{_LINE_BREAK}(?:[A-Za-z0-9+/=]{{1,128}}+|[A-Za-z][\w-]{{0,40}}+:[^\r\n\\]{{0,256}}+)?+{_LINE_END}"
 )
+# ...or, its lines joined by spaces (ps), a word no ordinary one looks like: long, or ending in =
+_BASE64_WORD = r"(?:[A-Za-z0-9+/]{16,128}+={0,2}+|[A-Za-z0-9+/]{1,128}+={1,2}+)"
+_KEY_WORD = re.compile(rf"[ \t]++{_BASE64_WORD}(?=[ \t\"']|$)")
+# the start of a key line cut short, with something else after it on its line
+_KEY_TAIL = re.compile(rf"{_LINE_BREAK}[A-Za-z0-9+/]{{16,128}}+={{0,2}}+")
+# PuTTY .ppk: the N lines after Private-Lines: N (however the text breaks its lines), and the MAC.
+_PUTTY = re.compile(r"Private-Lines:[ \t]{0,8}+(\d{1,5}+)")
+_PUTTY_LINE = re.compile(rf"(?:{_LINE_BREAK}|[ \t]){_BASE64_WORD}(?=[\s\\\"']|$)")
+_PUTTY_MAC = re.compile(rf"(?:{_LINE_BREAK}|[ \t])Private-MAC:[ \t]*+\w{{0,128}}+")
 # ://user:password@ — the password may hold "/" and "@"; see _url_passwords for where it ends.
 _URL_USER = re.compile(r"://[^/\s:\"'<>]{0,256}+:")
 _URL_REST = re.compile(r"[^\s\"'<>`]{0,2048}+")
@@ -79,18 +88,64 @@ def replace(text: str, edits: Iterable[tuple[int, int, str]]) -> str:
 
 
 def _private_keys(text: str) -> Iterator[tuple[int, int, str]]:
-    """Private key blocks: the body between the armour lines."""
+    """Private key blocks: the body between the armour lines, or the key lines of a block cut short.
+
+    Linear however many BEGIN lines there are: the next END line is searched once for all of them, and key
+    text is checked between a BEGIN and that END at most once (a character no key holds, once found, rules
+    out every BEGIN before it)."""
     pos = 0
+    end: re.Match[str] | None = None
+    searched = -1  # `end` is the first END line at or after this position (None: there is none)
+    junk = -1
     for begin in _ARMOUR_BEGIN.finditer(text):
+        start = begin.end()
         if begin.start() < pos or "PRIVATE KEY" not in (begin.group(1) or begin.group(2)):
             continue
-        if text.startswith(REDACTED, begin.end()):
-            continue  # masked already
-        body = _KEY_BODY.match(text, begin.end())
-        pos = body.end() if body is not None else begin.end()
-        end = _ARMOUR_END.search(text, begin.end(), pos)
-        pos = end.start() if end is not None else pos
-        yield begin.end(), pos, REDACTED
+        if searched < 0 or (end is not None and end.start() < start):
+            end, searched = _ARMOUR_END.search(text, start), start
+        if end is not None and end.start() - start <= 65536 and not start <= junk < end.start():
+            body = _KEY_TEXT.match(text, start, end.start())
+            if body is not None and body.end() == end.start():
+                yield start, end.start(), REDACTED
+                pos = end.end()
+                continue
+            junk = body.end() if body is not None else start
+        pos = _cut_key(text, start)
+        if pos > start:
+            yield start, pos, REDACTED
+
+
+def _cut_key(text: str, start: int) -> int:
+    """Where the key lines after a BEGIN line with no END line end."""
+    for pattern in (_KEY_LINE, _KEY_WORD):
+        at = start
+        for _ in range(4096):
+            line = pattern.match(text, at)
+            if line is None or line.end() == at:
+                break
+            at = line.end()
+        if at > start:
+            tail = _KEY_TAIL.match(text, at) if pattern is _KEY_LINE else None
+            return tail.end() if tail is not None else at
+    return start
+
+
+def _putty(text: str) -> Iterator[tuple[int, int, str]]:
+    """PuTTY keys: the N private lines Private-Lines: N announces, and the MAC after them."""
+    pos = 0
+    for lines in _PUTTY.finditer(text):
+        if lines.start() < pos:
+            continue
+        at = lines.end()
+        for _ in range(int(lines.group(1))):
+            line = _PUTTY_LINE.match(text, at)
+            if line is None:
+                break
+            at = line.end()
+        mac = _PUTTY_MAC.match(text, at)
+        pos = mac.end() if mac is not None else at
+        if pos > lines.end():
+            yield lines.end(), pos, REDACTED
 
 
 def _url_passwords(text: str) -> Iterator[tuple[int, int, str]]:
@@ -149,7 +204,7 @@ def redact_key_blocks(text: str) -> str:
     if "PRIVATE KEY" in text:
         text = replace(text, _private_keys(text))
     if "Private-Lines:" in text:
-        text = _PUTTY.sub(rf"\1{REDACTED}", text)
+        text = replace(text, _putty(text))
     return text
 
 
