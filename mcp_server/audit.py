@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import Base, CollectionSnapshot, DataCollectionAudit, SpoolSegment
-from mcp_server.redact import REDACTED, digest, redact, redact_text, secret_name
+from mcp_server.redact import REDACTED, digest, redact, redact_args, redact_text, secret_name
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +169,8 @@ def _json_value(value: Any, rewrite: bool, name: str = "") -> Any:
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
+        if rewrite and value and all(isinstance(item, str) for item in value):  # maybe an argv
+            return [_clean(item) for item in redact_args(list(value))]
         return [_json_value(item, rewrite, name) for item in value]
     if isinstance(value, str):
         return _clean(redact_text(value) if rewrite else value)

@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
         logging.getLogger("alembic").setLevel(logging.WARNING)
-        redact_log_handlers(logging.getLogger(), logging.getLogger("fastmcp"))
+        redact_log_handlers()
         if args.cmd == "serve":
             return _serve(settings, args)
         if args.cmd == "migrate":

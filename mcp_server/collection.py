@@ -38,6 +38,7 @@ from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
 from mcp_server.executors import ExecResult, Executor, LocalExecutor, check_exit
 from mcp_server.parsing import parse_output
 from mcp_server.progress import OnStep, Steps
+from mcp_server.redact import redact_args
 from mcp_server.settings import Settings
 from mcp_server.ssh import ProbeResult, SSHPool
 from mcp_server.workers import WorkerPool
@@ -306,7 +307,7 @@ class UnifiedDataCollectionService:
             validated = definition.validate(params)
             params_key = definition.params_key(validated)
             argv = definition.render(validated, sudo=target.use_sudo)
-            run.ssh_commands.append(shlex.join(argv))
+            run.ssh_commands.append(shlex.join(redact_args(argv)))  # masked word by word, then quoted
             run.executed = True
             async with self.executor(target).stream(
                 target, argv, label=definition.name, separator=definition.separator
@@ -417,7 +418,7 @@ class UnifiedDataCollectionService:
     ) -> BaseModel:
         run.executed = True
         argv = definition.render(params, sudo=device.use_sudo)
-        run.ssh_commands.append(shlex.join(argv))
+        run.ssh_commands.append(shlex.join(redact_args(argv)))  # masked word by word, then quoted
         timeout = min(definition.timeout, self.settings.ssh_command_timeout)
         t0 = time.perf_counter()
         t_exec = t_parse = 0.0

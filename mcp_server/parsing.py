@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from mcp_server.commands import CommandDefinition
 from mcp_server.errors import ParseError
-from mcp_server.redact import REDACTED, redact_text, secret_name
+from mcp_server.redact import REDACTED, redact_args, redact_text, secret_name
 from mcp_server.workers import WorkerPool, WorkLimitExceeded
 
 # Outputs up to this size are parsed on the event loop (well under 50 ms for every parser:
@@ -35,6 +35,9 @@ def _masked(value: Any) -> tuple[Any, bool]:
             changed |= hit
         return out, changed
     if isinstance(value, list | tuple):
+        if value and all(isinstance(item, str) for item in value):  # maybe an argv (a compose command)
+            shown = redact_args(list(value))
+            return type(value)(shown), shown != list(value)
         items = [_masked(item) for item in value]
         return type(value)(item for item, _ in items), any(hit for _, hit in items)
     if isinstance(value, str):

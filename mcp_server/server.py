@@ -181,6 +181,8 @@ def build_server(
     @contextlib.asynccontextmanager
     async def lifespan(server: FastMCP[Any]) -> AsyncIterator[dict[str, Any]]:
         assert isinstance(server, InfrastructorServer)
+        # FastMCP (run_stdio_async with a log level) and uvicorn replace their handlers after start-up
+        redact_log_handlers()
         async with contextlib.AsyncExitStack() as stack:
             running = state
             if running is None:
@@ -289,7 +291,7 @@ def create_server() -> InfrastructorServer:
     (InfrastructorServer.run_http_async); host, port and path default to INFRA_HTTP_*.
     """
     restrict_umask()
-    redact_log_handlers(logging.getLogger(), logging.getLogger("fastmcp"))
+    redact_log_handlers()
     settings = load_settings()
     # fastmcp may call this factory from inside its event loop: resolve the key on a loop of our own
     with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -94,7 +94,9 @@ TOP_PROCESSES_SCRIPT = "; ".join(
         "echo '@@passwd'",
         "cut -d: -f1,3 /etc/passwd 2>/dev/null",
         "echo '@@ps'",
-        "ps -eo pid=,args= 2>/dev/null",
+        # procps cuts args to a terminal's width (80 without one, under some callers) unless told -ww;
+        # busybox ps knows no -w and prints whole lines
+        "{ ps -ww -eo pid=,args= 2>/dev/null || ps -eo pid=,args= 2>/dev/null; }",
         "echo '@@end'",
         "exit 0",
     )

@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as
 from mcp_server.parsers.containers_common import docker_time, json_lines, percent_value, size_pair
+from mcp_server.redact import redact_key_blocks
 
 if TYPE_CHECKING:
     from mcp_server.commands.containers import ContainerActionParams, ContainerLogsParams
@@ -50,8 +51,9 @@ def _line(raw: str, timestamps: bool) -> LogLine:
 
 @parse_errors_as("container_logs")
 def parse_container_logs(stdout: str, params: ContainerLogsParams) -> ContainerLogs:
-    """Log lines as the script prints them (stdout and stderr of the container merged)."""
-    raw = stdout.split("\n")
+    """Log lines as the script prints them (stdout and stderr of the container merged). A private key printed
+    over several lines is masked before they are split (each line is redacted on its own later)."""
+    raw = redact_key_blocks(stdout).split("\n")
     if raw and raw[-1] == "":
         raw.pop()
     lines = [_line(line, params.timestamps) for line in raw[-params.tail :]]

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 from pydantic import BaseModel, Field
 
 from mcp_server.parsers.common import parse_errors_as, percent, split_sections
+from mcp_server.redact import redact_text
 
 if TYPE_CHECKING:
     from mcp_server.commands.system import SystemMetricsParams, TopProcessesParams
@@ -337,11 +338,13 @@ def _user_names(lines: Iterable[str]) -> dict[int, str]:
 
 
 def _command_lines(lines: Iterable[str]) -> dict[int, str]:
+    """Command lines by pid, redacted (ps joins argv with spaces) before they are cut, so a secret that
+    straddles the cut is not left half shown."""
     args: dict[int, str] = {}
     for line in lines:
         match = _PS_LINE.match(line)
         if match:
-            text = (match.group(2) or "").strip()
+            text = redact_text((match.group(2) or "").strip())
             args[int(match.group(1))] = (
                 text if len(text) <= ARGS_MAX_CHARS else text[: ARGS_MAX_CHARS - 3] + "..."
             )
