@@ -19,7 +19,6 @@ import jwt
 import mcp_types as mt
 import pytest
 from fastmcp import Client
-from fastmcp.client.messages import MessageHandler
 from mcp import MCPError
 from mcp.client.subscriptions import listen
 
@@ -28,19 +27,11 @@ from mcp_server.server import InfrastructorServer, build_server
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import audit_rows, make_settings
 from tests.helpers import free_port, until
+from tests.test_config_tools import Updates
 from tests.test_security import LEGACY, SECRET, initialize, open_session, request, rpc, serve
 from tests.test_transports import CLI, cli_env
 
 DEADLINE = 20.0
-
-
-class Updates(MessageHandler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.uris: list[str] = []
-
-    async def on_resource_updated(self, message: mt.ResourceUpdatedNotification) -> None:
-        self.uris.append(str(message.params.uri))
 
 
 @pytest.fixture

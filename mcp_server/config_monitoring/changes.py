@@ -35,7 +35,6 @@ def assess(
     change_type: ChangeType,
     old: str | None,
     new: str | None,
-    *,
     binary: bool = False,
     hidden_change: bool = False,
 ) -> Change:
@@ -96,7 +95,7 @@ async def assess_change(
         return assess(kind, path, change_type, old, new, binary=binary, hidden_change=hidden_change)
     try:
         return await workers.call(
-            _assess_positional,
+            assess,
             kind,
             path,
             change_type,
@@ -109,15 +108,3 @@ async def assess_change(
         )
     except WorkLimitExceeded as exc:
         return unassessed(path, change_type, old, new, exc.reason)
-
-
-def _assess_positional(
-    kind: str,
-    path: str,
-    change_type: ChangeType,
-    old: str | None,
-    new: str | None,
-    binary: bool,
-    hidden_change: bool,
-) -> Change:
-    return assess(kind, path, change_type, old, new, binary=binary, hidden_change=hidden_change)

@@ -315,7 +315,7 @@ class ConfigurationMonitoringService:
         policy = self.policy(device)
         reason = policy.refusal(path, directory=None)
         if reason is not None:
-            return ConfigFile.refused(path, kind, None, reason)
+            return ConfigFile.without_content(path, kind, "refused", None, reason)
         owner = self.target_for(device, path)
         params = {
             "path": path,

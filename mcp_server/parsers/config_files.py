@@ -102,11 +102,19 @@ class ConfigFile(BaseModel):
         return f"{self.path} resolves to {self.resolved_path}: {self.refused_reason}"
 
     @classmethod
-    def refused(cls, path: str, kind: ConfigKind, resolved: str | None, reason: str) -> ConfigFile:
+    def without_content(
+        cls,
+        path: str,
+        kind: ConfigKind,
+        type: Literal["directory", "missing", "refused"],
+        resolved: str | None,
+        reason: str | None = None,
+    ) -> ConfigFile:
+        """What is known of a path that is not a readable file: a directory, nothing, or a refused path."""
         return cls(
             path=path,
             kind=kind,
-            type="refused",
+            type=type,
             resolved_path=resolved,
             size_bytes=None,
             sha256=None,
@@ -254,20 +262,11 @@ def _config_file(stdout: str, params: ConfigFileParams, unparsed: str | None) ->
         reason = params.policy.refusal(resolved, directory=kind_of == "directory")
         kind_of = "refused" if reason is not None else kind_of
     if kind_of == "refused":
-        return ConfigFile.refused(params.path, kind, resolved, reason or "refused by the watch policy")
-    if kind_of != "file":
-        return ConfigFile(
-            path=params.path,
-            kind=kind,
-            type=kind_of,  # type: ignore[arg-type]
-            resolved_path=resolved,
-            size_bytes=None,
-            sha256=None,
-            truncated=False,
-            binary=False,
-            consistent=True,
-            content=None,
+        return ConfigFile.without_content(
+            params.path, kind, "refused", resolved, reason or "refused by the watch policy"
         )
+    if kind_of != "file":
+        return ConfigFile.without_content(params.path, kind, kind_of, resolved)  # type: ignore[arg-type]
     if raw is None:
         raise ValueError("a file without @@content")
     size = int(meta["size"])
