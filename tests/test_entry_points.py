@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -169,3 +170,13 @@ async def test_options_that_would_bypass_the_hardened_app_are_refused(
     if "transport" in options or "host_origin_protection" in options:
         with pytest.raises(ConfigurationError):
             server.http_app(**options)  # type: ignore[arg-type]
+
+
+def test_every_package_of_the_server_is_installed_by_a_plain_pip_install() -> None:
+    # `pip install .` (the README's serve command) installs only the packages pyproject.toml lists
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(("mcp_server", *init.parent.relative_to(REPO / "mcp_server").parts))
+        for init in (REPO / "mcp_server").rglob("__init__.py")
+    }
+    assert found <= listed, f"not installed by pip install .: {sorted(found - listed)}"
