@@ -14,7 +14,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from fastmcp import Client  # noqa: E402
 
 from bench.harness import BENCH_JWT_SECRET, Results, Series, command_line, machine, publish, serve, timed  # noqa: E402
-from mcp_server.audit import BatchWriter  # noqa: E402
+from mcp_server.audit import AuditRecord, BatchWriter, CallContext  # noqa: E402
 from mcp_server.auth import SigningKey  # noqa: E402
 from mcp_server.db.engine import Database  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
@@ -151,30 +150,26 @@ async def jwt_verify_cost(token: str, n: int) -> Series:
     return series
 
 
-def audit_row(i: int) -> dict[str, Any]:
-    """A row shaped like the one the audit middleware queues for a cached get_system_metrics call."""
-    return {
-        "occurred_at": datetime.now(UTC),
-        "kind": "tool",
-        "request_id": f"{i:032x}",
-        "transport": "http",
-        "tool": "get_system_metrics",
-        "subject": "bench",
-        "client_id": "bench",
-        "client_ip": "127.0.0.1",
-        "user_agent": "python-httpx/0.28",
-        "request_path": "/mcp",
-        "arguments": {"device": "h01", "interval": 0.1},
-        "device": "h01",
-        "command": "system_metrics",
-        "params": None,
-        "cache_hit": True,
-        "ssh_commands": [],
-        "duration_ms": 1.0,
-        "outcome": "ok",
-        "error_type": None,
-        "error_message": None,
-    }
+def audit_record(i: int) -> AuditRecord:
+    """The record the audit middleware queues for a cached get_system_metrics call."""
+    call = CallContext(
+        request_id=f"{i:032x}",
+        transport="http",
+        tool="get_system_metrics",
+        subject="bench",
+        client_id="bench",
+        client_ip="127.0.0.1",
+        user_agent="python-httpx/0.28",
+        request_path="/mcp",
+    )
+    return call.to_audit(
+        "tool",
+        started=time.perf_counter() - 0.001,
+        arguments={"device": "h01", "interval": 0.1},
+        device="h01",
+        command="system_metrics",
+        cache_hit=True,
+    )
 
 
 async def audit_flush_cost(data_dir: Path, rows: int, rounds: int) -> Series:
@@ -186,7 +181,7 @@ async def audit_flush_cost(data_dir: Path, rows: int, rounds: int) -> Series:
     try:
         for r in range(rounds):
             for i in range(rows):
-                writer.audit(**audit_row(r * rows + i))
+                writer.audit(audit_record(r * rows + i))
             seconds, _ = await timed(writer.flush())
             series.samples.append(seconds / rows)
     finally:

@@ -35,7 +35,7 @@ import asyncpg  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
 from bench.harness import Results, command_line, machine, publish  # noqa: E402
-from mcp_server.audit import BatchWriter  # noqa: E402
+from mcp_server.audit import AuditRecord, BatchWriter  # noqa: E402
 from mcp_server.db.storage import layout  # noqa: E402
 from mcp_server.db.tables import DataCollectionAudit, SystemMetricRow  # noqa: E402
 from mcp_server.devices import DeviceSpec  # noqa: E402
@@ -71,21 +71,22 @@ QUERIES: list[tuple[str, dict[str, str]]] = [
 
 
 def audit_row(i: int, now: datetime) -> dict[str, Any]:
-    return {
-        "occurred_at": now - timedelta(milliseconds=i),
-        "request_id": uuid.uuid4().hex,
-        "kind": "collection",
-        "subject": "poller:bench",
-        "transport": "poller",
-        "tool": "poll:system",
-        "device": f"dev{i % DEVICES:02d}",
-        "command": "system_metrics",
-        "params": '{"interval":0.5}',
-        "cache_hit": False,
-        "ssh_commands": ["sh -c '...' sh 0.5"],
-        "duration_ms": 612.5,
-        "outcome": "ok",
-    }
+    record = AuditRecord(
+        occurred_at=now - timedelta(milliseconds=i),
+        request_id=uuid.uuid4().hex,
+        kind="collection",
+        subject="poller:bench",
+        transport="poller",
+        tool="poll:system",
+        device=f"dev{i % DEVICES:02d}",
+        command="system_metrics",
+        params='{"interval":0.5}',
+        cache_hit=False,
+        ssh_commands=("sh -c '...' sh 0.5",),
+        duration_ms=612.5,
+        outcome="ok",
+    )
+    return record.row()
 
 
 def metric_row(i: int, now: datetime) -> dict[str, Any]:

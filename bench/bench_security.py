@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import jwt  # noqa: E402
 
 from bench.harness import Results, Series, command_line, machine, publish, serve  # noqa: E402
-from mcp_server.audit import storable  # noqa: E402
+from mcp_server.audit import AuditRecord, storable  # noqa: E402
 from mcp_server.auth import claims_problem, unverified_claims  # noqa: E402
 from mcp_server.commands import default_registry  # noqa: E402
 from mcp_server.db.tables import DataCollectionAudit  # noqa: E402
@@ -79,17 +80,16 @@ def in_process(results: Results, rounds: int) -> None:
                 f"redact_result: {command} golden {case} ({size:,} chars of JSON)",
                 time.perf_counter() - started,
             )
-    row = {
-        "occurred_at": None,
-        "kind": "tool",
-        "tool": "get_journal_logs",
-        "arguments": {"device": "nas01", "grep": "token=abc", "lines": 100},
-        "ssh_commands": ["journalctl -o json -n 100 --grep 'token=abc'"],
-        "user_agent": "claude-code/1.0",
-        "error_message": None,
-        "duration_ms": 1.0,
-        "outcome": "ok",
-    }
+    row = AuditRecord(
+        occurred_at=datetime.now(UTC),
+        kind="tool",
+        tool="get_journal_logs",
+        arguments={"device": "nas01", "grep": "token=abc", "lines": 100},
+        ssh_commands=("journalctl -o json -n 100 --grep 'token=abc'",),
+        user_agent="claude-code/1.0",
+        duration_ms=1.0,
+        outcome="ok",
+    ).row()
     for _ in range(rounds * 200):
         started = time.perf_counter()
         storable(DataCollectionAudit, row)

@@ -9,11 +9,12 @@ import functools
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import Base, CollectionSnapshot, DataCollectionAudit, SpoolSegment
+from mcp_server.devices import NAME_PATTERN
 from mcp_server.redact import REDACTED, digest, redact, redact_args, redact_text, secret_name
 
 log = logging.getLogger(__name__)
@@ -33,18 +35,65 @@ log = logging.getLogger(__name__)
 class CallTrace:
     """What the collections of one call did, summed up in that call's audit row."""
 
-    devices: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
     ssh_commands: list[str] = field(default_factory=list)
     executions: int = 0
     cache_hits: int = 0
 
+    @property
+    def command(self) -> str | None:
+        """The distinct commands collected, in order, comma-separated."""
+        return ",".join(dict.fromkeys(self.commands)) or None
+
+    @property
+    def cache_hit(self) -> bool:
+        """True when every collection of the call was served from the cache."""
+        return self.executions == 0 and self.cache_hits > 0
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One row of the audit log (data_collection_audit) as every writer queues it, built by
+    `CallContext.to_audit`. Its fields are the table's columns (less the id); the read model is
+    db.queries.AuditEntry. What is stored is `storable(row())`: redacted and bounded."""
+
+    occurred_at: datetime
+    kind: str  # collection | tool | resource | subscription | session | auth
+    outcome: str  # ok | error | denied
+    request_id: str | None = None
+    transport: str | None = None
+    tool: str | None = None
+    subject: str | None = None
+    client_id: str | None = None
+    client_ip: str | None = None
+    user_agent: str | None = None
+    request_path: str | None = None
+    arguments: dict[str, Any] | None = None
+    device: str | None = None
+    command: str | None = None
+    params: str | None = None
+    cache_hit: bool = False
+    ssh_commands: tuple[str, ...] = ()
+    duration_ms: float = 0.0
+    error_type: str | None = None
+    error_message: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        """The record as a row of data_collection_audit (before `storable`)."""
+        row = {name: getattr(self, name) for name in AUDIT_FIELDS}
+        row["ssh_commands"] = list(self.ssh_commands)
+        return row
+
+
+AUDIT_FIELDS = tuple(f.name for f in fields(AuditRecord))
+
 
 @dataclass(frozen=True)
 class CallContext:
-    """Who asked, through what. Identity fields are filled by the transport edge when known."""
+    """Who asked, through what. Identity fields are filled by the transport edge when known; an event the
+    HTTP edge decides on its own (a refused token, a session) has no request id."""
 
-    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    request_id: str | None = field(default_factory=lambda: uuid.uuid4().hex)
     transport: str = "internal"
     tool: str | None = None
     subject: str | None = None
@@ -54,17 +103,50 @@ class CallContext:
     request_path: str | None = None
     trace: CallTrace = field(default_factory=CallTrace, compare=False)
 
-    def audit_fields(self) -> dict[str, Any]:
-        return {
-            "request_id": self.request_id,
-            "transport": self.transport,
-            "tool": self.tool,
-            "subject": self.subject,
-            "client_id": self.client_id,
-            "client_ip": self.client_ip,
-            "user_agent": self.user_agent,
-            "request_path": self.request_path,
-        }
+    def to_audit(
+        self,
+        kind: str,
+        *,
+        started: float | None = None,
+        outcome: str = "ok",
+        error_type: str | None = None,
+        error_message: str | None = None,
+        arguments: dict[str, Any] | None = None,
+        device: object = None,
+        command: str | None = None,
+        params: str | None = None,
+        cache_hit: bool = False,
+        ssh_commands: Sequence[str] = (),
+    ) -> AuditRecord:
+        """The audit record of an event in this call: who and through what from the context, what and how
+        it ended from the arguments. `started` is the event's time.perf_counter() start (None: decided at
+        once); `device` is stored only when it is shaped like a device name (the column is not redacted:
+        anything else the caller sent stays in the arguments or the error message, which are)."""
+        return AuditRecord(
+            occurred_at=datetime.now(UTC),
+            kind=kind,
+            outcome=outcome,
+            request_id=self.request_id,
+            transport=self.transport,
+            tool=self.tool,
+            subject=self.subject,
+            client_id=self.client_id,
+            client_ip=self.client_ip,
+            user_agent=self.user_agent,
+            request_path=self.request_path,
+            arguments=arguments,
+            device=device if isinstance(device, str) and _DEVICE_NAME.fullmatch(device) else None,
+            command=command,
+            params=params,
+            cache_hit=cache_hit,
+            ssh_commands=tuple(ssh_commands),
+            duration_ms=0.0 if started is None else (time.perf_counter() - started) * 1000,
+            error_type=error_type,
+            error_message=error_message,
+        )
+
+
+_DEVICE_NAME = re.compile(NAME_PATTERN)
 
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("infra_call", default=None)
@@ -334,8 +416,8 @@ class BatchWriter:
         if len(self._pending) >= self._max_batch:
             self._wake.set()
 
-    def audit(self, **row: Any) -> None:
-        self.add(DataCollectionAudit, row)
+    def audit(self, record: AuditRecord) -> None:
+        self.add(DataCollectionAudit, record.row())
 
     @property
     def pending(self) -> int:

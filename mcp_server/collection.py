@@ -10,7 +10,6 @@ import asyncio
 import collections
 import contextlib
 import logging
-import re
 import shlex
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -32,7 +31,7 @@ from mcp_server.db.tables import (
     ServicePerformanceMetric,
     SystemMetricRow,
 )
-from mcp_server.devices import NAME_PATTERN, Device, DeviceRegistry
+from mcp_server.devices import Device, DeviceRegistry
 from mcp_server.errors import CommandTimeout, InfrastructorError, InvalidParameter
 from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
 from mcp_server.executors import ExecResult, Executor, LocalExecutor, check_exit
@@ -123,11 +122,6 @@ def _system_metric_rows(device: str, at: datetime, m: Any) -> list[dict[str, Any
             "uptime_seconds": m.uptime_seconds,
         }
     ]
-
-
-def _named(device: str) -> str | None:
-    """`device` if it is shaped like a device name (anything else is caller text, never stored as a name)."""
-    return device if re.fullmatch(NAME_PATTERN, device) else None
 
 
 def _container_stat_rows(device: str, at: datetime, stats: Any) -> list[dict[str, Any]]:
@@ -274,16 +268,14 @@ class UnifiedDataCollectionService:
             raise
         finally:
             trace = current_call().trace
-            # names as the caller gave them are stored only once known to be names (identity columns are
-            # not redacted); an unknown one stays in the error message, which is
-            known_device = _named(device)
+            # a command name as the caller gave it is stored only once known (identity columns are not
+            # redacted); an unknown one stays in the error message, which is
             known_command = command if command in self.registry.names() else None
-            trace.devices.extend([known_device] if known_device else [])
             trace.commands.extend([known_command] if known_command else [])
             trace.ssh_commands.extend(run.ssh_commands)
             trace.executions += run.executed
             trace.cache_hits += cache_hit
-            self._audit(known_device, known_command, params_key, cache_hit, run, started, error)
+            self._audit(device, known_command, params_key, cache_hit, run, started, error)
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -389,7 +381,7 @@ class UnifiedDataCollectionService:
             error = exc
             raise
         finally:
-            self._audit(_named(device), "connection_test", None, False, run, started, error)
+            self._audit(device, "connection_test", None, False, run, started, error)
 
     async def test_connection(self, device: str) -> ConnectionTest:
         """`probe`, with a connection failure reported in the result instead of raised."""
@@ -483,7 +475,7 @@ class UnifiedDataCollectionService:
 
     def _audit(
         self,
-        device: str | None,
+        device: str,
         command: str | None,
         params_key: str | None,
         cache_hit: bool,
@@ -497,18 +489,16 @@ class UnifiedDataCollectionService:
             outcome, error_type, message = "error", type(error).__name__, None
         else:
             outcome, error_type, message = "ok", None, None
-        self.writer.audit(
-            occurred_at=datetime.now(UTC),
-            kind="collection",
-            **current_call().audit_fields(),
-            arguments=None,
+        record = current_call().to_audit(
+            "collection",
+            started=started,
+            outcome=outcome,
+            error_type=error_type,
+            error_message=message,
             device=device,
             command=command,
             params=params_key,
             cache_hit=cache_hit,
             ssh_commands=run.ssh_commands,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            outcome=outcome,
-            error_type=error_type,
-            error_message=message,
         )
+        self.writer.audit(record)

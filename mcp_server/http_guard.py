@@ -12,7 +12,6 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -26,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mcp_server.audit import CallContext
 from mcp_server.auth import ADMIN, REJECTION_SCOPE_KEY, granted, unverified_claims
 from mcp_server.fastmcp_internals import open_sessions
 from mcp_server.middleware import client_ip
@@ -52,28 +52,20 @@ def audit_http_event(
     error_message: str | None,
 ) -> None:
     """An audit row for something the HTTP edge decided on its own (a refused token, a session opened or
-    refused): no tool, no device, nothing run."""
-    state.writer.audit(
-        occurred_at=datetime.now(UTC),
-        kind=kind,
+    refused): no request id, no tool, no device, nothing run."""
+    edge = CallContext(
         request_id=None,
         transport="http",
-        tool=None,
         subject=subject,
         client_id=client_id,
         client_ip=ip,
         user_agent=request.headers.get("user-agent"),
         request_path=request.url.path,
-        arguments=arguments,
-        device=None,
-        command=None,
-        params=None,
-        cache_hit=False,
-        ssh_commands=[],
-        duration_ms=0.0,
-        outcome=outcome,
-        error_type=error_type,
-        error_message=error_message,
+    )
+    state.writer.audit(
+        edge.to_audit(
+            kind, outcome=outcome, error_type=error_type, error_message=error_message, arguments=arguments
+        )
     )
 
 

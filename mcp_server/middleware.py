@@ -7,10 +7,8 @@ import getpass
 import inspect
 import ipaddress
 import json
-import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as mt
@@ -28,7 +26,6 @@ from starlette.requests import Request
 from mcp_server.audit import CallContext, audit_arguments, calling, oversized_arguments
 from mcp_server.auth import ADMIN, READ, granted
 from mcp_server.budget import MARKER, Keep, fit
-from mcp_server.devices import NAME_PATTERN
 from mcp_server.errors import (
     ArgumentsTooLarge,
     DeviceNotFound,
@@ -87,28 +84,28 @@ def write_audit(
     *,
     kind: str,
     arguments: dict[str, Any],
-    device: str | None,
+    device: object,
     started: float,
     outcome: str,
     error_type: str | None,
     message: str | None,
 ) -> None:
-    """The audit row of one call (a tool call, a resource read, a subscription) from its context."""
+    """The audit row of one call (a tool call, a resource read, a subscription): what its collections ran,
+    from the context's trace."""
     trace = ctx.trace
     state.writer.audit(
-        occurred_at=datetime.now(UTC),
-        kind=kind,
-        **ctx.audit_fields(),
-        arguments=arguments,
-        device=device,
-        command=",".join(dict.fromkeys(trace.commands)) or None,
-        params=None,
-        cache_hit=trace.executions == 0 and trace.cache_hits > 0,
-        ssh_commands=trace.ssh_commands,
-        duration_ms=(time.perf_counter() - started) * 1000,
-        outcome=outcome,
-        error_type=error_type,
-        error_message=message,
+        ctx.to_audit(
+            kind,
+            started=started,
+            outcome=outcome,
+            error_type=error_type,
+            error_message=message,
+            arguments=arguments,
+            device=device,
+            command=trace.command,
+            cache_hit=trace.cache_hit,
+            ssh_commands=trace.ssh_commands,
+        )
     )
 
 
@@ -198,9 +195,6 @@ class AuditMiddleware(Middleware):
             )
         ctx, scopes = self._context(name[:MAX_TOOL_NAME])
         needed = self.tool_scopes.get(name, READ)  # an unknown tool fails as unknown, after this
-        given = arguments.get("device")
-        # stored as a name only when shaped like one: identity columns are not redacted
-        device = given if isinstance(given, str) and re.fullmatch(NAME_PATTERN, given) else None
 
         def admit() -> None:
             if problem is not None:
@@ -213,7 +207,7 @@ class AuditMiddleware(Middleware):
             ctx,
             "tool",
             oversized_arguments(encoded) if problem else audit_arguments(arguments),
-            None if problem else device,
+            None if problem else arguments.get("device"),
             admit,
             ToolError,
         )
@@ -252,7 +246,7 @@ class AuditMiddleware(Middleware):
         ctx: CallContext,
         kind: str,
         arguments: dict[str, Any],
-        device: str | None,
+        device: object,
         admit: Callable[[], None],
         error: type[Exception],
     ) -> Any:

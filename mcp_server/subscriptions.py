@@ -18,7 +18,6 @@ missing scope or a full cap, each saying what was wrong and what is accepted.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -34,7 +33,6 @@ from mcp_server.audit import CallContext, audit_arguments, oversized_arguments
 from mcp_server.auth import READ
 from mcp_server.config_monitoring.notifier import ConfigNotifier, config_uri
 from mcp_server.config_monitoring.targets import checked
-from mcp_server.devices import NAME_PATTERN
 from mcp_server.errors import (
     ArgumentsTooLarge,
     InfrastructorError,
@@ -244,11 +242,10 @@ def _short(uri: str) -> None:
 
 
 def _device_of(uri: str) -> str | None:
-    """The device a config URI names, when it has a device name's shape (the audit stores it unredacted)."""
+    """The device a config URI names (the audit keeps it when it has a device name's shape)."""
     if len(uri) > MAX_URI_CHARS or not uri.startswith(PREFIX):
         return None
-    device = uri.removeprefix(PREFIX).partition("/")[0]
-    return device if re.fullmatch(NAME_PATTERN, device) else None
+    return uri.removeprefix(PREFIX).partition("/")[0]
 
 
 def _kept(uri: str) -> Any:

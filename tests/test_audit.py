@@ -9,10 +9,21 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 from fastmcp import Client
 
-from mcp_server.audit import AUDIT_ARGUMENTS_CHARS, AUDIT_ROW_BYTES, SUMMARY_START_CHARS, fingerprint
+from mcp_server.audit import (
+    AUDIT_ARGUMENTS_CHARS,
+    AUDIT_FIELDS,
+    AUDIT_ROW_BYTES,
+    SUMMARY_START_CHARS,
+    AuditRecord,
+    CallContext,
+    fingerprint,
+)
+from mcp_server.db.queries import AuditEntry
 from mcp_server.db.tables import DataCollectionAudit
+from mcp_server.errors import DeviceNotFound
 from mcp_server.redact import digest
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import PG_ADMIN_DSN, audit_rows, create_pg_database, drop_pg_database, make_settings
@@ -58,15 +69,7 @@ async def test_rows_spooled_while_the_database_was_away_are_replayed_after_a_res
 async def test_a_segment_replayed_before_a_crash_is_not_replayed_again(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     async with open_state(settings) as state:
-        row = {
-            "occurred_at": datetime.now(UTC),
-            "kind": "tool",
-            "tool": "probe",
-            "cache_hit": False,
-            "ssh_commands": [],
-            "duration_ms": 1.0,
-            "outcome": "ok",
-        }
+        row = AuditRecord(occurred_at=datetime.now(UTC), kind="tool", tool="probe", outcome="ok").row()
         state.writer._spool_rows([(DataCollectionAudit, row)])
         (segment,) = state.writer.segments()
         copy = tmp_path / segment.name
@@ -122,26 +125,28 @@ async def test_every_variable_column_of_an_audit_row_is_bounded(state: AppState)
     huge = "password=hunter2 " + "é" * 50_000
     commands = [f"sh -c 'step {i}' " + "x" * 5000 for i in range(300)]
     state.writer.audit(
-        occurred_at=datetime.now(UTC),
-        kind="tool",
-        request_id=huge,
-        transport=huge,
-        tool=huge,
-        subject=huge,
-        client_id=huge,
-        client_ip=huge,
-        user_agent=huge,
-        request_path=huge,
-        arguments={f"{i}{huge[:2000]}": [huge[:5000], {"k": huge[:5000]}] for i in range(50)},
-        device=huge,
-        command=huge,
-        params=huge,
-        cache_hit=False,
-        ssh_commands=commands + commands,
-        duration_ms=1.0,
-        outcome="error",
-        error_type=huge,
-        error_message=huge,
+        AuditRecord(
+            occurred_at=datetime.now(UTC),
+            kind="tool",
+            request_id=huge,
+            transport=huge,
+            tool=huge,
+            subject=huge,
+            client_id=huge,
+            client_ip=huge,
+            user_agent=huge,
+            request_path=huge,
+            arguments={f"{i}{huge[:2000]}": [huge[:5000], {"k": huge[:5000]}] for i in range(50)},
+            device=huge,
+            command=huge,
+            params=huge,
+            cache_hit=False,
+            ssh_commands=tuple(commands + commands),
+            duration_ms=1.0,
+            outcome="error",
+            error_type=huge,
+            error_message=huge,
+        )
     )
     (row,) = await audit_rows(state, kind="tool")
     assert _row_bytes(row) <= AUDIT_ROW_BYTES
@@ -149,3 +154,29 @@ async def test_every_variable_column_of_an_audit_row_is_bounded(state: AppState)
     assert row.arguments is not None and row.arguments["more_arguments"] > 30
     assert row.ssh_commands[0].startswith("sh -c 'step 0' xxx") and "sha256:" in row.ssh_commands[0]
     assert row.ssh_commands[-1].endswith("more distinct commands, 600 run in all]")
+
+
+# ---- one record type, built from the call context ----------------------------------------------------------
+
+
+def test_the_audit_record_has_the_audit_tables_columns_and_the_read_model_mirrors_it() -> None:
+    columns = {c.name for c in DataCollectionAudit.__table__.columns} - {"id"}
+    assert set(AUDIT_FIELDS) == columns
+    # what query_audit_log returns: the row with its id, without the collection's parameter key
+    assert set(AuditEntry.model_fields) == set(AUDIT_FIELDS) - {"params"} | {"id"}
+
+
+def test_an_audit_record_keeps_a_device_only_when_it_is_shaped_like_a_device_name() -> None:
+    call = CallContext(transport="memory", tool="get_disk_usage")
+    assert call.to_audit("tool", device="nas01").device == "nas01"
+    for given in ("x password=hunter2", "NAS01", "a" * 64, "", 7, ["nas01"], None):
+        assert call.to_audit("tool", device=given).device is None, given
+
+
+async def test_a_stream_asked_of_a_device_that_is_no_name_is_audited_without_it(state: AppState) -> None:
+    with pytest.raises(DeviceNotFound):
+        async with state.service.stream("x password=hunter2", "config_watch", {"dirs": ["/etc"]}):
+            pass
+    (row,) = await audit_rows(state, kind="collection")
+    assert (row.device, row.outcome, row.error_type) == (None, "error", "device_not_found")
+    assert "hunter2" not in json.dumps([row.device, row.error_message, row.arguments])

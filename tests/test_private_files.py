@@ -19,7 +19,7 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
-from mcp_server.audit import BatchWriter
+from mcp_server.audit import AuditRecord, BatchWriter
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import DataCollectionAudit
 from mcp_server.server import build_server
@@ -49,7 +49,7 @@ def loose_umask() -> Iterator[None]:
 async def test_a_new_data_dir_and_everything_written_in_it_are_private(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
     async with open_state(settings) as state:
-        state.writer.audit(occurred_at=_now(), kind="tool", duration_ms=1.0, outcome="ok")
+        state.writer.audit(AuditRecord(occurred_at=_now(), kind="tool", outcome="ok", duration_ms=1.0))
         await state.writer.flush()
         data = settings.data_dir
         assert mode(data) == 0o700

@@ -25,6 +25,7 @@ from mcp.client.auth.utils import (
 )
 from mcp.client.streamable_http import streamable_http_client
 
+from mcp_server.audit import AuditRecord
 from mcp_server.auth import ADMIN, READ, SigningKey
 from mcp_server.devices import DeviceSpec
 from mcp_server.fastmcp_internals import low_level
@@ -162,26 +163,28 @@ async def test_a_resource_read_is_cut_to_the_result_budget_keeping_the_newest_au
         limit = state.settings.max_result_chars
         for n in range(60):  # 50 are read; each about 1,500 characters of JSON
             state.writer.audit(
-                occurred_at=datetime.now(UTC),
-                kind="tool",
-                request_id=None,
-                transport="memory",
-                tool="list_devices",
-                subject=f"filler-{n}",
-                client_id=None,
-                client_ip=None,
-                user_agent=None,
-                request_path=None,
-                arguments={"note": f"row {n} " + "x" * 600},
-                device=None,
-                command=None,
-                params=None,
-                cache_hit=False,
-                ssh_commands=[],
-                duration_ms=1.0,
-                outcome="error",
-                error_type="internal",
-                error_message="y" * 700,
+                AuditRecord(
+                    occurred_at=datetime.now(UTC),
+                    kind="tool",
+                    request_id=None,
+                    transport="memory",
+                    tool="list_devices",
+                    subject=f"filler-{n}",
+                    client_id=None,
+                    client_ip=None,
+                    user_agent=None,
+                    request_path=None,
+                    arguments={"note": f"row {n} " + "x" * 600},
+                    device=None,
+                    command=None,
+                    params=None,
+                    cache_hit=False,
+                    ssh_commands=(),
+                    duration_ms=1.0,
+                    outcome="error",
+                    error_type="internal",
+                    error_message="y" * 700,
+                )
             )
         newest = (await audit_rows(state))[-1].id
         read = await session.read_resource("infra://audit/recent")
