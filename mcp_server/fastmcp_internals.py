@@ -1,8 +1,7 @@
 """The private members of FastMCP and the MCP SDK that the server relies on, reached here and nowhere else.
 
-FastMCP 4 has no public way to register a low-level request handler, to list the components a server
-registered, to get the routes added with `custom_route`, or to reach the connection a request arrived on;
-the SDK's session manager has no public hooks for admission caps. Each such reach is one function below,
+FastMCP 4 has no public way to register a low-level request handler, to get the routes added with
+`custom_route`, or to reach the connection a request arrived on; the SDK's session manager has no public hooks for admission caps. Each such reach is one function below,
 and SESSION_MANAGER_HOOKS lists the SDK methods http_guard.SessionManager overrides or calls.
 tests/test_fastmcp_internals.py checks every one against the installed packages, so an upgrade that renames
 or reshapes one fails there, loudly, rather than in the middle of a request.
@@ -10,12 +9,11 @@ or reshapes one fails there, loudly, rather than in the middle of a request.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from fastmcp import FastMCP
 from fastmcp.server.http import FastMCPStreamableHTTPSessionManager
-from fastmcp.utilities.components import FastMCPComponent
 from mcp.server.connection import Connection
 from mcp.server.lowlevel.server import Server
 from mcp.server.session import ServerSession
@@ -26,11 +24,6 @@ from starlette.routing import BaseRoute
 def low_level(mcp: FastMCP[Any]) -> Server[Any]:
     """The SDK server under FastMCP: where request handlers FastMCP does not offer are registered."""
     return mcp._mcp_server
-
-
-def registered_components(mcp: FastMCP[Any]) -> Iterable[FastMCPComponent]:
-    """Every tool, resource and prompt registered on the server itself, enabled or not."""
-    return list(mcp.local_provider._components.values())
 
 
 def custom_routes(mcp: FastMCP[Any]) -> list[BaseRoute]:

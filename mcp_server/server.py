@@ -26,7 +26,7 @@ from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signin
 from mcp_server.config_monitoring.notifier import ConfigNotifier
 from mcp_server.errors import ConfigurationError
 from mcp_server.events import ConfigChanged
-from mcp_server.fastmcp_internals import low_level, registered_components
+from mcp_server.fastmcp_internals import low_level
 from mcp_server.http_app import build_http_app, serve_http
 from mcp_server.logs import redact_log_handlers
 from mcp_server.middleware import AuditMiddleware, InvalidParamsMiddleware, ResultBudgetMiddleware
@@ -253,24 +253,23 @@ def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
     """Register every area's tools with compact listed schemas; disable those the settings do not offer
     (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND). Returns every registered tool."""
     hidden: set[str] = set()
-    seen: dict[str, Tool] = {}
+    registered: list[Tool] = []
     for area in AREAS:
-        area.register(mcp)
-        for component in registered_components(mcp):
-            if isinstance(component, Tool) and component.name not in seen:
-                seen[component.name] = component
-                if settings.tool_schemas == "compact":
-                    compact(component)
-                read_only = bool(component.annotations and component.annotations.read_only_hint)
-                if area.TOOLSET not in settings.offered_toolsets and component.name not in ALWAYS_OFFERED:
-                    hidden.add(component.name)
-                if settings.read_only and not read_only:
-                    hidden.add(component.name)
+        for fn in area.TOOLS:
+            component = mcp.add_tool(fn)
+            registered.append(component)
+            if settings.tool_schemas == "compact":
+                compact(component)
+            read_only = bool(component.annotations and component.annotations.read_only_hint)
+            if area.TOOLSET not in settings.offered_toolsets and component.name not in ALWAYS_OFFERED:
+                hidden.add(component.name)
+            if settings.read_only and not read_only:
+                hidden.add(component.name)
     if not settings.allow_run_command:
         hidden.add("run_command")
     if hidden:  # (an empty name set would match every tool)
         mcp.disable(names=hidden, components={"tool"})
-    return list(seen.values())
+    return registered
 
 
 async def http_signing_key(settings: Settings) -> SigningKey | None:

@@ -8,7 +8,6 @@ import inspect
 import re
 from pathlib import Path
 
-from fastmcp.tools import Tool
 from mcp.server.connection import Connection
 from mcp.server.lowlevel.server import Server
 from mcp.server.session import ServerSession
@@ -33,8 +32,6 @@ def test_the_fastmcp_accessors_reach_what_they_name(sqlite_settings: Settings) -
     assert isinstance(low, Server)
     assert callable(low.add_request_handler) and low.get_request_handler("resources/subscribe") is not None
     assert low.get_tool_input_schema is not None  # build_server's schema lookup was set on it
-    tools = {c.name for c in internals.registered_components(server) if isinstance(c, Tool)}
-    assert {"list_devices", "run_command", "watch_config_file"} <= tools  # disabled ones included
     paths = [r.path for r in internals.custom_routes(server) if isinstance(r, Route)]
     assert paths == ["/health"]
 

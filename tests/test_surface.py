@@ -16,11 +16,12 @@ from typing import Any
 import jsonschema
 import mcp_types as mt
 import pytest
-from fastmcp import Client
+from fastmcp import Client, FastMCP
+from fastmcp.decorators import get_fastmcp_meta
 from fastmcp.exceptions import ToolError
+from fastmcp.tools.function_tool import ToolMeta
 
 from mcp_server.errors import ConfigurationError
-from mcp_server.fastmcp_internals import registered_components
 from mcp_server.prompts import NEEDS
 from mcp_server.server import ALWAYS_OFFERED, AREAS, build_server
 from mcp_server.settings import TOOLSETS
@@ -151,15 +152,16 @@ def test_serve_refuses_an_unknown_toolset_before_starting(tmp_path: Path) -> Non
 
 
 def _areas() -> dict[str, str]:
-    """Every tool's toolset, from the area module that registers it."""
-    from fastmcp import FastMCP
-    from fastmcp.tools import Tool
+    """Every tool's toolset, from the area module that declares it."""
+    scratch: FastMCP[Any] = FastMCP("scratch")
+    return {scratch.add_tool(fn).name: area.TOOLSET for area in AREAS for fn in area.TOOLS}
 
-    owner: dict[str, str] = {}
+
+def test_every_tool_an_area_module_defines_is_in_its_tools_list() -> None:
     for area in AREAS:
-        scratch: FastMCP[Any] = FastMCP("scratch")
-        area.register(scratch)
-        for component in registered_components(scratch):
-            if isinstance(component, Tool):
-                owner[component.name] = area.TOOLSET
-    return owner
+        defined = [
+            value
+            for value in vars(area).values()
+            if isinstance(get_fastmcp_meta(value), ToolMeta) and value.__module__ == area.__name__
+        ]
+        assert set(defined) == set(area.TOOLS), area.__name__

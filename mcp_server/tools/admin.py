@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
+from fastmcp.tools import tool
 from pydantic import AfterValidator, Field
 
 from mcp_server.collection import Collected
@@ -23,85 +23,93 @@ TOOLSET = "admin"
 AuditTime = Annotated[datetime, AfterValidator(utc)]
 
 
-def register(mcp: FastMCP) -> None:
-    @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False})
-    async def list_commands(
-        category: Annotated[
-            str | None, Field(description="Only this category (system, storage, network).")
-        ] = None,
-        state: AppState = Depends(current_state),
-    ) -> CommandList:
-        """List every registered command with its parameters' JSON schema; run one with `collect`."""
-        return state.registry.catalogue(category)
+@tool(annotations=READ_ONLY | {"openWorldHint": False})
+async def list_commands(
+    category: Annotated[
+        str | None, Field(description="Only this category (system, storage, network).")
+    ] = None,
+    state: AppState = Depends(current_state),
+) -> CommandList:
+    """List every registered command with its parameters' JSON schema; run one with `collect`."""
+    return state.registry.catalogue(category)
 
-    @mcp.tool(annotations=READ_ONLY)
-    @expected_errors()
-    async def collect(
-        device: DeviceArg,
-        command: Annotated[str, Field(description="Registry command name (see list_commands).")],
-        params: Annotated[
-            dict[str, Any] | None, Field(description="Parameters as described by list_commands.")
-        ] = None,
-        force_refresh: ForceRefresh = False,
-        state: AppState = Depends(current_state),
-    ) -> Collected[dict[str, Any]]:
-        """Run any registered read command on a device by name and return its parsed result."""
-        state.registry.get_read(command)
-        result = await state.service.collect(device, command, params, force_refresh=force_refresh)
-        return Collected[dict[str, Any]](**{**dict(result), "data": result.data.model_dump(mode="json")})
 
-    @mcp.tool(annotations=changes(destructive=True, idempotent=False), tags=ADMIN_TAGS)
-    @expected_errors()
-    async def run_command(
-        device: DeviceArg,
-        argv: Annotated[
-            list[str],
-            Field(
-                min_length=1,
-                max_length=64,
-                description="Program and arguments as a list (never a shell string).",
-            ),
-        ],
-        state: AppState = Depends(current_state),
-    ) -> Collected[CommandOutput]:
-        """Run one allowlisted program on a device (admin; off unless INFRA_ALLOW_RUN_COMMAND=true). Audited."""
-        check_allowed(
-            argv, enabled=state.settings.allow_run_command, allowlist=state.settings.run_command_allowlist
-        )
-        return await state.service.collect(device, "run_command", {"argv": argv}, force_refresh=True)
+@tool(annotations=READ_ONLY)
+@expected_errors()
+async def collect(
+    device: DeviceArg,
+    command: Annotated[str, Field(description="Registry command name (see list_commands).")],
+    params: Annotated[
+        dict[str, Any] | None, Field(description="Parameters as described by list_commands.")
+    ] = None,
+    force_refresh: ForceRefresh = False,
+    state: AppState = Depends(current_state),
+) -> Collected[dict[str, Any]]:
+    """Run any registered read command on a device by name and return its parsed result."""
+    state.registry.get_read(command)
+    result = await state.service.collect(device, command, params, force_refresh=force_refresh)
+    return Collected[dict[str, Any]](**{**dict(result), "data": result.data.model_dump(mode="json")})
 
-    @mcp.tool(annotations=READ_ONLY | {"openWorldHint": False}, tags=ADMIN_TAGS)
-    async def query_audit_log(
-        since: Annotated[
-            AuditTime | None, Field(description="ISO 8601 time; entries at or after it.")
-        ] = None,
-        until: Annotated[AuditTime | None, Field(description="ISO 8601 time; entries before it.")] = None,
-        subject: str | None = None,
-        device: str | None = None,
-        tool: Annotated[str | None, Field(description="Tool name or resource URI.")] = None,
-        outcome: Literal["ok", "error", "denied"] | None = None,
-        kind: Annotated[
-            Literal["tool", "resource", "collection", "session", "auth", "subscription"] | None,
-            Field(
-                description="session: an MCP session opened or refused; auth: a refused bearer token; "
-                "subscription: a resource subscription or listen stream, allowed or refused."
-            ),
-        ] = None,
-        request_id: str | None = None,
-        limit: Limit = 50,
-        offset: Offset = 0,
-        state: AppState = Depends(current_state),
-    ) -> AuditPage:
-        """Search the audit log: who called what, from where, with what result (newest first, paginated)."""
-        return await state.audit_page(
-            limit=limit,
-            offset=offset,
-            since=since,
-            until=until,
-            subject=subject,
-            device=device,
-            tool=tool,
-            outcome=outcome,
-            kind=kind,
-            request_id=request_id,
-        )
+
+@tool(annotations=changes(destructive=True, idempotent=False), tags=ADMIN_TAGS)
+@expected_errors()
+async def run_command(
+    device: DeviceArg,
+    argv: Annotated[
+        list[str],
+        Field(
+            min_length=1,
+            max_length=64,
+            description="Program and arguments as a list (never a shell string).",
+        ),
+    ],
+    state: AppState = Depends(current_state),
+) -> Collected[CommandOutput]:
+    """Run one allowlisted program on a device (admin; off unless INFRA_ALLOW_RUN_COMMAND=true). Audited."""
+    check_allowed(
+        argv, enabled=state.settings.allow_run_command, allowlist=state.settings.run_command_allowlist
+    )
+    return await state.service.collect(device, "run_command", {"argv": argv}, force_refresh=True)
+
+
+@tool(annotations=READ_ONLY | {"openWorldHint": False}, tags=ADMIN_TAGS)
+async def query_audit_log(
+    since: Annotated[AuditTime | None, Field(description="ISO 8601 time; entries at or after it.")] = None,
+    until: Annotated[AuditTime | None, Field(description="ISO 8601 time; entries before it.")] = None,
+    subject: str | None = None,
+    device: str | None = None,
+    tool: Annotated[str | None, Field(description="Tool name or resource URI.")] = None,
+    outcome: Literal["ok", "error", "denied"] | None = None,
+    kind: Annotated[
+        Literal["tool", "resource", "collection", "session", "auth", "subscription"] | None,
+        Field(
+            description="session: an MCP session opened or refused; auth: a refused bearer token; "
+            "subscription: a resource subscription or listen stream, allowed or refused."
+        ),
+    ] = None,
+    request_id: str | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    state: AppState = Depends(current_state),
+) -> AuditPage:
+    """Search the audit log: who called what, from where, with what result (newest first, paginated)."""
+    return await state.audit_page(
+        limit=limit,
+        offset=offset,
+        since=since,
+        until=until,
+        subject=subject,
+        device=device,
+        tool=tool,
+        outcome=outcome,
+        kind=kind,
+        request_id=request_id,
+    )
+
+
+TOOLS = (
+    list_commands,
+    collect,
+    run_command,
+    query_audit_log,
+)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastmcp import FastMCP
 from fastmcp.dependencies import Depends
+from fastmcp.tools import tool
 from pydantic import Field
 
 from mcp_server.collection import Collected
@@ -19,49 +19,57 @@ from mcp_server.tools.notify import step_reporter
 TOOLSET = "system"
 
 
-def register(mcp: FastMCP) -> None:
-    @mcp.tool(annotations=READ_ONLY)
-    @expected_errors()
-    async def get_system_metrics(
-        device: DeviceArg,
-        force_refresh: ForceRefresh = False,
-        interval: Annotated[
-            float, Field(ge=0.1, le=5.0, description="Seconds CPU use is measured over (longer = steadier).")
-        ] = 0.5,
-        state: AppState = Depends(current_state),
-    ) -> Collected[SystemMetrics]:
-        """CPU utilisation (measured now), load averages, memory and swap in bytes, and uptime of one device."""
-        return await state.service.collect(
-            device, "system_metrics", {"interval": interval}, force_refresh=force_refresh
-        )
+@tool(annotations=READ_ONLY)
+@expected_errors()
+async def get_system_metrics(
+    device: DeviceArg,
+    force_refresh: ForceRefresh = False,
+    interval: Annotated[
+        float, Field(ge=0.1, le=5.0, description="Seconds CPU use is measured over (longer = steadier).")
+    ] = 0.5,
+    state: AppState = Depends(current_state),
+) -> Collected[SystemMetrics]:
+    """CPU utilisation (measured now), load averages, memory and swap in bytes, and uptime of one device."""
+    return await state.service.collect(
+        device, "system_metrics", {"interval": interval}, force_refresh=force_refresh
+    )
 
-    @mcp.tool(annotations=READ_ONLY)
-    @expected_errors()
-    async def list_processes(
-        device: DeviceArg,
-        sort_by: Annotated[
-            Literal["cpu", "memory"], Field(description="Highest CPU use now, or highest memory.")
-        ] = "cpu",
-        limit: Annotated[int, Field(ge=1, le=200, description="How many processes to return.")] = 15,
-        force_refresh: ForceRefresh = False,
-        state: AppState = Depends(current_state),
-    ) -> Collected[TopProcesses]:
-        """Top processes of one device by current CPU use (measured over an interval) or by memory."""
-        return await state.service.collect(
-            device, "top_processes", {"sort_by": sort_by, "limit": limit}, force_refresh=force_refresh
-        )
 
-    @mcp.tool(annotations=READ_ONLY)
-    @expected_errors()
-    async def get_fleet_overview(
-        tags: Annotated[list[str] | None, Field(description="Only devices carrying all these tags.")] = None,
-        force_refresh: ForceRefresh = False,
-        state: AppState = Depends(current_state),
-        on_device: OnStep = Depends(step_reporter),
-    ) -> FleetOverview:
-        """Headline health of every device at once (CPU, memory, load, fullest disk; with a 24 h CPU and memory
-        trend where history exists); failures are listed per device. Reports progress per device."""
-        names = [d.name for d in state.devices.list(tags or ())]
-        return await fleet_overview(
-            state.service, names, force_refresh=force_refresh, db=state.db, on_device=on_device
-        )
+@tool(annotations=READ_ONLY)
+@expected_errors()
+async def list_processes(
+    device: DeviceArg,
+    sort_by: Annotated[
+        Literal["cpu", "memory"], Field(description="Highest CPU use now, or highest memory.")
+    ] = "cpu",
+    limit: Annotated[int, Field(ge=1, le=200, description="How many processes to return.")] = 15,
+    force_refresh: ForceRefresh = False,
+    state: AppState = Depends(current_state),
+) -> Collected[TopProcesses]:
+    """Top processes of one device by current CPU use (measured over an interval) or by memory."""
+    return await state.service.collect(
+        device, "top_processes", {"sort_by": sort_by, "limit": limit}, force_refresh=force_refresh
+    )
+
+
+@tool(annotations=READ_ONLY)
+@expected_errors()
+async def get_fleet_overview(
+    tags: Annotated[list[str] | None, Field(description="Only devices carrying all these tags.")] = None,
+    force_refresh: ForceRefresh = False,
+    state: AppState = Depends(current_state),
+    on_device: OnStep = Depends(step_reporter),
+) -> FleetOverview:
+    """Headline health of every device at once (CPU, memory, load, fullest disk; with a 24 h CPU and memory
+    trend where history exists); failures are listed per device. Reports progress per device."""
+    names = [d.name for d in state.devices.list(tags or ())]
+    return await fleet_overview(
+        state.service, names, force_refresh=force_refresh, db=state.db, on_device=on_device
+    )
+
+
+TOOLS = (
+    get_system_metrics,
+    list_processes,
+    get_fleet_overview,
+)
