@@ -190,7 +190,7 @@ def build_server(
                 # owner does that)
                 running = await stack.enter_async_context(open_state(settings))
                 await running.config.start()
-                running.polling = PollingService(running)
+                running.polling = PollingService.of(running)
                 running.polling.start()
                 stack.push_async_callback(_stop_polling, running)
             server.app_state = running

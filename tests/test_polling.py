@@ -54,7 +54,7 @@ async def eventually(check: Callable[[], Awaitable[Any]], what: str, timeout: fl
 @contextlib.asynccontextmanager
 async def polling(state: AppState, **kwargs: Any) -> AsyncIterator[PollingService]:
     """The polling service as a server's lifespan runs it."""
-    service = PollingService(state, **kwargs)
+    service = PollingService.of(state, **kwargs)
     state.polling = service
     service.start()
     try:

@@ -123,7 +123,7 @@ class ConfigurationMonitoringService:
         except InfrastructorError:
             log.warning("watched files on %s, which is no longer registered; not watching them", device)
             return
-        monitor = DeviceMonitor(self, target)
+        monitor = DeviceMonitor(self, self.service, self.settings, target)
         self.monitors[device] = monitor
         monitor.start()
 

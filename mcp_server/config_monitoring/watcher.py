@@ -10,16 +10,15 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mcp_server.config_monitoring.models import WatchMode, WatchStatus
 from mcp_server.devices import Device
 from mcp_server.errors import CommandNotAvailable, InfrastructorError, SessionLimit
-
-if TYPE_CHECKING:
-    from mcp_server.config_monitoring.service import ConfigurationMonitoringService
+from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +33,33 @@ class Rewatch(Exception):
     """The set of directories to watch changed on the device (one was created, moved or removed)."""
 
 
+class Watched(Protocol):
+    """What a DeviceMonitor asks of the service that owns it (ConfigurationMonitoringService)."""
+
+    def watch_dirs(self, device: str) -> list[str]: ...
+
+    def route_event(self, device: str, path: str, names: list[str], is_dir: bool) -> str | None: ...
+
+    async def reconcile(self, device: str) -> None: ...
+
+    async def refresh(self, device: str, paths: Iterable[str]) -> None: ...
+
+
+class Streams(Protocol):
+    """Where a DeviceMonitor runs inotifywait (UnifiedDataCollectionService.stream)."""
+
+    def stream(
+        self, device: str, command: str, params: Mapping[str, Any]
+    ) -> AbstractAsyncContextManager[AsyncIterator[Any]]: ...
+
+
 class DeviceMonitor:
     """Watches one device's targets and hands changed paths to the service, one batch at a time."""
 
-    def __init__(self, owner: ConfigurationMonitoringService, device: Device) -> None:
+    def __init__(self, owner: Watched, streams: Streams, settings: Settings, device: Device) -> None:
         self.owner = owner
+        self.streams = streams
+        self.settings = settings
         self.device = device
         self.status = WatchStatus(
             device=device.name, mode="starting", since=None, restarts=0, last_error=None
@@ -89,7 +110,7 @@ class DeviceMonitor:
     # ---- the work loop: debounce, then read what changed ----------------------------------------------
 
     async def _work_loop(self) -> None:
-        debounce = self.owner.settings.config_debounce
+        debounce = self.settings.config_debounce
         backoff = 0.5
         while True:
             await self._wake.wait()
@@ -130,7 +151,7 @@ class DeviceMonitor:
         """A full hash check now and then while inotify watches: it cannot see every change (a network or
         FUSE filesystem changed from elsewhere, a watched directory replaced through a symlink)."""
         while True:
-            await asyncio.sleep(self.owner.settings.config_reconcile_interval)
+            await asyncio.sleep(self.settings.config_reconcile_interval)
             if self.status.mode == "inotify":
                 self.notify(reconcile=True)
 
@@ -185,7 +206,7 @@ class DeviceMonitor:
             await asyncio.Event().wait()  # nothing to watch until restart()
         params = {"dirs": dirs}
         rewatch: Rewatch | None = None
-        async with self.owner.service.stream(self.device.name, "config_watch", params) as chunks:
+        async with self.streams.stream(self.device.name, "config_watch", params) as chunks:
             async for chunk in chunks:
                 if chunk.ready:
                     self._set_mode("inotify")
@@ -254,7 +275,7 @@ class DeviceMonitor:
 
     async def _poll(self, until: float) -> None:
         """One batched hash check per interval (the work loop runs it) until it is time to try inotify."""
-        interval = self.owner.settings.config_poll_interval
+        interval = self.settings.config_poll_interval
         if self.status.mode != "polling":
             self._set_mode("polling")
         while time.monotonic() < until:

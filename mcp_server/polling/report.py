@@ -10,13 +10,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from mcp_server.cache import CacheStats
+from mcp_server.cache import CacheManager, CacheStats
 from mcp_server.db.engine import Database
 from mcp_server.db.series import as_utc
 from mcp_server.db.storage import StorageInfo
 from mcp_server.db.tables import CacheMetadata, ServicePerformanceMetric
 from mcp_server.devices import DeviceHealth
-from mcp_server.events import CollectionCompleted, CollectionFailed, Event
+from mcp_server.events import CollectionCompleted, CollectionFailed, Event, EventBus
+from mcp_server.ssh import SSHPool
 
 if TYPE_CHECKING:
     from mcp_server.state import AppState
@@ -36,17 +37,17 @@ def percentile(values: list[float], share: float) -> float | None:
 class ReplicaStats:
     """Collections, failures and durations of this replica since the last row, from the event bus."""
 
-    def __init__(self, state: AppState) -> None:
-        self._state = state
+    def __init__(self, replica: str, *, cache: CacheManager, events: EventBus, ssh: SSHPool) -> None:
+        self._replica = replica
+        self._cache = cache
+        self._ssh = ssh
         self._durations: list[float] = []
         self._collections = 0
         self._failures = 0
         self._started = time.monotonic()
-        stats = state.cache.stats()
+        stats = cache.stats()
         self._hits, self._misses = stats.hits, stats.misses
-        self._unsubscribe = state.events.subscribe(
-            self._on_event, types=(CollectionCompleted, CollectionFailed)
-        )
+        self._unsubscribe = events.subscribe(self._on_event, types=(CollectionCompleted, CollectionFailed))
 
     def _on_event(self, event: Event) -> None:
         self._collections += 1
@@ -60,20 +61,20 @@ class ReplicaStats:
 
     def take_row(self, now: datetime) -> dict[str, Any]:
         """This period's summary as a service_performance_metrics row; starts the next period."""
-        cache = self._state.cache.stats()
+        cache = self._cache.stats()
         hits, misses = cache.hits - self._hits, cache.misses - self._misses
         row = {
             "recorded_at": now,
             "kind": "replica",
             "outcome": "ok",
-            "replica": self._state.settings.replica_name,
+            "replica": self._replica,
             "period_seconds": round(time.monotonic() - self._started, 3),
             "collections": self._collections,
             "failures": self._failures,
             "p50_ms": percentile(self._durations, 0.50),
             "p95_ms": percentile(self._durations, 0.95),
             "cache_hit_ratio": hits / (hits + misses) if hits + misses else None,
-            "ssh_connections_open": self._state.ssh.stats().open_connections,
+            "ssh_connections_open": self._ssh.stats().open_connections,
             "execute_ms": 0.0,
             "parse_ms": 0.0,
             "total_ms": 0.0,

@@ -19,11 +19,14 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
 from mcp_server.audit import CallContext, calling
+from mcp_server.collection import UnifiedDataCollectionService
+from mcp_server.commands import CommandRegistry
+from mcp_server.db.engine import Database
+from mcp_server.devices import DeviceRegistry
 from mcp_server.errors import (
     CommandNotAvailable,
     CommandTimeout,
@@ -32,10 +35,9 @@ from mcp_server.errors import (
     SudoPasswordRequired,
 )
 from mcp_server.polling import leases
+from mcp_server.polling.breaker import HealthBook
 from mcp_server.reports import drive_health
-
-if TYPE_CHECKING:
-    from mcp_server.state import AppState
+from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,27 @@ def jitter_offset(device: str, category: str, interval: float, jitter: float) ->
 
 
 class Poller:
-    def __init__(self, state: AppState, *, clock: Callable[[], float] = time.time) -> None:
-        self._state = state
-        self._settings = state.settings
+    """Polls every device's categories in their slots (see above), through the collection service."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        service: UnifiedDataCollectionService,
+        registry: CommandRegistry,
+        devices: DeviceRegistry,
+        health: HealthBook,
+        db: Database,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._service = service
+        self._registry = registry
+        self._devices = devices
+        self._health = health
+        self._db = db
         self._clock = clock
-        self.replica = state.settings.replica_name
+        self.replica = settings.replica_name
         self.categories = [
             (c, float(getattr(self._settings, c.setting)))
             for c in CATEGORIES
@@ -108,7 +126,7 @@ class Poller:
 
     def deadline(self, category: Category) -> float:
         """The longest a poll of `category` may run: connect (twice, for a retry) plus its commands."""
-        registry = self._state.registry
+        registry = self._registry
         longest = max(
             min(registry.get(c).timeout, self._settings.ssh_command_timeout) for c in category.commands
         )
@@ -120,7 +138,7 @@ class Poller:
         try:
             while True:
                 await self._maybe_reload()
-                await self._state.health.refresh()
+                await self._health.refresh()
                 wake = self._schedule_due()
                 await asyncio.sleep(max(0.01, min(wake - self._clock(), MAX_SLEEP)))
         finally:
@@ -131,18 +149,18 @@ class Poller:
 
     async def _maybe_reload(self) -> None:
         # another replica may have added or removed devices; SQLite means one process, nothing to learn
-        if self._state.db.dialect != "postgresql":
+        if self._db.dialect != "postgresql":
             return
         if time.monotonic() - self._reloaded >= DEVICE_RELOAD_EVERY:
             self._reloaded = time.monotonic()
-            await self._state.devices.load()
+            await self._devices.load()
 
     def _schedule_due(self) -> float:
         """Start a task for every (device, category) whose slot is due; returns when to look again."""
         now = self._clock()
         wake = now + MAX_SLEEP
         jitter = self._settings.poll_jitter
-        for device in self._state.devices.names():
+        for device in self._devices.names():
             for category, interval in self.categories:
                 slot = int(now // interval)
                 offset = jitter_offset(device, category.name, interval, jitter)
@@ -172,13 +190,13 @@ class Poller:
         except (SQLAlchemyError, OSError) as exc:
             # the database is away: this slot is lost, the next one tries again
             self.counters.missed += 1
-            self._state.health.forget_probe(device)
+            self._health.forget_probe(device)
             log.warning("poll %s/%s slot %d: database unavailable: %s", device, category.name, slot, exc)
 
     async def _slot(self, device: str, category: Category, interval: float, slot: int) -> None:
         """Claim and run one due slot, or leave it to the replica holding it."""
         slot_end = (slot + 1) * interval
-        health = self._state.health
+        health = self._health
         ttl = timedelta(seconds=self.deadline(category) + LEASE_MARGIN)
         takeover = False
         while True:
@@ -196,7 +214,7 @@ class Poller:
                     health.forget_probe(device)
                     return
                 claim = await leases.claim(
-                    self._state.db, device, category.name, slot, owner=self.replica, ttl=ttl, now=self._now()
+                    self._db, device, category.name, slot, owner=self.replica, ttl=ttl, now=self._now()
                 )
                 if claim.ours:
                     self.counters.taken_over += takeover
@@ -213,7 +231,7 @@ class Poller:
     async def _poll(
         self, device: str, category: Category, interval: float, slot: int, request_id: str
     ) -> None:
-        health = self._state.health
+        health = self._health
         context = CallContext(
             request_id=request_id,
             transport="poller",
@@ -248,7 +266,7 @@ class Poller:
             self.counters.failed += 1
         self.counters.by_category[category.name] = self.counters.by_category.get(category.name, 0) + 1
         done = await leases.complete(
-            self._state.db,
+            self._db,
             device,
             category.name,
             slot,
@@ -262,7 +280,7 @@ class Poller:
             )
 
     async def _collect(self, device: str, category: Category) -> None:
-        service = self._state.service
+        service = self._service
         if category.name == "drives":
             await drive_health(service, device, None, True)
             return

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from mcp_server.audit import BatchWriter
 from mcp_server.db import storage
+from mcp_server.db.engine import Database
 from mcp_server.db.tables import ServicePerformanceMetric
 from mcp_server.devices import DeviceHealth
 from mcp_server.polling import leases
@@ -26,6 +28,7 @@ from mcp_server.polling.report import (
     replica_reports,
 )
 from mcp_server.polling.scheduler import Poller
+from mcp_server.settings import Settings
 
 if TYPE_CHECKING:
     from mcp_server.state import AppState
@@ -39,13 +42,44 @@ STOP_TIMEOUT = 10.0
 class PollingService:
     """Started and stopped by the server's lifespan; `poller` is None with INFRA_POLL_ENABLED=false."""
 
-    def __init__(self, state: AppState, *, clock: Callable[[], float] = time.time) -> None:
-        self._state = state
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        db: Database,
+        writer: BatchWriter,
+        poller: Poller | None,
+        stats: ReplicaStats,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._db = db
+        self._writer = writer
         self._clock = clock
-        self.poller = Poller(state, clock=clock) if state.settings.poll_enabled else None
-        self.stats = ReplicaStats(state)
+        self.poller = poller
+        self.stats = stats
         self.last_maintenance: storage.MaintenanceReport | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    def of(cls, state: AppState, *, clock: Callable[[], float] = time.time) -> PollingService:
+        """The polling service of a running server, wired to its live objects."""
+        settings = state.settings
+        poller = (
+            Poller(
+                settings,
+                service=state.service,
+                registry=state.registry,
+                devices=state.devices,
+                health=state.health,
+                db=state.db,
+                clock=clock,
+            )
+            if settings.poll_enabled
+            else None
+        )
+        stats = ReplicaStats(settings.replica_name, cache=state.cache, events=state.events, ssh=state.ssh)
+        return cls(settings, db=state.db, writer=state.writer, poller=poller, stats=stats, clock=clock)
 
     def start(self) -> None:
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
@@ -58,7 +92,7 @@ class PollingService:
         intervals = self.poller.intervals() if self.poller else {}
         log.info(
             "polling service started as %s; poll intervals: %s",
-            self._state.settings.replica_name,
+            self._settings.replica_name,
             ", ".join(f"{k} {v:g}s" for k, v in intervals.items()) or "polling off",
         )
 
@@ -68,20 +102,20 @@ class PollingService:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
         self._tasks = []
-        self._state.writer.add(ServicePerformanceMetric, self.stats.take_row(self._now()))
+        self._writer.add(ServicePerformanceMetric, self.stats.take_row(self._now()))
         self.stats.close()
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
     async def _report_loop(self) -> None:
-        every = self._state.settings.poll_report_interval
+        every = self._settings.poll_report_interval
         while True:
             await asyncio.sleep(every)
-            self._state.writer.add(ServicePerformanceMetric, self.stats.take_row(self._now()))
+            self._writer.add(ServicePerformanceMetric, self.stats.take_row(self._now()))
 
     async def _maintenance_loop(self) -> None:
-        every = self._state.settings.maintenance_interval
+        every = self._settings.maintenance_interval
         while True:
             with contextlib.suppress(SQLAlchemyError, OSError):
                 await self.maintain_once()
@@ -89,25 +123,25 @@ class PollingService:
 
     async def maintain_once(self) -> storage.MaintenanceReport | None:
         """Run retention for this maintenance slot unless another replica already claimed it."""
-        every = self._state.settings.maintenance_interval
+        every = self._settings.maintenance_interval
         slot = int(self._clock() // every)
         device, category = MAINTENANCE
         claim = await leases.claim(
-            self._state.db,
+            self._db,
             device,
             category,
             slot,
-            owner=self._state.settings.replica_name,
+            owner=self._settings.replica_name,
             ttl=timedelta(seconds=min(every, 3600)),
             now=self._now(),
         )
         if not claim.ours:
             return None
-        report = await storage.maintain(self._state.db, self._state.settings, self._now())
+        report = await storage.maintain(self._db, self._settings, self._now())
         self.last_maintenance = report
         outcome = "ok" if report.error is None else "error"
         await leases.complete(
-            self._state.db,
+            self._db,
             device,
             category,
             slot,
