@@ -4,10 +4,14 @@ SDK upgrade that renames or reshapes one fails here, by name."""
 
 from __future__ import annotations
 
+import ast
+import importlib
 import inspect
 import re
+import textwrap
 from pathlib import Path
 
+from fastmcp.server.http import FastMCPStreamableHTTPSessionManager
 from mcp.server.connection import Connection
 from mcp.server.lowlevel.server import Server
 from mcp.server.session import ServerSession
@@ -71,3 +75,51 @@ def test_no_other_module_reaches_a_private_member_of_fastmcp_or_the_sdk() -> Non
         if PRIVATE.search(line)
     ]
     assert reaching == []
+
+
+def _private_reaches(cls: type) -> set[str]:
+    """The `_names` a class's own code reaches on `self` or `super()`."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if not (
+            isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+        ):
+            continue
+        owner = node.value
+        on_self = isinstance(owner, ast.Name) and owner.id == "self"
+        on_super = (
+            isinstance(owner, ast.Call) and isinstance(owner.func, ast.Name) and owner.func.id == "super"
+        )
+        if on_self or on_super:
+            names.add(node.attr)
+    return names
+
+
+def test_our_subclasses_of_fastmcp_and_sdk_classes_reach_only_the_listed_private_members() -> None:
+    listed = set(internals.SESSION_MANAGER_HOOKS) | set(internals.SESSION_MANAGER_ATTRIBUTES)
+    subclasses = [
+        cls
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "__main__.py"  # importing it runs the CLI
+        for cls in vars(importlib.import_module(_module_name(path))).values()
+        if isinstance(cls, type) and cls.__module__ == _module_name(path) and _framework_bases(cls)
+    ]
+    assert SessionManager in subclasses
+    for cls in subclasses:
+        inherited = {name for base in _framework_bases(cls) for name in vars(base)}
+        if cls is SessionManager:  # and what the SDK manager sets on its instances
+            inherited |= set(vars(FastMCPStreamableHTTPSessionManager(app=object())))
+        reached = _private_reaches(cls) & inherited
+        unlisted = reached - listed
+        assert not unlisted, f"{cls.__name__} reaches {sorted(unlisted)}: list them in fastmcp_internals"
+
+
+def _framework_bases(cls: type) -> list[type]:
+    return [base for base in cls.__mro__[1:] if base.__module__.split(".")[0] in ("fastmcp", "mcp")]
+
+
+def _module_name(path: Path) -> str:
+    return ".".join(("mcp_server", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(
+        ".__init__"
+    )
