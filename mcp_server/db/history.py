@@ -2,8 +2,8 @@
 
 Buckets are aligned to the Unix epoch and whole: `since` is rounded down and `until` up to a bucket
 boundary. TimescaleDB uses `time_bucket` (and the hourly rollup for system metrics in whole hours),
-plain PostgreSQL `date_bin`, SQLite integer arithmetic on epoch seconds; the three give the same points
-for the same rows. Rates come from consecutive counter samples: after a counter reset (a reboot, a wrap)
+plain PostgreSQL `date_bin`, SQLite integer arithmetic on epoch microseconds read from the stored text; the
+three give the same points for the same rows, to the microsecond at bucket edges. Rates come from consecutive counter samples: after a counter reset (a reboot, a wrap)
 the new value is the increase, as Prometheus counts it.
 """
 
@@ -142,8 +142,8 @@ def _float_type(dialect: str) -> str:
 def _bucket(mode: Mode, dialect: str, ts: str, width: int) -> str:
     """SQL giving the epoch second at which the bucket of `ts` starts."""
     if dialect != "postgresql":
-        # SQLite keeps UTC text; integer division floors (all our times are after 1970)
-        return f"(CAST(strftime('%s', {ts}) AS INTEGER) / {width}) * {width}"
+        # integer division floors: all our times are after 1970
+        return f"({_micros(dialect, ts)} / {width * 1_000_000}) * {width}"
     fn = (
         f"time_bucket(INTERVAL '{width} seconds', {ts}, origin => {EPOCH})"
         if mode == "timescale"
@@ -156,8 +156,13 @@ def _micros(dialect: str, ts: str) -> str:
     """Exact microseconds since the epoch of the timestamp column `ts`."""
     if dialect == "postgresql":
         return f"CAST(extract(epoch FROM {ts}) * 1000000 AS bigint)"
-    # SQLAlchemy stores 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds from strftime, microseconds from the text
-    return f"(CAST(strftime('%s', {ts}) AS INTEGER) * 1000000 + CAST(substr({ts}, 21, 6) AS INTEGER))"
+    # SQLAlchemy stores UTC as 'YYYY-MM-DD HH:MM:SS.ffffff'. SQLite's date functions go through a
+    # millisecond Julian day (strftime('%s') of '...:59.9995' is the next second), so they see only the
+    # whole seconds; the microseconds come from the text (padded: a value written without them reads 0).
+    return (
+        f"(CAST(strftime('%s', substr({ts}, 1, 19)) AS INTEGER) * 1000000 "
+        f"+ CAST(substr({ts} || '000000', 21, 6) AS INTEGER))"
+    )
 
 
 def _times(*names: str) -> list[BindParameter[datetime]]:
