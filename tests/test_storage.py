@@ -283,6 +283,46 @@ async def test_infrastructor_migrate_reports_the_mode_it_set_up(tmp_path: Path, 
             await drop_pg_database(url)
 
 
+async def test_a_database_owner_without_superuser_migrates_and_bootstraps_the_application_role(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL hides shared_preload_libraries from a plain role: choosing the mode must not need it."""
+    import uuid
+
+    import asyncpg
+    from sqlalchemy.engine.url import make_url
+
+    from tests.app_fixtures import PG_ADMIN_DSN, create_pg_database, drop_pg_database
+    from tests.test_transports import run_cli
+
+    created = await create_pg_database()
+    suffix = uuid.uuid4().hex[:10]
+    owner, app = f"owner_{suffix}", f"app_{suffix}"
+    url = make_url(created).set(username=owner, password=None).render_as_string(hide_password=False)
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE ROLE "{owner}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+        await admin.execute(f'ALTER DATABASE "{make_url(created).database}" OWNER TO "{owner}"')
+        migrated = run_cli(tmp_path, "migrate", INFRA_DATABASE_URL=url)
+        assert migrated.returncode == 0, migrated.stderr
+        assert "time-series storage: partitioned" in migrated.stderr
+        # the least-privilege path: the owner (given CREATEROLE, still no superuser) makes the application
+        # role, the server connects as that role, and the owner's `migrate` (cron) keeps partitions ahead
+        await admin.execute(f'ALTER ROLE "{owner}" CREATEROLE')
+        owned = {"INFRA_DATABASE_URL": url, "INFRA_DATABASE_ADMIN_URL": url}
+        boot = run_cli(tmp_path, "db", "bootstrap-credentials", "--role-base", app, **owned)
+        assert boot.returncode == 0 and f"as {app}_a" in boot.stderr, boot.stderr
+        listed = run_cli(tmp_path, "devices", "list", INFRA_DATABASE_URL=url)
+        assert listed.returncode == 0 and "local" in listed.stdout, listed.stderr
+        again = run_cli(tmp_path, "migrate", **owned)
+        assert again.returncode == 0 and "time-series storage: partitioned" in again.stderr, again.stderr
+    finally:
+        await drop_pg_database(created)
+        for role in (f"{app}_a", f"{app}_b", app, owner):
+            await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
+
+
 def test_series_tables_have_a_retention_setting_and_whole_day_partitions() -> None:
     from mcp_server.settings import Settings
 
