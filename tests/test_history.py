@@ -41,8 +41,9 @@ def _day_start(days_ago: int) -> datetime:
     return datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=days_ago)
 
 
-# Two days back, so retention (30 d) and compression (7 d) leave the rows alone while a test runs.
-T0 = _day_start(2)
+# Three days back: retention (30 d) and compression (7 d) leave the rows alone while a test runs, and on
+# TimescaleDB hourly buckets this old come from the rollup (the last two days come from raw rows).
+T0 = _day_start(3)
 
 
 @dataclass(frozen=True)
@@ -424,7 +425,7 @@ async def test_the_fleet_overview_shows_a_trend_where_history_exists(state: AppS
 # ---- exact buckets and rates at bucket edges, on every backend ---------------------------------------------
 
 EDGE_DEVICE = "edge01"
-EDGE_T0 = _day_start(1)
+EDGE_T0 = _day_start(3)  # on TimescaleDB the hourly buckets come from the rollup
 EDGE_T1 = EDGE_T0 + timedelta(hours=6)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 US = timedelta(microseconds=1)
@@ -548,3 +549,76 @@ async def test_buckets_and_rates_at_bucket_edges_are_exact_on_every_backend(
     assert (
         latest.latest == round(rates[-2][1], 4) and latest.latest_at == rates[-2][0]
     )  # the last before until
+
+
+# ---- TimescaleDB: rows that arrive late, after the hourly rollup was refreshed ------------------------------
+
+
+async def _refresh_rollup(state: AppState) -> None:
+    async with state.db.engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("CALL refresh_continuous_aggregate('system_metrics_hourly', NULL, NULL)"))
+
+
+def _cpu_row(at: datetime, cpu: float) -> dict[str, Any]:
+    return system_rows()[0] | {"device": DEVICE, "collected_at": at, "cpu_percent": cpu}
+
+
+@pytest.mark.parametrize("series_database_url", ["timescale"], indirect=True)
+async def test_a_row_that_arrives_late_counts_in_hourly_answers_before_the_next_refresh(
+    tmp_path: Path, series_database_url: str
+) -> None:
+    settings = make_settings(tmp_path, database_url=series_database_url)
+    async with open_state(settings) as state:
+        await state.devices.add(DEVICE, DeviceSpec(hostname="192.0.2.10"))
+        now = datetime.now(UTC)
+        recent = datetime.fromtimestamp(math.floor((now - timedelta(hours=8)).timestamp() / 3600) * 3600, UTC)
+        old = recent - timedelta(days=3)
+        for start in (old, recent):
+            for minute in range(6 * 60):
+                state.writer.add(
+                    SystemMetricRow, _cpu_row(start + timedelta(minutes=minute, seconds=7), 10.0)
+                )
+        await state.writer.flush()
+        await _refresh_rollup(state)  # every hour above is materialized now
+
+        async def hourly(since: datetime, hours: int = 6) -> dict[str, Any]:
+            window = {"since": since.isoformat(), "until": (since + timedelta(hours=hours)).isoformat()}
+            return await ask(state, metric="cpu_percent", bucket="1h", **window)
+
+        # late rows (a replayed spool): one in a recent hour, one in an hour three days back
+        state.writer.add(SystemMetricRow, _cpu_row(recent + timedelta(minutes=30, seconds=1), 100.0))
+        state.writer.add(SystemMetricRow, _cpu_row(old + timedelta(minutes=30, seconds=1), 100.0))
+        await state.writer.flush()
+        answer = await hourly(recent)
+        assert answer["source"] == "raw" and answer["raw_from"] is None  # the last two days: raw rows
+        first = answer["points"][0]
+        assert (first["samples"], first["max"]) == (61, 100.0)
+        stale = await hourly(old)
+        assert stale["source"] == "hourly_rollup" and stale["points"][0]["samples"] == 60
+        # a range across the cut is the rollup up to it, raw rows from it on
+        across = await ask(
+            state,
+            metric="cpu_percent",
+            bucket="1h",
+            since=old.isoformat(),
+            until=(recent + timedelta(hours=6)).isoformat(),
+        )
+        assert across["source"] == "hourly_rollup" and across["raw_from"] is not None
+        assert old < across["raw_from"] <= recent
+        assert [p["samples"] for p in across["points"]] == [60] * 6 + [61] + [60] * 5
+        # the rollup's refresh policy reaches back as far as raw rows are kept: its next run folds the
+        # three-day-old late row in
+        async with state.db.engine.connect() as conn:
+            job = await conn.scalar(
+                text(
+                    "SELECT j.job_id FROM timescaledb_information.jobs j "
+                    "JOIN timescaledb_information.continuous_aggregates ca "
+                    "ON ca.materialization_hypertable_name = j.hypertable_name "
+                    "WHERE j.proc_name = 'policy_refresh_continuous_aggregate' AND ca.view_name = 'system_metrics_hourly'"
+                )
+            )
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f"CALL run_job({int(job)})"))
+        refreshed = await hourly(old)
+        assert (refreshed["points"][0]["samples"], refreshed["points"][0]["max"]) == (61, 100.0)
