@@ -151,8 +151,9 @@ def _float_type(dialect: str) -> str:
 def _bucket(mode: Mode, dialect: str, ts: str, width: int) -> str:
     """SQL giving the epoch second at which the bucket of `ts` starts."""
     if dialect != "postgresql":
-        # integer division floors: all our times are after 1970
-        return f"({_micros(dialect, ts)} / {width * 1_000_000}) * {width}"
+        # a width is whole seconds, so the bucket depends on the whole seconds only; integer division
+        # floors (all our times are after 1970)
+        return f"({_seconds(ts)} / {width}) * {width}"
     fn = (
         f"time_bucket(INTERVAL '{width} seconds', {ts}, origin => {EPOCH})"
         if mode == "timescale"
@@ -165,13 +166,18 @@ def _micros(dialect: str, ts: str) -> str:
     """Exact microseconds since the epoch of the timestamp column `ts`."""
     if dialect == "postgresql":
         return f"CAST(extract(epoch FROM {ts}) * 1000000 AS bigint)"
-    # SQLAlchemy stores UTC as 'YYYY-MM-DD HH:MM:SS.ffffff'. SQLite's date functions go through a
-    # millisecond Julian day (strftime('%s') of '...:59.9995' is the next second), so they see only the
-    # whole seconds; the microseconds come from the text (padded: a value written without them reads 0).
-    return (
-        f"(CAST(strftime('%s', substr({ts}, 1, 19)) AS INTEGER) * 1000000 "
-        f"+ CAST(substr({ts} || '000000', 21, 6) AS INTEGER))"
-    )
+    # the microseconds come from the text (padded: a value written without them reads 0)
+    return f"({_seconds(ts)} * 1000000 + CAST(substr({ts} || '000000', 21, 6) AS INTEGER))"
+
+
+def _seconds(ts: str) -> str:
+    """SQLite: the exact whole seconds since the epoch of the stored text `ts`.
+
+    SQLAlchemy stores UTC as 'YYYY-MM-DD HH:MM:SS.ffffff'. SQLite's date functions go through a
+    millisecond Julian day (strftime('%s') of '...:59.9995' is the next second), so they are given only
+    the whole seconds.
+    """
+    return f"CAST(strftime('%s', substr({ts}, 1, 19)) AS INTEGER)"
 
 
 def _times(*names: str) -> list[BindParameter[datetime]]:
