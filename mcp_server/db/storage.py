@@ -144,8 +144,9 @@ async def jobs(
             found = await conn.run_sync(timescale.job_states)
     except DBAPIError as exc:
         return JobsReport(f"storage jobs: unknown (reading timescaledb_information failed: {_error(exc)})")
+    mine = runs or {}
     for job in found:
-        job.server_run = (runs or {}).get(job.job_id)
+        job.server_run = mine.get(job.job_id)
     failing = sum(j.keeps_failing for j in found)
     summary = f"storage jobs: {len(found)} TimescaleDB policies, " + (
         f"{failing} keep failing" if failing else "none failing"
@@ -219,6 +220,10 @@ def _error(exc: DBAPIError) -> str:
     return f"{type(exc).__name__}: {str(exc.orig) if exc.orig else exc}"[:500]
 
 
+def _failed(runs: dict[int, timescale.JobRun]) -> str | None:
+    return "; ".join(f"job {i}: {r.error}" for i, r in runs.items() if not r.ok)[:500] or None
+
+
 @dataclass
 class ConfigureReport:
     mode: Mode
@@ -282,11 +287,7 @@ async def configure(db: Database, settings: Settings, *, run_jobs: bool = False)
         else:
             report.actions = ["retention (deletes, run by the polling service): " + _retention_line(wanted)]
         runs = await run_due_jobs(db, settings, datetime.now(UTC)) if run_jobs and mode == "timescale" else {}
-        report.error = (
-            report.error
-            or "; ".join(f"job {i}: {r.error}" for i, r in runs.items() if not r.ok)[:500]
-            or None
-        )
+        report.error = report.error or _failed(runs)
     except SQLAlchemyError as exc:
         raise StorageError(f"Configuring {mode} storage failed: {type(exc).__name__}: {exc}") from exc
     report.jobs = await jobs(db, settings, runs)
@@ -341,8 +342,7 @@ async def maintain(db: Database, settings: Settings, now: datetime | None = None
         elif mode == "timescale":
             # TimescaleDB drops and compresses chunks itself, unless its scheduler's runs fail
             report.jobs_run = await run_due_jobs(db, settings, now)
-            failed = [f"job {i}: {r.error}" for i, r in report.jobs_run.items() if not r.ok]
-            report.error = "; ".join(failed)[:500] or None
+            report.error = _failed(report.jobs_run)
         # leases and cache rows are ours in every mode
         report.rows_deleted["poll_leases"] = await _delete_rows(
             db, delete(PollLease).where(PollLease.claimed_at < now - LEASE_RETENTION)
