@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             admin = settings.database_admin_url
             url = admin.get_secret_value() if admin is not None else settings.resolved_database_url
             secure_data_dir(settings.data_dir)
-            report = asyncio.run(migrate_and_configure(url, settings))
+            report = asyncio.run(migrate_and_configure(url, settings, run_jobs=True))
             err.print(f"database {redact_url(url)} is at the latest schema", soft_wrap=True)
             err.print(report.summary(), soft_wrap=True, highlight=False)
             return 1 if report.error else 0

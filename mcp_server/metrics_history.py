@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from mcp_server.db.engine import Database
 from mcp_server.db.history import METRICS, MetricsHistory, Query, align, history, known_keys
-from mcp_server.db.storage import layout
+from mcp_server.db.storage import layout, policies
 from mcp_server.devices import DeviceRegistry
 from mcp_server.errors import InvalidParameter
 from mcp_server.settings import Settings
@@ -98,7 +98,9 @@ async def metrics_history(
             known = await known_keys(session, metric, device, now - timedelta(days=7))
             listed = ", ".join(known) if known else "none recorded in the last 7 days"
             raise InvalidParameter(f"{metric} needs `{spec.key}`. Known for {device}: {listed}.")
-        result = await history(session, mode, Query(device, metric, key, lo, hi, width))
+        # the rollup answers only buckets older than the recent window (late rows there count at once)
+        raw_from = now - policies(settings).recent_raw if mode == "timescale" else None
+        result = await history(session, mode, Query(device, metric, key, lo, hi, width, raw_from))
         if not result.points:
             result.note = await _why_empty(session, settings, metric, device, key, now)
     return result

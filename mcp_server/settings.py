@@ -296,6 +296,11 @@ class Settings(BaseSettings):
         le=86_400,
         description="Seconds between retention and partition maintenance runs.",
     )
+    timescale_run_jobs: Literal["failing", "always", "never"] = Field(
+        default="failing",
+        description="TimescaleDB: which policy jobs the maintenance loop (and `migrate`) runs itself with "
+        "CALL run_job: those whose last scheduler run failed or that are overdue, every one, or none.",
+    )
     poll_enabled: bool = Field(default=True, description="Poll every device in the background while serving.")
     poll_system_interval: float = Field(
         default=60.0, ge=0, le=86_400, description="Seconds between system_metrics polls; 0 = off."

@@ -188,12 +188,13 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> Database
     return db
 
 
-async def migrate_and_configure(url: str, settings: Settings) -> ConfigureReport:
-    """Migrate the database at `url` to the latest schema and apply the storage settings (as its owner)."""
+async def migrate_and_configure(url: str, settings: Settings, *, run_jobs: bool = False) -> ConfigureReport:
+    """Migrate the database at `url` to the latest schema and apply the storage settings (as its owner);
+    with `run_jobs`, also run the TimescaleDB policies whose scheduler runs fail."""
     await asyncio.to_thread(migrate_url, url)
     owner = Database(url)
     try:
-        return await configure_storage(owner, settings)
+        return await configure_storage(owner, settings, run_jobs=run_jobs)
     finally:
         await owner.close()
 

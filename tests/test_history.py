@@ -41,8 +41,9 @@ def _day_start(days_ago: int) -> datetime:
     return datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=days_ago)
 
 
-# Two days back, so retention (30 d) and compression (7 d) leave the rows alone while a test runs.
-T0 = _day_start(2)
+# Three days back: retention (30 d) and compression (7 d) leave the rows alone while a test runs, and on
+# TimescaleDB hourly buckets this old come from the rollup (the last two days come from raw rows).
+T0 = _day_start(3)
 
 
 @dataclass(frozen=True)
@@ -419,3 +420,205 @@ async def test_the_fleet_overview_shows_a_trend_where_history_exists(state: AppS
     local = next(d for d in overview["devices"] if d["device"] == "local")
     assert local["ok"] and local["trend"]["memory_percent"] == "falling"
     assert local["trend"]["window_hours"] == 24
+
+
+# ---- exact buckets and rates at bucket edges, on every backend ---------------------------------------------
+
+EDGE_DEVICE = "edge01"
+EDGE_T0 = _day_start(3)  # on TimescaleDB the hourly buckets come from the rollup
+EDGE_T1 = EDGE_T0 + timedelta(hours=6)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+US = timedelta(microseconds=1)
+Bucket = tuple[datetime, float, float, float, int]
+
+
+def _epoch_us(at: datetime) -> int:
+    return (at - EPOCH) // US
+
+
+def edge_times() -> list[datetime]:
+    """One sample a minute for 6 h, each half a millisecond before its minute ends; besides them samples
+    exactly on a minute, a microsecond after it and a microsecond before the next, sub-millisecond offsets,
+    and one each a microsecond before and exactly at the ends of the 6 h range (both outside it)."""
+    times = {EDGE_T0 + timedelta(minutes=i, seconds=59, microseconds=999_500) for i in range(360)}
+    for i in range(0, 360, 7):
+        times |= {EDGE_T0 + timedelta(minutes=i), EDGE_T0 + timedelta(minutes=i) + US}
+    times |= {EDGE_T0 + timedelta(minutes=i, seconds=59, microseconds=999_999) for i in range(3, 360, 11)}
+    times |= {EDGE_T0 + timedelta(minutes=i, seconds=17, microseconds=250) for i in range(5, 360, 13)}
+    times |= {EDGE_T0 + timedelta(minutes=i, seconds=30, microseconds=123_457) for i in range(1, 360, 17)}
+    times |= {EDGE_T0 - US, EDGE_T1}
+    return sorted(times)
+
+
+def edge_gauge() -> list[tuple[datetime, float]]:
+    """load_1 at the edge times; quarters, so every sum is exact whatever the order of addition."""
+    return [(at, (k % 9) * 0.25) for k, at in enumerate(edge_times())]
+
+
+def edge_counter() -> list[tuple[datetime, int]]:
+    """rx_bytes at the edge times: uneven increases, and a counter reset every 97 samples."""
+    samples, value = [], 5_000_000
+    for k, at in enumerate(edge_times()):
+        value = k * 10 if k % 97 == 50 else value + (k % 5 + 1) * 1_000 + k
+        samples.append((at, value))
+    return samples
+
+
+def exact_buckets(samples: list[tuple[datetime, float]], width: int) -> list[Bucket]:
+    """(start, avg, min, max, count) per epoch-aligned bucket of [EDGE_T0, EDGE_T1), in integer
+    microseconds: independent of every database's time arithmetic."""
+    lo, hi = _epoch_us(EDGE_T0), _epoch_us(EDGE_T1)
+    buckets: dict[int, list[float]] = {}
+    for at, value in samples:
+        us = _epoch_us(at)
+        if lo <= us < hi:
+            buckets.setdefault(us // (width * 1_000_000) * width, []).append(value)
+    return [
+        (EPOCH + timedelta(seconds=b), sum(v) / len(v), min(v), max(v), len(v))
+        for b, v in sorted(buckets.items())
+    ]
+
+
+def exact_rates(samples: list[tuple[datetime, int]]) -> list[tuple[datetime, float]]:
+    """Bytes per second between consecutive samples, at the later one; after a reset the new value is the
+    increase."""
+    out = []
+    for (t0, c0), (t1, c1) in itertools.pairwise(samples):
+        increase = c1 - c0 if c1 >= c0 else c1
+        out.append((t1, increase * 1_000_000.0 / (_epoch_us(t1) - _epoch_us(t0))))
+    return out
+
+
+@pytest.fixture
+async def edge_state(tmp_path: Path, series_database_url: str) -> AsyncIterator[AppState]:
+    settings = make_settings(tmp_path, database_url=series_database_url)
+    async with open_state(settings) as state:
+        await state.devices.add(EDGE_DEVICE, DeviceSpec(hostname="192.0.2.11"))
+        gauge = dict(edge_gauge())
+        for at, value in edge_counter():
+            row = system_rows()[0] | {"device": EDGE_DEVICE, "collected_at": at, "load_1": gauge[at]}
+            state.writer.add(SystemMetricRow, row)
+            state.writer.add(
+                NetworkMetricRow,
+                {
+                    "device": EDGE_DEVICE,
+                    "collected_at": at,
+                    "interface": "eth0",
+                    "rx_bytes": value,
+                    "tx_bytes": 0,
+                },
+            )
+        await state.writer.flush()
+        yield state
+
+
+@pytest.mark.parametrize("bucket", ["1m", "5m", "1h"])
+async def test_buckets_and_rates_at_bucket_edges_are_exact_on_every_backend(
+    edge_state: AppState, bucket: str
+) -> None:
+    width = {"1m": 60, "5m": 300, "1h": 3600}[bucket]
+    answers = {
+        metric: await metrics_history(
+            edge_state.db,
+            edge_state.devices,
+            edge_state.settings,
+            device=EDGE_DEVICE,
+            metric=metric,
+            since=EDGE_T0.isoformat(),
+            until=EDGE_T1.isoformat(),
+            bucket=bucket,
+            interface=interface,
+        )
+        for metric, interface in (("load_1", None), ("net_rx_bytes_per_s", "eth0"))
+    }
+    rates = exact_rates(edge_counter())
+    expected = {
+        "load_1": exact_buckets(edge_gauge(), width),
+        "net_rx_bytes_per_s": exact_buckets(rates, width),
+    }
+    for metric, answer in answers.items():
+        got = [(p.bucket_start, p.avg, p.min, p.max, p.samples) for p in answer.points]
+        want = expected[metric]
+        assert [g[0] for g in got] == [w[0] for w in want], metric
+        assert [g[4] for g in got] == [w[4] for w in want], metric
+        for g, w in zip(got, want, strict=True):
+            for value, exact in zip(g[1:4], w[1:4], strict=True):
+                assert abs(value - round(exact, 4)) <= 1e-9, (metric, g, w)
+    assert len(answers["load_1"].points) == 6 * 3600 // width  # every bucket holds its minute's sample
+    latest = answers["net_rx_bytes_per_s"].summary
+    assert (
+        latest.latest == round(rates[-2][1], 4) and latest.latest_at == rates[-2][0]
+    )  # the last before until
+
+
+# ---- TimescaleDB: rows that arrive late, after the hourly rollup was refreshed ------------------------------
+
+
+async def _refresh_rollup(state: AppState) -> None:
+    async with state.db.engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        await conn.execute(text("CALL refresh_continuous_aggregate('system_metrics_hourly', NULL, NULL)"))
+
+
+def _cpu_row(at: datetime, cpu: float) -> dict[str, Any]:
+    return system_rows()[0] | {"device": DEVICE, "collected_at": at, "cpu_percent": cpu}
+
+
+@pytest.mark.parametrize("series_database_url", ["timescale"], indirect=True)
+async def test_a_row_that_arrives_late_counts_in_hourly_answers_before_the_next_refresh(
+    tmp_path: Path, series_database_url: str
+) -> None:
+    settings = make_settings(tmp_path, database_url=series_database_url)
+    async with open_state(settings) as state:
+        await state.devices.add(DEVICE, DeviceSpec(hostname="192.0.2.10"))
+        now = datetime.now(UTC)
+        recent = datetime.fromtimestamp(math.floor((now - timedelta(hours=8)).timestamp() / 3600) * 3600, UTC)
+        old = recent - timedelta(days=3)
+        for start in (old, recent):
+            for minute in range(6 * 60):
+                state.writer.add(
+                    SystemMetricRow, _cpu_row(start + timedelta(minutes=minute, seconds=7), 10.0)
+                )
+        await state.writer.flush()
+        await _refresh_rollup(state)  # every hour above is materialized now
+
+        async def hourly(since: datetime, hours: int = 6) -> dict[str, Any]:
+            window = {"since": since.isoformat(), "until": (since + timedelta(hours=hours)).isoformat()}
+            return await ask(state, metric="cpu_percent", bucket="1h", **window)
+
+        # late rows (a replayed spool): one in a recent hour, one in an hour three days back
+        state.writer.add(SystemMetricRow, _cpu_row(recent + timedelta(minutes=30, seconds=1), 100.0))
+        state.writer.add(SystemMetricRow, _cpu_row(old + timedelta(minutes=30, seconds=1), 100.0))
+        await state.writer.flush()
+        answer = await hourly(recent)
+        assert answer["source"] == "raw" and answer["raw_from"] is None  # the last two days: raw rows
+        first = answer["points"][0]
+        assert (first["samples"], first["max"]) == (61, 100.0)
+        stale = await hourly(old)
+        assert stale["source"] == "hourly_rollup" and stale["points"][0]["samples"] == 60
+        # a range across the cut is the rollup up to it, raw rows from it on
+        across = await ask(
+            state,
+            metric="cpu_percent",
+            bucket="1h",
+            since=old.isoformat(),
+            until=(recent + timedelta(hours=6)).isoformat(),
+        )
+        assert across["source"] == "hourly_rollup" and across["raw_from"] is not None
+        assert old < across["raw_from"] <= recent
+        assert [p["samples"] for p in across["points"]] == [60] * 6 + [61] + [60] * 5
+        # the rollup's refresh policy reaches back as far as raw rows are kept: its next run folds the
+        # three-day-old late row in
+        async with state.db.engine.connect() as conn:
+            job = await conn.scalar(
+                text(
+                    "SELECT j.job_id FROM timescaledb_information.jobs j "
+                    "JOIN timescaledb_information.continuous_aggregates ca "
+                    "ON ca.materialization_hypertable_name = j.hypertable_name "
+                    "WHERE j.proc_name = 'policy_refresh_continuous_aggregate' AND ca.view_name = 'system_metrics_hourly'"
+                )
+            )
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.execute(text(f"CALL run_job({int(job)})"))
+        refreshed = await hourly(old)
+        assert (refreshed["points"][0]["samples"], refreshed["points"][0]["max"]) == (61, 100.0)

@@ -15,13 +15,18 @@ from typing import Any
 
 import pytest
 from alembic import command
+from fastmcp import Client
 from sqlalchemy import func, select, text
 
 from mcp_server.db.engine import Database, alembic_config, migrate
 from mcp_server.db.series import SERIES, SERIES_BY_NAME
-from mcp_server.db.storage import configure, layout, maintain
+from mcp_server.db.storage import configure, job_warnings, layout, maintain
 from mcp_server.db.tables import DataCollectionAudit, SystemMetricRow
+from mcp_server.db.timescale import JobRun, StorageJob
+from mcp_server.server import build_server
+from mcp_server.state import AppState, open_state
 from tests.app_fixtures import make_settings
+from tests.helpers import call_tool
 from tests.podman import compose_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -277,10 +282,203 @@ async def test_infrastructor_migrate_reports_the_mode_it_set_up(tmp_path: Path, 
         assert done.returncode == 0, done.stderr
         expected = {"sqlite": "time-series storage: plain", "postgresql": "time-series storage: partitioned"}
         assert expected[backend] in done.stderr
+        jobs = {
+            "sqlite": "storage jobs: none (SQLite: the polling service deletes expired rows)",
+            "postgresql": "storage jobs: none (native partitions)",
+        }
+        assert jobs[backend] in done.stderr
         assert "retention" in done.stderr and "metrics 30 d, audit 365 d" in done.stderr
     finally:
         if backend == "postgresql":
             await drop_pg_database(url)
+
+
+async def test_a_database_owner_without_superuser_migrates_and_bootstraps_the_application_role(
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL hides shared_preload_libraries from a plain role: choosing the mode must not need it."""
+    import uuid
+
+    import asyncpg
+    from sqlalchemy.engine.url import make_url
+
+    from tests.app_fixtures import PG_ADMIN_DSN, create_pg_database, drop_pg_database
+    from tests.test_transports import run_cli
+
+    created = await create_pg_database()
+    suffix = uuid.uuid4().hex[:10]
+    owner, app = f"owner_{suffix}", f"app_{suffix}"
+    url = make_url(created).set(username=owner, password=None).render_as_string(hide_password=False)
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'CREATE ROLE "{owner}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+        await admin.execute(f'ALTER DATABASE "{make_url(created).database}" OWNER TO "{owner}"')
+        migrated = run_cli(tmp_path, "migrate", INFRA_DATABASE_URL=url)
+        assert migrated.returncode == 0, migrated.stderr
+        assert "time-series storage: partitioned" in migrated.stderr
+        assert "storage jobs: none (native partitions)" in migrated.stderr
+        # the least-privilege path: the owner (given CREATEROLE, still no superuser) makes the application
+        # role, the server connects as that role, and the owner's `migrate` (cron) keeps partitions ahead
+        await admin.execute(f'ALTER ROLE "{owner}" CREATEROLE')
+        owned = {"INFRA_DATABASE_URL": url, "INFRA_DATABASE_ADMIN_URL": url}
+        boot = run_cli(tmp_path, "db", "bootstrap-credentials", "--role-base", app, **owned)
+        assert boot.returncode == 0 and f"as {app}_a" in boot.stderr, boot.stderr
+        listed = run_cli(tmp_path, "devices", "list", INFRA_DATABASE_URL=url)
+        assert listed.returncode == 0 and "local" in listed.stdout, listed.stderr
+        again = run_cli(tmp_path, "migrate", **owned)
+        assert again.returncode == 0 and "time-series storage: partitioned" in again.stderr, again.stderr
+    finally:
+        await drop_pg_database(created)
+        for role in (f"{app}_a", f"{app}_b", app, owner):
+            await admin.execute(f'DROP ROLE IF EXISTS "{role}"')
+        await admin.close()
+
+
+async def test_without_timescaledb_health_reports_no_storage_jobs_and_maintenance_runs_none(
+    state: AppState,
+) -> None:
+    async with Client(build_server(state.settings, state=state)) as client:
+        health = await call_tool(client, "get_service_health")
+    storage = health["storage"]
+    expected = {
+        "plain": "storage jobs: none (SQLite: the polling service deletes expired rows)",
+        "partitioned": "storage jobs: none (native partitions)",
+    }
+    assert storage["jobs_summary"] == expected[storage["mode"]]
+    assert storage["jobs"] == [] and storage["warnings"] == []
+    report = await maintain(state.db, state.settings)
+    assert report.error is None and report.jobs_run == {}
+
+
+def _job(**changes: Any) -> StorageJob:
+    """A policy job as TimescaleDB's views describe it: a retention policy that last ran fine an hour ago."""
+    now = datetime.now(UTC)
+    job = StorageJob(
+        job_id=1001,
+        policy="policy_retention",
+        target="system_metrics",
+        scheduled=True,
+        schedule_seconds=86_400.0,
+        last_run_at=now - timedelta(hours=1),
+        last_status="Success",
+        last_success_at=now - timedelta(hours=1),
+        next_start=now + timedelta(hours=23),
+        runs=10,
+        successes=10,
+        failures=0,
+        failures_since_success=0,
+        keeps_failing=False,
+        last_error=None,
+        last_error_at=None,
+    )
+    return job.model_copy(update=changes)
+
+
+def test_a_policy_that_keeps_failing_is_run_by_the_server_and_warned_about_with_its_last_error(
+    tmp_path: Path,
+) -> None:
+    now = datetime.now(UTC)
+    portal = 'cannot drop portal "" while it is being set up'
+    failing = _job(
+        last_status="Failed", failures=12, failures_since_success=12, keeps_failing=True, last_error=portal
+    )
+    failed_once = _job(last_status="Failed", failures=1, failures_since_success=1)
+    overdue = _job(job_id=1002, next_start=now - timedelta(days=2))
+    paused = _job(
+        job_id=1003, scheduled=False, last_status="Failed", keeps_failing=True, failures_since_success=5
+    )
+    healthy = _job(job_id=1004)
+    assert [j.needs_run(now, "failing") for j in (failing, failed_once, overdue, paused, healthy)] == [
+        True,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert [j.needs_run(now, "always") for j in (paused, healthy)] == [False, True]
+    assert not failing.needs_run(now, "never")
+    settings = make_settings(tmp_path)
+    warnings = job_warnings([failing, failed_once, overdue, healthy], settings, now)
+    assert len(warnings) == 2
+    assert warnings[0].startswith(
+        "policy_retention on system_metrics (job 1001): the scheduler's last 12 runs failed"
+    )
+    assert portal in warnings[0] and "the server's maintenance loop runs it (CALL run_job" in warnings[0]
+    assert "infrastructor migrate" in warnings[0]
+    assert "overdue" in warnings[1] and "(job 1002)" in warnings[1]
+    ran = failing.model_copy(update={"server_run": JobRun(at=now, ok=True, seconds=0.4)})
+    assert "run by this process (CALL run_job)" in job_warnings([ran], settings, now)[0]
+    assert "run by the server" in ran.describe() and "12 failed" in ran.describe()
+    refused = failing.model_copy(
+        update={"server_run": JobRun(at=now, ok=False, seconds=0.0, error="must be owner of job 1001")}
+    )
+    assert "own run failed too (must be owner of job 1001)" in job_warnings([refused], settings, now)[0]
+
+
+@pytest.mark.parametrize("series_database_url", ["timescale"], indirect=True)
+async def test_timescaledb_policy_jobs_are_reported_by_migrate_and_get_service_health(
+    series_database_url: str, tmp_path: Path
+) -> None:
+    from tests.test_transports import run_cli
+
+    done = run_cli(tmp_path, "migrate", INFRA_DATABASE_URL=series_database_url)
+    assert done.returncode == 0, done.stderr
+    assert "storage jobs: 16 TimescaleDB policies" in done.stderr
+    settings = make_settings(tmp_path, database_url=series_database_url)
+    async with open_state(settings) as state:
+        async with Client(build_server(settings, state=state)) as client:
+            health = await call_tool(client, "get_service_health")
+    jobs = health["storage"]["jobs"]
+    assert health["storage"]["jobs_summary"].startswith("storage jobs: 16 TimescaleDB policies")
+    by_policy: dict[str, set[str]] = {}
+    for job in jobs:
+        by_policy.setdefault(job["policy"], set()).add(job["target"])
+    tables = {t.name for t in SERIES}
+    assert by_policy["policy_compression"] == tables
+    assert by_policy["policy_retention"] == tables | {"system_metrics_hourly"}
+    assert by_policy["policy_refresh_continuous_aggregate"] == {"system_metrics_hourly"}
+    for job in jobs:
+        assert job["scheduled"] and job["schedule_seconds"] > 0
+        # whatever this cluster's scheduler did so far, the report is consistent with it (a run in progress
+        # is counted before its outcome)
+        assert job["runs"] >= job["successes"] + job["failures"]
+        assert job["keeps_failing"] == (job["failures_since_success"] >= 2)
+        if job["keeps_failing"]:
+            assert any(f"(job {job['job_id']})" in w for w in health["storage"]["warnings"])
+
+
+@pytest.mark.parametrize("series_database_url", ["timescale"], indirect=True)
+async def test_the_maintenance_loop_runs_the_policies_itself_and_health_shows_each_run(
+    series_database_url: str, tmp_path: Path
+) -> None:
+    from mcp_server.polling.service import PollingService
+
+    settings = make_settings(
+        tmp_path, database_url=series_database_url, retention_metrics_days=20, timescale_run_jobs="always"
+    )
+    async with open_state(settings) as state:
+        now = datetime.now(UTC)
+        await _insert(state.db, SystemMetricRow, [_system_row(now - timedelta(days=d)) for d in (1, 10, 25)])
+        state.polling = PollingService(state)
+        report = await state.polling.maintain_once()
+        assert report is not None and report.error is None, report
+        assert len(report.jobs_run) == 16 and all(run.ok for run in report.jobs_run.values())
+        # the server's own runs did the policies' work: the 25-day-old chunk is gone, the 10-day-old one
+        # compressed
+        assert await _count(state.db, SystemMetricRow) == 2
+        async with state.db.read_session() as session:
+            compressed = await session.scalar(
+                text(
+                    "SELECT count(*) FROM timescaledb_information.chunks "
+                    "WHERE hypertable_name = 'system_metrics' AND is_compressed"
+                )
+            )
+        assert compressed == 1
+        async with Client(build_server(settings, state=state)) as client:
+            health = await call_tool(client, "get_service_health")
+    jobs = health["storage"]["jobs"]
+    assert {j["job_id"] for j in jobs} == set(report.jobs_run)
+    assert all(j["server_run"] is not None and j["server_run"]["ok"] for j in jobs)
 
 
 def test_series_tables_have_a_retention_setting_and_whole_day_partitions() -> None:

@@ -206,6 +206,28 @@ async def _set_password(conn: asyncpg.Connection, role: str, password: str, *, l
     await conn.execute(f"ALTER ROLE {_ident(role)} WITH {'' if login else 'NO'}LOGIN PASSWORD '{verifier}'")
 
 
+_ATTRIBUTES = {
+    "rolsuper": "NOSUPERUSER",
+    "rolcreatedb": "NOCREATEDB",
+    "rolcreaterole": "NOCREATEROLE",
+    "rolreplication": "NOREPLICATION",
+    "rolbypassrls": "NOBYPASSRLS",
+}
+
+
+async def _strip_attributes(conn: asyncpg.Connection, role: str) -> None:
+    """Take from `role` every attribute beyond data access. Only those it has are named: PostgreSQL lets a
+    CREATEROLE admin who is not a superuser name none of SUPERUSER, REPLICATION, BYPASSRLS, even to deny."""
+    row = await conn.fetchrow(
+        f"SELECT rolinherit, {', '.join(_ATTRIBUTES)} FROM pg_roles WHERE rolname = $1", role
+    )
+    assert row is not None
+    changes = [deny for column, deny in _ATTRIBUTES.items() if row[column]]
+    changes += [] if row["rolinherit"] else ["INHERIT"]
+    if changes:
+        await conn.execute(f"ALTER ROLE {_ident(role)} {' '.join(changes)}")
+
+
 async def _mirror(conn: asyncpg.Connection, token: str) -> bool:
     if await conn.fetchval("SELECT to_regclass('public.secrets')") is None:
         return False
@@ -237,10 +259,7 @@ async def bootstrap_credentials(
             for role in (base, active, spare):
                 if await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role) is None:
                     await conn.execute(f"CREATE ROLE {_ident(role)} NOLOGIN")
-                await conn.execute(
-                    f"ALTER ROLE {_ident(role)} NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-                    "NOBYPASSRLS INHERIT"
-                )
+                await _strip_attributes(conn, role)
             await conn.execute(f"GRANT {_ident(base)} TO {_ident(active)}, {_ident(spare)}")
             await conn.execute(f"ALTER ROLE {_ident(spare)} NOLOGIN PASSWORD NULL")
             await _set_password(conn, active, credential.password)

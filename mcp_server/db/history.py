@@ -1,17 +1,19 @@
 """Metrics history: bucketed series from the time-series tables, with rates from counters and a summary.
 
 Buckets are aligned to the Unix epoch and whole: `since` is rounded down and `until` up to a bucket
-boundary. TimescaleDB uses `time_bucket` (and the hourly rollup for system metrics in whole hours),
-plain PostgreSQL `date_bin`, SQLite integer arithmetic on epoch seconds; the three give the same points
-for the same rows. Rates come from consecutive counter samples: after a counter reset (a reboot, a wrap)
-the new value is the increase, as Prometheus counts it.
+boundary. TimescaleDB uses `time_bucket` (and the hourly rollup for system metrics in whole hours, but
+not for the last two days: rows that arrive late there count at once, before the rollup's next refresh),
+plain PostgreSQL `date_bin`, SQLite integer arithmetic on epoch microseconds read from the stored text;
+the three give the same points for the same rows, to the microsecond at bucket edges. Rates come from
+consecutive counter samples: after a counter reset (a reboot, a wrap) the new value is the increase, as
+Prometheus counts it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -113,6 +115,11 @@ class MetricsHistory(BaseModel):
     source: Literal["raw", "hourly_rollup"] = Field(
         description="raw samples, or TimescaleDB's hourly rollup (same numbers, less reading)."
     )
+    raw_from: datetime | None = Field(
+        default=None,
+        description="With source hourly_rollup: buckets from this time on come from the raw samples, so rows "
+        "that arrived late there (a replayed spool, a writer backlog) count before the rollup's next refresh.",
+    )
     points: list[HistoryPoint] = Field(description="One per bucket that holds samples, oldest first.")
     summary: HistorySummary
     note: str | None = Field(default=None, description="Why there are no points, when there are none.")
@@ -126,6 +133,8 @@ class Query:
     since: datetime  # aligned to bucket_seconds, UTC
     until: datetime  # aligned to bucket_seconds, UTC
     bucket_seconds: int
+    # TimescaleDB: buckets starting at or after this come from raw rows even where the rollup could answer
+    raw_from: datetime | None = None
 
 
 def align(since: datetime, until: datetime, width: int) -> tuple[datetime, datetime]:
@@ -142,8 +151,9 @@ def _float_type(dialect: str) -> str:
 def _bucket(mode: Mode, dialect: str, ts: str, width: int) -> str:
     """SQL giving the epoch second at which the bucket of `ts` starts."""
     if dialect != "postgresql":
-        # SQLite keeps UTC text; integer division floors (all our times are after 1970)
-        return f"(CAST(strftime('%s', {ts}) AS INTEGER) / {width}) * {width}"
+        # a width is whole seconds, so the bucket depends on the whole seconds only; integer division
+        # floors (all our times are after 1970)
+        return f"({_seconds(ts)} / {width}) * {width}"
     fn = (
         f"time_bucket(INTERVAL '{width} seconds', {ts}, origin => {EPOCH})"
         if mode == "timescale"
@@ -156,8 +166,18 @@ def _micros(dialect: str, ts: str) -> str:
     """Exact microseconds since the epoch of the timestamp column `ts`."""
     if dialect == "postgresql":
         return f"CAST(extract(epoch FROM {ts}) * 1000000 AS bigint)"
-    # SQLAlchemy stores 'YYYY-MM-DD HH:MM:SS.ffffff': whole seconds from strftime, microseconds from the text
-    return f"(CAST(strftime('%s', {ts}) AS INTEGER) * 1000000 + CAST(substr({ts}, 21, 6) AS INTEGER))"
+    # the microseconds come from the text (padded: a value written without them reads 0)
+    return f"({_seconds(ts)} * 1000000 + CAST(substr({ts} || '000000', 21, 6) AS INTEGER))"
+
+
+def _seconds(ts: str) -> str:
+    """SQLite: the exact whole seconds since the epoch of the stored text `ts`.
+
+    SQLAlchemy stores UTC as 'YYYY-MM-DD HH:MM:SS.ffffff'. SQLite's date functions go through a
+    millisecond Julian day (strftime('%s') of '...:59.9995' is the next second), so they are given only
+    the whole seconds.
+    """
+    return f"CAST(strftime('%s', substr({ts}, 1, 19)) AS INTEGER)"
 
 
 def _times(*names: str) -> list[BindParameter[datetime]]:
@@ -229,28 +249,56 @@ def _point(row: Sequence[object]) -> HistoryPoint:
     )
 
 
-async def points(session: AsyncSession, mode: Mode, q: Query) -> tuple[list[HistoryPoint], str]:
-    """The bucketed points of one series and their source ("raw" or "hourly_rollup")."""
+@dataclass(frozen=True)
+class Points:
+    points: list[HistoryPoint]
+    source: Literal["raw", "hourly_rollup"]
+    raw_from: datetime | None = None  # where a rollup answer continues from raw rows
+
+
+async def points(session: AsyncSession, mode: Mode, q: Query) -> Points:
+    """The bucketed points of one series: from the hourly rollup where it can answer them (buckets before
+    `q.raw_from`), from raw rows elsewhere."""
     spec = METRICS[q.metric]
-    dialect = session.get_bind().dialect.name
-    params: dict[str, object] = {"device": q.device, "since": q.since, "until": q.until}
-    if spec.key_column:
-        params["key"] = q.key
-    source = "raw"
     if spec.counter:
-        sql = rate_sql(spec, mode, dialect, q.bucket_seconds)
-        params["lookback"] = q.since - RATE_LOOKBACK
-        params["since_us"] = int(q.since.timestamp()) * 1_000_000  # since is whole seconds (aligned)
-        del params["since"]
-        statement = text(sql).bindparams(*_times("until", "lookback"))
-    elif uses_rollup(mode, q.metric, q.bucket_seconds):
-        statement = text(rollup_sql(q.metric, q.bucket_seconds)).bindparams(*_times("since", "until"))
-        source = "hourly_rollup"
-    else:
-        sql = gauge_sql(spec, mode, dialect, q.bucket_seconds)
-        statement = text(sql).bindparams(*_times("since", "until"))
-    rows = (await session.execute(statement, params)).all()
-    return [_point(r) for r in rows], source
+        return Points(await _rates(session, mode, q), "raw")
+    if not uses_rollup(mode, q.metric, q.bucket_seconds):
+        return Points(await _gauge(session, mode, q), "raw")
+    cut = q.until if q.raw_from is None else align(q.raw_from, q.raw_from, q.bucket_seconds)[0]
+    if cut <= q.since:
+        return Points(await _gauge(session, mode, q), "raw")
+    old = await _rollup(session, replace(q, until=min(cut, q.until)))
+    if cut >= q.until:
+        return Points(old, "hourly_rollup")
+    return Points(old + await _gauge(session, mode, replace(q, since=cut)), "hourly_rollup", cut)
+
+
+def _params(q: Query) -> dict[str, object]:
+    params: dict[str, object] = {"device": q.device, "since": q.since, "until": q.until}
+    if METRICS[q.metric].key_column:
+        params["key"] = q.key
+    return params
+
+
+async def _gauge(session: AsyncSession, mode: Mode, q: Query) -> list[HistoryPoint]:
+    sql = gauge_sql(METRICS[q.metric], mode, session.get_bind().dialect.name, q.bucket_seconds)
+    rows = await session.execute(text(sql).bindparams(*_times("since", "until")), _params(q))
+    return [_point(r) for r in rows]
+
+
+async def _rollup(session: AsyncSession, q: Query) -> list[HistoryPoint]:
+    statement = text(rollup_sql(q.metric, q.bucket_seconds)).bindparams(*_times("since", "until"))
+    return [_point(r) for r in await session.execute(statement, _params(q))]
+
+
+async def _rates(session: AsyncSession, mode: Mode, q: Query) -> list[HistoryPoint]:
+    sql = rate_sql(METRICS[q.metric], mode, session.get_bind().dialect.name, q.bucket_seconds)
+    params = _params(q)
+    params["lookback"] = q.since - RATE_LOOKBACK
+    params["since_us"] = int(q.since.timestamp()) * 1_000_000  # since is whole seconds (aligned)
+    del params["since"]
+    rows = await session.execute(text(sql).bindparams(*_times("until", "lookback")), params)
+    return [_point(r) for r in rows]
 
 
 async def latest(session: AsyncSession, q: Query) -> tuple[float | None, datetime | None]:
@@ -332,7 +380,7 @@ def summarize(
 
 async def history(session: AsyncSession, mode: Mode, q: Query) -> MetricsHistory:
     """The points and summary of one series."""
-    found, source = await points(session, mode, q)
+    found = await points(session, mode, q)
     last = await latest(session, q)
     return MetricsHistory(
         device=q.device,
@@ -342,9 +390,10 @@ async def history(session: AsyncSession, mode: Mode, q: Query) -> MetricsHistory
         since=q.since,
         until=q.until,
         bucket_seconds=q.bucket_seconds,
-        source=source,  # type: ignore[arg-type]
-        points=found,
-        summary=summarize(found, METRICS[q.metric].unit, last),
+        source=found.source,
+        raw_from=found.raw_from,
+        points=found.points,
+        summary=summarize(found.points, METRICS[q.metric].unit, last),
     )
 
 

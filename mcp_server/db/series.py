@@ -81,7 +81,9 @@ def choose_mode(conn: Connection) -> tuple[Mode, str]:
     available = conn.scalar(
         text("SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'")
     )
-    preloaded = "timescaledb" in str(conn.scalar(text("SHOW shared_preload_libraries")) or "")
+    # shared_preload_libraries is hidden from a role without superuser or pg_read_all_settings; the GUC the
+    # TimescaleDB loader defines when preloaded is visible to every role (NULL when it is not loaded)
+    preloaded = conn.scalar(text("SELECT current_setting('timescaledb.disable_load', true)")) is not None
     reason = "the timescaledb extension is not available on this server"
     if available and not preloaded:
         # creating it without the library preloaded kills the session (FATAL), so never try

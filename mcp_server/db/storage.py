@@ -3,13 +3,17 @@
 `configure` (after every migration, as the schema owner) brings TimescaleDB policies in line with the
 INFRA_RETENTION_* settings, or creates native partitions ahead. `maintain` (run by the polling service)
 applies retention where the database does not do it itself: detach-and-drop of native partitions,
-batched deletes on SQLite, and cleanup of lease and cache rows in every mode.
+batched deletes on SQLite, and cleanup of lease and cache rows in every mode. On TimescaleDB it runs the
+policy jobs whose scheduler runs fail or do not happen (`CALL run_job`, INFRA_TIMESCALE_RUN_JOBS): on
+PostgreSQL 15.20 with TimescaleDB 2.26-2.28 every background run ends with `cannot drop portal "" while it
+is being set up`, while the same job run in a client session works. `jobs` reports the jobs' state.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 import weakref
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -44,6 +48,16 @@ class StorageInfo(BaseModel):
     configured_at: datetime | None
     retention_days: dict[str, float] = Field(description="Days kept per family of tables (0 = forever).")
     compression_after_days: float | None = Field(description="TimescaleDB only: chunks compressed after.")
+    jobs_summary: str = Field(
+        description="One line on the database's own storage jobs: 'storage jobs: none (native "
+        "partitions)', or how many TimescaleDB policies there are and how many keep failing."
+    )
+    jobs: list[timescale.StorageJob] = Field(
+        description="TimescaleDB's policy jobs (compression, retention, the rollup's refresh): the "
+        "scheduler's last run, successes, failures and last error, and this replica's own run of each; "
+        "empty in the other modes."
+    )
+    warnings: list[str] = Field(description="Policies that keep failing or are overdue, and what runs them.")
 
 
 def policies(settings: Settings) -> timescale.Policies:
@@ -75,9 +89,11 @@ async def layout(db: Database) -> tuple[Mode, str, datetime | None]:
     return found
 
 
-async def info(db: Database, settings: Settings) -> StorageInfo:
+async def info(db: Database, settings: Settings, last: MaintenanceReport | None = None) -> StorageInfo:
+    """The mode, retention and storage jobs; `last` is this replica's latest maintenance run."""
     mode, detail, at = await layout(db)
     p = policies(settings)
+    state = await jobs(db, settings, last.jobs_run if last else {})
     return StorageInfo(
         mode=mode,
         detail=detail,
@@ -87,7 +103,125 @@ async def info(db: Database, settings: Settings) -> StorageInfo:
             **({"rollup": p.rollup_retention_days} if mode == "timescale" else {}),
         },
         compression_after_days=p.compress_after_days if mode == "timescale" else None,
+        jobs_summary=state.summary,
+        jobs=state.jobs,
+        warnings=state.warnings,
     )
+
+
+@dataclass
+class JobsReport:
+    """The storage jobs of the database, one summary line and the warnings about them."""
+
+    summary: str
+    jobs: list[timescale.StorageJob] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [
+            self.summary,
+            *(f"  {j.describe()}" for j in self.jobs),
+            *(f"  WARNING: {w}" for w in self.warnings),
+        ]
+
+
+NO_JOBS = {
+    "plain": "storage jobs: none (SQLite: the polling service deletes expired rows)",
+    "partitioned": "storage jobs: none (native partitions)",
+}
+
+
+async def jobs(
+    db: Database, settings: Settings, runs: dict[int, timescale.JobRun] | None = None
+) -> JobsReport:
+    """The TimescaleDB policy jobs with the scheduler's record and `runs` (the server's own); warnings for
+    those that keep failing or are overdue. Never raises: a failure to read them is the summary."""
+    mode, _, _ = await layout(db)
+    if mode != "timescale":
+        return JobsReport(NO_JOBS[mode])
+    try:
+        async with db.engine.connect() as conn:
+            found = await conn.run_sync(timescale.job_states)
+    except DBAPIError as exc:
+        return JobsReport(f"storage jobs: unknown (reading timescaledb_information failed: {_error(exc)})")
+    mine = runs or {}
+    for job in found:
+        job.server_run = mine.get(job.job_id)
+    failing = sum(j.keeps_failing for j in found)
+    summary = f"storage jobs: {len(found)} TimescaleDB policies, " + (
+        f"{failing} keep failing" if failing else "none failing"
+    )
+    return JobsReport(summary, found, job_warnings(found, settings, datetime.now(UTC)))
+
+
+def job_warnings(found: list[timescale.StorageJob], settings: Settings, now: datetime) -> list[str]:
+    """A line for each policy that keeps failing or is overdue: what happened and what runs it instead."""
+    warnings = []
+    for job in found:
+        if job.keeps_failing:
+            error = job.last_error or "no error recorded"
+            problem = f"the scheduler's last {job.failures_since_success} runs failed ({error})"
+        elif job.scheduled and job.overdue(now):
+            problem = (
+                "overdue: TimescaleDB's scheduler has not started it (timescaledb.max_background_workers?)"
+            )
+        else:
+            continue
+        warnings.append(
+            f"{job.policy} on {job.target} (job {job.job_id}): {problem}; {_remedy(job, settings)}"
+        )
+    return warnings
+
+
+def _remedy(job: timescale.StorageJob, settings: Settings) -> str:
+    run = job.server_run
+    if settings.timescale_run_jobs == "never":
+        return "with INFRA_TIMESCALE_RUN_JOBS=never nothing else runs it"
+    if run is None:
+        return (
+            f"the server's maintenance loop runs it (CALL run_job, every {settings.maintenance_interval:g} "
+            "s) when its database role owns the job; with a least-privilege role run `infrastructor "
+            "migrate` as the owner from cron, which runs it"
+        )
+    if run.ok:
+        return f"run by this process (CALL run_job) at {run.at:%Y-%m-%d %H:%M} UTC: ok"
+    return (
+        f"this process's own run failed too ({run.error}): run `infrastructor migrate` as the database owner "
+        "(e.g. daily from cron), which runs it"
+    )
+
+
+async def run_due_jobs(db: Database, settings: Settings, now: datetime) -> dict[int, timescale.JobRun]:
+    """Run, in a session of this server, the policy jobs INFRA_TIMESCALE_RUN_JOBS selects; by job id."""
+    async with db.engine.connect() as conn:
+        due = [
+            j
+            for j in await conn.run_sync(timescale.job_states)
+            if j.needs_run(now, settings.timescale_run_jobs)
+        ]
+    runs = {}
+    for job in due:
+        started = time.monotonic()
+        try:
+            async with db.engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.run_sync(timescale.run_job, job.job_id)
+            runs[job.job_id] = timescale.JobRun(at=now, ok=True, seconds=round(time.monotonic() - started, 3))
+        except DBAPIError as exc:
+            error = _error(exc)
+            log.warning("run_job %d (%s on %s) failed: %s", job.job_id, job.policy, job.target, error)
+            runs[job.job_id] = timescale.JobRun(
+                at=now, ok=False, seconds=round(time.monotonic() - started, 3), error=error
+            )
+    return runs
+
+
+def _error(exc: DBAPIError) -> str:
+    return f"{type(exc).__name__}: {str(exc.orig) if exc.orig else exc}"[:500]
+
+
+def _failed(runs: dict[int, timescale.JobRun]) -> str | None:
+    return "; ".join(f"job {i}: {r.error}" for i, r in runs.items() if not r.ok)[:500] or None
 
 
 @dataclass
@@ -95,23 +229,30 @@ class ConfigureReport:
     mode: Mode
     detail: str
     actions: list[str] = field(default_factory=list)
-    error: str | None = None  # partition maintenance failed (reported, the schema itself is fine)
+    # partition maintenance or a policy run failed (reported, the schema itself is fine)
+    error: str | None = None
+    jobs: JobsReport | None = None
 
     def summary(self) -> str:
         head = f"time-series storage: {self.mode} ({self.detail})"
-        tail = [f"  partition maintenance FAILED: {self.error}"] if self.error else []
-        return "\n".join([head, *(f"  {a}" for a in self.actions), *tail])
+        what = "policy run" if self.mode == "timescale" else "partition maintenance"
+        tail = [f"  {what} FAILED: {self.error}"] if self.error else []
+        jobs = self.jobs.lines() if self.jobs else []
+        return "\n".join([head, *(f"  {a}" for a in self.actions), *tail, *jobs])
 
 
-async def configure(db: Database, settings: Settings) -> ConfigureReport:
-    """Bring the database's own policies in line with the settings; needs the schema owner's rights."""
+async def configure(db: Database, settings: Settings, *, run_jobs: bool = False) -> ConfigureReport:
+    """Bring the database's own policies in line with the settings; needs the schema owner's rights.
+    With `run_jobs` (`infrastructor migrate`), also run the TimescaleDB policies that need it, as the
+    maintenance loop does (a least-privilege server role may not)."""
     mode, detail, _ = await layout(db)
     report = ConfigureReport(mode, detail)
     wanted = policies(settings)
     tables = ", ".join(t.name for t in SERIES)
     try:
         if mode == "timescale":
-            fingerprint = json.dumps(asdict(wanted), sort_keys=True, default=dict)
+            version = {"version": timescale.POLICY_VERSION, **asdict(wanted)}
+            fingerprint = json.dumps(version, sort_keys=True, default=dict)
             async with db.engine.begin() as conn:
                 applied = await conn.scalar(select(StorageLayout.policies).where(StorageLayout.id == 1))
                 if applied != fingerprint:
@@ -145,8 +286,11 @@ async def configure(db: Database, settings: Settings) -> ConfigureReport:
             report.error = done.error
         else:
             report.actions = ["retention (deletes, run by the polling service): " + _retention_line(wanted)]
+        runs = await run_due_jobs(db, settings, datetime.now(UTC)) if run_jobs and mode == "timescale" else {}
+        report.error = report.error or _failed(runs)
     except SQLAlchemyError as exc:
         raise StorageError(f"Configuring {mode} storage failed: {type(exc).__name__}: {exc}") from exc
+    report.jobs = await jobs(db, settings, runs)
     return report
 
 
@@ -168,6 +312,7 @@ class MaintenanceReport:
     partitions_created: list[str] = field(default_factory=list)
     partitions_dropped: list[str] = field(default_factory=list)
     rows_deleted: dict[str, int] = field(default_factory=dict)
+    jobs_run: dict[int, timescale.JobRun] = field(default_factory=dict)  # TimescaleDB policies, by job id
     error: str | None = None
 
 
@@ -194,7 +339,11 @@ async def maintain(db: Database, settings: Settings, now: datetime | None = None
                     report.rows_deleted[table.name] = await _delete_older(
                         db, table.name, table.time_column, now - keep
                     )
-        # TimescaleDB drops and compresses chunks itself (its policies); leases and cache rows are ours
+        elif mode == "timescale":
+            # TimescaleDB drops and compresses chunks itself, unless its scheduler's runs fail
+            report.jobs_run = await run_due_jobs(db, settings, now)
+            report.error = _failed(report.jobs_run)
+        # leases and cache rows are ours in every mode
         report.rows_deleted["poll_leases"] = await _delete_rows(
             db, delete(PollLease).where(PollLease.claimed_at < now - LEASE_RETENTION)
         )
@@ -206,7 +355,7 @@ async def maintain(db: Database, settings: Settings, now: datetime | None = None
     except DBAPIError as exc:
         # e.g. a least-privilege role may not create or drop partitions: the schema owner must run
         # `infrastructor migrate` (which also maintains) from cron instead
-        report.error = f"{type(exc).__name__}: {str(exc.orig) if exc.orig else exc}"[:500]
+        report.error = _error(exc)
         log.warning("storage maintenance (%s) failed: %s", mode, report.error)
     return report
 

@@ -1,5 +1,6 @@
 """The polling service a server runs in the background: the poller, this replica's periodic health row,
-and storage maintenance (retention, partitions ahead) claimed by one replica per interval."""
+and storage maintenance (retention, partitions ahead, TimescaleDB policies whose scheduler fails) claimed
+by one replica per interval."""
 
 from __future__ import annotations
 
@@ -155,6 +156,14 @@ class PollingService:
                 report.partitions_dropped,
                 {k: v for k, v in report.rows_deleted.items() if v},
             )
+        if report.jobs_run:
+            log.info(
+                "TimescaleDB policies run by this server: %s",
+                ", ".join(
+                    f"job {i} {'ok' if r.ok else 'failed'} in {r.seconds:g} s"
+                    for i, r in report.jobs_run.items()
+                ),
+            )
         return report
 
     def status(self) -> PollerStatus:
@@ -204,7 +213,7 @@ async def service_health(state: AppState) -> ServiceHealth:
         replica=state.settings.replica_name,
         uptime_seconds=round(time.monotonic() - state.started_at, 1),
         database_ok=database_ok,
-        storage=await storage.info(state.db, state.settings),
+        storage=await storage.info(state.db, state.settings, polling.last_maintenance if polling else None),
         poller=polling.status() if polling is not None else poller_status(None),
         replicas=await replica_reports(state.db, now, state.settings.poll_report_interval),
         devices_not_ok=unhealthy,
