@@ -459,7 +459,7 @@ async def test_the_maintenance_loop_runs_the_policies_itself_and_health_shows_ea
     async with open_state(settings) as state:
         now = datetime.now(UTC)
         await _insert(state.db, SystemMetricRow, [_system_row(now - timedelta(days=d)) for d in (1, 10, 25)])
-        state.polling = PollingService(state)
+        state.polling = PollingService.of(state)
         report = await state.polling.maintain_once()
         assert report is not None and report.error is None, report
         assert len(report.jobs_run) == 16 and all(run.ok for run in report.jobs_run.values())
