@@ -18,9 +18,10 @@ from alembic import command
 from sqlalchemy import func, select, text
 
 from mcp_server.db.engine import Database, alembic_config, migrate
-from mcp_server.db.series import SERIES, SERIES_BY_NAME
 from mcp_server.db.storage import configure, layout, maintain
-from mcp_server.db.tables import DataCollectionAudit, SystemMetricRow
+from mcp_server.db.tables import DataCollectionAudit
+from mcp_server.series import TABLES
+from mcp_server.series.system import SystemMetricRow
 from tests.app_fixtures import make_settings
 from tests.podman import compose_plugin
 
@@ -100,11 +101,11 @@ async def test_the_storage_mode_is_chosen_from_the_live_database_and_recorded(
     assert mode == MODES[backend] and at is not None
     if mode == "partitioned":
         assert "native range partitions" in detail
-        for table in SERIES:
+        for table in TABLES:
             assert await _relkind(migrated, table.name) == "p", table.name
     elif mode == "timescale":
         assert "TimescaleDB" in detail
-        assert await _hypertables(migrated) == {t.name for t in SERIES}
+        assert await _hypertables(migrated) == {t.name for t in TABLES}
         async with migrated.read_session() as session:
             view = await session.scalar(
                 text("SELECT view_name FROM timescaledb_information.continuous_aggregates")
@@ -286,10 +287,10 @@ async def test_infrastructor_migrate_reports_the_mode_it_set_up(tmp_path: Path, 
 def test_series_tables_have_a_retention_setting_and_whole_day_partitions() -> None:
     from mcp_server.settings import Settings
 
-    for table in SERIES:
+    for table in TABLES:
         assert table.retention in Settings.model_fields
         assert 86_400 % table.interval_seconds == 0 or table.interval_seconds % 86_400 == 0
-    assert SERIES_BY_NAME["system_metrics"].time_column == "collected_at"
+    assert {t.name: t.time_column for t in TABLES}["system_metrics"] == "collected_at"
 
 
 def test_the_compose_file_runs_the_server_on_timescaledb_with_a_volume() -> None:

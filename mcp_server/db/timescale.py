@@ -1,6 +1,6 @@
 """TimescaleDB: the retention and compression policies of the hypertables, and the hourly rollup's refresh.
 
-The hypertables and the rollup themselves are created by the migrations, each with its own SQL.
+The hypertables and the rollup themselves are created by the migrations (0005, 0006), each with its own SQL.
 
 Functions take a synchronous Connection (Alembic's, or `AsyncConnection.run_sync`). Table names are our
 constants; intervals are numbers we computed, never caller input.
@@ -14,7 +14,8 @@ from datetime import timedelta
 
 from sqlalchemy import Connection, text
 
-from mcp_server.db.series import ROLLUP, SERIES, RetentionSetting, SeriesTable
+from mcp_server.db.series import ROLLUP, RetentionSetting, SeriesTable
+from mcp_server.series import TABLES
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def _interval(value: timedelta) -> str:
 def apply_policies(conn: Connection, policies: Policies) -> list[str]:
     """Set (replace) compression and retention policies and the rollup's refresh; returns what was set."""
     done = []
-    for table in SERIES:
+    for table in TABLES:
         args = {"t": table.name}
         conn.execute(text("SELECT remove_compression_policy(CAST(:t AS regclass), if_exists => true)"), args)
         conn.execute(text("SELECT remove_retention_policy(CAST(:t AS regclass), if_exists => true)"), args)
