@@ -12,7 +12,7 @@ import contextlib
 import logging
 import shlex
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -22,15 +22,7 @@ from pydantic import BaseModel, Field
 from mcp_server.audit import BatchWriter, current_call
 from mcp_server.cache import CacheKey, CacheManager
 from mcp_server.commands import CommandDefinition, CommandRegistry
-from mcp_server.db.tables import (
-    Base,
-    CollectionSnapshot,
-    ContainerStatRow,
-    DiskMetricRow,
-    NetworkMetricRow,
-    ServicePerformanceMetric,
-    SystemMetricRow,
-)
+from mcp_server.db.tables import CollectionSnapshot, ServicePerformanceMetric
 from mcp_server.devices import Device, DeviceRegistry
 from mcp_server.errors import CommandTimeout, InfrastructorError, InvalidParameter
 from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
@@ -38,6 +30,7 @@ from mcp_server.executors import ExecResult, Executor, LocalExecutor, check_exit
 from mcp_server.parsing import parse_output
 from mcp_server.progress import OnStep, Steps
 from mcp_server.redact import redact_args
+from mcp_server.series import BY_COMMAND
 from mcp_server.settings import Settings
 from mcp_server.ssh import ProbeResult, SSHPool
 from mcp_server.workers import WorkerPool
@@ -103,89 +96,6 @@ def page_of(result: C, field: str, items: Sequence[Any], limit: int, offset: int
     page, total, truncated = paginate(items, limit, offset)
     data = result.data.model_copy(update={field: page, "total": total, "truncated": truncated})
     return result.model_copy(update={"data": data})
-
-
-def _system_metric_rows(device: str, at: datetime, m: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "device": device,
-            "collected_at": at,
-            "cpu_percent": m.cpu.busy_percent,
-            "load_1": m.load.load_1m,
-            "load_5": m.load.load_5m,
-            "load_15": m.load.load_15m,
-            "memory_total_bytes": m.memory.total_bytes,
-            "memory_used_bytes": m.memory.used_bytes,
-            "memory_available_bytes": m.memory.available_bytes,
-            "swap_total_bytes": m.swap.total_bytes,
-            "swap_used_bytes": m.swap.used_bytes,
-            "uptime_seconds": m.uptime_seconds,
-        }
-    ]
-
-
-def _container_stat_rows(device: str, at: datetime, stats: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "device": device,
-            "collected_at": at,
-            "container": c.name,
-            "container_id": c.id,
-            "cpu_percent": c.cpu_percent,
-            "memory_used_bytes": c.memory_used_bytes,
-            "memory_limit_bytes": c.memory_limit_bytes,
-            "net_rx_bytes": c.net_rx_bytes,
-            "net_tx_bytes": c.net_tx_bytes,
-            "block_read_bytes": c.block_read_bytes,
-            "block_write_bytes": c.block_write_bytes,
-            "pids": c.pids,
-        }
-        for c in stats.containers
-    ]
-
-
-def _disk_metric_rows(device: str, at: datetime, usage: Any) -> list[dict[str, Any]]:
-    # pseudo filesystems (tmpfs, overlay, ...) come and go with containers and say nothing about disks
-    return [
-        {
-            "device": device,
-            "collected_at": at,
-            "mount": f.mount_point,
-            "fstype": f.fstype,
-            "size_bytes": f.size_bytes,
-            "used_bytes": f.used_bytes,
-            "used_percent": f.use_percent,
-            "inodes_used_percent": f.inodes_use_percent,
-        }
-        for f in usage.filesystems
-        if not f.pseudo
-    ]
-
-
-def _network_metric_rows(device: str, at: datetime, links: Any) -> list[dict[str, Any]]:
-    return [
-        {
-            "device": device,
-            "collected_at": at,
-            "interface": i.name,
-            "rx_bytes": i.rx_bytes,
-            "tx_bytes": i.tx_bytes,
-            "rx_errors": i.rx_errors,
-            "tx_errors": i.tx_errors,
-            "rx_dropped": i.rx_dropped,
-            "tx_dropped": i.tx_dropped,
-        }
-        for i in links.interfaces
-    ]
-
-
-# Commands whose results also feed a time-series table (rows per result), besides the latest snapshot.
-TIME_SERIES: dict[str, tuple[type[Base], Callable[[str, datetime, Any], list[dict[str, Any]]]]] = {
-    "system_metrics": (SystemMetricRow, _system_metric_rows),
-    "container_stats": (ContainerStatRow, _container_stat_rows),
-    "disk_usage": (DiskMetricRow, _disk_metric_rows),
-    "network_interfaces": (NetworkMetricRow, _network_metric_rows),
-}
 
 
 @dataclass
@@ -467,11 +377,9 @@ class UnifiedDataCollectionService:
                 "data": value.model_dump(mode="json"),
             },
         )
-        series = TIME_SERIES.get(command)
-        if series is not None:
-            table, to_rows = series
-            for row in to_rows(device, at, value):
-                self.writer.add(table, row)
+        for series in BY_COMMAND.get(command, ()):
+            for row in series.to_rows(device, at, value):
+                self.writer.add(series.table, row)
 
     def _audit(
         self,

@@ -3,15 +3,17 @@ from the time-series tables (db/history.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from mcp_server.db.engine import Database
-from mcp_server.db.history import METRICS, MetricsHistory, Query, align, history, known_keys
+from mcp_server.db.history import MetricsHistory, Query, align, history, known_keys
 from mcp_server.db.storage import layout, policies
 from mcp_server.devices import DeviceRegistry
 from mcp_server.errors import InvalidParameter
+from mcp_server.series import KEYS, METRICS
 from mcp_server.settings import Settings
 from mcp_server.times import parse_duration, parse_time
 
@@ -24,13 +26,11 @@ MAX_POINTS = 2000
 MAX_RANGE = timedelta(days=400)
 DEFAULT_RANGE = timedelta(hours=24)
 AUTO_BUCKETS = (60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 14400, 21600, 28800, 43200, 86400)
-# which poll fills which table, for the note on an empty answer
-_FILLED_BY = {
-    "system_metrics": ("poll_system_interval", "get_system_metrics"),
-    "disk_metrics": ("poll_disk_interval", "get_disk_usage"),
-    "network_metrics": ("poll_network_interval", "get_network_interfaces"),
-    "container_stats": ("poll_containers_interval", "get_container_stats"),
-}
+
+
+def _or(names: Iterable[str]) -> str:
+    *most, last = names
+    return f"{', '.join(most)} or {last}" if most else last
 
 
 def bucket_width(value: str | None, span: timedelta) -> int:
@@ -61,12 +61,12 @@ async def metrics_history(
     since: str | None = None,
     until: str | None = None,
     bucket: str | None = None,
-    mount: str | None = None,
-    interface: str | None = None,
-    container: str | None = None,
     now: datetime | None = None,
+    **keys: str | None,
 ) -> MetricsHistory:
-    """One metric of one device over time, bucketed, with a summary; checks every argument first."""
+    """One metric of one device over time, bucketed, with a summary; checks every argument first.
+
+    `keys` are the arguments selecting one series of several (mount, interface, ...: mcp_server.series.KEYS)."""
     devices.get(device)
     spec = METRICS.get(metric)
     if spec is None:
@@ -86,10 +86,13 @@ async def metrics_history(
             f"{count} buckets of {bucket} between {lo.isoformat()} and {hi.isoformat()}; at most {MAX_POINTS}: "
             "use a wider bucket or a shorter range."
         )
-    given = {k: v for k, v in (("mount", mount), ("interface", interface), ("container", container)) if v}
+    given = {k: v for k, v in keys.items() if v}
+    unknown = sorted(set(given) - set(KEYS))
+    if unknown:
+        raise InvalidParameter(f"Unknown series key {_or(unknown)}; the keys are {_or(KEYS)}.")
     extra = sorted(set(given) - ({spec.key} if spec.key else set()))
     if extra:
-        takes = f"takes `{spec.key}` only" if spec.key else "takes none of mount, interface or container"
+        takes = f"takes `{spec.key}` only" if spec.key else f"takes none of {_or(KEYS)}"
         raise InvalidParameter(f"{metric} {takes}; remove {', '.join(extra)}.")
     mode, _, _ = await layout(db)
     async with db.read_session() as session:
@@ -110,7 +113,7 @@ async def _why_empty(
     session: AsyncSession, settings: Settings, metric: str, device: str, key: str | None, now: datetime
 ) -> str:
     spec = METRICS[metric]
-    setting, tool = _FILLED_BY[spec.table]
+    setting, tool = spec.series.poll.setting, spec.series.tool
     interval = float(getattr(settings, setting))
     if settings.poll_enabled and interval > 0:
         polled = f"the poller records it every {interval:g} s (INFRA_{setting.upper()})"

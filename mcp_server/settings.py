@@ -270,7 +270,7 @@ class Settings(BaseSettings):
         default=30.0,
         ge=0,
         le=36_500,
-        description="Keep system, container, disk and network series; 0 = forever.",
+        description="Keep the metric series get_metrics_history answers from; 0 = forever.",
     )
     retention_audit_days: float = Field(
         default=365.0, ge=0, le=36_500, description="Keep audit rows; 0 = forever."
@@ -315,7 +315,10 @@ class Settings(BaseSettings):
         default=120.0, ge=0, le=86_400, description="Seconds between container_stats polls; 0 = off."
     )
     poll_drives_interval: float = Field(
-        default=3600.0, ge=0, le=86_400, description="Seconds between SMART drive health polls; 0 = off."
+        default=3600.0,
+        ge=0,
+        le=86_400,
+        description="Seconds between SMART drive health (and temperature) polls; 0 = off.",
     )
     poll_jitter: float = Field(
         default=0.2, ge=0, le=0.9, description="Share of each interval over which devices' polls are spread."

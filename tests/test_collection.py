@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 
 from mcp_server.commands import CommandDefinition, CommandRegistry, default_registry
-from mcp_server.db.tables import CollectionSnapshot, ServicePerformanceMetric, SystemMetricRow
+from mcp_server.db.tables import CollectionSnapshot, ServicePerformanceMetric
 from mcp_server.errors import (
     CommandFailed,
     CommandNotAvailable,
@@ -28,6 +28,7 @@ from mcp_server.errors import (
 )
 from mcp_server.events import CollectionCompleted
 from mcp_server.executors import ExecResult, check_exit
+from mcp_server.series.system import SystemMetricRow
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows, make_settings

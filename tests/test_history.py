@@ -21,11 +21,15 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from sqlalchemy import text
 
-from mcp_server.db.history import METRICS, device_trends
+from mcp_server.db.history import device_trends
 from mcp_server.db.storage import layout
-from mcp_server.db.tables import ContainerStatRow, DiskMetricRow, NetworkMetricRow, SystemMetricRow
 from mcp_server.devices import DeviceSpec
 from mcp_server.metrics_history import metrics_history
+from mcp_server.series import METRICS
+from mcp_server.series.containers import ContainerStatRow
+from mcp_server.series.disks import DiskMetricRow
+from mcp_server.series.network import NetworkMetricRow
+from mcp_server.series.system import SystemMetricRow
 from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
@@ -269,9 +273,9 @@ async def test_summary_reports_a_creeping_metric_as_rising_with_its_peak(history
 def test_every_metric_the_tool_offers_has_a_series_definition() -> None:
     from typing import get_args
 
-    from mcp_server.db.history import Metric
+    from mcp_server.series import MetricName
 
-    assert set(get_args(Metric)) == set(METRICS)
+    assert set(get_args(MetricName)) == set(METRICS)
 
 
 async def test_the_tool_answers_through_mcp_with_the_same_points(history_state: AppState) -> None:
@@ -298,7 +302,10 @@ async def empty_history(state: AppState) -> AppState:
     [
         ({"metric": "disk_used_percent"}, "disk_used_percent needs `mount`. Known for nas01: none recorded"),
         ({"metric": "net_rx_bytes_per_s"}, "needs `interface`"),
-        ({"metric": "cpu_percent", "mount": "/"}, "cpu_percent takes none of mount, interface or container"),
+        (
+            {"metric": "cpu_percent", "mount": "/"},
+            "cpu_percent takes none of mount, interface, container or drive",
+        ),
         (
             {"metric": "disk_used_percent", "mount": "/", "container": "x"},
             "takes `mount` only; remove container",

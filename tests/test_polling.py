@@ -290,7 +290,7 @@ async def test_each_replica_records_its_health_and_get_service_health_reports_it
 
 def test_every_poll_category_has_a_setting_and_runs_registered_read_commands() -> None:
     from mcp_server.commands import default_registry
-    from mcp_server.polling.scheduler import CATEGORIES
+    from mcp_server.series import CATEGORIES
 
     registry = default_registry()
     for category in CATEGORIES:

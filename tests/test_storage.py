@@ -19,10 +19,11 @@ from fastmcp import Client
 from sqlalchemy import func, select, text
 
 from mcp_server.db.engine import Database, alembic_config, migrate
-from mcp_server.db.series import SERIES, SERIES_BY_NAME
 from mcp_server.db.storage import configure, job_warnings, layout, maintain
-from mcp_server.db.tables import DataCollectionAudit, SystemMetricRow
+from mcp_server.db.tables import DataCollectionAudit
 from mcp_server.db.timescale import JobRun, StorageJob
+from mcp_server.series import TABLES
+from mcp_server.series.system import SystemMetricRow
 from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import make_settings
@@ -31,6 +32,9 @@ from tests.podman import compose_plugin
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = {"sqlite": "plain", "postgresql": "partitioned", "timescale": "timescale"}
+
+# compression and retention on every time-series table, and the rollup's refresh and retention
+POLICY_JOBS = 2 * len(TABLES) + 2
 
 
 def _system_row(at: datetime, device: str = "nas01") -> dict[str, Any]:
@@ -105,11 +109,11 @@ async def test_the_storage_mode_is_chosen_from_the_live_database_and_recorded(
     assert mode == MODES[backend] and at is not None
     if mode == "partitioned":
         assert "native range partitions" in detail
-        for table in SERIES:
+        for table in TABLES:
             assert await _relkind(migrated, table.name) == "p", table.name
     elif mode == "timescale":
         assert "TimescaleDB" in detail
-        assert await _hypertables(migrated) == {t.name for t in SERIES}
+        assert await _hypertables(migrated) == {t.name for t in TABLES}
         async with migrated.read_session() as session:
             view = await session.scalar(
                 text("SELECT view_name FROM timescaledb_information.continuous_aggregates")
@@ -423,17 +427,17 @@ async def test_timescaledb_policy_jobs_are_reported_by_migrate_and_get_service_h
 
     done = run_cli(tmp_path, "migrate", INFRA_DATABASE_URL=series_database_url)
     assert done.returncode == 0, done.stderr
-    assert "storage jobs: 16 TimescaleDB policies" in done.stderr
+    assert f"storage jobs: {POLICY_JOBS} TimescaleDB policies" in done.stderr
     settings = make_settings(tmp_path, database_url=series_database_url)
     async with open_state(settings) as state:
         async with Client(build_server(settings, state=state)) as client:
             health = await call_tool(client, "get_service_health")
     jobs = health["storage"]["jobs"]
-    assert health["storage"]["jobs_summary"].startswith("storage jobs: 16 TimescaleDB policies")
+    assert health["storage"]["jobs_summary"].startswith(f"storage jobs: {POLICY_JOBS} TimescaleDB policies")
     by_policy: dict[str, set[str]] = {}
     for job in jobs:
         by_policy.setdefault(job["policy"], set()).add(job["target"])
-    tables = {t.name for t in SERIES}
+    tables = {t.name for t in TABLES}
     assert by_policy["policy_compression"] == tables
     assert by_policy["policy_retention"] == tables | {"system_metrics_hourly"}
     assert by_policy["policy_refresh_continuous_aggregate"] == {"system_metrics_hourly"}
@@ -462,7 +466,7 @@ async def test_the_maintenance_loop_runs_the_policies_itself_and_health_shows_ea
         state.polling = PollingService.of(state)
         report = await state.polling.maintain_once()
         assert report is not None and report.error is None, report
-        assert len(report.jobs_run) == 16 and all(run.ok for run in report.jobs_run.values())
+        assert len(report.jobs_run) == POLICY_JOBS and all(run.ok for run in report.jobs_run.values())
         # the server's own runs did the policies' work: the 25-day-old chunk is gone, the 10-day-old one
         # compressed
         assert await _count(state.db, SystemMetricRow) == 2
@@ -484,10 +488,10 @@ async def test_the_maintenance_loop_runs_the_policies_itself_and_health_shows_ea
 def test_series_tables_have_a_retention_setting_and_whole_day_partitions() -> None:
     from mcp_server.settings import Settings
 
-    for table in SERIES:
+    for table in TABLES:
         assert table.retention in Settings.model_fields
         assert 86_400 % table.interval_seconds == 0 or table.interval_seconds % 86_400 == 0
-    assert SERIES_BY_NAME["system_metrics"].time_column == "collected_at"
+    assert {t.name: t.time_column for t in TABLES}["system_metrics"] == "collected_at"
 
 
 def test_the_compose_file_runs_the_server_on_timescaledb_with_a_volume() -> None:

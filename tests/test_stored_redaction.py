@@ -83,6 +83,7 @@ NOT_CALLER_TEXT = {
     ("disk_metrics", "mount"): "from the collected result, redacted before it is stored",
     ("disk_metrics", "fstype"): "from the collected result, redacted before it is stored",
     ("network_metrics", "interface"): "from the collected result, redacted before it is stored",
+    ("drive_metrics", "drive"): "drive_smart's drive parameter, validated as a /dev/ path",
     ("storage_layout", "mode"): "timescale, partitioned or plain",
     ("storage_layout", "detail"): "the server's own description of the storage set-up",
     ("storage_layout", "policies"): "the server's own retention and compression settings",

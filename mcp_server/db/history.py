@@ -21,65 +21,16 @@ from pydantic import BaseModel, Field
 from sqlalchemy import BindParameter, DateTime, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from mcp_server.db.series import ROLLUP, SYSTEM_EXPRESSIONS, Mode, as_utc
+from mcp_server.db.series import ROLLUP, Mode, as_utc
+from mcp_server.series import METRICS
+from mcp_server.series.spec import MetricSpec
 
-Metric = Literal[
-    "cpu_percent",
-    "memory_percent",
-    "memory_used_bytes",
-    "load_1",
-    "load_5",
-    "load_15",
-    "disk_used_percent",
-    "net_rx_bytes_per_s",
-    "net_tx_bytes_per_s",
-    "container_cpu_percent",
-    "container_memory_bytes",
-]
-KeyName = Literal["mount", "interface", "container"]
 Trend = Literal["rising", "falling", "steady", "unknown"]
 
 # Rate samples look back this far before `since` for the counter value preceding the first sample.
 RATE_LOOKBACK = timedelta(hours=6)
 EPOCH = "TIMESTAMPTZ '1970-01-01 00:00:00+00'"
 DIGITS = 4
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    table: str
-    expression: str  # SQL over the table's columns; {f} is the dialect's float type
-    unit: str
-    key: KeyName | None = None
-    key_column: str | None = None
-    counter: bool = False  # expression is a monotonic counter: the series is its per-second rate
-    rollup: bool = False  # served from the hourly rollup on TimescaleDB for whole-hour buckets
-
-
-METRICS: dict[str, MetricSpec] = {
-    **{
-        name: MetricSpec(
-            "system_metrics",
-            expr,
-            "%" if name.endswith("percent") else ("bytes" if name.endswith("bytes") else "load"),
-            rollup=True,
-        )
-        for name, expr in SYSTEM_EXPRESSIONS.items()
-    },
-    "disk_used_percent": MetricSpec("disk_metrics", "used_percent", "%", "mount", "mount"),
-    "net_rx_bytes_per_s": MetricSpec(
-        "network_metrics", "rx_bytes", "bytes/s", "interface", "interface", counter=True
-    ),
-    "net_tx_bytes_per_s": MetricSpec(
-        "network_metrics", "tx_bytes", "bytes/s", "interface", "interface", counter=True
-    ),
-    "container_cpu_percent": MetricSpec(
-        "container_stats", "cpu_percent", "% of one core", "container", "container"
-    ),
-    "container_memory_bytes": MetricSpec(
-        "container_stats", "CAST(memory_used_bytes AS {f})", "bytes", "container", "container"
-    ),
-}
 
 
 class HistoryPoint(BaseModel):

@@ -55,67 +55,6 @@ def is_partitioned(conn: Connection, table: str) -> bool:
     )
 
 
-def _index_definitions(conn: Connection, table: str) -> list[tuple[str, str]]:
-    """(name, CREATE INDEX statement) of every index of `table` except its primary key."""
-    rows = conn.execute(
-        text(
-            "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x "
-            "JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid "
-            "WHERE t.relname = :t AND t.relnamespace = current_schema()::regnamespace AND NOT x.indisprimary "
-            "ORDER BY i.relname"
-        ),
-        {"t": table},
-    ).all()
-    # a partitioned parent's index reads "ON ONLY t"; recreated on a plain table it must not say ONLY
-    return [(str(name), str(ddl).replace(" ON ONLY ", " ON ")) for name, ddl in rows]
-
-
-def _rebuild(conn: Connection, table: SeriesTable, *, partitioned: bool, now: datetime) -> None:
-    """Recreate `table` (plain, partitioned or a hypertable) as plain or partitioned, keeping rows and ids.
-
-    The old table is only renamed, copied from and dropped (a compressed hypertable allows little more);
-    its indexes are recreated by their captured definitions once their names are free again.
-    """
-    t, old, pkey = table.name, f"{table.name}__old", f"{table.name}_pkey"
-    sequence = conn.scalar(text("SELECT pg_get_serial_sequence(:t, 'id')"), {"t": t})
-    indexes = _index_definitions(conn, t)
-    conn.execute(text(f"ALTER TABLE {_q(t)} RENAME TO {_q(old)}"))
-    tail = f" PARTITION BY RANGE ({_q(table.time_column)})" if partitioned else ""
-    conn.execute(text(f"CREATE TABLE {_q(t)} (LIKE {_q(old)} INCLUDING DEFAULTS){tail}"))
-    key = f"id, {_q(table.time_column)}" if partitioned else "id"
-    conn.execute(text(f"ALTER TABLE {_q(t)} ADD CONSTRAINT {_q(pkey + '_new')} PRIMARY KEY ({key})"))
-    if partitioned:
-        conn.execute(text(f"CREATE TABLE {_q(default_partition(table))} PARTITION OF {_q(t)} DEFAULT"))
-        width = int(table.interval_seconds)
-        column = _q(table.time_column)
-        starts = conn.scalars(
-            text(
-                f"SELECT DISTINCT floor(extract(epoch FROM {column}) / {width})::bigint * {width} FROM {_q(old)}"
-            )
-        ).all()
-        for start in starts:
-            _create(conn, table, datetime.fromtimestamp(int(start), UTC), move=False)
-        ensure_partitions(conn, table, now)
-    conn.execute(text(f"INSERT INTO {_q(t)} SELECT * FROM {_q(old)}"))
-    if sequence:
-        # the sequence belongs to the old table's column: dropping that table would take it along
-        conn.execute(text(f"ALTER SEQUENCE {sequence} OWNED BY {_q(t)}.id"))
-    conn.execute(text(f"DROP TABLE {_q(old)} CASCADE"))
-    conn.execute(text(f"ALTER TABLE {_q(t)} RENAME CONSTRAINT {_q(pkey + '_new')} TO {_q(pkey)}"))
-    for _, ddl in indexes:
-        conn.execute(text(ddl))
-
-
-def partition(conn: Connection, table: SeriesTable, now: datetime) -> None:
-    """Turn a plain table into a range-partitioned one with partitions for its rows and ahead of `now`."""
-    _rebuild(conn, table, partitioned=True, now=now)
-
-
-def unpartition(conn: Connection, table: SeriesTable) -> None:
-    """Turn a partitioned table (or a TimescaleDB hypertable) back into a plain table with every row."""
-    _rebuild(conn, table, partitioned=False, now=datetime.now(UTC))
-
-
 def partitions(conn: Connection, table: SeriesTable) -> list[Partition]:
     """The range partitions of `table` with their bounds, oldest first (the DEFAULT partition excluded)."""
     conn.execute(text("SET LOCAL TimeZone = 'UTC'"))  # bounds print as '... +00'

@@ -1,4 +1,4 @@
-"""The time-series tables and how each is cut into chunks or partitions; shared by migrations and maintenance."""
+"""How time-partitioned tables are stored: the mode the database supports, the width of their partitions."""
 
 from __future__ import annotations
 
@@ -37,12 +37,10 @@ class SeriesTable:
         return max(self.interval * 3, timedelta(days=7))
 
 
-SERIES: tuple[SeriesTable, ...] = (
+# Tables of events (audit rows, timings, configuration changes) stored and kept like the time series; the
+# series themselves declare their tables in mcp_server/series/, whose TABLES lists all of them.
+EVENT_TABLES: tuple[SeriesTable, ...] = (
     SeriesTable("data_collection_audit", "occurred_at", timedelta(days=7), "retention_audit_days"),
-    SeriesTable("system_metrics", "collected_at", timedelta(days=1), "retention_metrics_days"),
-    SeriesTable("container_stats", "collected_at", timedelta(days=1), "retention_metrics_days"),
-    SeriesTable("disk_metrics", "collected_at", timedelta(days=1), "retention_metrics_days"),
-    SeriesTable("network_metrics", "collected_at", timedelta(days=1), "retention_metrics_days"),
     SeriesTable(
         "service_performance_metrics", "recorded_at", timedelta(days=1), "retention_performance_days"
     ),
@@ -50,20 +48,10 @@ SERIES: tuple[SeriesTable, ...] = (
         "configuration_change_events", "detected_at", timedelta(days=30), "retention_config_changes_days"
     ),
 )
-SERIES_BY_NAME = {s.name: s for s in SERIES}
 
-# The hourly rollup of system_metrics (a TimescaleDB continuous aggregate).
+# The hourly rollup of system_metrics (a TimescaleDB continuous aggregate, created by migration 0005 with a
+# column set per metric the system series marks `rollup`).
 ROLLUP = "system_metrics_hourly"
-# Values derived from system_metrics rows, as SQL over its columns ({f}: the dialect's float type). The
-# rollup and the raw history queries use these same expressions, so both give the same numbers.
-SYSTEM_EXPRESSIONS: dict[str, str] = {
-    "cpu_percent": "cpu_percent",
-    "memory_percent": "CAST(memory_used_bytes AS {f}) * 100.0 / NULLIF(CAST(memory_total_bytes AS {f}), 0)",
-    "memory_used_bytes": "CAST(memory_used_bytes AS {f})",
-    "load_1": "load_1",
-    "load_5": "load_5",
-    "load_15": "load_15",
-}
 
 
 def choose_mode(conn: Connection) -> tuple[Mode, str]:

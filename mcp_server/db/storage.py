@@ -24,9 +24,10 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from mcp_server.db import partitions, timescale
 from mcp_server.db.engine import Database
-from mcp_server.db.series import ROLLUP, SERIES, Mode
+from mcp_server.db.series import ROLLUP, Mode
 from mcp_server.db.tables import Base, PollLease, StorageLayout
 from mcp_server.errors import StorageError
+from mcp_server.series import TABLES
 from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ async def configure(db: Database, settings: Settings, *, run_jobs: bool = False)
     mode, detail, _ = await layout(db)
     report = ConfigureReport(mode, detail)
     wanted = policies(settings)
-    tables = ", ".join(t.name for t in SERIES)
+    tables = ", ".join(t.name for t in TABLES)
     try:
         if mode == "timescale":
             version = {"version": timescale.POLICY_VERSION, **asdict(wanted)}
@@ -303,7 +304,7 @@ def _retention_line(p: timescale.Policies) -> str:
 
 
 def _ensure_all(conn: Connection, now: datetime) -> list[str]:
-    return [name for table in SERIES for name in partitions.ensure_partitions(conn, table, now)]
+    return [name for table in TABLES for name in partitions.ensure_partitions(conn, table, now)]
 
 
 @dataclass
@@ -326,14 +327,14 @@ async def maintain(db: Database, settings: Settings, now: datetime | None = None
         if mode == "partitioned":
             async with db.engine.begin() as conn:
                 report.partitions_created = await conn.run_sync(_ensure_all, now)
-            for table in SERIES:
+            for table in TABLES:
                 keep = p.retention(table)
                 if keep is not None:
                     async with db.engine.begin() as conn:
                         dropped = await conn.run_sync(partitions.drop_expired, table, now - keep)
                     report.partitions_dropped.extend(dropped)
         elif mode == "plain":
-            for table in SERIES:
+            for table in TABLES:
                 keep = p.retention(table)
                 if keep is not None:
                     report.rows_deleted[table.name] = await _delete_older(

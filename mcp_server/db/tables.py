@@ -1,4 +1,7 @@
-"""Database tables (SQLAlchemy 2 declarative). The same schema on SQLite and PostgreSQL."""
+"""Database tables (SQLAlchemy 2 declarative). The same schema on SQLite and PostgreSQL.
+
+The time-series tables are declared with their series in mcp_server/series/ (the db package imports that
+index, so Base.metadata always lists them too)."""
 
 from __future__ import annotations
 
@@ -82,87 +85,6 @@ class DataCollectionAudit(Base):
         Index("ix_audit_device_occurred_at", "device", "occurred_at"),
         Index("ix_audit_request_id", "request_id"),
     )
-
-
-class SystemMetricRow(Base):
-    """Time series of system_metrics collections."""
-
-    __tablename__ = "system_metrics"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    device: Mapped[str] = mapped_column(String(63))
-    collected_at: Mapped[datetime]
-    cpu_percent: Mapped[float] = mapped_column(Float)
-    load_1: Mapped[float] = mapped_column(Float)
-    load_5: Mapped[float] = mapped_column(Float)
-    load_15: Mapped[float] = mapped_column(Float)
-    memory_total_bytes: Mapped[int] = mapped_column(BigInteger)
-    memory_used_bytes: Mapped[int] = mapped_column(BigInteger)
-    memory_available_bytes: Mapped[int] = mapped_column(BigInteger)
-    swap_total_bytes: Mapped[int] = mapped_column(BigInteger)
-    swap_used_bytes: Mapped[int] = mapped_column(BigInteger)
-    uptime_seconds: Mapped[float] = mapped_column(Float)
-
-    __table_args__ = (Index("ix_system_metrics_device_collected_at", "device", "collected_at"),)
-
-
-class ContainerStatRow(Base):
-    """Time series of container_stats collections: one row per running container per sample."""
-
-    __tablename__ = "container_stats"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    device: Mapped[str] = mapped_column(String(63))
-    collected_at: Mapped[datetime]
-    container: Mapped[str] = mapped_column(String(255), doc="Container name.")
-    container_id: Mapped[str] = mapped_column(String(64))
-    cpu_percent: Mapped[float | None] = mapped_column(Float)
-    memory_used_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    memory_limit_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    net_rx_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    net_tx_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    block_read_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    block_write_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    pids: Mapped[int | None] = mapped_column(Integer)
-
-    __table_args__ = (Index("ix_container_stats_device_container", "device", "container", "collected_at"),)
-
-
-class DiskMetricRow(Base):
-    """Time series of disk_usage collections: one row per real (non-pseudo) mount per sample."""
-
-    __tablename__ = "disk_metrics"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    device: Mapped[str] = mapped_column(String(63))
-    collected_at: Mapped[datetime]
-    mount: Mapped[str] = mapped_column(Text)
-    fstype: Mapped[str | None] = mapped_column(String(64))
-    size_bytes: Mapped[int] = mapped_column(BigInteger)
-    used_bytes: Mapped[int] = mapped_column(BigInteger)
-    used_percent: Mapped[float] = mapped_column(Float)
-    inodes_used_percent: Mapped[float | None] = mapped_column(Float)
-
-    __table_args__ = (Index("ix_disk_metrics_device_mount", "device", "mount", "collected_at"),)
-
-
-class NetworkMetricRow(Base):
-    """Time series of network_interfaces collections: the byte, error and drop counters per interface."""
-
-    __tablename__ = "network_metrics"
-
-    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    device: Mapped[str] = mapped_column(String(63))
-    collected_at: Mapped[datetime]
-    interface: Mapped[str] = mapped_column(String(64))
-    rx_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    tx_bytes: Mapped[int | None] = mapped_column(BigInteger)
-    rx_errors: Mapped[int | None] = mapped_column(BigInteger)
-    tx_errors: Mapped[int | None] = mapped_column(BigInteger)
-    rx_dropped: Mapped[int | None] = mapped_column(BigInteger)
-    tx_dropped: Mapped[int | None] = mapped_column(BigInteger)
-
-    __table_args__ = (Index("ix_network_metrics_device_interface", "device", "interface", "collected_at"),)
 
 
 class CollectionSnapshot(Base):

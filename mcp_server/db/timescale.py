@@ -1,4 +1,6 @@
-"""TimescaleDB: hypertables with compression, retention and compression policies, the hourly rollup.
+"""TimescaleDB: the retention and compression policies of the hypertables, and the hourly rollup's refresh.
+
+The hypertables and the rollup themselves are created by the migrations (0005, 0006), each with its own SQL.
 
 Functions take a synchronous Connection (Alembic's, or `AsyncConnection.run_sync`). Table names are our
 constants; intervals are numbers we computed, never caller input.
@@ -14,10 +16,9 @@ from typing import Literal
 from pydantic import BaseModel, Field
 from sqlalchemy import Connection, bindparam, text
 
-from mcp_server.db.series import ROLLUP, SERIES, SYSTEM_EXPRESSIONS, RetentionSetting, SeriesTable, as_utc
+from mcp_server.db.series import ROLLUP, RetentionSetting, SeriesTable, as_utc
+from mcp_server.series import TABLES
 
-# The rollup's per-hour columns: samples, and <metric>_sum, _count, _min, _max, _avg of each expression.
-ROLLUP_METRICS: dict[str, str] = {k: v.format(f="double precision") for k, v in SYSTEM_EXPRESSIONS.items()}
 # History answers buckets this recent from the raw table rather than the rollup: rows that arrive late there
 # (a writer backlog, a spool replayed after an outage) count at once, not after the rollup's next refresh.
 RECENT_RAW = timedelta(days=2)
@@ -76,61 +77,10 @@ def _interval(value: timedelta) -> str:
     return f"INTERVAL '{int(value.total_seconds())} seconds'"
 
 
-def make_hypertable(conn: Connection, table: SeriesTable) -> None:
-    """Convert `table` (rows kept) into a hypertable keyed (id, time), compressed segment-by device."""
-    t, ts = _q(table.name), _q(table.time_column)
-    pkey = conn.scalar(
-        text("SELECT conname FROM pg_constraint WHERE contype = 'p' AND conrelid = CAST(:t AS regclass)"),
-        {"t": table.name},
-    )
-    if pkey:
-        conn.execute(text(f"ALTER TABLE {t} DROP CONSTRAINT {_q(str(pkey))}"))
-    # TimescaleDB requires every unique index, the primary key included, to hold the time column
-    conn.execute(text(f"ALTER TABLE {t} ADD PRIMARY KEY (id, {ts})"))
-    conn.execute(
-        text(
-            f"SELECT create_hypertable(CAST(:t AS regclass), by_range(:col, {_interval(table.interval)}), "
-            "create_default_indexes => false, migrate_data => true)"
-        ),
-        {"t": table.name, "col": table.time_column},
-    )
-    conn.execute(
-        text(
-            f"ALTER TABLE {t} SET (timescaledb.compress, timescaledb.compress_segmentby = 'device', "
-            f"timescaledb.compress_orderby = '{table.time_column} DESC, id DESC')"
-        )
-    )
-
-
-def create_rollup(conn: Connection) -> None:
-    """The hourly continuous aggregate of system_metrics per device (real-time: recent rows included).
-
-    Must run outside a transaction block (Alembic: `op.get_context().autocommit_block()`).
-    """
-    columns = ", ".join(
-        f"sum({expr}) AS {name}_sum, count({expr}) AS {name}_count, min({expr}) AS {name}_min, "
-        f"max({expr}) AS {name}_max, avg({expr}) AS {name}_avg"
-        for name, expr in ROLLUP_METRICS.items()
-    )
-    conn.execute(
-        text(
-            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {_q(ROLLUP)} "
-            "WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS "
-            "SELECT device, time_bucket(INTERVAL '1 hour', collected_at) AS bucket, count(*) AS samples, "
-            f"{columns} FROM system_metrics GROUP BY device, time_bucket(INTERVAL '1 hour', collected_at) "
-            "WITH NO DATA"
-        )
-    )
-
-
-def drop_rollup(conn: Connection) -> None:
-    conn.execute(text(f"DROP MATERIALIZED VIEW IF EXISTS {_q(ROLLUP)} CASCADE"))
-
-
 def apply_policies(conn: Connection, policies: Policies) -> list[str]:
     """Set (replace) compression and retention policies and the rollup's refresh; returns what was set."""
     done = []
-    for table in SERIES:
+    for table in TABLES:
         args = {"t": table.name}
         conn.execute(text("SELECT remove_compression_policy(CAST(:t AS regclass), if_exists => true)"), args)
         conn.execute(text("SELECT remove_retention_policy(CAST(:t AS regclass), if_exists => true)"), args)
@@ -258,7 +208,7 @@ def job_states(conn: Connection) -> list[StorageJob]:
             "WHERE j.proc_name IN :procs AND coalesce(ca.view_name, j.hypertable_name) IN :names "
             "ORDER BY j.job_id"
         ).bindparams(bindparam("procs", expanding=True), bindparam("names", expanding=True)),
-        {"procs": list(POLICY_PROCS), "names": [t.name for t in SERIES] + [ROLLUP]},
+        {"procs": list(POLICY_PROCS), "names": [t.name for t in TABLES] + [ROLLUP]},
     ).all()
     errors: dict[int, tuple[int, datetime | None, str | None]] = {}
     if conn.scalar(text("SELECT to_regclass('timescaledb_information.job_errors')")) is not None:

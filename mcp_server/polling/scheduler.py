@@ -37,6 +37,8 @@ from mcp_server.errors import (
 from mcp_server.polling import leases
 from mcp_server.polling.breaker import HealthBook
 from mcp_server.reports import drive_health
+from mcp_server.series import CATEGORIES
+from mcp_server.series.spec import Category
 from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -44,25 +46,6 @@ log = logging.getLogger(__name__)
 LEASE_MARGIN = 5.0  # seconds a lease outlives the deadline of the poll it covers
 DEVICE_RELOAD_EVERY = 30.0  # seconds between re-reading devices other replicas may have changed
 MAX_SLEEP = 1.0
-
-
-@dataclass(frozen=True)
-class Category:
-    """Something polled together: its interval setting and the commands it runs."""
-
-    name: str
-    setting: str
-    commands: tuple[str, ...]
-
-
-CATEGORIES: tuple[Category, ...] = (
-    Category("system", "poll_system_interval", ("system_metrics",)),
-    Category("network", "poll_network_interval", ("network_interfaces",)),
-    Category("disk", "poll_disk_interval", ("disk_usage",)),
-    Category("containers", "poll_containers_interval", ("container_stats",)),
-    # drive_inventory, then drive_smart for every disk at once
-    Category("drives", "poll_drives_interval", ("drive_inventory", "drive_smart")),
-)
 
 
 @dataclass
@@ -282,6 +265,7 @@ class Poller:
     async def _collect(self, device: str, category: Category) -> None:
         service = self._service
         if category.name == "drives":
+            # drive_smart needs a drive: the report asks drive_inventory, then every disk at once
             await drive_health(service, device, None, True)
             return
         for command in category.commands:

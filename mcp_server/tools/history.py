@@ -8,10 +8,11 @@ from fastmcp.dependencies import Depends
 from fastmcp.tools import tool
 from pydantic import Field
 
-from mcp_server.db.history import Metric, MetricsHistory
+from mcp_server.db.history import MetricsHistory
 from mcp_server.metrics_history import metrics_history
 from mcp_server.polling.report import CacheStatsReport, ServiceHealth, cache_report
 from mcp_server.polling.service import service_health
+from mcp_server.series import MetricName, key_help, metric_help
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import READ_ONLY, DeviceArg, expected_errors
 
@@ -24,14 +25,7 @@ TOOLSET = "history"
 @expected_errors()
 async def get_metrics_history(
     device: DeviceArg,
-    metric: Annotated[
-        Metric,
-        Field(
-            description="cpu_percent, memory_percent, memory_used_bytes, load_1/5/15; disk_used_percent "
-            "(needs mount); net_rx_bytes_per_s / net_tx_bytes_per_s (need interface, computed from byte "
-            "counters); container_cpu_percent / container_memory_bytes (need container)."
-        ),
-    ],
+    metric: Annotated[MetricName, Field(description=metric_help())],
     since: Annotated[
         str | None,
         Field(
@@ -51,9 +45,11 @@ async def get_metrics_history(
             "Default: the finest giving at most 500 points.",
         ),
     ] = None,
-    mount: Annotated[SeriesKey, Field(description="Mount point, for disk_used_percent (e.g. /).")] = None,
-    interface: Annotated[SeriesKey, Field(description="Interface, for net_* (e.g. eth0).")] = None,
-    container: Annotated[SeriesKey, Field(description="Container name, for container_*.")] = None,
+    # one argument per series key (mcp_server.series.KEYS)
+    mount: Annotated[SeriesKey, Field(description=key_help("mount"))] = None,
+    interface: Annotated[SeriesKey, Field(description=key_help("interface"))] = None,
+    container: Annotated[SeriesKey, Field(description=key_help("container"))] = None,
+    drive: Annotated[SeriesKey, Field(description=key_help("drive"))] = None,
     state: AppState = Depends(current_state),
 ) -> MetricsHistory:
     """A metric of one device over hours to weeks from the recorded history: per bucket avg/min/max and
@@ -72,6 +68,7 @@ async def get_metrics_history(
         mount=mount,
         interface=interface,
         container=container,
+        drive=drive,
     )
 
 
