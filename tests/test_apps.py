@@ -130,6 +130,15 @@ async def test_the_three_tools_link_a_view_served_as_an_mcp_app(client: Client[A
         assert "</" not in (Path(ui.__file__).parent / asset).read_text(), f"{asset} would close its tag"
 
 
+async def test_a_view_is_served_whole_whatever_the_result_budget(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_result_chars=1_000)
+    async with Client(build_server(settings)) as client:
+        for uri in VIEWS.values():
+            html = await read_text(client, uri)
+            assert len(html) > 10_000 and html.rstrip().endswith("</html>"), uri
+        assert "result_truncated" in await read_text(client, "infra://commands")  # others are cut
+
+
 async def test_a_host_without_the_extension_gets_the_same_structured_result(state: AppState) -> None:
     start = hour_start(datetime.now(UTC)) - timedelta(hours=3)
     for minutes in range(0, 180, 15):
