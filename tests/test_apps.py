@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import re
 import shutil
 import time
@@ -77,6 +78,25 @@ window.startView = ([html, input, result, theme]) => {
   frame.srcdoc = html;
 };
 </script></body></html>"""
+
+
+# WCAG contrast ratio of an element's text over the background it sits on (computed colours, rgb/rgba).
+CONTRAST = """(node) => {
+  const rgb = (c) => c.match(/[\\d.]+/g).slice(0, 3).map(Number);
+  const lum = (c) => { const [r, g, b] = rgb(c).map((v) => { v /= 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; }); return 0.2126 * r + 0.7152 * g + 0.0722 * b; };
+  let back = node;
+  while (back && /rgba\\(.*, 0\\)|transparent/.test(getComputedStyle(back).backgroundColor)) back = back.parentElement;
+  const [a, b] = [lum(getComputedStyle(node).color), lum(getComputedStyle(back || document.body).backgroundColor)];
+  return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+}"""
+
+
+async def readable(locator: Any) -> None:
+    """Every element the locator finds has text at WCAG AA contrast (4.5:1) or better."""
+    for each in await locator.all():
+        ratio = await each.evaluate(CONTRAST)
+        assert ratio >= 4.5, f"{await each.inner_text()!r}: contrast {ratio:.2f}"
 
 
 def with_csp(html: str) -> str:
@@ -193,7 +213,7 @@ async def browser() -> AsyncIterator[Any]:
 
 @pytest.fixture(scope="module")
 async def rig(sshd_fleet: SshdFleet, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Rig]:
-    """alpha and beta (real sshd hosts) and local; a day of hourly history for alpha; a watched compose file
+    """alpha and beta (real sshd hosts), local, and gone (nothing listens there); a day of hourly history for alpha; a watched compose file
     on alpha edited once; each linked tool's real result."""
     if shutil.which("inotifywait") is None:
         unavailable("sshd", "inotifywait is not installed (apt-get install inotify-tools)")
@@ -202,6 +222,9 @@ async def rig(sshd_fleet: SshdFleet, tmp_path_factory: pytest.TempPathFactory) -
         await state.config.start()
         for name in ("alpha", "beta"):
             await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts[name])
+        await add_fleet_host(
+            state, sshd_fleet, sshd_fleet.hosts["alpha"], name="gone", port=1
+        )  # nothing there
         end = hour_start(datetime.now(UTC))
         start = end - timedelta(hours=HOURS)
         for minutes in range(5, HOURS * 60, 20):  # three samples in each hour
@@ -259,6 +282,9 @@ async def shown(browser: Any, rig: Rig, tool: str, theme: str = "light") -> Asyn
         args = [with_csp(rig.html[tool]), rig.inputs[tool], wire(rig.results[tool]), theme]
         await page.evaluate("(args) => window.startView(args)", args)
         yield page.frame_locator("#view")
+        if os.environ.get("INFRA_TEST_SCREENSHOTS"):  # the pictures in docs/apps.md come from here
+            name = f"apps-{Path(VIEWS[tool]).stem}-{theme}.png"
+            await page.locator("#view").screenshot(path=Path(os.environ["INFRA_TEST_SCREENSHOTS"]) / name)
         log = await page.evaluate("window.hostLog")
         assert log[:2] == ["ui/initialize", "ui/notifications/initialized"], log
         assert errors == [], errors
@@ -270,14 +296,17 @@ async def shown(browser: Any, rig: Rig, tool: str, theme: str = "light") -> Asyn
 async def test_the_fleet_view_lists_the_real_devices_sortable_with_sparklines(browser: Any, rig: Rig) -> None:
     overview = content(rig.results["get_fleet_overview"])
     devices = {d["device"]: d for d in overview["devices"]}
-    assert set(devices) == {"alpha", "beta", "local"} and overview["ok"] == 3
+    assert set(devices) == {"alpha", "beta", "gone", "local"} and overview["failed"] == 1
     async with shown(browser, rig, "get_fleet_overview") as view:
         rows = view.locator("table.data tbody tr")
-        await expect(rows).to_have_count(3)
+        await expect(rows).to_have_count(4)
         names = await rows.locator("th").all_inner_texts()
-        assert sorted(names) == ["alpha", "beta", "local"]
+        assert sorted(names) == ["alpha", "beta", "gone", "local"]
+        # problems first, saying what is wrong
+        await expect(rows.first).to_have_class("problem")
+        await expect(rows.first.locator(".badge")).to_have_text(devices["gone"]["error_type"])
         # CPU % as the result has it, on the device's row
-        for name in names:
+        for name in ("alpha", "beta", "local"):
             row = rows.filter(has=view.locator("th", has_text=re.compile(f"^{name}$")))
             await expect(row.locator("td").nth(1)).to_have_text(shown_as(devices[name]["cpu_percent"]))
         # alpha's day of history becomes a sparkline, fetched by the view through the host (tools/call)
@@ -291,10 +320,11 @@ async def test_the_fleet_view_lists_the_real_devices_sortable_with_sparklines(br
         device = view.locator("thead th").first
         await device.locator("button").click()
         await expect(device).to_have_attribute("aria-sort", "ascending")
-        assert await rows.locator("th").all_inner_texts() == ["alpha", "beta", "local"]
+        assert await rows.locator("th").all_inner_texts() == ["alpha", "beta", "gone", "local"]
         await device.locator("button").press("Enter")
         await expect(device).to_have_attribute("aria-sort", "descending")
-        assert await rows.locator("th").all_inner_texts() == ["local", "beta", "alpha"]
+        assert await rows.locator("th").all_inner_texts() == ["local", "gone", "beta", "alpha"]
+        await readable(view.locator("th, td, .badge, .status"))
 
 
 async def test_the_history_view_charts_every_point_with_min_avg_max(browser: Any, rig: Rig) -> None:
@@ -317,6 +347,7 @@ async def test_the_history_view_charts_every_point_with_min_avg_max(browser: Any
         await expect(view.locator("html")).to_have_attribute("data-theme", "dark")
         background = await view.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
         assert background == "rgb(17, 24, 39)"
+        await readable(view.locator("h1, .status, dt, dd"))
 
 
 async def test_the_diff_view_shows_the_changed_lines_side_by_side_with_the_risk(
@@ -334,3 +365,4 @@ async def test_the_diff_view_shows_the_changed_lines_side_by_side_with_the_risk(
         await expect(ports.locator("td.ln")).to_have_text(["4", "5"])
         await expect(view.locator(".badge.high")).to_have_text("high risk")
         await expect(view.locator("ul.reasons li")).to_have_count(len(diff["reasons"]))
+        await readable(view.locator("table.diff td:not(:empty), .badge, ul.reasons li"))

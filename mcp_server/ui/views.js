@@ -183,6 +183,7 @@ const InfraUI = (() => {
         cells(r.new, r.kind === "change" ? "add" : "ctx"))));
     return el("div", { class: "scroll" }, el("table", { class: "diff" },
       el("caption", { class: "sr-only" }, opts.caption || "Changes, old version left and new version right"),
+      el("colgroup", {}, el("col", { class: "ln" }), el("col"), el("col", { class: "ln" }), el("col")),
       el("thead", { class: "sr-only" }, el("tr", {}, el("th", { scope: "col" }, "old line"),
         el("th", { scope: "col" }, opts.oldLabel || "old"), el("th", { scope: "col" }, "new line"),
         el("th", { scope: "col" }, opts.newLabel || "new"))), body));
@@ -234,10 +235,11 @@ const InfraUI = (() => {
       if (typeof ResizeObserver === "function") {
         let last = "";
         new ResizeObserver(() => {
-          const size = { width: document.documentElement.scrollWidth, height: document.documentElement.scrollHeight };
+          const box = document.body.getBoundingClientRect();
+          const size = { width: Math.ceil(box.width), height: Math.ceil(box.height) };
           const key = `${size.width}x${size.height}`;
           if (key !== last) { last = key; notify("ui/notifications/size-changed", size); }
-        }).observe(document.documentElement);
+        }).observe(document.body);
       }
     }, (error) => console.warn("MCP Apps host did not initialize:", error.message));
     return host;
