@@ -41,7 +41,9 @@ VIEWS = {
     "get_config_diff": "ui://infrastructor/diff.html",
 }
 COMPOSE = "services:\n  web:\n    image: nginx:1.25\n    ports:\n      - '8080:80'\n"
-CHANGED = "services:\n  web:\n    image: nginx:1.27\n    privileged: true\n    ports:\n      - '8080:80'\n"
+# the last line is for the browser to show, never to run
+HOSTILE = '# <img src=x onerror="parent.postMessage(1, `*`)"><script>alert(1)</script>'
+CHANGED = f"services:\n  web:\n    image: nginx:1.27\n    privileged: true\n    ports:\n      - '8080:80'\n{HOSTILE}\n"
 HOURS = 24
 
 # What a host's sandbox allows a view: its own inline script and style, nothing from anywhere.
@@ -354,12 +356,13 @@ async def test_the_diff_view_shows_the_changed_lines_side_by_side_with_the_risk(
     browser: Any, rig: Rig
 ) -> None:
     diff = content(rig.results["get_config_diff"])
-    assert diff["risk"] == "high" and diff["added_lines"] == 2 and diff["removed_lines"] == 1
+    assert diff["risk"] == "high" and diff["added_lines"] == 3 and diff["removed_lines"] == 1
     async with shown(browser, rig, "get_config_diff") as view:
         await expect(view.locator("table.diff td.del")).to_have_text(["    image: nginx:1.25"])
         await expect(view.locator("table.diff td.add")).to_have_text(
-            ["    image: nginx:1.27", "    privileged: true"]
+            ["    image: nginx:1.27", "    privileged: true", HOSTILE]
         )
+        await expect(view.locator("img, table.diff script")).to_have_count(0)  # text, not markup
         # unchanged lines sit on both sides, at their line numbers
         ports = view.locator("table.diff tr.same", has_text="ports:")
         await expect(ports.locator("td.ln")).to_have_text(["4", "5"])
