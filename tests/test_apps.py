@@ -261,10 +261,13 @@ async def rig(sshd_fleet: SshdFleet, tmp_path_factory: pytest.TempPathFactory) -
 
 
 @contextlib.asynccontextmanager
-async def shown(browser: Any, rig: Rig, tool: str, theme: str = "light") -> AsyncIterator[Any]:
+async def shown(
+    browser: Any, rig: Rig, tool: str, theme: str | None = "light", *, prefers: str = "light"
+) -> AsyncIterator[Any]:
     """A fresh host page showing `tool`'s view with its real result; yields the view's frame. On leaving:
-    no console errors or warnings, no request for anything, and the view did the MCP Apps handshake."""
-    page = await browser.new_page()
+    no console errors or warnings, no request for anything, and the view did the MCP Apps handshake.
+    `theme` is the host's (None: it sends none); `prefers` the browser's prefers-color-scheme."""
+    page = await browser.new_page(color_scheme=prefers)
     errors: list[str] = []
     requests: list[str] = []
     page.on(
@@ -285,7 +288,7 @@ async def shown(browser: Any, rig: Rig, tool: str, theme: str = "light") -> Asyn
         await page.evaluate("(args) => window.startView(args)", args)
         yield page.frame_locator("#view")
         if os.environ.get("INFRA_TEST_SCREENSHOTS"):  # the pictures in docs/apps.md come from here
-            name = f"apps-{Path(VIEWS[tool]).stem}-{theme}.png"
+            name = f"apps-{Path(VIEWS[tool]).stem}-{theme or prefers}.png"
             await page.locator("#view").screenshot(path=Path(os.environ["INFRA_TEST_SCREENSHOTS"]) / name)
         log = await page.evaluate("window.hostLog")
         assert log[:2] == ["ui/initialize", "ui/notifications/initialized"], log
@@ -357,7 +360,7 @@ async def test_the_diff_view_shows_the_changed_lines_side_by_side_with_the_risk(
 ) -> None:
     diff = content(rig.results["get_config_diff"])
     assert diff["risk"] == "high" and diff["added_lines"] == 3 and diff["removed_lines"] == 1
-    async with shown(browser, rig, "get_config_diff") as view:
+    async with shown(browser, rig, "get_config_diff", theme=None, prefers="dark") as view:
         await expect(view.locator("table.diff td.del")).to_have_text(["    image: nginx:1.25"])
         await expect(view.locator("table.diff td.add")).to_have_text(
             ["    image: nginx:1.27", "    privileged: true", HOSTILE]
@@ -368,4 +371,8 @@ async def test_the_diff_view_shows_the_changed_lines_side_by_side_with_the_risk(
         await expect(ports.locator("td.ln")).to_have_text(["4", "5"])
         await expect(view.locator(".badge.high")).to_have_text("high risk")
         await expect(view.locator("ul.reasons li")).to_have_count(len(diff["reasons"]))
+        # no theme from the host: the browser's dark preference applies, readable too
+        await expect(view.locator("html")).not_to_have_attribute("data-theme", re.compile(".*"))
+        background = await view.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
+        assert background == "rgb(17, 24, 39)"
         await readable(view.locator("table.diff td:not(:empty), .badge, ul.reasons li"))
