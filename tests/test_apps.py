@@ -29,6 +29,7 @@ from mcp_server.db.history import MetricsHistory
 from mcp_server.metrics_history import metrics_history
 from mcp_server.series.system import SystemMetricRow
 from mcp_server.server import build_server
+from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, make_settings
 from tests.helpers import read_text, structured, unavailable, until
@@ -131,25 +132,27 @@ def hour_start(at: datetime) -> datetime:
 # ---- the served views, without a browser ---------------------------------------------------------------
 
 
-async def test_the_three_tools_link_a_view_served_as_an_mcp_app(client: Client[Any]) -> None:
-    tools = {t.name: t for t in await client.list_tools()}
-    for tool, uri in VIEWS.items():
-        assert (tools[tool].meta or {}).get("ui") == {"resourceUri": uri}, tool
-    assert "ui" not in (tools["get_system_metrics"].meta or {})
-    listed = {str(r.uri): r for r in await client.list_resources()}
-    for uri in VIEWS.values():
-        assert listed[uri].mime_type == "text/html;profile=mcp-app"
-        content = (await client.read_resource(uri))[0]
-        assert (
-            isinstance(content, mt.TextResourceContents) and content.mime_type == "text/html;profile=mcp-app"
-        )
-        html = content.text
-        assert html.startswith("<!doctype html>") and "InfraUI" in html and len(html) < 40_000
-        # self-contained and strict-CSP friendly: nothing fetched, no inline handlers or style attributes
-        assert not re.search(r"\b(src|href)=|https?://(?!www\.w3\.org/2000/svg)|@import|url\(", html), uri
-        assert not re.search(r"\son[a-z]+=|\sstyle=|eval\(|new Function|innerHTML", html), uri
-    for asset in ("views.js", "views.css"):
-        assert "</" not in (Path(ui.__file__).parent / asset).read_text(), f"{asset} would close its tag"
+async def test_the_three_tools_link_a_view_served_as_an_mcp_app(sqlite_settings: Settings) -> None:
+    async with Client(build_server(sqlite_settings)) as client:
+        tools = {t.name: t for t in await client.list_tools()}
+        for tool, uri in VIEWS.items():
+            assert (tools[tool].meta or {}).get("ui") == {"resourceUri": uri}, tool
+        assert "ui" not in (tools["get_system_metrics"].meta or {})
+        listed = {str(r.uri): r for r in await client.list_resources()}
+        for uri in VIEWS.values():
+            assert listed[uri].mime_type == "text/html;profile=mcp-app"
+            content = (await client.read_resource(uri))[0]
+            assert (
+                isinstance(content, mt.TextResourceContents)
+                and content.mime_type == "text/html;profile=mcp-app"
+            )
+            html = content.text
+            assert html.startswith("<!doctype html>") and "InfraUI" in html and len(html) < 40_000
+            # self-contained and strict-CSP friendly: nothing fetched, no inline handlers or style attributes
+            assert not re.search(r"\b(src|href)=|https?://(?!www\.w3\.org/2000/svg)|@import|url\(", html), uri
+            assert not re.search(r"\son[a-z]+=|\sstyle=|eval\(|new Function|innerHTML", html), uri
+        for asset in ("views.js", "views.css"):
+            assert "</" not in (Path(ui.__file__).parent / asset).read_text(), f"{asset} would close its tag"
 
 
 async def test_a_view_is_served_whole_whatever_the_result_budget(tmp_path: Path) -> None:
