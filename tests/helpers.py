@@ -24,7 +24,7 @@ FIXTURE_BIN = Path(__file__).parent / "fixture_bin"
 
 def unavailable(suite: str, message: str) -> NoReturn:
     """A service a test needs is missing: skip, or fail where INFRA_TEST_REQUIRE_<SUITE>=1 (CI sets them so
-    the SSH, PostgreSQL, container and Inspector suites cannot pass by skipping)."""
+    the SSH, PostgreSQL, container, Inspector and browser suites cannot pass by skipping)."""
     if os.environ.get(f"INFRA_TEST_REQUIRE_{suite.upper()}") == "1":
         pytest.fail(message)
     pytest.skip(message)
