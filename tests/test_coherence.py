@@ -1,0 +1,261 @@
+"""Many processes, one fleet: a change made by any process (the CLI, another replica, an MCP tool) reaches
+every running server, through the database they share (NOTIFY on PostgreSQL, `PRAGMA data_version` on
+SQLite). The servers here are real `infrastructor serve` processes, reached by real MCP clients over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from fastmcp import Client
+from fastmcp.exceptions import ToolError
+
+from mcp_server.devices import DeviceSpec
+from mcp_server.server import build_server
+from mcp_server.state import open_state
+from tests.app_fixtures import create_pg_database, drop_pg_database, make_settings
+from tests.helpers import call_tool, free_port, serving
+from tests.sshd import SshdFleet
+
+CLI = str(Path(sys.executable).parent / "infrastructor")
+WITHIN = 20.0  # a bound for the polling loops below, not a timing expectation (the feed takes ~1 s)
+
+
+def server_env(tmp_path: Path, name: str, url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INFRA_")}
+    return (
+        env
+        | {
+            "INFRA_DATA_DIR": str(tmp_path / name),
+            "INFRA_SSH_KNOWN_HOSTS": str(tmp_path / name / "known_hosts"),
+            "INFRA_DATABASE_URL": url,
+            "INFRA_AUTH": "false",
+            "INFRA_LOCAL_DEVICE": "false",  # "local" would be a different machine per process
+            "INFRA_REPLICA_NAME": name,
+            "INFRA_LOG_LEVEL": "INFO",
+            "INFRA_SSH_FILE_DIRS": tempfile.gettempdir(),  # the sshd fleet's client key lives there
+            "INFRA_CONFIG_WATCH_ALLOW": f"{tempfile.gettempdir()}/*",
+            "INFRA_SSH_CONNECT_TIMEOUT": "5",
+            "INFRA_POLL_ENABLED": "false",
+        }
+        | extra
+    )
+
+
+@contextlib.contextmanager
+def replica(tmp_path: Path, name: str, url: str, **extra: str) -> Iterator[str]:
+    """`infrastructor serve` on a free port; yields its MCP URL once /health answers."""
+    port = free_port()
+    env = server_env(tmp_path, name, url, **extra)
+    with serving([CLI, "serve", "--port", str(port)], port, env, tmp_path / f"{name}.log") as mcp_url:
+        yield mcp_url
+
+
+async def cli(tmp_path: Path, url: str, *args: str) -> str:
+    """Run the CLI as its own process on the same database; its stderr (it must succeed)."""
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [CLI, *args],
+        env=server_env(tmp_path, "cli", url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
+    """Poll `check` until it holds, at most WITHIN seconds."""
+    deadline = asyncio.get_running_loop().time() + WITHIN
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"not within {WITHIN:g}s: {what}")
+        await asyncio.sleep(0.1)
+
+
+async def device_on(client: Client[Any], name: str) -> dict[str, Any] | None:
+    """The device as this server's get_device tool returns it, or None when the server does not know it."""
+    try:
+        return await call_tool(client, "get_device", device=name)
+    except ToolError as exc:
+        assert "Unknown device" in str(exc), exc
+        return None
+
+
+@pytest.fixture
+async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """The shared database of the processes under test: a SQLite file or a throwaway PostgreSQL database."""
+    if getattr(request, "param", "postgresql") == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+        return
+    url = await create_pg_database()
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"], indirect=True)
+async def test_devices_added_updated_and_removed_by_other_processes_reach_a_running_server(
+    database: str, tmp_path: Path
+) -> None:
+    with replica(tmp_path, "server", database) as url:
+        async with Client(url) as client:
+            assert await device_on(client, "nas01") is None
+            await cli(tmp_path, database, "devices", "add", "nas01", "192.0.2.10", "--port", "2222")
+
+            async def added() -> bool:
+                return (await device_on(client, "nas01") or {}).get("port") == 2222
+
+            await eventually(added, "the server knows the device the CLI added")
+            # the server's own tools now agree with the database: it exists, and can be changed there
+            with pytest.raises(ToolError, match="already exists"):
+                await call_tool(client, "add_device", name="nas01", hostname="192.0.2.10")
+            await call_tool(client, "update_device", device="nas01", description="from the server")
+
+            # a change by another process (not the CLI here: it has no update command), which reads the
+            # server's change from the database as it opens
+            settings = make_settings(tmp_path / "other", database_url=database, local_device=False)
+            async with open_state(settings) as other:
+                assert other.devices.get("nas01").description == "from the server"
+                await other.devices.update("nas01", {"port": 2200, "tags": ("nas",)})
+
+            async def updated() -> bool:
+                found = await device_on(client, "nas01") or {}
+                return (found.get("port"), found.get("tags")) == (2200, ["nas"])
+
+            await eventually(updated, "the server sees the port and tags another process changed")
+
+            await cli(tmp_path, database, "devices", "remove", "nas01")
+
+            async def removed() -> bool:
+                return await device_on(client, "nas01") is None
+
+            await eventually(removed, "the server forgets the device the CLI removed")
+            added_again = await call_tool(client, "add_device", name="nas01", hostname="192.0.2.11")
+            assert added_again["hostname"] == "192.0.2.11"
+
+
+async def test_two_replicas_on_postgresql_see_each_others_device_changes_through_their_tools(
+    database: str, tmp_path: Path
+) -> None:
+    with (
+        replica(tmp_path, "replica-a", database) as url_a,
+        replica(tmp_path, "replica-b", database) as url_b,
+    ):
+        async with Client(url_a) as a, Client(url_b) as b:
+            await call_tool(a, "add_device", name="web01", hostname="192.0.2.20", tags=["web"])
+
+            async def b_knows() -> bool:
+                return (await device_on(b, "web01") or {}).get("tags") == ["web"]
+
+            await eventually(b_knows, "replica B knows the device added through replica A")
+            await call_tool(b, "update_device", device="web01", port=2022)
+
+            async def a_updated() -> bool:
+                return (await device_on(a, "web01") or {}).get("port") == 2022
+
+            await eventually(a_updated, "replica A sees the port changed through replica B")
+            await call_tool(a, "remove_device", device="web01")
+
+            async def b_forgot() -> bool:
+                return await device_on(b, "web01") is None
+
+            await eventually(b_forgot, "replica B forgets the device removed through replica A")
+
+
+async def test_a_changed_device_loses_its_pooled_connection_on_every_server(
+    sshd_fleet: SshdFleet, tmp_path: Path
+) -> None:
+    """Replica B holds a pooled SSH connection to alpha; when replica A points the device at beta, B closes
+    that connection (alpha's sshd sees the disconnect) and its next collection reaches beta."""
+    database = await create_pg_database()
+    alpha, beta = sshd_fleet.hosts["alpha"], sshd_fleet.hosts["beta"]
+    try:
+        with (
+            replica(tmp_path, "replica-a", database) as url_a,
+            replica(tmp_path, "replica-b", database) as url_b,
+        ):
+            async with Client(url_a) as a, Client(url_b) as b:
+                await call_tool(
+                    a,
+                    "add_device",
+                    name="moving",
+                    hostname=alpha.hostname,
+                    port=alpha.port,
+                    username=sshd_fleet.username,
+                    key_path=str(sshd_fleet.client_key_path),
+                )
+
+                async def b_knows() -> bool:
+                    return await device_on(b, "moving") is not None
+
+                await eventually(b_knows, "replica B knows the device")
+                first = await call_tool(b, "collect", device="moving", command="os_info")
+                assert first["device"] == "moving"
+                assert (await device_on(b, "moving") or {}).get("connected") is True
+                disconnects = alpha.disconnects()
+                await call_tool(a, "update_device", device="moving", port=beta.port)
+
+                async def b_dropped() -> bool:
+                    found = await device_on(b, "moving") or {}
+                    return found.get("port") == beta.port and found.get("connected") is False
+
+                await eventually(b_dropped, "replica B closed its connection to the old address")
+                await eventually(_more(alpha.disconnects, disconnects), "alpha's sshd saw the disconnect")
+                await call_tool(b, "collect", device="moving", command="os_info", force_refresh=True)
+                assert (await device_on(b, "moving") or {}).get("connected") is True
+    finally:
+        await drop_pg_database(database)
+
+
+def _more(count: Callable[[], int], than: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return count() > than
+
+    return check
+
+
+async def test_the_change_feed_reconnects_after_its_listening_connection_is_killed(tmp_path: Path) -> None:
+    """PostgreSQL: the server's LISTEN connection is terminated by the database; the feed opens a new one,
+    catches up on what was committed meanwhile, and goes on hearing new changes."""
+    database = await create_pg_database()
+    try:
+        settings = make_settings(tmp_path, database_url=database, local_device=False)
+        writer_settings = make_settings(tmp_path / "writer", database_url=database, local_device=False)
+        server = build_server(settings)
+        async with Client(server) as client, open_state(writer_settings) as writer:
+            await writer.devices.add("one", DeviceSpec(hostname="192.0.2.1"))
+            await eventually(_known(client, "one"), "the server hears the first change")
+            assert server.app_state is not None and server.app_state.feed is not None
+            feed = server.app_state.feed
+            listening, reconnects = feed.backend_pid, feed.reconnects
+            admin = await asyncpg.connect(database.replace("postgresql+asyncpg://", "postgresql://"))
+            try:
+                assert await admin.fetchval("SELECT pg_terminate_backend($1)", listening)
+            finally:
+                await admin.close()
+            await writer.devices.add("two", DeviceSpec(hostname="192.0.2.2"))
+            await eventually(_known(client, "two"), "the server hears a change made after the kill")
+            await writer.devices.add("three", DeviceSpec(hostname="192.0.2.3"))
+            await eventually(_known(client, "three"), "and the next one")
+            assert feed.reconnects > reconnects and feed.backend_pid != listening
+    finally:
+        await drop_pg_database(database)
+
+
+def _known(client: Client[Any], name: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await device_on(client, name) is not None
+
+    return check
