@@ -18,13 +18,17 @@ import asyncpg
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
+from mcp import MCPError
+from mcp.client.subscriptions import listen
 
 from mcp_server.devices import DeviceSpec
 from mcp_server.server import build_server
 from mcp_server.state import open_state
 from tests.app_fixtures import create_pg_database, drop_pg_database, make_settings
 from tests.helpers import call_tool, free_port, serving
+from tests.lb_proxy import RoundRobinProxy
 from tests.sshd import SshdFleet
+from tests.test_config_tools import Updates
 
 CLI = str(Path(sys.executable).parent / "infrastructor")
 WITHIN = 20.0  # a bound for the polling loops below, not a timing expectation (the feed takes ~1 s)
@@ -259,3 +263,176 @@ def _known(client: Client[Any], name: str) -> Callable[[], Awaitable[bool]]:
         return await device_on(client, name) is not None
 
     return check
+
+
+class Seen:
+    """The resource-updated notifications one subscriber received."""
+
+    def __init__(self) -> None:
+        self.uris: list[str] = []
+
+    async def collect(self, subscription: Any) -> None:
+        async for event in subscription:
+            self.uris.append(str(getattr(event, "uri", "")))
+
+
+async def test_a_config_change_reaches_the_subscribers_of_every_replica_once(
+    sshd_fleet: SshdFleet, tmp_path: Path
+) -> None:
+    """Two replicas share a device's watched file. Only one of them runs the device's watcher (its watch
+    lease); each change is stored once, and each subscriber, on either replica and in either protocol era,
+    is told once, by the replica it is connected to."""
+    database = await create_pg_database()
+    alpha = sshd_fleet.hosts["alpha"]
+    conf = sshd_fleet.scratch_dir() / "coherence-app.conf"
+    conf.write_text("a=1\n")
+    uri = f"infra://config/alpha{conf}"
+    try:
+        fast = {"INFRA_CONFIG_DEBOUNCE": "0.05"}
+        with (
+            replica(tmp_path, "replica-a", database, **fast) as url_a,
+            replica(tmp_path, "replica-b", database, **fast) as url_b,
+        ):
+            updates_b = Updates()
+            async with (
+                Client(url_a) as a,
+                Client(url_b) as b,
+                Client(url_b, mode="legacy", message_handler=updates_b) as legacy_b,
+            ):
+                await call_tool(
+                    a,
+                    "add_device",
+                    name="alpha",
+                    hostname=alpha.hostname,
+                    port=alpha.port,
+                    username=sshd_fleet.username,
+                    key_path=str(sshd_fleet.client_key_path),
+                )
+                await call_tool(a, "watch_config_file", device="alpha", path=str(conf))
+
+                async def b_subscribed() -> bool:
+                    try:
+                        with pytest.warns(Warning, match="resources/subscribe is removed"):
+                            await legacy_b.session.subscribe_resource(uri)
+                    except MCPError:
+                        return False  # B does not know the device or the watched file yet
+                    return True
+
+                await eventually(b_subscribed, "replica B accepts a subscription to the file watched on A")
+                seen = {"a": Seen(), "b": Seen()}
+                async with (
+                    listen(a.session, resource_subscriptions=[uri]) as on_a,
+                    listen(b.session, resource_subscriptions=[uri]) as on_b,
+                    asyncio.TaskGroup() as tasks,
+                ):
+                    readers = [
+                        tasks.create_task(seen["a"].collect(on_a)),
+                        tasks.create_task(seen["b"].collect(on_b)),
+                    ]
+                    for round, content in enumerate(["a=2\n", "a=3\n"], start=1):
+                        await _watching(a, b)  # the watcher is up (and sees writes) before the write
+                        conf.write_text(content)
+
+                        async def told(n: int = round) -> bool:
+                            lists = [seen["a"].uris, seen["b"].uris, updates_b.uris]
+                            return all(len(uris) >= n for uris in lists)
+
+                        await eventually(told, f"change {round} reached every subscriber")
+                    for reader in readers:
+                        reader.cancel()
+                assert seen["a"].uris == seen["b"].uris == updates_b.uris == [uri, uri]
+                changes = await call_tool(b, "list_config_changes", device="alpha")
+                assert [c["change_type"] for c in changes["changes"]] == ["modified", "modified"]
+                history = await call_tool(a, "get_config_history", device="alpha", path=str(conf))
+                assert len(history["versions"]) == 3  # the first version and one per change, none twice
+    finally:
+        await drop_pg_database(database)
+
+
+async def _watching(a: Client[Any], b: Client[Any]) -> None:
+    """Exactly one replica runs the device's watcher, and it is watching; the other says who does."""
+
+    async def one_watches() -> bool:
+        modes = []
+        for client in (a, b):
+            status = (await call_tool(client, "list_watched_files", device="alpha"))["status"]
+            modes.append(status[0]["mode"] if status else "none")
+        return sorted(modes) in (["by another replica", "inotify"], ["by another replica", "polling"])
+
+    await eventually(one_watches, "one replica watches alpha and the other defers to it")
+
+
+# ---- behind a load balancer ---------------------------------------------------------------------------------
+
+
+def _port(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+async def test_two_replicas_behind_a_round_robin_proxy_answer_stateless_clients_as_one_server(
+    tmp_path: Path,
+) -> None:
+    """The 2026-07-28 protocol has no session: any replica can answer any request. A device added through
+    whichever replica got the call is then found through every replica the proxy sends the next calls to."""
+    database = await create_pg_database()
+    try:
+        with (
+            replica(tmp_path, "replica-a", database) as url_a,
+            replica(tmp_path, "replica-b", database) as url_b,
+        ):
+            async with RoundRobinProxy([_port(url_a), _port(url_b)]) as proxy, Client(proxy.url) as client:
+                await call_tool(client, "add_device", name="lb01", hostname="192.0.2.30", tags=["edge"])
+
+                async def everywhere() -> bool:
+                    found = [await device_on(client, "lb01") for _ in range(4)]
+                    return all(f is not None and f["tags"] == ["edge"] for f in found)
+
+                await eventually(everywhere, "every replica behind the proxy finds the device")
+                await call_tool(client, "remove_device", device="lb01")
+
+                async def nowhere() -> bool:
+                    return [await device_on(client, "lb01") for _ in range(4)] == [None] * 4
+
+                await eventually(nowhere, "no replica behind the proxy finds it after its removal")
+            assert set(proxy.served) == {_port(url_a), _port(url_b)}
+            assert min(proxy.served.values()) >= 4
+    finally:
+        await drop_pg_database(database)
+
+
+async def test_2025_sessions_behind_the_proxy_need_it_to_stick_each_session_to_its_replica(
+    tmp_path: Path,
+) -> None:
+    """A 2025 session lives in the replica that created it. Round robin sends its next request to the other
+    replica, which does not know it; a proxy that routes by Mcp-Session-Id keeps every session working."""
+    database = await create_pg_database()
+    try:
+        with (
+            replica(tmp_path, "replica-a", database) as url_a,
+            replica(tmp_path, "replica-b", database) as url_b,
+        ):
+            ports = [_port(url_a), _port(url_b)]
+            async with RoundRobinProxy(ports) as proxy:
+                with pytest.raises(MCPError, match="Session not found"):
+                    async with asyncio.timeout(60), Client(proxy.url, mode="legacy") as client:
+                        for _ in range(3):
+                            await call_tool(client, "list_devices")
+            async with (
+                RoundRobinProxy(ports, sticky=True) as proxy,
+                Client(proxy.url, mode="legacy") as one,
+                Client(proxy.url, mode="legacy") as two,
+            ):
+                await call_tool(one, "add_device", name="sticky01", hostname="192.0.2.40")
+                for _ in range(3):
+                    for client in (one, two):
+                        await call_tool(client, "list_devices")
+
+                async def both_know() -> bool:
+                    return all([await device_on(c, "sticky01") is not None for c in (one, two)])
+
+                await eventually(both_know, "both sessions, on different replicas, find the device")
+            assert len(proxy.by_session) == 2
+            assert [len(backends) for backends in proxy.by_session.values()] == [1, 1]
+            assert set().union(*proxy.by_session.values()) == set(ports)
+    finally:
+        await drop_pg_database(database)
