@@ -172,10 +172,11 @@ class ChangeFeed:
         while True:
             async with conn.begin():
                 found = await changes.after(conn, self.last)
-                oldest = await changes.oldest_id(conn) if self.last and not found else None
+                oldest = await changes.oldest_id(conn) if found and found[0].id > self.last + 1 else None
             if oldest is not None and oldest > self.last + 1:
                 log.warning("change feed: changes before #%d were pruned; reloading every device", oldest)
                 await self._resync(conn)
+                continue
             if not found:
                 return
             await self._apply(found)

@@ -10,7 +10,10 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from mcp_server.devices import DeviceSpec
 from mcp_server.server import build_server
 from mcp_server.state import open_state
 from tests.app_fixtures import create_pg_database, drop_pg_database, make_settings
-from tests.helpers import call_tool, free_port, serving
+from tests.helpers import call_tool, free_port
 from tests.lb_proxy import RoundRobinProxy
 from tests.sshd import SshdFleet
 from tests.test_config_tools import Updates
@@ -55,13 +58,40 @@ def server_env(tmp_path: Path, name: str, url: str, **extra: str) -> dict[str, s
     )
 
 
+@dataclass
+class Replica:
+    url: str  # its MCP endpoint
+    process: subprocess.Popen[bytes]
+
+
 @contextlib.contextmanager
-def replica(tmp_path: Path, name: str, url: str, **extra: str) -> Iterator[str]:
-    """`infrastructor serve` on a free port; yields its MCP URL once /health answers."""
+def replica(tmp_path: Path, name: str, url: str, **extra: str) -> Iterator[Replica]:
+    """`infrastructor serve` on a free port, once /health answers; stopped (if still running) on exit."""
     port = free_port()
-    env = server_env(tmp_path, name, url, **extra)
-    with serving([CLI, "serve", "--port", str(port)], port, env, tmp_path / f"{name}.log") as mcp_url:
-        yield mcp_url
+    log = tmp_path / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [CLI, "serve", "--port", str(port)],
+            env=server_env(tmp_path, name, url, **extra),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(log.read_text()) from None
+                time.sleep(0.1)
+        yield Replica(f"http://127.0.0.1:{port}/mcp", process)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=30)
 
 
 async def cli(tmp_path: Path, url: str, *args: str) -> str:
@@ -113,8 +143,8 @@ async def database(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncItera
 async def test_devices_added_updated_and_removed_by_other_processes_reach_a_running_server(
     database: str, tmp_path: Path
 ) -> None:
-    with replica(tmp_path, "server", database) as url:
-        async with Client(url) as client:
+    with replica(tmp_path, "server", database) as server:
+        async with Client(server.url) as client:
             assert await device_on(client, "nas01") is None
             await cli(tmp_path, database, "devices", "add", "nas01", "192.0.2.10", "--port", "2222")
 
@@ -154,10 +184,10 @@ async def test_two_replicas_on_postgresql_see_each_others_device_changes_through
     database: str, tmp_path: Path
 ) -> None:
     with (
-        replica(tmp_path, "replica-a", database) as url_a,
-        replica(tmp_path, "replica-b", database) as url_b,
+        replica(tmp_path, "replica-a", database) as replica_a,
+        replica(tmp_path, "replica-b", database) as replica_b,
     ):
-        async with Client(url_a) as a, Client(url_b) as b:
+        async with Client(replica_a.url) as a, Client(replica_b.url) as b:
             await call_tool(a, "add_device", name="web01", hostname="192.0.2.20", tags=["web"])
 
             async def b_knows() -> bool:
@@ -187,10 +217,10 @@ async def test_a_changed_device_loses_its_pooled_connection_on_every_server(
     alpha, beta = sshd_fleet.hosts["alpha"], sshd_fleet.hosts["beta"]
     try:
         with (
-            replica(tmp_path, "replica-a", database) as url_a,
-            replica(tmp_path, "replica-b", database) as url_b,
+            replica(tmp_path, "replica-a", database) as replica_a,
+            replica(tmp_path, "replica-b", database) as replica_b,
         ):
-            async with Client(url_a) as a, Client(url_b) as b:
+            async with Client(replica_a.url) as a, Client(replica_b.url) as b:
                 await call_tool(
                     a,
                     "add_device",
@@ -290,14 +320,14 @@ async def test_a_config_change_reaches_the_subscribers_of_every_replica_once(
     try:
         fast = {"INFRA_CONFIG_DEBOUNCE": "0.05"}
         with (
-            replica(tmp_path, "replica-a", database, **fast) as url_a,
-            replica(tmp_path, "replica-b", database, **fast) as url_b,
+            replica(tmp_path, "replica-a", database, **fast) as replica_a,
+            replica(tmp_path, "replica-b", database, **fast) as replica_b,
         ):
             updates_b = Updates()
             async with (
-                Client(url_a) as a,
-                Client(url_b) as b,
-                Client(url_b, mode="legacy", message_handler=updates_b) as legacy_b,
+                Client(replica_a.url) as a,
+                Client(replica_b.url) as b,
+                Client(replica_b.url, mode="legacy", message_handler=updates_b) as legacy_b,
             ):
                 await call_tool(
                     a,
@@ -377,10 +407,13 @@ async def test_two_replicas_behind_a_round_robin_proxy_answer_stateless_clients_
     database = await create_pg_database()
     try:
         with (
-            replica(tmp_path, "replica-a", database) as url_a,
-            replica(tmp_path, "replica-b", database) as url_b,
+            replica(tmp_path, "replica-a", database) as replica_a,
+            replica(tmp_path, "replica-b", database) as replica_b,
         ):
-            async with RoundRobinProxy([_port(url_a), _port(url_b)]) as proxy, Client(proxy.url) as client:
+            async with (
+                RoundRobinProxy([_port(replica_a.url), _port(replica_b.url)]) as proxy,
+                Client(proxy.url) as client,
+            ):
                 await call_tool(client, "add_device", name="lb01", hostname="192.0.2.30", tags=["edge"])
 
                 async def everywhere() -> bool:
@@ -394,7 +427,7 @@ async def test_two_replicas_behind_a_round_robin_proxy_answer_stateless_clients_
                     return [await device_on(client, "lb01") for _ in range(4)] == [None] * 4
 
                 await eventually(nowhere, "no replica behind the proxy finds it after its removal")
-            assert set(proxy.served) == {_port(url_a), _port(url_b)}
+            assert set(proxy.served) == {_port(replica_a.url), _port(replica_b.url)}
             assert min(proxy.served.values()) >= 4
     finally:
         await drop_pg_database(database)
@@ -408,10 +441,10 @@ async def test_2025_sessions_behind_the_proxy_need_it_to_stick_each_session_to_i
     database = await create_pg_database()
     try:
         with (
-            replica(tmp_path, "replica-a", database) as url_a,
-            replica(tmp_path, "replica-b", database) as url_b,
+            replica(tmp_path, "replica-a", database) as replica_a,
+            replica(tmp_path, "replica-b", database) as replica_b,
         ):
-            ports = [_port(url_a), _port(url_b)]
+            ports = [_port(replica_a.url), _port(replica_b.url)]
             async with RoundRobinProxy(ports) as proxy:
                 with pytest.raises(MCPError, match="Session not found"):
                     async with asyncio.timeout(60), Client(proxy.url, mode="legacy") as client:
@@ -434,5 +467,55 @@ async def test_2025_sessions_behind_the_proxy_need_it_to_stick_each_session_to_i
             assert len(proxy.by_session) == 2
             assert [len(backends) for backends in proxy.by_session.values()] == [1, 1]
             assert set().union(*proxy.by_session.values()) == set(ports)
+    finally:
+        await drop_pg_database(database)
+
+
+async def test_when_the_replica_watching_a_device_dies_another_takes_its_watch_over(
+    sshd_fleet: SshdFleet, tmp_path: Path
+) -> None:
+    """The watch lease is a lock on the holder's database connection: killed without a word, the holder
+    loses it with its connection, and the other replica watches the device and records the next change."""
+    database = await create_pg_database()
+    alpha = sshd_fleet.hosts["alpha"]
+    conf = sshd_fleet.scratch_dir() / "coherence-failover.conf"
+    conf.write_text("a=1\n")
+    try:
+        fast = {"INFRA_CONFIG_DEBOUNCE": "0.05"}
+        with (
+            replica(tmp_path, "replica-a", database, **fast) as replica_a,
+            replica(tmp_path, "replica-b", database, **fast) as replica_b,
+        ):
+            async with Client(replica_a.url) as a, Client(replica_b.url) as b:
+                await call_tool(
+                    a,
+                    "add_device",
+                    name="alpha",
+                    hostname=alpha.hostname,
+                    port=alpha.port,
+                    username=sshd_fleet.username,
+                    key_path=str(sshd_fleet.client_key_path),
+                )
+                await call_tool(a, "watch_config_file", device="alpha", path=str(conf))
+                await _watching(a, b)
+                status = (await call_tool(a, "list_watched_files", device="alpha"))["status"]
+                a_holds = status[0]["mode"] != "by another replica"
+            holder, survivor = (replica_a, replica_b) if a_holds else (replica_b, replica_a)
+            holder.process.kill()
+            holder.process.wait(timeout=30)
+            async with Client(survivor.url) as client:
+
+                async def taken_over() -> bool:
+                    status = (await call_tool(client, "list_watched_files", device="alpha"))["status"]
+                    return status[0]["mode"] in ("inotify", "polling")
+
+                await eventually(taken_over, "the surviving replica watches alpha")
+                conf.write_text("a=2\n")
+
+                async def recorded() -> bool:
+                    found = await call_tool(client, "list_config_changes", device="alpha")
+                    return [c["change_type"] for c in found["changes"]] == ["modified"]
+
+                await eventually(recorded, "the surviving replica's watcher records the change")
     finally:
         await drop_pg_database(database)

@@ -305,4 +305,5 @@ class RegistryChange(Base):
     event_id: Mapped[int | None] = mapped_column(BigInteger, doc="Its change event, if any (config).")
     origin: Mapped[str] = mapped_column(String(64), doc="The process that made it (it applied it already).")
 
-    __table_args__ = (Index("ix_registry_changes_changed_at", "changed_at"),)
+    # AUTOINCREMENT on SQLite: ids never go back, even once every row was deleted
+    __table_args__ = (Index("ix_registry_changes_changed_at", "changed_at"), {"sqlite_autoincrement": True})

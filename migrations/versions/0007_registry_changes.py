@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("event_id", sa.BigInteger(), nullable=True),
         sa.Column("origin", sa.String(length=64), nullable=False),
         sa.PrimaryKeyConstraint("id"),
+        sqlite_autoincrement=True,  # ids never go back, even once every row was deleted
     )
     op.create_index("ix_registry_changes_changed_at", "registry_changes", ["changed_at"])
 
