@@ -14,6 +14,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,13 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from mcp import MCPError
 from mcp.client.subscriptions import listen
+from sqlalchemy import delete
 
+from mcp_server.db.tables import DeviceRow, RegistryChange
 from mcp_server.devices import DeviceSpec
+from mcp_server.events import DeviceChanged
 from mcp_server.server import build_server
+from mcp_server.settings import Settings
 from mcp_server.state import open_state
 from tests.app_fixtures import create_pg_database, drop_pg_database, make_settings
 from tests.helpers import call_tool, free_port
@@ -519,3 +524,54 @@ async def test_when_the_replica_watching_a_device_dies_another_takes_its_watch_o
                 await eventually(recorded, "the surviving replica's watcher records the change")
     finally:
         await drop_pg_database(database)
+
+
+# ---- in one process: the feed itself ------------------------------------------------------------------------
+
+
+async def test_changes_from_other_processes_are_published_on_the_servers_event_bus_once_each(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """What the feed applies is an event on the server's own bus, as if made there: watchers follow it, and
+    so does anything streaming the bus's events to clients."""
+    server = build_server(settings)
+    writer_settings = make_settings(tmp_path / "writer", database_url=settings.database_url)
+    async with Client(server) as client, open_state(writer_settings) as writer:
+        assert server.app_state is not None
+        queue = server.app_state.events.subscribe_queue(types=(DeviceChanged,))
+        await writer.devices.add("db01", DeviceSpec(hostname="192.0.2.50"))
+        await writer.devices.update("db01", {"port": 2201})
+        await writer.devices.remove("db01")
+        await writer.devices.add("db02", DeviceSpec(hostname="192.0.2.51"))
+        await eventually(_known(client, "db02"), "the server applied every change")
+        events = [queue.get_nowait() for _ in range(queue.qsize())]
+    changes = [(e.device, e.change) for e in events if isinstance(e, DeviceChanged)]
+    assert len(changes) == len(events) and changes in (
+        # one batch of rows reloads db01 once (it is gone by then); rows read one by one give each change
+        [("db01", "added"), ("db01", "updated"), ("db01", "removed"), ("db02", "added")],
+        [("db01", "added"), ("db01", "removed"), ("db02", "added")],
+        [("db02", "added")],
+    )
+
+
+async def test_a_server_whose_changes_were_pruned_meanwhile_reloads_every_device(
+    sqlite_settings: Settings, tmp_path: Path
+) -> None:
+    """Change rows live an hour. A server that finds the rows after its last one gone (the next one it reads
+    is not the next id) cannot know what it missed, so it re-reads every device."""
+    server = build_server(sqlite_settings)
+    async with Client(server) as client:
+        assert server.app_state is not None
+        db = server.app_state.db
+        now = datetime.now(UTC)
+        async with db.session() as session, session.begin():
+            for name in ("hidden", "visible"):
+                session.add(
+                    DeviceRow(name=name, hostname="192.0.2.60", created_at=now, updated_at=now, tags=[])
+                )
+            await session.execute(delete(RegistryChange))
+            session.add(
+                RegistryChange(id=100, changed_at=now, kind="device", device="visible", origin="elsewhere")
+            )
+        await eventually(_known(client, "visible"), "the server applied the change it read")
+        assert await device_on(client, "hidden") is not None
