@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse
 
 from mcp_server import __version__, prompts, resources, ui
 from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
+from mcp_server.coherence import ChangeFeed
 from mcp_server.config_monitoring.notifier import ConfigNotifier
 from mcp_server.errors import ConfigurationError
 from mcp_server.events import ConfigChanged
@@ -189,6 +190,10 @@ def build_server(
                 # a state of its own: this server also runs its watchers and its poller (a shared state's
                 # owner does that)
                 running = await stack.enter_async_context(open_state(settings))
+                feed = ChangeFeed(running, since=running.changes_seen)
+                feed.start()  # before the watchers: on PostgreSQL it holds their leases
+                running.feed = feed
+                stack.push_async_callback(feed.stop)
                 await running.config.start()
                 running.polling = PollingService.of(running)
                 running.polling.start()

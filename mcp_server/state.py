@@ -20,7 +20,7 @@ from mcp_server.cache import CacheManager
 from mcp_server.collection import UnifiedDataCollectionService
 from mcp_server.commands import CommandRegistry, default_registry
 from mcp_server.config_monitoring import ConfigurationMonitoringService
-from mcp_server.db import Database
+from mcp_server.db import Database, changes
 from mcp_server.db.credentials import (
     check_schema_current,
     credential_provider,
@@ -44,6 +44,7 @@ from mcp_server.ssh import SSHOptions, SSHPool
 from mcp_server.workers import WorkerPool
 
 if TYPE_CHECKING:
+    from mcp_server.coherence import ChangeFeed
     from mcp_server.polling.service import PollingService
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class AppState:
     health: HealthBook
     started_at: float = field(default_factory=time.monotonic)
     polling: PollingService | None = None  # set while a server's lifespan runs the polling service
+    feed: ChangeFeed | None = None  # set while a server's lifespan runs the change feed
+    changes_seen: int = 0  # the last registry change already reflected in what open_state loaded
 
     def describe(self, device: Device) -> DeviceInfo:
         """A device as clients see it, with whether its pooled connection is open now and its health."""
@@ -120,6 +123,8 @@ async def open_state(
         data_dir=settings.data_dir,
         events=events,
     )
+    async with db.read_session() as session:
+        seen = await changes.latest_id(session)  # before loading: a change made meanwhile is applied again
     await devices.load()
     cache = CacheManager(settings.cache_max_entries, clock=clock)
     ssh = SSHPool(
@@ -148,6 +153,7 @@ async def open_state(
     state = AppState(
         settings, db, secrets, devices, registry, cache, ssh, local, writer, events, service, config, health
     )
+    state.changes_seen = seen
     writer.start()
     snapshots = asyncio.create_task(
         _record_cache_stats(state, settings.poll_report_interval), name="infra-cache-stats"

@@ -286,3 +286,24 @@ class DeviceHealthRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime]
     updated_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class RegistryChange(Base):
+    """One change to shared state that every running server must apply: a device added, updated or removed,
+    a device's watch targets changed, or a new version of a watched file. Servers read the rows after the
+    last one they applied (woken by NOTIFY on PostgreSQL, by `PRAGMA data_version` on SQLite); rows older
+    than an hour are deleted."""
+
+    __tablename__ = "registry_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    changed_at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(16), doc="device | watch | config")
+    device: Mapped[str] = mapped_column(String(63))
+    path: Mapped[str | None] = mapped_column(Text, doc="The watched path (config).")
+    snapshot_id: Mapped[int | None] = mapped_column(BigInteger, doc="The new version (config).")
+    event_id: Mapped[int | None] = mapped_column(BigInteger, doc="Its change event, if any (config).")
+    origin: Mapped[str] = mapped_column(String(64), doc="The process that made it (it applied it already).")
+
+    # AUTOINCREMENT on SQLite: ids never go back, even once every row was deleted
+    __table_args__ = (Index("ix_registry_changes_changed_at", "changed_at"), {"sqlite_autoincrement": True})
