@@ -32,14 +32,16 @@ from fastmcp.server.http import (
     create_base_app,
 )
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.transport_security import RequestBodyLimitMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from mcp_server.api import PREFIX, build_api
 from mcp_server.auth import READ, REJECTION_SCOPE_KEY, SCOPES
 from mcp_server.errors import ConfigurationError
 from mcp_server.fastmcp_internals import custom_routes, low_level, open_sessions
@@ -201,13 +203,22 @@ def build_http_app(
     ]
     auth = server.auth
     endpoint: ASGIApp = transport_app
+    hint = None
     if auth is not None:
+        hint = _how_to_get_a_token(auth)
         middleware.extend(auth.get_middleware())
         trusted = settings.trusted_proxy_networks
         routes.extend(metadata_routes(path, auth, trusted))
         endpoint = BearerRequired(transport_app, path=path, auth=auth, trusted=trusted)
     middleware.append(Middleware(HttpGuard, settings=settings, path=path, state_of=server.state_of))
     routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
+    # the REST API: behind the same Host/Origin check, authentication and guard (rate limit, body size)
+    routes.append(
+        Mount(
+            PREFIX,
+            app=RequestBodyLimitMiddleware(build_api(server, auth_hint=hint), settings.http_max_body_bytes),
+        )
+    )
     routes.extend(custom_routes(server))
 
     @contextlib.asynccontextmanager

@@ -77,6 +77,9 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         self.settings = settings
         self.audit = audit
         self.app_state: AppState | None = None
+        # tools the settings do not offer (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND): the REST
+        # API leaves their routes out too
+        self.hidden_tools: set[str] = set()
         self.notifier = ConfigNotifier()
         self.subscriptions = Subscriptions(settings, audit, self.state_of, self.notifier)
 
@@ -249,7 +252,7 @@ AREAS = (devices, system, network, storage, containers, services, host, admin, c
 ALWAYS_OFFERED = {"list_devices"}
 
 
-def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
+def _register_tools(mcp: InfrastructorServer, settings: Settings) -> list[Tool]:
     """Register every area's tools with compact listed schemas; disable those the settings do not offer
     (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND). Returns every registered tool."""
     hidden: set[str] = set()
@@ -267,6 +270,7 @@ def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
                 hidden.add(component.name)
     if not settings.allow_run_command:
         hidden.add("run_command")
+    mcp.hidden_tools = hidden
     if hidden:  # (an empty name set would match every tool)
         mcp.disable(names=hidden, components={"tool"})
     return registered
