@@ -13,6 +13,7 @@ limit and connection caps; the OpenAPI document and the docs page need no token.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import inspect
 import json
@@ -20,7 +21,7 @@ import logging
 import re
 import time
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Annotated, Any
@@ -31,7 +32,7 @@ from fastmcp.exceptions import ToolError
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from pydantic import BaseModel, Field, TypeAdapter
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_server import __version__
@@ -54,6 +55,7 @@ from mcp_server.errors import (
     UnknownCommand,
     field_problems,
 )
+from mcp_server.event_log import RECORDED, EventKind, StreamedEvent, events_after, last_event_id
 from mcp_server.http_guard import API_PREFIX
 from mcp_server.middleware import accepted_arguments, authorize, write_audit
 from mcp_server.progress import OnStep, StepDone
@@ -97,16 +99,21 @@ class ApiRoute:
     @property
     def tags(self) -> set[str]:
         """The tool's FastMCP tags (the scope it needs, how the budget cuts its lists)."""
-        return set(self.tool.__dict__["__fastmcp__"].tags or ())
+        meta = self.tool.__dict__.get("__fastmcp__")
+        return set(meta.tags or ()) if meta is not None else set()
 
     @property
     def scope(self) -> str:
         return required_scope(self.tags)
 
     @property
+    def arguments(self) -> list[str]:
+        return ["after", "kind", "device"] if self.name == "_events_tool" else arguments_of(self.tool)
+
+    @property
     def read_only(self) -> bool:
-        hints = self.tool.__dict__["__fastmcp__"].annotations
-        return bool(hints and hints.read_only_hint)
+        meta = self.tool.__dict__.get("__fastmcp__")
+        return meta is None or bool(meta.annotations and meta.annotations.read_only_hint)
 
     @property
     def path_names(self) -> list[str]:
@@ -170,6 +177,13 @@ ROUTES = (
 )
 
 
+async def _events_tool() -> None:
+    """The event stream (a route of its own, not a tool)."""
+
+
+EVENTS_ROUTE = ApiRoute("GET", "/events", _events_tool)
+
+
 class Problem(BaseModel):
     """An error (RFC 9457 problem details): `detail` is the text the MCP tool gives for the same mistake."""
 
@@ -217,6 +231,15 @@ STATUS: tuple[tuple[type[InfrastructorError], int], ...] = (
     (StorageError, 503),
 )
 ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 422, 429, 502, 503, 504)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": HTTPStatus(status).phrase,
+        "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    }
+    for status in ERROR_STATUSES
+}
 
 
 def status_of(error: InfrastructorError) -> int:
@@ -283,6 +306,7 @@ class Api:
         self.settings = server.settings
         self.hidden = server.hidden_tools
         self.by_name = {route.name: route for route in ROUTES}
+        self.streams: dict[str, int] = {}  # open event streams per subject
 
     def state(self) -> AppState:
         state = self.server.state_of()
@@ -300,7 +324,7 @@ class Api:
         """Run before the arguments are validated: who is calling, with which scope, within the size limit;
         the call is audited from here on."""
         route = self.route_of(request)
-        ctx, scopes = self.context(request, route.name)
+        ctx, scopes = self.context(request, "events" if route is EVENTS_ROUTE else route.name)
         raw = await self._raw_arguments(request, route)
         call = _Call(ctx, time.perf_counter(), raw)
         request.state.call = call
@@ -320,7 +344,7 @@ class Api:
             authorize(scopes, needed, f"tool {route.name!r}")
         except MissingScope as exc:
             raise ApiProblem(403, exc.error_type, str(exc), outcome="denied") from exc
-        known = set(arguments_of(route.tool))
+        known = set(route.arguments)
         unknown = [k for k in raw if k not in known]
         if unknown:
             problems = [f"{k}: unknown argument" for k in unknown]
@@ -347,7 +371,39 @@ class Api:
         return raw
 
     def route_of(self, request: Request) -> ApiRoute:
-        return self.by_name[request.scope["route"].name]
+        name = request.scope["route"].name
+        return EVENTS_ROUTE if name == "events" else self.by_name[name]
+
+    async def stream(
+        self, state: AppState, owner: str, after: int, kinds: list[EventKind] | None, device: str | None
+    ) -> AsyncIterator[str]:
+        """The events after `after`, then each new one as it is logged, until the client goes."""
+        self.streams[owner] = self.streams.get(owner, 0) + 1
+        wake = state.events.subscribe_queue(16, types=RECORDED)
+        quiet = 0.0
+        try:
+            yield f"retry: {int(EVENTS_POLL * 2000)}\n\n"
+            while True:
+                batch = await events_after(state.db, after, kinds=kinds, device=device)
+                for event in batch:
+                    after = event.id
+                    yield _sse(event)
+                if batch:
+                    quiet = 0.0
+                    continue
+                try:
+                    await asyncio.wait_for(wake.get(), EVENTS_POLL)
+                    await state.writer.flush()  # the recorder has queued the row: write it, then read it
+                except TimeoutError:
+                    quiet += EVENTS_POLL
+                    if quiet >= EVENTS_KEEPALIVE:
+                        quiet = 0.0
+                        yield ": keep-alive\n\n"
+        finally:
+            wake.close()
+            self.streams[owner] -= 1
+            if not self.streams[owner]:
+                del self.streams[owner]
 
     # -- the call -------------------------------------------------------------------------------------
 
@@ -381,7 +437,7 @@ class Api:
         write_audit(
             state,
             call.ctx,
-            kind="tool",
+            kind="subscription" if call.ctx.tool == "events" else "tool",
             arguments=call.audited if call.audited is not None else audit_arguments(call.arguments),
             device=call.arguments.get("device"),
             started=call.started,
@@ -464,6 +520,83 @@ def _summary(fn: Callable[..., Any]) -> tuple[str, str]:
     return first[:120], doc
 
 
+# ---- the event stream ------------------------------------------------------------------------------------
+
+# Seconds between looks at the event log when the bus is quiet (events of other replicas arrive this way),
+# and between keep-alive comments on a quiet stream.
+EVENTS_POLL = 1.0
+EVENTS_KEEPALIVE = 15.0
+
+
+def _sse(event: StreamedEvent) -> str:
+    return f"id: {event.id}\nevent: {event.kind}\ndata: {event.model_dump_json()}\n\n"
+
+
+def events_route(api: Api, app: FastAPI) -> None:
+    """GET /events: Server-Sent Events from the event log, resumed after Last-Event-ID (or `after`)."""
+
+    async def events(
+        request: Request,
+        after: Annotated[
+            int | None,
+            Query(ge=0, description="Resume after this event id (as the Last-Event-ID header does)."),
+        ] = None,
+        kind: Annotated[list[EventKind] | None, Query(description="Only these kinds of event.")] = None,
+        device: Annotated[str | None, Query(max_length=63, description="Only this device's events.")] = None,
+    ) -> Response:
+        state = api.state()
+        call: _Call = request.state.call
+        header = request.headers.get("last-event-id", "").strip()
+        if after is None and header:
+            if not header.isdigit() or len(header) > 18:
+                raise ApiProblem(
+                    422, "invalid_arguments", f"Last-Event-ID: must be an event id (got {header[:40]!r})"
+                )
+            after = int(header)
+        start = after if after is not None else await last_event_id(state.db)
+        owner = call.ctx.subject or call.ctx.client_ip or "?"
+        if api.streams.get(owner, 0) >= api.settings.http_max_sessions_per_subject:
+            raise ApiProblem(
+                429,
+                "stream_limit",
+                f"Too many open event streams: {owner} already holds {api.streams[owner]} "
+                "(INFRA_HTTP_MAX_SESSIONS_PER_SUBJECT). Close one first.",
+                outcome="denied",
+            )
+        call.arguments = {"after": start, "kind": kind, "device": device}
+        api.audit(request, "ok", None, None)
+        return StreamingResponse(
+            api.stream(state, owner, start, kind, device),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    app.add_api_route(
+        "/events",
+        events,
+        methods=["GET"],
+        name="events",
+        operation_id="events",
+        summary="Server-Sent Events: configuration changes, device health changes, failed polls",
+        description=(
+            "A text/event-stream of the event log. Each event's `id` is its id in the log: reconnect with "
+            "Last-Event-ID (or `after`) to get everything after it; without either the stream starts now. "
+            "Each `data` is one JSON StreamedEvent; a comment line keeps a quiet stream open."
+        ),
+        tags=["events"],
+        responses={
+            200: {
+                "description": "The stream",
+                "content": {"text/event-stream": {"schema": {"$ref": "#/components/schemas/StreamedEvent"}}},
+            },
+            **ERROR_RESPONSES,
+        },
+        response_class=StreamingResponse,
+        dependencies=[Depends(api.admit)],
+        openapi_extra={"x-scope": READ, "x-read-only": True},
+    )
+
+
 # ---- authentication at the edge of the API ------------------------------------------------------------
 
 PUBLIC = frozenset({"/openapi.json", "/docs"})
@@ -516,13 +649,6 @@ def build_api(server: InfrastructorServer, *, auth_hint: str | None) -> ASGIApp:
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    error_responses: dict[int | str, dict[str, Any]] = {
-        status: {
-            "description": HTTPStatus(status).phrase,
-            "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
-        }
-        for status in ERROR_STATUSES
-    }
     for route in ROUTES:
         if route.name in api.hidden:
             continue
@@ -537,10 +663,11 @@ def build_api(server: InfrastructorServer, *, auth_hint: str | None) -> ASGIApp:
             description=description,
             tags=[route.tool.__module__.rsplit(".", 1)[-1]],
             response_model=typing.get_type_hints(route.tool)["return"],
-            responses=error_responses,
+            responses=ERROR_RESPONSES,
             dependencies=[Depends(api.admit)],
             openapi_extra={"x-scope": route.scope, "x-read-only": route.read_only},
         )
+    events_route(api, app)
     app.add_exception_handler(ApiProblem, api.on_problem)
     app.add_exception_handler(RequestValidationError, api.on_invalid)
     app.add_exception_handler(Exception, api.on_unexpected)
@@ -550,9 +677,9 @@ def build_api(server: InfrastructorServer, *, auth_hint: str | None) -> ASGIApp:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             document = original()
-            document.setdefault("components", {}).setdefault("schemas", {})["Problem"] = (
-                Problem.model_json_schema()
-            )
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            schemas["Problem"] = Problem.model_json_schema()
+            schemas["StreamedEvent"] = StreamedEvent.model_json_schema()
             document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             document["security"] = [{"bearer": []}]
             document["servers"] = [{"url": PREFIX}]

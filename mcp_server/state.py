@@ -34,6 +34,7 @@ from mcp_server.db.storage import ConfigureReport
 from mcp_server.db.storage import configure as configure_storage
 from mcp_server.db.tables import CacheMetadata
 from mcp_server.devices import Device, DeviceInfo, DeviceRegistry, describe
+from mcp_server.event_log import record_events
 from mcp_server.events import EventBus
 from mcp_server.executors import LocalExecutor
 from mcp_server.permissions import secure_data_dir
@@ -144,11 +145,12 @@ async def open_state(
     policy = BreakerPolicy(
         settings.poll_breaker_threshold, settings.poll_breaker_backoff, settings.poll_breaker_max_backoff
     )
-    health = HealthBook(db, policy, settings.replica_name)
+    health = HealthBook(db, policy, settings.replica_name, events=events)
     state = AppState(
         settings, db, secrets, devices, registry, cache, ssh, local, writer, events, service, config, health
     )
     writer.start()
+    stop_recording = record_events(events, writer)  # what GET /api/v1/events streams and resumes from
     snapshots = asyncio.create_task(
         _record_cache_stats(state, settings.poll_report_interval), name="infra-cache-stats"
     )
@@ -156,6 +158,7 @@ async def open_state(
     try:
         yield state
     finally:
+        stop_recording()
         snapshots.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await snapshots

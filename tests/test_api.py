@@ -4,10 +4,12 @@ the sshd fleet: the same operations, results, errors, scopes and audit as the MC
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import typing
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,9 @@ from fastmcp.exceptions import ToolError
 from pydantic import TypeAdapter
 
 from mcp_server.api import ROUTES, arguments_of
+from mcp_server.audit import CallContext, calling
 from mcp_server.auth import ADMIN, READ, WRITE, SigningKey, issue_token
+from mcp_server.errors import InfrastructorError
 from mcp_server.server import AREAS, build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
@@ -116,7 +120,9 @@ async def test_openapi_document_is_exact_and_the_docs_page_is_offline(sqlite_api
     document = (await sqlite_api.http.get("/openapi.json")).json()  # no token needed
     assert document["openapi"].startswith("3.1")
     operations = {op["operationId"]: op for ops in document["paths"].values() for op in ops.values()}
-    assert set(operations) == {route.name for route in ROUTES} - {"run_command"}  # off by default
+    assert set(operations) == {route.name for route in ROUTES} - {"run_command"} | {
+        "events"
+    }  # run_command: off
     schemas = document["components"]["schemas"]
     # the response model is the tool's result model: same properties, same required ones
     for route in ROUTES:
@@ -302,3 +308,76 @@ async def test_read_only_server_offers_no_write_routes(tmp_path: Path) -> None:
     async for api in serve_api(make_settings(tmp_path, jwt_secret=SECRET, read_only=True)):
         assert (await api.call("POST", "/devices", json={"name": "x", "hostname": "h"})).status_code == 405
         assert (await api.call("GET", "/devices")).status_code == 200
+
+
+# ---- events ---------------------------------------------------------------------------------------------
+
+
+async def read_events(api: Api, count: int, **headers: str) -> list[dict[str, Any]]:
+    """The first `count` events of a stream opened with `headers` (its id, kind and data)."""
+    events: list[dict[str, Any]] = []
+    token = api.token(READ, subject="watcher")
+    async with api.http.stream(
+        "GET", "/events", headers={"Authorization": f"Bearer {token}", **headers}
+    ) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith(
+            "text/event-stream"
+        )
+        current: dict[str, Any] = {}
+        async for line in response.aiter_lines():
+            if line.startswith("id: "):
+                current["id"] = int(line[4:])
+            elif line.startswith("event: "):
+                current["event"] = line[7:]
+            elif line.startswith("data: "):
+                current["data"] = json.loads(line[6:])
+            elif line == "" and current:
+                events.append(current)
+                current = {}
+                if len(events) == count:
+                    break
+    return events
+
+
+async def test_event_stream_carries_changes_health_and_poll_failures_and_resumes(
+    api: Api, tmp_path: Path
+) -> None:
+    state = api.state
+    await state.config.start()
+    conf = tmp_path / "site.conf"
+    conf.write_text("server { listen 80; }\n")
+    watched = await api.ok("POST", "/config/watched", WRITE, json={"device": "local", "path": str(conf)})
+    assert watched["watched"]["path"] == str(conf) and watched["created"] is True
+    first = asyncio.create_task(read_events(api, 3, **{"Last-Event-ID": "0"}))
+    conf.write_text("server { listen 8080; }\n")
+    # a device that stops answering background polls: its failed poll and its health change
+    dead = await api.ok(
+        "POST", "/devices", WRITE, json={"name": "dead", "hostname": "127.0.0.1", "port": free_port()}
+    )
+    with calling(CallContext(transport="poller", subject="poller:test")), pytest.raises(InfrastructorError):
+        await state.service.collect(dead["name"], "system_metrics")
+    await state.health.record_failure("dead", "host_unreachable", "no answer", datetime.now(UTC))
+    events = await asyncio.wait_for(first, 60)
+    kinds = {e["event"]: e for e in events}
+    assert set(kinds) == {"config_change", "poll_failure", "device_health"}
+    change = kinds["config_change"]["data"]
+    assert change["device"] == "local" and change["data"]["path"] == str(conf)
+    assert change["data"]["change_type"] == "modified"
+    # the same change, with the same risk, as list_config_changes gives it
+    listed = (await api.ok("GET", "/config/changes", READ, params={"device": "local"}))["changes"]
+    assert [(c["id"], c["risk"]) for c in listed] == [(change["data"]["change_id"], change["data"]["risk"])]
+    assert kinds["poll_failure"]["data"]["data"]["command"] == "system_metrics"
+    health = kinds["device_health"]["data"]["data"]
+    assert (health["previous"], health["status"]) == ("unknown", "degraded")
+    # resume: after the first event, the other two again (from the database), nothing twice
+    ids = [e["id"] for e in events]
+    resumed = await asyncio.wait_for(read_events(api, 2, **{"Last-Event-ID": str(ids[0])}), 30)
+    assert [e["id"] for e in resumed] == ids[1:]
+    rows = await audit_rows(state, kind="subscription", tool="events")
+    assert [(r.transport, r.subject, r.outcome) for r in rows] == [("api", "watcher", "ok")] * 2
+
+
+async def test_event_stream_needs_a_token_and_a_valid_last_event_id(sqlite_api: Api) -> None:
+    assert (await sqlite_api.http.get("/events")).status_code == 401
+    bad = await sqlite_api.call("GET", "/events", READ, headers={"Last-Event-ID": "abc"})
+    assert bad.status_code == 422 and "Last-Event-ID" in bad.json()["detail"]

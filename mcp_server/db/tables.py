@@ -286,3 +286,18 @@ class DeviceHealthRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime]
     updated_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class EventLogRow(Base):
+    """What GET /api/v1/events streams, kept so a client resumes from its Last-Event-ID: configuration
+    changes, device health changes and failed polls, as they happened on this replica."""
+
+    __tablename__ = "event_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    occurred_at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32), doc="config_change | device_health | poll_failure")
+    device: Mapped[str | None] = mapped_column(String(63))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+    __table_args__ = (Index("ix_event_log_occurred_at", "occurred_at"),)

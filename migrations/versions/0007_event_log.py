@@ -1,0 +1,43 @@
+"""the event log that GET /api/v1/events streams and resumes from
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-20 09:00:00
+
+A plain table on every backend: it is read by id (Last-Event-ID), and old rows are deleted by the polling
+service's retention like the other plain tables.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+_TABLE = "event_log"
+_JSON = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
+
+
+def upgrade() -> None:
+    op.create_table(
+        _TABLE,
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
+        ),
+        sa.Column("occurred_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("device", sa.String(length=63), nullable=True),
+        sa.Column("data", _JSON, nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index("ix_event_log_occurred_at", _TABLE, ["occurred_at"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_event_log_occurred_at", table_name=_TABLE)
+    op.drop_table(_TABLE)
