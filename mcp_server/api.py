@@ -31,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastmcp.exceptions import ToolError
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from pydantic import BaseModel, Field, TypeAdapter
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -470,6 +471,20 @@ class Api:
         detail = "\n".join([f"Invalid arguments for {route.name}:", *problems])
         return await self.on_problem(request, ApiProblem(422, "invalid_arguments", detail))
 
+    async def on_http_error(self, request: Request, exc: Exception) -> Response:
+        """No such route (404) or method (405): a problem too, pointing to the routes there are."""
+        assert isinstance(exc, StarletteHTTPException)
+        detail = (
+            f"No route {request.method} {redact_text(request.url.path)[:200]}; the routes are listed at "
+            f"{PREFIX}/docs and {PREFIX}/openapi.json."
+        )
+        kind = (
+            "not_found"
+            if exc.status_code == 404
+            else HTTPStatus(exc.status_code).phrase.lower().replace(" ", "_")
+        )
+        return problem_response(ApiProblem(exc.status_code, kind, detail, headers=dict(exc.headers or {})))
+
     async def on_unexpected(self, request: Request, exc: Exception) -> Response:
         log.exception("API call %s failed", request.url.path, exc_info=exc)
         problem = ApiProblem(500, "internal", "Internal error; the server log has the details.")
@@ -539,7 +554,9 @@ def events_route(api: Api, app: FastAPI) -> None:
         request: Request,
         after: Annotated[
             int | None,
-            Query(ge=0, description="Resume after this event id (as the Last-Event-ID header does)."),
+            Query(
+                ge=0, le=10**18, description="Resume after this event id (as the Last-Event-ID header does)."
+            ),
         ] = None,
         kind: Annotated[list[EventKind] | None, Query(description="Only these kinds of event.")] = None,
         device: Annotated[str | None, Query(max_length=63, description="Only this device's events.")] = None,
@@ -670,6 +687,7 @@ def build_api(server: InfrastructorServer, *, auth_hint: str | None) -> ASGIApp:
     events_route(api, app)
     app.add_exception_handler(ApiProblem, api.on_problem)
     app.add_exception_handler(RequestValidationError, api.on_invalid)
+    app.add_exception_handler(StarletteHTTPException, api.on_http_error)
     app.add_exception_handler(Exception, api.on_unexpected)
 
     original = app.openapi

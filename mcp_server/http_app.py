@@ -37,7 +37,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -185,6 +185,22 @@ def metadata_routes(path: str, auth: AuthProvider, trusted: Networks) -> list[Ba
 # ---- the app ----------------------------------------------------------------------------------------------
 
 
+class ApiDispatch:
+    """Every request under /api/v1 goes to the REST API app (api.py), whatever its path holds: a Mount's
+    pattern does not match a path with a newline, which would get the outer app's plain-text 404."""
+
+    def __init__(self, app: ASGIApp, *, api: ASGIApp) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == PREFIX or path.startswith(PREFIX + "/")):
+            await self.api({**scope, "root_path": scope.get("root_path", "") + PREFIX}, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def build_http_app(
     server: InfrastructorServer, *, path: str, extra_hosts: list[str] | None = None
 ) -> StarletteWithLifespan:
@@ -211,14 +227,10 @@ def build_http_app(
         routes.extend(metadata_routes(path, auth, trusted))
         endpoint = BearerRequired(transport_app, path=path, auth=auth, trusted=trusted)
     middleware.append(Middleware(HttpGuard, settings=settings, path=path, state_of=server.state_of))
-    routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
     # the REST API: behind the same Host/Origin check, authentication and guard (rate limit, body size)
-    routes.append(
-        Mount(
-            PREFIX,
-            app=RequestBodyLimitMiddleware(build_api(server, auth_hint=hint), settings.http_max_body_bytes),
-        )
-    )
+    api = RequestBodyLimitMiddleware(build_api(server, auth_hint=hint), settings.http_max_body_bytes)
+    middleware.append(Middleware(ApiDispatch, api=api))
+    routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
     routes.extend(custom_routes(server))
 
     @contextlib.asynccontextmanager

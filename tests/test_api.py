@@ -196,6 +196,7 @@ async def test_history_config_cache_health_and_audit_routes(api: Api) -> None:
     row = audit["entries"][0]
     assert row["transport"] == "api" and row["subject"] == "alice" and row["outcome"] == "ok"
     assert row["request_path"] == "/api/v1/devices/local/system" and row["user_agent"] == "api-test/1"
+    assert datetime.fromisoformat(row["occurred_at"]).tzinfo is not None  # on SQLite too
 
 
 async def test_api_and_mcp_are_one_implementation_sharing_the_cache(api: Api) -> None:
@@ -381,3 +382,13 @@ async def test_event_stream_needs_a_token_and_a_valid_last_event_id(sqlite_api: 
     assert (await sqlite_api.http.get("/events")).status_code == 401
     bad = await sqlite_api.call("GET", "/events", READ, headers={"Last-Event-ID": "abc"})
     assert bad.status_code == 422 and "Last-Event-ID" in bad.json()["detail"]
+
+
+async def test_an_offset_beyond_what_a_database_counts_is_a_bad_argument(sqlite_api: Api) -> None:
+    """Found by the fuzzer: an offset past 64 bits failed inside the database (an internal error)."""
+    huge = 2**65
+    response = await sqlite_api.call("GET", "/config/changes", READ, params={"offset": huge})
+    assert response.status_code == 422 and "offset: must be ≤" in response.json()["detail"]
+    async with Client(build_server(sqlite_api.state.settings, state=sqlite_api.state)) as client:
+        with pytest.raises(ToolError, match="offset: must be ≤"):
+            await client.call_tool("query_audit_log", {"offset": huge})

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mcp_server.db.series import as_utc
 from mcp_server.db.tables import DataCollectionAudit
 
 
@@ -80,6 +81,11 @@ class AuditEntry(BaseModel):
     outcome: Literal["ok", "error", "denied"] | str
     error_type: str | None
     error_message: str | None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)  # SQLite gives the stored time back without its zone
 
 
 class AuditPage(BaseModel):
