@@ -305,7 +305,7 @@ class Api:
     def __init__(self, server: InfrastructorServer) -> None:
         self.server = server
         self.settings = server.settings
-        self.hidden = server.hidden_tools
+        self.disabled = server.disabled_tools
         self.by_name = {route.name: route for route in ROUTES}
         self.streams: dict[str, int] = {}  # open event streams per subject
 
@@ -667,7 +667,7 @@ def build_api(server: InfrastructorServer, *, auth_hint: str | None) -> ASGIApp:
         openapi_url="/openapi.json",
     )
     for route in ROUTES:
-        if route.name in api.hidden:
+        if route.name in api.disabled:
             continue
         summary, description = _summary(route.tool)
         app.add_api_route(

@@ -77,9 +77,9 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         self.settings = settings
         self.audit = audit
         self.app_state: AppState | None = None
-        # tools the settings do not offer (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND): the REST
-        # API leaves their routes out too
-        self.hidden_tools: set[str] = set()
+        # tools the settings turn off (INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND): the REST API has no route for
+        # them either (INFRA_TOOLSETS only trims what an agent's context pays for; it leaves the API whole)
+        self.disabled_tools: set[str] = set()
         self.notifier = ConfigNotifier()
         self.subscriptions = Subscriptions(settings, audit, self.state_of, self.notifier)
 
@@ -267,10 +267,10 @@ def _register_tools(mcp: InfrastructorServer, settings: Settings) -> list[Tool]:
             if area.TOOLSET not in settings.offered_toolsets and component.name not in ALWAYS_OFFERED:
                 hidden.add(component.name)
             if settings.read_only and not read_only:
-                hidden.add(component.name)
+                mcp.disabled_tools.add(component.name)
     if not settings.allow_run_command:
-        hidden.add("run_command")
-    mcp.hidden_tools = hidden
+        mcp.disabled_tools.add("run_command")
+    hidden |= mcp.disabled_tools
     if hidden:  # (an empty name set would match every tool)
         mcp.disable(names=hidden, components={"tool"})
     return registered

@@ -392,3 +392,8 @@ async def test_an_offset_beyond_what_a_database_counts_is_a_bad_argument(sqlite_
     async with Client(build_server(sqlite_api.state.settings, state=sqlite_api.state)) as client:
         with pytest.raises(ToolError, match="offset: must be ≤"):
             await client.call_tool("query_audit_log", {"offset": huge})
+
+
+async def test_toolsets_narrow_what_agents_see_not_the_api(tmp_path: Path) -> None:
+    async for api in serve_api(make_settings(tmp_path, jwt_secret=SECRET, toolsets="storage")):
+        assert (await api.call("GET", "/devices/local/processes", params={"limit": 1})).status_code == 200
