@@ -92,19 +92,21 @@ def report(results: Results, repeat: int, total: float, argv: list[str]) -> str:
         "",
         "| Call | p50 | p95 |",
         "|---|---|---|",
-        row("API `GET /devices/nas/system?force_refresh=true` (uncached, 0.5 s CPU interval)", "api uncached"),
+        row(
+            "API `GET /devices/nas/system?force_refresh=true` (uncached, 0.5 s CPU interval)", "api uncached"
+        ),
         row("API `GET /devices/nas/system` (cached)", "api cached"),
         row("MCP `get_system_metrics` (cached, same result)", "mcp cached"),
         row("API `GET /devices` (no collection)", "api list_devices"),
         row("MCP `list_devices` (no collection)", "mcp list_devices"),
         "",
-        f"- Cached API calls are {speedup:,.0f}× faster than uncached ones (p50); the cached p50 is "
-        f"{results.median('api cached'):,.1f} ms (target: under 100 ms, at least 20×).",
+        f"- Cached API calls are {speedup:,.0f}x faster than uncached ones (p50); the cached p50 is "
+        f"{results.median('api cached'):,.1f} ms (target: under 100 ms, at least 20x).",
         f"- Per call, the API costs {results.median('api list_devices'):,.1f} ms and MCP "
         f"{results.median('mcp list_devices'):,.1f} ms for the same operation "
-        f"(MCP/API: {results.median('mcp list_devices') / results.median('api list_devices'):,.1f}×; "
+        f"(MCP/API: {results.median('mcp list_devices') / results.median('api list_devices'):,.1f}x; "
         f"cached system metrics: "
-        f"{results.median('mcp cached') / results.median('api cached'):,.1f}×).",
+        f"{results.median('mcp cached') / results.median('api cached'):,.1f}x).",
         f"- {repeat} rounds of the five calls, interleaved; total run time {total:,.0f} s. Both doors go through "
         "the same auth, rate limit and audit; each API call and each MCP call writes one audit row.",
         *machine(),
