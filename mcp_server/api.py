@@ -36,9 +36,9 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from mcp_server import __version__
+from mcp_server import __version__, alerts
 from mcp_server.audit import CallContext, audit_arguments, calling, oversized_arguments
-from mcp_server.auth import READ, REJECTION_SCOPE_KEY, required_scope
+from mcp_server.auth import ADMIN, READ, REJECTION_SCOPE_KEY, required_scope
 from mcp_server.budget import Keep, fit
 from mcp_server.errors import (
     ArgumentsTooLarge,
@@ -49,6 +49,7 @@ from mcp_server.errors import (
     DeviceNotFound,
     ExecutionError,
     InfrastructorError,
+    InvalidParameter,
     MissingScope,
     ParseError,
     StorageError,
@@ -60,7 +61,7 @@ from mcp_server.event_log import RECORDED, EventKind, StreamedEvent, events_afte
 from mcp_server.http_guard import API_PREFIX
 from mcp_server.middleware import accepted_arguments, authorize, write_audit
 from mcp_server.progress import OnStep, StepDone
-from mcp_server.redact import redact_text
+from mcp_server.redact import REDACTED, redact_text
 from mcp_server.state import AppState
 from mcp_server.tools import (
     KEEP_NEWEST,
@@ -92,6 +93,9 @@ class ApiRoute:
     method: str
     path: str
     tool: Callable[..., Awaitable[Any]]
+    needs: str | None = None  # the scope of an operation that is not a tool (a tool's tags say its own)
+    writes: bool = False  # it changes something (a tool's annotations say so)
+    secret: tuple[str, ...] = ()  # arguments never audited as sent (a webhook URL is a capability)
 
     @property
     def name(self) -> str:
@@ -105,7 +109,7 @@ class ApiRoute:
 
     @property
     def scope(self) -> str:
-        return required_scope(self.tags)
+        return self.needs or required_scope(self.tags)
 
     @property
     def arguments(self) -> list[str]:
@@ -114,7 +118,9 @@ class ApiRoute:
     @property
     def read_only(self) -> bool:
         meta = self.tool.__dict__.get("__fastmcp__")
-        return meta is None or bool(meta.annotations and meta.annotations.read_only_hint)
+        if meta is None:
+            return not self.writes
+        return bool(meta.annotations and meta.annotations.read_only_hint)
 
     @property
     def path_names(self) -> list[str]:
@@ -175,6 +181,11 @@ ROUTES = (
     ApiRoute("POST", f"{D}/collect", admin.collect),
     ApiRoute("POST", f"{D}/run", admin.run_command),
     ApiRoute("GET", "/audit", admin.query_audit_log),
+    # alert rules (not tools: agents do not set where the operator's notifications go)
+    ApiRoute("GET", "/alerts/rules", alerts.list_alert_rules, needs=ADMIN),
+    ApiRoute("PUT", "/alerts/rules/{name}", alerts.set_alert_rule, needs=ADMIN, writes=True, secret=("url",)),
+    ApiRoute("DELETE", "/alerts/rules/{name}", alerts.remove_alert_rule, needs=ADMIN, writes=True),
+    ApiRoute("POST", "/alerts/rules/{name}/test", alerts.test_alert_rule, needs=ADMIN),
 )
 
 
@@ -220,6 +231,7 @@ class ApiProblem(Exception):
 STATUS: tuple[tuple[type[InfrastructorError], int], ...] = (
     (MissingScope, 403),
     (ArgumentsTooLarge, 413),
+    (InvalidParameter, 422),
     (DeviceNotFound, 404),
     (UnknownCommand, 404),
     (DeviceExists, 409),
@@ -297,6 +309,7 @@ class _Call:
     started: float
     arguments: dict[str, Any]
     audited: dict[str, Any] | None = None  # the arguments as audited, when not audit_arguments(arguments)
+    secret: tuple[str, ...] = ()
 
 
 class Api:
@@ -327,7 +340,7 @@ class Api:
         route = self.route_of(request)
         ctx, scopes = self.context(request, "events" if route is EVENTS_ROUTE else route.name)
         raw = await self._raw_arguments(request, route)
-        call = _Call(ctx, time.perf_counter(), raw)
+        call = _Call(ctx, time.perf_counter(), raw, secret=route.secret)
         request.state.call = call
         size = len(json.dumps(raw, separators=(",", ":"), ensure_ascii=False, default=str))
         if size > self.settings.max_argument_chars:
@@ -439,7 +452,9 @@ class Api:
             state,
             call.ctx,
             kind="subscription" if call.ctx.tool == "events" else "tool",
-            arguments=call.audited if call.audited is not None else audit_arguments(call.arguments),
+            arguments=call.audited
+            if call.audited is not None
+            else audit_arguments({k: REDACTED if k in call.secret else v for k, v in call.arguments.items()}),
             device=call.arguments.get("device"),
             started=call.started,
             outcome=outcome,

@@ -19,8 +19,7 @@ from mcp_server.db.engine import Database
 from mcp_server.db.tables import EventLogRow
 from mcp_server.events import CollectionFailed, ConfigChanged, DeviceHealthChanged, Event, EventBus
 
-EventKind = Literal["config_change", "device_health", "poll_failure"]
-EVENT_KINDS: tuple[EventKind, ...] = ("config_change", "device_health", "poll_failure")
+EventKind = Literal["config_change", "device_health", "poll_failure", "alert"]
 RECORDED = (ConfigChanged, DeviceHealthChanged, CollectionFailed)
 
 
@@ -34,7 +33,7 @@ class StreamedEvent(BaseModel):
     data: dict[str, Any] = Field(
         description="config_change: path, change_type, risk, summary, change_id (get_config_diff); "
         "device_health: previous, status, consecutive_failures, error_type, error; "
-        "poll_failure: command, error_type, error."
+        "poll_failure: command, error_type, error; alert: rule, subject, title, message."
     )
 
 

@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from mcp_server import __version__, prompts, resources
+from mcp_server.alerts import AlertService
 from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
 from mcp_server.config_monitoring.notifier import ConfigNotifier
 from mcp_server.errors import ConfigurationError
@@ -168,6 +169,12 @@ async def _stop_polling(state: AppState) -> None:
         state.polling = None
 
 
+async def _stop_alerts(state: AppState) -> None:
+    if state.alerts is not None:
+        await state.alerts.stop()
+        state.alerts = None
+
+
 def build_server(
     settings: Settings,
     *,
@@ -196,6 +203,9 @@ def build_server(
                 running.polling = PollingService.of(running)
                 running.polling.start()
                 stack.push_async_callback(_stop_polling, running)
+                running.alerts = AlertService(running)
+                running.alerts.start()
+                stack.push_async_callback(_stop_alerts, running)
             server.app_state = running
             stack.callback(setattr, server, "app_state", None)
             stack.callback(server.subscriptions.close)

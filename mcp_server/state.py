@@ -45,6 +45,7 @@ from mcp_server.ssh import SSHOptions, SSHPool
 from mcp_server.workers import WorkerPool
 
 if TYPE_CHECKING:
+    from mcp_server.alerts import AlertService
     from mcp_server.polling.service import PollingService
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class AppState:
     health: HealthBook
     started_at: float = field(default_factory=time.monotonic)
     polling: PollingService | None = None  # set while a server's lifespan runs the polling service
+    alerts: AlertService | None = None  # set while a server's lifespan evaluates the alert rules
 
     def describe(self, device: Device) -> DeviceInfo:
         """A device as clients see it, with whether its pooled connection is open now and its health."""

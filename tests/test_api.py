@@ -110,7 +110,7 @@ def fleet_device(sshd_fleet: Any, name: str = "alpha") -> dict[str, Any]:
 
 def test_every_tool_has_exactly_one_route_with_the_tools_parameters() -> None:
     tools = {fn.__name__ for area in AREAS for fn in area.TOOLS}
-    routed = [route.name for route in ROUTES]
+    routed = [route.name for route in ROUTES if "__fastmcp__" in route.tool.__dict__]
     assert sorted(routed) == sorted(tools), "add a route in mcp_server/api.py ROUTES for each new tool"
     for route in ROUTES:
         assert set(route.path_names) <= set(arguments_of(route.tool)), route

@@ -296,8 +296,25 @@ class EventLogRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     occurred_at: Mapped[datetime]
-    kind: Mapped[str] = mapped_column(String(32), doc="config_change | device_health | poll_failure")
+    kind: Mapped[str] = mapped_column(String(32), doc="config_change | device_health | poll_failure | alert")
     device: Mapped[str | None] = mapped_column(String(63))
     data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
 
     __table_args__ = (Index("ix_event_log_occurred_at", "occurred_at"),)
+
+
+class AlertRuleRow(Base):
+    """An alert rule (alerts.py); its webhook URL is a secret (`alert:<name>` in secrets)."""
+
+    __tablename__ = "alert_rules"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    kind: Mapped[str] = mapped_column(String(32), doc="disk_use | smart | device_down | config_risk")
+    device: Mapped[str | None] = mapped_column(String(63))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    min_risk: Mapped[str | None] = mapped_column(String(8))
+    channel: Mapped[str] = mapped_column(String(16), doc="ntfy | gotify | webhook")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str | None] = mapped_column(String(255))
