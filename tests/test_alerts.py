@@ -137,7 +137,7 @@ async def test_disk_rule_fires_once_per_condition_and_retries_a_failed_delivery(
     assert receiver.attempts == len(mounts) + 1
     rows = await audit_rows(state, kind="alert")
     assert len(rows) == len(mounts) and all(r.outcome == "ok" for r in rows)
-    assert sorted(r.arguments["attempts"] for r in rows) == [1] * (len(mounts) - 1) + [2]
+    assert sorted((r.arguments or {})["attempts"] for r in rows) == [1] * (len(mounts) - 1) + [2]
 
 
 async def test_config_risk_rule_sends_ntfy_and_streams_the_alert(
