@@ -682,7 +682,7 @@ def build_api(server: InfrastructorServer, *, auth_hint: str | None) -> ASGIApp:
         openapi_url="/openapi.json",
     )
     for route in ROUTES:
-        if route.name in api.disabled:
+        if route.name in api.disabled or (route.writes and server.settings.read_only):
             continue
         summary, description = _summary(route.tool)
         app.add_api_route(

@@ -217,3 +217,10 @@ def test_cli_sets_lists_and_removes_rules(tmp_path: Path) -> None:
     )
     assert refused.returncode == 2 and "name: must match" in refused.stderr
     assert run_cli(tmp_path, "alerts", "remove", "down").returncode == 0
+
+
+async def test_a_read_only_server_takes_no_alert_rules(tmp_path: Path) -> None:
+    async for api in serve_api(make_settings(tmp_path, jwt_secret=SECRET, read_only=True)):
+        rule = {"kind": "smart", "channel": "ntfy", "url": "https://ntfy.example/t"}
+        assert (await api.call("PUT", "/alerts/rules/r", ADMIN, json=rule)).status_code == 404
+        assert (await api.ok("GET", "/alerts/rules", ADMIN))["total"] == 0
