@@ -62,7 +62,8 @@ class AuditEntry(BaseModel):
     occurred_at: datetime
     kind: str = Field(
         description="tool, resource or collection (collections link to their call by request_id); session "
-        "(an MCP session opened or refused); auth (a refused bearer token: reason in error_message)."
+        "(an MCP session opened or refused); auth (a refused bearer token: reason in error_message); "
+        "subscription (also an event stream opened); alert (an alert delivered or not: rule, attempts)."
     )
     request_id: str | None
     subject: str | None = Field(description="Token subject, or local:<user> over stdio.")
