@@ -12,7 +12,8 @@ The webhook URL is a secret (ntfy topics and Gotify tokens are capabilities): it
 master key (SecretStore, `alert:<name>`), re-encrypted by `secrets rotate`, and shown only masked.
 
 An alert fires once when its condition starts to hold for a subject (a mount, a drive, a device, a change) and
-again only after it has cleared. Each firing is logged as an `alert` event (GET /api/v1/events) and queued for
+again only after it has cleared; what holds is kept in `alert_firing`, shared by replicas, and one replica
+evaluates the standing conditions of each interval (a lease in `poll_leases`). Each firing is logged as an `alert` event (GET /api/v1/events) and queued for
 delivery; a worker posts it, retrying with doubling backoff (INFRA_ALERT_RETRIES, INFRA_ALERT_BACKOFF), and
 audits the outcome (kind `alert`). Nothing here runs on a collection's path: conditions are read from the
 database every INFRA_ALERT_INTERVAL seconds, config changes arrive on the event bus and are only queued.
@@ -33,13 +34,15 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx2
 from pydantic import BaseModel, Field
 from sqlalchemy import delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from mcp_server.audit import CallContext, current_call
 from mcp_server.db.series import as_utc
-from mcp_server.db.tables import AlertRuleRow, CollectionSnapshot, EventLogRow
+from mcp_server.db.tables import AlertFiring, AlertRuleRow, CollectionSnapshot, EventLogRow
 from mcp_server.devices import NAME_PATTERN
 from mcp_server.errors import InvalidParameter
 from mcp_server.events import ConfigChanged, Event
+from mcp_server.polling import leases
 from mcp_server.series.disks import DiskMetricRow as DiskMetric
 from mcp_server.state import AppState
 
@@ -197,9 +200,13 @@ async def set_alert_rule(
             for key, value in values.items():
                 setattr(row, key, value)
     await state.secrets.put(SECRET_PREFIX + name, checked_url)
-    if state.alerts is not None:
-        state.alerts.forget(name)
+    await _forget(state, name)  # what held under the old rule may fire under the new one
     return _info(row, checked_url)
+
+
+async def _forget(state: AppState, rule: str) -> None:
+    async with state.db.session() as session, session.begin():
+        await session.execute(delete(AlertFiring).where(AlertFiring.rule == rule))
 
 
 async def remove_alert_rule(name: RuleName, *, state: AppState) -> RemovedAlertRule:
@@ -210,6 +217,7 @@ async def remove_alert_rule(name: RuleName, *, state: AppState) -> RemovedAlertR
         known = ", ".join(r.name for r in (await list_alert_rules(state)).rules) or "none"
         raise InvalidParameter(f"name: no alert rule {name!r}. Rules: {known}.")
     await state.secrets.delete(SECRET_PREFIX + name)
+    await _forget(state, name)
     return RemovedAlertRule(removed=name)
 
 
@@ -325,7 +333,6 @@ class AlertService:
 
     def __init__(self, state: AppState) -> None:
         self.state = state
-        self.firing: dict[tuple[str, str], bool] = {}  # (rule, subject) currently holding
         self.queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=1000)
         self.delivered: list[Delivery] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -349,10 +356,6 @@ class AlertService:
                 await task
         self._tasks = []
 
-    def forget(self, rule: str) -> None:
-        """A rule changed: its conditions may fire again."""
-        self.firing = {k: v for k, v in self.firing.items() if k[0] != rule}
-
     def _on_event(self, event: Event) -> None:
         if isinstance(event, ConfigChanged):
             self._pending_changes.append(event)  # only queued: evaluated in the next pass
@@ -374,26 +377,62 @@ class AlertService:
             except Exception:
                 log.exception("alert delivery failed")
 
-    async def evaluate(self) -> list[Alert]:
-        """One pass over every enabled rule; returns (and queues) what fired."""
+    async def evaluate(self, *, claim: bool = True) -> list[Alert]:
+        """One pass: configuration changes this replica saw, and, when this replica wins the interval's lease
+        (one replica per slot; `claim=False` skips the lease), the standing conditions. Returns (and queues)
+        what fired."""
         async with self.state.db.read_session() as session:
             rules = (await session.scalars(select(AlertRuleRow).where(AlertRuleRow.enabled))).all()
         changes, self._pending_changes = self._pending_changes, []
+        standing = not claim or await self._claim()
         fired: list[Alert] = []
         for rule in rules:
+            if rule.kind != "config_risk" and not standing:
+                continue
             holding = await self._holding(rule, changes)
             for subject, (device, title, message) in holding.items():
-                key = (rule.name, subject)
-                if rule.kind == "config_risk" or not self.firing.get(key):
+                if rule.kind == "config_risk" or await self._starts(rule.name, subject):
                     fired.append(Alert(rule.name, rule.channel, subject, device, title, message))
-                self.firing[key] = True
-            for key in [k for k in self.firing if k[0] == rule.name and k[1] not in holding]:
-                del self.firing[key]  # cleared: it may fire again
+            if rule.kind != "config_risk":
+                async with self.state.db.session() as session, session.begin():
+                    # what no longer holds has cleared: it may fire again
+                    await session.execute(
+                        delete(AlertFiring).where(
+                            AlertFiring.rule == rule.name, AlertFiring.subject.not_in(list(holding))
+                        )
+                    )
         for alert in fired:
             self._log(alert)
             with contextlib.suppress(asyncio.QueueFull):
                 self.queue.put_nowait(alert)
         return fired
+
+    async def _claim(self) -> bool:
+        """This replica evaluates the standing conditions of this interval (a lease, as maintenance takes)."""
+        every = self.state.settings.alert_interval
+        now = datetime.now(UTC)
+        taken = await leases.claim(
+            self.state.db,
+            "*",
+            "alerts",
+            int(now.timestamp() // every),
+            owner=self.state.settings.replica_name,
+            ttl=timedelta(seconds=every),
+            now=now,
+        )
+        return taken.ours
+
+    async def _starts(self, rule: str, subject: str) -> bool:
+        """Record that the condition holds; True when it did not hold before (it fires now), in every
+        replica's view: the firing rows are shared."""
+        insert = (postgresql if self.state.db.dialect == "postgresql" else sqlite).insert(AlertFiring)
+        statement = (
+            insert.values(rule=rule, subject=subject[:512], fired_at=datetime.now(UTC))
+            .on_conflict_do_nothing(index_elements=["rule", "subject"])
+            .returning(AlertFiring.rule)
+        )
+        async with self.state.db.session() as session, session.begin():
+            return (await session.execute(statement)).scalar_one_or_none() is not None
 
     def _log(self, alert: Alert) -> None:
         self.state.writer.add(

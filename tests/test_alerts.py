@@ -126,7 +126,7 @@ async def test_disk_rule_fires_once_per_condition_and_retries_a_failed_delivery(
     alerts.start()
     try:
         await until(lambda: len(receiver.received) == len(mounts), 30)
-        assert await alerts.evaluate() == []  # still holding: not sent again
+        assert await alerts.evaluate(claim=False) == []  # still holding: not sent again
         await asyncio.sleep(0.3)
         assert len(receiver.received) == len(mounts)
     finally:
@@ -224,3 +224,18 @@ async def test_a_read_only_server_takes_no_alert_rules(tmp_path: Path) -> None:
         rule = {"kind": "smart", "channel": "ntfy", "url": "https://ntfy.example/t"}
         assert (await api.call("PUT", "/alerts/rules/r", ADMIN, json=rule)).status_code == 404
         assert (await api.ok("GET", "/alerts/rules", ADMIN))["total"] == 0
+
+
+async def test_replicas_share_what_fired_and_take_turns_evaluating(api: Api, receiver: Receiver) -> None:
+    state = api.state
+    rule = {"kind": "disk_use", "channel": "webhook", "url": receiver.url("/hook"), "threshold": 1}
+    await api.ok("PUT", "/alerts/rules/disk-any", ADMIN, json=rule)
+    await api.ok("GET", "/devices/local/disks")
+    await state.writer.flush()
+    first, second = AlertService(state), AlertService(state)  # two replicas (or one, restarted)
+    fired = await first.evaluate()
+    assert fired and {a.rule for a in fired} == {"disk-any"}
+    assert await second.evaluate() == []  # this interval is the first one's
+    assert await second.evaluate(claim=False) == []  # and what fired is known to every replica
+    await api.ok("PUT", "/alerts/rules/disk-any", ADMIN, json=rule)  # a changed rule starts afresh
+    assert len(await second.evaluate(claim=False)) == len(fired)

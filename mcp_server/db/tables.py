@@ -318,3 +318,13 @@ class AlertRuleRow(Base):
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime]
     created_by: Mapped[str | None] = mapped_column(String(255))
+
+
+class AlertFiring(Base):
+    """An alert rule's condition that holds for a subject now (it fired when the row was inserted)."""
+
+    __tablename__ = "alert_firing"
+
+    rule: Mapped[str] = mapped_column(String(63), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(512), primary_key=True)
+    fired_at: Mapped[datetime]

@@ -53,9 +53,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
+    op.create_table(
+        "alert_firing",
+        sa.Column("rule", sa.String(length=63), nullable=False),
+        sa.Column("subject", sa.String(length=512), nullable=False),
+        sa.Column("fired_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("rule", "subject"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("alert_firing")
     op.drop_table("alert_rules")
     op.drop_index("ix_event_log_occurred_at", table_name=_TABLE)
     op.drop_table(_TABLE)
