@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import inspect
 import json
 import logging
@@ -113,7 +114,7 @@ class ApiRoute:
 
     @property
     def arguments(self) -> list[str]:
-        return ["after", "kind", "device"] if self.name == "_events_tool" else arguments_of(self.tool)
+        return ["after", "kind", "device"] if self is EVENTS_ROUTE else arguments_of(self.tool)
 
     @property
     def read_only(self) -> bool:
@@ -189,11 +190,11 @@ ROUTES = (
 )
 
 
-async def _events_tool() -> None:
-    """The event stream (a route of its own, not a tool)."""
+async def events() -> None:
+    """The event stream: a route of its own (events_route), not a tool."""
 
 
-EVENTS_ROUTE = ApiRoute("GET", "/events", _events_tool)
+EVENTS_ROUTE = ApiRoute("GET", "/events", events)
 
 
 class Problem(BaseModel):
@@ -285,7 +286,7 @@ async def _no_progress(_step: StepDone) -> None:
 def injected(fn: Callable[..., Any], state: AppState) -> dict[str, Any]:
     """What the API passes for the parameters a tool function takes from FastMCP's dependency injection: the
     running AppState, and a progress callback that does nothing (an API call answers once, at the end)."""
-    hints = typing.get_type_hints(fn)
+    hints = _hints(fn)
     out: dict[str, Any] = {}
     for name in _signature(fn):
         if hints.get(name) is AppState:
@@ -297,7 +298,7 @@ def injected(fn: Callable[..., Any], state: AppState) -> dict[str, Any]:
 
 def arguments_of(fn: Callable[..., Any]) -> list[str]:
     """A tool function's parameters that callers give (not the injected ones)."""
-    hints = typing.get_type_hints(fn)
+    hints = _hints(fn)
     return [name for name in _signature(fn) if hints.get(name) is not AppState and hints.get(name) != OnStep]
 
 
@@ -338,7 +339,7 @@ class Api:
         """Run before the arguments are validated: who is calling, with which scope, within the size limit;
         the call is audited from here on."""
         route = self.route_of(request)
-        ctx, scopes = self.context(request, "events" if route is EVENTS_ROUTE else route.name)
+        ctx, scopes = self.context(request, route.name)
         raw = await self._raw_arguments(request, route)
         call = _Call(ctx, time.perf_counter(), raw, secret=route.secret)
         request.state.call = call
@@ -506,12 +507,19 @@ class Api:
         return await self.on_problem(request, problem)
 
 
+@functools.cache
 def _signature(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(fn).parameters)
 
 
+@functools.cache
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    return typing.get_type_hints(fn)
+
+
+@functools.cache
 def _returns(fn: Callable[..., Any]) -> TypeAdapter[Any]:
-    return TypeAdapter(typing.get_type_hints(fn)["return"])
+    return TypeAdapter(_hints(fn)["return"])
 
 
 def _endpoint(api: Api, route: ApiRoute) -> Callable[..., Awaitable[Response]]:
