@@ -397,3 +397,29 @@ async def test_an_offset_beyond_what_a_database_counts_is_a_bad_argument(sqlite_
 async def test_toolsets_narrow_what_agents_see_not_the_api(tmp_path: Path) -> None:
     async for api in serve_api(make_settings(tmp_path, jwt_secret=SECRET, toolsets="storage")):
         assert (await api.call("GET", "/devices/local/processes", params={"limit": 1})).status_code == 200
+
+
+async def test_with_auth_off_the_api_answers_without_a_token_and_still_audits(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, auth=False)
+    async with open_state(settings) as state:
+        app = build_server(settings, transport="http", state=state).http_app(path="/mcp")
+        port = free_port()
+        uv = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+        )
+        task = asyncio.create_task(uv.serve())
+        while not uv.started:
+            assert not task.done(), "uvicorn did not start"
+            await asyncio.sleep(0.02)
+        try:
+            async with httpx2.AsyncClient(base_url=f"http://127.0.0.1:{port}/api/v1", timeout=30) as http:
+                assert (await http.get("/devices")).status_code == 200
+                assert (await http.get("/audit")).status_code == 200
+        finally:
+            uv.should_exit = True
+            await asyncio.wait_for(task, 15)
+        rows = await audit_rows(state, transport="api")
+        assert [(r.tool, r.outcome, r.client_ip) for r in rows] == [
+            ("list_devices", "ok", "127.0.0.1"),
+            ("query_audit_log", "ok", "127.0.0.1"),
+        ]
