@@ -294,7 +294,7 @@ def _redacted(exc: BaseException, error: type[Exception]) -> Exception | None:
     return error(masked)
 
 
-def _accepted(names: list[str]) -> str:
+def accepted_arguments(names: list[str]) -> str:
     return f"accepted arguments: {', '.join(names)}" if names else "it takes no arguments"
 
 
@@ -319,7 +319,7 @@ class InvalidParamsMiddleware(Middleware):
             problems = field_problems(cause)
             tool = await context.fastmcp_context.fastmcp.get_tool(name) if context.fastmcp_context else None
             if tool is not None and any(p.endswith("unknown argument") for p in problems):
-                problems.append(_accepted(list(tool.parameters.get("properties", {}))))
+                problems.append(accepted_arguments(list(tool.parameters.get("properties", {}))))
             raise ArgumentsError("\n".join([f"Invalid arguments for {name}:", *problems])) from cause
 
     async def on_get_prompt(
@@ -345,7 +345,9 @@ class InvalidParamsMiddleware(Middleware):
         problems = [redact_text(p) for p in problems]  # they may echo a value
         raise MCPError(
             code=mt.INVALID_PARAMS,
-            message="\n".join([f"Invalid arguments for prompt {name}:", *problems, _accepted(usage)]),
+            message="\n".join(
+                [f"Invalid arguments for prompt {name}:", *problems, accepted_arguments(usage)]
+            ),
             data={"prompt": name, "problems": problems},
         )
 

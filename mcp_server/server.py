@@ -22,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from mcp_server import __version__, prompts, resources, ui
+from mcp_server.alerts import AlertService
 from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
 from mcp_server.coherence import ChangeFeed
 from mcp_server.config_monitoring.notifier import ConfigNotifier
@@ -78,6 +79,9 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         self.settings = settings
         self.audit = audit
         self.app_state: AppState | None = None
+        # tools the settings turn off (INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND): the REST API has no route for
+        # them either (INFRA_TOOLSETS only trims what an agent's context pays for; it leaves the API whole)
+        self.disabled_tools: set[str] = set()
         self.notifier = ConfigNotifier()
         self.subscriptions = Subscriptions(settings, audit, self.state_of, self.notifier)
 
@@ -166,6 +170,12 @@ async def _stop_polling(state: AppState) -> None:
         state.polling = None
 
 
+async def _stop_alerts(state: AppState) -> None:
+    if state.alerts is not None:
+        await state.alerts.stop()
+        state.alerts = None
+
+
 def build_server(
     settings: Settings,
     *,
@@ -198,6 +208,9 @@ def build_server(
                 running.polling = PollingService.of(running)
                 running.polling.start()
                 stack.push_async_callback(_stop_polling, running)
+                running.alerts = AlertService(running)
+                running.alerts.start()
+                stack.push_async_callback(_stop_alerts, running)
             server.app_state = running
             stack.callback(setattr, server, "app_state", None)
             stack.callback(server.subscriptions.close)
@@ -255,7 +268,7 @@ AREAS = (devices, system, network, storage, containers, services, host, admin, c
 ALWAYS_OFFERED = {"list_devices"}
 
 
-def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
+def _register_tools(mcp: InfrastructorServer, settings: Settings) -> list[Tool]:
     """Register every area's tools with compact listed schemas; disable those the settings do not offer
     (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND). Returns every registered tool."""
     hidden: set[str] = set()
@@ -270,9 +283,10 @@ def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
             if area.TOOLSET not in settings.offered_toolsets and component.name not in ALWAYS_OFFERED:
                 hidden.add(component.name)
             if settings.read_only and not read_only:
-                hidden.add(component.name)
+                mcp.disabled_tools.add(component.name)
     if not settings.allow_run_command:
-        hidden.add("run_command")
+        mcp.disabled_tools.add("run_command")
+    hidden |= mcp.disabled_tools
     if hidden:  # (an empty name set would match every tool)
         mcp.disable(names=hidden, components={"tool"})
     return registered

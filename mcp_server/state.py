@@ -34,6 +34,7 @@ from mcp_server.db.storage import ConfigureReport
 from mcp_server.db.storage import configure as configure_storage
 from mcp_server.db.tables import CacheMetadata
 from mcp_server.devices import Device, DeviceInfo, DeviceRegistry, describe
+from mcp_server.event_log import record_events
 from mcp_server.events import EventBus
 from mcp_server.executors import LocalExecutor
 from mcp_server.permissions import secure_data_dir
@@ -44,6 +45,7 @@ from mcp_server.ssh import SSHOptions, SSHPool
 from mcp_server.workers import WorkerPool
 
 if TYPE_CHECKING:
+    from mcp_server.alerts import AlertService
     from mcp_server.coherence import ChangeFeed
     from mcp_server.polling.service import PollingService
 
@@ -71,6 +73,7 @@ class AppState:
     polling: PollingService | None = None  # set while a server's lifespan runs the polling service
     feed: ChangeFeed | None = None  # set while a server's lifespan runs the change feed
     changes_seen: int = 0  # the last registry change already reflected in what open_state loaded
+    alerts: AlertService | None = None  # set while a server's lifespan evaluates the alert rules
 
     def describe(self, device: Device) -> DeviceInfo:
         """A device as clients see it, with whether its pooled connection is open now and its health."""
@@ -149,12 +152,13 @@ async def open_state(
     policy = BreakerPolicy(
         settings.poll_breaker_threshold, settings.poll_breaker_backoff, settings.poll_breaker_max_backoff
     )
-    health = HealthBook(db, policy, settings.replica_name)
+    health = HealthBook(db, policy, settings.replica_name, events=events)
     state = AppState(
         settings, db, secrets, devices, registry, cache, ssh, local, writer, events, service, config, health
     )
     state.changes_seen = seen
     writer.start()
+    stop_recording = record_events(events, writer)  # what GET /api/v1/events streams and resumes from
     snapshots = asyncio.create_task(
         _record_cache_stats(state, settings.poll_report_interval), name="infra-cache-stats"
     )
@@ -162,6 +166,7 @@ async def open_state(
     try:
         yield state
     finally:
+        stop_recording()
         snapshots.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await snapshots

@@ -307,3 +307,45 @@ class RegistryChange(Base):
 
     # AUTOINCREMENT on SQLite: ids never go back, even once every row was deleted
     __table_args__ = (Index("ix_registry_changes_changed_at", "changed_at"), {"sqlite_autoincrement": True})
+
+
+class EventLogRow(Base):
+    """What GET /api/v1/events streams, kept so a client resumes from its Last-Event-ID: configuration
+    changes, device health changes and failed polls, as they happened on this replica."""
+
+    __tablename__ = "event_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    occurred_at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32), doc="config_change | device_health | poll_failure | alert")
+    device: Mapped[str | None] = mapped_column(String(63))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+    __table_args__ = (Index("ix_event_log_occurred_at", "occurred_at"),)
+
+
+class AlertRuleRow(Base):
+    """An alert rule (alerts.py); its webhook URL is a secret (`alert:<name>` in secrets)."""
+
+    __tablename__ = "alert_rules"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    kind: Mapped[str] = mapped_column(String(32), doc="disk_use | smart | device_down | config_risk")
+    device: Mapped[str | None] = mapped_column(String(63))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    min_risk: Mapped[str | None] = mapped_column(String(8))
+    channel: Mapped[str] = mapped_column(String(16), doc="ntfy | gotify | webhook")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str | None] = mapped_column(String(255))
+
+
+class AlertFiring(Base):
+    """An alert rule's condition that holds for a subject now (it fired when the row was inserted)."""
+
+    __tablename__ = "alert_firing"
+
+    rule: Mapped[str] = mapped_column(String(63), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(512), primary_key=True)
+    fired_at: Mapped[datetime]
