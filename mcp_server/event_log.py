@@ -41,6 +41,8 @@ def row_of(event: Event) -> dict[str, Any] | None:
     """The event_log row of a bus event, or None when the stream does not carry it."""
     now = datetime.now(UTC)
     if isinstance(event, ConfigChanged):
+        if event.remote:
+            return None  # the replica that saw the change logged it: one row per change, not per replica
         data: dict[str, Any] = {
             "path": event.path,
             "file_kind": event.kind,

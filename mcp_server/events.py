@@ -54,6 +54,7 @@ class ConfigChanged:
     event_id: int
     detected_at: datetime
     summary: str
+    remote: bool = False  # seen by another process and learnt from the change feed (it logged the event)
 
 
 @dataclass(frozen=True)

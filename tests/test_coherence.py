@@ -380,6 +380,14 @@ async def test_a_config_change_reaches_the_subscribers_of_every_replica_once(
                 assert [c["change_type"] for c in changes["changes"]] == ["modified", "modified"]
                 history = await call_tool(a, "get_config_history", device="alpha", path=str(conf))
                 assert len(history["versions"]) == 3  # the first version and one per change, none twice
+        # both replicas have stopped and flushed: the event stream's log holds each change once, not once
+        # per replica (the other learnt it from the change feed)
+        admin = await asyncpg.connect(database.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            logged = await admin.fetchval("SELECT count(*) FROM event_log WHERE kind = 'config_change'")
+        finally:
+            await admin.close()
+        assert logged == 2
     finally:
         await drop_pg_database(database)
 

@@ -206,6 +206,7 @@ class ConfigurationMonitoringService:
                 event_id=row.id,
                 detected_at=row.detected_at,
                 summary=row.summary,
+                remote=True,
             )
         )
 
