@@ -357,8 +357,9 @@ class AlertService:
         self._tasks = []
 
     def _on_event(self, event: Event) -> None:
-        if isinstance(event, ConfigChanged):
-            self._pending_changes.append(event)  # only queued: evaluated in the next pass
+        if isinstance(event, ConfigChanged) and not event.remote:
+            # only queued: evaluated in the next pass; a change another replica saw is that replica's to alert
+            self._pending_changes.append(event)
 
     async def _evaluate_forever(self) -> None:
         while True:
