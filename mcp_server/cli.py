@@ -1,4 +1,9 @@
-"""The `infrastructor` command line: serve, migrate, devices, collect."""
+"""The `infrastructor` command line: serve, migrate, devices, collect.
+
+Start-up is part of the interface: `--help` and `--version` load argparse and rich only, and each command
+imports what it uses when it runs (`collect` never loads FastMCP or Alembic; asyncssh only to reach an SSH
+host). tests/test_startup.py guards this; bench/bench_startup.py measures it.
+"""
 
 from __future__ import annotations
 
@@ -18,16 +23,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from mcp_server import __version__
-from mcp_server.db.engine import migrate, redact_url
-from mcp_server.errors import InfrastructorError, InvalidParameter
-from mcp_server.logs import redact_log_handlers
-from mcp_server.permissions import restrict_umask, secure_data_dir
-from mcp_server.progress import OnStep, StepDone
-from mcp_server.settings import TOOLSETS, Settings, comma_list, load_settings
+from mcp_server import TOOLSETS, __version__
 
 if TYPE_CHECKING:
     from mcp_server.collection import DeviceOutcome
+    from mcp_server.progress import OnStep, StepDone
+    from mcp_server.settings import Settings
     from mcp_server.state import AppState
 
 # stdout belongs to the MCP protocol in stdio mode and to command output otherwise; everything else is stderr.
@@ -121,9 +122,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from mcp_server.errors import InfrastructorError
+    from mcp_server.logs import redact_log_handlers
+    from mcp_server.permissions import restrict_umask
+    from mcp_server.settings import load_settings
+
     # Everything the process creates (database, WAL, spool, keys) is its user's alone.
     restrict_umask()
-    args = _parser().parse_args(argv)
     try:
         overrides: dict[str, object] = {}
         if args.cmd == "serve" and args.read_only:
@@ -141,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "serve":
             return _serve(settings, args)
         if args.cmd == "migrate":
+            from mcp_server.db.engine import redact_url
+            from mcp_server.permissions import secure_data_dir
             from mcp_server.state import migrate_and_configure
 
             admin = settings.database_admin_url
@@ -169,14 +177,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from mcp_server.auth import dev_token_notice
-    from mcp_server.http_app import allowed_hosts, check_bind, serve_http
     from mcp_server.server import build_server, http_signing_key
 
     if args.stdio:
         server = build_server(settings, transport="stdio")
         asyncio.run(server.run_stdio_async(show_banner=False))
         return 0
+    from mcp_server.auth import dev_token_notice
+    from mcp_server.db.engine import redact_url
+    from mcp_server.http_app import allowed_hosts, check_bind, serve_http
+
     host = args.host or settings.http_host
     port = args.port or settings.http_port
     path = args.path or settings.http_path
@@ -243,6 +253,8 @@ async def _rotate_secrets(settings: Settings) -> int:
 
 async def _db_credentials(settings: Settings, args: argparse.Namespace) -> int:
     from mcp_server.db.credentials import bootstrap_credentials, retire_previous, rotate_credentials
+    from mcp_server.db.engine import migrate
+    from mcp_server.errors import InfrastructorError
 
     if settings.database_admin_url is None:
         raise InfrastructorError(
@@ -267,7 +279,9 @@ async def _db_credentials(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _token(settings: Settings, args: argparse.Namespace) -> int:
     from mcp_server.auth import issue_token, parse_ttl
+    from mcp_server.errors import InfrastructorError
     from mcp_server.server import http_signing_key
+    from mcp_server.settings import comma_list
 
     key = await http_signing_key(settings)
     if key is None:
@@ -330,6 +344,8 @@ async def _devices(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _params(pairs: list[str]) -> dict[str, Any]:
+    from mcp_server.errors import InfrastructorError
+
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -395,6 +411,7 @@ def _check_collect(state: AppState, command: str, params: dict[str, Any]) -> Non
     """The gates of the MCP tools that run a command by name: `collect` runs read commands only, and
     `run_command` only when INFRA_ALLOW_RUN_COMMAND is on and the program is in its allowlist."""
     from mcp_server.commands.admin import check_allowed
+    from mcp_server.errors import InvalidParameter
 
     if command != "run_command":
         state.registry.get_read(command)
@@ -412,6 +429,7 @@ def _check_collect(state: AppState, command: str, params: dict[str, Any]) -> Non
 async def _read_watched(state: AppState, device: str, params: dict[str, Any]) -> DeviceOutcome[Any]:
     """A configuration file as the `infra://config/{device}/{path*}` resource reads it: watched files only."""
     from mcp_server.collection import Collected, DeviceOutcome
+    from mcp_server.errors import InfrastructorError, InvalidParameter
 
     path = params.get("path")
     try:

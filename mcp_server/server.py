@@ -27,7 +27,6 @@ from mcp_server.config_monitoring.notifier import ConfigNotifier
 from mcp_server.errors import ConfigurationError
 from mcp_server.events import ConfigChanged
 from mcp_server.fastmcp_internals import low_level
-from mcp_server.http_app import build_http_app, serve_http
 from mcp_server.logs import redact_log_handlers
 from mcp_server.middleware import AuditMiddleware, InvalidParamsMiddleware, ResultBudgetMiddleware
 from mcp_server.permissions import restrict_umask
@@ -111,6 +110,8 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         if transport == "sse" or host_origin_protection not in (None, True) or refused:
             what = ", ".join(refused + (["sse"] if transport == "sse" else []))
             raise ConfigurationError(f"{_UNSUPPORTED}: {what or 'host_origin_protection'}")
+        from mcp_server.http_app import build_http_app  # the HTTP stack: not loaded to serve stdio
+
         return build_http_app(self, path=path or self.settings.http_path, extra_hosts=allowed_hosts)
 
     async def run_http_async(
@@ -144,6 +145,8 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         if transport == "sse" or host_origin_protection not in (None, True) or refused:
             what = ", ".join(refused + (["sse"] if transport == "sse" else []))
             raise ConfigurationError(f"{_UNSUPPORTED}: {what or 'host_origin_protection'}")
+        from mcp_server.http_app import serve_http
+
         await serve_http(
             self,
             host=host or self.settings.http_host,
