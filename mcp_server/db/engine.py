@@ -98,9 +98,10 @@ class Database:
         """The schema revision recorded in the database (None before the first migration)."""
         async with self.engine.connect() as conn:
             try:
-                return await conn.scalar(text("SELECT version_num FROM alembic_version"))
+                revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
             except SQLAlchemyError:
                 return None  # connected, but no alembic_version table yet: a new database
+        return None if revision is None else str(revision)
 
     async def migrate(self) -> None:
         """Upgrade to the latest schema; a database already there is left alone without loading Alembic."""
