@@ -253,25 +253,24 @@ ALWAYS_OFFERED = {"list_devices"}
 
 
 def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
-    """Register every area's tools with compact listed schemas; disable those the settings do not offer
-    (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND). Returns every registered tool."""
-    hidden: set[str] = set()
+    """Register the tools the settings offer (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND), with
+    compact listed schemas; the others are not built at all (their schemas are most of a start's work), so
+    they are unknown to clients. Returns the registered tools."""
     registered: list[Tool] = []
     for area in AREAS:
         for fn in area.TOOLS:
+            name = fn.__name__
+            annotations = fn.__fastmcp__.annotations  # set by @tool
+            if area.TOOLSET not in settings.offered_toolsets and name not in ALWAYS_OFFERED:
+                continue
+            if settings.read_only and not (annotations is not None and annotations.read_only_hint):
+                continue
+            if name == "run_command" and not settings.allow_run_command:
+                continue
             component = mcp.add_tool(fn)
             registered.append(component)
             if settings.tool_schemas == "compact":
                 compact(component)
-            read_only = bool(component.annotations and component.annotations.read_only_hint)
-            if area.TOOLSET not in settings.offered_toolsets and component.name not in ALWAYS_OFFERED:
-                hidden.add(component.name)
-            if settings.read_only and not read_only:
-                hidden.add(component.name)
-    if not settings.allow_run_command:
-        hidden.add("run_command")
-    if hidden:  # (an empty name set would match every tool)
-        mcp.disable(names=hidden, components={"tool"})
     return registered
 
 

@@ -5,6 +5,7 @@ Every command runs as a real process against real sshd hosts on loopback.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import re
@@ -96,12 +97,9 @@ def test_collect_prints_the_whole_result_as_tables_and_json_on_request(
 
 
 def test_collect_help_names_only_options_that_exist_and_documents_json(tmp_path: Path) -> None:
-    collect = next(
-        p
-        for a in _parser()._subparsers._group_actions  # type: ignore[union-attr]
-        for name, p in a.choices.items()
-        if name == "collect"
-    )
+    collect = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[
+        "collect"
+    ]
     real = {s for action in collect._actions for s in action.option_strings}
     shown = run_cli(tmp_path, "collect", "--help", COLUMNS="100").stdout
     mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", shown))

@@ -92,7 +92,7 @@ def test_collect_on_a_current_schema_loads_neither_fastmcp_nor_alembic_nor_async
 
 def test_stdio_server_answers_without_the_http_stack_alembic_asyncssh_or_asyncpg(tmp_path: Path) -> None:
     assert run_cli(tmp_path, "migrate").returncode == 0
-    requests = [
+    requests: list[dict[str, Any]] = [
         INITIALIZE,
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
