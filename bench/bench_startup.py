@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -77,17 +78,32 @@ def env_for(data_dir: Path) -> dict[str, str]:
     }
 
 
-def timed_run(argv: Sequence[str], env: dict[str, str]) -> float:
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every waited-for child process so far, their own children included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_run(
+    argv: Sequence[str], env: dict[str, str], results: Results | None = None, name: str = ""
+) -> float:
+    """Wall seconds of one run; with `results`, its wall and CPU times are recorded under `name`."""
+    cpu = children_cpu()
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, timeout=RUN_TIMEOUT, check=False)
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{shlex.join(argv)} exited {done.returncode}:\n{done.stderr.decode()[-2000:]}")
+    if results is not None:
+        results.add(name, elapsed)
+        results.add(f"{name} cpu", children_cpu() - cpu)
     return elapsed
 
 
-def stdio_times(argv: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
-    """Seconds from start until `initialize` is answered, and until `tools/list` is."""
+def stdio_times(argv: Sequence[str], env: dict[str, str], results: Results, name: str) -> None:
+    """Seconds from start until `initialize` is answered, and until `tools/list` is; CPU of the whole life
+    (start, both answers, exit after stdin closes)."""
+    cpu = children_cpu()
     started = time.perf_counter()
     proc = subprocess.Popen(
         argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
@@ -110,7 +126,9 @@ def stdio_times(argv: Sequence[str], env: dict[str, str]) -> tuple[float, float]
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    return initialized, listed
+    results.add(f"{name} initialize", initialized)
+    results.add(f"{name} tools/list", listed)
+    results.add(f"{name} cpu", children_cpu() - cpu)
 
 
 def ssh_loop(fleet: SshdFleet, hosts: list[SshdHost], known_hosts: Path) -> list[str]:
@@ -186,22 +204,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         for host in hosts:
             add = [*CLI, "devices", "add", host.name, host.hostname, "--port", str(host.port)]
             add += ["--username", fleet.username, "--key-path", str(fleet.client_key_path)]
-            results.add("devices add", timed_run(add, env))
+            timed_run(add, env, results, "devices add")
         timed_run([*CLI, "collect", "os_info", "--all"], env)  # pins every host key (first use)
         loop = ssh_loop(fleet, hosts, known_hosts)
         for _ in range(args.repeat):
-            results.add("python -c pass", timed_run([PY, "-c", "pass"], env))
-            results.add("--help", timed_run([*CLI, "--help"], env))
-            results.add("--version", timed_run([*CLI, "--version"], env))
-            results.add("collect local", timed_run([*CLI, "collect", "os_info"], env))
-            results.add("collect all", timed_run([*CLI, "collect", "os_info", "--all"], env))
-            results.add("ssh loop", timed_run(loop, env))
-            ours = stdio_times([*CLI, "serve", "--stdio"], env)
-            theirs = stdio_times([PY, str(one_tool)], env)
-            results.add("ours initialize", ours[0])
-            results.add("ours tools/list", ours[1])
-            results.add("one initialize", theirs[0])
-            results.add("one tools/list", theirs[1])
+            timed_run([PY, "-c", "pass"], env, results, "python -c pass")
+            timed_run([*CLI, "--help"], env, results, "--help")
+            timed_run([*CLI, "--version"], env, results, "--version")
+            timed_run([*CLI, "collect", "os_info"], env, results, "collect local")
+            timed_run([*CLI, "collect", "os_info", "--all"], env, results, "collect all")
+            timed_run(loop, env, results, "ssh loop")
+            stdio_times([*CLI, "serve", "--stdio"], env, results, "ours")
+            stdio_times([PY, str(one_tool)], env, results, "one")
         profiles = {
             "`infrastructor --version`": import_profile([*CLI, "--version"], env),
             "`infrastructor collect os_info --all`": import_profile(
@@ -224,10 +238,18 @@ def report(
     seconds: float,
 ) -> str:
     def ms(name: str) -> str:
-        return f"{results.median(name):,.0f} ms"
+        """Median wall time, and median CPU time where it was recorded."""
+        wall = f"{results.median(name):,.0f} ms"
+        if f"{name} cpu" in results.series:
+            return f"{wall} (CPU {results.median(f'{name} cpu'):,.0f} ms)"
+        return wall
 
     def ratio(a: str, b: str) -> str:
-        return f"{results.median(a) / results.median(b):.2f}x"
+        """Wall-time ratio, and the CPU-time ratio where both were recorded."""
+        wall = f"{results.median(a) / results.median(b):.2f}x"
+        if f"{a} cpu" in results.series and f"{b} cpu" in results.series:
+            return f"{wall} (CPU {results.median(f'{a} cpu') / results.median(f'{b} cpu'):.2f}x)"
+        return wall
 
     n = args.hosts
     lines = [
@@ -248,6 +270,8 @@ def report(
         f"server: {ms('one initialize')} | {ratio('ours initialize', 'one initialize')} |",
         f"| `serve --stdio` until `tools/list` is answered | {ms('ours tools/list')} | one-tool FastMCP "
         f"server: {ms('one tools/list')} | {ratio('ours tools/list', 'one tools/list')} |",
+        f"| `serve --stdio`, CPU of its whole life (start, both answers, exit) | {ms('ours cpu')} | one-tool "
+        f"FastMCP server: {ms('one cpu')} | {ratio('ours cpu', 'one cpu')} |",
         f"| `devices add` (a new process, each of {n}) | {ms('devices add')} | | |",
         "",
         "What each entry point imports (`python -X importtime`, sum of the self times; importtime's own "
@@ -260,6 +284,8 @@ def report(
         lines.append(f"| {name} | {total:,.0f} ms | {', '.join(loaded) or 'none'} |")
     lines += [
         "",
+        "- CPU is user + system time of the process and its children (for the loop: bash and every ssh), "
+        "what a busy machine cannot inflate the way it does wall time; the sshd side is in neither.",
         f"- Medians of {args.repeat} interleaved rounds (one of each scenario per round); the database is "
         "SQLite at the latest schema, as on every start after the first; every host key pinned beforehand.",
         "- Processes are started as `python -m mcp_server …` (what the `infrastructor` console script runs).",

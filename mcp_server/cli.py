@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -182,8 +185,37 @@ exit status: 0 when every device answered, 1 when any failed, 2 for a usage erro
 """
 
 
+def run() -> None:
+    """The console script: `main`, then the process ends at once.
+
+    Every command closes what it opened before `main` returns; what is left is the interpreter tearing
+    down some 700 modules one object at a time, most of a second on a busy machine, for nothing. Only when
+    no other thread is left (nothing could still be finishing work) and the output is flushed."""
+    code = main()
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe (`| head`): let the interpreter report it as usual
+        sys.exit(code)
+    if threading.active_count() == 1:
+        os._exit(code)
+    sys.exit(code)
+
+
+def _started() -> None:
+    """Start-up is over: garbage is collected again, leaving out everything allocated so far.
+
+    The collector is off while a command imports its modules and builds what it needs (it would walk the
+    growing heap every few hundred allocations, a sixth of the import time, finding next to nothing); those
+    objects live as long as the process, so later collections skip them."""
+    gc.freeze()
+    gc.enable()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    gc.disable()  # until _started(); a command that never calls it is short-lived
     from mcp_server.errors import InfrastructorError
     from mcp_server.logs import redact_log_handlers
     from mcp_server.permissions import restrict_umask
@@ -242,6 +274,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.stdio:
         server = build_server(settings, transport="stdio")
+        _started()
         asyncio.run(server.run_stdio_async(show_banner=False))
         return 0
     from mcp_server.auth import dev_token_notice
@@ -254,6 +287,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     check_bind(host, auth=settings.auth)  # before any work: the same refusal serve_http applies
     key = asyncio.run(http_signing_key(settings))
     server = build_server(settings, transport="http", signing_key=key)
+    _started()
     url = f"http://{host}:{port}{path}"
     if key is None:
         auth_line = "auth:     OFF (INFRA_AUTH=false) - anyone who can reach this address can call every tool"
@@ -367,6 +401,7 @@ async def _devices(settings: Settings, args: argparse.Namespace) -> int:
     from mcp_server.state import open_state
 
     async with open_state(settings) as state:
+        _started()
         if args.devices_cmd == "test":
             return await _test_devices(state, args.names or state.devices.names())
         if args.devices_cmd == "list":
@@ -487,6 +522,7 @@ async def _collect(settings: Settings, args: argparse.Namespace) -> int:
         raise InvalidParameter("collect: name a command to run (infrastructor collect --list shows them)")
     params = _params(args.param)
     async with open_state(settings) as state:
+        _started()
         names = state.devices.names() if args.all else [args.device]
         if args.command == "config_file":
             outcomes = [await _read_watched(state, name, params) for name in names]
