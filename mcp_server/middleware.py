@@ -382,7 +382,8 @@ def _value_problems(fn: Any, given: dict[str, Any]) -> list[str]:
 
 class ResultBudgetMiddleware(Middleware):
     """Keeps every tool result and resource read within INFRA_MAX_RESULT_CHARS, cutting whole list items
-    (see budget.py)."""
+    (see budget.py). The ui:// views are the server's own code, not data, and are served whole (a cut page
+    would not run)."""
 
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
@@ -412,6 +413,8 @@ class ResultBudgetMiddleware(Middleware):
         self, context: MiddlewareContext[mt.ReadResourceRequestParams], call_next: CallNext[Any, Any]
     ) -> Any:
         result = await call_next(context)
+        if str(context.message.uri).startswith("ui://"):
+            return result
         contents = result.contents if isinstance(result, ResourceResult) else []
         if all(not isinstance(c.content, str) or len(c.content) <= self.max_chars for c in contents):
             return result

@@ -21,7 +21,7 @@ from starlette.middleware import Middleware as ASGIMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from mcp_server import __version__, prompts, resources
+from mcp_server import __version__, prompts, resources, ui
 from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
 from mcp_server.config_monitoring.notifier import ConfigNotifier
 from mcp_server.errors import ConfigurationError
@@ -230,6 +230,7 @@ def build_server(
     audit.tool_scopes = {t.name: required_scope(t.tags) for t in tools}
     budget.keep_newest = {t.name for t in tools if KEEP_NEWEST in t.tags}
     resources.register(mcp)
+    ui.register(mcp)
     prompts.register(mcp, offered=settings.offered_toolsets)
 
     @mcp.custom_route("/health", methods=["GET"])

@@ -73,6 +73,7 @@ class ConfigurationMonitoringService:
         self._running = False
         self._unsubscribe: list[Callable[[], None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self._baselining: set[int] = set()  # targets `watch` is recording the first version of
 
     # ---- life cycle --------------------------------------------------------------------------------------
 
@@ -247,7 +248,11 @@ class ConfigurationMonitoringService:
         )
         target = Target.of(row)
         self.targets[device][path] = target
-        await self._baseline(target, None if is_dir else current)
+        self._baselining.add(target.id)  # a check running meanwhile leaves it alone: no second first read
+        try:
+            await self._baseline(target, None if is_dir else current)
+        finally:
+            self._baselining.discard(target.id)
         self._retarget(device)
         return WatchResult(
             watched=self._watched(self.targets[device][path]),
@@ -363,7 +368,7 @@ class ConfigurationMonitoringService:
     async def reconcile(self, device: str) -> None:
         """Compare every watched hash on the device with the newest version; record what differs."""
         await self.load()
-        targets = list(self.targets.get(device, {}).values())
+        targets = [t for t in self.targets.get(device, {}).values() if t.id not in self._baselining]
         if not targets:
             return
         for target in targets:
@@ -382,7 +387,7 @@ class ConfigurationMonitoringService:
             if dev != device or known.content_hash is None or path in hashes.files:
                 continue
             owner = self.target_for(device, path)
-            if owner is not None and owner.is_directory:
+            if owner is not None and owner.is_directory and owner.id not in self._baselining:
                 changed.add(path)
         if changed and self.settings.config_debounce:
             # a hash taken in the middle of a write (truncated, half written) is not a version: wait for
