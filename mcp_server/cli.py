@@ -30,14 +30,15 @@ from rich.text import Text
 from mcp_server import TOOLSETS, __version__
 
 if TYPE_CHECKING:
-    from mcp_server.collection import DeviceOutcome
+    from mcp_server.collection import ConnectionTest, DeviceOutcome
     from mcp_server.progress import OnStep, StepDone
     from mcp_server.settings import Settings
     from mcp_server.state import AppState
 
 # stdout belongs to the MCP protocol in stdio mode and to command output otherwise; everything else is stderr.
 err = Console(stderr=True)
-out = Console()
+# Output piped to a file or grep is wider than rich's 80-column guess: one line per row where it fits.
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -215,7 +216,8 @@ def _started() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    gc.disable()  # until _started(); a command that never calls it is short-lived
+    if args.cmd in ("serve", "collect", "devices"):
+        gc.disable()  # until _started(): the commands people wait for
     from mcp_server.errors import InfrastructorError
     from mcp_server.logs import redact_log_handlers
     from mcp_server.permissions import restrict_umask
@@ -465,7 +467,13 @@ async def _test_devices(state: AppState, names: list[str]) -> int:
     """`devices test`: every device at once, a row each; 1 when any failed."""
     for name in names:
         state.devices.get(name)  # an unknown name is a usage error before anything connects
-    tests = await asyncio.gather(*(state.service.test_connection(name) for name in names))
+    limit = asyncio.Semaphore(state.settings.fanout_concurrency)
+
+    async def one(name: str) -> ConnectionTest:
+        async with limit:
+            return await state.service.test_connection(name)
+
+    tests = await asyncio.gather(*(one(name) for name in names))
     table = _table("device", "ok", "latency (ms)", "server", "host key", "error")
     for t in tests:
         key = f"{t.host_key_fingerprint} ({t.host_key_source})" if t.host_key_fingerprint else None

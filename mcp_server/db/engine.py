@@ -27,8 +27,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# `revision = "0006"` and `down_revision = "0005"` (or None) at the start of a line of a migration script
-_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(None|[\"'][^\"']+[\"'])", re.M)
+# `revision = "0006"` and `down_revision = "0005"` (None, or a tuple after a merge) in a migration script
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=(.*)$", re.M)
+_QUOTED = re.compile(r"[\"']([^\"']+)[\"']")
 
 
 def _migrations_dir() -> Path:
@@ -45,11 +46,10 @@ def schema_head() -> str:
     revisions: set[str] = set()
     parents: set[str] = set()
     for script in (_migrations_dir() / "versions").glob("*.py"):
-        found = {key: value.strip("\"'") for key, value in _REVISION_LINE.findall(script.read_text())}
-        if "revision" in found:
-            revisions.add(found["revision"])
-            if found.get("down_revision", "None") != "None":
-                parents.add(found["down_revision"])
+        found = {key: _QUOTED.findall(value) for key, value in _REVISION_LINE.findall(script.read_text())}
+        if found.get("revision"):
+            revisions.add(found["revision"][0])
+            parents.update(found.get("down_revision", []))
     heads = revisions - parents
     if len(heads) != 1:
         raise StorageError(f"the migration scripts must end in one head revision, found {sorted(heads)}")
