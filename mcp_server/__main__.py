@@ -1,3 +1,3 @@
-from mcp_server.cli import main
+from mcp_server.cli import run
 
-raise SystemExit(main())
+run()

@@ -1,13 +1,21 @@
-"""The `infrastructor` command line: serve, migrate, devices, collect."""
+"""The `infrastructor` command line: serve, migrate, devices, collect.
+
+Start-up is part of the interface: `--help` and `--version` load argparse and rich only, and each command
+imports what it uses when it runs (`collect` never loads FastMCP or Alembic; asyncssh only to reach an SSH
+host). tests/test_startup.py guards this; bench/bench_startup.py measures it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -17,22 +25,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from mcp_server import __version__
-from mcp_server.db.engine import migrate, redact_url
-from mcp_server.errors import InfrastructorError, InvalidParameter
-from mcp_server.logs import redact_log_handlers
-from mcp_server.permissions import restrict_umask, secure_data_dir
-from mcp_server.progress import OnStep, StepDone
-from mcp_server.settings import TOOLSETS, Settings, comma_list, load_settings
+from mcp_server import TOOLSETS, __version__
 
 if TYPE_CHECKING:
-    from mcp_server.collection import DeviceOutcome
+    from mcp_server.collection import ConnectionTest, DeviceOutcome
+    from mcp_server.progress import OnStep, StepDone
+    from mcp_server.settings import Settings
     from mcp_server.state import AppState
 
 # stdout belongs to the MCP protocol in stdio mode and to command output otherwise; everything else is stderr.
 err = Console(stderr=True)
-out = Console()
+# Output piped to a file or grep is wider than rich's 80-column guess: one line per row where it fits.
+out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -100,6 +106,32 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--tag", action="append", default=[], dest="tags")
     add.add_argument("--description", default="")
     add.add_argument("--use-sudo", action="store_true", help="run root-only commands via sudo -n")
+    update = devices.add_parser(
+        "update",
+        help="change a device's fields (only those given); drops its pooled connection and cached data",
+    )
+    update.add_argument("name")
+    update.add_argument("--hostname")
+    update.add_argument("--port", type=int)
+    update.add_argument("--username")
+    update.add_argument("--key-path")
+    update.add_argument("--jump-host", help="a registered device to tunnel through; '' removes it")
+    update.add_argument(
+        "--tag", action="append", dest="tags", help="replaces every tag (repeatable); --tag '' clears them"
+    )
+    update.add_argument("--description")
+    update.add_argument(
+        "--use-sudo", action=argparse.BooleanOptionalAction, help="run root-only commands via sudo -n"
+    )
+    update.add_argument(
+        "--clear-host-key",
+        action="store_true",
+        help="forget the pinned host key (after a reinstall); the next connection pins the new one",
+    )
+    test = devices.add_parser(
+        "test", help="connect and run a no-op: latency, SSH server version and host key, or why it failed"
+    )
+    test.add_argument("names", nargs="*", metavar="name", help="devices to test (default: every device)")
     remove = devices.add_parser("remove", help="unregister a device")
     remove.add_argument("name")
     imp = devices.add_parser("import-ssh-config", help="register the hosts of an OpenSSH config")
@@ -123,23 +155,92 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_parser("remove", help="delete an alert rule").add_argument("name")
     alerts.add_parser("test", help="send a test alert through a rule now").add_argument("name")
 
-    collect = sub.add_parser("collect", help="run a registered command on one device or all of them")
+    collect = sub.add_parser(
+        "collect",
+        help="run a registered command on one device or all of them",
+        description="Run a read command by name, with the gates of the MCP tools, and print its whole result.",
+        epilog=COLLECT_OUTPUT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     collect.add_argument(
-        "command", help="registry name, e.g. system_metrics (see: infrastructor collect --list)"
+        "command", nargs="?", help="registry name, e.g. system_metrics (see: infrastructor collect --list)"
+    )
+    collect.add_argument(
+        "--list", action="store_true", dest="list_commands", help="list the commands and their parameters"
     )
     target = collect.add_mutually_exclusive_group()
-    target.add_argument("--device", default="local")
+    target.add_argument("--device", default="local", help="device name (default: local, this machine)")
     target.add_argument("--all", action="store_true", help="every registered device")
-    collect.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
-    collect.add_argument("--force-refresh", action="store_true")
-    collect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    collect.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a parameter of the command (repeatable); VALUE is read as JSON when it parses, else as text",
+    )
+    collect.add_argument(
+        "--force-refresh", action="store_true", help="run the command now instead of using a cached result"
+    )
+    collect.add_argument("--json", action="store_true", help="print JSON (described below) instead of tables")
     return parser
 
 
+COLLECT_OUTPUT = """\
+output:
+  Tables on stdout: one of the result's single values (a row per device), then one per list in the result
+  (with a device column when several devices answered); nested values are shown as JSON. Devices that
+  failed come last, with the reason. Progress goes to stderr.
+
+  --json prints a JSON array with one object per device:
+    {"device": "nas01", "ok": true, "error_type": null, "error": null,
+     "result": {"device": "nas01", "command": "disk_usage", "collected_at": "2026-01-01T12:00:00Z",
+                "from_cache": false, "age_seconds": 0.0, "data": {...}}}
+  where data is what the MCP tool of the same command returns; a failed device has "ok": false, its
+  error_type (e.g. host_unreachable) and error, and "result": null.
+
+exit status: 0 when every device answered, 1 when any failed, 2 for a usage error.
+"""
+
+
+def run() -> None:
+    """The console script: `main`, then the process ends at once.
+
+    Every command closes what it opened before `main` returns; what is left is the interpreter tearing
+    down some 700 modules one object at a time, most of a second on a busy machine, for nothing. Only when
+    no other thread is left (nothing could still be finishing work) and the output is flushed."""
+    code = main()
+    logging.shutdown()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe (`| head`): let the interpreter report it as usual
+        sys.exit(code)
+    if threading.active_count() == 1:
+        os._exit(code)
+    sys.exit(code)
+
+
+def _started() -> None:
+    """Start-up is over: garbage is collected again, leaving out everything allocated so far.
+
+    The collector is off while a command imports its modules and builds what it needs (it would walk the
+    growing heap every few hundred allocations, a sixth of the import time, finding next to nothing); those
+    objects live as long as the process, so later collections skip them."""
+    gc.freeze()
+    gc.enable()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.cmd in ("serve", "collect", "devices"):
+        gc.disable()  # until _started(): the commands people wait for
+    from mcp_server.errors import InfrastructorError
+    from mcp_server.logs import redact_log_handlers
+    from mcp_server.permissions import restrict_umask
+    from mcp_server.settings import load_settings
+
     # Everything the process creates (database, WAL, spool, keys) is its user's alone.
     restrict_umask()
-    args = _parser().parse_args(argv)
     try:
         overrides: dict[str, object] = {}
         if args.cmd == "serve" and args.read_only:
@@ -157,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "serve":
             return _serve(settings, args)
         if args.cmd == "migrate":
+            from mcp_server.db.engine import redact_url
+            from mcp_server.permissions import secure_data_dir
             from mcp_server.state import migrate_and_configure
 
             admin = settings.database_admin_url
@@ -187,20 +290,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    from mcp_server.auth import dev_token_notice
-    from mcp_server.http_app import allowed_hosts, check_bind, serve_http
     from mcp_server.server import build_server, http_signing_key
 
     if args.stdio:
         server = build_server(settings, transport="stdio")
+        _started()
         asyncio.run(server.run_stdio_async(show_banner=False))
         return 0
+    from mcp_server.auth import dev_token_notice
+    from mcp_server.db.engine import redact_url
+    from mcp_server.http_app import allowed_hosts, check_bind, serve_http
+
     host = args.host or settings.http_host
     port = args.port or settings.http_port
     path = args.path or settings.http_path
     check_bind(host, auth=settings.auth)  # before any work: the same refusal serve_http applies
     key = asyncio.run(http_signing_key(settings))
     server = build_server(settings, transport="http", signing_key=key)
+    _started()
     url = f"http://{host}:{port}{path}"
     if key is None:
         auth_line = "auth:     OFF (INFRA_AUTH=false) - anyone who can reach this address can call every tool"
@@ -261,6 +368,8 @@ async def _rotate_secrets(settings: Settings) -> int:
 
 async def _db_credentials(settings: Settings, args: argparse.Namespace) -> int:
     from mcp_server.db.credentials import bootstrap_credentials, retire_previous, rotate_credentials
+    from mcp_server.db.engine import migrate
+    from mcp_server.errors import InfrastructorError
 
     if settings.database_admin_url is None:
         raise InfrastructorError(
@@ -285,7 +394,9 @@ async def _db_credentials(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _token(settings: Settings, args: argparse.Namespace) -> int:
     from mcp_server.auth import issue_token, parse_ttl
+    from mcp_server.errors import InfrastructorError
     from mcp_server.server import http_signing_key
+    from mcp_server.settings import comma_list
 
     key = await http_signing_key(settings)
     if key is None:
@@ -352,10 +463,14 @@ async def _alerts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _devices(settings: Settings, args: argparse.Namespace) -> int:
-    from mcp_server.devices import device_spec, import_ssh_hosts
+    from mcp_server.devices import device_spec, import_ssh_hosts, spec_changes
+    from mcp_server.errors import InvalidParameter
     from mcp_server.state import open_state
 
     async with open_state(settings) as state:
+        _started()
+        if args.devices_cmd == "test":
+            return await _test_devices(state, args.names or state.devices.names())
         if args.devices_cmd == "list":
             table = Table("name", "address", "user", "auth", "tags", "host key")
             for device in state.devices.list():
@@ -382,6 +497,25 @@ async def _devices(settings: Settings, args: argparse.Namespace) -> int:
             )
             device = await state.devices.add(args.name, spec)
             err.print(f"added {device.name} ({device.hostname}:{device.port})")
+        elif args.devices_cmd == "update":
+            changes = spec_changes(
+                hostname=args.hostname,
+                port=args.port,
+                username=args.username,
+                key_path=args.key_path,
+                jump_host=args.jump_host,
+                tags=None if args.tags is None else [t for t in args.tags if t],
+                description=args.description,
+                use_sudo=args.use_sudo,
+            )
+            if not changes and not args.clear_host_key:
+                raise InvalidParameter(
+                    "devices update: give at least one field to change (see infrastructor devices update --help)"
+                )
+            device = await state.devices.update(args.name, changes, clear_host_key=args.clear_host_key)
+            await state.forget_connection(args.name)
+            what = ", ".join([*changes, *(["host key cleared"] if args.clear_host_key else [])])
+            err.print(f"updated {device.name} ({device.hostname}:{device.port}): {what}", highlight=False)
         elif args.devices_cmd == "remove":
             await state.devices.remove(args.name)
             err.print(f"removed {args.name}")
@@ -394,7 +528,30 @@ async def _devices(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def _test_devices(state: AppState, names: list[str]) -> int:
+    """`devices test`: every device at once, a row each; 1 when any failed."""
+    for name in names:
+        state.devices.get(name)  # an unknown name is a usage error before anything connects
+    limit = asyncio.Semaphore(state.settings.fanout_concurrency)
+
+    async def one(name: str) -> ConnectionTest:
+        async with limit:
+            return await state.service.test_connection(name)
+
+    tests = await asyncio.gather(*(one(name) for name in names))
+    table = _table("device", "ok", "latency (ms)", "server", "host key", "error")
+    for t in tests:
+        key = f"{t.host_key_fingerprint} ({t.host_key_source})" if t.host_key_fingerprint else None
+        latency = None if t.latency_ms is None else f"{t.latency_ms:.1f}"
+        ok = Text("yes") if t.ok else Text("no", style="red")
+        table.add_row(t.device, ok, latency, _cell(t.server_version), _cell(key), _cell(t.error))
+    out.print(table)
+    return 0 if all(t.ok for t in tests) else 1
+
+
 def _params(pairs: list[str]) -> dict[str, Any]:
+    from mcp_server.errors import InfrastructorError
+
     params: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -428,10 +585,17 @@ def device_progress(what: str, total: int) -> Iterator[OnStep]:
 
 
 async def _collect(settings: Settings, args: argparse.Namespace) -> int:
+    from mcp_server.errors import InvalidParameter
     from mcp_server.state import open_state
 
+    if args.list_commands:
+        _print_commands()
+        return 0
+    if args.command is None:
+        raise InvalidParameter("collect: name a command to run (infrastructor collect --list shows them)")
     params = _params(args.param)
     async with open_state(settings) as state:
+        _started()
         names = state.devices.names() if args.all else [args.device]
         if args.command == "config_file":
             outcomes = [await _read_watched(state, name, params) for name in names]
@@ -445,21 +609,102 @@ async def _collect(settings: Settings, args: argparse.Namespace) -> int:
         if args.json:
             out.print_json(json.dumps([o.model_dump(mode="json") for o in outcomes]))
         else:
-            table = Table("device", "ok", "age (s)", "result")
-            for o in outcomes:
-                if o.result is None:
-                    table.add_row(o.device, "[red]no[/red]", "", o.error or "")
-                else:
-                    body = o.result.data.model_dump_json()
-                    table.add_row(o.device, "yes", f"{o.result.age_seconds:.1f}", body[:300])
-            out.print(table)
+            _print_outcomes(args.command, outcomes)
     return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _print_commands() -> None:
+    """`collect --list`: the commands `collect` runs, with their parameters (from the registry, no database)."""
+    from mcp_server.commands import default_registry
+
+    registry = default_registry()
+    table = _table("command", "category", "parameters", "what it returns")
+    for name in registry.readable():
+        definition = registry.get(name)
+        parameters = definition.parameter_schema().get("properties", {})
+        table.add_row(name, definition.category, ", ".join(parameters), definition.summary)
+    table.add_row("config_file", "config", "path", "a watched configuration file's current content")
+    table.add_row(
+        "run_command", "admin", "argv", "an allowlisted program's output (INFRA_ALLOW_RUN_COMMAND=true only)"
+    )
+    out.print(table)
+
+
+def _table(*columns: str, title: str | None = None) -> Table:
+    """A table that prints every value whole: long words fold onto the next line instead of being cut."""
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _cell(value: Any) -> Text:
+    """One value for a table cell, as plain text (never read as markup)."""
+    if value is None:
+        return Text("")
+    if isinstance(value, str):
+        return Text(value)
+    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
+        return Text(", ".join("" if v is None else str(v) for v in value) if value else "(none)")
+    if isinstance(value, dict | list):
+        return Text(json.dumps(value, separators=(", ", ": ")))
+    return Text(str(value))
+
+
+def _print_outcomes(command: str, outcomes: Sequence[DeviceOutcome[Any]]) -> None:
+    """The whole result for humans: a table of the single values (a row per device), one table per list
+    of records in the result (with a device column when several devices answered), then the failures."""
+    several = len(outcomes) > 1
+    singles: list[tuple[str, dict[str, Any]]] = []
+    lists: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for o in outcomes:
+        if o.result is None:
+            continue
+        data = o.result.data
+        dumped = data.model_dump(mode="json") if hasattr(data, "model_dump") else data
+        if not isinstance(dumped, dict):
+            dumped = {"value": dumped}
+        values: dict[str, Any] = {"age (s)": f"{o.result.age_seconds:.1f}"}
+        for key, value in dumped.items():
+            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+                lists.setdefault(key, []).extend((o.device, row) for row in value)
+            else:
+                values[key] = value
+        singles.append((o.device, values))
+    if singles and not several:
+        device, values = singles[0]
+        age = values.pop("age (s)")
+        out.print(f"{command} on {device}, collected {age} s ago", markup=False, highlight=False)
+        if values:
+            table = _table("field", "value")
+            for key, value in values.items():
+                table.add_row(key, _cell(value))
+            out.print(table)
+    elif singles:
+        keys = list(dict.fromkeys(k for _, values in singles for k in values))
+        table = _table("device", *keys, title=command)
+        for device, values in singles:
+            table.add_row(device, *(_cell(values.get(k)) for k in keys))
+        out.print(table)
+    for name, rows in lists.items():
+        keys = list(dict.fromkeys(k for _, row in rows for k in row))
+        table = _table(*(["device"] if several else []), *keys, title=name)
+        for device, row in rows:
+            table.add_row(*([device] if several else []), *(_cell(row.get(k)) for k in keys))
+        out.print(table)
+    failed = [o for o in outcomes if o.result is None]
+    if failed:
+        table = _table("device", "error type", "error", title="failed")
+        for o in failed:
+            table.add_row(o.device, o.error_type or "", _cell(o.error))
+        out.print(table)
 
 
 def _check_collect(state: AppState, command: str, params: dict[str, Any]) -> None:
     """The gates of the MCP tools that run a command by name: `collect` runs read commands only, and
     `run_command` only when INFRA_ALLOW_RUN_COMMAND is on and the program is in its allowlist."""
     from mcp_server.commands.admin import check_allowed
+    from mcp_server.errors import InvalidParameter
 
     if command != "run_command":
         state.registry.get_read(command)
@@ -477,6 +722,7 @@ def _check_collect(state: AppState, command: str, params: dict[str, Any]) -> Non
 async def _read_watched(state: AppState, device: str, params: dict[str, Any]) -> DeviceOutcome[Any]:
     """A configuration file as the `infra://config/{device}/{path*}` resource reads it: watched files only."""
     from mcp_server.collection import Collected, DeviceOutcome
+    from mcp_server.errors import InfrastructorError, InvalidParameter
 
     path = params.get("path")
     try:

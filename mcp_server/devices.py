@@ -9,7 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import asyncssh
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
@@ -393,6 +392,8 @@ class SSHConfigImport(BaseModel):
 def fingerprint(key_line: str | None) -> str | None:
     if not key_line:
         return None
+    import asyncssh  # here, not at the top: listing devices needs no SSH stack until a key is shown
+
     try:
         return str(asyncssh.import_public_key(key_line).get_fingerprint("sha256"))
     except (asyncssh.KeyImportError, ValueError):

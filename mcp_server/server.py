@@ -29,7 +29,6 @@ from mcp_server.config_monitoring.notifier import ConfigNotifier
 from mcp_server.errors import ConfigurationError
 from mcp_server.events import ConfigChanged
 from mcp_server.fastmcp_internals import low_level
-from mcp_server.http_app import build_http_app, serve_http
 from mcp_server.logs import redact_log_handlers
 from mcp_server.middleware import AuditMiddleware, InvalidParamsMiddleware, ResultBudgetMiddleware
 from mcp_server.permissions import restrict_umask
@@ -116,6 +115,8 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         if transport == "sse" or host_origin_protection not in (None, True) or refused:
             what = ", ".join(refused + (["sse"] if transport == "sse" else []))
             raise ConfigurationError(f"{_UNSUPPORTED}: {what or 'host_origin_protection'}")
+        from mcp_server.http_app import build_http_app  # the HTTP stack: not loaded to serve stdio
+
         return build_http_app(self, path=path or self.settings.http_path, extra_hosts=allowed_hosts)
 
     async def run_http_async(
@@ -149,6 +150,8 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         if transport == "sse" or host_origin_protection not in (None, True) or refused:
             what = ", ".join(refused + (["sse"] if transport == "sse" else []))
             raise ConfigurationError(f"{_UNSUPPORTED}: {what or 'host_origin_protection'}")
+        from mcp_server.http_app import serve_http
+
         await serve_http(
             self,
             host=host or self.settings.http_host,
@@ -269,26 +272,27 @@ ALWAYS_OFFERED = {"list_devices"}
 
 
 def _register_tools(mcp: InfrastructorServer, settings: Settings) -> list[Tool]:
-    """Register every area's tools with compact listed schemas; disable those the settings do not offer
-    (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND). Returns every registered tool."""
-    hidden: set[str] = set()
+    """Register the tools the settings offer (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND), with
+    compact listed schemas; the others are not built at all (their schemas are most of a start's work), so
+    they are unknown to clients. Those that read-only or run_command settings turn off are recorded in
+    `mcp.disabled_tools`: the REST API has no route for them either. Returns the registered tools."""
     registered: list[Tool] = []
     for area in AREAS:
         for fn in area.TOOLS:
+            name = fn.__name__
+            annotations = fn.__fastmcp__.annotations  # set by @tool
+            if settings.read_only and not (annotations is not None and annotations.read_only_hint):
+                mcp.disabled_tools.add(name)
+                continue
+            if name == "run_command" and not settings.allow_run_command:
+                mcp.disabled_tools.add(name)
+                continue
+            if area.TOOLSET not in settings.offered_toolsets and name not in ALWAYS_OFFERED:
+                continue
             component = mcp.add_tool(fn)
             registered.append(component)
             if settings.tool_schemas == "compact":
                 compact(component)
-            read_only = bool(component.annotations and component.annotations.read_only_hint)
-            if area.TOOLSET not in settings.offered_toolsets and component.name not in ALWAYS_OFFERED:
-                hidden.add(component.name)
-            if settings.read_only and not read_only:
-                mcp.disabled_tools.add(component.name)
-    if not settings.allow_run_command:
-        mcp.disabled_tools.add("run_command")
-    hidden |= mcp.disabled_tools
-    if hidden:  # (an empty name set would match every tool)
-        mcp.disable(names=hidden, components={"tool"})
     return registered
 
 

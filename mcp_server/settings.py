@@ -11,11 +11,9 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mcp_server import TOOLSETS as TOOLSETS  # re-exported: its home before the CLI needed it cheaply
 from mcp_server.errors import ConfigurationError
 from mcp_server.parsers.config_paths import check_glob
-
-# Every tool belongs to one toolset (tools/<module>.TOOLSET); INFRA_TOOLSETS / --toolsets choose which are offered.
-TOOLSETS = ("devices", "system", "containers", "services", "storage", "config", "history", "admin")
 
 
 def comma_list(value: str) -> list[str]:

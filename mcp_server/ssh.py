@@ -1,9 +1,14 @@
-"""Pooled asyncssh connections: one per device, one channel per command; SSH errors translated here."""
+"""Pooled asyncssh connections: one per device, one channel per command; SSH errors translated here.
+
+asyncssh is imported by the functions that connect, not with this module: a process that never reaches an
+SSH host (a CLI command on the local device, a server before its first SSH call) does not load it.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import getpass
 import logging
 import shlex
@@ -12,9 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
-
-import asyncssh
+from typing import TYPE_CHECKING, Any, Literal
 
 from mcp_server.devices import Device
 from mcp_server.errors import (
@@ -38,6 +41,11 @@ from mcp_server.executors import (
 )
 from mcp_server.redact import redact_text
 from mcp_server.settings import Settings
+
+if TYPE_CHECKING:
+    import asyncssh
+
+    from mcp_server.ssh_client import Client
 
 _log = logging.getLogger(__name__)
 
@@ -64,8 +72,14 @@ def quiet_asyncssh_logs() -> None:
 
 
 HostKeySource = Literal["known_hosts", "pinned", "pinned_now", "local"]
-# what a dead pooled connection raises when a new channel is asked of it
-_CHANNEL_ERRORS = (asyncssh.Error, OSError, EOFError)
+
+
+@functools.cache
+def _channel_errors() -> tuple[type[BaseException], ...]:
+    """What a dead pooled connection raises when a new channel is asked of it."""
+    import asyncssh
+
+    return (asyncssh.Error, OSError, EOFError)
 
 
 @dataclass(frozen=True)
@@ -118,41 +132,6 @@ def key_line(key: asyncssh.SSHKey) -> str:
     return key.export_public_key("openssh").decode().strip()
 
 
-class _Client(asyncssh.SSHClient):
-    """Records the host key the server presented and notices when the server drops the connection."""
-
-    def __init__(self, accept_unknown: bool) -> None:
-        self.accept_unknown = accept_unknown
-        self.presented: asyncssh.SSHKey | None = None
-        self.lost = False
-        self.authenticating = False
-        self._conn: asyncssh.SSHClientConnection | None = None
-
-    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
-        self._conn = conn
-
-    def begin_auth(self, username: str) -> None:
-        self.authenticating = True
-
-    @property
-    def spoke_ssh(self) -> bool:
-        """The server sent an SSH version line: an SSH server answered."""
-        return self._conn is not None and bool(self._conn.get_extra_info("server_version"))
-
-    @property
-    def in_key_exchange(self) -> bool:
-        """The server sent its version but authentication never began."""
-        return self.spoke_ssh and not self.authenticating
-
-    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        # only called for keys outside the trusted set: accepted solely under trust-on-first-use
-        self.presented = key
-        return self.accept_unknown
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-
-
 @dataclass(frozen=True)
 class _HostKeyPlan:
     source: HostKeySource
@@ -167,7 +146,7 @@ class _Entry:
     lock: asyncio.Lock
     sem: asyncio.Semaphore
     conn: asyncssh.SSHClientConnection | None = None
-    client: _Client | None = None
+    client: Client | None = None
     fields: tuple[object, ...] = ()
     source: HostKeySource = "pinned"
     jump: str | None = None
@@ -280,7 +259,7 @@ class SSHPool:
         try:
             async for record in records(proc.stdout.read, separator):
                 yield record
-        except _CHANNEL_ERRORS as exc:
+        except _channel_errors() as exc:
             await self._discard(entry, conn, lost=True)
             raise HostUnreachable(
                 device.name, f"connection lost while running {label}: {_reason(exc)}"
@@ -354,7 +333,7 @@ class SSHPool:
         except asyncio.CancelledError:
             await _stop(proc, wait=False)
             raise
-        except _CHANNEL_ERRORS as exc:
+        except _channel_errors() as exc:
             await self._discard(entry, conn, lost=True)
             raise HostUnreachable(
                 device.name, f"connection lost while running {label}: {_reason(exc)}"
@@ -382,13 +361,15 @@ class SSHPool:
         for retry in (False, True):
             conn = await self._connection(device, ())
             try:
+                import asyncssh
+
                 proc = await conn.create_process(
                     command,
                     stdin=asyncssh.PIPE if keep_stdin else asyncssh.DEVNULL,
                     encoding=None,
                 )
                 return conn, proc
-            except _CHANNEL_ERRORS as exc:
+            except _channel_errors() as exc:
                 if retry or (entry.alive and entry.conn is conn):
                     raise HostUnreachable(device.name, f"could not open a session: {_reason(exc)}") from None
                 _log.info("connection to %s was lost (%s); reconnecting", device.name, _reason(exc))
@@ -422,6 +403,10 @@ class SSHPool:
             return entry.conn
 
     async def _open(self, device: Device, entry: _Entry, chain: tuple[str, ...]) -> None:
+        import asyncssh
+
+        from mcp_server.ssh_client import Client
+
         plan = self._host_key_plan(device)
         tunnel = None
         if device.jump_host:
@@ -431,7 +416,7 @@ class SSHPool:
             except ConnectionError_ as exc:
                 raise type(exc)(device.name, f"via jump host {jump.name!r}: {exc.detail}") from None
         auth, method = self._auth(device)
-        client = _Client(plan.accept_unknown)
+        client = Client(plan.accept_unknown)
         username = device.username or getpass.getuser()
         limit = self._options.connect_timeout
         started = time.perf_counter()
@@ -485,6 +470,8 @@ class SSHPool:
                     await self._on_pinned(device.name, line)
 
     def _host_key_plan(self, device: Device) -> _HostKeyPlan:
+        import asyncssh
+
         pinned = device.host_key or self._pins.get(device.name)
         if pinned:
             try:
@@ -541,7 +528,7 @@ class SSHPool:
             self._entry(entry.jump).tunnel_users -= 1
             entry.jump = None
         conn.close()
-        with contextlib.suppress(TimeoutError, *_CHANNEL_ERRORS):
+        with contextlib.suppress(TimeoutError, *_channel_errors()):
             async with asyncio.timeout(2.0):
                 await conn.wait_closed()
 
@@ -580,20 +567,20 @@ def _reason(exc: BaseException) -> str:
 
 async def _stop(proc: asyncssh.SSHClientProcess[Any], *, wait: bool) -> None:
     """Kill the remote process group if sshd allows it, then close the channel; the connection stays."""
-    with contextlib.suppress(*_CHANNEL_ERRORS):
+    with contextlib.suppress(*_channel_errors()):
         proc.send_signal("KILL")
     proc.close()
     if wait:
-        with contextlib.suppress(TimeoutError, *_CHANNEL_ERRORS):
+        with contextlib.suppress(TimeoutError, *_channel_errors()):
             async with asyncio.timeout(2.0):
                 await proc.wait_closed()
 
 
 async def _close_stream(proc: asyncssh.SSHClientProcess[Any]) -> None:
     """End a stream: EOF on its stdin first (its script stops its children), then the channel itself."""
-    with contextlib.suppress(*_CHANNEL_ERRORS):
+    with contextlib.suppress(*_channel_errors()):
         proc.stdin.write_eof()
-    with contextlib.suppress(TimeoutError, *_CHANNEL_ERRORS):
+    with contextlib.suppress(TimeoutError, *_channel_errors()):
         async with asyncio.timeout(STOP_GRACE):
             await proc.wait_closed()
     if not proc.is_closing():
@@ -601,9 +588,11 @@ async def _close_stream(proc: asyncssh.SSHClientProcess[Any]) -> None:
 
 
 def _translate(
-    exc: BaseException, device: Device, plan: _HostKeyPlan, client: _Client, method: str, username: str
+    exc: BaseException, device: Device, plan: _HostKeyPlan, client: Client, method: str, username: str
 ) -> ConnectionError_:
     """Turn a failed connect into the error an agent can act on; never includes the password."""
+    import asyncssh
+
     name, where = device.name, _where(device)
     if isinstance(exc, asyncssh.HostKeyNotVerifiable | asyncssh.KeyExchangeFailed) and (
         plan.source != "pinned_now" or client.presented is not None
@@ -646,7 +635,7 @@ def no_ssh_server(device: Device) -> HostUnreachable:
     )
 
 
-def _host_key_error(device: Device, plan: _HostKeyPlan, client: _Client) -> ConnectionError_:
+def _host_key_error(device: Device, plan: _HostKeyPlan, client: Client) -> ConnectionError_:
     presented = client.presented
     shown = f"{presented.get_algorithm()} {fingerprint(presented)}" if presented else "no key of that type"
     if plan.source == "pinned_now":

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from glob import glob
 from pathlib import Path
 
-import asyncssh
-
 from mcp_server.errors import InvalidParameter
 
 MAX_KEY_BYTES = 64 * 1024
@@ -99,6 +97,8 @@ def check_key_path(policy: FilePolicy, text: str) -> None:
     data = policy.read(text, MAX_KEY_BYTES)
     usable = False
     if data is not None:
+        import asyncssh  # only to check a key: the module is loaded by every command that opens state
+
         try:
             asyncssh.import_private_key(data)
             usable = True

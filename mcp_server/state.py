@@ -12,9 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from fastmcp import Context
-from fastmcp.dependencies import CurrentContext
-
 from mcp_server.audit import BatchWriter
 from mcp_server.cache import CacheManager
 from mcp_server.collection import UnifiedDataCollectionService
@@ -97,9 +94,13 @@ class AppState:
         return self.cache.invalidate(device=name)
 
 
-def current_state(ctx: Context = CurrentContext()) -> AppState:
-    """Dependency for tools and resources: the running server's AppState (hidden from schemas)."""
-    return ctx.lifespan_context["state"]  # type: ignore[no-any-return]
+def current_state() -> AppState:
+    """Dependency for tools and resources: the running server's AppState (hidden from schemas).
+
+    FastMCP is imported here, at the first call, not with this module: the CLI opens state without it."""
+    from fastmcp.server.dependencies import get_context
+
+    return get_context().lifespan_context["state"]  # type: ignore[no-any-return]
 
 
 @contextlib.asynccontextmanager

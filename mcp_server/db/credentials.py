@@ -4,7 +4,8 @@ Roles: `<base>` (NOLOGIN) holds every grant; `<base>_a` and `<base>_b` are login
 One of them is active; a rotation gives the other a fresh password and makes it active, leaving the old
 one's sessions and password alone until the rotation after (or `retire_previous`). The credential lives
 in `<data_dir>/database.credentials` (a Fernet token, read before the database can be reached) and is
-mirrored in the `secrets` table as `db:app`.
+mirrored in the `secrets` table as `db:app`. asyncpg is imported by the functions that talk to PostgreSQL
+directly, so a server on SQLite never loads it.
 """
 
 from __future__ import annotations
@@ -20,20 +21,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from cryptography.fernet import InvalidToken, MultiFernet
-from sqlalchemy import Connection, event
+from sqlalchemy import event
 from sqlalchemy.engine.url import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from mcp_server.db.engine import Database, alembic_config, redact_url
+from mcp_server.db.engine import Database, redact_url, schema_head
 from mcp_server.errors import ConfigurationError, StorageError
 from mcp_server.secrets import DB_CREDENTIALS_FILE, MasterKeys, write_private
 from mcp_server.settings import Settings
+
+if TYPE_CHECKING:
+    import asyncpg
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,8 @@ def _ident(name: str) -> str:
 
 
 async def _admin_connect(settings: Settings, admin_url: str) -> asyncpg.Connection:
+    import asyncpg
+
     app = _app_url(settings)
     admin = make_url(admin_url)
     if admin.get_backend_name() != "postgresql":
@@ -245,6 +248,8 @@ async def bootstrap_credentials(
     settings: Settings, admin_url: str, *, role_base: str = "infrastructor_app"
 ) -> CredentialReport:
     """Create (or repair) the application roles and grants with the admin URL, then store the credential."""
+    import asyncpg
+
     if not _ROLE_BASE.match(role_base):
         raise ConfigurationError(f"role base {role_base!r}: use lower-case letters, digits and '_'")
     fernet = MasterKeys(settings).fernet()
@@ -289,6 +294,8 @@ async def rotate_credentials(settings: Settings, admin_url: str, *, verify: bool
 
     The database changes first, the file last: a failure in between leaves the old, still valid, credential.
     """
+    import asyncpg
+
     keys = MasterKeys(settings)
     current = read_credential(settings, keys.fernet())
     if current is None:
@@ -315,6 +322,8 @@ async def rotate_credentials(settings: Settings, admin_url: str, *, verify: bool
 
 
 async def _check_login(settings: Settings, credential: AppCredential) -> None:
+    import asyncpg
+
     url = _app_url(settings)
     try:
         conn = await asyncpg.connect(
@@ -335,6 +344,8 @@ async def _check_login(settings: Settings, credential: AppCredential) -> None:
 
 async def retire_previous(settings: Settings, admin_url: str) -> str:
     """Refuse new logins by the previous role now (NOLOGIN, unknown password); its open sessions go on."""
+    import asyncpg
+
     current = read_credential(settings)
     if current is None:
         raise ConfigurationError(
@@ -354,12 +365,7 @@ async def retire_previous(settings: Settings, admin_url: str) -> str:
 async def check_schema_current(db: Database) -> None:
     """Fail with the fix when the schema is behind the code: the application role cannot migrate it."""
 
-    def revision(conn: Connection) -> str | None:
-        return MigrationContext.configure(conn).get_current_revision()
-
-    async with db.engine.connect() as conn:
-        current = await conn.run_sync(revision)
-    head = ScriptDirectory.from_config(alembic_config(db.url)).get_current_head()
+    current, head = await db.revision(), schema_head()
     if current != head:
         raise ConfigurationError(
             f"The database schema is at revision {current or 'none'} but this version needs {head}, and the "

@@ -1,14 +1,20 @@
-"""The async engine, sessions and Alembic migrations."""
+"""The async engine, sessions and Alembic migrations.
+
+Alembic is imported only to migrate: a process that opens a database already at the latest schema
+(every CLI command and server start after the first) compares the `alembic_version` row with the head
+revision read from the migration files, and goes on without it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import re
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,7 +23,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from mcp_server.errors import StorageError
 from mcp_server.permissions import create_private_file
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
 log = logging.getLogger(__name__)
+
+# `revision = "0006"` and `down_revision = "0005"` (None, or a tuple after a merge) in a migration script
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=(.*)$", re.M)
+_QUOTED = re.compile(r"[\"']([^\"']+)[\"']")
 
 
 def _migrations_dir() -> Path:
@@ -25,6 +38,23 @@ def _migrations_dir() -> Path:
     import mcp_server.migrations as pkg
 
     return Path(pkg.__file__).resolve().parent
+
+
+@functools.cache
+def schema_head() -> str:
+    """The revision the migration scripts end at, read from their `revision`/`down_revision` lines
+    (what Alembic's ScriptDirectory reports as the single head, without loading Alembic)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for script in (_migrations_dir() / "versions").glob("*.py"):
+        found = {key: _QUOTED.findall(value) for key, value in _REVISION_LINE.findall(script.read_text())}
+        if found.get("revision"):
+            revisions.add(found["revision"][0])
+            parents.update(found.get("down_revision", []))
+    heads = revisions - parents
+    if len(heads) != 1:
+        raise StorageError(f"the migration scripts must end in one head revision, found {sorted(heads)}")
+    return heads.pop()
 
 
 def redact_url(url: str) -> str:
@@ -66,8 +96,25 @@ class Database:
         except (SQLAlchemyError, OSError):
             return False
 
+    async def revision(self) -> str | None:
+        """The schema revision recorded in the database (None before the first migration)."""
+        async with self.engine.connect() as conn:
+            try:
+                revision = await conn.scalar(text("SELECT version_num FROM alembic_version"))
+            except SQLAlchemyError:
+                return None  # connected, but no alembic_version table yet: a new database
+        return None if revision is None else str(revision)
+
     async def migrate(self) -> None:
-        await asyncio.to_thread(migrate, self.url)
+        """Upgrade to the latest schema; a database already there is left alone without loading Alembic."""
+        try:
+            current = await self.revision()
+        except (SQLAlchemyError, OSError) as exc:
+            raise StorageError(
+                f"Migrating {redact_url(self.url)} failed: {exc.__class__.__name__}: {exc}"
+            ) from exc
+        if current != schema_head():
+            await asyncio.to_thread(migrate, self.url)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -92,6 +139,8 @@ def _sqlite_begin(conn: Connection) -> None:
 
 
 def alembic_config(url: str) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(_migrations_dir()))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -101,6 +150,8 @@ def alembic_config(url: str) -> Config:
 
 def migrate(url: str, revision: str = "head") -> None:
     """Upgrade the database at `url` to `revision` (blocking; runs its own event loop)."""
+    from alembic import command
+
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         create_private_file(Path(parsed.database))
