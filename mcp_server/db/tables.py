@@ -161,13 +161,16 @@ class SecretRow(Base):
 
 
 class SpoolSegment(Base):
-    """Spool files already written to the database (so a replay interrupted by a crash is not repeated)."""
+    """How far each journal segment has been written to the database (see journal.py): its mark advances in
+    the transaction that inserts its rows, so a replay after a crash skips what is already here."""
 
     __tablename__ = "spool_segments"
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     replayed_at: Mapped[datetime]
     rows: Mapped[int] = mapped_column(Integer)
+    # bytes of the segment shipped; NULL: a whole spool file replayed at once (before journals)
+    shipped_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ConfigWatchTarget(Base):
