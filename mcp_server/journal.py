@@ -216,13 +216,14 @@ class BatchWriter:
     # ---- the request path --------------------------------------------------------------------------------
 
     def add(self, table: type[Base], row: dict[str, Any]) -> None:
-        """Queue a row; it is made storable first (see `storable`), so neither the database nor the journal
-        ever sees a secret, an over-long string or a NUL character."""
-        item = (table, full_row(table, storable(table, row)))
+        """Queue a row. The journal thread makes it storable (see `storable`) before anything is written, so
+        neither the journal nor the database ever sees a secret, an over-long string or a NUL character.
+        Rows nobody waits for are journaled within `interval`, or at once with the next `durable()`."""
         with self._cond:
-            self._queue.append(item)
+            self._queue.append((table, row))
             self._added += 1
-            self._cond.notify()
+            if len(self._queue) >= self._max_batch:
+                self._cond.notify()
 
     def audit(self, record: AuditRecord) -> None:
         self.add(DataCollectionAudit, record.row())
@@ -302,6 +303,8 @@ class BatchWriter:
         failed meanwhile (the rows stay journaled), TimeoutError after `timeout` seconds."""
         if self._journal_thread is None:
             self.start()
+        async with asyncio.timeout(timeout):
+            await self.durable()
         loop = asyncio.get_running_loop()
         with self._cond:
             target = self._added
@@ -354,24 +357,29 @@ class BatchWriter:
 
     def _journal_main(self) -> None:
         backoff = 0.05
+        carry: list[Row] = []  # rows made storable whose write failed: retried first, as they are
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait()
-                if not self._queue and self._stopping:
-                    self._finish_active()
-                    return
-                batch, self._queue = self._queue, []
-                seq = self._journaled + len(batch)
+                # group commit: wake for a waiter, a full batch, the interval, or the end
+                while not (self._stopping or self._durable_waiters or len(self._queue) >= self._max_batch):
+                    if not self._cond.wait(self._interval) and self._queue:
+                        break
+                if not self._queue and not carry:
+                    if self._stopping:
+                        self._finish_active()
+                        return
+                    continue
+                taken, self._queue = self._queue, []
+            batch = carry + [(table, full_row(table, storable(table, row))) for table, row in taken]
             try:
                 chunk = self._append(batch)
             except OSError as exc:
+                carry = batch
                 self._note_error(f"journal: {exc}")
                 log.error(
                     "audit journal write failed (%s); %d rows kept in memory and retried", exc, len(batch)
                 )
                 with self._cond:
-                    self._queue[:0] = batch
                     self._journal_error = exc
                     stop = self._stopping
                 if stop:
@@ -379,8 +387,10 @@ class BatchWriter:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
                 continue
+            carry = []
             backoff = 0.05
             with self._cond:
+                seq = self._journaled + len(batch)
                 self._journal_error = None
                 self._journaled = seq
                 self._unshipped_since.append((seq, chunk.at))
