@@ -6,7 +6,7 @@ costs a cached call.
    statement whenever the set of non-null columns changes), the full-column batch it uses now, and on
    PostgreSQL asyncpg `executemany` and COPY; then the whole BatchWriter (add -> journal + fsync -> ship),
    and the same while the event loop is kept busy (the shipper has its own thread and engine).
-2. p50/p99 of a cached `collect` call through an in-memory MCP client, answered only after the journal
+2. p50/p99 of a cached `collect` call over HTTP to a real server, answered only after the journal
    fsync (INFRA_AUDIT_SYNC=true, the default) and without waiting for it, side by side (alternating blocks),
    one caller and 10 concurrent callers.
 
@@ -36,13 +36,11 @@ sys.path.insert(0, str(ROOT))
 import asyncpg  # noqa: E402
 from fastmcp import Client  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
-from sqlalchemy.dialects import postgresql  # noqa: E402
 
-from bench.harness import command_line, machine, publish  # noqa: E402
+from bench.harness import command_line, machine, publish, serve  # noqa: E402
 from mcp_server.audit import AuditRecord, storable  # noqa: E402
 from mcp_server.db.tables import Base, CollectionSnapshot, DataCollectionAudit  # noqa: E402
 from mcp_server.journal import BatchWriter, Row, full_row, write_rows  # noqa: E402
-from mcp_server.server import build_server  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
 from mcp_server.state import AppState, open_state  # noqa: E402
 
@@ -225,29 +223,38 @@ def _pct(samples: list[float], p: int) -> float:
 
 
 async def latency(calls: int, concurrency: int) -> dict[str, tuple[float, float]]:
-    """p50/p99 ms of a cached collect call with the journal fsync awaited (sync) and not (async)."""
+    """p50/p99 ms of a cached collect call over HTTP to two real servers, one answering after the journal
+    fsync (sync) and one not waiting for it (async), in alternating blocks."""
     samples: dict[str, list[float]] = {"sync": [], "async": []}
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        async with database("sqlite", Path(a), True) as on, database("sqlite", Path(b), False) as off:
-            async with (
-                Client(build_server(on.settings, state=on)) as c_on,
-                Client(build_server(off.settings, state=off)) as c_off,
-            ):
+        with (
+            serve(Path(a), auth=False, extra={"INFRA_AUDIT_SYNC": "true"}) as on,
+            serve(Path(b), auth=False, extra={"INFRA_AUDIT_SYNC": "false"}) as off,
+        ):
+            clients = {
+                "sync": [on.client() for _ in range(concurrency)],
+                "async": [off.client() for _ in range(concurrency)],
+            }
+            async with contextlib.AsyncExitStack() as stack:
+                for group in clients.values():
+                    for client in group:
+                        await stack.enter_async_context(client)
                 args = {"command": "os_info", "device": "local"}
-                for client in (c_on, c_off):
-                    for _ in range(20):  # warm: cache filled, code paths hot
-                        await client.call_tool("collect", args)
+                for group in clients.values():
+                    for client in group:
+                        for _ in range(5):  # warm: cache filled, code paths hot
+                            await client.call_tool("collect", args)
                 block = 50
                 for _ in range(calls // block):
-                    for label, client in (("sync", c_on), ("async", c_off)):
+                    for label, group in clients.items():
 
-                        async def one(client: Client[Any] = client, label: str = label) -> None:
+                        async def one(client: Client[Any], label: str = label) -> None:
                             for _ in range(block // concurrency):
                                 started = time.perf_counter()
                                 await client.call_tool("collect", args)
                                 samples[label].append(time.perf_counter() - started)
 
-                        await asyncio.gather(*(one() for _ in range(concurrency)))
+                        await asyncio.gather(*(one(c) for c in group))
     return {k: (_pct(v, 50), _pct(v, 99)) for k, v in samples.items()}
 
 
@@ -283,8 +290,9 @@ async def main(args: argparse.Namespace) -> None:
         + ", ".join(f"{k} {r['add_us']:.0f} µs" for k, r in rates.items())
         + " per row on the request path. *Event loop busy*: the loop never yields until the rows are in.",
         "",
-        f"**A cached call** (`collect os_info` on `local`, in-memory MCP client, SQLite, {args.calls} calls "
-        "per column in alternating blocks of 50)",
+        f"**A cached call** (`collect os_info` on `local` over HTTP to two `infrastructor serve` processes on "
+        f"SQLite, one with INFRA_AUDIT_SYNC=true (the default), one false; {args.calls} calls each in "
+        "alternating blocks of 50)",
         "",
         "| callers | p50 answered after fsync | p50 not waiting | p99 after fsync | p99 not waiting "
         "| p50 cost | p99 cost |",

@@ -251,8 +251,10 @@ class BatchWriter:
         if queued >= self.queue_max:
             return f"{queued:,} audit rows wait for the journal (INFRA_AUDIT_QUEUE_MAX {self.queue_max:,})"
         if unshipped >= self.journal_max_bytes:
-            mb = self.journal_max_bytes // (1 << 20)
-            return f"{unshipped:,} journaled bytes wait for the database (INFRA_AUDIT_JOURNAL_MAX_MB {mb:,})"
+            mb = self.journal_max_bytes / (1 << 20)
+            return (
+                f"{unshipped:,} journaled bytes wait for the database (INFRA_AUDIT_JOURNAL_MAX_MB {mb:.3g})"
+            )
         return None
 
     @property

@@ -77,9 +77,9 @@ class Settings(BaseSettings):
         le=10_000_000,
         description="Rows waiting for the journal beyond which new calls are refused (503, Retry-After).",
     )
-    audit_journal_max_mb: int = Field(
+    audit_journal_max_mb: float = Field(
         default=1024,
-        ge=1,
+        gt=0,
         le=1_000_000,
         description="Journaled MiB not yet in the database beyond which new calls are refused.",
     )

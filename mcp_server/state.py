@@ -136,7 +136,7 @@ async def open_state(
         interval=settings.audit_flush_interval,
         write_timeout=settings.audit_write_timeout,
         queue_max=settings.audit_queue_max,
-        journal_max_bytes=settings.audit_journal_max_mb << 20,
+        journal_max_bytes=int(settings.audit_journal_max_mb * (1 << 20)),
         connect=lambda: connect_database(settings),
     )
     local = LocalExecutor(max_output=settings.max_output_bytes)

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -24,9 +25,14 @@ import asyncpg
 import pytest
 from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
+from fastmcp.exceptions import ToolError
 
-from tests.app_fixtures import create_pg_database, drop_pg_database
+from mcp_server.polling.service import audit_pipeline
+from mcp_server.server import build_server
+from mcp_server.state import open_state
+from tests.app_fixtures import create_pg_database, drop_pg_database, make_settings
 from tests.helpers import free_port, structured
+from tests.test_audit import _accept_connections
 from tests.test_transports import CLI, cli_env
 
 CLIENTS = 12
@@ -124,15 +130,20 @@ async def audited_tags(url: str | None, tmp_path: Path) -> Counter[str]:
 
 
 async def shipped_everything(base: str, timeout: float = 30) -> dict[str, Any]:
-    """Ask the server until its audit pipeline has nothing left to ship (bounded); its last answer."""
+    """Ask the server until its audit pipeline has nothing left to ship (bounded; a refusal while it catches
+    up is retried); its last answer."""
     deadline = time.monotonic() + timeout
-    async with Client(StreamableHttpTransport(f"{base}/mcp")) as client:
-        while True:
-            audit = structured(await client.call_tool("get_service_health", {}))["audit"]
-            if audit["pending_rows"] == 0 and audit["journal_bytes"] == 0:
-                return audit
-            assert time.monotonic() < deadline, audit
-            await asyncio.sleep(0.2)
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            async with Client(StreamableHttpTransport(f"{base}/mcp")) as client:
+                last = structured(await client.call_tool("get_service_health", {}))["audit"]
+        except Exception as exc:  # overloaded until the journal drains
+            last = exc
+        if isinstance(last, dict) and last["pending_rows"] == 0 and last["journal_bytes"] == 0:
+            return last
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the audit pipeline did not drain: {last}")
 
 
 def assert_exactly_once(answered: set[str], sent: set[str], rows: Counter[str]) -> None:
@@ -194,10 +205,17 @@ class Stall:
         return self
 
     def __exit__(self, *_: object) -> None:
-        self.flow(True)
-        self.loop.call_soon_threadsafe(self.server.close)
+        asyncio.run_coroutine_threadsafe(self._stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
+
+    async def _stop(self) -> None:
+        self.server.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _start(self) -> asyncio.Server:
         self.flowing.set()
@@ -328,3 +346,91 @@ async def test_sigterm_under_load_exits_promptly_with_every_row_kept(tmp_path: P
     with serving(tmp_path, None, "again") as (base, _):
         await shipped_everything(base)
     assert_exactly_once(answered, sent, await audited_tags(None, tmp_path))
+
+
+# ---- backpressure and what the server says about its audit ---------------------------------------------
+
+
+async def test_calls_are_refused_and_audited_while_the_journal_waits_for_the_database(tmp_path: Path) -> None:
+    """Past INFRA_AUDIT_JOURNAL_MAX_MB of rows the database has not taken, new calls get an MCP error (the
+    transport is not HTTP here), each refusal audited; get_service_health shows the backlog and warns; once
+    the database is back, calls are answered again and every row arrives once."""
+    url = await create_pg_database()
+    name = url.rsplit("/", 1)[1]
+    settings = make_settings(
+        tmp_path, database_url=url, audit_journal_max_mb=0.01, audit_lag_warning=0.2, audit_write_timeout=1
+    )
+    try:
+        async with open_state(settings) as state, Client(build_server(settings, state=state)) as client:
+            await _accept_connections(name, False)
+            await state.db.engine.dispose()
+            refused = None
+            for i in range(200):
+                try:
+                    await client.call_tool(TOOL, {"category": f"big-{i}-" + "x" * 2000})
+                except ToolError as exc:
+                    refused = (i, str(exc))
+                    break
+            assert refused is not None, "no call was refused"
+            assert "overloaded" in refused[1] and "INFRA_AUDIT_JOURNAL_MAX_MB" in refused[1]
+            health = state.writer.status()
+            assert health.pending_rows > 0 and health.journal_bytes >= 10_000 and health.refused_calls == 1
+            await asyncio.sleep(0.3)
+            pipeline = audit_pipeline(state)
+            assert pipeline.warning is not None and "behind" in pipeline.warning
+            assert pipeline.last_error is not None
+            await _accept_connections(name, True)
+            await state.writer.flush(30)
+            assert state.writer.overloaded() is None
+            await client.call_tool(TOOL, {"category": "after"})
+            page = await state.audit_page(limit=1000, offset=0)
+            assert page.unshipped_rows == 0 and page.oldest_unshipped_seconds is None
+        tags = await audited_tags(url, tmp_path)
+        assert {f"big-{i}" for i in range(refused[0] + 1)} == {
+            t.rsplit("-", 1)[0] for t in tags if t.startswith("big-")
+        }
+        assert tags["after"] == 1 and all(n == 1 for n in tags.values())
+        conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            denied = await conn.fetchval(
+                "SELECT count(*) FROM data_collection_audit WHERE outcome = 'denied' AND error_type = 'overloaded'"
+            )
+        finally:
+            await conn.close()
+        assert denied == 1
+    finally:
+        await _accept_connections(name, True)
+        await drop_pg_database(url)
+
+
+async def test_http_calls_get_503_with_retry_after_while_the_database_hangs_past_the_journal_cap(
+    tmp_path: Path,
+) -> None:
+    url = await create_pg_database()
+    try:
+        with Stall() as stall:
+            extra = {"INFRA_AUDIT_WRITE_TIMEOUT": "1", "INFRA_AUDIT_JOURNAL_MAX_MB": "0.01"}
+            with serving(tmp_path, stall.url(url), "cap", **extra) as (base, _):
+                stall.flow(False)
+                with contextlib.suppress(Exception):
+                    async with Client(StreamableHttpTransport(f"{base}/mcp")) as client:
+                        for i in range(200):
+                            await client.call_tool(TOOL, {"category": f"{i}-" + "x" * 3000})
+                request = urllib.request.Request(f"{base}/mcp", b"{}", {"Content-Type": "application/json"})
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    await asyncio.to_thread(urllib.request.urlopen, request, timeout=10)
+                status, retry = refused.value.code, refused.value.headers.get("Retry-After")
+                assert status == 503 and retry is not None and int(retry) >= 1
+                stall.flow(True)
+                audit = await shipped_everything(base)
+                assert audit["refused_calls"] >= 1
+                conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+                try:
+                    refused = await conn.fetchval(
+                        "SELECT count(*) FROM data_collection_audit WHERE kind = 'request' AND error_type = 'overloaded'"
+                    )
+                finally:
+                    await conn.close()
+                assert refused >= 1
+    finally:
+        await drop_pg_database(url)
