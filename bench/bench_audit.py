@@ -298,8 +298,8 @@ async def main(args: argparse.Namespace) -> None:
         "| p50 cost | p99 cost |",
         "|---|---|---|---|---|---|---|",
     ]
-    for c, r in lat.items():
-        (s50, s99), (a50, a99) = r["sync"], r["async"]
+    for c, pair in lat.items():
+        (s50, s99), (a50, a99) = pair["sync"], pair["async"]
         lines.append(
             f"| {c} | {s50:.2f} ms | {a50:.2f} ms | {s99:.2f} ms | {a99:.2f} ms "
             f"| {100 * (s50 / a50 - 1):+.0f}% | {100 * (s99 / a99 - 1):+.0f}% |"
