@@ -339,7 +339,7 @@ class BatchWriter:
         await asyncio.to_thread(journal.join)
         self._wake_shipper(now=True)
         if ship is not None:
-            await asyncio.to_thread(ship.join, timeout + self.write_timeout + 1)
+            await asyncio.to_thread(ship.join, timeout + 2)
         self._journal_thread = self._ship_thread = None
         with self._cond:
             left = self._added - self._shipped + self._adopted_pending
@@ -498,7 +498,9 @@ class BatchWriter:
                 self._ship_wake.clear()
         finally:
             self._ship_loop = None
-            await db.close()
+            with contextlib.suppress(TimeoutError, SQLAlchemyError, OSError):
+                async with asyncio.timeout(1):  # a hung database must not hold up the exit
+                    await db.close()
 
     def _failed(self, exc: BaseException) -> None:
         self.failures += 1
@@ -608,7 +610,10 @@ class BatchWriter:
         if work is None:
             self._resolve_flushes()
             return False
-        async with asyncio.timeout(self.write_timeout):
+        deadline = self.write_timeout
+        if self._ship_deadline is not None:  # closing: the last writes share what is left of its deadline
+            deadline = max(0.05, min(deadline, self._ship_deadline - time.monotonic()))
+        async with asyncio.timeout(deadline):
             written = await self._write(db, work)
         end = work.offsets[-1]
         with self._cond:

@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# At shutdown, the time given to the database to take the journaled rows, and then to close its connections
+SHUTDOWN_SHIP_SECONDS = 0.5
+
 
 @dataclass
 class AppState:
@@ -176,8 +179,10 @@ async def open_state(
         _queue_cache_stats(state)
         await ssh.close()
         await workers.close()
-        await writer.close()
-        await db.close()
+        await writer.close(timeout=SHUTDOWN_SHIP_SECONDS)  # what the database does not take stays journaled
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_SHIP_SECONDS):  # a hung database must not hold up the exit
+                await db.close()
 
 
 async def open_database(settings: Settings, *, migrate: bool = True) -> Database:
