@@ -137,6 +137,7 @@ class _Work:
     offsets: list[int]
     rows: list[Row]
     own: bool
+    lines: int  # journal lines covered (an unreadable line is covered, never shipped)
 
 
 @dataclass(frozen=True)
@@ -573,7 +574,7 @@ class BatchWriter:
                             break
                         offsets[-1:] = chunk.offsets
                         rows += chunk.rows
-                    return _Work(name, offsets, rows, seg.own), done
+                    return _Work(name, offsets, rows, seg.own, len(rows)), done
                 start, end, path = seg.shipped, seg.end, seg.path
                 own = seg.own
                 break
@@ -587,8 +588,10 @@ class BatchWriter:
             data = handle.read(end - start)
         offsets, rows = [start], []
         position = start
+        lines = 0
         for raw in data.splitlines(keepends=True):
             position += len(raw)
+            lines += 1
             try:
                 item = json.loads(raw, object_hook=_decode)
                 rows.append((_TABLES[item["table"]], full_row(_TABLES[item["table"]], item["row"])))
@@ -601,7 +604,7 @@ class BatchWriter:
                     offsets[0] = position
             if len(rows) >= self._max_batch:
                 break
-        return _Work(name, offsets, rows, own)
+        return _Work(name, offsets, rows, own, lines)
 
     async def _ship_once(self, db: Database) -> bool:
         work, done = self._next_work()
@@ -624,11 +627,11 @@ class BatchWriter:
                 if shipped.shipped >= shipped.end and not shipped.active:
                     finished = shipped
             if work.own:
-                self._shipped += len(work.rows)
+                self._shipped += work.lines
                 while self._unshipped_since and self._unshipped_since[0][0] <= self._shipped:
                     self._unshipped_since.popleft()
             else:
-                self._adopted_pending = max(0, self._adopted_pending - len(work.rows))
+                self._adopted_pending = max(0, self._adopted_pending - work.lines)
                 self.replayed += written
         self.written += written
         if finished is not None:
