@@ -3,7 +3,8 @@ costs a cached call.
 
 1. Rows/s for the mix a tool call writes (its tool row, its collection row, a snapshot upsert, alternating),
    on SQLite and PostgreSQL: the SQLAlchemy ORM bulk insert the writer used before (it starts a new
-   statement whenever the set of non-null columns changes), the full-column batch it uses now, and on
+   statement whenever the set of non-null columns changes), the batch it writes now (every column rendered;
+   COPY on PostgreSQL), and on
    PostgreSQL asyncpg `executemany` and COPY; then the whole BatchWriter (add -> journal + fsync -> ship),
    and the same while the event loop is kept busy (the shipper has its own thread and engine).
 2. p50/p99 of a cached `collect` call over HTTP to a real server, answered only after the journal
@@ -270,7 +271,7 @@ async def main(args: argparse.Namespace) -> None:
         f"**Writer throughput, rows/s** ({args.rows:,} rows of the mix a call writes — tool row, collection "
         f"row, snapshot upsert in turn — in transactions of {BATCH:,}; median of {args.repeat} runs)",
         "",
-        "| database | ORM bulk insert (before) | full-column batch (now) | asyncpg executemany | asyncpg COPY "
+        "| database | ORM bulk insert (before) | writer batch (now) | asyncpg executemany | asyncpg COPY "
         "| BatchWriter end to end | … with the event loop busy |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -284,6 +285,7 @@ async def main(args: argparse.Namespace) -> None:
         lines[-1] += f"| {r['writer']:,.0f} | {r['busy']:,.0f} |"
     lines += [
         "",
+        "Writer batch: every column rendered (one multi-row INSERT per table and batch), by COPY on PostgreSQL. "
         "COPY and executemany write the audit rows that way and upsert the snapshots with executemany. "
         "End to end: from the first `add` (redaction and bounds included) to the last row committed, through "
         "the journal (one fsync per batch) and the shipper thread; `add` cost "

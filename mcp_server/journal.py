@@ -31,7 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import Table, delete, insert, select, update
+from sqlalchemy import JSON, Table, delete, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -45,6 +45,7 @@ Row = tuple[type[Base], dict[str, Any]]
 
 SEGMENT_BYTES = 4 << 20  # a segment is rotated past this, and deleted once shipped
 _ADOPT_EVERY = 10.0  # seconds between looks for segments left by a process that died
+COPY_ROWS = 50  # on PostgreSQL, a batch of at least this many rows of one table goes in by COPY
 MARK_DAYS = 30  # how long a shipped segment's mark is kept after its file is deleted
 _CACHE_ROWS = 50_000  # journaled rows kept in memory for the shipper; beyond, it reads them back from disk
 
@@ -201,6 +202,7 @@ class BatchWriter:
         self._unshipped_since: deque[tuple[int, float]] = deque()  # (journaled row count, time) per fsync
         self._journal_error: BaseException | None = None
         self._stopping = False
+        self._closed = False
         self._ship_deadline: float | None = None
         self._journal_thread: threading.Thread | None = None
         self._ship_thread: threading.Thread | None = None
@@ -232,6 +234,8 @@ class BatchWriter:
     async def durable(self) -> None:
         """Return once every row added so far is fsynced in the journal; raise JournalError if it cannot be."""
         if self._journal_thread is None:
+            if self._closed:
+                return  # a call that outlived the server's shutdown: nothing journals any more
             self.start()
         loop = asyncio.get_running_loop()
         with self._cond:
@@ -305,6 +309,7 @@ class BatchWriter:
         """Return once every row added so far is in the database; raise what the shipper met if an attempt
         failed meanwhile (the rows stay journaled), TimeoutError after `timeout` seconds."""
         if self._journal_thread is None:
+            self._closed = False
             self.start()
         async with asyncio.timeout(timeout):
             await self.durable()
@@ -342,6 +347,7 @@ class BatchWriter:
         if ship is not None:
             await asyncio.to_thread(ship.join, timeout + 2)
         self._journal_thread = self._ship_thread = None
+        self._closed = True
         with self._cond:
             left = self._added - self._shipped + self._adopted_pending
             for seg in self._segments.values():
@@ -703,7 +709,10 @@ async def write_rows(session: Any, dialect: str, batch: list[Row]) -> None:
             grouped.setdefault(table, []).append(row)
     for table, rows in grouped.items():
         core: Table = table.__table__  # type: ignore[assignment]
-        await session.execute(insert(core), rows)
+        if dialect == "postgresql" and len(rows) >= COPY_ROWS:
+            await _copy(session, core, rows)
+        else:
+            await session.execute(insert(core), rows)
     if snapshots:
         kind = postgresql if dialect == "postgresql" else sqlite
         stmt = kind.insert(CollectionSnapshot).values(list(snapshots.values()))
@@ -713,6 +722,20 @@ async def write_rows(session: Any, dialect: str, batch: list[Row]) -> None:
                 set_={"collected_at": stmt.excluded.collected_at, "data": stmt.excluded.data},
             )
         )
+
+
+async def _copy(session: Any, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Rows (full, see full_row) into a PostgreSQL table with COPY, in the session's transaction: about twice
+    the rate of a multi-row INSERT for plain tables (the audit, metrics and series)."""
+    columns = list(rows[0])
+    encode = {c.name for c in table.columns if isinstance(c.type, JSON)}
+    records = [
+        tuple(json.dumps(row[c]) if c in encode and row[c] is not None else row[c] for c in columns)
+        for row in rows
+    ]
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    await raw.driver_connection.copy_records_to_table(table.name, records=records, columns=columns)
 
 
 def _resolve(

@@ -25,7 +25,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # JSONB on PostgreSQL (indexable), plain JSON text on SQLite.
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+# None is stored as SQL NULL (not JSON null), whether a row leaves the column out or renders it (journal.py)
+JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
