@@ -264,6 +264,7 @@ async def main(args: argparse.Namespace) -> None:
     rates = {kind: await throughput(kind, args.rows, args.repeat) for kind in ("sqlite", "postgresql")}
     lat = {c: await latency(args.calls, c) for c in (1, 10)}
     lines = [
+        BEGIN,
         "### Durable audit path (issue 15)",
         "",
         f"`{command_line('bench_audit.py')}`",
@@ -308,6 +309,7 @@ async def main(args: argparse.Namespace) -> None:
         )
     lines += ["", f"- total run time {time.monotonic() - started:.0f} s"]
     lines += machine("SQLite and PostgreSQL 15 on 127.0.0.1")
+    lines.append(END)
     publish("\n".join(lines), args.out, BEGIN, END)
 
 
