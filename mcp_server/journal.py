@@ -529,7 +529,14 @@ class BatchWriter:
         self.last_error_at = datetime.now(UTC)
 
     def _adopt(self) -> None:
-        """Take over (lock) the segments of processes that died, oldest first."""
+        """Take over (lock) the segments of processes that died, oldest first; drop the empty files of a
+        segment a process died creating."""
+        for temp in self._spool.glob(".segment-*.new") if self._spool.is_dir() else ():
+            with contextlib.suppress(OSError), temp.open("rb") as handle:
+                if time.time() - os.fstat(handle.fileno()).st_mtime < 60:
+                    continue  # being created right now (renamed within microseconds)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                temp.unlink()
         for path in self.segments():
             if path.name in self._segments:
                 continue
