@@ -23,9 +23,10 @@ sys.path.insert(0, str(ROOT))
 from fastmcp import Client  # noqa: E402
 
 from bench.harness import BENCH_JWT_SECRET, Results, Series, command_line, machine, publish, serve, timed  # noqa: E402
-from mcp_server.audit import AuditRecord, BatchWriter, CallContext  # noqa: E402
+from mcp_server.audit import AuditRecord, CallContext  # noqa: E402
 from mcp_server.auth import SigningKey  # noqa: E402
 from mcp_server.db.engine import Database  # noqa: E402
+from mcp_server.journal import BatchWriter  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
 from tests.sshd import SshdFleet, SshdHost  # noqa: E402
 

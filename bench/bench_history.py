@@ -35,10 +35,11 @@ import asyncpg  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
 from bench.harness import Results, command_line, machine, publish  # noqa: E402
-from mcp_server.audit import AuditRecord, BatchWriter  # noqa: E402
+from mcp_server.audit import AuditRecord  # noqa: E402
 from mcp_server.db.storage import layout  # noqa: E402
 from mcp_server.db.tables import DataCollectionAudit  # noqa: E402
 from mcp_server.devices import DeviceSpec  # noqa: E402
+from mcp_server.journal import BatchWriter  # noqa: E402
 from mcp_server.metrics_history import metrics_history  # noqa: E402
 from mcp_server.series.system import SystemMetricRow  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402

@@ -82,7 +82,7 @@ def _executable() -> str:
     return exe
 
 
-def server_env(data_dir: Path, *, auth: bool) -> dict[str, str]:
+def server_env(data_dir: Path, *, auth: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of one server: its own data dir and known_hosts; a fixed HS256 key, or auth off."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("INFRA_")}
     env |= {
@@ -98,7 +98,7 @@ def server_env(data_dir: Path, *, auth: bool) -> dict[str, str]:
         "INFRA_POLL_ENABLED": "false",
     }
     env |= {"INFRA_JWT_SECRET": BENCH_JWT_SECRET} if auth else {"INFRA_AUTH": "false"}
-    return env
+    return env | (extra or {})
 
 
 def mint_token(env: dict[str, str]) -> str:
@@ -116,14 +116,14 @@ def mint_token(env: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def serve(data_dir: Path, *, auth: bool = True) -> Iterator[Server]:
+def serve(data_dir: Path, *, auth: bool = True, extra: dict[str, str] | None = None) -> Iterator[Server]:
     """Run `infrastructor serve` on a free loopback port until the block exits.
 
     With auth (the default) the token comes from `token create` and the server is checked to refuse a
     request without it; with auth off the server runs with INFRA_AUTH=false.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    env = server_env(data_dir, auth=auth)
+    env = server_env(data_dir, auth=auth, extra=extra)
     headers = {"Authorization": f"Bearer {mint_token(env)}"} if auth else {}
     port = free_port()
     log_path = data_dir / "server.log"

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, Field
 
-from mcp_server.audit import BatchWriter, current_call
+from mcp_server.audit import current_call
 from mcp_server.cache import CacheKey, CacheManager
 from mcp_server.commands import CommandDefinition, CommandRegistry
 from mcp_server.db.tables import CollectionSnapshot, ServicePerformanceMetric
@@ -27,6 +27,7 @@ from mcp_server.devices import Device, DeviceRegistry
 from mcp_server.errors import CommandTimeout, InfrastructorError, InvalidParameter
 from mcp_server.events import CollectionCompleted, CollectionFailed, EventBus
 from mcp_server.executors import ExecResult, Executor, LocalExecutor, check_exit
+from mcp_server.journal import BatchWriter
 from mcp_server.parsing import parse_output
 from mcp_server.progress import OnStep, Steps
 from mcp_server.redact import redact_args

@@ -118,6 +118,12 @@ class ArgumentsTooLarge(InvalidParameter):
     error_type = "arguments_too_large"
 
 
+class Overloaded(InfrastructorError):
+    """The audit cannot keep up (rows wait for the journal or the database): new calls are refused."""
+
+    error_type = "overloaded"
+
+
 class ConnectionError_(InfrastructorError):
     """Base for failures to obtain a working connection to a device."""
 

@@ -14,10 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
-from mcp_server.audit import BatchWriter, current_call
+from mcp_server.audit import current_call
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import EventLogRow
 from mcp_server.events import CollectionFailed, ConfigChanged, DeviceHealthChanged, Event, EventBus
+from mcp_server.journal import BatchWriter
 
 EventKind = Literal["config_change", "device_health", "poll_failure", "alert"]
 RECORDED = (ConfigChanged, DeviceHealthChanged, CollectionFailed)

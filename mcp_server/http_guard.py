@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
 
+# Seconds an HTTP client refused while the audit catches up is told to wait (503 Retry-After).
+OVERLOAD_RETRY_AFTER = 2
+
 
 def audit_http_event(
     state: AppState,
@@ -191,6 +194,7 @@ class HttpGuard:
         self.failures = AuthFailureLog(settings.audit_auth_failures_per_minute, state_of)
         self._warned: cachetools.TTLCache[str, bool] = cachetools.TTLCache(maxsize=1024, ttl=60)
         self.rate_per_minute = settings.http_rate_limit
+        self._state_of = state_of
 
     def _guarded(self, path: str) -> bool:
         """The MCP endpoint and the REST API (api.py)."""
@@ -215,6 +219,27 @@ class HttpGuard:
                 f"(INFRA_HTTP_RATE_LIMIT); retry after {max(1, math.ceil(wait))} s.",
                 wait,
             )(scope, receive, send)
+            return
+        state = self._state_of()
+        reason = state.writer.overloaded() if state is not None and scope["method"] == "POST" else None
+        if state is not None and reason is not None:
+            state.writer.refused += 1
+            message = (
+                f"The server is overloaded: {reason}. Retry after {OVERLOAD_RETRY_AFTER} s; nothing was done."
+            )
+            audit_http_event(
+                state,
+                Request(scope),
+                kind="request",
+                subject=subject,
+                client_id=None,
+                ip=ip,
+                arguments={},
+                outcome="denied",
+                error_type="overloaded",
+                error_message=message,
+            )
+            await _json_error(503, message, OVERLOAD_RETRY_AFTER)(scope, receive, send)
             return
         status: list[int] = []
 

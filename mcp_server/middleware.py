@@ -3,6 +3,7 @@ mistakes into readable invalid-params errors, bound results."""
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import inspect
 import ipaddress
@@ -32,6 +33,7 @@ from mcp_server.errors import (
     InfrastructorError,
     InvalidParameter,
     MissingScope,
+    Overloaded,
     UnknownCommand,
     field_problems,
 )
@@ -109,12 +111,20 @@ def write_audit(
     )
 
 
+def overloaded(state: AppState) -> None:
+    """Refuse a new call while the audit cannot keep up (see BatchWriter.overloaded)."""
+    reason = state.writer.overloaded()
+    if reason is not None:
+        state.writer.refused += 1
+        raise Overloaded(f"The server is overloaded: {reason}. Retry in a few seconds; nothing was done.")
+
+
 def _outcome(exc: BaseException) -> tuple[str, str, str | None]:
     """(outcome, error_type, message safe to store) for an exception leaving a call."""
     cause = exc.__cause__
     if isinstance(cause, MissingScope):
         return "denied", cause.error_type, str(cause)
-    if isinstance(cause, ArgumentsTooLarge):
+    if isinstance(cause, ArgumentsTooLarge | Overloaded):
         return "denied", cause.error_type, str(cause)
     if isinstance(cause, InfrastructorError):
         return "error", cause.error_type, str(cause)
@@ -252,21 +262,25 @@ class AuditMiddleware(Middleware):
     ) -> Any:
         started = time.perf_counter()
         outcome, error_type, message = "ok", None, None
+        state = context.fastmcp_context.lifespan_context.get("state") if context.fastmcp_context else None
+        answered = True
         try:
             with calling(ctx):
                 try:
                     admit()
+                    if state is not None:
+                        overloaded(state)
                 except InfrastructorError as exc:
                     raise error(str(exc)) from exc
                 return await call_next(context)
         except BaseException as exc:
+            answered = not isinstance(exc, asyncio.CancelledError)
             outcome, error_type, message = _outcome(exc)
             masked = _redacted(exc, error)
             if masked is not None:
                 raise masked from exc.__cause__
             raise
         finally:
-            state = context.fastmcp_context.lifespan_context.get("state") if context.fastmcp_context else None
             if state is not None:
                 write_audit(
                     state,
@@ -279,6 +293,9 @@ class AuditMiddleware(Middleware):
                     error_type=error_type,
                     message=message,
                 )
+                if answered and self.settings.audit_sync:
+                    # the answer leaves only once its audit row (and its collections') is on disk
+                    await state.writer.durable()
 
 
 def _redacted(exc: BaseException, error: type[Exception]) -> Exception | None:

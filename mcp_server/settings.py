@@ -55,7 +55,38 @@ class Settings(BaseSettings):
     )
 
     cache_max_entries: int = Field(default=2048, ge=1, le=1_000_000)
-    audit_flush_interval: float = Field(default=0.25, gt=0, le=60)
+    audit_flush_interval: float = Field(
+        default=0.25, gt=0, le=60, description="Seconds between shipments of the audit journal when idle."
+    )
+    audit_sync: bool = Field(
+        default=True,
+        description="Answer a call only once its audit row is fsynced in the journal (group commit).",
+    )
+    audit_write_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Deadline of one database write of journaled rows; past it the rows stay journaled "
+        "and are shipped when the database answers again.",
+    )
+    audit_queue_max: int = Field(
+        default=10_000,
+        ge=1,
+        le=10_000_000,
+        description="Rows waiting for the journal beyond which new calls are refused (503, Retry-After).",
+    )
+    audit_journal_max_mb: float = Field(
+        default=1024,
+        gt=0,
+        le=1_000_000,
+        description="Journaled MiB not yet in the database beyond which new calls are refused.",
+    )
+    audit_lag_warning: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="get_service_health warns when the oldest row not yet in the database is older.",
+    )
 
     ssh_connect_timeout: float = Field(default=10.0, gt=0, le=300)
     ssh_command_timeout: float = Field(

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from mcp_server.audit import BatchWriter
 from mcp_server.cache import CacheManager
 from mcp_server.collection import UnifiedDataCollectionService
 from mcp_server.commands import CommandRegistry, default_registry
@@ -34,6 +33,7 @@ from mcp_server.devices import Device, DeviceInfo, DeviceRegistry, describe
 from mcp_server.event_log import record_events
 from mcp_server.events import EventBus
 from mcp_server.executors import LocalExecutor
+from mcp_server.journal import BatchWriter
 from mcp_server.permissions import secure_data_dir
 from mcp_server.polling.breaker import BreakerPolicy, HealthBook
 from mcp_server.secrets import SecretStore
@@ -47,6 +47,9 @@ if TYPE_CHECKING:
     from mcp_server.polling.service import PollingService
 
 log = logging.getLogger(__name__)
+
+# At shutdown, the time given to the database to take the journaled rows, and then to close its connections
+SHUTDOWN_SHIP_SECONDS = 0.5
 
 
 @dataclass
@@ -83,10 +86,15 @@ class AppState:
         await self.health.refresh()
 
     async def audit_page(self, *, limit: int, offset: int, **filters: Any) -> AuditPage:
-        """Audit entries matching `filters`, including everything audited up to this moment."""
-        await self.writer.flush()
+        """Audit entries matching `filters`: everything audited up to this moment when the database takes it
+        within a second or two, else what it holds, with how far behind it is."""
+        await self.writer.caught_up(min(2.0, self.settings.audit_write_timeout))
         async with self.db.read_session() as session:
-            return await audit_page(session, limit=limit, offset=offset, **filters)
+            page = await audit_page(session, limit=limit, offset=offset, **filters)
+        status = self.writer.status()
+        page.unshipped_rows = status.pending_rows
+        page.oldest_unshipped_seconds = status.oldest_unshipped_seconds
+        return page
 
     async def forget_connection(self, name: str) -> int:
         """Close a changed or removed device's connection and drop its cached results; returns how many."""
@@ -134,7 +142,15 @@ async def open_state(
     ssh = SSHPool(
         SSHOptions.from_settings(settings), lookup=devices.get, on_host_key_pinned=devices.pin_host_key
     )
-    writer = BatchWriter(db, settings.data_dir / "spool", interval=settings.audit_flush_interval)
+    writer = BatchWriter(
+        db,
+        settings.data_dir / "spool",
+        interval=settings.audit_flush_interval,
+        write_timeout=settings.audit_write_timeout,
+        queue_max=settings.audit_queue_max,
+        journal_max_bytes=int(settings.audit_journal_max_mb * (1 << 20)),
+        connect=lambda: connect_database(settings),
+    )
     local = LocalExecutor(max_output=settings.max_output_bytes)
     workers = WorkerPool(size=min(2, os.cpu_count() or 1), memory_mb=settings.parse_memory_mb)
     registry = registry or default_registry()
@@ -175,8 +191,10 @@ async def open_state(
         _queue_cache_stats(state)
         await ssh.close()
         await workers.close()
-        await writer.close()
-        await db.close()
+        await writer.close(timeout=SHUTDOWN_SHIP_SECONDS)  # what the database does not take stays journaled
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SHUTDOWN_SHIP_SECONDS):  # a hung database must not hold up the exit
+                await db.close()
 
 
 async def open_database(settings: Settings, *, migrate: bool = True) -> Database:
@@ -186,10 +204,9 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> Database
     touches state comes through here.
     """
     secure_data_dir(settings.data_dir)
-    db = Database(settings.resolved_database_url)
+    db = connect_database(settings)
     if credentials_path(settings).exists():
         # the application role cannot create tables: migrate as the owner when given, else insist on head
-        install_credential_hook(db.engine, credential_provider(settings))
         if migrate and settings.database_admin_url is not None:
             await migrate_and_configure(settings.database_admin_url.get_secret_value(), settings)
         else:
@@ -197,6 +214,14 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> Database
     elif migrate:
         await db.migrate()
         await configure_storage(db, settings)
+    return db
+
+
+def connect_database(settings: Settings) -> Database:
+    """A new engine on the configured database, logging in as the bootstrapped role when there is one."""
+    db = Database(settings.resolved_database_url)
+    if credentials_path(settings).exists():
+        install_credential_hook(db.engine, credential_provider(settings))
     return db
 
 

@@ -68,19 +68,49 @@ async def test_rows_spooled_while_the_database_was_away_are_replayed_after_a_res
 
 async def test_a_segment_replayed_before_a_crash_is_not_replayed_again(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
+    row = AuditRecord(occurred_at=datetime.now(UTC), kind="tool", tool="probe", outcome="ok").row()
+    line = json.dumps(
+        {"table": "data_collection_audit", "row": row}, default=lambda d: {"$datetime": d.isoformat()}
+    )
+    spool = settings.data_dir / "spool"
+    spool.mkdir(parents=True)
+    segment = spool / "segment-00000000000000000001-deadbeef.jsonl"
+    segment.write_text(line + "\n")  # left by a process that died before shipping it
+    copy = tmp_path / segment.name
+    shutil.copy(segment, copy)
     async with open_state(settings) as state:
-        row = AuditRecord(occurred_at=datetime.now(UTC), kind="tool", tool="probe", outcome="ok").row()
-        state.writer._spool_rows([(DataCollectionAudit, row)])
-        (segment,) = state.writer.segments()
-        copy = tmp_path / segment.name
-        shutil.copy(segment, copy)
         await state.writer.flush()
-        assert state.writer.segments() == []
+        assert not segment.exists()
         # as if the process died after the commit but before the unlink: the same file is back
         shutil.copy(copy, segment)
         await state.writer.flush()
-        assert state.writer.segments() == []
+        state.writer._adopt()
+        await state.writer.flush()
         assert len(await audit_rows(state, tool="probe")) == 1
+
+
+async def test_a_journal_cut_by_a_crash_or_holding_a_bad_line_ships_every_whole_row_once(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+
+    def line(tool: str) -> str:
+        row = AuditRecord(occurred_at=datetime.now(UTC), kind="tool", tool=tool, outcome="ok").row()
+        encoded = json.dumps(
+            {"table": "data_collection_audit", "row": row}, default=lambda d: {"$datetime": d.isoformat()}
+        )
+        return encoded + "\n"
+
+    spool = settings.data_dir / "spool"
+    spool.mkdir(parents=True)
+    segment = spool / "segment-00000000000000000002-cafebabe.jsonl"
+    # a whole row, a line no version wrote, a whole row, and a row the crash cut (never acknowledged)
+    segment.write_text(line("first") + "{not json\n" + line("second") + line("cut")[:40])
+    async with open_state(settings) as state:
+        await state.writer.flush(10)
+        assert not segment.exists()
+        rows = await audit_rows(state, kind="tool")
+        assert sorted(r.tool for r in rows if r.tool in ("first", "second", "cut")) == ["first", "second"]
 
 
 # ---- every row is bounded, whatever a caller or a host sends ------------------------------------------------

@@ -19,9 +19,10 @@ import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
 
-from mcp_server.audit import AuditRecord, BatchWriter
+from mcp_server.audit import AuditRecord
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import DataCollectionAudit
+from mcp_server.journal import BatchWriter
 from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import make_settings
@@ -64,6 +65,7 @@ async def test_a_new_data_dir_and_everything_written_in_it_are_private(tmp_path:
     )
     with pytest.raises(OSError):
         await writer.flush()
+    await writer.close(timeout=0)
     (segment,) = writer.segments()
     assert mode(settings.data_dir / "spool") == 0o700 and mode(segment) == 0o600
 

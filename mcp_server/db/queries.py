@@ -63,7 +63,8 @@ class AuditEntry(BaseModel):
     kind: str = Field(
         description="tool, resource or collection (collections link to their call by request_id); session "
         "(an MCP session opened or refused); auth (a refused bearer token: reason in error_message); "
-        "subscription (also an event stream opened); alert (an alert delivered or not: rule, attempts)."
+        "subscription (also an event stream opened); alert (an alert delivered or not: rule, attempts); "
+        "request (an HTTP request refused while the audit caught up)."
     )
     request_id: str | None
     subject: str | None = Field(description="Token subject, or local:<user> over stdio.")
@@ -93,6 +94,14 @@ class AuditPage(BaseModel):
     entries: list[AuditEntry] = Field(description="Newest first.")
     total: int = Field(description="Entries matching the filters in all.")
     truncated: bool = Field(description="True when more entries match than this page holds (raise offset).")
+    unshipped_rows: int = Field(
+        default=0,
+        description="Rows audited (fsynced in the server's journal) but not yet in the database, so not "
+        "in this page; 0 when the page is complete up to this moment.",
+    )
+    oldest_unshipped_seconds: float | None = Field(
+        default=None, description="Age of the oldest of those rows: how far behind this page may be."
+    )
 
 
 async def audit_page(session: AsyncSession, *, limit: int, offset: int, **filters: Any) -> AuditPage:

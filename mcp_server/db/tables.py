@@ -25,7 +25,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # JSONB on PostgreSQL (indexable), plain JSON text on SQLite.
-JSONType = JSON().with_variant(JSONB(), "postgresql")
+# None is stored as SQL NULL (not JSON null), whether a row leaves the column out or renders it (journal.py)
+JSONType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -161,13 +162,16 @@ class SecretRow(Base):
 
 
 class SpoolSegment(Base):
-    """Spool files already written to the database (so a replay interrupted by a crash is not repeated)."""
+    """How far each journal segment has been written to the database (see journal.py): its mark advances in
+    the transaction that inserts its rows, so a replay after a crash skips what is already here."""
 
     __tablename__ = "spool_segments"
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     replayed_at: Mapped[datetime]
     rows: Mapped[int] = mapped_column(Integer)
+    # bytes of the segment shipped; NULL: a whole spool file replayed at once (before journals)
+    shipped_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class ConfigWatchTarget(Base):

@@ -137,6 +137,23 @@ class DeviceHealthEntry(BaseModel):
     health: DeviceHealth
 
 
+class AuditPipeline(BaseModel):
+    pending_rows: int = Field(description="Rows audited or collected but not yet in the database.")
+    unjournaled_rows: int = Field(description="Rows still only in memory (the journal fsyncs them next).")
+    journal_bytes: int = Field(description="Journaled bytes not yet in the database.")
+    journal_segments: int = Field(description="Journal files on disk.")
+    oldest_unshipped_seconds: float | None = Field(
+        description="Age of the oldest row not yet in the database; None when none is waiting."
+    )
+    shipped_rows: int = Field(description="Rows this process wrote to the database.")
+    refused_calls: int = Field(description="Calls refused because the audit could not keep up.")
+    last_error: str | None = Field(description="The last journal or database write error.")
+    last_error_at: datetime | None
+    warning: str | None = Field(
+        description="Set when the database is behind by more than INFRA_AUDIT_LAG_WARNING."
+    )
+
+
 class ServiceHealth(BaseModel):
     replica: str
     uptime_seconds: float
@@ -145,8 +162,7 @@ class ServiceHealth(BaseModel):
     poller: PollerStatus
     replicas: list[ReplicaReport] = Field(description="Every replica that reported in the last hour.")
     devices_not_ok: list[DeviceHealthEntry] = Field(description="Devices whose polls fail or back off.")
-    writer_pending_rows: int = Field(description="Rows queued for the database right now.")
-    writer_spooled_segments: int = Field(description="Spool files waiting for the database to return.")
+    audit: AuditPipeline = Field(description="The audit journal and how far the database is behind it.")
     cache: CacheStats
     cache_recorded: list[RecordedCache]
 

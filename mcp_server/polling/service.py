@@ -14,13 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from mcp_server.audit import BatchWriter
 from mcp_server.db import storage
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import ServicePerformanceMetric
 from mcp_server.devices import DeviceHealth
+from mcp_server.journal import BatchWriter
 from mcp_server.polling import leases
 from mcp_server.polling.report import (
+    AuditPipeline,
     DeviceHealthEntry,
     PollerStatus,
     ReplicaStats,
@@ -197,11 +198,36 @@ def poller_status(poller: Poller | None) -> PollerStatus:
     )
 
 
+def audit_pipeline(state: AppState) -> AuditPipeline:
+    """The audit writer's backlog, with a warning past INFRA_AUDIT_LAG_WARNING."""
+    s = state.writer.status()
+    threshold = state.settings.audit_lag_warning
+    warning = None
+    if s.oldest_unshipped_seconds is not None and s.oldest_unshipped_seconds > threshold:
+        warning = (
+            f"the database is {s.oldest_unshipped_seconds:.0f} s behind the audit journal ({s.pending_rows:,} "
+            f"rows, {s.journal_bytes:,} bytes waiting; last error: {s.last_error or 'none'}); the rows are safe "
+            "on disk and are written once it catches up"
+        )
+    return AuditPipeline(
+        pending_rows=s.pending_rows,
+        unjournaled_rows=s.unjournaled_rows,
+        journal_bytes=s.journal_bytes,
+        journal_segments=s.journal_segments,
+        oldest_unshipped_seconds=s.oldest_unshipped_seconds,
+        shipped_rows=s.shipped_rows,
+        refused_calls=s.refused_calls,
+        last_error=s.last_error,
+        last_error_at=s.last_error_at,
+        warning=warning,
+    )
+
+
 async def service_health(state: AppState) -> ServiceHealth:
     """This replica, every replica that reported recently, storage, the poller and unhealthy devices."""
     now = datetime.now(UTC)
     database_ok = await state.db.ping()
-    await state.writer.flush()
+    await state.writer.caught_up(min(1.0, state.settings.audit_write_timeout))
     await state.health.refresh(force=True)
     unhealthy = []
     for name in state.devices.names():
@@ -217,8 +243,7 @@ async def service_health(state: AppState) -> ServiceHealth:
         poller=polling.status() if polling is not None else poller_status(None),
         replicas=await replica_reports(state.db, now, state.settings.poll_report_interval),
         devices_not_ok=unhealthy,
-        writer_pending_rows=state.writer.pending,
-        writer_spooled_segments=len(state.writer.segments()),
+        audit=audit_pipeline(state),
         cache=state.cache.stats(),
         cache_recorded=await recorded_cache(state.db, now),
     )

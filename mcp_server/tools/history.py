@@ -56,7 +56,9 @@ async def get_metrics_history(
     """A metric of one device over hours to weeks from the recorded history: per bucket avg/min/max and
     sample count, plus trend, peak and latest value. Buckets are whole and aligned to UTC (since is
     rounded down, until up)."""
-    await state.writer.flush()  # samples collected a moment ago are part of the answer
+    await state.writer.caught_up(
+        min(2.0, state.settings.audit_write_timeout)
+    )  # samples collected a moment ago are part of the answer
     return await metrics_history(
         state.db,
         state.devices,
