@@ -5,6 +5,7 @@ with newlines) while another client measures /health and a cached tool call. Not
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import statistics
 import time
@@ -28,6 +29,7 @@ pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "h" * 48
+CONTROL_FACTOR = 3  # the hostile server may be this many times slower than the control at p99
 P99_BOUND = 0.25  # seconds
 
 ALIAS_BOMB = "\n".join(
@@ -122,29 +124,39 @@ class Probe:
     failures: list[str] = field(default_factory=list)
 
 
-async def measure(url: str, probe: Probe, stop: asyncio.Event) -> None:
-    base = url.rsplit("/", 1)[0]
+async def measure(urls: dict[str, str], probes: dict[str, Probe], stop: asyncio.Event) -> None:
+    """Probe each server in turn, the same calls side by side: the one reading the hostile host and a
+    control that reads nothing, so what the machine's own load costs shows up in both."""
     auth = {"Authorization": f"Bearer {token('observer', 'infra:read')}"}
 
-    def health() -> int:
-        with urllib.request.urlopen(f"{base}/health", timeout=30) as response:
+    def health(url: str) -> int:
+        with urllib.request.urlopen(f"{url.rsplit('/', 1)[0]}/health", timeout=30) as response:
             return int(response.status)
 
-    async with Client(StreamableHttpTransport(url, headers=auth), timeout=60) as client:
-        await client.call_tool("collect", {"device": "local", "command": "os_info"})  # cached for an hour
-        while not stop.is_set():
-            started = time.perf_counter()
-            code = await asyncio.to_thread(health)
-            probe.health.append(time.perf_counter() - started)
-            if code != 200:
-                probe.failures.append(f"/health {code}")
-            started = time.perf_counter()
-            result = await client.call_tool(
-                "collect", {"device": "local", "command": "os_info"}, raise_on_error=False
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {
+            name: await stack.enter_async_context(
+                Client(StreamableHttpTransport(url, headers=auth), timeout=60)
             )
-            probe.cached_call.append(time.perf_counter() - started)
-            if result.is_error or not (result.structured_content or {}).get("from_cache"):
-                probe.failures.append(f"collect: {result.content}")
+            for name, url in urls.items()
+        }
+        for client in clients.values():  # cached for an hour
+            await client.call_tool("collect", {"device": "local", "command": "os_info"})
+        while not stop.is_set():
+            for name, client in clients.items():
+                probe = probes[name]
+                started = time.perf_counter()
+                code = await asyncio.to_thread(health, urls[name])
+                probe.health.append(time.perf_counter() - started)
+                if code != 200:
+                    probe.failures.append(f"/health {code}")
+                started = time.perf_counter()
+                result = await client.call_tool(
+                    "collect", {"device": "local", "command": "os_info"}, raise_on_error=False
+                )
+                probe.cached_call.append(time.perf_counter() - started)
+                if result.is_error or not (result.structured_content or {}).get("from_cache"):
+                    probe.failures.append(f"collect: {result.content}")
             await asyncio.sleep(0.05)
 
 
@@ -170,6 +182,16 @@ async def eventually_changed(client: Client[Any], path: str, within: float = 60)
 
 
 @pytest.fixture
+async def control(tmp_path: Path) -> AsyncIterator[str]:
+    """A server on the same machine that reads no hostile host: the baseline the probes compare with."""
+    port, data = free_port(), tmp_path / "control"
+    data.mkdir()
+    env = cli_env(data, INFRA_JWT_SECRET=SECRET, INFRA_HTTP_PORT=str(port), INFRA_HTTP_RATE_LIMIT="100000")
+    with serving([CLI, "serve"], port, env, data / "server.log", cwd=REPO) as url:
+        yield url
+
+
+@pytest.fixture
 async def server(hostile: Hostile, tmp_path: Path) -> AsyncIterator[str]:
     port = free_port()
     env = cli_env(
@@ -186,7 +208,7 @@ async def server(hostile: Hostile, tmp_path: Path) -> AsyncIterator[str]:
 
 
 async def test_a_hostile_host_neither_stalls_the_server_nor_loses_anything(
-    hostile: Hostile, server: str, sshd_fleet: SshdFleet
+    hostile: Hostile, server: str, control: str, sshd_fleet: SshdFleet
 ) -> None:
     auth = {"Authorization": f"Bearer {token('operator', 'infra:admin')}"}
     files, confd = hostile.files, hostile.confd
@@ -208,8 +230,8 @@ async def test_a_hostile_host_neither_stalls_the_server_nor_loses_anything(
             )
             assert not watched.is_error, watched.content
 
-        probe, stop = Probe(), asyncio.Event()
-        observer = asyncio.create_task(measure(server, probe, stop))
+        probes, stop = {"hostile": Probe(), "control": Probe()}, asyncio.Event()
+        observer = asyncio.create_task(measure({"hostile": server, "control": control}, probes, stop))
         await asyncio.sleep(1.0)  # a baseline before the host turns hostile
         try:
             # what the host's files become
@@ -257,7 +279,14 @@ async def test_a_hostile_host_neither_stalls_the_server_nor_loses_anything(
         audited = {entry["tool"] for entry in (audit.structured_content or {})["entries"]}
         assert set(answers) <= audited, audited
 
-    assert not probe.failures, probe.failures[:5]
+    probe, baseline = probes["hostile"], probes["control"]
+    assert not probe.failures and not baseline.failures, (probe.failures + baseline.failures)[:5]
     assert len(probe.health) >= 20 and len(probe.cached_call) >= 20
-    assert p99(probe.health) < P99_BOUND, f"/health p99 {p99(probe.health):.3f}s"
-    assert p99(probe.cached_call) < P99_BOUND, f"cached call p99 {p99(probe.cached_call):.3f}s"
+    # under P99_BOUND, or, on a machine so loaded that the idle control is slow too, within a small
+    # multiple of the control's p99 (a stalled event loop costs seconds: 9.2 s before the workers)
+    for what, mine, theirs in (
+        ("/health", probe.health, baseline.health),
+        ("cached call", probe.cached_call, baseline.cached_call),
+    ):
+        bound = max(P99_BOUND, CONTROL_FACTOR * p99(theirs))
+        assert p99(mine) < bound, f"{what} p99 {p99(mine):.3f}s (control {p99(theirs):.3f}s)"
