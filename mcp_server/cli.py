@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from rich.console import Console
@@ -70,6 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     secrets_cmd.add_parser(
         "rotate", help="re-encrypt every secret under a new master key, then retire the old one"
     )
+    export = secrets_cmd.add_parser(
+        "export-key",
+        help="write the master key(s) for a backup: without them no stored secret can be read",
+        description="Write the master key(s), one per line, newest first (the format of master.key and, "
+        "comma-separated, of INFRA_MASTER_KEY). Keep the copy apart from the database backup.",
+    )
+    export.add_argument("--out", type=Path, help="a new file (created 0600); default standard output")
 
     db_cmd = sub.add_parser("db", help="PostgreSQL credentials").add_subparsers(dest="db_cmd", required=True)
     boot = db_cmd.add_parser(
@@ -269,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             err.print(f"database {redact_url(url)} is at the latest schema", soft_wrap=True)
             err.print(report.summary(), soft_wrap=True, highlight=False)
             return 1 if report.error else 0
+        if args.cmd == "secrets" and args.secrets_cmd == "export-key":
+            return _export_key(settings, args.out)
         if args.cmd == "secrets":
             return asyncio.run(_rotate_secrets(settings))
         if args.cmd == "db":
@@ -347,6 +357,35 @@ def _exit_now() -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _export_key(settings: Settings, out: Path | None) -> int:
+    from mcp_server.secrets import key_fingerprint, load_master_keys
+
+    keys = load_master_keys(settings)
+    text = "".join(key.decode() + "\n" for key in keys)
+    names = ", ".join(key_fingerprint(k) for k in keys)
+    if out is None:
+        if sys.stdout.isatty():
+            err.print(
+                "refusing to print the master key to a terminal: redirect it to a file, or use --out FILE"
+            )
+            return 2
+        sys.stdout.write(text)
+    else:
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            err.print(f"{out} exists: choose a new file (it is never overwritten)")
+            return 2
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+    err.print(
+        f"exported {len(keys)} master key(s) ({names}); whoever has them can read every stored secret "
+        "(device passwords, the token key, database credentials): keep them apart from the database backup",
+        soft_wrap=True,
+    )
+    return 0
 
 
 async def _rotate_secrets(settings: Settings) -> int:

@@ -34,6 +34,33 @@ async def test_secrets_rotate_keeps_every_secret_readable_under_a_new_key(tmp_pa
         assert state.devices.get("nas").password == "pw-before-rotation"
 
 
+async def test_an_exported_master_key_and_a_copy_of_the_database_restore_every_secret_elsewhere(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path / "old")
+    async with open_state(settings) as state:
+        await state.devices.add("nas", DeviceSpec(hostname="127.0.0.1", port=1, password="pw-in-backup"))
+    backup = tmp_path / "backup.key"
+    result = run_cli(tmp_path / "old", "secrets", "export-key", "--out", str(backup))
+    assert result.returncode == 0, result.stderr
+    assert stat.S_IMODE(backup.stat().st_mode) == 0o600
+    assert backup.read_text() == (settings.data_dir / "master.key").read_text()
+    assert "keep them apart from the database backup" in result.stderr
+    again = run_cli(tmp_path / "old", "secrets", "export-key", "--out", str(backup))
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+    piped = run_cli(tmp_path / "old", "secrets", "export-key")  # standard output is a pipe here
+    assert piped.returncode == 0 and piped.stdout == backup.read_text()
+    # the restore: the database file and the exported key in a new data dir
+    restored = make_settings(tmp_path / "new")
+    restored.data_dir.mkdir(parents=True, exist_ok=True)
+    (restored.data_dir / "infrastructor.db").write_bytes(
+        (settings.data_dir / "infrastructor.db").read_bytes()
+    )
+    (restored.data_dir / "master.key").write_text(backup.read_text())
+    async with open_state(restored) as state:
+        assert state.devices.get("nas").password == "pw-in-backup"
+
+
 async def test_db_credentials_bootstrap_and_rotation_through_the_cli(tmp_path: Path) -> None:
     url = await create_pg_database()
     name = url.rsplit("/", 1)[1]
