@@ -87,6 +87,13 @@ NOT_CALLER_TEXT = {
     ("storage_layout", "mode"): "timescale, partitioned or plain",
     ("storage_layout", "detail"): "the server's own description of the storage set-up",
     ("storage_layout", "policies"): "the server's own retention and compression settings",
+    ("registry_changes", "origin"): "the writing process's own id (a random uuid)",
+    ("alert_rules", "min_risk"): "low, medium or high",
+    ("alert_rules", "channel"): "ntfy, gotify or webhook",
+    ("alert_rules", "created_by"): "the admin's token subject (validated at the edge) or local:<user>",
+    ("alert_firing", "rule"): "an alert rule's name, validated as a slug",
+    ("event_log", "data"): "events' own fields (paths, risk, summaries, error types and messages); strings "
+    "redacted by audit.storable, as in every journaled row",
 }
 
 
