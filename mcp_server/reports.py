@@ -1,4 +1,4 @@
-"""Reports built from several collections: the fleet overview, drive health and ZFS status.
+"""Reports built from collections: the fleet overview, directory usage, drive health and ZFS status.
 
 Each one asks the UnifiedDataCollectionService for what it needs (never a device directly) and combines
 the answers; tools and the CLI call these.
@@ -21,6 +21,7 @@ from mcp_server.db.engine import Database
 from mcp_server.db.history import DeviceTrend, device_trends
 from mcp_server.db.storage import layout
 from mcp_server.errors import CommandFailed, CommandTimeout, InvalidParameter
+from mcp_server.parsers.storage_dirs import DirectoryUsage
 from mcp_server.parsers.storage_drives import Disk, DriveHealth, unreadable_drive
 from mcp_server.parsers.storage_zfs import PoolStatus, PoolUsage, Snapshot
 from mcp_server.parsers.system import SystemMetrics
@@ -315,3 +316,31 @@ def snapshot_page(result: Collected[Any], sort_by: str, limit: int, offset: int)
     page, total, truncated = paginate(ordered, limit, offset)
     data = SnapshotPage(snapshots=page, total=total, truncated=truncated, sort_by=sort_by)
     return Collected[SnapshotPage](**{**dict(result), "data": data})
+
+
+async def directory_usage(
+    service: UnifiedDataCollectionService,
+    device: str,
+    path: str,
+    *,
+    depth: int = 2,
+    top: int = 20,
+    timeout: int = 20,
+    force: bool = False,
+) -> Collected[DirectoryUsage]:
+    """The biggest entries under `path` on `device`; a path that is missing or not a directory is an error.
+
+    The walk's time limit stays below the command timeout (INFRA_SSH_COMMAND_TIMEOUT), so a slow walk still
+    answers with what it measured instead of failing.
+    """
+    limit = max(1, min(timeout, int(service.settings.ssh_command_timeout) - 5))
+    params = {"path": path, "depth": depth, "top": top, "timeout": limit}
+    result = await service.collect(device, "directory_usage", params, force_refresh=force)
+    state = result.data.state
+    if state == "missing":
+        raise InvalidParameter(f"path: {path!r} does not exist on device {device!r}.")
+    if state == "not_directory":
+        raise InvalidParameter(
+            f"path: {path!r} on device {device!r} is a file, not a directory; give the directory holding it."
+        )
+    return result
