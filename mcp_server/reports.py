@@ -1,4 +1,5 @@
-"""Reports built from collections: the fleet overview, directory usage, drive health and ZFS status.
+"""Reports built from collections: the fleet overview, containers with their restarts, directory usage, drive
+health and ZFS status.
 
 Each one asks the UnifiedDataCollectionService for what it needs (never a device directly) and combines
 the answers; tools and the CLI call these.
@@ -20,7 +21,8 @@ from mcp_server.collection import Collected, DeviceOutcome, UnifiedDataCollectio
 from mcp_server.db.engine import Database
 from mcp_server.db.history import DeviceTrend, device_trends
 from mcp_server.db.storage import layout
-from mcp_server.errors import CommandFailed, CommandTimeout, InvalidParameter
+from mcp_server.errors import CommandFailed, CommandTimeout, InfrastructorError, InvalidParameter
+from mcp_server.parsers.containers import ContainerList, with_restarts
 from mcp_server.parsers.storage_dirs import DirectoryUsage
 from mcp_server.parsers.storage_drives import Disk, DriveHealth, unreadable_drive
 from mcp_server.parsers.storage_zfs import PoolStatus, PoolUsage, Snapshot
@@ -344,3 +346,26 @@ async def directory_usage(
             f"path: {path!r} on device {device!r} is a file, not a directory; give the directory holding it."
         )
     return result
+
+
+async def containers_with_restarts(
+    service: UnifiedDataCollectionService, device: str, *, all: bool, force: bool = False
+) -> Collected[ContainerList]:
+    """`docker ps` joined with each container's restart count and policy (docker inspect), and whether it is
+    in a restart loop. Without the restart data (an engine whose inspect fails) the listing still answers."""
+
+    async def restarts() -> Collected[Any] | None:
+        try:
+            return await service.collect(device, "container_restarts", force_refresh=force)
+        except InfrastructorError as exc:
+            log.info("containers of %s without restart counts: %s", device, exc)
+            return None
+
+    listed, joined = await asyncio.gather(
+        service.collect(device, "containers", {"all": all}, force_refresh=force), restarts()
+    )
+    result: Collected[ContainerList] = listed
+    if joined is None:
+        return result
+    data = with_restarts(result.data, joined.data, joined.collected_at)
+    return result.model_copy(update={"data": data})

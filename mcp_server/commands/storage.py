@@ -166,7 +166,10 @@ class DirectoryUsageParams(BaseModel):
     depth: int = Field(default=2, ge=1, le=6, description="How many levels below the path to list.")
     top: int = Field(default=20, ge=1, le=200, description="How many of the biggest entries to return.")
     timeout: int = Field(
-        default=20, ge=1, le=120, description="Seconds du may walk; past it the sizes walked so far are shown."
+        default=20,
+        ge=1,
+        le=120,
+        description="Seconds du may walk; past it the sizes walked so far are shown.",
     )
 
     @property

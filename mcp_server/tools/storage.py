@@ -50,7 +50,9 @@ async def get_disk_usage(
 @expected_errors()
 async def get_directory_usage(
     device: DeviceArg,
-    path: Annotated[AbsolutePath, Field(description="Absolute path, e.g. a mount point from get_disk_usage.")],
+    path: Annotated[
+        AbsolutePath, Field(description="Absolute path, e.g. a mount point from get_disk_usage.")
+    ],
     depth: Annotated[int, Field(ge=1, le=6, description="Levels below the path to list.")] = 2,
     top: Annotated[int, Field(ge=1, le=200, description="How many of the biggest entries to return.")] = 20,
     timeout: Annotated[
