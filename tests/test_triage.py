@@ -144,10 +144,10 @@ def _triage_bin(root: Path, engine: ContainerEngine) -> str:
     shutil.copy(GOLDEN / "drive_inventory/debian12_virtio_zram_loop.txt", data / "lsblk.json")
     shutil.copy(GOLDEN / "drive_smart/usb_jmicron_hdd_failing.txt", data / "smartctl/vda.json")
     # sshd passes on one variable (PATH): the engine's docker config travels in this wrapper instead
-    docker = shutil.which("docker")
-    (bin_dir / "docker").write_text(f'#!/bin/sh\nDOCKER_CONFIG={engine.docker_config} exec {docker} "$@"\n')
-    for program in bin_dir.iterdir():
-        program.chmod(0o755)
+    cli = shutil.which("docker")
+    (bin_dir / "docker").write_text(f'#!/bin/sh\nDOCKER_CONFIG={engine.docker_config} exec {cli} "$@"\n')
+    for executable in bin_dir.iterdir():
+        executable.chmod(0o755)
     for path in (data, *data.rglob("*")):
         path.chmod(0o777 if path.is_dir() else 0o666)
     return f"{bin_dir}:{path_without(root, 'apt')}"
@@ -210,7 +210,7 @@ async def test_find_problems_ranks_everything_that_needs_a_human_worst_first(
     )
 
     def one(device: str, kind: str, subject: str) -> dict[str, Any]:
-        found = [p for p in problems if (p["device"], p["kind"], p["subject"]) == (device, kind, subject)]
+        found: list[dict[str, Any]] = [p for p in problems if (p["device"], p["kind"], p["subject"]) == (device, kind, subject)]
         assert len(found) == 1, (device, kind, subject, problems)
         return found[0]
 
