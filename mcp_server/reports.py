@@ -28,6 +28,7 @@ from mcp_server.parsers.storage_drives import Disk, DriveHealth, unreadable_driv
 from mcp_server.parsers.storage_zfs import PoolStatus, PoolUsage, Snapshot
 from mcp_server.parsers.system import SystemMetrics
 from mcp_server.progress import OnStep, StepDone, Steps
+from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,11 @@ class FleetDevice(BaseModel):
     collected_at: datetime | None = None
     from_cache: bool | None = None
     trend: DeviceTrend | None = Field(
-        default=None, description="CPU and memory trend over the last 24 h of history; null without history."
+        default=None,
+        description="CPU and memory trend over the last 24 h of history; see trend_note if absent.",
+    )
+    trend_note: str | None = Field(
+        default=None, description="Why there is no trend yet, and when there will be."
     )
 
 
@@ -135,8 +140,10 @@ async def fleet_overview(
     rows = [_fleet_device(m, d) for m, d in zip(metrics, disks, strict=True)]
     if db is not None:
         trends = await _trends(db, devices)
+        note = _no_trend(service.settings)
         for row in rows:
             row.trend = trends.get(row.device)
+            row.trend_note = note if row.trend is None else None
     ok = sum(r.ok for r in rows)
     return FleetOverview(
         devices=rows,
@@ -144,6 +151,20 @@ async def fleet_overview(
         ok=ok,
         failed=len(rows) - ok,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+
+
+def _no_trend(settings: Settings) -> str:
+    """Why a device has no 24 h trend: it needs samples in 3 hourly buckets, which only the poller records."""
+    interval = settings.poll_system_interval
+    if not settings.poll_enabled or not interval:
+        return (
+            "No CPU and memory history is recorded: background polling is off (INFRA_POLL_ENABLED, "
+            "INFRA_POLL_SYSTEM_INTERVAL). Turn it on and a trend appears about 2 h later."
+        )
+    return (
+        f"Not enough history yet: a trend needs samples in 3 hourly buckets; the server samples every "
+        f"{interval:g} s while it runs, so it appears about 2 h after the device's first sample."
     )
 
 

@@ -210,7 +210,9 @@ async def test_find_problems_ranks_everything_that_needs_a_human_worst_first(
     )
 
     def one(device: str, kind: str, subject: str) -> dict[str, Any]:
-        found: list[dict[str, Any]] = [p for p in problems if (p["device"], p["kind"], p["subject"]) == (device, kind, subject)]
+        found: list[dict[str, Any]] = [
+            p for p in problems if (p["device"], p["kind"], p["subject"]) == (device, kind, subject)
+        ]
         assert len(found) == 1, (device, kind, subject, problems)
         return found[0]
 
