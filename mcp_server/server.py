@@ -49,7 +49,7 @@ from mcp_server.tools import (
     storage,
     system,
 )
-from mcp_server.tools.schemas import compact
+from mcp_server.tools.schemas import compact, lean
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,7 @@ def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
             registered.append(component)
             if settings.tool_schemas == "compact":
                 compact(component)
+            lean(component)
             read_only = bool(component.annotations and component.annotations.read_only_hint)
             if area.TOOLSET not in settings.offered_toolsets and component.name not in ALWAYS_OFFERED:
                 hidden.add(component.name)
