@@ -312,12 +312,15 @@ class InvalidParamsMiddleware(Middleware):
     It sits inside the audit, so audit rows keep the readable text.
     """
 
+    def __init__(self) -> None:
+        # the tools this server offers; filled by build_server once they are registered
+        self.offered: set[str] = set()
+
     async def on_call_tool(
         self, context: MiddlewareContext[mt.CallToolRequestParams], call_next: CallNext[Any, Any]
     ) -> Any:
         name = context.message.name
-        server = context.fastmcp_context.fastmcp if context.fastmcp_context else None
-        if server is not None and await server.get_tool(name) is None:
+        if name not in self.offered:
             # as the protocol says (FastMCP answers with a tool result marked as an error)
             shown = redact_text(name)
             raise MCPError(

@@ -206,6 +206,7 @@ def build_server(
     )
     audit = AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None)
     budget = ResultBudgetMiddleware(settings.max_result_chars)
+    invalid = InvalidParamsMiddleware()
     mcp = InfrastructorServer(
         settings,
         audit,
@@ -216,9 +217,10 @@ def build_server(
         mask_error_details=True,
         client_log_level="warning",
         auth=signing_key.verifier(settings) if signing_key is not None else None,
-        middleware=[audit, InvalidParamsMiddleware(), budget],
+        middleware=[audit, invalid, budget],
     )
-    tools = _register_tools(mcp, settings)
+    tools, hidden = _register_tools(mcp, settings)
+    invalid.offered = {t.name for t in tools} - hidden
     mcp.subscriptions.install(mcp)
     # On the 2026-07-28 protocol the SDK checks Mcp-Param headers on every tools/call with arguments; without
     # a schema lookup it runs the whole tools/list chain per call (10-15 ms, most of a cached call's time).
@@ -249,9 +251,10 @@ AREAS = (devices, system, network, storage, containers, services, host, admin, c
 ALWAYS_OFFERED = {"list_devices"}
 
 
-def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
+def _register_tools(mcp: FastMCP[Any], settings: Settings) -> tuple[list[Tool], set[str]]:
     """Register every area's tools with compact listed schemas; disable those the settings do not offer
-    (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND). Returns every registered tool."""
+    (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND). Returns every registered tool and the names
+    of the disabled ones."""
     hidden: set[str] = set()
     registered: list[Tool] = []
     for area in AREAS:
@@ -270,7 +273,7 @@ def _register_tools(mcp: FastMCP[Any], settings: Settings) -> list[Tool]:
         hidden.add("run_command")
     if hidden:  # (an empty name set would match every tool)
         mcp.disable(names=hidden, components={"tool"})
-    return registered
+    return registered, hidden
 
 
 async def http_signing_key(settings: Settings) -> SigningKey | None:
