@@ -375,7 +375,13 @@ async def find_problems(
         if _health(found, device, health.get(device)):
             await steps.finished(device, "device_down")
             return
-        mine = await _device(service, device, wanted, disk_threshold, force)
+        known = health.get(device)
+        # the poller found these programs missing within the hour: not tried again now
+        missing = wanted & set(known.unsupported if known is not None else ())
+        found.not_checked.extend(
+            f"{device} {check}: its program is not installed" for check in sorted(missing)
+        )
+        mine = await _device(service, device, wanted - missing, disk_threshold, force)
         found.problems.extend(mine.problems)
         found.not_checked.extend(mine.not_checked)
         unreachable = any(p.kind == "unreachable" for p in mine.problems)

@@ -202,7 +202,6 @@ async def test_proxy_configs_list_routes_and_one_conf_from_a_watched_swag_direct
             "domain": "grafana.*",
             "location": "/",
             "upstream": "grafana:3000",
-            "redirect": None,
             "ssl": True,
             "auth": ["authelia"],
             "file": str(confs / "grafana.subdomain.conf"),

@@ -463,7 +463,7 @@ async def test_compose_stacks_list_projects_with_their_services(
     stack = {s["name"]: s for s in result["data"]["stacks"]}[COMPOSE_PROJECT]
     assert stack["working_dir"] == str(container_engine.root / "stack")
     assert stack["config_files"] == [str(container_engine.root / "stack" / "compose.yaml")]
-    states = {s["service"]: (s["state"], s["exit_code"]) for s in stack["services"]}
+    states = {s["service"]: (s["state"], s.get("exit_code")) for s in stack["services"]}
     assert states == {"app": ("running", None), "job": ("exited", 0)}
     assert (stack["running"], stack["containers"]) == (1, 2)
 
