@@ -55,8 +55,10 @@ log = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
 Infrastructor gives read access to a fleet of Linux hosts ("devices") and a few audited write actions.
-Start with list_devices, then get_fleet_overview for the whole fleet or get_system_metrics, get_disk_usage,
-get_network_interfaces and list_processes for one device. Results are cached for a few seconds per command
+Start with list_devices, then find_problems for what needs attention on every device (worst first, each with
+the call that shows more), get_fleet_overview for the fleet's headline numbers, or get_system_metrics,
+get_disk_usage (then get_directory_usage for what fills a mount), get_network_interfaces and list_processes
+for one device. Results are cached for a few seconds per command
 (each says collected_at, from_cache and age_seconds); pass force_refresh=true when you need a fresh reading.
 list_commands shows every registered command; collect runs one by name with parameters.
 Configuration files watched with watch_config_file keep a version history: list_config_changes shows what

@@ -178,7 +178,8 @@ class DirectoryUsageParams(BaseModel):
 
 
 # du -x stays on the path's filesystem; -a lists files too, down to the depth. GNU du, sort and head keep
-# names NUL-separated (a name may hold a newline); busybox has no -0, so it prints lines in KiB. du's exit
+# names NUL-separated (a name may hold a newline); busybox (and coreutils before 8.25, whose head has no -z)
+# print lines, in KiB. du's exit
 # status goes around sort (fd 3) and is printed before the records: sort prints only once du has finished.
 # Without `timeout` the command's own timeout still bounds the walk.
 DIRECTORY_USAGE_SCRIPT = "; ".join(
@@ -187,7 +188,7 @@ DIRECTORY_USAGE_SCRIPT = "; ".join(
         "if [ ! -e \"$1\" ]; then echo '@@missing'; echo '@@end'; exit 0; fi",
         "if [ ! -d \"$1\" ]; then echo '@@not-directory'; echo '@@end'; exit 0; fi",
         'if command -v timeout >/dev/null 2>&1; then t="timeout $4"; else t=""; fi',
-        "if du --version >/dev/null 2>&1; then echo '@@du-gnu'"
+        "if du --version >/dev/null 2>&1 && head -z -n 1 </dev/null >/dev/null 2>&1; then echo '@@du-gnu'"
         '; { { $t du -x -a -0 -B1 -d "$2" -- "$1" 2>/dev/null; echo "@@status $?" >&3; }'
         ' | sort -z -rn | head -z -n "$3"; } 3>&1'
         "; else echo '@@du-posix'"
