@@ -279,9 +279,9 @@ async def test_every_tool_a_prompt_names_exists_and_its_arguments_validate(clien
     tools = {t.name: t for t in await client.list_tools()}
     prompts = await client.list_prompts()
     assert {"diagnose_device", "triage_container", "review_config_changes"} <= {p.name for p in prompts}
-    samples = {"device": "nas01", "container": "jellyfin"}
+    samples = {"device": "local", "container": "jellyfin"}  # a device the server knows
     for prompt in prompts:
-        arguments = {a.name: samples.get(a.name, "nas01") for a in prompt.arguments or [] if a.required}
+        arguments = {a.name: samples.get(a.name, "local") for a in prompt.arguments or [] if a.required}
         result = await client.get_prompt(prompt.name, arguments)
         text = "\n".join(m.content.text for m in result.messages if isinstance(m.content, mt.TextContent))
         calls = _CALL.findall(text)
