@@ -68,26 +68,6 @@ async def _proxy_configs(state: AppState, device: str, force_refresh: bool) -> C
     return await state.service.collect(device, "proxy_configs", params, force_refresh=force_refresh)
 
 
-def _nothing_watched(state: AppState, device: str | None) -> str | None:
-    """How to start watching, when nothing is watched on `device` (None: on any device)."""
-    targets = state.config.targets
-    if targets.get(device) if device is not None else any(targets.values()):
-        return None
-    where = f"on {device!r}" if device is not None else "on any device"
-    example = device or "nas01"
-    start = (
-        f"Nothing is watched {where}, so no changes are recorded. Start with `watch_config_file` "
-        f'{{"device": "{example}", "path": "/opt/stacks/app/compose.yaml"}} (a file, or a directory such as '
-        "/etc/nginx/conf.d)"
-    )
-    if state.settings.config_discovery:
-        return start + (
-            f', or `list_watched_files` {{"device": "{example}", "discover": true}} to find and watch compose '
-            "files and nginx/SWAG proxy confs."
-        )
-    return start + "."
-
-
 TOOLSET = "config"
 
 
@@ -143,8 +123,7 @@ async def list_watched_files(
         else:
             errors = ["discovery is off on this server (INFRA_CONFIG_DISCOVERY=false)"]
     result = await state.config.watched(device, limit, offset)
-    note = _nothing_watched(state, device) if not result.total else None
-    return result.model_copy(update={"discovered": added, "discovery_errors": errors, "note": note})
+    return result.model_copy(update={"discovered": added, "discovery_errors": errors})
 
 
 @tool(annotations=READ_ONLY)
@@ -192,7 +171,7 @@ async def list_config_changes(
 ) -> ConfigChanges:
     """Detected configuration changes, newest first: what changed, how risky (low/medium/high) and why,
     and which services it affects."""
-    found = await state.config.changes(
+    return await state.config.changes(
         device=device,
         since=parse_since(since),
         min_risk=min_risk,
@@ -200,10 +179,6 @@ async def list_config_changes(
         offset=offset,
         with_diff=include_diff,
     )
-    if found.total:
-        return found
-    await state.config.load()
-    return found.model_copy(update={"note": _nothing_watched(state, device)})
 
 
 @tool(annotations=READ_ONLY)
