@@ -43,10 +43,10 @@ from mcp_server.metrics_history import metrics_history  # noqa: E402
 from mcp_server.series.system import SystemMetricRow  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
 from mcp_server.state import AppState, open_state  # noqa: E402
+from tests.app_fixtures import PG_ADMIN_DSN, drop_database, new_database  # noqa: E402
 
 BEGIN = "<!-- bench_history:begin -->"
 END = "<!-- bench_history:end -->"
-PG_ADMIN = os.environ.get("INFRA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 DEVICES = 20
 DAYS = 30
 STEP = 60  # seconds between samples
@@ -110,24 +110,6 @@ def metric_row(i: int, now: datetime) -> dict[str, Any]:
 # ---- databases ---------------------------------------------------------------------------------------
 
 
-async def new_pg_database(admin_dsn: str) -> str:
-    name = f"infra_bench_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return f"{admin_dsn.rsplit('/', 1)[0]}/{name}"
-
-
-async def drop_pg_database(admin_dsn: str, dsn: str) -> None:
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @contextlib.contextmanager
 def timescale_cluster() -> Iterator[str | None]:
     """The admin DSN of the TimescaleDB cluster INFRA_TEST_TIMESCALE_URL names, or None (not measured)."""
@@ -141,12 +123,9 @@ async def backend(kind: str, admin: str | None, tmp: Path) -> AsyncIterator[AppS
     url, dsn = f"sqlite+aiosqlite:///{tmp / f'{kind}.db'}", None
     if kind != "sqlite":
         assert admin is not None
-        dsn = await new_pg_database(admin)
-        if kind == "timescale":
-            conn = await asyncpg.connect(dsn)
-            await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-            await conn.close()
-        url = dsn.replace("postgresql://", "postgresql+asyncpg://")
+        url = dsn = await new_database(
+            admin, prefix="infra_bench", extension="timescaledb" if kind == "timescale" else None
+        )
     settings = load_settings(
         data_dir=tmp / kind, database_url=url, poll_enabled=False, ssh_known_hosts=tmp / "known_hosts"
     )
@@ -155,7 +134,7 @@ async def backend(kind: str, admin: str | None, tmp: Path) -> AsyncIterator[AppS
             yield state
     finally:
         if dsn is not None and admin is not None:
-            await drop_pg_database(admin, dsn)
+            await drop_database(admin, dsn)
 
 
 # ---- 1. ingest -----------------------------------------------------------------------------------------
@@ -370,7 +349,7 @@ async def run(
         if not tsdb:
             notes.append("TimescaleDB was not available for this run (no INFRA_TEST_TIMESCALE_URL).")
         for kind in kinds:
-            admin = tsdb if kind == "timescale" else PG_ADMIN
+            admin = tsdb if kind == "timescale" else PG_ADMIN_DSN
             async with backend(kind, admin, tmp) as state:
                 mode, detail, _ = await layout(state.db)
                 print(f"{kind}: {mode} ({detail})", file=sys.stderr)

@@ -58,7 +58,7 @@ class AuditRecord:
     db.queries.AuditEntry. What is stored is `storable(row())`: redacted and bounded."""
 
     occurred_at: datetime
-    kind: str  # collection | tool | resource | subscription | session | auth
+    kind: str  # collection | tool | resource | subscription | session | auth | alert
     outcome: str  # ok | error | denied
     request_id: str | None = None
     transport: str | None = None

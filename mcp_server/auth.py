@@ -6,7 +6,6 @@ import base64
 import binascii
 import json
 import math
-import re
 import secrets
 import time
 import uuid
@@ -29,6 +28,7 @@ from starlette.requests import HTTPConnection
 from mcp_server.errors import ConfigurationError, InvalidParameter
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings
+from mcp_server.times import parse_duration, span
 
 READ, WRITE, ADMIN = "infra:read", "infra:write", "infra:admin"
 SCOPES = (READ, WRITE, ADMIN)
@@ -265,16 +265,16 @@ async def signing_key(settings: Settings, store: SecretStore) -> SigningKey:
     return SigningKey("HS256", secret, None, None, generated=True)
 
 
-_TTL = re.compile(r"^(\d+)\s*([smhdw]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
 def parse_ttl(text: str) -> int:
     """'90s', '15m', '12h', '30d', '1w' or plain seconds."""
-    match = _TTL.match(text.strip().lower())
-    if not match or int(match.group(1)) <= 0:
+    value = text.strip().lower()
+    try:
+        duration = parse_duration(value) if not value.isdigit() else span(int(value))
+    except ValueError:
+        duration = None
+    if duration is None or duration.total_seconds() <= 0:
         raise InvalidParameter(f"--ttl {text!r}: use a positive number with s, m, h, d or w (e.g. 12h)")
-    return int(match.group(1)) * _UNITS[match.group(2)]
+    return int(duration.total_seconds())
 
 
 def issue_token(

@@ -107,6 +107,22 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--host", action="append", dest="hosts", help="only this Host alias (repeatable)")
     imp.add_argument("--tag", action="append", default=[], dest="tags")
 
+    alerts = sub.add_parser("alerts", help="alert rules (ntfy, Gotify, JSON webhooks)").add_subparsers(
+        dest="alerts_cmd", required=True
+    )
+    alerts.add_parser("list", help="list alert rules (URLs masked)")
+    rule = alerts.add_parser("set", help="create or replace an alert rule")
+    rule.add_argument("name")
+    rule.add_argument("--kind", required=True, choices=["disk_use", "smart", "device_down", "config_risk"])
+    rule.add_argument("--channel", required=True, choices=["ntfy", "gotify", "webhook"])
+    rule.add_argument("--url", required=True, help="topic, message or webhook URL (stored encrypted)")
+    rule.add_argument("--device", help="only this device (default: every device)")
+    rule.add_argument("--threshold", type=float, help="disk_use: percent; device_down: minutes")
+    rule.add_argument("--min-risk", choices=["low", "medium", "high"], help="config_risk (default high)")
+    rule.add_argument("--disabled", action="store_true", help="keep the rule but do not evaluate it")
+    alerts.add_parser("remove", help="delete an alert rule").add_argument("name")
+    alerts.add_parser("test", help="send a test alert through a rule now").add_argument("name")
+
     collect = sub.add_parser("collect", help="run a registered command on one device or all of them")
     collect.add_argument(
         "command", help="registry name, e.g. system_metrics (see: infrastructor collect --list)"
@@ -158,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_devices(settings, args))
         if args.cmd == "collect":
             return asyncio.run(_collect(settings, args))
+        if args.cmd == "alerts":
+            return asyncio.run(_alerts(settings, args))
         if args.cmd == "token":
             return asyncio.run(_token(settings, args))
     except InfrastructorError as exc:
@@ -283,6 +301,53 @@ async def _token(settings: Settings, args: argparse.Namespace) -> int:
         soft_wrap=True,
     )
     print(token)
+    return 0
+
+
+async def _alerts(settings: Settings, args: argparse.Namespace) -> int:
+    """The same operations as /api/v1/alerts/rules (alerts.py), as the local user."""
+    import getpass
+
+    from mcp_server import alerts
+    from mcp_server.audit import CallContext, calling
+    from mcp_server.state import open_state
+
+    async with open_state(settings) as state:
+        with calling(CallContext(transport="cli", subject=f"local:{getpass.getuser()}")):
+            if args.alerts_cmd == "list":
+                table = Table("name", "kind", "device", "threshold", "channel", "url", "enabled")
+                for r in (await alerts.list_alert_rules(state)).rules:
+                    limit = r.min_risk if r.kind == "config_risk" else r.threshold
+                    table.add_row(
+                        r.name,
+                        r.kind,
+                        r.device or "(all)",
+                        str(limit or ""),
+                        r.channel,
+                        r.url,
+                        str(r.enabled),
+                    )
+                out.print(table)
+            elif args.alerts_cmd == "set":
+                info = await alerts.set_alert_rule(
+                    args.name,
+                    args.kind,
+                    args.channel,
+                    args.url,
+                    device=args.device,
+                    threshold=args.threshold,
+                    min_risk=args.min_risk,
+                    enabled=not args.disabled,
+                    state=state,
+                )
+                err.print(f"alert rule {info.name}: {info.kind} -> {info.channel} {info.url}")
+            elif args.alerts_cmd == "remove":
+                await alerts.remove_alert_rule(args.name, state=state)
+                err.print(f"removed alert rule {args.name}")
+            elif args.alerts_cmd == "test":
+                delivery = await alerts.test_alert_rule(args.name, state=state)
+                err.print(delivery.model_dump_json())
+                return 0 if delivery.ok else 1
     return 0
 
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from mcp_server.db.changes import announce
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import DeviceRow
 from mcp_server.errors import (
@@ -148,6 +149,21 @@ class DeviceRegistry:
             devices[LOCAL] = Device(name=LOCAL, hostname=LOCAL, description="The machine the server runs on.")
         self._devices = devices
 
+    async def reload(self, name: str) -> tuple[Device | None, Device | None]:
+        """Re-read one device after another process changed it: (before, after), None where it is absent.
+        The built-in 'local' device is never stored, so never reloaded."""
+        before = self._devices.get(name)
+        if name == LOCAL and self._local:
+            return before, before
+        async with self._db.read_session() as session:
+            row = await session.scalar(select(DeviceRow).where(DeviceRow.name == name))
+        if row is None:
+            self._devices.pop(name, None)
+            return before, None
+        password = await self._secrets.get(row.password_secret) if row.password_secret else None
+        after = self._devices[name] = _to_device(row, password)
+        return before, after
+
     def get(self, name: str) -> Device:
         try:
             return self._devices[name]
@@ -199,6 +215,7 @@ class DeviceRegistry:
         try:
             async with self._db.session() as session, session.begin():
                 session.add(row)
+                await announce(session, self._db, "device", name)
         except IntegrityError:
             raise DeviceExists(name) from None
         device = _to_device(row, spec.password)
@@ -222,6 +239,9 @@ class DeviceRegistry:
             raise invalid(exc) from None
         self._check_refs(name, spec)
         moved = (spec.hostname, spec.port) != (current.hostname, current.port)
+        if "password" in changes and spec.password:
+            # stored before the row names it: another server reloading the row finds the new password
+            await self._secrets.put(_password_secret(name), spec.password)
         async with self._db.session() as session, session.begin():
             row = await session.scalar(select(DeviceRow).where(DeviceRow.name == name))
             if row is None:
@@ -235,11 +255,9 @@ class DeviceRegistry:
             if "password" in changes:
                 row.password_secret = _password_secret(name) if spec.password else None
             row.updated_at = datetime.now(UTC)
-        if "password" in changes:
-            if spec.password:
-                await self._secrets.put(_password_secret(name), spec.password)
-            else:
-                await self._secrets.delete(_password_secret(name))
+            await announce(session, self._db, "device", name)
+        if "password" in changes and not spec.password:
+            await self._secrets.delete(_password_secret(name))
         device = _to_device(row, spec.password)
         self._devices[name] = device
         await self._publish(name, "updated")
@@ -258,6 +276,7 @@ class DeviceRegistry:
             )
         async with self._db.session() as session, session.begin():
             await session.execute(delete(DeviceRow).where(DeviceRow.name == name))
+            await announce(session, self._db, "device", name)
         await self._secrets.delete(_password_secret(name))
         del self._devices[name]
         await self._publish(name, "removed")
@@ -269,7 +288,9 @@ class DeviceRegistry:
             if row is None:
                 return
             row.host_key = key_line
-        self._devices[name] = self._devices[name].model_copy(update={"host_key": key_line})
+            await announce(session, self._db, "device", name)
+        if name in self._devices:
+            self._devices[name] = self._devices[name].model_copy(update={"host_key": key_line})
 
     def _check_name(self, name: str) -> None:
         if not re.match(NAME_PATTERN, name):

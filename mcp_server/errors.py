@@ -318,13 +318,15 @@ def _got(error: ErrorDetails, field: str) -> str:
     return ""
 
 
-def field_problems(exc: ValidationError) -> list[str]:
+def field_problems(exc: ValidationError | Iterable[ErrorDetails]) -> list[str]:
     """One line per field pydantic rejected: 'lines: must be ≤ 2000 (got 20000)', 'device: required'.
 
-    Values are echoed only when short and not named like a secret; no pydantic links or internal names.
+    Takes a ValidationError or its errors (the REST API's, located by field name). Values are echoed only
+    when short and not named like a secret; no pydantic links or internal names.
     """
     found: dict[str, list[str]] = {}
-    for error in exc.errors(include_url=False):
+    errors = exc.errors(include_url=False) if hasattr(exc, "errors") else exc
+    for error in errors:
         field = _field(error["loc"])
         template = _MUST.get(error["type"])
         context = error.get("ctx") or {}

@@ -56,7 +56,19 @@ class ConfigChanged:
     summary: str
 
 
-Event = CollectionCompleted | CollectionFailed | DeviceChanged | ConfigChanged
+@dataclass(frozen=True)
+class DeviceHealthChanged:
+    """Background polling moved a device's health from one status to another (ok, degraded, down)."""
+
+    device: str
+    previous: str
+    status: str
+    consecutive_failures: int
+    error_type: str | None
+    error: str | None
+
+
+Event = CollectionCompleted | CollectionFailed | DeviceChanged | ConfigChanged | DeviceHealthChanged
 Handler = Callable[[Event], Awaitable[None] | None]
 
 

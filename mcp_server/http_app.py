@@ -32,6 +32,7 @@ from fastmcp.server.http import (
     create_base_app,
 )
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.transport_security import RequestBodyLimitMiddleware
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -40,6 +41,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from mcp_server.api import PREFIX, build_api
 from mcp_server.auth import READ, REJECTION_SCOPE_KEY, SCOPES
 from mcp_server.errors import ConfigurationError
 from mcp_server.fastmcp_internals import custom_routes, low_level, open_sessions
@@ -183,6 +185,22 @@ def metadata_routes(path: str, auth: AuthProvider, trusted: Networks) -> list[Ba
 # ---- the app ----------------------------------------------------------------------------------------------
 
 
+class ApiDispatch:
+    """Every request under /api/v1 goes to the REST API app (api.py), whatever its path holds: a Mount's
+    pattern does not match a path with a newline, which would get the outer app's plain-text 404."""
+
+    def __init__(self, app: ASGIApp, *, api: ASGIApp) -> None:
+        self.app = app
+        self.api = api
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and (path == PREFIX or path.startswith(PREFIX + "/")):
+            await self.api({**scope, "root_path": scope.get("root_path", "") + PREFIX}, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def build_http_app(
     server: InfrastructorServer, *, path: str, extra_hosts: list[str] | None = None
 ) -> StarletteWithLifespan:
@@ -201,12 +219,17 @@ def build_http_app(
     ]
     auth = server.auth
     endpoint: ASGIApp = transport_app
+    hint = None
     if auth is not None:
+        hint = _how_to_get_a_token(auth)
         middleware.extend(auth.get_middleware())
         trusted = settings.trusted_proxy_networks
         routes.extend(metadata_routes(path, auth, trusted))
         endpoint = BearerRequired(transport_app, path=path, auth=auth, trusted=trusted)
     middleware.append(Middleware(HttpGuard, settings=settings, path=path, state_of=server.state_of))
+    # the REST API: behind the same Host/Origin check, authentication and guard (rate limit, body size)
+    api = RequestBodyLimitMiddleware(build_api(server, auth_hint=hint), settings.http_max_body_bytes)
+    middleware.append(Middleware(ApiDispatch, api=api))
     routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
     routes.extend(custom_routes(server))
 

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+API_PREFIX = "/api/v1"
+
 
 def audit_http_event(
     state: AppState,
@@ -171,8 +173,8 @@ class AuthFailureLog:
 
 
 class HttpGuard:
-    """Per-subject request rate (per client IP without a valid token) on the MCP endpoint, answered with 429
-    and Retry-After; refused tokens are audited. Sits inside authentication, so the subject is known."""
+    """Per-subject request rate (per client IP without a valid token) on the MCP endpoint and the REST API,
+    answered with 429 and Retry-After; refused tokens are audited. Sits inside authentication, so the subject is known."""
 
     def __init__(
         self,
@@ -190,8 +192,12 @@ class HttpGuard:
         self._warned: cachetools.TTLCache[str, bool] = cachetools.TTLCache(maxsize=1024, ttl=60)
         self.rate_per_minute = settings.http_rate_limit
 
+    def _guarded(self, path: str) -> bool:
+        """The MCP endpoint and the REST API (api.py)."""
+        return (path.rstrip("/") or "/") == self.path or path.startswith(API_PREFIX + "/")
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (scope["path"].rstrip("/") or "/") != self.path:
+        if scope["type"] != "http" or not self._guarded(scope["path"]):
             await self.app(scope, receive, send)
             return
         subject, _ = _principal(scope)

@@ -300,7 +300,7 @@ def _redacted(exc: BaseException, error: type[Exception]) -> Exception | None:
     return error(masked)
 
 
-def _accepted(names: list[str]) -> str:
+def accepted_arguments(names: list[str]) -> str:
     return f"accepted arguments: {', '.join(names)}" if names else "it takes no arguments"
 
 
@@ -338,7 +338,7 @@ class InvalidParamsMiddleware(Middleware):
             problems = field_problems(cause)
             tool = await context.fastmcp_context.fastmcp.get_tool(name) if context.fastmcp_context else None
             if tool is not None and any(p.endswith("unknown argument") for p in problems):
-                problems.append(_accepted(list(tool.parameters.get("properties", {}))))
+                problems.append(accepted_arguments(list(tool.parameters.get("properties", {}))))
             raise ArgumentsError("\n".join([f"Invalid arguments for {name}:", *problems])) from cause
 
     async def on_get_prompt(
@@ -367,7 +367,9 @@ class InvalidParamsMiddleware(Middleware):
         problems = [redact_text(p) for p in problems]  # they may echo a value
         raise MCPError(
             code=mt.INVALID_PARAMS,
-            message="\n".join([f"Invalid arguments for prompt {name}:", *problems, _accepted(usage)]),
+            message="\n".join(
+                [f"Invalid arguments for prompt {name}:", *problems, accepted_arguments(usage)]
+            ),
             data={"prompt": name, "problems": problems},
         )
 
@@ -438,7 +440,8 @@ def without_nulls(value: Any) -> Any:
 
 class ResultBudgetMiddleware(Middleware):
     """Keeps every tool result and resource read within INFRA_MAX_RESULT_CHARS, cutting whole list items
-    (see budget.py); tool results leave null fields out (their listed schemas do not require them)."""
+    (see budget.py); tool results leave null fields out (their listed schemas do not require them). The ui://
+    views are the server's own code, not data, and are served whole (a cut page would not run)."""
 
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
@@ -469,6 +472,8 @@ class ResultBudgetMiddleware(Middleware):
         self, context: MiddlewareContext[mt.ReadResourceRequestParams], call_next: CallNext[Any, Any]
     ) -> Any:
         result = await call_next(context)
+        if str(context.message.uri).startswith("ui://"):
+            return result
         contents = result.contents if isinstance(result, ResourceResult) else []
         if all(not isinstance(c.content, str) or len(c.content) <= self.max_chars for c in contents):
             return result

@@ -12,7 +12,7 @@ import logging
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
@@ -25,7 +25,7 @@ from mcp_server.errors import CommandFailed, CommandTimeout, InfrastructorError,
 from mcp_server.parsers.containers import ContainerList, with_restarts
 from mcp_server.parsers.storage_dirs import DirectoryUsage
 from mcp_server.parsers.storage_drives import Disk, DriveHealth, unreadable_drive
-from mcp_server.parsers.storage_zfs import PoolStatus, PoolUsage, Snapshot
+from mcp_server.parsers.storage_zfs import PoolStatus, PoolUsage, Snapshot, ZpoolList, ZpoolStatus
 from mcp_server.parsers.system import SystemMetrics
 from mcp_server.progress import OnStep, StepDone, Steps
 from mcp_server.settings import Settings
@@ -289,10 +289,16 @@ async def zfs_status(
     service: UnifiedDataCollectionService, device: str, pool: str | None, force: bool
 ) -> Collected[ZfsStatusReport]:
     """zpool list and zpool status joined per pool, with the pools that need attention named."""
-    listed, status = await asyncio.gather(
+    # both run to the end (each audited) before an error of either is the answer: nothing outlives the call
+    outcomes = await asyncio.gather(
         service.collect(device, "zpool_list", force_refresh=force),
         service.collect(device, "zpool_status", force_refresh=force),
+        return_exceptions=True,
     )
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    if failed:
+        raise failed[0]
+    listed, status = cast("tuple[Collected[ZpoolList], Collected[ZpoolStatus]]", tuple(outcomes))
     usage = {p.name: p for p in listed.data.pools}
     details = {p.name: p for p in status.data.pools}
     # a pool imported or exported between the two commands shows up in only one of them

@@ -21,8 +21,10 @@ from starlette.middleware import Middleware as ASGIMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from mcp_server import __version__, prompts, resources
+from mcp_server import __version__, prompts, resources, ui
+from mcp_server.alerts import AlertService
 from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
+from mcp_server.coherence import ChangeFeed
 from mcp_server.config_monitoring.notifier import ConfigNotifier
 from mcp_server.errors import ConfigurationError
 from mcp_server.events import ConfigChanged
@@ -79,6 +81,9 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         self.settings = settings
         self.audit = audit
         self.app_state: AppState | None = None
+        # tools the settings turn off (INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND): the REST API has no route for
+        # them either (INFRA_TOOLSETS only trims what an agent's context pays for; it leaves the API whole)
+        self.disabled_tools: set[str] = set()
         self.notifier = ConfigNotifier()
         self.subscriptions = Subscriptions(settings, audit, self.state_of, self.notifier)
 
@@ -167,6 +172,12 @@ async def _stop_polling(state: AppState) -> None:
         state.polling = None
 
 
+async def _stop_alerts(state: AppState) -> None:
+    if state.alerts is not None:
+        await state.alerts.stop()
+        state.alerts = None
+
+
 def build_server(
     settings: Settings,
     *,
@@ -191,10 +202,17 @@ def build_server(
                 # a state of its own: this server also runs its watchers and its poller (a shared state's
                 # owner does that)
                 running = await stack.enter_async_context(open_state(settings))
+                feed = ChangeFeed(running, since=running.changes_seen)
+                feed.start()  # before the watchers: on PostgreSQL it holds their leases
+                running.feed = feed
+                stack.push_async_callback(feed.stop)
                 await running.config.start()
                 running.polling = PollingService.of(running)
                 running.polling.start()
                 stack.push_async_callback(_stop_polling, running)
+                running.alerts = AlertService(running)
+                running.alerts.start()
+                stack.push_async_callback(_stop_alerts, running)
             server.app_state = running
             stack.callback(setattr, server, "app_state", None)
             stack.callback(server.subscriptions.close)
@@ -231,6 +249,7 @@ def build_server(
     audit.tool_scopes = {t.name: required_scope(t.tags) for t in tools}
     budget.keep_newest = {t.name for t in tools if KEEP_NEWEST in t.tags}
     resources.register(mcp)
+    ui.register(mcp)
     prompts.register(mcp, offered=settings.offered_toolsets)
 
     @mcp.custom_route("/health", methods=["GET"])
@@ -253,7 +272,7 @@ AREAS = (devices, system, network, storage, containers, services, host, admin, c
 ALWAYS_OFFERED = {"list_devices"}
 
 
-def _register_tools(mcp: FastMCP[Any], settings: Settings) -> tuple[list[Tool], set[str]]:
+def _register_tools(mcp: InfrastructorServer, settings: Settings) -> tuple[list[Tool], set[str]]:
     """Register every area's tools with compact listed schemas; disable those the settings do not offer
     (INFRA_TOOLSETS, INFRA_READ_ONLY, INFRA_ALLOW_RUN_COMMAND). Returns every registered tool and the names
     of the disabled ones."""
@@ -270,9 +289,10 @@ def _register_tools(mcp: FastMCP[Any], settings: Settings) -> tuple[list[Tool], 
             if area.TOOLSET not in settings.offered_toolsets and component.name not in ALWAYS_OFFERED:
                 hidden.add(component.name)
             if settings.read_only and not read_only:
-                hidden.add(component.name)
+                mcp.disabled_tools.add(component.name)
     if not settings.allow_run_command:
-        hidden.add("run_command")
+        mcp.disabled_tools.add("run_command")
+    hidden |= mcp.disabled_tools
     if hidden:  # (an empty name set would match every tool)
         mcp.disable(names=hidden, components={"tool"})
     return registered, hidden

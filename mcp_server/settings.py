@@ -301,6 +301,13 @@ class Settings(BaseSettings):
         description="TimescaleDB: which policy jobs the maintenance loop (and `migrate`) runs itself with "
         "CALL run_job: those whose last scheduler run failed or that are overdue, every one, or none.",
     )
+    alert_interval: float = Field(
+        default=60.0, ge=1, le=3600, description="Seconds between evaluations of the alert rules."
+    )
+    alert_retries: int = Field(default=3, ge=0, le=10, description="Retries of a failed alert delivery.")
+    alert_backoff: float = Field(
+        default=2.0, ge=0, le=300, description="Seconds before the first retry of an alert; doubles after."
+    )
     poll_enabled: bool = Field(default=True, description="Poll every device in the background while serving.")
     poll_system_interval: float = Field(
         default=60.0, ge=0, le=86_400, description="Seconds between system_metrics polls; 0 = off."

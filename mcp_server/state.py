@@ -20,7 +20,7 @@ from mcp_server.cache import CacheManager
 from mcp_server.collection import UnifiedDataCollectionService
 from mcp_server.commands import CommandRegistry, default_registry
 from mcp_server.config_monitoring import ConfigurationMonitoringService
-from mcp_server.db import Database
+from mcp_server.db import Database, changes
 from mcp_server.db.credentials import (
     check_schema_current,
     credential_provider,
@@ -34,6 +34,7 @@ from mcp_server.db.storage import ConfigureReport
 from mcp_server.db.storage import configure as configure_storage
 from mcp_server.db.tables import CacheMetadata
 from mcp_server.devices import Device, DeviceInfo, DeviceRegistry, describe
+from mcp_server.event_log import record_events
 from mcp_server.events import EventBus
 from mcp_server.executors import LocalExecutor
 from mcp_server.permissions import secure_data_dir
@@ -44,6 +45,8 @@ from mcp_server.ssh import SSHOptions, SSHPool
 from mcp_server.workers import WorkerPool
 
 if TYPE_CHECKING:
+    from mcp_server.alerts import AlertService
+    from mcp_server.coherence import ChangeFeed
     from mcp_server.polling.service import PollingService
 
 log = logging.getLogger(__name__)
@@ -68,6 +71,9 @@ class AppState:
     health: HealthBook
     started_at: float = field(default_factory=time.monotonic)
     polling: PollingService | None = None  # set while a server's lifespan runs the polling service
+    feed: ChangeFeed | None = None  # set while a server's lifespan runs the change feed
+    changes_seen: int = 0  # the last registry change already reflected in what open_state loaded
+    alerts: AlertService | None = None  # set while a server's lifespan evaluates the alert rules
 
     def describe(self, device: Device) -> DeviceInfo:
         """A device as clients see it, with whether its pooled connection is open now and its health."""
@@ -120,6 +126,8 @@ async def open_state(
         data_dir=settings.data_dir,
         events=events,
     )
+    async with db.read_session() as session:
+        seen = await changes.latest_id(session)  # before loading: a change made meanwhile is applied again
     await devices.load()
     cache = CacheManager(settings.cache_max_entries, clock=clock)
     ssh = SSHPool(
@@ -144,11 +152,13 @@ async def open_state(
     policy = BreakerPolicy(
         settings.poll_breaker_threshold, settings.poll_breaker_backoff, settings.poll_breaker_max_backoff
     )
-    health = HealthBook(db, policy, settings.replica_name)
+    health = HealthBook(db, policy, settings.replica_name, events=events)
     state = AppState(
         settings, db, secrets, devices, registry, cache, ssh, local, writer, events, service, config, health
     )
+    state.changes_seen = seen
     writer.start()
+    stop_recording = record_events(events, writer)  # what GET /api/v1/events streams and resumes from
     snapshots = asyncio.create_task(
         _record_cache_stats(state, settings.poll_report_interval), name="infra-cache-stats"
     )
@@ -156,6 +166,7 @@ async def open_state(
     try:
         yield state
     finally:
+        stop_recording()
         snapshots.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await snapshots

@@ -6,6 +6,11 @@ runs a module-level function in a worker process (`python -m mcp_server.workers`
 space is capped (RLIMIT_AS), a call that outlives its deadline has its worker killed, and a dead worker is
 replaced on the next call. Workers start on first use and are reused; arguments and results travel pickled
 over the worker's stdin and stdout, framed by length.
+
+A deadline bounds what a call costs: the worker's CPU time, so that a busy machine, where the (niced) worker
+gets a small share of a core, does not turn ordinary work into a refusal; wall time is capped too, at
+WALL_FACTOR times the deadline. A worker's start-up (the interpreter and the parsers' imports) is not part
+of any call's deadline: a new worker says when it is ready.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import resource
 import signal
 import struct
 import sys
+import time
 from collections.abc import Callable
 from typing import Any, BinaryIO, TypeVar
 
@@ -30,6 +36,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 _FRAME = struct.Struct("!Q")
 _MAX_FRAME = 1 << 31  # a result this large means something is wrong: the worker is dropped
+_READY = _FRAME.pack(0)  # what a new worker writes once its imports are done
+START_TIMEOUT = 60.0  # seconds a new worker may take to become ready (a loaded machine, a cold disk)
+WALL_FACTOR = 5  # a call is stopped past this many times its deadline in wall time, whatever its CPU time
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class WorkLimitExceeded(InfrastructorError):
@@ -47,6 +57,20 @@ class _Worker:
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
+
+    async def ready(self) -> None:
+        assert self.proc.stdout is not None
+        if await self.proc.stdout.readexactly(_FRAME.size) != _READY:
+            raise EOFError("a worker that did not start properly")
+
+    def cpu_seconds(self) -> float | None:
+        """CPU time the worker process has used (user + system), or None where /proc cannot tell."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / _TICKS
 
     async def call(self, request: bytes) -> tuple[str, Any]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -88,12 +112,11 @@ class WorkerPool:
         """
         request = pickle.dumps((fn.__module__, fn.__qualname__, args), protocol=pickle.HIGHEST_PROTOCOL)
         async with self._slots:
-            worker = self._idle.pop() if self._idle else await self._spawn()
+            worker = self._idle.pop() if self._idle else await self._spawn(what)
             self.calls += 1
             keep = False
             try:
-                async with asyncio.timeout(deadline):
-                    status, value = await worker.call(request)
+                status, value = await self._within(worker, request, deadline)
                 keep = status in ("ok", "raise")
             except TimeoutError:
                 raise WorkLimitExceeded(what, f"took longer than {deadline:g}s and was stopped") from None
@@ -114,7 +137,28 @@ class WorkerPool:
             raise WorkLimitExceeded(what, f"needed more than {self.memory_mb} MiB and was stopped")
         raise WorkLimitExceeded(what, f"failed unexpectedly ({value})")
 
-    async def _spawn(self) -> _Worker:
+    @staticmethod
+    async def _within(worker: _Worker, request: bytes, deadline: float) -> tuple[str, Any]:
+        """The worker's answer to `request`; TimeoutError once it has used `deadline` seconds of CPU, or
+        WALL_FACTOR times that in wall time."""
+        answer = asyncio.ensure_future(worker.call(request))
+        cpu_start, wall_end = worker.cpu_seconds(), time.monotonic() + deadline * WALL_FACTOR
+        try:
+            while True:
+                cpu_now = worker.cpu_seconds()
+                used = cpu_now - cpu_start if cpu_now is not None and cpu_start is not None else None
+                left = min(wall_end - time.monotonic(), deadline - used if used is not None else deadline)
+                if left <= 0:
+                    raise TimeoutError
+                done, _ = await asyncio.wait({answer}, timeout=max(left, 0.01))
+                if done:
+                    return answer.result()
+                if used is None:  # no CPU accounting here: the deadline is wall time
+                    raise TimeoutError
+        finally:
+            answer.cancel()
+
+    async def _spawn(self, what: str) -> _Worker:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -127,6 +171,15 @@ class WorkerPool:
         )
         worker = _Worker(proc)
         self._all.add(worker)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                await worker.ready()
+        except (TimeoutError, EOFError, asyncio.IncompleteReadError, ConnectionError):
+            self._all.discard(worker)
+            await worker.stop()
+            raise WorkLimitExceeded(
+                what, f"could not start a worker process within {START_TIMEOUT:g}s"
+            ) from None
         return worker
 
     @property
@@ -171,6 +224,9 @@ def _serve(memory_mb: int) -> None:
     limit = memory_mb * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    importlib.import_module("mcp_server.parsing")  # the parsers, before the first call's deadline starts
+    stdout.write(_READY)
+    stdout.flush()
     while (request := _read_frame(stdin)) is not None:
         status, value = _answer(request)
         try:

@@ -19,6 +19,7 @@ from mcp_server.devices import DeviceSpec
 from mcp_server.server import build_server
 from mcp_server.settings import Settings, load_settings
 from mcp_server.state import AppState, open_state
+from tests.helpers import unavailable
 
 PG_ADMIN_DSN = os.environ.get("INFRA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -27,31 +28,48 @@ async def _pg_admin() -> asyncpg.Connection:
     return await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
 
 
-async def create_pg_database() -> str:
-    """A new, empty PostgreSQL database; returns its SQLAlchemy URL."""
-    try:
-        conn = await _pg_admin()
-    except (OSError, asyncpg.PostgresError) as exc:
-        message = f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}"
-        if os.environ.get("INFRA_TEST_REQUIRE_POSTGRES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-    name = f"infra_test_{uuid.uuid4().hex[:12]}"
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def new_database(admin_url: str, *, prefix: str = "infra_test", extension: str | None = None) -> str:
+    """A new, empty database on the cluster `admin_url` (a maintenance database's URL) names, with
+    `extension` created in it; returns its SQLAlchemy URL. Shared by the tests and bench/."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=5)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    dsn = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
-    return f"{dsn}/{name}"
+    url = f"{_asyncpg_dsn(admin_url).rsplit('/', 1)[0]}/{name}"
+    if extension:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            await conn.execute(f'CREATE EXTENSION IF NOT EXISTS "{extension}"')
+        finally:
+            await conn.close()
+    return url.replace("postgresql://", "postgresql+asyncpg://")
+
+
+async def drop_database(admin_url: str, url: str) -> None:
+    """Drop the database `url` names (made by new_database), closing whoever is still connected."""
+    conn = await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def create_pg_database() -> str:
+    """A new, empty PostgreSQL database; returns its SQLAlchemy URL."""
+    try:
+        return await new_database(PG_ADMIN_DSN)
+    except (OSError, asyncpg.PostgresError) as exc:
+        unavailable("postgres", f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
 
 
 async def drop_pg_database(url: str) -> None:
-    name = url.rsplit("/", 1)[1]
-    conn = await _pg_admin()
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_database(PG_ADMIN_DSN, url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -70,10 +88,6 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 TIMESCALE_URL = os.environ.get("INFRA_TEST_TIMESCALE_URL")
 
 
-def _asyncpg_dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://")
-
-
 async def create_timescale_database() -> str:
     """A new database with the timescaledb extension on the INFRA_TEST_TIMESCALE_URL cluster; its URL.
 
@@ -83,33 +97,15 @@ async def create_timescale_database() -> str:
         pytest.skip(
             "TimescaleDB tests need INFRA_TEST_TIMESCALE_URL (a cluster with the extension available)"
         )
-    name = f"infra_test_{uuid.uuid4().hex[:12]}"
     try:
-        conn = await asyncpg.connect(_asyncpg_dsn(TIMESCALE_URL), timeout=5)
+        return await new_database(TIMESCALE_URL, extension="timescaledb")
     except (OSError, asyncpg.PostgresError) as exc:
-        pytest.fail(
-            f"INFRA_TEST_TIMESCALE_URL names a cluster that is not reachable ({TIMESCALE_URL}): {exc}"
-        )
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    url = f"{TIMESCALE_URL.rsplit('/', 1)[0]}/{name}"
-    conn = await asyncpg.connect(_asyncpg_dsn(url), timeout=5)
-    try:
-        await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    finally:
-        await conn.close()
-    return url
+        pytest.fail(f"INFRA_TEST_TIMESCALE_URL names a cluster that is not usable ({TIMESCALE_URL}): {exc}")
 
 
 async def drop_timescale_database(url: str) -> None:
     assert TIMESCALE_URL
-    conn = await asyncpg.connect(_asyncpg_dsn(TIMESCALE_URL), timeout=5)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_database(TIMESCALE_URL, url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "timescale"])

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers import unavailable
 from tests.sshd import SSHD, SshdFleet, sshd_available
 
 pytest_plugins = ["tests.app_fixtures"]
@@ -21,9 +21,7 @@ def sshd_fleet() -> Iterator[SshdFleet]:
     """Real OpenSSH servers on 127.0.0.1: alpha, beta and gamma; tests may start more on it."""
     if not sshd_available():
         message = f"{SSHD} is not installed (apt-get install openssh-server)"
-        if os.environ.get("INFRA_TEST_REQUIRE_SSHD") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("sshd", message)
     with SshdFleet() as fleet:
         fleet.start_hosts(FLEET_HOSTS)
         yield fleet

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -11,13 +12,22 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import mcp_types as mt
+import pytest
 from fastmcp import Client
 from fastmcp.client.client import CallToolResult
 
 FIXTURE_BIN = Path(__file__).parent / "fixture_bin"
+
+
+def unavailable(suite: str, message: str) -> NoReturn:
+    """A service a test needs is missing: skip, or fail where INFRA_TEST_REQUIRE_<SUITE>=1 (CI sets them so
+    the SSH, PostgreSQL, container, Inspector and browser suites cannot pass by skipping)."""
+    if os.environ.get(f"INFRA_TEST_REQUIRE_{suite.upper()}") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 async def until(predicate: Callable[[], bool], within: float = 5.0, *, interval: float = 0.02) -> None:

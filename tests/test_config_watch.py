@@ -21,7 +21,7 @@ from mcp_server.events import ConfigChanged, EventQueue
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
-from tests.helpers import path_without
+from tests.helpers import path_without, unavailable
 from tests.sshd import SshdFleet
 
 DEADLINE = 20.0
@@ -307,9 +307,7 @@ def require_inotifywait() -> None:
     """The sshd test hosts are this machine: their inotifywait is ours (Debian inotify-tools)."""
     if shutil.which("inotifywait") is None:
         message = "inotifywait is not installed (apt-get install inotify-tools)"
-        if os.environ.get("INFRA_TEST_REQUIRE_SSHD") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("sshd", message)
 
 
 def remote_watchers(marker: str) -> list[int]:

@@ -40,7 +40,7 @@ from mcp_server.errors import ConfigurationError, StorageError
 from mcp_server.secrets import SecretStore, load_master_keys, rotate_master_key
 from mcp_server.settings import Settings
 from tests.app_fixtures import make_settings
-from tests.helpers import free_port
+from tests.helpers import free_port, unavailable
 
 SUPERUSER_PASSWORD = "cluster-admin-" + uuid.uuid4().hex
 
@@ -70,9 +70,7 @@ def pg_cluster() -> Iterator[Cluster]:
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not found or (os.geteuid() == 0 and shutil.which("runuser") is None):
         message = "PostgreSQL server binaries (initdb, pg_ctl) are not installed"
-        if os.environ.get("INFRA_TEST_REQUIRE_POSTGRES") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("postgres", message)
     bindir = Path(found[-1]).parent
     root = Path(tempfile.mkdtemp(prefix="infra-pg-"))
     pwfile = root / "pw"

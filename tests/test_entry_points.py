@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import shutil
 import socket
@@ -180,3 +181,12 @@ def test_every_package_of_the_server_is_installed_by_a_plain_pip_install() -> No
         for init in (REPO / "mcp_server").rglob("__init__.py")
     }
     assert found <= listed, f"not installed by pip install .: {sorted(found - listed)}"
+
+
+def test_every_asset_of_the_views_is_installed_by_a_plain_pip_install() -> None:
+    # the ui:// views are read from package data at run time: each file must match a package-data pattern
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assets = [p.name for p in (REPO / "mcp_server" / "ui").iterdir() if p.is_file() and p.suffix != ".py"]
+    assert {"views.js", "views.css", "fleet.html"} <= set(assets)
+    missing = [a for a in assets if not any(fnmatch.fnmatch(a, g) for g in patterns.get("mcp_server.ui", []))]
+    assert missing == [], f"not installed by pip install .: {missing}"

@@ -80,6 +80,21 @@ async def test_a_worker_call_past_its_deadline_is_stopped_and_the_next_call_gets
     assert pool.running == 0
 
 
+async def test_a_deadline_counts_the_workers_cpu_time_so_a_busy_machine_does_not_refuse_ordinary_work() -> (
+    None
+):
+    """A worker starved of CPU (a loaded machine, the worker niced) waits without working: that wait is not
+    charged to the call, up to WALL_FACTOR times its deadline; starting a worker is never charged."""
+    pool = WorkerPool(size=1, memory_mb=512)
+    try:
+        await pool.call(time.sleep, 0.8, deadline=0.4, what="Waiting")  # twice the deadline, but no CPU used
+        with pytest.raises(WorkLimitExceeded, match=r"Waiting took longer than 0\.2s"):
+            await pool.call(time.sleep, 30, deadline=0.2, what="Waiting")  # stopped at 5x in wall time
+        assert (pool.calls, pool.replaced) == (2, 1)
+    finally:
+        await pool.close()
+
+
 async def test_a_worker_that_asks_for_more_memory_than_allowed_is_stopped_and_replaced() -> None:
     pool = WorkerPool(size=1, memory_mb=256)
     before = rss_mb()

@@ -23,7 +23,7 @@ from fastmcp import Client
 
 from mcp_server.server import build_server
 from tests.app_fixtures import make_settings
-from tests.helpers import free_port, serving
+from tests.helpers import free_port, serving, unavailable
 from tests.test_collection import meminfo_bytes
 from tests.test_transports import CLI, audit, cli_env, run_cli
 
@@ -90,9 +90,7 @@ def inspector_home(tmp_path: Path) -> Path:
             f"the MCP Inspector is not installed in {INSPECTOR_DIR} "
             "(cd .ci/inspector && npm ci --ignore-scripts --engine-strict=false)"
         )
-        if os.environ.get("INFRA_TEST_REQUIRE_INSPECTOR") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("inspector", message)
     home = tmp_path / "inspector-home"
     home.mkdir()
     return home

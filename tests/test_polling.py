@@ -22,7 +22,7 @@ from mcp_server.polling.scheduler import jitter_offset
 from mcp_server.polling.service import PollingService
 from mcp_server.server import build_server
 from mcp_server.settings import Settings
-from mcp_server.state import AppState, open_state
+from mcp_server.state import AppState, _queue_cache_stats, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
 from tests.sshd import SshdFleet
 
@@ -286,6 +286,21 @@ async def test_each_replica_records_its_health_and_get_service_health_reports_it
     assert mine and mine[0]["alive"] is True and mine[0]["collections"] >= 0
     assert cache["replica"] == settings.replica_name and "hits" in cache
     assert cache["recorded"][0]["replica"] == settings.replica_name
+
+
+async def test_get_cache_stats_reads_what_is_stored_and_never_makes_the_audit_writer_flush(
+    tmp_path: Path,
+) -> None:
+    """A cached-call-cheap tool: it reports the recorded counters as stored, and leaves the queued rows to the
+    writer's own batches (the audit of the call itself included)."""
+    settings = make_settings(tmp_path, audit_flush_interval=60.0)
+    async with open_state(settings) as state:
+        _queue_cache_stats(state)
+        written, queued = state.writer.written, state.writer.pending
+        assert queued >= 1
+        report = await tool(state, "get_cache_stats", {})
+        assert report["replica"] == settings.replica_name
+        assert state.writer.written == written and state.writer.pending > queued
 
 
 def test_every_poll_category_has_a_setting_and_runs_registered_read_commands() -> None:

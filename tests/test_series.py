@@ -36,6 +36,7 @@ from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
 from tests.sshd import SshdFleet
 from tests.test_config_schema import _table_of
 from tests.test_polling import eventually, poll_settings, polling, tool
+from tests.test_storage import _system_row
 from tests.test_storage_health import StorageHosts, storage_hosts  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -245,23 +246,6 @@ def test_migrations_import_nothing_of_the_live_schema() -> None:
                 assert all(a.name.split(".")[0] in allowed for a in node.names), path.name
 
 
-def _system_row(at: datetime) -> dict[str, Any]:
-    return {
-        "device": DEVICE,
-        "collected_at": at,
-        "cpu_percent": 12.5,
-        "load_1": 0.5,
-        "load_5": 0.5,
-        "load_15": 0.5,
-        "memory_total_bytes": 1000,
-        "memory_used_bytes": 500,
-        "memory_available_bytes": 500,
-        "swap_total_bytes": 0,
-        "swap_used_bytes": 0,
-        "uptime_seconds": 1.0,
-    }
-
-
 async def _count(db: Database, table: Any) -> int:
     async with db.read_session() as session:
         return int(await session.scalar(select(func.count()).select_from(table)) or 0)
@@ -309,7 +293,7 @@ async def test_migrating_a_database_with_data_from_0005_to_head_keeps_it_and_add
     try:
         async with db.session() as session, session.begin():
             await session.execute(
-                insert(SystemMetricRow), [_system_row(now - timedelta(hours=h)) for h in range(48)]
+                insert(SystemMetricRow), [_system_row(now - timedelta(hours=h), DEVICE) for h in range(48)]
             )
             await session.execute(
                 insert(DataCollectionAudit),

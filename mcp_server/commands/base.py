@@ -27,7 +27,8 @@ GrepText = Annotated[
     ),
 ]
 Limit = Annotated[int, Field(ge=1, le=500, description="Most items to return.")]
-Offset = Annotated[int, Field(ge=0, description="Items to skip (for paging).")]
+# bounded so that no database is asked to skip more rows than it can count
+Offset = Annotated[int, Field(ge=0, le=1_000_000_000, description="Items to skip (for paging).")]
 
 
 class NoParams(BaseModel):

@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-WatchMode = Literal["inotify", "polling", "starting", "restarting", "stopped", "not watching"]
+WatchMode = Literal[
+    "inotify", "polling", "starting", "restarting", "stopped", "not watching", "by another replica"
+]
 
 
 class WatchStatus(BaseModel):
@@ -16,7 +18,8 @@ class WatchStatus(BaseModel):
     device: str
     mode: WatchMode = Field(
         description="inotify (events within milliseconds), polling (hash check every interval), "
-        "restarting (the watcher died and comes back with backoff), stopped or not watching."
+        "restarting (the watcher died and comes back with backoff), stopped, not watching, or by another "
+        "replica (servers sharing a PostgreSQL database watch each device from one of them).",
     )
     since: datetime | None = Field(description="When the current mode began.")
     restarts: int = Field(description="Times the watcher was restarted (died, connection lost, new targets).")

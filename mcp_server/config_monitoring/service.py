@@ -10,7 +10,7 @@ import posixpath
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from mcp_server.collection import UnifiedDataCollectionService
 from mcp_server.config_monitoring import history as past
@@ -45,6 +45,16 @@ from mcp_server.parsers.config_paths import ConfigKind, WatchPolicy, detect_kind
 from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class WatchLease(Protocol):
+    """Who may run a device's watcher when several servers share the database (see coherence.py)."""
+
+    def holds(self, device: str) -> bool: ...
+
+    def want(self, device: str) -> None: ...
+
+
 _UNSEEN = "?"  # no hash prompted a read (a file event, a client's read); hashes are hex, "!" or None
 
 
@@ -73,6 +83,8 @@ class ConfigurationMonitoringService:
         self._running = False
         self._unsubscribe: list[Callable[[], None]] = []
         self._background: set[asyncio.Task[Any]] = set()
+        self._baselining: set[int] = set()  # targets `watch` is recording the first version of
+        self.lease: WatchLease | None = None  # None: this server alone watches every device
 
     # ---- life cycle --------------------------------------------------------------------------------------
 
@@ -118,6 +130,9 @@ class ConfigurationMonitoringService:
     def _ensure_monitor(self, device: str) -> None:
         if not (self._running and self.settings.config_watch) or device in self.monitors:
             return
+        if self.lease is not None and not self.lease.holds(device):
+            self.lease.want(device)  # the lease's holder starts it (here, once it is taken)
+            return
         try:
             target = self.devices.get(device)
         except InfrastructorError:
@@ -139,6 +154,60 @@ class ConfigurationMonitoringService:
             self._ensure_monitor(device)
         else:
             monitor.restart()
+
+    def acquired(self, device: str) -> None:
+        """This server took the device's watch lease: watch it if it has targets."""
+        if self.targets.get(device):
+            self._ensure_monitor(device)
+
+    def released(self, device: str) -> None:
+        """This server lost (or gave back) the device's watch lease: stop watching it here."""
+        monitor = self.monitors.pop(device, None)
+        if monitor is not None:
+            self._spawn(monitor.stop())
+
+    def wanted(self) -> set[str]:
+        """Devices that have watch targets (each needs a watcher somewhere)."""
+        return {d for d, paths in self.targets.items() if paths} if self._running else set()
+
+    async def reload_targets(self, device: str) -> None:
+        """Another process changed the device's watch targets: read them again and watch the new set."""
+        if not self._loaded:
+            return  # load() reads them all when first needed
+        rows = await store.targets_of(self.db, device)
+        targets = {r.path: Target.of(r) for r in rows}
+        if targets:
+            self.targets[device] = targets
+        else:
+            self.targets.pop(device, None)
+        self._retarget(device)
+
+    async def apply_version(self, device: str, path: str, snapshot_id: int, event_id: int | None) -> None:
+        """Another server stored a new version of a watched file: know it as the latest, and tell this
+        server's subscribers about its change event."""
+        if self._loaded:
+            known = self.latest.get((device, path))
+            if known is None or known.snapshot_id < snapshot_id:
+                self.latest[(device, path)] = store.Latest(
+                    snapshot_id, await store.version_hash(self.db, snapshot_id)
+                )
+        if event_id is None:
+            return
+        row = await store.event(self.db, event_id)
+        if row is None:
+            return
+        await self.events.publish(
+            ConfigChanged(
+                device=row.device,
+                path=row.path,
+                kind=row.kind,
+                change_type=row.change_type,  # type: ignore[arg-type]
+                risk=row.risk,  # type: ignore[arg-type]
+                event_id=row.id,
+                detected_at=row.detected_at,
+                summary=row.summary,
+            )
+        )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -247,7 +316,11 @@ class ConfigurationMonitoringService:
         )
         target = Target.of(row)
         self.targets[device][path] = target
-        await self._baseline(target, None if is_dir else current)
+        self._baselining.add(target.id)  # a check running meanwhile leaves it alone: no second first read
+        try:
+            await self._baseline(target, None if is_dir else current)
+        finally:
+            self._baselining.discard(target.id)
         self._retarget(device)
         return WatchResult(
             watched=self._watched(self.targets[device][path]),
@@ -363,7 +436,7 @@ class ConfigurationMonitoringService:
     async def reconcile(self, device: str) -> None:
         """Compare every watched hash on the device with the newest version; record what differs."""
         await self.load()
-        targets = list(self.targets.get(device, {}).values())
+        targets = [t for t in self.targets.get(device, {}).values() if t.id not in self._baselining]
         if not targets:
             return
         for target in targets:
@@ -382,7 +455,7 @@ class ConfigurationMonitoringService:
             if dev != device or known.content_hash is None or path in hashes.files:
                 continue
             owner = self.target_for(device, path)
-            if owner is not None and owner.is_directory:
+            if owner is not None and owner.is_directory and owner.id not in self._baselining:
                 changed.add(path)
         if changed and self.settings.config_debounce:
             # a hash taken in the middle of a write (truncated, half written) is not a version: wait for
@@ -504,6 +577,15 @@ class ConfigurationMonitoringService:
         monitor = self.monitors.get(device)
         if monitor is not None:
             return monitor.status
+        if (
+            self.lease is not None
+            and self._running
+            and self.targets.get(device)
+            and not self.lease.holds(device)
+        ):
+            return WatchStatus(
+                device=device, mode="by another replica", since=None, restarts=0, last_error=None
+            )
         return WatchStatus(device=device, mode="not watching", since=None, restarts=0, last_error=None)
 
     def _watched(self, target: Target) -> WatchedFile:

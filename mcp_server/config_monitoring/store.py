@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, func, select, update
 
+from mcp_server.db.changes import announce
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import ConfigurationChangeEvent, ConfigurationSnapshot, ConfigWatchTarget
 
@@ -36,6 +37,7 @@ async def add_target(db: Database, row: ConfigWatchTarget) -> ConfigWatchTarget:
         if existing is not None:
             return existing
         session.add(row)
+        await announce(session, db, "watch", row.device, path=row.path)
     return row
 
 
@@ -44,6 +46,11 @@ async def set_baseline(db: Database, target_id: int, at: datetime) -> None:
         await session.execute(
             update(ConfigWatchTarget).where(ConfigWatchTarget.id == target_id).values(baseline_at=at)
         )
+        device = await session.scalar(
+            select(ConfigWatchTarget.device).where(ConfigWatchTarget.id == target_id)
+        )
+        if device is not None:
+            await announce(session, db, "watch", device)
 
 
 async def remove_target(db: Database, device: str, path: str) -> bool:
@@ -53,7 +60,10 @@ async def remove_target(db: Database, device: str, path: str) -> bool:
                 ConfigWatchTarget.device == device, ConfigWatchTarget.path == path
             )
         )
-    return bool(getattr(result, "rowcount", 0))
+        removed = bool(getattr(result, "rowcount", 0))
+        if removed:
+            await announce(session, db, "watch", device, path=path)
+    return removed
 
 
 async def latest(db: Database) -> dict[tuple[str, str], Latest]:
@@ -90,6 +100,15 @@ async def record(
             event.to_snapshot_id = version.id
             session.add(event)
             await session.flush()
+        await announce(
+            session,
+            db,
+            "config",
+            version.device,
+            path=version.path,
+            snapshot_id=version.id,
+            event_id=event.id if event is not None else None,
+        )
     return version.id, event.id if event is not None else None
 
 
@@ -157,3 +176,21 @@ async def changes(
             .offset(offset)
         )
         return list(rows.all()), int(total or 0)
+
+
+async def targets_of(db: Database, device: str) -> list[ConfigWatchTarget]:
+    async with db.read_session() as session:
+        query = select(ConfigWatchTarget).where(ConfigWatchTarget.device == device)
+        return list((await session.scalars(query)).all())
+
+
+async def version_hash(db: Database, snapshot_id: int) -> str | None:
+    async with db.read_session() as session:
+        query = select(ConfigurationSnapshot.content_hash).where(ConfigurationSnapshot.id == snapshot_id)
+        return await session.scalar(query)
+
+
+async def event(db: Database, event_id: int) -> ConfigurationChangeEvent | None:
+    async with db.read_session() as session:
+        query = select(ConfigurationChangeEvent).where(ConfigurationChangeEvent.id == event_id)
+        return await session.scalar(query)

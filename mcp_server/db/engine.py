@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from pathlib import Path
 
 from alembic import command
@@ -35,6 +36,7 @@ class Database:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self.origin = uuid.uuid4().hex  # names this process's changes in `registry_changes`
         parsed = make_url(url)
         self.dialect = parsed.get_backend_name()
         # Statement parameters (audit rows, snapshots) never appear in error messages and logs.

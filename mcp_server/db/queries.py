@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from mcp_server.db.series import as_utc
 from mcp_server.db.tables import DataCollectionAudit
 
 
@@ -61,7 +62,8 @@ class AuditEntry(BaseModel):
     occurred_at: datetime
     kind: str = Field(
         description="tool, resource or collection (collections link to their call by request_id); session "
-        "(an MCP session opened or refused); auth (a refused bearer token: reason in error_message)."
+        "(an MCP session opened or refused); auth (a refused bearer token: reason in error_message); "
+        "subscription (also an event stream opened); alert (an alert delivered or not: rule, attempts)."
     )
     request_id: str | None
     subject: str | None = Field(description="Token subject, or local:<user> over stdio.")
@@ -80,6 +82,11 @@ class AuditEntry(BaseModel):
     outcome: Literal["ok", "error", "denied"] | str
     error_type: str | None
     error_message: str | None
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)  # SQLite gives the stored time back without its zone
 
 
 class AuditPage(BaseModel):

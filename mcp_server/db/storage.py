@@ -353,6 +353,9 @@ async def maintain(db: Database, settings: Settings, now: datetime | None = None
             report.rows_deleted["cache_metadata"] = await _delete_older(
                 db, "cache_metadata", "recorded_at", cutoff
             )
+        if settings.retention_config_changes_days > 0:  # the event log lives as long as config changes
+            cutoff = now - timedelta(days=settings.retention_config_changes_days)
+            report.rows_deleted["event_log"] = await _delete_older(db, "event_log", "occurred_at", cutoff)
     except DBAPIError as exc:
         # e.g. a least-privilege role may not create or drop partitions: the schema owner must run
         # `infrastructor migrate` (which also maintains) from cron instead

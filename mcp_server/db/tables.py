@@ -302,3 +302,66 @@ class DeviceHealthRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime]
     updated_by: Mapped[str | None] = mapped_column(String(128))
+
+
+class RegistryChange(Base):
+    """One change to shared state that every running server must apply: a device added, updated or removed,
+    a device's watch targets changed, or a new version of a watched file. Servers read the rows after the
+    last one they applied (woken by NOTIFY on PostgreSQL, by `PRAGMA data_version` on SQLite); rows older
+    than an hour are deleted."""
+
+    __tablename__ = "registry_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    changed_at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(16), doc="device | watch | config")
+    device: Mapped[str] = mapped_column(String(63))
+    path: Mapped[str | None] = mapped_column(Text, doc="The watched path (config).")
+    snapshot_id: Mapped[int | None] = mapped_column(BigInteger, doc="The new version (config).")
+    event_id: Mapped[int | None] = mapped_column(BigInteger, doc="Its change event, if any (config).")
+    origin: Mapped[str] = mapped_column(String(64), doc="The process that made it (it applied it already).")
+
+    # AUTOINCREMENT on SQLite: ids never go back, even once every row was deleted
+    __table_args__ = (Index("ix_registry_changes_changed_at", "changed_at"), {"sqlite_autoincrement": True})
+
+
+class EventLogRow(Base):
+    """What GET /api/v1/events streams, kept so a client resumes from its Last-Event-ID: configuration
+    changes, device health changes and failed polls, as they happened on this replica."""
+
+    __tablename__ = "event_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    occurred_at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(32), doc="config_change | device_health | poll_failure | alert")
+    device: Mapped[str | None] = mapped_column(String(63))
+    data: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+    __table_args__ = (Index("ix_event_log_occurred_at", "occurred_at"),)
+
+
+class AlertRuleRow(Base):
+    """An alert rule (alerts.py); its webhook URL is a secret (`alert:<name>` in secrets)."""
+
+    __tablename__ = "alert_rules"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    kind: Mapped[str] = mapped_column(String(32), doc="disk_use | smart | device_down | config_risk")
+    device: Mapped[str | None] = mapped_column(String(63))
+    threshold: Mapped[float | None] = mapped_column(Float)
+    min_risk: Mapped[str | None] = mapped_column(String(8))
+    channel: Mapped[str] = mapped_column(String(16), doc="ntfy | gotify | webhook")
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str | None] = mapped_column(String(255))
+
+
+class AlertFiring(Base):
+    """An alert rule's condition that holds for a subject now (it fired when the row was inserted)."""
+
+    __tablename__ = "alert_firing"
+
+    rule: Mapped[str] = mapped_column(String(63), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(512), primary_key=True)
+    fired_at: Mapped[datetime]

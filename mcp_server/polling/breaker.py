@@ -20,6 +20,7 @@ from mcp_server.db.engine import Database
 from mcp_server.db.series import as_utc
 from mcp_server.db.tables import DeviceHealthRow
 from mcp_server.devices import DeviceHealth
+from mcp_server.events import DeviceHealthChanged, EventBus
 from mcp_server.redact import redact_text
 
 REFRESH_AFTER = 2.0  # seconds a replica trusts its copy of the shared state
@@ -75,8 +76,10 @@ class HealthBook:
         replica: str,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        events: EventBus | None = None,
     ) -> None:
         self._db = db
+        self._events = events
         self.policy = policy
         self._replica = replica
         self._monotonic = monotonic
@@ -146,10 +149,31 @@ class HealthBook:
         wait = max(UNSUPPORTED_FOR, timedelta(seconds=interval))
         self._unsupported.setdefault(device, {})[category] = now + wait
 
+    def _status(self, device: str) -> str:
+        health = self.get(device)
+        return health.status if health is not None else "unknown"
+
+    async def _changed(self, device: str, before: str) -> None:
+        """Tell the event bus when a poll moved the device's status (ok, degraded, down)."""
+        health = self.get(device)
+        if self._events is None or health is None or health.status == before:
+            return
+        await self._events.publish(
+            DeviceHealthChanged(
+                device,
+                before,
+                health.status,
+                health.consecutive_failures,
+                health.last_error_type if health.status != "ok" else None,
+                health.last_error if health.status != "ok" else None,
+            )
+        )
+
     async def record_success(self, device: str, now: datetime) -> None:
         """The device answered: close its breaker and reset its failure count."""
         self._probing.discard(device)
         seen = self._rows.get(device)
+        before = self._status(device)
         if (
             seen is not None
             and seen.breaker == "closed"
@@ -177,10 +201,12 @@ class HealthBook:
                 )
             ).scalar_one()
             self._rows[device] = _seen(row)
+        await self._changed(device, before)
 
     async def record_failure(self, device: str, error_type: str, message: str, now: datetime) -> DeviceHealth:
         """The device could not be reached: count it; at the threshold open the breaker (longer each time)."""
         self._probing.discard(device)
+        before = self._status(device)
         failed = {
             "last_failure_at": now,
             "last_error_type": error_type[:64],
@@ -208,6 +234,7 @@ class HealthBook:
             row = await session.scalar(select(DeviceHealthRow).where(DeviceHealthRow.device == device))
             assert row is not None
             self._rows[device] = _seen(row)
+        await self._changed(device, before)
         health = self.get(device, now)
         assert health is not None
         return health

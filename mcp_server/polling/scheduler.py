@@ -44,7 +44,6 @@ from mcp_server.settings import Settings
 log = logging.getLogger(__name__)
 
 LEASE_MARGIN = 5.0  # seconds a lease outlives the deadline of the poll it covers
-DEVICE_RELOAD_EVERY = 30.0  # seconds between re-reading devices other replicas may have changed
 MAX_SLEEP = 1.0
 
 
@@ -99,7 +98,6 @@ class Poller:
         self._tasks: set[asyncio.Task[None]] = set()
         self._all = asyncio.Semaphore(self._settings.poll_concurrency)
         self._per_device: dict[str, asyncio.Semaphore] = {}
-        self._reloaded = time.monotonic()
 
     def intervals(self) -> dict[str, float]:
         return {c.name: interval for c, interval in self.categories}
@@ -120,7 +118,6 @@ class Poller:
         """Schedule polls until cancelled."""
         try:
             while True:
-                await self._maybe_reload()
                 await self._health.refresh()
                 wake = self._schedule_due()
                 await asyncio.sleep(max(0.01, min(wake - self._clock(), MAX_SLEEP)))
@@ -129,14 +126,6 @@ class Poller:
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _maybe_reload(self) -> None:
-        # another replica may have added or removed devices; SQLite means one process, nothing to learn
-        if self._db.dialect != "postgresql":
-            return
-        if time.monotonic() - self._reloaded >= DEVICE_RELOAD_EVERY:
-            self._reloaded = time.monotonic()
-            await self._devices.load()
 
     def _schedule_due(self) -> float:
         """Start a task for every (device, category) whose slot is due; returns when to look again."""

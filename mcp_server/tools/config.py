@@ -9,6 +9,7 @@ from fastmcp.dependencies import Depends
 from fastmcp.tools import tool
 from pydantic import Field
 
+from mcp_server import ui
 from mcp_server.collection import Collected, page_of
 from mcp_server.commands.base import Limit, Offset
 from mcp_server.config_monitoring.models import (
@@ -139,7 +140,7 @@ async def get_config_history(
     return await state.config.history(device, path, limit, offset)
 
 
-@tool(annotations=READ_ONLY)
+@tool(annotations=READ_ONLY, meta=ui.linked("diff"))
 @expected_errors()
 async def get_config_diff(
     device: DeviceArg,

@@ -8,6 +8,7 @@ from fastmcp.dependencies import Depends
 from fastmcp.tools import tool
 from pydantic import Field
 
+from mcp_server import ui
 from mcp_server.db.history import MetricsHistory
 from mcp_server.metrics_history import metrics_history
 from mcp_server.polling.report import CacheStatsReport, ServiceHealth, cache_report
@@ -21,7 +22,7 @@ SeriesKey = Annotated[str | None, Field(max_length=255)]
 TOOLSET = "history"
 
 
-@tool(annotations=READ_ONLY | {"openWorldHint": False})
+@tool(annotations=READ_ONLY | {"openWorldHint": False}, meta=ui.linked("history"))
 @expected_errors()
 async def get_metrics_history(
     device: DeviceArg,

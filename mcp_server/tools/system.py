@@ -8,6 +8,7 @@ from fastmcp.dependencies import Depends
 from fastmcp.tools import tool
 from pydantic import Field
 
+from mcp_server import ui
 from mcp_server.collection import Collected
 from mcp_server.parsers.system import SystemMetrics, TopProcesses
 from mcp_server.progress import OnStep
@@ -54,7 +55,7 @@ async def list_processes(
     )
 
 
-@tool(annotations=READ_ONLY)
+@tool(annotations=READ_ONLY, meta=ui.linked("fleet"))
 @expected_errors()
 async def get_fleet_overview(
     tags: Annotated[list[str] | None, Field(description="Only devices carrying all these tags.")] = None,
