@@ -425,7 +425,7 @@ async def test_with_auth_off_the_api_answers_without_a_token_and_still_audits(tm
         ]
 
 
-REQUIRED_QUERY = {
+REQUIRED_QUERY: dict[str, dict[str, Any]] = {
     "/config/history": {"path": "/etc/hosts"},
     "/config/diff": {"path": "/etc/hosts"},
     "/metrics/history": {"metric": "cpu_percent"},
