@@ -22,7 +22,7 @@ from mcp_server.parsers.storage_dirs import parse_directory_usage
 from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
-from tests.app_fixtures import add_fleet_host, audit_rows
+from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
 from tests.helpers import call_tool, fixture_bin, free_port, path_without
 from tests.podman import (
     IMAGE,
@@ -263,3 +263,17 @@ async def wait_for_change(state: AppState) -> None:
     while not (await state.config.changes(device=None, since=None, min_risk="high", limit=1, offset=0)).total:
         assert time.monotonic() < end, "no configuration change within 20 s"
         await asyncio.sleep(0.02)
+
+
+async def test_find_problems_is_cut_to_the_result_budget_keeping_the_worst(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, max_result_chars=1500)
+    async with open_state(settings) as state:
+        for n in range(6):  # nothing listens there: each one is a critical problem
+            await state.devices.add(
+                f"gone{n}", DeviceSpec(hostname="127.0.0.1", port=free_port(), username="x")
+            )
+        async with Client(build_server(settings, state=state)) as client:
+            report = await call_tool(client, "find_problems", checks=["disks"], disk_threshold=1)
+    assert "result_truncated" in report and report["total"] >= 7
+    assert 0 < len(report["problems"]) < report["total"]
+    assert {p["kind"] for p in report["problems"]} == {"unreachable"}  # the worst kept, the disk_full cut
