@@ -140,6 +140,7 @@ ROUTES = (
     ApiRoute("POST", f"{D}/connection-test", devices.test_device_connection),
     # system
     ApiRoute("GET", "/fleet", system.get_fleet_overview),
+    ApiRoute("GET", "/problems", system.find_problems),
     ApiRoute("GET", f"{D}/system", system.get_system_metrics),
     ApiRoute("GET", f"{D}/processes", system.list_processes),
     ApiRoute("GET", f"{D}/network", network.get_network_interfaces),
@@ -147,6 +148,7 @@ ROUTES = (
     ApiRoute("GET", f"{D}/vms", host.list_vms),
     # storage
     ApiRoute("GET", f"{D}/disks", storage.get_disk_usage),
+    ApiRoute("GET", f"{D}/directory-usage", storage.get_directory_usage),
     ApiRoute("GET", f"{D}/drives", storage.get_drive_health),
     ApiRoute("GET", f"{D}/zfs", storage.get_zfs_status),
     ApiRoute("GET", f"{D}/zfs/snapshots", storage.list_zfs_snapshots),

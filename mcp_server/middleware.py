@@ -8,8 +8,10 @@ import getpass
 import inspect
 import ipaddress
 import json
+import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as mt
@@ -27,6 +29,7 @@ from starlette.requests import Request
 from mcp_server.audit import CallContext, audit_arguments, calling, oversized_arguments
 from mcp_server.auth import ADMIN, READ, granted
 from mcp_server.budget import MARKER, Keep, fit
+from mcp_server.commands.containers import CONTAINER_PATTERN
 from mcp_server.errors import (
     ArgumentsTooLarge,
     DeviceNotFound,
@@ -39,6 +42,7 @@ from mcp_server.errors import (
 )
 from mcp_server.redact import redact_text
 from mcp_server.settings import Settings
+from mcp_server.times import parse_time
 from mcp_server.tools.notify import warn
 
 if TYPE_CHECKING:
@@ -132,6 +136,8 @@ def _outcome(exc: BaseException) -> tuple[str, str, str | None]:
         return "error", "invalid_arguments", str(exc)[:1000]
     if isinstance(exc, NotFoundError):
         return "error", "not_found", str(exc)
+    if isinstance(exc, MCPError) and exc.error.code == mt.INVALID_PARAMS:
+        return "error", "invalid_params", redact_text(exc.error.message)[:1000]
     if isinstance(exc, FastMCPError):
         return "error", type(exc).__name__, str(exc)[:1000]
     return "error", "internal", None
@@ -323,9 +329,22 @@ class InvalidParamsMiddleware(Middleware):
     It sits inside the audit, so audit rows keep the readable text.
     """
 
+    def __init__(self) -> None:
+        # the tools this server offers; filled by build_server once they are registered
+        self.offered: set[str] = set()
+
     async def on_call_tool(
         self, context: MiddlewareContext[mt.CallToolRequestParams], call_next: CallNext[Any, Any]
     ) -> Any:
+        name = context.message.name
+        if name not in self.offered:
+            # as the protocol says (FastMCP answers with a tool result marked as an error)
+            shown = redact_text(name)
+            raise MCPError(
+                code=mt.INVALID_PARAMS,
+                message=f"Unknown tool: {shown!r}. tools/list shows the tools this server offers.",
+                data={"tool": shown},
+            )
         try:
             return await call_next(context)
         except (ArgumentsError, ValidationError) as exc:
@@ -351,6 +370,9 @@ class InvalidParamsMiddleware(Middleware):
         declared = prompt.arguments or []
         problems = [f"{a.name}: required" for a in declared if a.required and a.name not in given]
         problems += [f"{k}: unknown argument" for k in given if k not in {a.name for a in declared}]
+        if not problems and context.fastmcp_context is not None:
+            state = context.fastmcp_context.lifespan_context.get("state")
+            problems = _argument_problems(state, given)
         if not problems:
             try:
                 return await call_next(context)
@@ -382,6 +404,31 @@ class InvalidParamsMiddleware(Middleware):
             raise
 
 
+def _argument_problems(state: AppState | None, given: dict[str, Any]) -> list[str]:
+    """Prompt argument values the tools they name would refuse: an unknown device, a `since` that is no time,
+    a container name no engine accepts. The prompt would otherwise hand the agent calls that fail."""
+    problems: list[str] = []
+    device = given.get("device")
+    if device and state is not None:
+        try:
+            state.devices.get(device)
+        except DeviceNotFound as exc:
+            problems.append(f"device: {exc}")
+    since = given.get("since")
+    if since is not None:
+        try:
+            parse_time(since, "since", now=datetime.now(UTC))
+        except InvalidParameter as exc:
+            problems.append(str(exc))
+    container = given.get("container")
+    if container is not None and not re.fullmatch(CONTAINER_PATTERN[1:-1], container):
+        problems.append(
+            "container: must be a container name or id (letters, digits, '_', '.', '-'; starting with a letter or "
+            "digit), as list_containers shows it"
+        )
+    return problems
+
+
 def _value_problems(fn: Any, given: dict[str, Any]) -> list[str]:
     """Why a prompt's argument values fail their types (FastMCP only says rendering failed)."""
     if fn is None:
@@ -399,10 +446,19 @@ def _value_problems(fn: Any, given: dict[str, Any]) -> list[str]:
     return problems
 
 
+def without_nulls(value: Any) -> Any:
+    """A JSON value with every object field that is null left out (list items stay where they are)."""
+    if isinstance(value, dict):
+        return {k: without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [without_nulls(item) for item in value]
+    return value
+
+
 class ResultBudgetMiddleware(Middleware):
     """Keeps every tool result and resource read within INFRA_MAX_RESULT_CHARS, cutting whole list items
-    (see budget.py). The ui:// views are the server's own code, not data, and are served whole (a cut page
-    would not run)."""
+    (see budget.py); tool results leave null fields out (their listed schemas do not require them). The ui://
+    views are the server's own code, not data, and are served whole (a cut page would not run)."""
 
     def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
@@ -418,10 +474,11 @@ class ResultBudgetMiddleware(Middleware):
         if not structured:
             return result
         keep: Keep = "newest" if context.message.name in self.keep_newest else "first"
-        fitted = fit(structured, self.max_chars, keep=keep)
+        lean = without_nulls(structured)
+        fitted = fit(lean, self.max_chars, keep=keep)
         if fitted is structured:
             return result
-        if context.fastmcp_context is not None:
+        if fitted is not lean and context.fastmcp_context is not None:
             await warn(context.fastmcp_context, f"{context.message.name}: {fitted[MARKER]}")
         text = json.dumps(fitted, separators=(",", ":"), default=str)
         return ToolResult(

@@ -1,4 +1,5 @@
-"""Reports built from several collections: the fleet overview, drive health and ZFS status.
+"""Reports built from collections: the fleet overview, containers with their restarts, directory usage, drive
+health and ZFS status.
 
 Each one asks the UnifiedDataCollectionService for what it needs (never a device directly) and combines
 the answers; tools and the CLI call these.
@@ -20,11 +21,14 @@ from mcp_server.collection import Collected, DeviceOutcome, UnifiedDataCollectio
 from mcp_server.db.engine import Database
 from mcp_server.db.history import DeviceTrend, device_trends
 from mcp_server.db.storage import layout
-from mcp_server.errors import CommandFailed, CommandTimeout, InvalidParameter
+from mcp_server.errors import CommandFailed, CommandTimeout, InfrastructorError, InvalidParameter
+from mcp_server.parsers.containers import ContainerList, with_restarts
+from mcp_server.parsers.storage_dirs import DirectoryUsage
 from mcp_server.parsers.storage_drives import Disk, DriveHealth, unreadable_drive
 from mcp_server.parsers.storage_zfs import PoolStatus, PoolUsage, Snapshot, ZpoolList, ZpoolStatus
 from mcp_server.parsers.system import SystemMetrics
 from mcp_server.progress import OnStep, StepDone, Steps
+from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,11 @@ class FleetDevice(BaseModel):
     collected_at: datetime | None = None
     from_cache: bool | None = None
     trend: DeviceTrend | None = Field(
-        default=None, description="CPU and memory trend over the last 24 h of history; null without history."
+        default=None,
+        description="CPU and memory trend over the last 24 h of history; see trend_note if absent.",
+    )
+    trend_note: str | None = Field(
+        default=None, description="Why there is no trend yet, and when there will be."
     )
 
 
@@ -132,8 +140,10 @@ async def fleet_overview(
     rows = [_fleet_device(m, d) for m, d in zip(metrics, disks, strict=True)]
     if db is not None:
         trends = await _trends(db, devices)
+        note = _no_trend(service.settings)
         for row in rows:
             row.trend = trends.get(row.device)
+            row.trend_note = note if row.trend is None else None
     ok = sum(r.ok for r in rows)
     return FleetOverview(
         devices=rows,
@@ -141,6 +151,20 @@ async def fleet_overview(
         ok=ok,
         failed=len(rows) - ok,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
+    )
+
+
+def _no_trend(settings: Settings) -> str:
+    """Why a device has no 24 h trend: it needs samples in 3 hourly buckets, which only the poller records."""
+    interval = settings.poll_system_interval
+    if not settings.poll_enabled or not interval:
+        return (
+            "No CPU and memory history is recorded: background polling is off (INFRA_POLL_ENABLED, "
+            "INFRA_POLL_SYSTEM_INTERVAL). Turn it on and a trend appears about 2 h later."
+        )
+    return (
+        f"Not enough history yet: a trend needs samples in 3 hourly buckets; the server samples every "
+        f"{interval:g} s while it runs, so it appears about 2 h after the device's first sample."
     )
 
 
@@ -321,3 +345,54 @@ def snapshot_page(result: Collected[Any], sort_by: str, limit: int, offset: int)
     page, total, truncated = paginate(ordered, limit, offset)
     data = SnapshotPage(snapshots=page, total=total, truncated=truncated, sort_by=sort_by)
     return Collected[SnapshotPage](**{**dict(result), "data": data})
+
+
+async def directory_usage(
+    service: UnifiedDataCollectionService,
+    device: str,
+    path: str,
+    *,
+    depth: int = 2,
+    top: int = 20,
+    timeout: int = 20,
+    force: bool = False,
+) -> Collected[DirectoryUsage]:
+    """The biggest entries under `path` on `device`; a path that is missing or not a directory is an error.
+
+    The walk's time limit stays below the command timeout (INFRA_SSH_COMMAND_TIMEOUT), so a slow walk still
+    answers with what it measured instead of failing.
+    """
+    limit = max(1, min(timeout, int(service.settings.ssh_command_timeout) - 5))
+    params = {"path": path, "depth": depth, "top": top, "timeout": limit}
+    result = await service.collect(device, "directory_usage", params, force_refresh=force)
+    state = result.data.state
+    if state == "missing":
+        raise InvalidParameter(f"path: {path!r} does not exist on device {device!r}.")
+    if state == "not_directory":
+        raise InvalidParameter(
+            f"path: {path!r} on device {device!r} is a file, not a directory; give the directory holding it."
+        )
+    return result
+
+
+async def containers_with_restarts(
+    service: UnifiedDataCollectionService, device: str, *, all: bool, force: bool = False
+) -> Collected[ContainerList]:
+    """`docker ps` joined with each container's restart count and policy (docker inspect), and whether it is
+    in a restart loop. Without the restart data (an engine whose inspect fails) the listing still answers."""
+
+    async def restarts() -> Collected[Any] | None:
+        try:
+            return await service.collect(device, "container_restarts", force_refresh=force)
+        except InfrastructorError as exc:
+            log.info("containers of %s without restart counts: %s", device, exc)
+            return None
+
+    listed, joined = await asyncio.gather(
+        service.collect(device, "containers", {"all": all}, force_refresh=force), restarts()
+    )
+    result: Collected[ContainerList] = listed
+    if joined is None:
+        return result
+    data = with_restarts(result.data, joined.data, joined.collected_at)
+    return result.model_copy(update={"data": data})

@@ -50,14 +50,16 @@ from mcp_server.tools import (
     storage,
     system,
 )
-from mcp_server.tools.schemas import compact
+from mcp_server.tools.schemas import compact, lean
 
 log = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
 Infrastructor gives read access to a fleet of Linux hosts ("devices") and a few audited write actions.
-Start with list_devices, then get_fleet_overview for the whole fleet or get_system_metrics, get_disk_usage,
-get_network_interfaces and list_processes for one device. Results are cached for a few seconds per command
+Start with list_devices, then find_problems for what needs attention on every device (worst first, each with
+the call that shows more), get_fleet_overview for the fleet's headline numbers, or get_system_metrics,
+get_disk_usage (then get_directory_usage for what fills a mount), get_network_interfaces and list_processes
+for one device. Results are cached for a few seconds per command
 (each says collected_at, from_cache and age_seconds); pass force_refresh=true when you need a fresh reading.
 list_commands shows every registered command; collect runs one by name with parameters.
 Configuration files watched with watch_config_file keep a version history: list_config_changes shows what
@@ -227,6 +229,7 @@ def build_server(
     )
     audit = AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None)
     budget = ResultBudgetMiddleware(settings.max_result_chars)
+    invalid = InvalidParamsMiddleware()
     mcp = InfrastructorServer(
         settings,
         audit,
@@ -237,9 +240,10 @@ def build_server(
         mask_error_details=True,
         client_log_level="warning",
         auth=signing_key.verifier(settings) if signing_key is not None else None,
-        middleware=[audit, InvalidParamsMiddleware(), budget],
+        middleware=[audit, invalid, budget],
     )
     tools = _register_tools(mcp, settings)
+    invalid.offered = {t.name for t in tools}
     mcp.subscriptions.install(mcp)
     # On the 2026-07-28 protocol the SDK checks Mcp-Param headers on every tools/call with arguments; without
     # a schema lookup it runs the whole tools/list chain per call (10-15 ms, most of a cached call's time).
@@ -293,6 +297,7 @@ def _register_tools(mcp: InfrastructorServer, settings: Settings) -> list[Tool]:
             registered.append(component)
             if settings.tool_schemas == "compact":
                 compact(component)
+            lean(component)
     return registered
 
 

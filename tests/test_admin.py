@@ -6,9 +6,11 @@ import shlex
 from pathlib import Path
 from typing import Any
 
+import mcp_types as mt
 import pytest
 from fastmcp import Client
 from fastmcp.exceptions import ToolError
+from mcp import MCPError
 
 from mcp_server.auth import ADMIN, WRITE
 from mcp_server.commands.admin import RUN_SCRIPT
@@ -22,8 +24,9 @@ from tests.test_auth import _serve
 async def test_run_command_is_not_offered_unless_enabled(tmp_path: Path) -> None:
     async with Client(build_server(make_settings(tmp_path))) as client:
         assert "run_command" not in {t.name for t in await client.list_tools()}
-        with pytest.raises(ToolError, match="Unknown tool"):
+        with pytest.raises(MCPError, match="Unknown tool: 'run_command'") as info:
             await client.call_tool("run_command", {"device": "local", "argv": ["uname"]})
+        assert info.value.error.code == mt.INVALID_PARAMS
 
 
 async def test_run_command_runs_an_allowlisted_argv_literally_over_ssh(

@@ -425,10 +425,11 @@ async def test_with_auth_off_the_api_answers_without_a_token_and_still_audits(tm
         ]
 
 
-REQUIRED_QUERY = {
+REQUIRED_QUERY: dict[str, dict[str, Any]] = {
     "/config/history": {"path": "/etc/hosts"},
     "/config/diff": {"path": "/etc/hosts"},
     "/metrics/history": {"metric": "cpu_percent"},
+    "/devices/{device}/directory-usage": {"path": "/etc", "depth": 1},
 }
 PATH_VALUES = {"container": "web", "unit": "ssh.service", "name": "default.conf"}
 
@@ -458,4 +459,5 @@ async def test_every_read_route_answers_for_a_fleet_host_with_its_model_or_a_pro
             problem = response.json()
             assert problem["status"] in (404, 422, 502, 504) and problem["detail"], (route.name, problem)
     assert answered["get_system_metrics"] == answered["get_disk_usage"] == 200
+    assert answered["find_problems"] == answered["get_directory_usage"] == 200
     assert answered["list_containers"] == 502  # no docker on the host: said so, by name

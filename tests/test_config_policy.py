@@ -448,7 +448,7 @@ async def test_a_target_the_policy_now_refuses_is_dropped_at_start_and_its_conte
             with pytest.raises(ToolError, match="outside the places configuration is watched from"):
                 await client.call_tool(tool, arguments)
         changes = (await client.call_tool("list_config_changes", {"include_diff": True})).structured_content
-        assert changes is not None and changes["total"] == 1 and changes["changes"][0]["diff"] is None
+        assert changes is not None and changes["total"] == 1 and changes["changes"][0].get("diff") is None
         with pytest.raises(MCPError, match="outside the places"):
             await client.read_resource(f"infra://config/local{conf}")
 

@@ -115,6 +115,27 @@ async def test_watch_edit_history_diff_and_changes_through_the_tools(
         assert history["total"] == 2, "versions outlive the watch"
 
 
+async def test_config_tools_say_when_nothing_is_watched_and_how_to_start(
+    running: AppState, tmp_path: Path
+) -> None:
+    async with Client(build_server(running.settings, state=running)) as client:
+        watched = (await client.call_tool("list_watched_files", {"device": "local"})).structured_content
+        assert watched["total"] == 0
+        assert watched["note"].startswith("Nothing is watched on 'local'")
+        assert '`watch_config_file` {"device": "local", "path": ' in watched["note"]
+        assert '"discover": true' in watched["note"]
+        changes = (await client.call_tool("list_config_changes", {"device": "local"})).structured_content
+        assert changes["total"] == 0 and changes["note"] == watched["note"]
+        anywhere = (await client.call_tool("list_config_changes", {})).structured_content
+        assert "Nothing is watched on any device" in anywhere["note"]
+        compose = tmp_path / "compose.yaml"
+        compose.write_text("services:\n  app:\n    image: app:1\n")
+        await client.call_tool("watch_config_file", {"device": "local", "path": str(compose)})
+        watched = (await client.call_tool("list_watched_files", {"device": "local"})).structured_content
+        changes = (await client.call_tool("list_config_changes", {"device": "local"})).structured_content
+        assert watched.get("note") is None and changes["total"] == 0 and changes.get("note") is None
+
+
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
@@ -181,7 +202,6 @@ async def test_proxy_configs_list_routes_and_one_conf_from_a_watched_swag_direct
             "domain": "grafana.*",
             "location": "/",
             "upstream": "grafana:3000",
-            "redirect": None,
             "ssl": True,
             "auth": ["authelia"],
             "file": str(confs / "grafana.subdomain.conf"),
@@ -259,9 +279,9 @@ async def test_every_tool_a_prompt_names_exists_and_its_arguments_validate(clien
     tools = {t.name: t for t in await client.list_tools()}
     prompts = await client.list_prompts()
     assert {"diagnose_device", "triage_container", "review_config_changes"} <= {p.name for p in prompts}
-    samples = {"device": "nas01", "container": "jellyfin"}
+    samples = {"device": "local", "container": "jellyfin"}  # a device the server knows
     for prompt in prompts:
-        arguments = {a.name: samples.get(a.name, "nas01") for a in prompt.arguments or [] if a.required}
+        arguments = {a.name: samples.get(a.name, "local") for a in prompt.arguments or [] if a.required}
         result = await client.get_prompt(prompt.name, arguments)
         text = "\n".join(m.content.text for m in result.messages if isinstance(m.content, mt.TextContent))
         calls = _CALL.findall(text)

@@ -30,9 +30,11 @@ from tests.helpers import call_tool, hints, structured, unavailable
 from tests.podman import (
     CHATTY_LINES,
     COMPOSE_PROJECT,
+    IMAGE,
     SECRET_VALUES,
     ContainerEngine,
     engine_fixture,  # noqa: F401  (the container_engine session fixture)
+    poll,
     write_docker_config,
 )
 from tests.sshd import SshdFleet, SshdHost
@@ -318,6 +320,53 @@ async def test_list_containers_filters_and_pages(mcp: Client[Any]) -> None:
     assert rest["from_cache"] is True  # one docker ps serves every filter and page
 
 
+@pytest.fixture
+def crash_loop(container_engine: ContainerEngine) -> Iterator[None]:
+    """`crashloop` (policy always, exits 2 after a second) restarted at least twice, and `gaveup`
+    (on-failure:1, exits 5) after its one retry; podman shows both as running or exited between restarts."""
+    run = ("run", "-d", "--network", "host")
+    container_engine.docker(
+        *run, "--name", "crashloop", "--restart", "always", IMAGE, "sh", "-c", "sleep 1; exit 2"
+    )
+    container_engine.docker(
+        *run, "--name", "gaveup", "--restart", "on-failure:1", IMAGE, "sh", "-c", "exit 5"
+    )
+
+    def restarts(name: str) -> int:
+        return int(container_engine.docker("inspect", "--format", "{{.RestartCount}}", name).stdout)
+
+    try:
+        poll(lambda: restarts("crashloop") >= 2 and restarts("gaveup") >= 1, 30, "the restart loop")
+        container_engine.wait_state("gaveup", "exited")
+        yield
+    finally:
+        # (podman's own rm: its Docker API leaves a container in a restart loop in place)
+        container_engine.run("podman", "rm", "--force", "--time", "0", "crashloop", "gaveup", check=False)
+        # gone before the next test lists or samples containers (docker stats fails on one that vanishes)
+        names = ("ps", "--all", "--format", "{{.Names}}")
+        poll(
+            lambda: not {"crashloop", "gaveup"} & set(container_engine.docker(*names).stdout.split()),
+            20,
+            "rm",
+        )
+
+
+async def test_list_containers_reports_restart_counts_and_finds_a_restart_loop_on_podman(
+    mcp: Client[Any], crash_loop: None
+) -> None:
+    every = await call(mcp, "list_containers", all=True, force_refresh=True)
+    by_name = {c["name"]: c for c in every["data"]["containers"]}
+    assert by_name["crashloop"]["restart_count"] >= 2 and by_name["crashloop"]["restart_policy"] == "always"
+    assert by_name["crashloop"]["state"] in ("running", "exited")  # never "restarting" on podman
+    assert by_name["web"]["restart_count"] == 0 and by_name["web"]["restarting"] is False
+    gaveup = by_name["gaveup"]
+    assert (gaveup["state"], gaveup["exit_code"], gaveup["restart_count"]) == ("exited", 5, 1)
+    assert gaveup["restarting"] is False  # it used up its retries
+    looping = await call(mcp, "list_containers", status="restarting")
+    assert [c["name"] for c in looping["data"]["containers"]] == ["crashloop"]
+    assert looping["data"]["containers"][0]["restarting"] is True
+
+
 async def test_get_container_redacts_secrets_everywhere_they_could_surface(
     mcp: Client[Any], sqlite_state: AppState
 ) -> None:
@@ -411,7 +460,7 @@ async def test_compose_stacks_list_projects_with_their_services(
     stack = {s["name"]: s for s in result["data"]["stacks"]}[COMPOSE_PROJECT]
     assert stack["working_dir"] == str(container_engine.root / "stack")
     assert stack["config_files"] == [str(container_engine.root / "stack" / "compose.yaml")]
-    states = {s["service"]: (s["state"], s["exit_code"]) for s in stack["services"]}
+    states = {s["service"]: (s["state"], s.get("exit_code")) for s in stack["services"]}
     assert states == {"app": ("running", None), "job": ("exited", 0)}
     assert (stack["running"], stack["containers"]) == (1, 2)
 

@@ -427,6 +427,24 @@ async def test_the_fleet_overview_shows_a_trend_where_history_exists(state: AppS
     local = next(d for d in overview["devices"] if d["device"] == "local")
     assert local["ok"] and local["trend"]["memory_percent"] == "falling"
     assert local["trend"]["window_hours"] == 24
+    assert local.get("trend_note") is None
+
+
+@pytest.mark.parametrize("polling", [True, False])
+async def test_the_fleet_overview_says_when_a_trend_will_appear_instead_of_a_bare_null(
+    tmp_path: Path, polling: bool
+) -> None:
+    settings = make_settings(tmp_path, poll_enabled=polling, poll_system_interval=60)
+    async with open_state(settings) as fresh, Client(build_server(settings, state=fresh)) as client:
+        overview = (await client.call_tool("get_fleet_overview", {})).structured_content
+    assert overview is not None
+    local = overview["devices"][0]
+    assert local.get("trend") is None
+    if polling:
+        assert "3 hourly buckets" in local["trend_note"] and "every 60 s" in local["trend_note"]
+        assert "about 2 h" in local["trend_note"]
+    else:
+        assert "background polling is off" in local["trend_note"]
 
 
 # ---- exact buckets and rates at bucket edges, on every backend ---------------------------------------------
@@ -598,7 +616,7 @@ async def test_a_row_that_arrives_late_counts_in_hourly_answers_before_the_next_
         state.writer.add(SystemMetricRow, _cpu_row(old + timedelta(minutes=30, seconds=1), 100.0))
         await state.writer.flush()
         answer = await hourly(recent)
-        assert answer["source"] == "raw" and answer["raw_from"] is None  # the last two days: raw rows
+        assert answer["source"] == "raw" and answer.get("raw_from") is None  # the last two days: raw rows
         first = answer["points"][0]
         assert (first["samples"], first["max"]) == (61, 100.0)
         stale = await hourly(old)

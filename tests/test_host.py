@@ -82,7 +82,7 @@ async def test_list_vms_reports_states_vcpus_memory_and_autostart_running_first(
         ("pihole", "paused", 1),
         ("win11 gaming", "shut off", 8),
     ]
-    assert vms[2]["id"] is None and vms[2]["max_memory_bytes"] == 16 * 1024**3
+    assert vms[2].get("id") is None and vms[2]["max_memory_bytes"] == 16 * 1024**3
     assert (result["data"]["total"], result["data"]["running"]) == (3, 1)
     paged = await call_tool(client, "list_vms", device="kvm", limit=1, offset=1)
     assert [v["name"] for v in paged["data"]["vms"]] == ["pihole"] and paged["data"]["truncated"] is True

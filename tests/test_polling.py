@@ -162,7 +162,7 @@ async def test_the_circuit_breaker_opens_on_a_stopped_sshd_and_closes_when_it_re
                 sshd_fleet.wait_listening([host])
                 back = await eventually(lambda: _is(health, "ok"), f"{name}'s breaker to close")
                 assert back["breaker"] == "closed" and back["consecutive_failures"] == 0
-                assert back["retry_at"] is None
+                assert back.get("retry_at") is None
     finally:
         host.stop()
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import jsonschema
 import jwt
 import mcp_types as mt
 import pytest
@@ -107,6 +108,65 @@ async def test_an_invalid_prompt_argument_value_is_invalid_params_and_valid_ones
         rendered = await session.get_prompt("review_config_changes", {"min_risk": "high", "since": "7d"})
         content = rendered.messages[0].content
         assert isinstance(content, mt.TextContent) and "min_risk" in content.text
+
+
+@pytest.mark.parametrize(
+    ("prompt", "arguments", "problem"),
+    [
+        ("diagnose_device", {"device": "nope"}, "device: Unknown device 'nope'. Known devices: local."),
+        ("review_config_changes", {"since": "bogus"}, "since 'bogus' is neither a duration"),
+        ("review_config_changes", {"device": "nope"}, "device: Unknown device 'nope'"),
+        (
+            "triage_container",
+            {"device": "local", "container": "-v /:/host"},
+            "container: must be a container",
+        ),
+    ],
+)
+async def test_prompt_argument_values_the_tools_would_refuse_are_invalid_params_naming_the_argument(
+    state: AppState, prompt: str, arguments: dict[str, str], problem: str
+) -> None:
+    async with memory_session(state) as session:
+        error = await mcp_error(session.get_prompt(prompt, arguments))
+        assert error.code == mt.INVALID_PARAMS
+        assert any(line.startswith(problem) for line in error.message.splitlines()[1:]), error.message
+        assert isinstance(error.data, dict) and error.data["prompt"] == prompt
+
+
+async def test_an_unknown_tool_is_invalid_params_and_audited(state: AppState) -> None:
+    async with memory_session(state) as session:
+        error = await mcp_error(session.call_tool("get_everything", {"device": "local"}))
+        assert error.code == mt.INVALID_PARAMS
+        assert error.message.startswith("Unknown tool: 'get_everything'")
+        assert error.data == {"tool": "get_everything"}
+    (row,) = await audit_rows(state, kind="tool", tool="get_everything")
+    assert (row.outcome, row.error_type) == ("error", "invalid_params")
+
+
+async def test_results_leave_null_fields_out_carry_utc_timestamps_and_still_match_their_schemas(
+    state: AppState,
+) -> None:
+    async with memory_session(state) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        await session.call_tool("get_disk_usage", {"device": "local"})
+        for name, arguments in (("get_device", {"device": "local"}), ("query_audit_log", {})):
+            result = await session.call_tool(name, arguments)
+            assert result.structured_content is not None and not result.is_error
+            text = result.content[0].text  # type: ignore[union-attr]
+            assert ":null" not in text and json.loads(text) == result.structured_content
+            jsonschema.validate(result.structured_content, tools[name].output_schema or {})
+        entries = result.structured_content["entries"]
+        assert entries and all(e["occurred_at"].endswith("Z") for e in entries)
+        assert (
+            "username" not in (await session.call_tool("get_device", {"device": "local"})).structured_content
+        )
+
+
+async def test_tools_without_tags_list_no_meta_and_tagged_ones_keep_their_scope(state: AppState) -> None:
+    async with memory_session(state) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+    assert tools["get_system_metrics"].meta is None
+    assert tools["add_device"].meta == {"fastmcp": {"tags": ["scope:infra:write"]}}
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ import mcp_types as mt
 import pytest
 from fastmcp import Client, FastMCP
 from fastmcp.decorators import get_fastmcp_meta
-from fastmcp.exceptions import ToolError
 from fastmcp.tools.function_tool import ToolMeta
+from mcp import MCPError
 
 from mcp_server.errors import ConfigurationError
 from mcp_server.prompts import NEEDS
@@ -136,8 +136,9 @@ async def test_read_only_mode_offers_no_tool_that_changes_anything(tmp_path: Pat
         names = {t.name for t in tools}
         assert not {"add_device", "restart_container", "restart_service", "run_command"} & names
         assert {"list_devices", "get_system_metrics", "query_audit_log", "list_config_changes"} <= names
-        with pytest.raises(ToolError, match="Unknown tool"):
+        with pytest.raises(MCPError, match="Unknown tool: 'add_device'") as info:
             await client.call_tool("add_device", {"name": "x1", "hostname": "127.0.0.1"})
+        assert info.value.error.code == mt.INVALID_PARAMS
         devices = structured(await client.call_tool("list_devices", {}))
         assert [d["name"] for d in devices["devices"]] == ["local"]
 

@@ -8,7 +8,12 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mcp_server.commands.base import Arg, CommandDefinition, GrepText, NoParams
-from mcp_server.parsers.containers import ContainerList, parse_containers
+from mcp_server.parsers.containers import (
+    ContainerList,
+    ContainerRestartList,
+    parse_container_restarts,
+    parse_containers,
+)
 from mcp_server.parsers.containers_compose import ComposeStacks, parse_compose_stacks
 from mcp_server.parsers.containers_inspect import ContainerDetails, parse_container_inspect
 from mcp_server.parsers.containers_runtime import (
@@ -140,6 +145,27 @@ STATS_SCRIPT = "; ".join(
     )
 )
 
+# docker ps shows no restart counts: inspect every container for them. A container removed between the two
+# commands makes inspect exit 1 after printing the others.
+RESTARTS_FORMAT = (
+    '{"id":{{json .Id}},"restart_count":{{json .RestartCount}},'
+    '"policy":{{json .HostConfig.RestartPolicy.Name}},'
+    '"max_retries":{{json .HostConfig.RestartPolicy.MaximumRetryCount}},"started_at":{{json .State.StartedAt}},'
+    '"finished_at":{{json .State.FinishedAt}},"exit_code":{{json .State.ExitCode}},'
+    '"oom_killed":{{json .State.OOMKilled}}}'
+)
+RESTARTS_SCRIPT = "; ".join(
+    (
+        NEED_DOCKER,
+        "set -f",
+        "ids=$(docker ps --all --quiet --no-trunc) || exit $?",
+        '[ -n "$ids" ] || exit 0',
+        f"docker inspect --type container --format '{RESTARTS_FORMAT}' -- $ids",
+        "s=$?",
+        '[ "$s" -le 1 ] || exit "$s"',
+    )
+)
+
 COMPOSE_SCRIPT = "; ".join(
     (
         NEED_DOCKER,
@@ -181,6 +207,17 @@ CONTAINERS: CommandDefinition[ContainerList] = CommandDefinition(
     model=ContainerList,
     parse=parse_containers,
     params=ContainersParams,
+    ttl=10.0,
+)
+
+CONTAINER_RESTARTS: CommandDefinition[ContainerRestartList] = CommandDefinition(
+    name="container_restarts",
+    category=CATEGORY,
+    summary="Restart count, restart policy, last start and exit of every container (docker inspect).",
+    argv=("sh", "-c", RESTARTS_SCRIPT),
+    model=ContainerRestartList,
+    parse=parse_container_restarts,
+    params=NoParams,
     ttl=10.0,
 )
 
@@ -268,6 +305,7 @@ CONTAINER_RESTART = _action("restart", ContainerActionParams)
 
 COMMANDS: tuple[CommandDefinition[Any], ...] = (
     CONTAINERS,
+    CONTAINER_RESTARTS,
     CONTAINER_INSPECT,
     CONTAINER_LOGS,
     CONTAINER_STATS,

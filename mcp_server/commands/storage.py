@@ -1,4 +1,4 @@
-"""Storage commands: disk_usage (df), drive_inventory (lsblk), drive_smart (smartctl), zpool_list, zpool_status and zfs_snapshots."""
+"""Storage commands: disk_usage (df), directory_usage (du), drive_inventory (lsblk), drive_smart (smartctl), zpool_list, zpool_status and zfs_snapshots."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mcp_server.commands.base import Arg, ArgList, CommandDefinition, NoParams
 from mcp_server.parsers.storage import DiskUsage, parse_disk_usage
+from mcp_server.parsers.storage_dirs import DirectoryUsage, parse_directory_usage
 from mcp_server.parsers.storage_drives import (
     DriveHealth,
     DriveInventory,
@@ -139,6 +140,88 @@ DISK_USAGE: CommandDefinition[DiskUsage] = CommandDefinition(
 )
 
 
+def _absolute_path(value: str) -> str:
+    # re.search, not the schema pattern alone: "$" would also accept a trailing newline
+    if not value.startswith("/") or re.search(r"[\x00-\x1f\x7f]", value):
+        raise ValueError("must be an absolute path (starting with '/') without control characters")
+    return value
+
+
+AbsolutePath = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=4096,
+        pattern=r"^/[^\x00-\x1f\x7f]*$",
+        description="An absolute path on the device, e.g. / or /var/lib/docker.",
+    ),
+    AfterValidator(_absolute_path),
+]
+
+
+class DirectoryUsageParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: AbsolutePath
+    depth: int = Field(default=2, ge=1, le=6, description="How many levels below the path to list.")
+    top: int = Field(default=20, ge=1, le=200, description="How many of the biggest entries to return.")
+    timeout: int = Field(
+        default=20,
+        ge=1,
+        le=120,
+        description="Seconds du may walk; past it the sizes walked so far are shown.",
+    )
+
+    @property
+    def lines(self) -> int:
+        return self.top + 1  # the path's own total comes first (it is the biggest)
+
+
+# du -x stays on the path's filesystem; -a lists files too, down to the depth. GNU du, sort and head keep
+# names NUL-separated (a name may hold a newline); busybox (and coreutils before 8.25, whose head has no -z)
+# print lines, in KiB. du's exit
+# status goes around sort (fd 3) and is printed before the records: sort prints only once du has finished.
+# Without `timeout` the command's own timeout still bounds the walk.
+DIRECTORY_USAGE_SCRIPT = "; ".join(
+    (
+        "export LC_ALL=C",
+        "if [ ! -e \"$1\" ]; then echo '@@missing'; echo '@@end'; exit 0; fi",
+        "if [ ! -d \"$1\" ]; then echo '@@not-directory'; echo '@@end'; exit 0; fi",
+        'if command -v timeout >/dev/null 2>&1; then t="timeout $4"; else t=""; fi',
+        "if du --version >/dev/null 2>&1 && head -z -n 1 </dev/null >/dev/null 2>&1; then echo '@@du-gnu'"
+        '; { { $t du -x -a -0 -B1 -d "$2" -- "$1" 2>/dev/null; echo "@@status $?" >&3; }'
+        ' | sort -z -rn | head -z -n "$3"; } 3>&1'
+        "; else echo '@@du-posix'"
+        '; { { $t du -x -a -k -d "$2" -- "$1" 2>/dev/null; echo "@@status $?" >&3; }'
+        ' | sort -rn | head -n "$3"; } 3>&1'
+        "; fi",
+        "echo",
+        "echo '@@end'",
+    )
+)
+
+DIRECTORY_USAGE: CommandDefinition[DirectoryUsage] = CommandDefinition(
+    name="directory_usage",
+    category="storage",
+    summary="The biggest files and directories under a path (du -x, bounded by depth, count and time).",
+    argv=(
+        "sh",
+        "-c",
+        DIRECTORY_USAGE_SCRIPT,
+        "sh",
+        Arg("path"),
+        Arg("depth"),
+        Arg("lines"),
+        Arg("timeout"),
+    ),
+    model=DirectoryUsage,
+    parse=parse_directory_usage,
+    params=DirectoryUsageParams,
+    ttl=60.0,
+    timeout=130.0,
+)
+
+
 # -d: whole disks only (partitions carry no SMART data of their own); -b: sizes in bytes.
 DRIVE_INVENTORY: CommandDefinition[DriveInventory] = CommandDefinition(
     name="drive_inventory",
@@ -218,6 +301,7 @@ ZFS_SNAPSHOTS: CommandDefinition[ZfsSnapshots] = CommandDefinition(
 
 COMMANDS: tuple[CommandDefinition[Any], ...] = (
     DISK_USAGE,
+    DIRECTORY_USAGE,
     DRIVE_INVENTORY,
     DRIVE_SMART,
     ZPOOL_LIST,

@@ -47,6 +47,7 @@ class WatchedFiles(BaseModel):
     discovery_errors: list[str] = Field(default_factory=list)
     total: int
     truncated: bool
+    note: str | None = Field(default=None, description="When nothing is watched: how to start.")
 
 
 class WatchResult(BaseModel):
@@ -103,6 +104,7 @@ class ConfigChanges(BaseModel):
     changes: list[ConfigChange] = Field(description="Newest first.")
     total: int
     truncated: bool
+    note: str | None = Field(default=None, description="When nothing is watched: how to start.")
 
 
 class ConfigDiff(BaseModel):

@@ -634,6 +634,25 @@ class ConfigurationMonitoringService:
             status=[self.status(d) for d in devices],
             total=len(targets),
             truncated=offset + len(page) < len(targets),
+            note=None if targets else self.nothing_watched(device),
+        )
+
+    def nothing_watched(self, device: str | None) -> str | None:
+        """How to start watching, when nothing is watched on `device` (None: on any device)."""
+        if self.targets.get(device) if device is not None else any(self.targets.values()):
+            return None
+        where = f"on {device!r}" if device is not None else "on any device"
+        example = device or "nas01"
+        start = (
+            f"Nothing is watched {where}, so no changes are recorded. Start with `watch_config_file` "
+            f'{{"device": "{example}", "path": "/opt/stacks/app/compose.yaml"}} (a file, or a directory such '
+            "as /etc/nginx/conf.d)"
+        )
+        if not self.settings.config_discovery:
+            return start + "."
+        return start + (
+            f', or `list_watched_files` {{"device": "{example}", "discover": true}} to find and watch compose '
+            "files and nginx/SWAG proxy confs."
         )
 
     async def history(self, device: str, path: str, limit: int, offset: int) -> ConfigHistory:
@@ -669,6 +688,9 @@ class ConfigurationMonitoringService:
             offset=offset,
             with_diff=with_diff,
         )
+        if not found.total:
+            await self.load()
+            return found.model_copy(update={"note": self.nothing_watched(device)})
         # versions stored before the policy refused their path keep their summary, never their content
         hidden = [
             c.model_copy(update={"diff": None})

@@ -112,3 +112,16 @@ async def audit_page(session: AsyncSession, *, limit: int, offset: int, **filter
         total=total,
         truncated=offset + len(rows) < total,
     )
+
+
+def cut_commands(page: AuditPage, chars: int) -> AuditPage:
+    """The page with each entry's SSH commands cut to `chars` characters (the fixed scripts run to hundreds
+    each), saying how long each was."""
+
+    def cut(command: str) -> str:
+        if len(command) <= chars:
+            return command
+        return f"{command[:chars]}… [{len(command)} characters]"
+
+    entries = [e.model_copy(update={"ssh_commands": [cut(c) for c in e.ssh_commands]}) for e in page.entries]
+    return page.model_copy(update={"entries": entries})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from mcp_server.parsers.common import parse_errors_as
 from mcp_server.parsers.containers_common import (
     cut,
+    docker_time,
     json_lines,
     labels_from_string,
     ps_time,
@@ -27,6 +28,11 @@ ContainerState = Literal[
 ]
 Health = Literal["healthy", "unhealthy", "starting"]
 STATES: tuple[str, ...] = ("created", "running", "paused", "restarting", "removing", "exited", "dead")
+# podman's Docker API calls an exited container "stopped" (between restarts, or after `podman stop`)
+STATE_ALIASES = {"stopped": "exited"}
+# A container its restart policy restarted, whose last run ended this recently, is in a restart loop: docker
+# shows "restarting" only during the back-off, podman never (it reports running or stopped between restarts).
+RESTART_LOOP_WINDOW = timedelta(minutes=10)
 
 
 class PortMapping(BaseModel):
@@ -59,6 +65,15 @@ class ContainerSummary(BaseModel):
     compose_project: str | None = Field(description="Compose project it belongs to, if any.")
     compose_service: str | None = Field(description="Compose service name, if any.")
     labels: dict[str, str] = Field(description="Labels (secret-looking values redacted); may be omitted.")
+    restart_count: int | None = Field(
+        default=None, description="Times its restart policy restarted it; null when the engine did not say."
+    )
+    restart_policy: str | None = Field(default=None, description="no, always, unless-stopped, on-failure.")
+    last_exit_at: datetime | None = Field(default=None, description="When its last run ended.")
+    restarting: bool = Field(
+        default=False,
+        description="In a restart loop: restarting now, or restarted by its policy within the last 10 minutes.",
+    )
 
 
 class ContainerList(BaseModel):
@@ -131,6 +146,7 @@ def _command(raw: str) -> str:
 def _summary(item: dict[str, Any]) -> ContainerSummary:
     status = str(item.get("Status", ""))
     state = str(item.get("State") or "").lower() or state_from_status(status)
+    state = STATE_ALIASES.get(state, state)
     names = [n for n in str(item["Names"]).split(",") if n and "/" not in n] or [str(item["Names"])]
     labels = labels_from_string(str(item.get("Labels") or ""))
     exited = _EXITED.match(status)
@@ -161,6 +177,75 @@ def parse_containers(stdout: str, params: ContainersParams) -> ContainerList:
     return ContainerList(all=params.all, containers=containers, total=len(containers), truncated=False)
 
 
+class ContainerRestarts(BaseModel):
+    id: str = Field(description="Full container id.")
+    restart_count: int = Field(description="Times the restart policy restarted it.")
+    restart_policy: str | None = Field(description="no, always, unless-stopped, on-failure; null when unset.")
+    max_retries: int = Field(description="on-failure's retry limit (0: none).")
+    started_at: datetime | None = Field(description="When its current (or last) run started.")
+    finished_at: datetime | None = Field(description="When its last run ended; null if it never ended.")
+    exit_code: int = Field(description="Exit code of its last run.")
+    oom_killed: bool = Field(description="True when the kernel killed its last run for lack of memory.")
+
+
+class ContainerRestartList(BaseModel):
+    containers: list[ContainerRestarts]
+
+
+@parse_errors_as("container_restarts")
+def parse_container_restarts(stdout: str, params: Any) -> ContainerRestartList:
+    """One object per container, as the command's `docker inspect --format` template prints them."""
+    return ContainerRestartList(
+        containers=[
+            ContainerRestarts(
+                id=str(item["id"]),
+                restart_count=int(item["restart_count"]),
+                restart_policy=str(item.get("policy") or "") or None,
+                max_retries=int(item.get("max_retries") or 0),
+                started_at=docker_time(item.get("started_at")),
+                finished_at=docker_time(item.get("finished_at")),
+                exit_code=int(item.get("exit_code") or 0),
+                oom_killed=bool(item.get("oom_killed")),
+            )
+            for item in json_lines(stdout)
+        ]
+    )
+
+
+def in_restart_loop(state: str, restarts: ContainerRestarts, now: datetime) -> bool:
+    """Restarting now, or restarted by its policy and its last run ended within RESTART_LOOP_WINDOW (unless
+    on-failure has used up its retries)."""
+    if state == "restarting":
+        return True
+    gave_up = 0 < restarts.max_retries <= restarts.restart_count and state in ("exited", "dead")
+    recent = restarts.finished_at is not None and now - restarts.finished_at <= RESTART_LOOP_WINDOW
+    return (
+        restarts.restart_count > 0 and restarts.restart_policy not in (None, "no") and recent and not gave_up
+    )
+
+
+def with_restarts(listing: ContainerList, restarts: ContainerRestartList, now: datetime) -> ContainerList:
+    """The listing with each container's restart count, policy and last exit, and whether it is in a loop."""
+    by_id = {r.id: r for r in restarts.containers}
+    joined: list[ContainerSummary] = []
+    for container in listing.containers:
+        found = by_id.get(container.id)
+        if found is None:  # created between the two commands
+            joined.append(container.model_copy(update={"restarting": container.state == "restarting"}))
+            continue
+        joined.append(
+            container.model_copy(
+                update={
+                    "restart_count": found.restart_count,
+                    "restart_policy": found.restart_policy,
+                    "last_exit_at": found.finished_at,
+                    "restarting": in_restart_loop(container.state, found, now),
+                }
+            )
+        )
+    return listing.model_copy(update={"containers": joined})
+
+
 def select_containers(
     listing: ContainerList,
     *,
@@ -174,7 +259,9 @@ def select_containers(
     for container in listing.containers:
         if name and name not in container.name:
             continue
-        if status and container.state != status:
+        if status == "restarting" and not container.restarting:
+            continue
+        if status and status != "restarting" and container.state != status:
             continue
         if label and (key not in container.labels or (has_value and container.labels[key] != value)):
             continue

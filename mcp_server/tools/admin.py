@@ -13,7 +13,7 @@ from mcp_server.collection import Collected
 from mcp_server.commands import CommandList
 from mcp_server.commands.admin import CommandOutput, check_allowed
 from mcp_server.commands.base import Limit, Offset
-from mcp_server.db.queries import AuditPage
+from mcp_server.db.queries import AuditPage, cut_commands
 from mcp_server.state import AppState, current_state
 from mcp_server.times import utc
 from mcp_server.tools import ADMIN_TAGS, READ_ONLY, DeviceArg, ForceRefresh, changes, expected_errors
@@ -21,6 +21,8 @@ from mcp_server.tools import ADMIN_TAGS, READ_ONLY, DeviceArg, ForceRefresh, cha
 TOOLSET = "admin"
 # converted to UTC (UTC when no offset is given) and refused outside the years the server handles
 AuditTime = Annotated[datetime, AfterValidator(utc)]
+# query_audit_log's default page (20 entries, commands cut to this) is about 8,000 characters
+COMMAND_CHARS = 80
 
 
 @tool(annotations=READ_ONLY | {"openWorldHint": False})
@@ -88,12 +90,16 @@ async def query_audit_log(
         ),
     ] = None,
     request_id: str | None = None,
-    limit: Limit = 50,
+    full_commands: Annotated[
+        bool,
+        Field(description=f"Show each SSH command whole (default: its first {COMMAND_CHARS} characters)."),
+    ] = False,
+    limit: Limit = 20,
     offset: Offset = 0,
     state: AppState = Depends(current_state),
 ) -> AuditPage:
     """Search the audit log: who called what, from where, with what result (newest first, paginated)."""
-    return await state.audit_page(
+    page = await state.audit_page(
         limit=limit,
         offset=offset,
         since=since,
@@ -105,6 +111,7 @@ async def query_audit_log(
         kind=kind,
         request_id=request_id,
     )
+    return page if full_commands else cut_commands(page, COMMAND_CHARS)
 
 
 TOOLS = (

@@ -15,6 +15,7 @@ from mcp_server.parsers.containers import ContainerList, select_containers
 from mcp_server.parsers.containers_compose import ComposeStacks
 from mcp_server.parsers.containers_inspect import ContainerDetails
 from mcp_server.parsers.containers_runtime import ContainerActionResult, ContainerLogs, ContainerStatsList
+from mcp_server.reports import containers_with_restarts
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import (
     KEEP_NEWEST,
@@ -55,7 +56,10 @@ async def list_containers(
     ] = None,
     status: Annotated[
         Literal["created", "running", "paused", "restarting", "removing", "exited", "dead"] | None,
-        Field(description="Only containers in this state (stopped states imply all=true)."),
+        Field(
+            description="Only containers in this state (stopped states imply all=true); restarting: in a "
+            "restart loop, also where the engine shows running between restarts (podman)."
+        ),
     ] = None,
     include_labels: Annotated[
         bool, Field(description="Return every container's labels (long for compose/OCI images).")
@@ -65,9 +69,9 @@ async def list_containers(
     force_refresh: ForceRefresh = False,
     state: AppState = Depends(current_state),
 ) -> Collected[ContainerList]:
-    """Containers on a device with image, state, health, ports, networks and compose project."""
+    """Containers on a device with image, state, health, restart count, ports, networks and compose project."""
     want_all = all or (status is not None and status != "running")
-    result = await state.service.collect(device, "containers", {"all": want_all}, force_refresh=force_refresh)
+    result = await containers_with_restarts(state.service, device, all=want_all, force=force_refresh)
     selected = select_containers(result.data, name=name, label=label, status=status)
     if not include_labels:
         selected = [c.model_copy(update={"labels": {}}) for c in selected]

@@ -11,6 +11,7 @@ checks them and its error says what is valid), `default: null`, and the structur
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -106,6 +107,50 @@ def compact(tool: Tool) -> None:
         # a collected result's payload is its `data`: the envelope around it is one level more
         envelope = {"collected_at", "data"} <= set(output.get("properties", {}))
         tool.output_schema = compact_output(output, depth=-1 if envelope else 0)
+
+
+def _nullable(node: Any) -> bool:
+    if not isinstance(node, dict):
+        return False
+    kind = node.get("type")
+    if kind == "null" or (isinstance(kind, list) and "null" in kind):
+        return True
+    return any(_nullable(option) for option in node.get("anyOf", ()))
+
+
+def optional_nulls(node: Any) -> Any:
+    """The schema with every field that may be null no longer required: results leave null fields out."""
+    if isinstance(node, list):
+        return [optional_nulls(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: optional_nulls(value) for key, value in node.items()}
+    properties = out.get("properties")
+    if isinstance(properties, dict) and isinstance(out.get("required"), list):
+        kept = [name for name in out["required"] if not _nullable(properties.get(name))]
+        if kept:
+            out["required"] = kept
+        else:
+            del out["required"]
+    return out
+
+
+@functools.cache
+def _untagged(cls: type[Tool]) -> type[Tool]:
+    def get_meta(self: Tool) -> dict[str, Any] | None:
+        return None
+
+    return type(cls.__name__, (cls,), {"get_meta": get_meta, "__module__": cls.__module__})
+
+
+def lean(tool: Tool) -> None:
+    """Register-time trims of what tools/list shows whatever INFRA_TOOL_SCHEMAS says: an output schema that
+    lets null fields be absent (results drop them), and no `_meta` on a tool without tags (FastMCP lists
+    `{"fastmcp": {"tags": []}}` for each one)."""
+    if tool.output_schema is not None:
+        tool.output_schema = optional_nulls(tool.output_schema)
+    if not tool.tags and tool.version is None and not tool.meta:
+        tool.__class__ = _untagged(type(tool))
 
 
 # What a listed tool costs an agent: its tools/list entry as sent (compact JSON), at about 4 characters a token.

@@ -10,13 +10,15 @@ from pydantic import Field
 
 from mcp_server.collection import Collected
 from mcp_server.commands.base import Limit, Offset
-from mcp_server.commands.storage import DatasetName, DrivePath, PoolName
+from mcp_server.commands.storage import AbsolutePath, DatasetName, DrivePath, PoolName
 from mcp_server.parsers.storage import DiskUsage
+from mcp_server.parsers.storage_dirs import DirectoryUsage
 from mcp_server.progress import OnStep
 from mcp_server.reports import (
     DriveHealthReport,
     SnapshotPage,
     ZfsStatusReport,
+    directory_usage,
     drive_health,
     snapshot_page,
     zfs_status,
@@ -41,6 +43,28 @@ async def get_disk_usage(
     """Space and inode use per mounted filesystem of one device."""
     return await state.service.collect(
         device, "disk_usage", {"include_pseudo": include_pseudo}, force_refresh=force_refresh
+    )
+
+
+@tool(annotations=READ_ONLY)
+@expected_errors()
+async def get_directory_usage(
+    device: DeviceArg,
+    path: Annotated[
+        AbsolutePath, Field(description="Absolute path, e.g. a mount point from get_disk_usage.")
+    ],
+    depth: Annotated[int, Field(ge=1, le=6, description="Levels below the path to list.")] = 2,
+    top: Annotated[int, Field(ge=1, le=200, description="How many of the biggest entries to return.")] = 20,
+    timeout: Annotated[
+        int, Field(ge=1, le=120, description="Seconds to walk; a slower walk returns what it measured.")
+    ] = 20,
+    force_refresh: ForceRefresh = False,
+    state: AppState = Depends(current_state),
+) -> Collected[DirectoryUsage]:
+    """What is using the space under a path: its biggest files and directories (du -x, this filesystem only),
+    biggest first."""
+    return await directory_usage(
+        state.service, device, path, depth=depth, top=top, timeout=timeout, force=force_refresh
     )
 
 
@@ -102,6 +126,7 @@ async def list_zfs_snapshots(
 
 TOOLS = (
     get_disk_usage,
+    get_directory_usage,
     get_drive_health,
     get_zfs_status,
     list_zfs_snapshots,

@@ -16,6 +16,8 @@ from mcp_server.reports import FleetOverview, fleet_overview
 from mcp_server.state import AppState, current_state
 from mcp_server.tools import READ_ONLY, DeviceArg, ForceRefresh, expected_errors
 from mcp_server.tools.notify import step_reporter
+from mcp_server.triage import CHECKS, Check, ProblemReport
+from mcp_server.triage import find_problems as triage
 
 TOOLSET = "system"
 
@@ -69,8 +71,45 @@ async def get_fleet_overview(
     )
 
 
+@tool(annotations=READ_ONLY)
+@expected_errors()
+async def find_problems(
+    tags: Annotated[list[str] | None, Field(description="Only devices carrying all these tags.")] = None,
+    checks: Annotated[
+        list[Check] | None,
+        Field(description=f"Only these checks (default: all of {', '.join(CHECKS)}); reachability always."),
+    ] = None,
+    disk_threshold: Annotated[
+        float, Field(ge=1, le=100, description="Report filesystems (space or inodes) at least this % full.")
+    ] = 90.0,
+    limit: Annotated[int, Field(ge=1, le=200, description="Most problems to return (worst first).")] = 50,
+    force_refresh: ForceRefresh = False,
+    state: AppState = Depends(current_state),
+    on_device: OnStep = Depends(step_reporter),
+) -> ProblemReport:
+    """What needs a human across every device, worst first: unreachable or failing devices, full disks,
+    failing drives, failed services, containers restarting, unhealthy or exited with an error, high-risk
+    configuration changes of the last 24 h, pending security updates (where checked). Each problem names
+    the tool call that shows more."""
+    await state.refresh_health()
+    names = [d.name for d in state.devices.list(tags or ())]
+    return await triage(
+        state.service,
+        state.config,
+        state.db,
+        names,
+        {name: state.health.get(name) for name in names},
+        checks=checks or CHECKS,
+        disk_threshold=disk_threshold,
+        limit=limit,
+        force=force_refresh,
+        on_device=on_device,
+    )
+
+
 TOOLS = (
     get_system_metrics,
     list_processes,
     get_fleet_overview,
+    find_problems,
 )
