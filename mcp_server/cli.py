@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -215,7 +215,8 @@ def run() -> None:
 
     Every command closes what it opened before `main` returns; what is left is the interpreter tearing
     down some 700 modules one object at a time, most of a second on a busy machine, for nothing. Only when
-    no other thread is left (nothing could still be finishing work) and the output is flushed."""
+    the output is flushed and no thread is left that could still be finishing work: daemon threads (the
+    audit journal's, once a server's state is closed, has every row shipped or journaled) do not count."""
     code = main()
     logging.shutdown()
     try:
@@ -223,7 +224,8 @@ def run() -> None:
         sys.stderr.flush()
     except OSError:  # a closed pipe (`| head`): let the interpreter report it as usual
         sys.exit(code)
-    if threading.active_count() == 1:
+    main_thread = threading.main_thread()
+    if all(t.daemon for t in threading.enumerate() if t is not main_thread):
         os._exit(code)
     sys.exit(code)
 
@@ -306,7 +308,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         server = build_server(settings, transport="stdio")
         _started()
         asyncio.run(server.run_stdio_async(show_banner=False))
-        _exit_now()
+        return 0  # run() ends the process at once: every row is shipped or journaled by now
     from mcp_server.auth import dev_token_notice
     from mcp_server.db.engine import redact_url
     from mcp_server.http_app import allowed_hosts, check_bind, serve_http
@@ -347,16 +349,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             soft_wrap=True,
         )
     asyncio.run(serve_http(server, host=host, port=port, path=path))
-    _exit_now()
-
-
-def _exit_now() -> NoReturn:
-    """End a server whose state is closed (every row shipped or journaled): tearing the interpreter down
-    takes seconds on a busy machine and holds nothing the next start needs."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    return 0
 
 
 def _export_key(settings: Settings, out: Path | None) -> int:
