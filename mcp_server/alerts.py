@@ -33,7 +33,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mcp_server.audit import CallContext, current_call
@@ -43,12 +43,13 @@ from mcp_server.devices import NAME_PATTERN
 from mcp_server.errors import InvalidParameter
 from mcp_server.events import ConfigChanged, Event
 from mcp_server.polling import leases
+from mcp_server.series.container_restarts import ContainerRestartRow
 from mcp_server.series.disks import DiskMetricRow as DiskMetric
 from mcp_server.state import AppState
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["disk_use", "smart", "device_down", "config_risk"]
+Kind = Literal["disk_use", "smart", "device_down", "config_risk", "container_restarts"]
 Channel = Literal["ntfy", "gotify", "webhook"]
 Risk = Literal["low", "medium", "high"]
 RISK_ORDER = {"low": 0, "medium": 1, "high": 2}
@@ -56,6 +57,7 @@ SECRET_PREFIX = "alert:"
 MAX_RULES = 200
 MAX_URL_CHARS = 2048
 DISK_SAMPLE_AGE = timedelta(minutes=30)
+RESTART_WINDOW_MINUTES = 10  # a container_restarts rule's default window
 DELIVERY_TIMEOUT = 10.0
 
 
@@ -63,8 +65,13 @@ class AlertRuleInfo(BaseModel):
     name: str
     kind: Kind
     device: str | None = Field(description="Only this device; null: every device.")
-    threshold: float | None = Field(description="disk_use: percent; device_down: minutes.")
+    threshold: float | None = Field(
+        description="disk_use: percent; device_down: minutes; container_restarts: restarts (N)."
+    )
     min_risk: Risk | None = Field(description="config_risk: the lowest risk that alerts.")
+    window_minutes: int | None = Field(
+        default=None, description="container_restarts: the window (M) the restarts are counted in."
+    )
     channel: Channel
     url: str = Field(description="Where alerts go, masked (the stored URL is encrypted).")
     enabled: bool
@@ -109,21 +116,30 @@ def _check_url(url: str) -> str:
 
 
 def _check_rule(
-    kind: Kind, threshold: float | None, min_risk: Risk | None
-) -> tuple[float | None, Risk | None]:
+    kind: Kind, threshold: float | None, min_risk: Risk | None, window_minutes: int | None = None
+) -> tuple[float | None, Risk | None, int | None]:
     if kind == "disk_use":
         if threshold is None or not 1 <= threshold <= 100:
             raise InvalidParameter("threshold: a disk_use rule needs the percent that alerts (1-100)")
-        return threshold, None
+        return threshold, None, None
     if kind == "device_down":
         if threshold is None or not 0 <= threshold <= 10_080:
             raise InvalidParameter(
                 "threshold: a device_down rule needs the minutes down that alert (0-10080)"
             )
-        return threshold, None
+        return threshold, None, None
+    if kind == "container_restarts":
+        if threshold is None or not 1 <= threshold <= 10_000 or threshold != int(threshold):
+            raise InvalidParameter(
+                "threshold: a container_restarts rule needs the number of restarts that alerts (1-10000)"
+            )
+        window = RESTART_WINDOW_MINUTES if window_minutes is None else window_minutes
+        if not 1 <= window <= 10_080:
+            raise InvalidParameter("window_minutes: the minutes restarts are counted in (1-10080)")
+        return threshold, None, window
     if kind == "config_risk":
-        return None, min_risk or "high"
-    return None, None
+        return None, min_risk or "high", None
+    return None, None, None
 
 
 def _info(row: AlertRuleRow, url: str | None) -> AlertRuleInfo:
@@ -133,6 +149,7 @@ def _info(row: AlertRuleRow, url: str | None) -> AlertRuleInfo:
         device=row.device,
         threshold=row.threshold,
         min_risk=row.min_risk,  # type: ignore[arg-type]
+        window_minutes=row.window_minutes,
         channel=row.channel,  # type: ignore[arg-type]
         url=mask_url(url) if url else "(missing)",
         enabled=row.enabled,
@@ -163,9 +180,18 @@ async def set_alert_rule(
     ],
     url: Annotated[str, Field(max_length=MAX_URL_CHARS, description="The topic, message or webhook URL.")],
     device: Annotated[str | None, Field(description="Only this device (default: every device).")] = None,
-    threshold: Annotated[float | None, Field(description="disk_use: percent; device_down: minutes.")] = None,
+    threshold: Annotated[
+        float | None,
+        Field(description="disk_use: percent; device_down: minutes; container_restarts: restarts (N)."),
+    ] = None,
     min_risk: Annotated[
         Risk | None, Field(description="config_risk: lowest risk that alerts (high).")
+    ] = None,
+    window_minutes: Annotated[
+        int | None,
+        Field(
+            description=f"container_restarts: minutes the restarts are counted in ({RESTART_WINDOW_MINUTES})."
+        ),
     ] = None,
     enabled: bool = True,
     *,
@@ -175,7 +201,7 @@ async def set_alert_rule(
     if not re.fullmatch(NAME_PATTERN, name):
         raise InvalidParameter(f"name: must match {NAME_PATTERN} (a slug such as disk-90)")
     checked_url = _check_url(url)
-    threshold, min_risk = _check_rule(kind, threshold, min_risk)
+    threshold, min_risk, window_minutes = _check_rule(kind, threshold, min_risk, window_minutes)
     if device is not None:
         state.devices.get(device)  # unknown devices fail here, naming the known ones
     values = {
@@ -183,6 +209,7 @@ async def set_alert_rule(
         "device": device,
         "threshold": threshold,
         "min_risk": min_risk,
+        "window_minutes": window_minutes,
         "channel": channel,
         "enabled": enabled,
     }
@@ -495,6 +522,30 @@ class AlertService:
                 if minutes is None or minutes >= (rule.threshold or 0):
                     title = f"{device} is down"
                     out[device] = (device, title, f"{health.last_error_type}: {health.last_error}")
+        elif rule.kind == "container_restarts":
+            minutes = rule.window_minutes or RESTART_WINDOW_MINUTES
+            counts = (
+                select(
+                    ContainerRestartRow.device,
+                    ContainerRestartRow.container,
+                    func.max(ContainerRestartRow.restart_count) - func.min(ContainerRestartRow.restart_count),
+                )
+                .where(ContainerRestartRow.collected_at >= now - timedelta(minutes=minutes))
+                .group_by(
+                    ContainerRestartRow.device,
+                    ContainerRestartRow.container,
+                    ContainerRestartRow.container_id,
+                )
+            )
+            if rule.device is not None:
+                counts = counts.where(ContainerRestartRow.device == rule.device)
+            async with state.db.read_session() as session:
+                grown = (await session.execute(counts)).all()
+            for device, container, restarts in grown:
+                if restarts >= (rule.threshold or 1):
+                    title = f"{container} on {device} restarted {restarts} times in {minutes} min"
+                    detail = f"list_containers(device={device!r}, status='restarting') shows its restart loop"
+                    out[f"{device}:{container}"] = (device, title, detail)
         elif rule.kind == "smart":
             snapshots = select(CollectionSnapshot).where(CollectionSnapshot.command == "drive_smart")
             if rule.device is not None:

@@ -153,12 +153,23 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_parser("list", help="list alert rules (URLs masked)")
     rule = alerts.add_parser("set", help="create or replace an alert rule")
     rule.add_argument("name")
-    rule.add_argument("--kind", required=True, choices=["disk_use", "smart", "device_down", "config_risk"])
+    rule.add_argument(
+        "--kind",
+        required=True,
+        choices=["disk_use", "smart", "device_down", "config_risk", "container_restarts"],
+    )
     rule.add_argument("--channel", required=True, choices=["ntfy", "gotify", "webhook"])
     rule.add_argument("--url", required=True, help="topic, message or webhook URL (stored encrypted)")
     rule.add_argument("--device", help="only this device (default: every device)")
-    rule.add_argument("--threshold", type=float, help="disk_use: percent; device_down: minutes")
+    rule.add_argument(
+        "--threshold",
+        type=float,
+        help="disk_use: percent; device_down: minutes; container_restarts: restarts",
+    )
     rule.add_argument("--min-risk", choices=["low", "medium", "high"], help="config_risk (default high)")
+    rule.add_argument(
+        "--window", type=int, dest="window_minutes", help="container_restarts: minutes (default 10)"
+    )
     rule.add_argument("--disabled", action="store_true", help="keep the rule but do not evaluate it")
     alerts.add_parser("remove", help="delete an alert rule").add_argument("name")
     alerts.add_parser("test", help="send a test alert through a rule now").add_argument("name")
@@ -489,6 +500,7 @@ async def _alerts(settings: Settings, args: argparse.Namespace) -> int:
                     device=args.device,
                     threshold=args.threshold,
                     min_risk=args.min_risk,
+                    window_minutes=args.window_minutes,
                     enabled=not args.disabled,
                     state=state,
                 )

@@ -100,6 +100,16 @@ async def test_rules_are_admin_only_with_their_url_encrypted_and_masked(api: Api
     assert [r["name"] for r in listed["rules"]] == ["disk-90"] and "9f2c" not in json.dumps(listed)
     bad = await api.call("PUT", "/alerts/rules/x", ADMIN, json={**rule, "threshold": None})
     assert bad.status_code == 422 and "threshold: a disk_use rule needs" in bad.json()["detail"]
+    loops = {**rule, "kind": "container_restarts", "threshold": 3}
+    created_loops = await api.ok("PUT", "/alerts/rules/loops", ADMIN, json=loops)
+    assert (created_loops["threshold"], created_loops["window_minutes"]) == (3, 10)  # the default window
+    for wrong, message in (
+        ({"threshold": 0.5}, "threshold: a container_restarts rule needs the number of restarts"),
+        ({"window_minutes": 0}, "window_minutes: the minutes restarts are counted in"),
+    ):
+        refused = await api.call("PUT", "/alerts/rules/x", ADMIN, json={**loops, **wrong})
+        assert refused.status_code == 422 and message in refused.json()["detail"], refused.json()
+    await api.ok("DELETE", "/alerts/rules/loops", ADMIN)
     bad_url = await api.call("PUT", "/alerts/rules/x", ADMIN, json={**rule, "url": "file:///etc/passwd"})
     assert bad_url.status_code == 422 and bad_url.json()["detail"].startswith("url: must be an http(s) URL")
     async with api.state.db.read_session() as session:

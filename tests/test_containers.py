@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,7 @@ from fastmcp import Client
 from fastmcp.exceptions import ToolError
 from sqlalchemy import select
 
+from mcp_server.alerts import AlertService, set_alert_rule
 from mcp_server.budget import fit
 from mcp_server.commands import CommandRegistry
 from mcp_server.commands.containers import COMMANDS, ContainerLogsParams
@@ -365,6 +368,34 @@ async def test_list_containers_reports_restart_counts_and_finds_a_restart_loop_o
     looping = await call(mcp, "list_containers", status="restarting")
     assert [c["name"] for c in looping["data"]["containers"]] == ["crashloop"]
     assert looping["data"]["containers"][0]["restarting"] is True
+
+
+async def test_restart_counts_become_history_and_a_container_restarts_rule_fires_on_the_loop(
+    mcp: Client[Any], sqlite_state: AppState, crash_loop: None
+) -> None:
+    """Every list_containers call adds a sample per container to the restart history; a rule "restarted
+    N times in M minutes" holds for the crash loop only, fires once, and not again while it holds."""
+
+    async def count() -> tuple[str, int]:
+        listed = await call(mcp, "list_containers", all=True, force_refresh=True)
+        loop = next(c for c in listed["data"]["containers"] if c["name"] == "crashloop")
+        return listed["device"], loop["restart_count"]
+
+    device, first = await count()
+    deadline = time.monotonic() + 30
+    while (await count())[1] < first + 2:  # the loop restarts every second or so
+        assert time.monotonic() < deadline, "crashloop did not restart twice more within 30 s"
+        await asyncio.sleep(0.5)
+    history = await call(mcp, "get_metrics_history", metric="container_restart_count", container="crashloop")
+    assert history["summary"]["latest"] >= first + 2
+    await set_alert_rule(
+        "loops", "container_restarts", "webhook", "http://127.0.0.1:9/hook", threshold=2, state=sqlite_state
+    )
+    alerts = AlertService(sqlite_state)  # evaluated here, not started: nothing is delivered
+    fired = await alerts.evaluate(claim=False)
+    assert [(a.subject, a.device) for a in fired] == [(f"{device}:crashloop", device)]
+    assert "restarted" in fired[0].title and "in 10 min" in fired[0].title
+    assert await alerts.evaluate(claim=False) == []  # still holding: not again
 
 
 async def test_get_container_redacts_secrets_everywhere_they_could_surface(

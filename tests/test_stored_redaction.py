@@ -81,6 +81,10 @@ NOT_CALLER_TEXT = {
     ("container_stats", "container"): "from the collected result, redacted before it is stored; docker names "
     "hold only letters, digits, _ . -",
     ("container_stats", "container_id"): "from the collected result, redacted before it is stored (hex ids)",
+    ("container_restart_counts", "container"): "from the collected result, redacted before it is stored; "
+    "docker names hold only letters, digits, _ . -",
+    ("container_restart_counts", "container_id"): "from the collected result, redacted before it is stored "
+    "(hex ids)",
     ("disk_metrics", "mount"): "from the collected result, redacted before it is stored",
     ("disk_metrics", "fstype"): "from the collected result, redacted before it is stored",
     ("network_metrics", "interface"): "from the collected result, redacted before it is stored",

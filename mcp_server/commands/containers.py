@@ -148,7 +148,7 @@ STATS_SCRIPT = "; ".join(
 # docker ps shows no restart counts: inspect every container for them. A container removed between the two
 # commands makes inspect exit 1 after printing the others.
 RESTARTS_FORMAT = (
-    '{"id":{{json .Id}},"restart_count":{{json .RestartCount}},'
+    '{"id":{{json .Id}},"name":{{json .Name}},"restart_count":{{json .RestartCount}},'
     '"policy":{{json .HostConfig.RestartPolicy.Name}},'
     '"max_retries":{{json .HostConfig.RestartPolicy.MaximumRetryCount}},"started_at":{{json .State.StartedAt}},'
     '"finished_at":{{json .State.FinishedAt}},"exit_code":{{json .State.ExitCode}},'

@@ -351,10 +351,13 @@ class AlertRuleRow(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(63), unique=True)
-    kind: Mapped[str] = mapped_column(String(32), doc="disk_use | smart | device_down | config_risk")
+    kind: Mapped[str] = mapped_column(
+        String(32), doc="disk_use | smart | device_down | config_risk | container_restarts"
+    )
     device: Mapped[str | None] = mapped_column(String(63))
     threshold: Mapped[float | None] = mapped_column(Float)
     min_risk: Mapped[str | None] = mapped_column(String(8))
+    window_minutes: Mapped[int | None] = mapped_column(Integer, doc="container_restarts: the window (M).")
     channel: Mapped[str] = mapped_column(String(16), doc="ntfy | gotify | webhook")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime]

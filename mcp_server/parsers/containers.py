@@ -179,6 +179,7 @@ def parse_containers(stdout: str, params: ContainersParams) -> ContainerList:
 
 class ContainerRestarts(BaseModel):
     id: str = Field(description="Full container id.")
+    name: str | None = Field(default=None, description="Container name.")
     restart_count: int = Field(description="Times the restart policy restarted it.")
     restart_policy: str | None = Field(description="no, always, unless-stopped, on-failure; null when unset.")
     max_retries: int = Field(description="on-failure's retry limit (0: none).")
@@ -199,6 +200,7 @@ def parse_container_restarts(stdout: str, params: Any) -> ContainerRestartList:
         containers=[
             ContainerRestarts(
                 id=str(item["id"]),
+                name=str(item.get("name") or "").lstrip("/") or None,  # docker says "/web", podman "web"
                 restart_count=int(item["restart_count"]),
                 restart_policy=str(item.get("policy") or "") or None,
                 max_retries=int(item.get("max_retries") or 0),

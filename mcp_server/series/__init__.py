@@ -1,7 +1,7 @@
 """The time series, listed once; everything else reads this index.
 
 Each series is declared in its own module beside its table and row mapper (system.py, network.py, disks.py,
-containers.py, drives.py): the collection service stores results through `BY_COMMAND`, the poller runs
+containers.py, container_restarts.py, drives.py): the collection service stores results through `BY_COMMAND`, the poller runs
 `CATEGORIES`, storage partitions and expires `TABLES`, get_metrics_history answers `METRICS` and builds its
 `metric` argument and its description from them. A new series is one module, one line in `SERIES` and a
 migration creating its table (see "How to add a series" in the README).
@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from mcp_server.db.series import EVENT_TABLES, SeriesTable
+from mcp_server.series.container_restarts import CONTAINER_RESTARTS
 from mcp_server.series.containers import CONTAINERS
 from mcp_server.series.disks import DISKS
 from mcp_server.series.drives import DRIVES
@@ -33,7 +34,7 @@ __all__ = [
     "metric_help",
 ]
 
-SERIES: tuple[Series[Any], ...] = (SYSTEM, DISKS, NETWORK, CONTAINERS, DRIVES)
+SERIES: tuple[Series[Any], ...] = (SYSTEM, DISKS, NETWORK, CONTAINERS, CONTAINER_RESTARTS, DRIVES)
 
 V = TypeVar("V")
 

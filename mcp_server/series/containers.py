@@ -54,14 +54,20 @@ def _rows(stats: ContainerStatsList) -> list[dict[str, Any]]:
     ]
 
 
+# one poll for both container series (container_restarts.py): stats, then restart counts
+CONTAINERS_POLL = Category(
+    "containers", "poll_containers_interval", ("container_stats", "container_restarts")
+)
+CONTAINER = Key("container", "Container name")
+
 CONTAINERS: Series[ContainerStatsList] = Series(
     table=ContainerStatRow,
     command="container_stats",
     rows=_rows,
-    poll=Category("containers", "poll_containers_interval", ("container_stats",)),
+    poll=CONTAINERS_POLL,
     tool="get_container_stats",
     retention="retention_metrics_days",
-    key=Key("container", "Container name"),
+    key=CONTAINER,
     metrics=(
         Metric("container_cpu_percent", "gauge", "cpu_percent", "% of one core", "CPU, 100 = one core"),
         Metric(
