@@ -68,7 +68,7 @@ def serving(
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 90  # a loaded machine (CI) starts slowly; a healthy start takes seconds
     try:
         while True:
             try:
@@ -76,7 +76,9 @@ def serving(
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / f"{name}.log").read_text()) from None
+                    state = "running" if proc.poll() is None else f"exited {proc.returncode}"
+                    log_text = (tmp_path / f"{name}.log").read_text()
+                    raise AssertionError(f"{name} did not become healthy ({state}): {log_text}") from None
                 time.sleep(0.05)
         yield base, proc
     finally:
