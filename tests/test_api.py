@@ -461,3 +461,32 @@ async def test_every_read_route_answers_for_a_fleet_host_with_its_model_or_a_pro
     assert answered["get_system_metrics"] == answered["get_disk_usage"] == 200
     assert answered["find_problems"] == answered["get_directory_usage"] == 200
     assert answered["list_containers"] == 502  # no docker on the host: said so, by name
+
+
+async def test_every_route_that_changes_something_refuses_a_read_token_audited_and_a_bad_target_as_a_problem(
+    api: Api,
+) -> None:
+    """Each POST/PUT/PATCH/DELETE route over real HTTP: a read token gets 403 (a `denied` audit row naming the
+    tool), and a call with enough scope against a device that does not exist (or an empty body) is a
+    problem+json 4xx with the tool's text, never a 5xx; nothing is changed by either."""
+    off = api.server.disabled_tools  # run_command without INFRA_ALLOW_RUN_COMMAND has no route (tested above)
+    changing = [r for r in ROUTES if r.method != "GET" and r.name not in off]
+    assert len(changing) >= 15
+    for route in changing:
+        path = route.path.replace("{device}", "nope")
+        for name, value in PATH_VALUES.items():
+            path = path.replace(f"{{{name}}}", value)
+        body = {"device": "nope"} if "device" in route.arguments and "device" not in route.path_names else {}
+        denied = await api.call(route.method, path, READ, json=body)
+        if route.scope == READ:  # e.g. POST /devices/{device}/collect reads; it is refused for its target
+            assert denied.status_code in (404, 422), (route.name, denied.status_code, denied.text)
+        else:
+            assert denied.status_code == 403, (route.name, denied.status_code, denied.text)
+            assert denied.headers["content-type"] == "application/problem+json"
+        wrong = await api.call(route.method, path, ADMIN, json=body)
+        assert 400 <= wrong.status_code < 500, (route.name, wrong.status_code, wrong.text)
+        assert wrong.headers["content-type"] == "application/problem+json", route.name
+        assert wrong.json()["detail"], route.name
+    denials = await audit_rows(api.state, transport="api", outcome="denied")
+    assert {r.tool for r in denials} >= {r.name for r in changing if r.scope != READ}
+    assert [d.name for d in api.state.devices.list()] == ["local"]  # nothing was added
