@@ -490,12 +490,16 @@ class Api:
         return await self.on_problem(request, ApiProblem(422, "invalid_arguments", detail))
 
     async def on_http_error(self, request: Request, exc: Exception) -> Response:
-        """No such route (404) or method (405): a problem too, pointing to the routes there are."""
+        """No such route (404) or method (405), or a request the framework refused before any route (400: a
+        body that is not JSON, ...): a problem too, saying which, and pointing to the routes there are."""
         assert isinstance(exc, StarletteHTTPException)
-        detail = (
-            f"No route {request.method} {redact_text(request.url.path)[:200]}; the routes are listed at "
-            f"{PREFIX}/docs and {PREFIX}/openapi.json."
-        )
+        where = f"{request.method} {redact_text(request.url.path)[:200]}"
+        routes = f"the routes are listed at {PREFIX}/docs and {PREFIX}/openapi.json."
+        if exc.status_code in (404, 405):
+            detail = f"No route {where}; {routes}"
+        else:
+            reason = redact_text(str(exc.detail))[:200] if exc.detail else HTTPStatus(exc.status_code).phrase
+            detail = f"Refused {where}: {reason}. Send a JSON object body (Content-Type: application/json); {routes}"
         kind = (
             "not_found"
             if exc.status_code == 404

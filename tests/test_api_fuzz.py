@@ -4,12 +4,13 @@ token. No 5xx, every response matches the status codes, content types and schema
 and no answer carries a secret the server holds.
 
 The server runs read-only (INFRA_READ_ONLY): generated inputs must never register a device, which would send
-SSH connections to whatever host name was generated; the write routes are covered in test_api.py, and their
-refusal without a valid token below. Bounded: a few examples per operation, generation only."""
+SSH connections to whatever host name was generated. The routes that change something are fuzzed on a second,
+writable server with a read-scoped token: whatever the input, a 403 problem and nothing changed (their effects
+are tested in test_api.py). Bounded: a few examples per operation, generation only."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,10 @@ import schemathesis
 from hypothesis import HealthCheck, Phase
 from schemathesis import GenerationMode, checks
 
-from mcp_server.auth import ADMIN, SigningKey, issue_token
+from mcp_server.auth import ADMIN, READ, SigningKey, issue_token
 from mcp_server.settings import load_settings
 from tests.helpers import free_port, serving
-from tests.test_transports import CLI, cli_env
+from tests.test_transports import CLI, cli_env, run_cli
 
 SECRET = "f" * 48
 EXAMPLES = 4
@@ -64,17 +65,50 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
         yield f"http://127.0.0.1:{port}", token
 
 
+@pytest.fixture(scope="module")
+def writable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    """A server that offers every route, and a token that may only read."""
+    tmp = tmp_path_factory.mktemp("fuzz-writable")
+    port = free_port()
+    env = cli_env(
+        tmp,
+        INFRA_HTTP_PORT=str(port),
+        INFRA_JWT_SECRET=SECRET,
+        INFRA_HTTP_RATE_LIMIT="100000",
+        INFRA_HTTP_RATE_BURST="10000",
+    )
+    with serving([CLI, "serve"], port, env, tmp / "server.log"):
+        settings = load_settings(data_dir=tmp / "data", jwt_secret=SECRET)
+        token, _ = issue_token(
+            SigningKey("HS256", SECRET, None, None),
+            settings,
+            subject="fuzz-reader",
+            scopes=[READ],
+            ttl_seconds=3600,
+        )
+        yield f"http://127.0.0.1:{port}", token, tmp
+
+
 def _no_secret(response: requests.Response, token: str) -> None:
     body = response.text
     assert SECRET not in body and token not in body, "a response carries a secret"
 
 
-def _fuzz(base: str, headers: dict[str, str], modes: list[GenerationMode], token: str) -> int:
+def _fuzz(
+    base: str,
+    headers: dict[str, str],
+    modes: list[GenerationMode],
+    token: str,
+    *,
+    only: Callable[[Any], bool] = lambda operation: True,
+    expect: set[int] | None = None,
+) -> int:
+    """Fuzz the operations `only` selects; with `expect`, every answer must also have one of those statuses."""
     schema = schemathesis.openapi.from_url(f"{base}/api/v1/openapi.json")
     calls = 0
     for result in schema.get_all_operations():
         operation = result.ok()  # type: ignore[union-attr]
-        if operation.definition.raw.get("operationId") in SKIPPED:
+        if operation.definition.raw.get("operationId") in SKIPPED or not only(operation):
             continue
         for mode in modes:
             strategy = operation.as_strategy(generation_mode=mode)
@@ -94,6 +128,8 @@ def _fuzz(base: str, headers: dict[str, str], modes: list[GenerationMode], token
                     base_url=f"{base}/api/v1", headers=headers, timeout=60, checks=CHECKS
                 )
                 _no_secret(response, token)  # type: ignore[arg-type]
+                if expect is not None:
+                    assert response.status_code in expect, (case.method, case.path, response.text)
 
             check()
     return calls
@@ -108,6 +144,28 @@ def test_every_operation_with_valid_and_invalid_inputs_answers_as_documented(liv
         token,
     )
     assert calls > 40
+
+
+def test_every_operation_that_changes_something_refuses_a_read_token_whatever_the_input(
+    writable: tuple[str, str, Path],
+) -> None:
+    base, token, tmp = writable
+    calls = _fuzz(
+        base,
+        {"Authorization": f"Bearer {token}"},
+        [GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+        token,
+        only=lambda operation: (
+            operation.method.upper() != "GET" and operation.definition.raw.get("x-scope") != READ
+        ),
+        # 401 where the generated request replaced or broke the Authorization header, 400 for a body that is
+        # not JSON at all (refused before anything is read of it, scope included)
+        expect={400, 401, 403},
+    )
+    assert calls > 40
+    devices = run_cli(tmp, "devices", "list")
+    rows = [line for line in devices.stdout.splitlines() if line.startswith("│")]
+    assert devices.returncode == 0 and len(rows) == 1 and "local" in rows[0], devices.stdout  # nothing added
 
 
 def test_every_operation_refuses_an_invalid_token(live: tuple[str, str]) -> None:
