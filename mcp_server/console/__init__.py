@@ -40,7 +40,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_server.audit import CallContext
 from mcp_server.auth import SCOPES, RememberingJWTVerifier, granted
-from mcp_server.http_guard import API_PREFIX
+from mcp_server.http_guard import API_PREFIX, CONSOLE_SIGN_IN, RateLimiter
 from mcp_server.middleware import client_ip
 
 if TYPE_CHECKING:
@@ -118,6 +118,7 @@ class Sessions:
         else:
             self.key = secrets.token_bytes(32)
         self.ttl = settings.console_session_ttl
+        self.refusals = RefusalLog(settings.audit_auth_failures_per_minute)
 
     def sign(self, session: Session) -> str:
         payload = _b64(
@@ -180,8 +181,24 @@ def same_origin(request: Request, settings: Settings) -> bool:
     return origin is not None and origin == origin_of(request, settings)
 
 
+class RefusalLog:
+    """Refused sign-ins and refused session requests are audited at most INFRA_AUDIT_AUTH_FAILURES_PER_MINUTE
+    times a minute in all and a tenth of that per client IP (as refused bearer tokens are), so a flood cannot
+    fill the disk."""
+
+    def __init__(self, per_minute: int) -> None:
+        per_ip = max(per_minute // 10, 1)
+        self.per_minute = per_minute
+        self._all = RateLimiter(per_minute, max(per_minute, 1))
+        self._per_ip = RateLimiter(per_ip, per_ip)
+
+    def admits(self, ip: str | None) -> bool:
+        return self.per_minute > 0 and not self._per_ip.acquire(ip or "?") and not self._all.acquire("all")
+
+
 def _audit(
     server: InfrastructorServer,
+    sessions: Sessions | None,
     request: Request,
     tool: str,
     *,
@@ -191,7 +208,8 @@ def _audit(
     message: str | None = None,
 ) -> None:
     state = server.state_of()
-    if state is None:
+    ip = client_ip(request, server.settings.trusted_proxy_networks)
+    if state is None or (outcome != "ok" and sessions is not None and not sessions.refusals.admits(ip)):
         return
     ctx = CallContext(
         request_id=None,
@@ -199,7 +217,7 @@ def _audit(
         tool=tool,
         subject=subject,
         client_id=CLIENT_ID,
-        client_ip=client_ip(request, server.settings.trusted_proxy_networks),
+        client_ip=ip,
         user_agent=(request.headers.get("user-agent") or "")[:512] or None,
         request_path=request.url.path,
     )
@@ -257,6 +275,7 @@ class ConsoleSession:
         if problem is not None:
             _audit(
                 self.server,
+                self.sessions,
                 request,
                 f"{scope['method']} {path[:200]}",
                 subject=session.subject,
@@ -305,6 +324,7 @@ def routes(server: InfrastructorServer, sessions: Sessions | None) -> list[BaseR
     ) -> Response:
         _audit(
             server,
+            sessions,
             request,
             "console.sign_in",
             subject=None,
@@ -344,7 +364,7 @@ def routes(server: InfrastructorServer, sessions: Sessions | None) -> list[BaseR
             expires,
             secrets.token_urlsafe(24),
         )
-        _audit(server, request, "console.sign_in", subject=subject, outcome="ok")
+        _audit(server, sessions, request, "console.sign_in", subject=subject, outcome="ok")
         response = RedirectResponse(f"{PREFIX}/", status_code=303, headers=SECURITY_HEADERS)
         secure = origin_of(request, settings).startswith("https://")
         max_age = max(expires - now, 1)
@@ -399,6 +419,7 @@ def routes(server: InfrastructorServer, sessions: Sessions | None) -> list[BaseR
             ):
                 _audit(
                     server,
+                    sessions,
                     request,
                     "console.sign_out",
                     subject=session.subject,
@@ -409,7 +430,7 @@ def routes(server: InfrastructorServer, sessions: Sessions | None) -> list[BaseR
                 return _refused(
                     403, "csrf", f"Sign out needs the session's CSRF token in {CSRF_HEADER.title()}."
                 )
-            _audit(server, request, "console.sign_out", subject=session.subject, outcome="ok")
+            _audit(server, sessions, request, "console.sign_out", subject=session.subject, outcome="ok")
         response = Response(status_code=204, headers=SECURITY_HEADERS)
         for name in (SESSION_COOKIE, CSRF_COOKIE):
             response.delete_cookie(name, path="/", samesite="strict", httponly=name == SESSION_COOKIE)
@@ -428,8 +449,8 @@ def routes(server: InfrastructorServer, sessions: Sessions | None) -> list[BaseR
         Route(PREFIX, root, methods=["GET"]),
         Route(f"{PREFIX}/", index, methods=["GET"]),
         Route(f"{PREFIX}/signin", signin_page, methods=["GET"]),
-        Route(f"{PREFIX}/session", sign_in, methods=["POST"]),
-        Route(f"{PREFIX}/session", session_info, methods=["GET"]),
+        Route(CONSOLE_SIGN_IN, sign_in, methods=["POST"]),
+        Route(CONSOLE_SIGN_IN, session_info, methods=["GET"]),
         Route(f"{PREFIX}/signout", sign_out, methods=["POST"]),
         Route(PREFIX + "/static/{name}", static, methods=["GET"]),
     ]

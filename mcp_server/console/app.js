@@ -142,7 +142,8 @@
         try {
           const h = await api("/metrics/history", { query: { device: name, metric, since: range, bucket: RANGES[range] } });
           sections.push(el("section", { class: "metric" }, el("h2", {}, `${label}, last ${range}`),
-            h.points.length ? chart(h.points, { unit: "%", label: `${label} over ${range}: ${h.points.length} points` })
+            h.points.length ? chart(h.points.map((p) => ({ t: p.bucket_start, avg: p.avg, min: p.min, max: p.max })),
+              { unit: "%", label: `${label} over ${range}: ${h.points.length} points` })
               : el("p", { class: "muted" }, "No history recorded in this range.")));
         } catch (error) { sections.push(failed(error)); }
       }
