@@ -7,7 +7,9 @@ anywhere but their own origin. Debian's chromium, driven by Playwright (the `bro
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -24,7 +26,7 @@ import uvicorn
 from playwright.async_api import expect
 
 from mcp_server.auth import ADMIN, READ, SigningKey, issue_token
-from mcp_server.console import CSP, SESSION_COOKIE
+from mcp_server.console import CSP, SESSION_COOKIE, Session, Sessions
 from mcp_server.series.system import SystemMetricRow
 from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
@@ -194,7 +196,7 @@ async def test_a_read_token_sees_no_audit_page_and_cannot_restart_anything(
         "/api/v1/devices/alpha/containers/web/restart",
         "/api/v1/audit",
     )
-    async with signed_in(browser, console, READ, name="read-only", failing=failing) as page:
+    async with signed_in(browser, console, READ, failing=failing) as page:
         await expect(page.locator("table.data tbody tr")).to_have_count(4, timeout=30_000)
         await expect(page.get_by_role("link", name="Audit")).to_be_hidden()
         await page.goto(f"{console.base}/ui/#audit")
@@ -246,6 +248,15 @@ async def test_a_write_without_the_csrf_token_or_from_elsewhere_is_refused(
             "/ui/session", data={"token": "not-a-token"}, headers={"Sec-Fetch-Site": "same-origin"}
         )
         assert signin.status_code == 401 and "refused" in signin.text and SESSION_COOKIE not in signin.cookies
+        short = await http.post(  # a token that expires in two minutes: so does its session
+            "/ui/session",
+            data={"token": console.token(READ, ttl=120)},
+            headers={"Sec-Fetch-Site": "same-origin"},
+        )
+        assert short.status_code == 303 and short.headers["location"] == "/ui/"
+        cookie_header = next(h for h in short.headers.get_list("set-cookie") if h.startswith(SESSION_COOKIE))
+        max_age = int(cookie_header.lower().split("max-age=")[1].split(";")[0])
+        assert 0 < max_age <= 120
         elsewhere = await http.post(
             "/ui/session", data={"token": console.token(ADMIN)}, headers={"Sec-Fetch-Site": "cross-site"}
         )
@@ -264,12 +275,12 @@ async def test_the_device_page_charts_the_recorded_history_for_each_range(
         await expect(cpu.locator("h2")).to_have_text("CPU %, last 24h")
         await expect(cpu.locator("svg.chart circle.pt")).to_have_count(SEEDED)  # one per 15 min bucket
         await expect(cpu.locator("svg.chart")).to_have_attribute("aria-label", re.compile(f"{SEEDED} points"))
+        await page.get_by_role("button", name="1h").click()
+        await expect(cpu).to_contain_text("No history recorded in this range.")
         await page.get_by_role("button", name="7d").click()
         await expect(page.get_by_role("button", name="7d")).to_have_attribute("aria-pressed", "true")
         await expect(cpu.locator("h2")).to_have_text("CPU %, last 7d")
         await expect(cpu.locator("svg.chart circle.pt")).to_have_count(SEEDED)  # one per hour
-        await page.get_by_role("button", name="1h").click()
-        await expect(cpu).to_contain_text("No history recorded in this range.")
         await expect(page.get_by_role("alert").first).to_be_visible()  # disks: why the device did not answer
 
 
@@ -278,15 +289,16 @@ async def test_audit_filters_narrow_the_log_to_what_was_asked(browser: Any, cons
         await page.get_by_role("link", name="Audit").click()
         rows = page.locator("table.data tbody tr")
         await expect(rows.first).to_be_visible()
+        await page.get_by_label("Subject").fill("nobody")
+        await page.get_by_label("Subject").press("Enter")  # the keyboard submits too
+        await expect(rows).to_have_count(0)
+        await page.get_by_label("Subject").fill("")
         await page.get_by_label("Tool").fill("console.sign_in")
         await page.get_by_label("Outcome").select_option("ok")
         await page.get_by_role("button", name="Filter").click()
         signed = await audit_rows(console.state, tool="console.sign_in", outcome="ok")
         await expect(rows).to_have_count(len(signed))
         assert set(await rows.locator("td:nth-of-type(2)").all_inner_texts()) == {"console.sign_in"}
-        await page.get_by_label("Subject").fill("nobody")
-        await page.get_by_label("Subject").press("Enter")  # the keyboard submits too
-        await expect(rows).to_have_count(0)
 
 
 async def test_the_console_fits_a_phone_reads_in_dark_and_works_by_keyboard(
@@ -310,4 +322,30 @@ async def test_the_console_fits_a_phone_reads_in_dark_and_works_by_keyboard(
         await theme.focus()
         await page.keyboard.press("Enter")  # auto -> light
         await expect(page.locator("html")).to_have_attribute("data-theme", "light")
-        await readable(page.locator("h1, nav a, header button"))
+        await readable(page.locator("h1, nav a, header button, ol.changes li"))
+        await page.keyboard.press("Enter")  # light -> dark, whatever the browser prefers
+        await expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+        await readable(page.locator("h1, nav a, header button, ol.changes li"))
+
+
+def test_a_session_cookie_is_signed_expires_and_holds_across_servers_with_the_same_key(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path, jwt_secret=SECRET)
+    sessions = Sessions(KEY.verifier(settings), settings)
+    session = Session("alice", (READ,), int(time.time()) + 60, "x" * 32)
+    cookie = sessions.sign(session)
+    assert sessions.read(cookie) == session
+    assert sessions.read(cookie, now=session.expires_at) is None  # expired
+    assert Sessions(KEY.verifier(settings), settings).read(cookie) == session  # a restart, another replica
+    other = SigningKey("HS256", "d" * 48, None, None)
+    assert Sessions(other.verifier(settings), settings).read(cookie) is None
+    # more scopes written into the payload without the key: refused
+    version, payload, mac = cookie.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["scp"] = [ADMIN]
+    forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    assert sessions.read(f"{version}.{forged}.{mac}") is None
+    assert (
+        sessions.read("v1.e30.") is None and sessions.read("garbage") is None and sessions.read(None) is None
+    )

@@ -32,6 +32,7 @@
   }
 
   const say = (text) => { live.textContent = text; };
+  const count = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
   const failed = (error) => el("p", { class: "error", role: "alert" }, error.message || String(error));
   const heading = (text) => { document.title = `${text} \u00b7 Infrastructor console`; return el("h1", {}, text); };
 
@@ -64,7 +65,7 @@
     async function load() {
       try {
         const data = await api("/fleet");
-        status.textContent = `${data.total} devices: ${data.ok} reachable, ${data.failed} failed.`;
+        status.textContent = `${count(data.total, "device")}: ${data.ok} reachable, ${data.failed} failed.`;
         grid = table(columns, data.devices, { order, caption: "Devices, problems first", rowClass: (r) => (r.ok ? null : "problem") });
         page.replaceChildren(heading("Fleet"), status, grid);
         for (const row of data.devices.filter((r) => r.ok).slice(0, 25)) {
@@ -100,7 +101,7 @@
     async function load() {
       try {
         const data = await api("/config/changes", { query: { device: device.value.trim(), min_risk: risk.value, include_diff: true, limit: 50 } });
-        status.textContent = `${data.total} changes${data.truncated ? " (newest 50 shown)" : ""}.`;
+        status.textContent = `${count(data.total, "change")}${data.truncated ? " (newest 50 shown)" : ""}.`;
         list.replaceChildren(...data.changes.map((c) => {
           const shown = el("div", { class: "diffbox", hidden: true });
           const toggle = el("button", { type: "button", "aria-expanded": "false" }, "Show diff");
@@ -210,7 +211,7 @@
       for (const [k, node] of Object.entries(inputs)) query[k] = node.value.trim();
       try {
         const data = await api("/audit", { query });
-        status.textContent = `${data.total} entries${data.total > data.entries.length ? `, newest ${data.entries.length} shown` : ""}.`;
+        status.textContent = `${count(data.total, "entry").replace("entrys", "entries")}${data.total > data.entries.length ? `, newest ${data.entries.length} shown` : ""}.`;
         holder.replaceChildren(table(columns, data.entries, { caption: "Audit log, newest first" }));
       } catch (error) { holder.replaceChildren(failed(error)); }
     }
