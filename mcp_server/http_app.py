@@ -89,7 +89,7 @@ METADATA_PATH = "/.well-known/oauth-protected-resource"
 Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 
 
-def _origin(request: Request, trusted: Networks) -> str:
+def request_origin(request: Request, trusted: Networks) -> str:
     """scheme://host[:port] as the client addressed us: the Host header (it has passed the Host check) and the
     scheme, which a proxy in INFRA_TRUSTED_PROXIES that terminates TLS gives as X-Forwarded-Proto."""
     scheme = request.url.scheme
@@ -127,7 +127,7 @@ class BearerRequired:
         reason = scope.get(REJECTION_SCOPE_KEY)
         challenge = [
             f'scope="{READ}"',
-            f'resource_metadata="{_origin(request, self.trusted)}{METADATA_PATH}{self.path}"',
+            f'resource_metadata="{request_origin(request, self.trusted)}{METADATA_PATH}{self.path}"',
         ]
         if reason is None:  # no bearer token at all: no error attribute (RFC 6750 §3.1)
             body = {
@@ -174,7 +174,7 @@ def metadata_routes(path: str, auth: AuthProvider, trusted: Networks) -> list[Ba
 
     async def metadata(request: Request) -> JSONResponse:
         document: dict[str, object] = {
-            "resource": f"{_origin(request, trusted)}{path}",
+            "resource": f"{request_origin(request, trusted)}{path}",
             "bearer_methods_supported": ["header"],
             "scopes_supported": list(SCOPES),
             "resource_name": "Infrastructor",

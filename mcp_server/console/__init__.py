@@ -166,9 +166,9 @@ class Sessions:
 
 
 def origin_of(request: Request, settings: Settings) -> str:
-    from mcp_server.http_app import _origin  # the scheme and host as the client addressed us
+    from mcp_server.http_app import request_origin  # the scheme and host as the client addressed us
 
-    return _origin(request, settings.trusted_proxy_networks)
+    return request_origin(request, settings.trusted_proxy_networks)
 
 
 def same_origin(request: Request, settings: Settings) -> bool:
