@@ -298,7 +298,24 @@ async def test_audit_filters_narrow_the_log_to_what_was_asked(browser: Any, cons
         await page.get_by_role("button", name="Filter").click()
         signed = await audit_rows(console.state, tool="console.sign_in", outcome="ok")
         await expect(rows).to_have_count(len(signed))
-        assert set(await rows.locator("td:nth-of-type(2)").all_inner_texts()) == {"console.sign_in"}
+        assert set(await rows.locator("td:nth-of-type(3)").all_inner_texts()) == {"console.sign_in"}
+        # a call's request id shows the call with the collections it caused
+        await page.get_by_label("Tool").fill("get_fleet_overview")
+        await page.get_by_label("Outcome").select_option("")
+        await page.get_by_role("button", name="Filter").click()
+        first = rows.first.get_by_role("button", name=re.compile("^Everything of request"))
+        label = await first.get_attribute("aria-label")
+        assert label is not None
+        request_id = label.rsplit(" ", 1)[1]
+        await first.click()
+        await expect(page.get_by_label("Request id")).to_have_value(request_id)
+        await page.get_by_label("Tool").fill("")
+        await page.get_by_role("button", name="Filter").click()
+        linked = await audit_rows(console.state, request_id=request_id)
+        assert len(linked) > 1 and {r.kind for r in linked} >= {"tool", "collection"}
+        await expect(rows).to_have_count(len(linked))
+        kinds = await rows.locator("td:nth-of-type(1)").all_inner_texts()
+        assert sorted(kinds) == sorted(r.kind for r in linked)
 
 
 async def test_the_console_fits_a_phone_reads_in_dark_and_works_by_keyboard(

@@ -91,16 +91,19 @@
     const device = el("input", { id: "f-device", name: "device", autocomplete: "off" });
     const risk = el("select", { id: "f-risk", name: "min_risk" }, el("option", { value: "" }, "any"),
       ["low", "medium", "high"].map((r) => el("option", { value: r }, `${r} or higher`)));
+    const since = el("select", { id: "f-since", name: "since" },
+      ["", "1h", "24h", "7d", "30d"].map((o) => el("option", { value: o }, o ? `last ${o}` : "any time")));
     const form = el("form", { class: "filters", role: "search", "aria-label": "Filter changes" },
       el("div", {}, el("label", { for: "f-device" }, "Device"), device),
       el("div", {}, el("label", { for: "f-risk" }, "Risk"), risk),
+      el("div", {}, el("label", { for: "f-since" }, "Time"), since),
       el("button", { type: "submit" }, "Filter"));
     const list = el("ol", { class: "changes", "aria-label": "Configuration changes, newest first" });
     const status = el("p", { class: "muted" }, "Loading changes\u2026");
     page.replaceChildren(heading("Changes"), form, status, list);
     async function load() {
       try {
-        const data = await api("/config/changes", { query: { device: device.value.trim(), min_risk: risk.value, include_diff: true, limit: 50 } });
+        const data = await api("/config/changes", { query: { device: device.value.trim(), min_risk: risk.value, since: since.value, include_diff: true, limit: 50 } });
         status.textContent = `${count(data.total, "change")}${data.truncated ? " (newest 50 shown)" : ""}.`;
         list.replaceChildren(...data.changes.map((c) => {
           const shown = el("div", { class: "diffbox", hidden: true });
@@ -190,25 +193,36 @@
     const field = (name, label, node) => el("div", {}, el("label", { for: `a-${name}` }, label), node);
     const input = (name) => el("input", { id: `a-${name}`, name, autocomplete: "off" });
     const inputs = { subject: input("subject"), tool: input("tool"), device: input("device"),
-      outcome: el("select", { id: "a-outcome", name: "outcome" }, ["", "ok", "error", "denied"].map((o) => el("option", { value: o }, o || "any"))) };
+      outcome: el("select", { id: "a-outcome", name: "outcome" }, ["", "ok", "error", "denied"].map((o) => el("option", { value: o }, o || "any"))),
+      since: el("select", { id: "a-since", name: "since" }, ["", "1h", "24h", "7d", "30d"].map((o) => el("option", { value: o }, o ? `last ${o}` : "any time"))),
+      request_id: input("request_id") };
     const form = el("form", { class: "filters", role: "search", "aria-label": "Filter the audit log" },
       field("subject", "Subject", inputs.subject), field("tool", "Tool", inputs.tool), field("device", "Device", inputs.device),
-      field("outcome", "Outcome", inputs.outcome), el("button", { type: "submit" }, "Filter"));
+      field("outcome", "Outcome", inputs.outcome), field("since", "Time", inputs.since), field("request_id", "Request id", inputs.request_id),
+      el("button", { type: "submit" }, "Filter"));
     const status = el("p", { class: "muted" }), holder = el("div");
     page.replaceChildren(heading("Audit"), form, status, holder);
     const columns = [
       { key: "occurred_at", label: "When", render: (r) => when(r.occurred_at) },
+      { key: "kind", label: "Kind", render: (r) => r.kind },
       { key: "subject", label: "Subject", render: (r) => r.subject || "\u2013" },
-      { key: "tool", label: "Tool", render: (r) => r.tool || r.kind },
+      { key: "tool", label: "Tool", render: (r) => r.tool || "" },
       { key: "device", label: "Device", render: (r) => r.device || "" },
       { key: "outcome", label: "Outcome", render: (r) => badge(r.outcome, r.outcome === "ok" ? "up" : "down") },
       { key: "client_ip", label: "From", render: (r) => `${r.client_ip || ""} ${r.client_id ? "(" + r.client_id + ")" : ""}` },
       { key: "duration_ms", label: "ms", num: true },
-      { key: "request_id", label: "Request", render: (r) => (r.request_id || "").slice(0, 8) },
+      { key: "request_id", label: "Request", render: (r) => {
+        if (!r.request_id) return "";
+        // a call and the collections it caused share its request id
+        const button = el("button", { type: "button", class: "link", "aria-label": `Everything of request ${r.request_id}` }, r.request_id.slice(0, 8));
+        button.addEventListener("click", () => { inputs.request_id.value = r.request_id; load(); });
+        return button;
+      } },
     ];
     async function load() {
       const query = { limit: 100 };
       for (const [k, node] of Object.entries(inputs)) query[k] = node.value.trim();
+      if (query.since) query.since = new Date(Date.now() - { "1h": 36e5, "24h": 864e5, "7d": 6048e5, "30d": 2592e6 }[query.since]).toISOString();
       try {
         const data = await api("/audit", { query });
         status.textContent = `${count(data.total, "entry").replace("entrys", "entries")}${data.total > data.entries.length ? `, newest ${data.entries.length} shown` : ""}.`;
