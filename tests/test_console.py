@@ -2,7 +2,8 @@
 fleet: sign-in exchanges a bearer token for a session cookie; the pages read the REST API with it; a change
 on a host reaches the Changes page through the event stream; a read token sees no audit page and cannot
 restart anything; a write without the CSRF token is refused; the pages log no errors and fetch nothing from
-anywhere but their own origin. Debian's chromium, driven by Playwright (the `browser` fixture of tests/conftest.py)."""
+anywhere but their own origin. Debian's chromium, driven by Playwright (the `browser` fixture of
+tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,9 @@ import pytest
 import uvicorn
 from playwright.async_api import expect
 
+from mcp_server import console as console_package
 from mcp_server.auth import ADMIN, READ, SigningKey, issue_token
-from mcp_server.console import CSP, SESSION_COOKIE, Session, Sessions
+from mcp_server.console import ASSETS, CSP, SESSION_COOKIE, Session, Sessions
 from mcp_server.series.system import SystemMetricRow
 from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
@@ -366,3 +368,16 @@ def test_a_session_cookie_is_signed_expires_and_holds_across_servers_with_the_sa
     assert (
         sessions.read("v1.e30.") is None and sessions.read("garbage") is None and sessions.read(None) is None
     )
+
+
+def test_the_console_ships_every_asset_and_runs_no_inline_or_remote_code() -> None:
+    folder = Path(console_package.__file__).parent
+    for name in ("index.html", "signin.html", "app.js", "app.css"):
+        text = (folder / name).read_text()
+        assert not re.search(r"https?://|@import|url\(", text), name  # nothing from elsewhere
+        assert not re.search(r"\son[a-z]+=|\sstyle=|eval\(|new Function|innerHTML|<script>|<style", text), (
+            name
+        )
+    for name in ("index.html", "signin.html"):
+        sources = re.findall(r'(?:src|href)="(/ui/static/[^"]+)"', (folder / name).read_text())
+        assert sources and all(s.rsplit("/", 1)[1] in ASSETS for s in sources), name
