@@ -381,3 +381,19 @@ def test_the_console_ships_every_asset_and_runs_no_inline_or_remote_code() -> No
     for name in ("index.html", "signin.html"):
         sources = re.findall(r'(?:src|href)="(/ui/static/[^"]+)"', (folder / name).read_text())
         assert sources and all(s.rsplit("/", 1)[1] in ASSETS for s in sources), name
+
+
+async def test_a_health_flip_is_announced_and_the_fleet_reloaded_without_a_page_reload(
+    browser: Any, console: Console
+) -> None:
+    async with signed_in(browser, console, READ) as page:
+        await expect(page.locator("table.data tbody tr")).to_have_count(4, timeout=30_000)
+        fleet_calls: list[str] = []
+        page.on("request", lambda r: fleet_calls.append(r.url) if r.url.endswith("/api/v1/fleet") else None)
+        await page.evaluate("() => { window.notReloaded = true; }")
+        await console.state.health.record_failure("beta", "host_unreachable", "no answer", datetime.now(UTC))
+        await expect(page.get_by_role("status")).to_have_text(
+            re.compile(r"^beta: now \w+\.$"), timeout=20_000
+        )
+        await until(lambda: len(fleet_calls) >= 1, 20)  # the page asked for the fleet again
+        assert await page.evaluate("() => window.notReloaded") is True
