@@ -26,6 +26,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
@@ -99,7 +100,7 @@ class Session:
 
     def access_token(self) -> AccessToken:
         return AccessToken(
-            token=f"console-session:{self.csrf[:8]}",
+            token="console-session",  # nothing secret: the cookie stands for the token
             client_id=CLIENT_ID,
             scopes=list(self.scopes),
             expires_at=self.expires_at,
@@ -229,7 +230,7 @@ def _audit(
 def _refused(status: int, error_type: str, detail: str) -> JSONResponse:
     body = {
         "type": "about:blank",
-        "title": "Forbidden",
+        "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
         "error_type": error_type,
