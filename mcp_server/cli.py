@@ -344,6 +344,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         f"  database: {redact_url(settings.resolved_database_url)}\n"
         f"  {auth_line}\n"
         f"  health:   http://{host}:{port}/health\n"
+        f"  console:  http://{host}:{port}/ui/ (sign in with a token)\n"
         "Next:\n"
         f"  Claude Code:    claude mcp add --transport http infrastructor {url} {header}\n"
         f"  MCP Inspector:  npx @modelcontextprotocol/inspector --cli {url} {header}--method tools/list\n"

@@ -8,7 +8,10 @@
                 ├── /mcp -> BearerRequired: no accepted token -> 401 saying how to get one, with the metadata URL
                 │   └── SessionManager: body-size cap, per-subject and total session caps -> 429/503,
                 │       short idle expiry, session creation audited
-                └── /.well-known/oauth-protected-resource[/mcp]: RFC 9728 metadata, no token needed
+                ├── /.well-known/oauth-protected-resource[/mcp]: RFC 9728 metadata, no token needed
+                └── /ui: the operator console (console/): sign-in exchanges a token for a session cookie,
+                    which ConsoleSession (right after authentication) accepts on /api/v1 from the console's
+                    own pages, with a CSRF token on writes
 (HttpGuard and SessionManager live in http_guard.py.)
 """
 
@@ -43,6 +46,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mcp_server.api import PREFIX, build_api
 from mcp_server.auth import READ, REJECTION_SCOPE_KEY, SCOPES
+from mcp_server.console import ConsoleSession, Sessions
+from mcp_server.console import routes as console_routes
 from mcp_server.errors import ConfigurationError
 from mcp_server.fastmcp_internals import custom_routes, low_level, open_sessions
 from mcp_server.http_guard import HttpGuard, SessionManager
@@ -84,7 +89,7 @@ METADATA_PATH = "/.well-known/oauth-protected-resource"
 Networks = list[ipaddress.IPv4Network | ipaddress.IPv6Network]
 
 
-def _origin(request: Request, trusted: Networks) -> str:
+def request_origin(request: Request, trusted: Networks) -> str:
     """scheme://host[:port] as the client addressed us: the Host header (it has passed the Host check) and the
     scheme, which a proxy in INFRA_TRUSTED_PROXIES that terminates TLS gives as X-Forwarded-Proto."""
     scheme = request.url.scheme
@@ -122,7 +127,7 @@ class BearerRequired:
         reason = scope.get(REJECTION_SCOPE_KEY)
         challenge = [
             f'scope="{READ}"',
-            f'resource_metadata="{_origin(request, self.trusted)}{METADATA_PATH}{self.path}"',
+            f'resource_metadata="{request_origin(request, self.trusted)}{METADATA_PATH}{self.path}"',
         ]
         if reason is None:  # no bearer token at all: no error attribute (RFC 6750 §3.1)
             body = {
@@ -169,7 +174,7 @@ def metadata_routes(path: str, auth: AuthProvider, trusted: Networks) -> list[Ba
 
     async def metadata(request: Request) -> JSONResponse:
         document: dict[str, object] = {
-            "resource": f"{_origin(request, trusted)}{path}",
+            "resource": f"{request_origin(request, trusted)}{path}",
             "bearer_methods_supported": ["header"],
             "scopes_supported": list(SCOPES),
             "resource_name": "Infrastructor",
@@ -220,18 +225,22 @@ def build_http_app(
     auth = server.auth
     endpoint: ASGIApp = transport_app
     hint = None
+    sessions: Sessions | None = None
     if auth is not None:
         hint = _how_to_get_a_token(auth)
         middleware.extend(auth.get_middleware())
         trusted = settings.trusted_proxy_networks
         routes.extend(metadata_routes(path, auth, trusted))
         endpoint = BearerRequired(transport_app, path=path, auth=auth, trusted=trusted)
+        sessions = Sessions(auth, settings)
+        middleware.append(Middleware(ConsoleSession, server=server, sessions=sessions))
     middleware.append(Middleware(HttpGuard, settings=settings, path=path, state_of=server.state_of))
     # the REST API: behind the same Host/Origin check, authentication and guard (rate limit, body size)
     api = RequestBodyLimitMiddleware(build_api(server, auth_hint=hint), settings.http_max_body_bytes)
     middleware.append(Middleware(ApiDispatch, api=api))
     routes.append(Route(path, endpoint=endpoint, methods=["GET", "POST", "DELETE"]))
     routes.extend(custom_routes(server))
+    routes.extend(console_routes(server, sessions))
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v1"
+CONSOLE_SIGN_IN = "/ui/session"  # the console's sign-in (console/): rate-limited per client IP like the API
 
 # Seconds an HTTP client refused while the audit catches up is told to wait (503 Retry-After).
 OVERLOAD_RETRY_AFTER = 2
@@ -197,8 +198,12 @@ class HttpGuard:
         self._state_of = state_of
 
     def _guarded(self, path: str) -> bool:
-        """The MCP endpoint and the REST API (api.py)."""
-        return (path.rstrip("/") or "/") == self.path or path.startswith(API_PREFIX + "/")
+        """The MCP endpoint, the REST API (api.py) and the console's sign-in."""
+        return (
+            (path.rstrip("/") or "/") == self.path
+            or path.startswith(API_PREFIX + "/")
+            or path == CONSOLE_SIGN_IN
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not self._guarded(scope["path"]):

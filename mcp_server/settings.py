@@ -193,6 +193,13 @@ class Settings(BaseSettings):
         le=300,
         description="Seconds of clock skew allowed when checking exp, nbf and iat.",
     )
+    console_session_ttl: int = Field(
+        default=3600,
+        ge=60,
+        le=86_400,
+        description="Longest life of a console (/ui) session cookie, in seconds; it never outlives the "
+        "token it was signed in with.",
+    )
 
     max_argument_chars: int = Field(
         default=65_536,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -25,3 +27,20 @@ def sshd_fleet() -> Iterator[SshdFleet]:
     with SshdFleet() as fleet:
         fleet.start_hosts(FLEET_HOSTS)
         yield fleet
+
+
+# ---- a real browser ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Any]:
+    """One headless Debian chromium for the session (Playwright drives it; it never downloads a browser)."""
+    from playwright.async_api import async_playwright  # only the browser tests load it
+
+    executable = shutil.which("chromium")
+    if executable is None:
+        unavailable("browser", "chromium is not installed (apt-get install chromium)")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=executable, headless=True)
+        yield launched
+        await launched.close()

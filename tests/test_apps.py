@@ -22,7 +22,7 @@ from typing import Any
 import mcp_types as mt
 import pytest
 from fastmcp import Client
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from mcp_server import ui
 from mcp_server.metrics_history import metrics_history
@@ -202,18 +202,6 @@ class Rig:
     results: dict[str, mt.CallToolResult]
     inputs: dict[str, dict[str, Any]]
     calls: list[dict[str, Any]] = field(default_factory=list)
-
-
-@pytest.fixture(scope="session")
-async def browser() -> AsyncIterator[Any]:
-    """One headless Debian chromium for the session (Playwright drives it; it never downloads a browser)."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        unavailable("browser", "chromium is not installed (apt-get install chromium)")
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable, headless=True)
-        yield launched
-        await launched.close()
 
 
 @pytest.fixture(scope="module")
