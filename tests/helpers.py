@@ -116,26 +116,41 @@ def path_without(root: Path, program: str) -> Path:
 
 
 @contextlib.contextmanager
-def serving(
+def server_process(
     command: list[str], port: int, env: dict[str, str], log: Path, *, cwd: Path | None = None
-) -> Iterator[str]:
-    """Run an HTTP server process listening on 127.0.0.1:`port` until /health answers; yield its MCP URL.
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run an HTTP server process listening on 127.0.0.1:`port` until /health answers; yield the process.
 
-    Output goes to `log`, which a failure to come up shows; the process is terminated on exit."""
+    Output goes to `log`, which a failure to come up shows (with whether the process is still running); on exit
+    the process is terminated if a test has not ended it already."""
     with log.open("w") as out:
-        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+        proc = subprocess.Popen(
+            command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 90  # a loaded machine (CI) starts slowly; a healthy start takes seconds
     try:
         while True:
             try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(log.read_text()) from None
-                time.sleep(0.1)
-        yield f"{base}/mcp"
+                    how = "still starting" if proc.poll() is None else f"exited with {proc.returncode}"
+                    raise AssertionError(
+                        f"the server did not answer /health ({how}):\n{log.read_text()}"
+                    ) from None
+                time.sleep(0.05)
+        yield proc
     finally:
-        proc.terminate()
+        if proc.poll() is None:
+            proc.terminate()
         proc.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def serving(
+    command: list[str], port: int, env: dict[str, str], log: Path, *, cwd: Path | None = None
+) -> Iterator[str]:
+    """`server_process`, yielding the server's MCP URL."""
+    with server_process(command, port, env, log, cwd=cwd):
+        yield f"http://127.0.0.1:{port}/mcp"

@@ -31,7 +31,7 @@ from mcp_server.polling.service import audit_pipeline
 from mcp_server.server import build_server
 from mcp_server.state import open_state
 from tests.app_fixtures import create_pg_database, drop_pg_database, make_settings
-from tests.helpers import free_port, structured
+from tests.helpers import free_port, server_process, structured
 from tests.test_audit import _accept_connections
 from tests.test_transports import CLI, cli_env
 
@@ -56,36 +56,12 @@ def _server_env(tmp_path: Path, url: str | None, **extra: str) -> dict[str, str]
 @contextlib.contextmanager
 def serving(
     tmp_path: Path, url: str | None, name: str, **extra: str
-) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`infrastructor serve` over HTTP on a free port; killed at the end if still running."""
     port = free_port()
-    log = (tmp_path / f"{name}.log").open("w")
-    proc = subprocess.Popen(
-        [CLI, "serve", "--port", str(port)],
-        env=_server_env(tmp_path, url, **extra),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90  # a loaded machine (CI) starts slowly; a healthy start takes seconds
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    state = "running" if proc.poll() is None else f"exited {proc.returncode}"
-                    log_text = (tmp_path / f"{name}.log").read_text()
-                    raise AssertionError(f"{name} did not become healthy ({state}): {log_text}") from None
-                time.sleep(0.05)
-        yield base, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=15)
-        log.close()
+    env = _server_env(tmp_path, url, **extra)
+    with server_process([CLI, "serve", "--port", str(port)], port, env, tmp_path / f"{name}.log") as proc:
+        yield f"http://127.0.0.1:{port}", proc
 
 
 async def _agent(base: str, me: int, answered: set[str], sent: set[str], stop: asyncio.Event) -> None:

@@ -10,8 +10,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,7 +31,7 @@ from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import open_state
 from tests.app_fixtures import create_pg_database, drop_pg_database, make_settings
-from tests.helpers import call_tool, free_port
+from tests.helpers import call_tool, free_port, server_process
 from tests.lb_proxy import RoundRobinProxy
 from tests.sshd import SshdFleet
 from tests.test_config_tools import Updates
@@ -73,30 +71,9 @@ class Replica:
 def replica(tmp_path: Path, name: str, url: str, **extra: str) -> Iterator[Replica]:
     """`infrastructor serve` on a free port, once /health answers; stopped (if still running) on exit."""
     port = free_port()
-    log = tmp_path / f"{name}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [CLI, "serve", "--port", str(port)],
-            env=server_env(tmp_path, name, url, **extra),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(log.read_text()) from None
-                time.sleep(0.1)
+    env = server_env(tmp_path, name, url, **extra)
+    with server_process([CLI, "serve", "--port", str(port)], port, env, tmp_path / f"{name}.log") as process:
         yield Replica(f"http://127.0.0.1:{port}/mcp", process)
-    finally:
-        if process.poll() is None:
-            process.terminate()
-        process.wait(timeout=30)
 
 
 async def cli(tmp_path: Path, url: str, *args: str) -> str:
