@@ -29,6 +29,7 @@ from playwright.async_api import expect
 from mcp_server import console as console_package
 from mcp_server.auth import ADMIN, READ, SigningKey, issue_token
 from mcp_server.console import ASSETS, CSP, SESSION_COOKIE, Session, Sessions
+from mcp_server.series.network import NetworkMetricRow
 from mcp_server.series.system import SystemMetricRow
 from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
@@ -81,6 +82,10 @@ async def console(sshd_fleet: SshdFleet, tmp_path_factory: pytest.TempPathFactor
         units = fixture_bin(sshd_fleet.scratch_dir() / "svc", "services", ("systemctl",))
         svc = sshd_fleet.start_host("console-svc", env={"PATH": f"{units}:/usr/bin:/bin"})
         await add_fleet_host(state, sshd_fleet, svc, name="svc")
+        # lo's counters before now: with the page's own collection (recorded too) a rate for the last hour
+        for minutes, rx in ((20, 0), (10, 600)):
+            row = {"device": "svc", "collected_at": datetime.now(UTC) - timedelta(minutes=minutes)}
+            state.writer.add(NetworkMetricRow, row | {"interface": "lo", "rx_bytes": rx, "tx_bytes": 2 * rx})
         # nothing listens there: a problem on the fleet page, with history from when it answered
         await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["alpha"], name="gone", port=1)
         now = datetime.now(UTC)
@@ -123,7 +128,8 @@ async def signed_in(
 ) -> AsyncIterator[Any]:
     """A fresh browser context (`options`: viewport, color_scheme) signed in through the form with a token of
     `scopes`; on leaving: no console errors or warnings, no error answer but from the `failing` paths (which
-    the test expects to fail), and no request left the server's origin."""
+    the test expects to fail) and the fleet's count requests (FLEET_COUNTS), and no request left the server's
+    origin."""
     context = await browser.new_context(**({"viewport": {"width": 1280, "height": 800}} | options))
     page = await context.new_page()
     errors: list[str] = []
@@ -439,6 +445,9 @@ async def test_the_device_page_lists_services_failed_first_and_the_fleet_counts_
         await expect(services).to_contain_text("1 failed unit of 5.")
         await expect(page.locator("#s-zfs").get_by_role("alert")).to_contain_text("zpool")
         await expect(page.locator("#s-drives").get_by_role("alert")).not_to_be_empty()
-        await expect(page.locator("#s-network tbody tr").first).to_be_visible()
+        lo = page.locator("#s-network tbody tr").filter(has=page.locator("th", has_text="lo"))
+        rate = re.compile(r"^\d+(\.\d)?[kMG]? B/s$")  # the latest recorded rates
+        await expect(lo.locator("td").nth(2)).to_have_text(rate)
+        await expect(lo.locator("td").nth(3)).to_have_text(rate)
         await page.goto(f"{console.base}/ui/#device/alpha")
         await expect(page.locator("#s-services").get_by_role("alert")).to_contain_text("needs 'systemd'")
