@@ -426,6 +426,18 @@ async def test_the_device_page_lists_services_failed_first_and_the_fleet_counts_
     device page the tool's error instead of a table. ZFS and drives: the error text where the host has none."""
     failing = tuple(f"/api/v1/devices/{d}/{what}" for d in ("svc", "alpha") for what in LACKING)
     async with signed_in(browser, console, READ, name="device-services", failing=failing) as page:
+        counting = re.compile(r"/api/v1/devices/[^/]+/(containers|services)\?")
+        flight = {"now": 0, "most": 0}  # the fleet's count requests in flight at once
+
+        def track(request: Any, step: int) -> None:
+            if counting.search(request.url):
+                flight["now"] += step
+                flight["most"] = max(flight["most"], flight["now"])
+
+        page.on("request", lambda r: track(r, 1))
+        page.on("requestfinished", lambda r: track(r, -1))
+        page.on("requestfailed", lambda r: track(r, -1))
+        await page.reload()  # the fleet again, watched from its first request
         rows = page.locator("table.data tbody tr")
         await expect(rows).to_have_count(DEVICES, timeout=30_000)
         column = await page.locator("table.data thead th").all_inner_texts()
@@ -435,6 +447,8 @@ async def test_the_device_page_lists_services_failed_first_and_the_fleet_counts_
         alpha = rows.filter(has=page.locator("th", has_text="alpha")).locator("td").nth(failed_at - 1)
         await expect(alpha).to_have_text("\u2013", timeout=20_000)
         await expect(alpha.locator("span")).to_have_attribute("title", re.compile("needs .systemd."))
+        await expect(rows.locator("td span[title=loading]")).to_have_count(0)  # every count answered
+        assert 0 < flight["most"] <= 4  # bounded: four at a time
         await page.goto(f"{console.base}/ui/#device/svc")
         services = page.locator("#s-services")
         await expect(services.get_by_role("heading", name="Services")).to_be_visible()
