@@ -224,8 +224,8 @@
           { key: "addresses", label: "Addresses", sortable: false, render: (r) => r.addresses.map((a) => `${a.address}/${a.prefix_length}`).join(" ") },
           { key: "rx_rate", label: "Receiving", num: true, value: (r) => (rates.get(r.name) || {}).rx, render: (r) => fmt((rates.get(r.name) || {}).rx, 0, "B/s") },
           { key: "tx_rate", label: "Sending", num: true, value: (r) => (rates.get(r.name) || {}).tx, render: (r) => fmt((rates.get(r.name) || {}).tx, 0, "B/s") },
-          { key: "rx_bytes", label: "Rx total", num: true },
-          { key: "tx_bytes", label: "Tx total", num: true },
+          { key: "rx_bytes", label: "Received", num: true, render: (r) => fmt(r.rx_bytes, 0, "B") },
+          { key: "tx_bytes", label: "Sent", num: true, render: (r) => fmt(r.tx_bytes, 0, "B") },
           { key: "errors", label: "Errors", num: true, value: (r) => (r.rx_errors || 0) + (r.tx_errors || 0), render: (r) => String((r.rx_errors || 0) + (r.tx_errors || 0)) },
         ], interfaces, { caption: "Network interfaces; rates are the latest recorded in the last hour" });
         (async () => { // rates from the recorded history, after the table shows
