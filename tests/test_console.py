@@ -29,11 +29,12 @@ from playwright.async_api import expect
 from mcp_server import console as console_package
 from mcp_server.auth import ADMIN, READ, SigningKey, issue_token
 from mcp_server.console import ASSETS, CSP, SESSION_COOKIE, Session, Sessions
+from mcp_server.series.network import NetworkMetricRow
 from mcp_server.series.system import SystemMetricRow
 from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
-from tests.helpers import free_port, unavailable, until
+from tests.helpers import fixture_bin, free_port, unavailable, until
 from tests.sshd import SshdFleet
 from tests.test_apps import readable
 from tests.test_history import system_rows
@@ -43,6 +44,15 @@ KEY = SigningKey("HS256", SECRET, None, None)
 SEEDED = 20  # hourly samples of the last day recorded for "gone"
 COMPOSE = "services:\n  web:\n    image: nginx:1.25\n"
 CHANGED = "services:\n  web:\n    image: nginx:1.27\n    privileged: true\n"
+DEVICES = 5  # alpha, beta, gone, local, svc
+# what a device without docker, systemd, smartctl or ZFS answers with an error: the console shows the error text
+LACKING = ("containers", "services", "drives", "zfs")
+# the fleet page asks every device for its containers and failed services; only svc has systemctl
+FLEET_COUNTS = tuple(
+    f"/api/v1/devices/{d}/{what}"
+    for d in ("alpha", "beta", "local", "svc")
+    for what in ("containers", "services")
+)
 
 
 @dataclass
@@ -68,6 +78,14 @@ async def console(sshd_fleet: SshdFleet, tmp_path_factory: pytest.TempPathFactor
         await state.config.start()
         for name in ("alpha", "beta"):
             await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts[name])
+        # systemctl (the test fixture printing captured real units) first on its PATH: a services section
+        units = fixture_bin(sshd_fleet.scratch_dir() / "svc", "services", ("systemctl",))
+        svc = sshd_fleet.start_host("console-svc", env={"PATH": f"{units}:/usr/bin:/bin"})
+        await add_fleet_host(state, sshd_fleet, svc, name="svc")
+        # lo's counters before now: with the page's own collection (recorded too) a rate for the last hour
+        for minutes, rx in ((20, 0), (10, 600)):
+            row = {"device": "svc", "collected_at": datetime.now(UTC) - timedelta(minutes=minutes)}
+            state.writer.add(NetworkMetricRow, row | {"interface": "lo", "rx_bytes": rx, "tx_bytes": 2 * rx})
         # nothing listens there: a problem on the fleet page, with history from when it answered
         await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["alpha"], name="gone", port=1)
         now = datetime.now(UTC)
@@ -110,7 +128,8 @@ async def signed_in(
 ) -> AsyncIterator[Any]:
     """A fresh browser context (`options`: viewport, color_scheme) signed in through the form with a token of
     `scopes`; on leaving: no console errors or warnings, no error answer but from the `failing` paths (which
-    the test expects to fail), and no request left the server's origin."""
+    the test expects to fail) and the fleet's count requests (FLEET_COUNTS), and no request left the server's
+    origin."""
     context = await browser.new_context(**({"viewport": {"width": 1280, "height": 800}} | options))
     page = await context.new_page()
     errors: list[str] = []
@@ -135,8 +154,8 @@ async def signed_in(
         unexpected = [
             e
             for e in errors
-            if not any(f"{console.base}{path}" in e for path in failing)
-            and not (failing and "Failed to load resource" in e)  # the console's line names no URL
+            if not any(f"{console.base}{path}" in e for path in failing + FLEET_COUNTS)
+            and "Failed to load resource" not in e  # the console's line names no URL
         ]
         assert unexpected == [], unexpected
         assert [r for r in requests if not r.startswith((console.base + "/", "data:", "about:"))] == []
@@ -154,8 +173,8 @@ async def test_sign_in_sets_a_strict_session_cookie_and_the_fleet_lists_the_real
         assert 0 < session["expires"] - time.time() <= 600  # no later than the token's expiry
         assert cookies["infra_csrf"]["sameSite"] == "Strict" and not cookies["infra_csrf"]["httpOnly"]
         rows = page.locator("table.data tbody tr")
-        await expect(rows).to_have_count(4, timeout=30_000)
-        assert sorted(await rows.locator("th").all_inner_texts()) == ["alpha", "beta", "gone", "local"]
+        await expect(rows).to_have_count(DEVICES, timeout=30_000)
+        assert sorted(await rows.locator("th").all_inner_texts()) == ["alpha", "beta", "gone", "local", "svc"]
         await expect(rows.first).to_have_class("problem")  # problems first
         await expect(rows.first.locator("th")).to_have_text("gone")
         alpha = rows.filter(has=page.locator("th", has_text="alpha"))
@@ -194,12 +213,12 @@ async def test_a_read_token_sees_no_audit_page_and_cannot_restart_anything(
     browser: Any, console: Console
 ) -> None:
     failing = (
-        "/api/v1/devices/alpha/containers",  # no docker on the sshd hosts
+        *(f"/api/v1/devices/alpha/{what}" for what in LACKING),  # no docker, systemd, smartctl, ZFS there
         "/api/v1/devices/alpha/containers/web/restart",
         "/api/v1/audit",
     )
     async with signed_in(browser, console, READ, failing=failing) as page:
-        await expect(page.locator("table.data tbody tr")).to_have_count(4, timeout=30_000)
+        await expect(page.locator("table.data tbody tr")).to_have_count(DEVICES, timeout=30_000)
         await expect(page.get_by_role("link", name="Audit")).to_be_hidden()
         await page.goto(f"{console.base}/ui/#audit")
         await expect(page.get_by_role("alert")).to_have_text("The audit log needs the infra:admin scope.")
@@ -270,7 +289,7 @@ async def test_a_write_without_the_csrf_token_or_from_elsewhere_is_refused(
 async def test_the_device_page_charts_the_recorded_history_for_each_range(
     browser: Any, console: Console
 ) -> None:
-    failing = ("/api/v1/devices/gone/disks", "/api/v1/devices/gone/containers")  # it does not answer
+    failing = ("/api/v1/devices/gone/",)  # it does not answer: disks, network, containers...
     async with signed_in(browser, console, READ, name="device", failing=failing) as page:
         await page.goto(f"{console.base}/ui/#device/gone")
         cpu = page.locator("section.metric").first
@@ -326,7 +345,7 @@ async def test_the_console_fits_a_phone_reads_in_dark_and_works_by_keyboard(
     async with signed_in(
         browser, console, READ, name="phone-dark", viewport={"width": 390, "height": 844}, color_scheme="dark"
     ) as page:
-        await expect(page.locator("table.data tbody tr")).to_have_count(4, timeout=30_000)
+        await expect(page.locator("table.data tbody tr")).to_have_count(DEVICES, timeout=30_000)
         width = await page.evaluate("() => document.documentElement.scrollWidth")
         assert width <= 390  # wide tables scroll inside their box, the page does not
         background = await page.locator("body").evaluate("b => getComputedStyle(b).backgroundColor")
@@ -387,7 +406,7 @@ async def test_a_health_flip_is_announced_and_the_fleet_reloaded_without_a_page_
     browser: Any, console: Console
 ) -> None:
     async with signed_in(browser, console, READ) as page:
-        await expect(page.locator("table.data tbody tr")).to_have_count(4, timeout=30_000)
+        await expect(page.locator("table.data tbody tr")).to_have_count(DEVICES, timeout=30_000)
         fleet_calls: list[str] = []
         page.on("request", lambda r: fleet_calls.append(r.url) if r.url.endswith("/api/v1/fleet") else None)
         await page.evaluate("() => { window.notReloaded = true; }")
@@ -397,3 +416,52 @@ async def test_a_health_flip_is_announced_and_the_fleet_reloaded_without_a_page_
         )
         await until(lambda: len(fleet_calls) >= 1, 20)  # the page asked for the fleet again
         assert await page.evaluate("() => window.notReloaded") is True
+
+
+async def test_the_device_page_lists_services_failed_first_and_the_fleet_counts_failed_services(
+    browser: Any, console: Console
+) -> None:
+    """svc runs the systemctl fixture (captured real units, one failed): its device page lists the units,
+    the failed one first, and the fleet counts it; alpha has no systemd: a dash whose title says why, and on its
+    device page the tool's error instead of a table. ZFS and drives: the error text where the host has none."""
+    failing = tuple(f"/api/v1/devices/{d}/{what}" for d in ("svc", "alpha") for what in LACKING)
+    async with signed_in(browser, console, READ, name="device-services", failing=failing) as page:
+        counting = re.compile(r"/api/v1/devices/[^/]+/(containers|services)\?")
+        flight = {"now": 0, "most": 0}  # the fleet's count requests in flight at once
+
+        def track(request: Any, step: int) -> None:
+            if counting.search(request.url):
+                flight["now"] += step
+                flight["most"] = max(flight["most"], flight["now"])
+
+        page.on("request", lambda r: track(r, 1))
+        page.on("requestfinished", lambda r: track(r, -1))
+        page.on("requestfailed", lambda r: track(r, -1))
+        await page.reload()  # the fleet again, watched from its first request
+        rows = page.locator("table.data tbody tr")
+        await expect(rows).to_have_count(DEVICES, timeout=30_000)
+        column = await page.locator("table.data thead th").all_inner_texts()
+        failed_at = column.index("Failed services")  # cells: th (device) then tds
+        svc = rows.filter(has=page.locator("th", has_text="svc")).locator("td").nth(failed_at - 1)
+        await expect(svc).to_have_text("1", timeout=20_000)
+        alpha = rows.filter(has=page.locator("th", has_text="alpha")).locator("td").nth(failed_at - 1)
+        await expect(alpha).to_have_text("\u2013", timeout=20_000)
+        await expect(alpha.locator("span")).to_have_attribute("title", re.compile("needs .systemd."))
+        await expect(rows.locator("td span[title=loading]")).to_have_count(0)  # every count answered
+        assert 0 < flight["most"] <= 4  # bounded: four at a time
+        await page.goto(f"{console.base}/ui/#device/svc")
+        services = page.locator("#s-services")
+        await expect(services.get_by_role("heading", name="Services")).to_be_visible()
+        units = services.locator("tbody tr")
+        await expect(units).to_have_count(5, timeout=20_000)
+        await expect(units.first.locator("th")).to_have_text("zfs-import-cache.service")  # failed first
+        await expect(units.first).to_have_class("problem")
+        await expect(services).to_contain_text("1 failed unit of 5.")
+        await expect(page.locator("#s-zfs").get_by_role("alert")).to_contain_text("zpool")
+        await expect(page.locator("#s-drives").get_by_role("alert")).not_to_be_empty()
+        lo = page.locator("#s-network tbody tr").filter(has=page.locator("th", has_text="lo"))
+        rate = re.compile(r"^\d+(\.\d)?[kMG]? B/s$")  # the latest recorded rates
+        await expect(lo.locator("td").nth(2)).to_have_text(rate)
+        await expect(lo.locator("td").nth(3)).to_have_text(rate)
+        await page.goto(f"{console.base}/ui/#device/alpha")
+        await expect(page.locator("#s-services").get_by_role("alert")).to_contain_text("needs 'systemd'")

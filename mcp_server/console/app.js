@@ -36,6 +36,7 @@
   const failed = (error) => el("p", { class: "error", role: "alert" }, error.message || String(error));
   const heading = (text) => { document.title = `${text} \u00b7 Infrastructor console`; return el("h1", {}, text); };
 
+  const COUNTING = 4; // the fleet's per-device count requests in flight at once
   // ---- Fleet --------------------------------------------------------------------------------------
   async function fleetPage(ctx) {
     const page = ctx.root;
@@ -45,6 +46,14 @@
     const spark = (row, metric, label) => {
       const values = (history.get(row.device) || {})[metric];
       return values ? sparkline(values, `${row.device} ${label}, last 24 h`, { min: 0, max: 100, alt: metric === "memory" }) : "";
+    };
+    // containers and failed services per device, fetched after the table shows (cached server-side)
+    const counts = new Map(); // device -> {containers, failed_services: number | {why}}
+    const count_of = (r, kind) => { const v = (counts.get(r.device) || {})[kind]; return typeof v === "number" ? v : null; };
+    const countCell = (r, kind) => {
+      const v = (counts.get(r.device) || {})[kind];
+      if (v === undefined) return el("span", { class: "muted", title: "loading" }, "\u2026");
+      return typeof v === "number" ? String(v) : el("span", { title: v.why }, "\u2013");
     };
     const columns = [
       { key: "device", label: "Device", render: (r) => el("a", { href: `#device/${encodeURIComponent(r.device)}` }, r.device) },
@@ -56,19 +65,51 @@
       { key: "memory_24h", label: "Memory 24 h", sortable: false, render: (r) => spark(r, "memory", "memory") },
       { key: "fullest_use_percent", label: "Fullest disk", num: true,
         render: (r) => (r.fullest_mount ? `${fmt(r.fullest_use_percent)}% ${r.fullest_mount}` : "\u2013") },
+      { key: "containers", label: "Containers", num: true, value: (r) => count_of(r, "containers"), render: (r) => countCell(r, "containers") },
+      { key: "failed_services", label: "Failed services", num: true, value: (r) => count_of(r, "failed_services"), render: (r) => countCell(r, "failed_services") },
       { key: "load_1m", label: "Load 1m", num: true, render: (r) => fmt(r.load_1m, 2) },
       { key: "uptime_seconds", label: "Uptime", num: true, render: (r) => duration(r.uptime_seconds) },
       { key: "collected_at", label: "Last seen", render: (r) => when(r.collected_at) },
     ];
     const order = (a, b) => (a.ok - b.ok) || ((b.cpu_percent || 0) - (a.cpu_percent || 0)) || a.device.localeCompare(b.device);
-    let grid = null;
+    let grid = null, generation = 0;
+    const stale = (mine) => mine !== generation || current !== ctx; // reloaded or left meanwhile
+    async function countAll(devices, mine) {
+      const jobs = [];
+      for (const row of devices) {
+        if (!row.ok) { counts.set(row.device, { containers: { why: "The device does not answer." }, failed_services: { why: "The device does not answer." } }); continue; }
+        const path = `/devices/${encodeURIComponent(row.device)}`;
+        jobs.push([row.device, "containers", () => api(`${path}/containers`, { query: { all: true, limit: 1 } })]);
+        jobs.push([row.device, "failed_services", () => api(`${path}/services`, { query: { state: "failed", limit: 1 } })]);
+      }
+      grid.refresh();
+      const worker = async () => { // at most COUNTING requests at a time
+        for (let job = jobs.shift(); job && !stale(mine); job = jobs.shift()) {
+          const [device, kind, fetchIt] = job;
+          let value;
+          try {
+            const answer = await fetchIt();
+            value = kind === "containers" ? answer.data.total : answer.data.failed_total;
+          } catch (error) { value = { why: error.message || String(error) }; }
+          if (stale(mine)) return;
+          counts.set(device, { ...(counts.get(device) || {}), [kind]: value });
+          grid.refresh();
+        }
+      };
+      await Promise.all(Array.from({ length: COUNTING }, worker));
+    }
     async function load() {
+      const mine = ++generation;
       try {
         const data = await api("/fleet");
+        if (stale(mine)) return;
         status.textContent = `${count(data.total, "device")}: ${data.ok} reachable, ${data.failed} failed.`;
         grid = table(columns, data.devices, { order, caption: "Devices, problems first", rowClass: (r) => (r.ok ? null : "problem") });
         page.replaceChildren(heading("Fleet"), status, grid);
+        counts.clear();
+        countAll(data.devices, mine);
         for (const row of data.devices.filter((r) => r.ok).slice(0, 25)) {
+          if (stale(mine)) return;
           const entry = {};
           for (const [metric, name] of [["cpu", "cpu_percent"], ["memory", "memory_percent"]]) {
             try {
@@ -155,32 +196,103 @@
     }
     buttons.forEach((b) => b.addEventListener("click", () => show(b.dataset.range)));
     await show("24h");
-    try {
-      const disks = await api(`/devices/${encodeURIComponent(name)}/disks`);
-      extra.append(el("h2", {}, "Disks"), table([
-        { key: "mount_point", label: "Mount", render: (r) => r.mount_point },
-        { key: "use_percent", label: "Use %", num: true },
-        { key: "size_bytes", label: "Size", num: true },
-      ], disks.data.filesystems, { caption: "Filesystems" }));
-    } catch (error) { extra.append(el("h2", {}, "Disks"), failed(error)); }
-    try {
-      const containers = await api(`/devices/${encodeURIComponent(name)}/containers`, { query: { all: true } });
-      const rows = containers.data.containers || [];
-      const columns = [{ key: "name", label: "Container", render: (r) => r.name }, { key: "state", label: "State", render: (r) => r.state || r.status || "" }];
-      if (can("infra:write")) {
-        columns.push({ key: "actions", label: "Actions", sortable: false, render: (r) => {
-          const button = el("button", { type: "button" }, `Restart ${r.name}`);
-          button.addEventListener("click", async () => {
-            button.disabled = true;
-            try { await api(`/devices/${encodeURIComponent(name)}/containers/${encodeURIComponent(r.name)}/restart`, { method: "POST", body: {} }); say(`Restarted ${r.name}.`); }
-            catch (error) { say(`Restart of ${r.name} failed: ${error.message}`); }
-            button.disabled = false;
-          });
-          return button;
-        } });
-      }
-      extra.append(el("h2", {}, "Containers"), rows.length ? table(columns, rows, { caption: "Containers" }) : el("p", { class: "muted" }, "No containers."));
-    } catch (error) { extra.append(el("h2", {}, "Containers"), failed(error)); }
+    // one section per tool; a device without it (no docker, no systemd, no ZFS...) shows the tool's error
+    const path = `/devices/${encodeURIComponent(name)}`;
+    const section = (id, title, fill) => {
+      const body = el("div", {}, el("p", { class: "muted" }, "Loading\u2026"));
+      extra.append(el("section", { class: "part", id: `s-${id}`, "aria-labelledby": `h-${id}` }, el("h2", { id: `h-${id}` }, title), body));
+      return async () => {
+        try { body.replaceChildren(...[await fill()].flat()); } catch (error) { body.replaceChildren(failed(error)); }
+      };
+    };
+    const none = (text) => el("p", { class: "muted" }, text);
+    const jobs = [
+      section("disks", "Disks", async () => {
+        const disks = await api(`${path}/disks`);
+        return table([
+          { key: "mount_point", label: "Mount", render: (r) => r.mount_point },
+          { key: "use_percent", label: "Use %", num: true },
+          { key: "size_bytes", label: "Size", num: true },
+        ], disks.data.filesystems, { caption: "Filesystems" });
+      }),
+      section("network", "Network", async () => {
+        const interfaces = (await api(`${path}/network`)).data.interfaces;
+        const rates = new Map(); // interface -> {rx, tx}: the latest recorded rate, bytes/s
+        const grid = table([
+          { key: "name", label: "Interface", render: (r) => r.name },
+          { key: "operstate", label: "State", render: (r) => r.operstate },
+          { key: "addresses", label: "Addresses", sortable: false, render: (r) => r.addresses.map((a) => `${a.address}/${a.prefix_length}`).join(" ") },
+          { key: "rx_rate", label: "Receiving", num: true, value: (r) => (rates.get(r.name) || {}).rx, render: (r) => fmt((rates.get(r.name) || {}).rx, 0, "B/s") },
+          { key: "tx_rate", label: "Sending", num: true, value: (r) => (rates.get(r.name) || {}).tx, render: (r) => fmt((rates.get(r.name) || {}).tx, 0, "B/s") },
+          { key: "rx_bytes", label: "Received", num: true, render: (r) => fmt(r.rx_bytes, 0, "B") },
+          { key: "tx_bytes", label: "Sent", num: true, render: (r) => fmt(r.tx_bytes, 0, "B") },
+          { key: "errors", label: "Errors", num: true, value: (r) => (r.rx_errors || 0) + (r.tx_errors || 0), render: (r) => String((r.rx_errors || 0) + (r.tx_errors || 0)) },
+        ], interfaces, { caption: "Network interfaces; rates are the latest recorded in the last hour" });
+        (async () => { // rates from the recorded history, after the table shows
+          for (const i of interfaces.slice(0, 16)) {
+            const rate = {};
+            for (const [k, metric] of [["rx", "net_rx_bytes_per_s"], ["tx", "net_tx_bytes_per_s"]]) {
+              try { rate[k] = (await api("/metrics/history", { query: { device: name, metric, interface: i.name, since: "1h" } })).summary.latest; }
+              catch (error) { /* no history: no rate */ }
+            }
+            if (current !== ctx) return;
+            rates.set(i.name, rate);
+            grid.refresh();
+          }
+        })();
+        return interfaces.length ? grid : none("No network interfaces.");
+      }),
+      section("containers", "Containers", async () => {
+        const rows = (await api(`${path}/containers`, { query: { all: true } })).data.containers || [];
+        const columns = [{ key: "name", label: "Container", render: (r) => r.name }, { key: "state", label: "State", render: (r) => r.state || r.status || "" }];
+        if (can("infra:write")) {
+          columns.push({ key: "actions", label: "Actions", sortable: false, render: (r) => {
+            const button = el("button", { type: "button" }, `Restart ${r.name}`);
+            button.addEventListener("click", async () => {
+              button.disabled = true;
+              try { await api(`${path}/containers/${encodeURIComponent(r.name)}/restart`, { method: "POST", body: {} }); say(`Restarted ${r.name}.`); }
+              catch (error) { say(`Restart of ${r.name} failed: ${error.message}`); }
+              button.disabled = false;
+            });
+            return button;
+          } });
+        }
+        return rows.length ? table(columns, rows, { caption: "Containers" }) : none("No containers.");
+      }),
+      section("services", "Services", async () => {
+        const data = (await api(`${path}/services`, { query: { limit: 200 } })).data; // failed units first
+        return [
+          el("p", { class: data.failed_total ? "error" : "muted" }, `${count(data.failed_total, "failed unit")} of ${data.total}${data.truncated ? ` (first ${data.units.length} shown)` : ""}.`),
+          data.units.length ? table([
+            { key: "unit", label: "Unit", render: (r) => r.unit },
+            { key: "active", label: "Active", render: (r) => (r.active === "failed" ? badge("failed", "down") : r.active) },
+            { key: "sub", label: "Sub", render: (r) => r.sub },
+            { key: "description", label: "Description", render: (r) => r.description },
+          ], data.units, { caption: "systemd units, failed first", rowClass: (r) => (r.active === "failed" ? "problem" : null) }) : none("No units."),
+        ];
+      }),
+      section("drives", "Drives", async () => {
+        const data = (await api(`${path}/drives`)).data;
+        return data.drives.length ? table([
+          { key: "path", label: "Drive", render: (r) => r.path },
+          { key: "model", label: "Model", render: (r) => r.model || "\u2013" },
+          { key: "status", label: "Health", render: (r) => badge(r.status, { healthy: "up", watch: "medium", failing: "down" }[r.status] || "low") },
+          { key: "verdict", label: "Verdict", render: (r) => r.verdict },
+          { key: "temperature_c", label: "\u00b0C", num: true },
+          { key: "power_on_hours", label: "Power-on h", num: true },
+        ], data.drives, { caption: "Drive health (SMART)", rowClass: (r) => (r.status === "failing" ? "problem" : null) }) : none("No drives.");
+      }),
+      section("zfs", "ZFS", async () => {
+        const data = (await api(`${path}/zfs`)).data;
+        return data.pools.length ? table([
+          { key: "name", label: "Pool", render: (r) => r.name },
+          { key: "health", label: "Health", render: (r) => badge(r.health, data.unhealthy.includes(r.name) ? "down" : "up") },
+          { key: "size", label: "Size", num: true, value: (r) => r.usage && r.usage.size_bytes, render: (r) => fmt(r.usage && r.usage.size_bytes) },
+          { key: "capacity", label: "Used %", num: true, value: (r) => r.usage && r.usage.capacity_percent, render: (r) => fmt(r.usage && r.usage.capacity_percent) },
+        ], data.pools, { caption: "ZFS pools" }) : none("No ZFS pools.");
+      }),
+    ];
+    await Promise.all(jobs.map((job) => job()));
   }
 
   // ---- Audit (infra:admin) ------------------------------------------------------------------------
