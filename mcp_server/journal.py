@@ -47,6 +47,7 @@ SEGMENT_BYTES = 4 << 20  # a segment is rotated past this, and deleted once ship
 _ADOPT_EVERY = 10.0  # seconds between looks for segments left by a process that died
 COPY_ROWS = 50  # on PostgreSQL, a batch of at least this many rows of one table goes in by COPY
 MARK_DAYS = 30  # how long a shipped segment's mark is kept after its file is deleted
+FLUSH_ATTEMPTS = 3  # shipping attempts a flush without a timeout waits through before it gives up
 _CACHE_ROWS = 50_000  # journaled rows kept in memory for the shipper; beyond, it reads them back from disk
 
 
@@ -306,23 +307,31 @@ class BatchWriter:
         self._ship_ready.wait(5)
 
     async def flush(self, timeout: float | None = None) -> None:
-        """Return once every row added so far is in the database; raise what the shipper met if an attempt
-        failed meanwhile (the rows stay journaled), TimeoutError after `timeout` seconds."""
+        """Return once every row added so far is in the database; TimeoutError after `timeout` seconds.
+        Without a timeout, a failed shipping attempt (a database busy past INFRA_AUDIT_WRITE_TIMEOUT, or away)
+        is waited out FLUSH_ATTEMPTS times, as the shipper retries it; then what it met is raised (the rows
+        stay journaled either way)."""
         if self._journal_thread is None:
             self._closed = False
             self.start()
         async with asyncio.timeout(timeout):
             await self.durable()
         loop = asyncio.get_running_loop()
-        with self._cond:
-            target = self._added
-            if self._shipped >= target and self._adopted_pending == 0:
+        for attempt in range(1, FLUSH_ATTEMPTS + 1):
+            with self._cond:
+                target = self._added
+                if self._shipped >= target and self._adopted_pending == 0:
+                    return
+                future: asyncio.Future[None] = loop.create_future()
+                self._flush_waiters.append((target, loop, future))
+            self._wake_shipper(now=True)
+            try:
+                async with asyncio.timeout(timeout):
+                    await future
                 return
-            future: asyncio.Future[None] = loop.create_future()
-            self._flush_waiters.append((target, loop, future))
-        self._wake_shipper(now=True)
-        async with asyncio.timeout(timeout):
-            await future
+            except (TimeoutError, SQLAlchemyError, OSError):
+                if timeout is not None or attempt == FLUSH_ATTEMPTS:
+                    raise
 
     async def caught_up(self, timeout: float) -> bool:
         """Flush, waiting at most `timeout` seconds and never raising: True when everything is shipped."""
