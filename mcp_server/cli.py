@@ -347,7 +347,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         f"  console:  http://{host}:{port}/ui/ (sign in with a token)\n"
         "Next:\n"
         f"  Claude Code:    claude mcp add --transport http infrastructor {url} {header}\n"
-        f"  MCP Inspector:  npx @modelcontextprotocol/inspector --cli {url} {header}--method tools/list\n"
+        f"  MCP Inspector:  npx -y -p node@22 -p @modelcontextprotocol/inspector@2.12.0 -- mcp-inspector --cli {url} {header}--method tools/list\n"
         "  Claude Desktop: use `infrastructor serve --stdio` (see README)\n"
         "  Tokens:         infrastructor token create --subject NAME --scopes infra:read --ttl 12h\n"
         "  Add a host:     infrastructor devices add nas01 192.168.1.10 --username admin --key-path ~/.ssh/id_ed25519",
