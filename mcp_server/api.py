@@ -199,7 +199,7 @@ async def events() -> None:
 EVENTS_ROUTE = ApiRoute("GET", "/events", events)
 
 
-class Problem(BaseModel):
+class ProblemDetails(BaseModel):
     """An error (RFC 9457 problem details): `detail` is the text the MCP tool gives for the same mistake."""
 
     type: str = Field(default="about:blank", description="Always about:blank: `title` is the HTTP status.")
@@ -252,7 +252,7 @@ ERROR_STATUSES = (400, 401, 403, 404, 409, 413, 422, 429, 502, 503, 504)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {
         "description": HTTPStatus(status).phrase,
-        "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/ProblemDetails"}}},
     }
     for status in ERROR_STATUSES
 }
@@ -263,7 +263,7 @@ def status_of(error: InfrastructorError) -> int:
 
 
 def problem_response(problem: ApiProblem, request_id: str | None = None) -> JSONResponse:
-    body = Problem(
+    body = ProblemDetails(
         title=HTTPStatus(problem.status).phrase,
         status=problem.status,
         detail=problem.detail,
@@ -725,8 +725,11 @@ def build_api(server: InfrastructorServer, *, auth_hint: str | None) -> ASGIApp:
         if app.openapi_schema is None:
             document = original()
             schemas = document.setdefault("components", {}).setdefault("schemas", {})
-            schemas["Problem"] = Problem.model_json_schema()
-            schemas["StreamedEvent"] = StreamedEvent.model_json_schema()
+            for name, model in (("ProblemDetails", ProblemDetails), ("StreamedEvent", StreamedEvent)):
+                # a result model of the same name would be replaced, and its routes documented wrongly
+                if name in schemas:
+                    raise RuntimeError(f"two models are named {name} in the OpenAPI document")
+                schemas[name] = model.model_json_schema()
             document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             document["security"] = [{"bearer": []}]
             document["servers"] = [{"url": PREFIX}]

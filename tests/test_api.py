@@ -133,6 +133,14 @@ async def test_openapi_document_is_exact_and_the_docs_page_is_offline(sqlite_api
         model = TypeAdapter(typing.get_type_hints(route.tool)["return"]).json_schema(mode="serialization")
         assert set(listed.get("properties", {})) == set(model.get("properties", {})), route.name
         assert set(listed.get("required", [])) == set(model.get("required", [])), route.name
+        # and so are the models nested in it: a component of the same name documents the same fields (two
+        # models named alike, the problem details and find_problems' items, once shared one component)
+        for name, nested in model.get("$defs", {}).items():
+            component = schemas.get(name.split("__")[-1], {})
+            assert set(component.get("properties", {})) == set(nested.get("properties", {})), (
+                route.name,
+                name,
+            )
         assert operations[route.name]["responses"]["422"]["content"]["application/problem+json"]
     interval = next(p for p in operations["get_system_metrics"]["parameters"] if p["name"] == "interval")
     assert interval["schema"]["maximum"] == 5.0 and interval["in"] == "query"

@@ -10,6 +10,8 @@ are tested in test_api.py). Bounded: a few examples per operation, generation on
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,10 @@ from tests.helpers import free_port, serving
 from tests.test_transports import CLI, cli_env, run_cli
 
 SECRET = "f" * 48
-EXAMPLES = 4
+# examples per operation and mode; derandomized so CI is reproducible (INFRA_API_FUZZ_RANDOM=1 and a higher
+# INFRA_API_FUZZ_EXAMPLES for a deeper, random run by hand)
+EXAMPLES = int(os.environ.get("INFRA_API_FUZZ_EXAMPLES", "4"))
+RANDOM = os.environ.get("INFRA_API_FUZZ_RANDOM") == "1"
 # What every answer must satisfy. Not negative_data_rejection: a query string carries every value as text, so
 # "12" sent for a string parameter that the generator meant as the number 12 is rightly accepted.
 CHECKS = [
@@ -41,52 +46,42 @@ CHECKS = [
 SKIPPED = {"events"}
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    tmp = tmp_path_factory.mktemp("fuzz")
+@contextlib.contextmanager
+def _served(tmp: Path, subject: str, scope: str, **env: str) -> Iterator[tuple[str, str]]:
+    """A real `infrastructor serve` on a free port, and a token of `scope` for it."""
     port = free_port()
-    env = cli_env(
+    settings = cli_env(
         tmp,
         INFRA_HTTP_PORT=str(port),
         INFRA_JWT_SECRET=SECRET,
-        INFRA_READ_ONLY="true",
         INFRA_HTTP_RATE_LIMIT="100000",
         INFRA_HTTP_RATE_BURST="10000",
+        **env,
     )
-    with serving([CLI, "serve"], port, env, tmp / "server.log"):
-        settings = load_settings(data_dir=tmp / "data", jwt_secret=SECRET)
+    with serving([CLI, "serve"], port, settings, tmp / "server.log"):
         token, _ = issue_token(
             SigningKey("HS256", SECRET, None, None),
-            settings,
-            subject="fuzz",
-            scopes=[ADMIN],
+            load_settings(data_dir=tmp / "data", jwt_secret=SECRET),
+            subject=subject,
+            scopes=[scope],
             ttl_seconds=3600,
         )
         yield f"http://127.0.0.1:{port}", token
 
 
 @pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A read-only server (no route that changes something), and an admin token."""
+    with _served(tmp_path_factory.mktemp("fuzz"), "fuzz", ADMIN, INFRA_READ_ONLY="true") as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
 def writable(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     """A server that offers every route, and a token that may only read."""
     tmp = tmp_path_factory.mktemp("fuzz-writable")
-    port = free_port()
-    env = cli_env(
-        tmp,
-        INFRA_HTTP_PORT=str(port),
-        INFRA_JWT_SECRET=SECRET,
-        INFRA_HTTP_RATE_LIMIT="100000",
-        INFRA_HTTP_RATE_BURST="10000",
-    )
-    with serving([CLI, "serve"], port, env, tmp / "server.log"):
-        settings = load_settings(data_dir=tmp / "data", jwt_secret=SECRET)
-        token, _ = issue_token(
-            SigningKey("HS256", SECRET, None, None),
-            settings,
-            subject="fuzz-reader",
-            scopes=[READ],
-            ttl_seconds=3600,
-        )
-        yield f"http://127.0.0.1:{port}", token, tmp
+    with _served(tmp, "fuzz-reader", READ) as (base, token):
+        yield base, token, tmp
 
 
 def _no_secret(response: requests.Response, token: str) -> None:
@@ -116,6 +111,7 @@ def _fuzz(
             @hypothesis.given(case=strategy)
             @hypothesis.settings(
                 max_examples=EXAMPLES,
+                derandomize=not RANDOM,
                 deadline=None,
                 database=None,
                 phases=[Phase.generate],
