@@ -76,6 +76,20 @@ def replica(tmp_path: Path, name: str, url: str, **extra: str) -> Iterator[Repli
         yield Replica(f"http://127.0.0.1:{port}/mcp", process)
 
 
+async def add_fleet_device(client: Client[Any], sshd_fleet: SshdFleet, name: str) -> None:
+    """Register the fleet's alpha host under `name` through a replica's add_device tool."""
+    alpha = sshd_fleet.hosts["alpha"]
+    await call_tool(
+        client,
+        "add_device",
+        name=name,
+        hostname=alpha.hostname,
+        port=alpha.port,
+        username=sshd_fleet.username,
+        key_path=str(sshd_fleet.client_key_path),
+    )
+
+
 async def cli(tmp_path: Path, url: str, *args: str) -> str:
     """Run the CLI as its own process on the same database; its stderr (it must succeed)."""
     done = await asyncio.to_thread(
@@ -203,15 +217,7 @@ async def test_a_changed_device_loses_its_pooled_connection_on_every_server(
             replica(tmp_path, "replica-b", database) as replica_b,
         ):
             async with Client(replica_a.url) as a, Client(replica_b.url) as b:
-                await call_tool(
-                    a,
-                    "add_device",
-                    name="moving",
-                    hostname=alpha.hostname,
-                    port=alpha.port,
-                    username=sshd_fleet.username,
-                    key_path=str(sshd_fleet.client_key_path),
-                )
+                await add_fleet_device(a, sshd_fleet, "moving")
 
                 async def b_knows() -> bool:
                     return await device_on(b, "moving") is not None
@@ -295,7 +301,6 @@ async def test_a_config_change_reaches_the_subscribers_of_every_replica_once(
     lease); each change is stored once, and each subscriber, on either replica and in either protocol era,
     is told once, by the replica it is connected to."""
     database = await create_pg_database()
-    alpha = sshd_fleet.hosts["alpha"]
     conf = sshd_fleet.scratch_dir() / "coherence-app.conf"
     conf.write_text("a=1\n")
     uri = f"infra://config/alpha{conf}"
@@ -311,15 +316,7 @@ async def test_a_config_change_reaches_the_subscribers_of_every_replica_once(
                 Client(replica_b.url) as b,
                 Client(replica_b.url, mode="legacy", message_handler=updates_b) as legacy_b,
             ):
-                await call_tool(
-                    a,
-                    "add_device",
-                    name="alpha",
-                    hostname=alpha.hostname,
-                    port=alpha.port,
-                    username=sshd_fleet.username,
-                    key_path=str(sshd_fleet.client_key_path),
-                )
+                await add_fleet_device(a, sshd_fleet, "alpha")
                 await call_tool(a, "watch_config_file", device="alpha", path=str(conf))
 
                 async def b_subscribed() -> bool:
@@ -467,7 +464,6 @@ async def test_when_the_replica_watching_a_device_dies_another_takes_its_watch_o
     """The watch lease is a lock on the holder's database connection: killed without a word, the holder
     loses it with its connection, and the other replica watches the device and records the next change."""
     database = await create_pg_database()
-    alpha = sshd_fleet.hosts["alpha"]
     conf = sshd_fleet.scratch_dir() / "coherence-failover.conf"
     conf.write_text("a=1\n")
     try:
@@ -477,15 +473,7 @@ async def test_when_the_replica_watching_a_device_dies_another_takes_its_watch_o
             replica(tmp_path, "replica-b", database, **fast) as replica_b,
         ):
             async with Client(replica_a.url) as a, Client(replica_b.url) as b:
-                await call_tool(
-                    a,
-                    "add_device",
-                    name="alpha",
-                    hostname=alpha.hostname,
-                    port=alpha.port,
-                    username=sshd_fleet.username,
-                    key_path=str(sshd_fleet.client_key_path),
-                )
+                await add_fleet_device(a, sshd_fleet, "alpha")
                 await call_tool(a, "watch_config_file", device="alpha", path=str(conf))
                 await _watching(a, b)
                 status = (await call_tool(a, "list_watched_files", device="alpha"))["status"]
