@@ -349,7 +349,9 @@ class UnifiedDataCollectionService:
     ) -> BaseModel:
         run.executed = True
         argv = definition.render(params, sudo=device.use_sudo)
-        run.ssh_commands.append(_shown(tuple(argv)))
+        # read commands' argvs (scripts and validated parameters) repeat; an admin's argv is never remembered
+        shown = _shown(tuple(argv)) if definition.access == "read" else shlex.join(redact_args(argv))
+        run.ssh_commands.append(shown)
         timeout = min(definition.timeout, self.settings.ssh_command_timeout)
         t0 = time.perf_counter()
         t_exec = t_parse = 0.0
