@@ -249,7 +249,7 @@ class UnifiedDataCollectionService:
 
     def select(self, devices: Sequence[str] | None, tags: Sequence[str] | None) -> list[str]:
         """The devices a multi-device request names: the listed ones (each must exist), those carrying all of
-        `tags`, or both (listed ones carrying the tags); in registry order, each once."""
+        `tags`, or both (listed ones carrying the tags); by name, each once."""
         if devices is None and tags is None:
             raise InvalidParameter("Name the devices (devices) or a tag selection (tags), or both.")
         for name in devices or ():
