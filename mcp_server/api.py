@@ -182,6 +182,7 @@ ROUTES = (
     # admin
     ApiRoute("GET", "/commands", admin.list_commands),
     ApiRoute("POST", f"{D}/collect", admin.collect),
+    ApiRoute("POST", "/collect", admin.collect_many),
     ApiRoute("POST", f"{D}/run", admin.run_command),
     ApiRoute("GET", "/audit", admin.query_audit_log),
     # alert rules (not tools: agents do not set where the operator's notifications go)

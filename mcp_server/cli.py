@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
 
     collect = sub.add_parser(
         "collect",
-        help="run a registered command on one device or all of them",
+        help="run a registered command on one device, several, those with a tag, or all of them",
         description="Run a read command by name, with the gates of the MCP tools, and print its whole result.",
         epilog=COLLECT_OUTPUT,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -188,8 +188,17 @@ def _parser() -> argparse.ArgumentParser:
         "--list", action="store_true", dest="list_commands", help="list the commands and their parameters"
     )
     target = collect.add_mutually_exclusive_group()
-    target.add_argument("--device", default="local", help="device name (default: local, this machine)")
+    target.add_argument(
+        "--device", help="device name, or several separated by commas (default: local, this machine)"
+    )
     target.add_argument("--all", action="store_true", help="every registered device")
+    collect.add_argument(
+        "--tag",
+        action="append",
+        dest="tags",
+        metavar="TAG",
+        help="devices carrying this tag (repeatable: all of them; with --device, those named that carry them)",
+    )
     collect.add_argument(
         "--param",
         action="append",
@@ -650,7 +659,7 @@ async def _collect(settings: Settings, args: argparse.Namespace) -> int:
     params = _params(args.param)
     async with open_state(settings) as state:
         _started()
-        names = state.devices.names() if args.all else [args.device]
+        names = _targets(state, args)
         if args.command == "config_file":
             outcomes = [await _read_watched(state, name, params) for name in names]
         else:
@@ -665,6 +674,18 @@ async def _collect(settings: Settings, args: argparse.Namespace) -> int:
         else:
             _print_outcomes(args.command, outcomes)
     return 0 if all(o.ok for o in outcomes) else 1
+
+
+def _targets(state: AppState, args: argparse.Namespace) -> list[str]:
+    """The devices `collect` runs on: all, a tag selection and/or a list of names (each must exist), or one
+    device (an unknown one is reported as that device's failure)."""
+    if args.all and not args.tags:
+        return state.devices.names()
+    device = args.device or "local"
+    if args.tags or "," in device:
+        named = [n.strip() for n in device.split(",") if n.strip()] if args.device else None
+        return state.service.select(named, args.tags)
+    return [device]
 
 
 def _print_commands() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import shlex
 import time
@@ -97,6 +98,13 @@ def page_of(result: C, field: str, items: Sequence[Any], limit: int, offset: int
     page, total, truncated = paginate(items, limit, offset)
     data = result.data.model_copy(update={field: page, "total": total, "truncated": truncated})
     return result.model_copy(update={"data": data})
+
+
+@functools.lru_cache(maxsize=256)
+def _shown(argv: tuple[str, ...]) -> str:
+    """The command as audited: masked word by word, then quoted. Remembered, as the same few scripts run on
+    every device again and again and redacting a script's text costs more than the rest of the audit row."""
+    return shlex.join(redact_args(list(argv)))
 
 
 @dataclass
@@ -239,6 +247,26 @@ class UnifiedDataCollectionService:
             if opened or error is not None:
                 self._audit(device, command, params_key, False, run, started, error)
 
+    def select(self, devices: Sequence[str] | None, tags: Sequence[str] | None) -> list[str]:
+        """The devices a multi-device request names: the listed ones (each must exist), those carrying all of
+        `tags`, or both (listed ones carrying the tags); by name, each once."""
+        if devices is None and tags is None:
+            raise InvalidParameter("Name the devices (devices) or a tag selection (tags), or both.")
+        for name in devices or ():
+            self.devices.get(name)  # an unknown name: an error listing the known ones
+        chosen = [d.name for d in self.devices.list(tags or ())]
+        if devices is not None:
+            listed = set(devices)
+            chosen = [name for name in chosen if name in listed]
+        if not chosen and tags:
+            among = " among the devices named" if devices else ""
+            raise InvalidParameter(
+                f"No device{among} carries all of the tags {', '.join(tags)}; list_devices shows their tags."
+            )
+        if not chosen:
+            raise InvalidParameter("Name at least one device.")
+        return chosen
+
     async def collect_many(
         self,
         devices: Sequence[str],
@@ -321,7 +349,9 @@ class UnifiedDataCollectionService:
     ) -> BaseModel:
         run.executed = True
         argv = definition.render(params, sudo=device.use_sudo)
-        run.ssh_commands.append(shlex.join(redact_args(argv)))  # masked word by word, then quoted
+        # read commands' argvs (scripts and validated parameters) repeat; an admin's argv is never remembered
+        shown = _shown(tuple(argv)) if definition.access == "read" else shlex.join(redact_args(argv))
+        run.ssh_commands.append(shown)
         timeout = min(definition.timeout, self.settings.ssh_command_timeout)
         t0 = time.perf_counter()
         t_exec = t_parse = 0.0

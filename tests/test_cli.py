@@ -96,6 +96,29 @@ def test_collect_prints_the_whole_result_as_tables_and_json_on_request(
     assert "dead" in failed and "host_unreachable" in failed and "no SSH server answered" in failed
 
 
+def test_collect_runs_on_a_list_of_devices_or_a_tag_selection(tmp_path: Path, sshd_fleet: SshdFleet) -> None:
+    _add(tmp_path, sshd_fleet, sshd_fleet.hosts["alpha"], "--tag", "web")
+    _add(tmp_path, sshd_fleet, sshd_fleet.hosts["beta"], "--tag", "web", "--tag", "eu")
+    _add(tmp_path, sshd_fleet, sshd_fleet.hosts["gamma"])
+
+    def devices(*args: str) -> list[str]:
+        done = run_cli(tmp_path, "collect", "os_info", *args, "--json")
+        assert done.returncode == 0, done.stderr
+        return [o["device"] for o in json.loads(done.stdout) if o["ok"]]
+
+    assert devices("--device", "gamma,alpha") == ["alpha", "gamma"]
+    assert devices("--tag", "web") == ["alpha", "beta"]
+    assert devices("--tag", "web", "--tag", "eu") == ["beta"]
+    assert devices("--device", "alpha,gamma", "--tag", "web") == ["alpha"]
+    unknown = run_cli(tmp_path, "collect", "os_info", "--device", "alpha,nope")
+    assert unknown.returncode == 2
+    assert "Unknown device 'nope'. Known devices: alpha, beta, gamma, local." in " ".join(
+        unknown.stderr.split()
+    )
+    none = run_cli(tmp_path, "collect", "os_info", "--tag", "db")
+    assert none.returncode == 2 and "No device carries all of the tags db" in none.stderr
+
+
 def test_collect_help_names_only_options_that_exist_and_documents_json(tmp_path: Path) -> None:
     collect = next(a for a in _parser()._actions if isinstance(a, argparse._SubParsersAction)).choices[
         "collect"

@@ -7,16 +7,18 @@ from typing import Annotated, Any, Literal
 
 from fastmcp.dependencies import Depends
 from fastmcp.tools import tool
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, Field
 
-from mcp_server.collection import Collected
+from mcp_server.collection import Collected, DeviceOutcome
 from mcp_server.commands import CommandList
 from mcp_server.commands.admin import CommandOutput, check_allowed
 from mcp_server.commands.base import Limit, Offset
 from mcp_server.db.queries import AuditPage, cut_commands
+from mcp_server.progress import OnStep
 from mcp_server.state import AppState, current_state
 from mcp_server.times import utc
 from mcp_server.tools import ADMIN_TAGS, READ_ONLY, DeviceArg, ForceRefresh, changes, expected_errors
+from mcp_server.tools.notify import step_reporter
 
 TOOLSET = "admin"
 # converted to UTC (UTC when no offset is given) and refused outside the years the server handles
@@ -49,8 +51,59 @@ async def collect(
 ) -> Collected[dict[str, Any]]:
     """Run any registered read command on a device by name and return its parsed result."""
     state.registry.get_read(command)
-    result = await state.service.collect(device, command, params, force_refresh=force_refresh)
-    return Collected[dict[str, Any]](**{**dict(result), "data": result.data.model_dump(mode="json")})
+    return _plain(await state.service.collect(device, command, params, force_refresh=force_refresh))
+
+
+class CollectedData(Collected[dict[str, Any]]):
+    """A collected result whose data is plain JSON, as `collect` returns it."""
+
+
+class DeviceCollected(DeviceOutcome[dict[str, Any]]):
+    result: CollectedData | None = None
+
+
+class CollectedMany(BaseModel):
+    """One command's result from each selected device; a device that failed carries its error instead."""
+
+    command: str
+    devices: list[DeviceCollected]
+    total: int
+    failed: int
+
+
+@tool(annotations=READ_ONLY)
+@expected_errors()
+async def collect_many(
+    command: str,
+    devices: list[str] | None = None,
+    tags: Annotated[list[str] | None, Field(description="Devices with all of these tags.")] = None,
+    params: dict[str, Any] | None = None,
+    force_refresh: ForceRefresh = False,
+    state: AppState = Depends(current_state),
+    on_device: OnStep = Depends(step_reporter),
+) -> CollectedMany:
+    """`collect` on many devices at once."""
+    state.registry.get_read(command)
+    names = state.service.select(devices, tags)
+    outcomes = await state.service.collect_many(
+        names, command, params, force_refresh=force_refresh, on_device=on_device
+    )
+    shown = [
+        DeviceCollected(
+            device=o.device,
+            ok=o.ok,
+            error_type=o.error_type,
+            error=o.error,
+            result=None if o.result is None else _plain(o.result),
+        )
+        for o in outcomes
+    ]
+    failed = sum(not o.ok for o in shown)
+    return CollectedMany(command=command, devices=shown, total=len(shown), failed=failed)
+
+
+def _plain(result: Collected[Any]) -> CollectedData:
+    return CollectedData(**{**dict(result), "data": result.data.model_dump(mode="json")})
 
 
 @tool(annotations=changes(destructive=True, idempotent=False), tags=ADMIN_TAGS)
@@ -117,6 +170,7 @@ async def query_audit_log(
 TOOLS = (
     list_commands,
     collect,
+    collect_many,
     run_command,
     query_audit_log,
 )
