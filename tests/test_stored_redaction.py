@@ -310,11 +310,14 @@ async def test_every_shape_of_the_secret_corpus_is_masked_wherever_it_can_reach_
                 await call("get_device", device=CONTROL)
                 for name in [CONTROL, *(s.text for s in SHAPES if not s.multiline)]:
                     await call(name)  # an unknown tool's name
-                # on a loaded machine the niced loops can rank below the listing's cut: look again (each
-                # listing's text is checked for secrets below) until every one has been seen
+                # on a loaded machine the niced loops can rank below the listing's cut: look again, with a new
+                # sample each time (a cached listing would repeat itself), until every one has been seen (each
+                # listing's text is checked for secrets below)
                 seen: dict[int, str] = {}
                 for _ in range(20):
-                    processes = await call("list_processes", device="local", sort_by="cpu", limit=200)
+                    processes = await call(
+                        "list_processes", device="local", sort_by="cpu", limit=200, force_refresh=True
+                    )
                     for p in json.loads(processes)["data"]["processes"]:
                         if f"worker {CONTROL}" in (p["args"] or ""):
                             seen[p["pid"]] = p["args"]
