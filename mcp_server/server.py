@@ -203,6 +203,11 @@ def start_failure(exc: BaseException) -> str:
     )
 
 
+# Answered at once by a deferred start: what a client waits for at launch (`initialize` up to the 2025
+# protocols, `server/discover` on 2026-07-28), and pings.
+NEGOTIATION = frozenset({"initialize", "server/discover", "ping"})
+
+
 class StartGate(Middleware):
     """A deferred start's gate (`serve --stdio`, whose client waits for `initialize` at every launch): the
     first message after `initialize` builds the tools, and every request but a ping or a listing waits until
@@ -213,9 +218,9 @@ class StartGate(Middleware):
 
     async def on_message(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         method = context.method or ""
-        if self.server is not None and method != "initialize":
+        if self.server is not None and method not in NEGOTIATION:
             self.server.build_deferred()
-            if context.type == "request" and method != "ping" and not method.endswith("/list"):
+            if context.type == "request" and not method.endswith("/list") and method != "logging/setLevel":
                 try:
                     await self.server.started()
                 except ConfigurationError as exc:
