@@ -161,7 +161,7 @@ async def test_a_failed_start_is_each_tool_calls_answer_and_in_the_log(
         for _ in range(2):
             result = await client.call_tool("list_devices", {}, raise_on_error=False)
             assert result.is_error
-            text = result.content[0].text  # type: ignore[union-attr]
+            text = result.content[0].text
             assert "could not open its state" in text and named in text and "hunter2" not in text, text
         with pytest.raises(MCPError, match="could not open its state"):
             await client.read_resource("infra://devices")
