@@ -2,6 +2,10 @@
 
 Every check runs the real entry point (`mcp_server.cli.main`) in a fresh interpreter and reads its
 `sys.modules` when it is done. bench/bench_startup.py measures what these imports cost.
+
+`serve --stdio` answers `initialize` before it builds its tools and while it opens its state: the last tests
+check that a client still gets the tools, and gets why the state could not be opened (on every tool call and
+in the log).
 """
 
 from __future__ import annotations
