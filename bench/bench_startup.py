@@ -6,11 +6,14 @@
 - `infrastructor serve --stdio` until `initialize` and `tools/list` are answered, against a one-tool FastMCP
   server started the same way;
 - with `python -X importtime`: what each entry point imports, and whether FastMCP, Alembic and asyncssh are
-  among it.
+  among it;
+- with `--before DIR` (another checkout, e.g. `git worktree add --detach /tmp/before main`): that code's
+  `serve --stdio` in the same rounds, on the same database.
 
 Scenarios are interleaved (one of each per round) so a noisy machine slows them alike; medians are reported.
 
-Run from the repository root: python bench/bench_startup.py [--repeat 7] [--hosts 20] [--out docs/benchmarks.md]
+Run from the repository root:
+python bench/bench_startup.py [--repeat 7] [--hosts 20] [--before DIR] [--out docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -106,13 +109,15 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def stdio_times(argv: Sequence[str], env: dict[str, str], results: Results, name: str) -> None:
+def stdio_times(
+    argv: Sequence[str], env: dict[str, str], results: Results, name: str, cwd: Path | None = None
+) -> None:
     """Seconds from start until `initialize` is answered, and until `tools/list` is; CPU of the whole life
-    (start, both answers, exit after stdin closes)."""
+    (start, both answers, exit after stdin closes). `cwd` picks the checkout `python -m mcp_server` runs."""
     cpu = children_cpu()
     started = time.perf_counter()
     proc = subprocess.Popen(
-        argv, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        argv, env=env, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
     )
     assert proc.stdin is not None and proc.stdout is not None
     try:
@@ -196,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--before", type=Path, help="another checkout whose `serve --stdio` runs alongside")
     args = parser.parse_args(argv)
     started = time.monotonic()
     results = Results()
@@ -221,7 +227,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             timed_run([*CLI, "collect", "os_info"], env, results, "collect local")
             timed_run([*CLI, "collect", "os_info", "--all"], env, results, "collect all")
             timed_run(loop, env, results, "ssh loop")
-            stdio_times([*CLI, "serve", "--stdio"], env, results, "ours")
+            stdio_times([*CLI, "serve", "--stdio"], env, results, "ours", cwd=ROOT)
+            if args.before is not None:
+                stdio_times([*CLI, "serve", "--stdio"], env, results, "before", cwd=args.before)
             stdio_times([PY, str(one_tool)], env, results, "one")
         profiles = {
             "`infrastructor --version`": import_profile([*CLI, "--version"], env),
@@ -280,6 +288,31 @@ def report(
         f"| `serve --stdio`, CPU of its whole life (start, both answers, exit) | {ms('ours life cpu')} | "
         f"one-tool FastMCP server: {ms('one life cpu')} | {ratio('ours life cpu', 'one life cpu')} |",
         f"| `devices add` (a new process, each of {n}) | {ms('devices add')} | | |",
+    ]
+    if args.before is not None:
+        commit = subprocess.run(
+            ["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        lines += [
+            "",
+            f"The code before (`--before`, at {commit}) in the same rounds, same database:",
+            "",
+            "| `serve --stdio` | Before | Now | One-tool FastMCP server | Before / one-tool | Now / one-tool |",
+            "|---|---|---|---|---|---|",
+        ]
+        for what, key in (
+            ("until `initialize` is answered", "initialize"),
+            ("until `tools/list`", "tools/list"),
+        ):
+            lines.append(
+                f"| {what} | {ms(f'before {key}')} | {ms(f'ours {key}')} | {ms(f'one {key}')} | "
+                f"{ratio(f'before {key}', f'one {key}')} | {ratio(f'ours {key}', f'one {key}')} |"
+            )
+        lines.append(
+            f"| CPU of its whole life | {ms('before life cpu')} | {ms('ours life cpu')} | {ms('one life cpu')} | "
+            f"{ratio('before life cpu', 'one life cpu')} | {ratio('ours life cpu', 'one life cpu')} |"
+        )
+    lines += [
         "",
         "What each entry point imports (`python -X importtime`, sum of the self times; importtime's own "
         "overhead included, so compare rows rather than with the wall times above):",

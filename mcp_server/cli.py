@@ -325,7 +325,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     from mcp_server.server import build_server, http_signing_key
 
     if args.stdio:
-        server = build_server(settings, transport="stdio")
+        # initialize is answered before the tools are built and while the state opens (StartGate)
+        server = build_server(settings, transport="stdio", defer_start=True)
         _started()
         asyncio.run(server.run_stdio_async(show_banner=False))
         return 0  # run() ends the process at once: every row is shipped or journaled by now

@@ -9,12 +9,16 @@ import logging
 import socket
 import sys
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
+import mcp_types as mt
 from fastmcp import FastMCP
+from fastmcp.exceptions import ToolError
 from fastmcp.server.http import HostOriginProtection, StarletteWithLifespan
+from fastmcp.server.middleware import CallNext, Middleware, MiddlewareContext
 from fastmcp.tools import Tool
+from mcp import MCPError
 from mcp.server.streamable_http import EventStore
 from mcp.shared.exceptions import MCPDeprecationWarning
 from starlette.middleware import Middleware as ASGIMiddleware
@@ -26,13 +30,14 @@ from mcp_server.alerts import AlertService
 from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
 from mcp_server.coherence import ChangeFeed
 from mcp_server.config_monitoring.notifier import ConfigNotifier
-from mcp_server.errors import ConfigurationError
+from mcp_server.errors import ConfigurationError, InfrastructorError
 from mcp_server.events import ConfigChanged
 from mcp_server.fastmcp_internals import low_level
 from mcp_server.logs import redact_log_handlers
 from mcp_server.middleware import AuditMiddleware, InvalidParamsMiddleware, ResultBudgetMiddleware
 from mcp_server.permissions import restrict_umask
 from mcp_server.polling.service import PollingService
+from mcp_server.redact import redact_text
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings, load_settings
 from mcp_server.state import AppState, open_database, open_state
@@ -85,10 +90,29 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         self.disabled_tools: set[str] = set()
         self.notifier = ConfigNotifier()
         self.subscriptions = Subscriptions(settings, audit, self.state_of, self.notifier)
+        # A deferred start (build_server(defer_start=True)): the tools still to build, and the task opening
+        # the state; both are None once done (or when nothing was deferred).
+        self.unbuilt: Callable[[], None] | None = None
+        self.starting: asyncio.Task[None] | None = None
 
     def state_of(self) -> AppState | None:
         """The running AppState (None before the lifespan has opened it)."""
         return self.app_state
+
+    def build_deferred(self) -> None:
+        """Build what a deferred start left for after `initialize` (the tools), once."""
+        build, self.unbuilt = self.unbuilt, None
+        if build is not None:
+            build()
+
+    async def started(self) -> None:
+        """Wait until a deferred start has opened the state; raise why it could not (ConfigurationError)."""
+        if self.starting is None:
+            return
+        try:
+            await asyncio.shield(self.starting)
+        except Exception as exc:
+            raise ConfigurationError(start_failure(exc)) from exc
 
     def http_app(
         self,
@@ -169,6 +193,43 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         await super().run_stdio_async(show_banner=show_banner, log_level=log_level, stateless=stateless)
 
 
+def start_failure(exc: BaseException) -> str:
+    """What a client and the log are told when the server could not open its state."""
+    what = str(exc) if isinstance(exc, InfrastructorError) else f"{type(exc).__name__}: {exc}"
+    return redact_text(
+        f"the server could not open its state, so no tool can run: {what.rstrip('.')}. Fix what it names "
+        "(INFRA_DATABASE_URL, INFRA_DATA_DIR, ...; `infrastructor migrate` shows a migration's whole error), "
+        "then restart the server."
+    )
+
+
+# Answered at once by a deferred start: what a client waits for at launch (`initialize` up to the 2025
+# protocols, `server/discover` on 2026-07-28), and pings.
+NEGOTIATION = frozenset({"initialize", "server/discover", "ping"})
+
+
+class StartGate(Middleware):
+    """A deferred start's gate (`serve --stdio`, whose client waits for `initialize` at every launch): the
+    first message after `initialize` builds the tools, and every request but a ping or a listing waits until
+    the state is open, or is answered with why it could not be opened."""
+
+    def __init__(self) -> None:
+        self.server: InfrastructorServer | None = None
+
+    async def on_message(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
+        method = context.method or ""
+        if self.server is not None and method not in NEGOTIATION:
+            self.server.build_deferred()
+            if context.type == "request" and not method.endswith("/list") and method != "logging/setLevel":
+                try:
+                    await self.server.started()
+                except ConfigurationError as exc:
+                    if method == "tools/call":
+                        raise ToolError(str(exc)) from exc
+                    raise MCPError(code=mt.INTERNAL_ERROR, message=str(exc)) from exc
+        return await call_next(context)
+
+
 async def _stop_polling(state: AppState) -> None:
     if state.polling is not None:
         await state.polling.stop()
@@ -187,11 +248,14 @@ def build_server(
     transport: str = "memory",
     state: AppState | None = None,
     signing_key: SigningKey | None = None,
+    defer_start: bool = False,
 ) -> InfrastructorServer:
     """The MCP server: tools, resources and prompts over one AppState.
 
     Without `state` the lifespan builds (and closes) its own; with one, clients share that state.
     With `signing_key`, HTTP requests need a bearer JWT it verifies, and tools and resources need their scope.
+    With `defer_start` (`serve --stdio`), the server answers `initialize` before it builds its tools and while
+    it opens its state: see StartGate.
     """
 
     @contextlib.asynccontextmanager
@@ -199,7 +263,9 @@ def build_server(
         assert isinstance(server, InfrastructorServer)
         # FastMCP (run_stdio_async with a log level) and uvicorn replace their handlers after start-up
         redact_log_handlers()
-        async with contextlib.AsyncExitStack() as stack:
+        context: dict[str, Any] = {}  # FastMCP hands this very dict to every request: "state" once open
+
+        async def start(stack: contextlib.AsyncExitStack) -> None:
             running = state
             if running is None:
                 # a state of its own: this server also runs its watchers and its poller (a shared state's
@@ -220,7 +286,29 @@ def build_server(
             stack.callback(setattr, server, "app_state", None)
             stack.callback(server.subscriptions.close)
             stack.callback(running.events.subscribe(server.notifier.on_event, types=(ConfigChanged,)))
-            yield {"state": running}
+            context["state"] = running
+
+        async def start_logged(stack: contextlib.AsyncExitStack) -> None:
+            try:
+                await start(stack)
+            except Exception as exc:
+                log.error("%s", start_failure(exc))
+                raise
+
+        async with contextlib.AsyncExitStack() as stack:
+            if not defer_start:
+                await start(stack)
+                yield context
+                return
+            server.starting = asyncio.create_task(start_logged(stack), name="infra-start")
+            try:
+                yield context
+            finally:
+                # what the start entered is in `stack`: it finishes before the stack unwinds (a cancelled
+                # open_state would leave its database connections open)
+                with contextlib.suppress(Exception):
+                    await server.starting
+                server.starting = None
 
     # Log notifications (tools/notify.py) are a deprecated feature used on purpose: its one warning per
     # process says nothing the operator can act on. Clients that set no level get warnings and above.
@@ -230,6 +318,7 @@ def build_server(
     audit = AuditMiddleware(settings, transport, enforce_scopes=signing_key is not None)
     budget = ResultBudgetMiddleware(settings.max_result_chars)
     invalid = InvalidParamsMiddleware()
+    gate = StartGate()
     mcp = InfrastructorServer(
         settings,
         audit,
@@ -240,17 +329,28 @@ def build_server(
         mask_error_details=True,
         client_log_level="warning",
         auth=signing_key.verifier(settings) if signing_key is not None else None,
-        middleware=[audit, invalid, budget],
+        middleware=[gate, audit, invalid, budget] if defer_start else [audit, invalid, budget],
     )
-    tools = _register_tools(mcp, settings)
-    invalid.offered = {t.name for t in tools}
-    mcp.subscriptions.install(mcp)
     # On the 2026-07-28 protocol the SDK checks Mcp-Param headers on every tools/call with arguments; without
     # a schema lookup it runs the whole tools/list chain per call (10-15 ms, most of a cached call's time).
     # Our tools declare no such headers, so their registered input schemas answer the same question.
-    low_level(mcp).get_tool_input_schema = {t.name: t.parameters for t in tools}.get
-    audit.tool_scopes = {t.name: required_scope(t.tags) for t in tools}
-    budget.keep_newest = {t.name for t in tools if KEEP_NEWEST in t.tags}
+    input_schemas: dict[str, dict[str, Any]] = {}
+    low_level(mcp).get_tool_input_schema = input_schemas.get
+
+    def build_tools() -> None:
+        tools = _register_tools(mcp, settings)
+        invalid.offered = {t.name for t in tools}
+        input_schemas.update({t.name: t.parameters for t in tools})
+        audit.tool_scopes = {t.name: required_scope(t.tags) for t in tools}
+        budget.keep_newest = {t.name for t in tools if KEEP_NEWEST in t.tags}
+
+    if defer_start:
+        # their schemas are most of a start's work, and a client waits for `initialize` at every launch
+        mcp.unbuilt = build_tools
+        gate.server = mcp
+    else:
+        build_tools()
+    mcp.subscriptions.install(mcp)
     resources.register(mcp)
     ui.register(mcp)
     prompts.register(mcp, offered=settings.offered_toolsets)

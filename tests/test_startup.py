@@ -2,18 +2,28 @@
 
 Every check runs the real entry point (`mcp_server.cli.main`) in a fresh interpreter and reads its
 `sys.modules` when it is done. bench/bench_startup.py measures what these imports cost.
+
+`serve --stdio` answers `initialize` before it builds its tools and while it opens its state: the last tests
+check that a client still gets the tools, and gets why the state could not be opened (on every tool call and
+in the log).
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.test_transports import cli_env, run_cli
+import pytest
+from fastmcp import Client
+from fastmcp.client.transports import StdioTransport
+from mcp import MCPError
+
+from tests.test_transports import CLI, cli_env, run_cli
 
 # runs main(argv) as the console script does, then records what it loaded
 PROBE = """
@@ -112,3 +122,52 @@ def test_the_head_revision_read_from_the_scripts_is_alembics() -> None:
     from mcp_server.db.engine import alembic_config, schema_head
 
     assert schema_head() == ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def test_stdio_lists_tools_to_a_client_that_skips_the_initialized_notification(tmp_path: Path) -> None:
+    # the tools are built after `initialize` is answered, by whatever message comes next
+    assert run_cli(tmp_path, "migrate").returncode == 0
+    requests: list[dict[str, Any]] = [INITIALIZE, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}]
+    code, _, stdout = probe(tmp_path, "serve", "--stdio", requests=requests)
+    answers = {a.get("id"): a for a in map(json.loads, stdout.splitlines())}
+    assert code == 0 and answers[1]["result"]["serverInfo"]["name"] == "infrastructor"
+    assert {"list_devices", "get_system_metrics"} <= {t["name"] for t in answers[2]["result"]["tools"]}
+
+
+def unknown_revision(tmp_path: Path) -> dict[str, str]:
+    """A SQLite database stamped with a revision no migration knows: migrating it fails."""
+    assert run_cli(tmp_path, "migrate").returncode == 0
+    with sqlite3.connect(tmp_path / "data" / "infrastructor.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = 'f00dfeedbeef'")
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        (
+            lambda _: {"INFRA_DATABASE_URL": "postgresql+asyncpg://bob:hunter2@127.0.0.1:1/nope"},
+            "127.0.0.1:1",
+        ),
+        (unknown_revision, "f00dfeedbeef"),
+    ],
+    ids=["unreachable database", "failed migration"],
+)
+async def test_a_failed_start_is_each_tool_calls_answer_and_in_the_log(
+    tmp_path: Path, setting: Callable[[Path], dict[str, str]], named: str
+) -> None:
+    # `initialize` is answered before the state is open: what stops it from opening must still reach the user
+    stderr = tmp_path / "stderr.log"
+    env = cli_env(tmp_path, **setting(tmp_path))
+    transport = StdioTransport(CLI, ["serve", "--stdio"], env=env, keep_alive=False, log_file=stderr)
+    async with Client(transport) as client:
+        assert "list_devices" in {t.name for t in await client.list_tools()}  # listing needs no state
+        for _ in range(2):
+            result = await client.call_tool("list_devices", {}, raise_on_error=False)
+            assert result.is_error
+            text = result.content[0].text
+            assert "could not open its state" in text and named in text and "hunter2" not in text, text
+        with pytest.raises(MCPError, match="could not open its state"):
+            await client.read_resource("infra://devices")
+    log = stderr.read_text()
+    assert "ERROR" in log and "could not open its state" in log and named in log and "hunter2" not in log
