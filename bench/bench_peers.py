@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import shlex
 import signal
 import socket
@@ -40,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -370,15 +371,29 @@ def ansible_setup(
     return env, control
 
 
-def ansible_argv(module: str, args: str | None) -> list[str]:
-    argv = [str(ansible_executable()), "fleet", "-m", module]
+def ansible_argv(module: str, args: str | None, pattern: str = "fleet") -> list[str]:
+    argv = [str(ansible_executable()), pattern, "-m", module]
     return [*argv, "-a", args] if args is not None else argv
 
 
 _ANSIBLE_OK = re.compile(r"^\S+ \| (?:SUCCESS|CHANGED)", re.M)
 
 
-def run_checked(argv: Sequence[str], env: dict[str, str], hosts: int | None = None) -> float:
+def children_cpu() -> float:
+    """CPU seconds (user + system) of every waited-for child process so far, their own children included."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_checked(argv: Sequence[str], env: dict[str, str], hosts: int | None = None) -> tuple[float, float]:
+    """Wall and CPU seconds (the process and its children) of one run that must succeed."""
+    cpu = children_cpu()
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
     elapsed = time.perf_counter() - started
@@ -388,7 +403,7 @@ def run_checked(argv: Sequence[str], env: dict[str, str], hosts: int | None = No
         )
     if hosts is not None and len(_ANSIBLE_OK.findall(done.stdout)) != hosts:
         raise RuntimeError(f"ansible answered for fewer than {hosts} hosts:\n{done.stdout[-2000:]}")
-    return elapsed
+    return elapsed, children_cpu() - cpu
 
 
 # --- Infrastructor -----------------------------------------------------------------------------------
@@ -462,14 +477,29 @@ async def setting(
     module_args = {"command": REMOTE, "raw": REMOTE, "setup": None}
     data_dir = work / "data"
     cli = [*CLI, "collect", "os_info", "--all", "--force-refresh"]
+    cli_local = [*CLI, "collect", "os_info", "--force-refresh"]  # the same process, no SSH at all
     env = os.environ.copy()
 
     def add(arm: str, seconds: float) -> None:
         results.add(f"{label}|{arm}", seconds)
 
+    async def process(arm: str, argv: list[str], env: dict[str, str], hosts: int | None = None) -> None:
+        wall, cpu = await asyncio.to_thread(run_checked, argv, env, hosts)
+        add(arm, wall)
+        add(f"{arm} cpu", cpu)
+
+    async def mcp(arm: str, pid: int, call: Awaitable[float]) -> None:
+        """Wall time; CPU of the server and of this process (the MCP client) during the call."""
+        server, client = process_cpu(pid), time.process_time()
+        add(arm, await call)
+        add(f"{arm} cpu", process_cpu(pid) - server + time.process_time() - client)
+        add(f"{arm} server cpu", process_cpu(pid) - server)
+
+    one = targets[0].name
     try:
         with serve(data_dir) as server:
             cli_env = server_env(data_dir, auth=True)
+            cli_one = [*CLI, "collect", "os_info", "--device", one, "--force-refresh"]
             async with server.client() as client:
                 await register(client, fleet, targets)
                 # untimed warm-up: host keys pinned, pools, ssh and Ansible masters open
@@ -481,29 +511,30 @@ async def setting(
                 await asyncio.to_thread(run_checked, cli, cli_env)
                 for i in range(repeat):
                     for module, args in module_args.items():
-                        argv = ansible_argv(module, args)
-                        add(
-                            f"ansible -m {module}", await asyncio.to_thread(run_checked, argv, ansible_env, n)
-                        )
+                        await process(f"ansible -m {module}", ansible_argv(module, args), ansible_env, n)
                     argv = ansible_argv("raw", REMOTE)
-                    add(
-                        "ansible -m raw, no ControlMaster",
-                        await asyncio.to_thread(run_checked, argv, cold_ansible_env, n),
-                    )
-                    add("ssh &", await asyncio.to_thread(run_checked, plain, env))
-                    add("ssh & ControlMaster", await asyncio.to_thread(run_checked, master, env))
-                    add("ssh 1 host", await asyncio.to_thread(run_checked, one_plain, env))
-                    add("ssh 1 host ControlMaster", await asyncio.to_thread(run_checked, one_master, env))
-                    add("cli cold", await asyncio.to_thread(run_checked, cli, cli_env))
-                    add("mcp collect all", await collect_all(client, targets))
-                    add("mcp collect 1 host", await collect_all(client, targets[:1]))
-                    add("overview warm", await overview(client, n, True))
-                    add("overview cached", await overview(client, n, False))
+                    await process("ansible -m raw, no ControlMaster", argv, cold_ansible_env, n)
+                    await process("ssh &", plain, env)
+                    await process("ssh & ControlMaster", master, env)
+                    await process("cli cold", cli, cli_env)
+                    await process("cli cold local", cli_local, cli_env)
+                    await mcp("mcp collect all", server.pid, collect_all(client, targets))
+                    await mcp("overview warm", server.pid, overview(client, n, True))
+                    await mcp("overview cached", server.pid, overview(client, n, False))
                     await drop_connections(client, targets, i)
                     logins = sum(t.host.accepted_logins() for t in targets)
-                    add("overview cold", await overview(client, n, True))
+                    await mcp("overview cold", server.pid, overview(client, n, True))
                     opened = sum(t.host.accepted_logins() for t in targets) - logins
                     assert opened == n, f"cold overview opened {opened} connections, not {n}"
+                    # one host: the round trips of each kind of call, without a fan-out's CPU contention
+                    await process(
+                        "1 ansible -m command", ansible_argv("command", REMOTE, one), ansible_env, 1
+                    )
+                    await process("1 ansible -m raw", ansible_argv("raw", REMOTE, one), ansible_env, 1)
+                    await process("1 ssh", one_plain, env)
+                    await process("1 ssh ControlMaster", one_master, env)
+                    await process("1 cli cold", cli_one, cli_env)
+                    await mcp("1 mcp collect", server.pid, collect_all(client, targets[:1]))
                     print(f"{label}: round {i + 1}/{repeat} done", file=sys.stderr, flush=True)
     finally:
         stop_masters([cm_dir, ansible_cp])
@@ -519,13 +550,17 @@ ARMS = [
     ("ssh &", "`ssh … &` per host + `wait`, new connections"),
     ("ssh & ControlMaster", "`ssh … &` per host + `wait`, warm ControlMaster"),
     ("cli cold", "`infrastructor collect os_info --all --force-refresh`, a new process"),
+    ("cli cold local", "`infrastructor collect os_info --force-refresh` (local device only, no SSH)"),
     ("mcp collect all", "MCP: N concurrent `collect` os_info (force_refresh), pooled"),
     ("overview warm", "MCP: `get_fleet_overview` force_refresh, pooled"),
     ("overview cold", "MCP: `get_fleet_overview` force_refresh, every connection new"),
     ("overview cached", "MCP: `get_fleet_overview` from the cache"),
-    ("ssh 1 host", "1 host: `ssh` new connection"),
-    ("ssh 1 host ControlMaster", "1 host: `ssh` over a warm ControlMaster"),
-    ("mcp collect 1 host", "1 host: MCP `collect` os_info (force_refresh), pooled"),
+    ("1 ansible -m command", "1 host: Ansible `-m command`, warm master"),
+    ("1 ansible -m raw", "1 host: Ansible `-m raw`, warm master"),
+    ("1 ssh", "1 host: `ssh`, new connection"),
+    ("1 ssh ControlMaster", "1 host: `ssh` over a warm ControlMaster"),
+    ("1 cli cold", "1 host: `infrastructor collect os_info --device h00 --force-refresh`, a new process"),
+    ("1 mcp collect", "1 host: MCP `collect` os_info (force_refresh), pooled"),
 ]
 PEERS = ["ansible -m command", "ansible -m raw", "ansible -m raw, no ControlMaster", "ansible -m setup"]
 PEERS += ["ssh &", "ssh & ControlMaster"]
@@ -542,19 +577,20 @@ def render(
     round_trip = rtt["relay delayed"] - rtt["veth direct"]
     lines = [
         BEGIN,
-        "### Against the tools people use (issue 17)",
+        "### Results",
         "",
         f"`{command_line('bench_peers.py')}` (as root: it makes a network namespace and a veth pair)",
         "",
         f"{args.hosts} sshd hosts; medians of {args.repeat} rounds, one of each arm per round, arms "
         "interleaved; the two settings run one after the other in the same process.",
         "",
-        f"| Arm | {loop} ms | {far} ms | added ms | added / RTT |",
-        "|---|---:|---:|---:|---:|",
+        f"| Arm | {loop} ms | {far} ms | added ms | added / RTT | our side's CPU ms, {loop} / {far} |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for arm, text in ARMS:
         a, b = med(loop, arm), med(far, arm)
-        lines.append(f"| {text} | {a:,.0f} | {b:,.0f} | {b - a:,.0f} | {(b - a) / round_trip:.1f} |")
+        cpu = f"{med(loop, arm + ' cpu'):,.0f} / {med(far, arm + ' cpu'):,.0f}"
+        lines.append(f"| {text} | {a:,.0f} | {b:,.0f} | {b - a:,.0f} | {(b - a) / round_trip:.1f} | {cpu} |")
     lines += [
         "",
         "| Ratio (of medians) | loopback | " + far + " | goal |",
@@ -568,7 +604,8 @@ def render(
 
     ratio("ansible -m command", "mcp collect all", ">= 40x")
     ratio("mcp collect all", "ssh & ControlMaster", "<= 1.1x")
-    ratio("mcp collect 1 host", "ssh 1 host ControlMaster", "context")
+    ratio("1 mcp collect", "1 ssh ControlMaster", "context")
+    ratio("1 ansible -m command", "1 mcp collect", "context")
     for peer in PEERS:
         ratio("cli cold", peer, "< 1 (faster than every peer)")
     lines += [
@@ -580,6 +617,20 @@ def render(
         f"measured {round_trip:.2f} ms.",
         f"Why a relay: {netem}.",
         "",
+        "- 'our side's CPU': user + system CPU of the client processes (ansible and its forks and ssh "
+        "processes; bash and ssh; the CLI process) or, for the MCP arms, of the server process plus this "
+        "process (the MCP client); the sshd side is in none of them. MCP server CPU alone, loopback: "
+        + ", ".join(
+            f"{arm} {med(loop, arm + ' server cpu'):,.0f} ms"
+            for arm in (
+                "mcp collect all",
+                "overview warm",
+                "overview cold",
+                "overview cached",
+                "1 mcp collect",
+            )
+        )
+        + ".",
         "- 'added / RTT' = (delayed - loopback) / RTT: the round trips on the critical path of one host "
         "(for the fan-outs, of the slowest host); the delayed setting also crosses a veth and the relay.",
         f"- Remote command of the os_info arms: `sh -c '<the os_info script>'` ({len(OS_INFO_SCRIPT)} characters: "
