@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -454,15 +454,15 @@ async def drop_connections(client: Client[Any], targets: list[Target], i: int) -
 # --- one network setting -----------------------------------------------------------------------------
 
 
+Arm = tuple[str, Callable[[int], Awaitable[None]]]
+
+
+@contextlib.asynccontextmanager
 async def setting(
-    label: str,
-    fleet: SshdFleet,
-    targets: list[Target],
-    work: Path,
-    repeat: int,
-    results: Results,
-) -> None:
-    """Every arm on one fleet, one of each per round."""
+    label: str, fleet: SshdFleet, targets: list[Target], work: Path, results: Results
+) -> AsyncIterator[list[Arm]]:
+    """One network setting ready to measure (server, MCP session, warm pools and masters): its arms in order,
+    each measured once per call with the round's number."""
     n = len(targets)
     known_hosts = work / "known_hosts"
     known_hosts.write_text("".join(f"[{t.address}]:{t.port} {t.host.host_key_line}\n" for t in targets))
@@ -478,28 +478,43 @@ async def setting(
     data_dir = work / "data"
     cli = [*CLI, "collect", "os_info", "--all", "--force-refresh"]
     cli_local = [*CLI, "collect", "os_info", "--force-refresh"]  # the same process, no SSH at all
+    one = targets[0].name
+    cli_one = [*CLI, "collect", "os_info", "--device", one, "--force-refresh"]
     env = os.environ.copy()
 
     def add(arm: str, seconds: float) -> None:
         results.add(f"{label}|{arm}", seconds)
 
-    async def process(arm: str, argv: list[str], env: dict[str, str], hosts: int | None = None) -> None:
-        wall, cpu = await asyncio.to_thread(run_checked, argv, env, hosts)
-        add(arm, wall)
-        add(f"{arm} cpu", cpu)
+    def process(arm: str, argv: list[str], env: dict[str, str], hosts: int | None = None) -> Arm:
+        async def measure(_round: int) -> None:
+            wall, cpu = await asyncio.to_thread(run_checked, argv, env, hosts)
+            add(arm, wall)
+            add(f"{arm} cpu", cpu)
 
-    async def mcp(arm: str, pid: int, call: Awaitable[float]) -> None:
+        return arm, measure
+
+    def mcp(arm: str, call: Callable[[int], Awaitable[float]]) -> Arm:
         """Wall time; CPU of the server and of this process (the MCP client) during the call."""
-        server, client = process_cpu(pid), time.process_time()
-        add(arm, await call)
-        add(f"{arm} cpu", process_cpu(pid) - server + time.process_time() - client)
-        add(f"{arm} server cpu", process_cpu(pid) - server)
 
-    one = targets[0].name
+        async def measure(i: int) -> None:
+            server_cpu, client_cpu = process_cpu(server.pid), time.process_time()
+            add(arm, await call(i))
+            add(f"{arm} cpu", process_cpu(server.pid) - server_cpu + time.process_time() - client_cpu)
+            add(f"{arm} server cpu", process_cpu(server.pid) - server_cpu)
+
+        return arm, measure
+
+    async def cold_overview(i: int) -> float:
+        await drop_connections(client, targets, i)
+        logins = sum(t.host.accepted_logins() for t in targets)
+        seconds = await overview(client, n, True)
+        opened = sum(t.host.accepted_logins() for t in targets) - logins
+        assert opened == n, f"cold overview opened {opened} connections, not {n}"
+        return seconds
+
     try:
         with serve(data_dir) as server:
             cli_env = server_env(data_dir, auth=True)
-            cli_one = [*CLI, "collect", "os_info", "--device", one, "--force-refresh"]
             async with server.client() as client:
                 await register(client, fleet, targets)
                 # untimed warm-up: host keys pinned, pools, ssh and Ansible masters open
@@ -509,35 +524,45 @@ async def setting(
                 for module, args in module_args.items():
                     await asyncio.to_thread(run_checked, ansible_argv(module, args), ansible_env, n)
                 await asyncio.to_thread(run_checked, cli, cli_env)
-                for i in range(repeat):
-                    for module, args in module_args.items():
-                        await process(f"ansible -m {module}", ansible_argv(module, args), ansible_env, n)
-                    argv = ansible_argv("raw", REMOTE)
-                    await process("ansible -m raw, no ControlMaster", argv, cold_ansible_env, n)
-                    await process("ssh &", plain, env)
-                    await process("ssh & ControlMaster", master, env)
-                    await process("cli cold", cli, cli_env)
-                    await process("cli cold local", cli_local, cli_env)
-                    await mcp("mcp collect all", server.pid, collect_all(client, targets))
-                    await mcp("overview warm", server.pid, overview(client, n, True))
-                    await mcp("overview cached", server.pid, overview(client, n, False))
-                    await drop_connections(client, targets, i)
-                    logins = sum(t.host.accepted_logins() for t in targets)
-                    await mcp("overview cold", server.pid, overview(client, n, True))
-                    opened = sum(t.host.accepted_logins() for t in targets) - logins
-                    assert opened == n, f"cold overview opened {opened} connections, not {n}"
+                yield [
+                    *(
+                        process(f"ansible -m {module}", ansible_argv(module, args), ansible_env, n)
+                        for module, args in module_args.items()
+                    ),
+                    process(
+                        "ansible -m raw, no ControlMaster", ansible_argv("raw", REMOTE), cold_ansible_env, n
+                    ),
+                    process("ssh &", plain, env),
+                    process("ssh & ControlMaster", master, env),
+                    process("cli cold", cli, cli_env),
+                    process("cli cold local", cli_local, cli_env),
+                    mcp("mcp collect all", lambda _i: collect_all(client, targets)),
+                    mcp("overview warm", lambda _i: overview(client, n, True)),
+                    mcp("overview cached", lambda _i: overview(client, n, False)),
+                    mcp("overview cold", cold_overview),
                     # one host: the round trips of each kind of call, without a fan-out's CPU contention
-                    await process(
-                        "1 ansible -m command", ansible_argv("command", REMOTE, one), ansible_env, 1
-                    )
-                    await process("1 ansible -m raw", ansible_argv("raw", REMOTE, one), ansible_env, 1)
-                    await process("1 ssh", one_plain, env)
-                    await process("1 ssh ControlMaster", one_master, env)
-                    await process("1 cli cold", cli_one, cli_env)
-                    await mcp("1 mcp collect", server.pid, collect_all(client, targets[:1]))
-                    print(f"{label}: round {i + 1}/{repeat} done", file=sys.stderr, flush=True)
+                    process("1 ansible -m command", ansible_argv("command", REMOTE, one), ansible_env, 1),
+                    process("1 ansible -m raw", ansible_argv("raw", REMOTE, one), ansible_env, 1),
+                    process("1 ssh", one_plain, env),
+                    process("1 ssh ControlMaster", one_master, env),
+                    process("1 cli cold", cli_one, cli_env),
+                    mcp("1 mcp collect", lambda _i: collect_all(client, targets[:1])),
+                ]
     finally:
         stop_masters([cm_dir, ansible_cp])
+
+
+async def interleaved(settings: list[tuple[str, SshdFleet, list[Target], Path]], repeat: int) -> Results:
+    """Both settings at once; each arm runs in one setting, then in the other, before the next arm."""
+    results = Results()
+    async with contextlib.AsyncExitStack() as stack:
+        arms = [await stack.enter_async_context(setting(*s, results)) for s in settings]
+        for i in range(repeat):
+            for same_arm in zip(*arms, strict=True):
+                for _name, measure in same_arm:
+                    await measure(i)
+            print(f"round {i + 1}/{repeat} done", file=sys.stderr, flush=True)
+    return results
 
 
 # --- report ------------------------------------------------------------------------------------------
@@ -566,10 +591,14 @@ PEERS = ["ansible -m command", "ansible -m raw", "ansible -m raw, no ControlMast
 PEERS += ["ssh &", "ssh & ControlMaster"]
 
 
+def far_label(args: argparse.Namespace) -> str:
+    return f"{2 * args.delay_ms:g} ms RTT"
+
+
 def render(
     results: Results, args: argparse.Namespace, rtt: dict[str, float], netem: str, seconds: float
 ) -> str:
-    loop, far = "loopback", f"{2 * args.delay_ms:g} ms RTT"
+    loop, far = "loopback", far_label(args)
 
     def med(setting: str, arm: str) -> float:
         return results.median(f"{setting}|{arm}")
@@ -581,8 +610,8 @@ def render(
         "",
         f"`{command_line('bench_peers.py')}` (as root: it makes a network namespace and a veth pair)",
         "",
-        f"{args.hosts} sshd hosts; medians of {args.repeat} rounds, one of each arm per round, arms "
-        "interleaved; the two settings run one after the other in the same process.",
+        f"{args.hosts} sshd hosts per setting; medians of {args.repeat} rounds; both settings run at once "
+        "and every arm runs on loopback, then at the delay, before the next arm.",
         "",
         f"| Arm | {loop} ms | {far} ms | added ms | added / RTT | our side's CPU ms, {loop} / {far} |",
         "|---|---:|---:|---:|---:|---:|",
@@ -681,35 +710,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     started = time.monotonic()
     ansible_executable()
     netem = netem_missing()
-    results = Results()
     rtt: dict[str, float] = {}
     names = [f"h{i:02d}" for i in range(args.hosts)]
-    with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
-        with SshdFleet() as fleet:
-            hosts = fleet.start_hosts(names)
-            targets = [Target(h.name, h.hostname, h.port, h) for h in hosts]
-            work = Path(tmp) / "loopback"
-            work.mkdir()
-            asyncio.run(setting("loopback", fleet, targets, work, args.repeat, results))
-        with namespace() as ns, NamespaceFleet(ns) as fleet:
-            hosts = fleet.start_hosts(names)
-            # the relay listens on the namespace's veth address with each sshd's port number
-            echo_port, zero_port = 7, 9
-            routes = [(h.port, h.port, args.delay_ms) for h in hosts]
-            routes += [(zero_port, echo_port, 0.0), (echo_port + 1, echo_port, args.delay_ms)]
-            with relay(ns, routes, echo_port):
-                for _ in range(3):  # interleaved; the mean of three medians
-                    for key, port in (("veth direct", echo_port), ("relay 0 ms", zero_port)):
-                        rtt.setdefault(key, 0.0)
-                        rtt[key] += ping_ms(ns.inner, port) / 3
-                    rtt["relay delayed"] = (
-                        rtt.get("relay delayed", 0.0) + ping_ms(ns.inner, echo_port + 1, 20) / 3
-                    )
-                targets = [Target(h.name, ns.inner, h.port, h) for h in hosts]
-                work = Path(tmp) / "delayed"
-                work.mkdir()
-                far = f"{2 * args.delay_ms:g} ms RTT"
-                asyncio.run(setting(far, fleet, targets, work, args.repeat, results))
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-peers-")))
+        near = stack.enter_context(SshdFleet())
+        near_hosts = near.start_hosts(names)
+        ns = stack.enter_context(namespace())
+        far = stack.enter_context(NamespaceFleet(ns))
+        far_hosts = far.start_hosts(names)
+        # the relay listens on the namespace's veth address with each sshd's port number
+        echo_port, zero_port = 7, 9
+        routes = [(h.port, h.port, args.delay_ms) for h in far_hosts]
+        routes += [(zero_port, echo_port, 0.0), (echo_port + 1, echo_port, args.delay_ms)]
+        stack.enter_context(relay(ns, routes, echo_port))
+        for _ in range(3):  # interleaved; the mean of three medians
+            for key, port, pings in (
+                ("veth direct", echo_port, PINGS),
+                ("relay 0 ms", zero_port, PINGS),
+                ("relay delayed", echo_port + 1, 20),
+            ):
+                rtt[key] = rtt.get(key, 0.0) + ping_ms(ns.inner, port, pings) / 3
+        for name in ("loopback", "delayed"):
+            (tmp / name).mkdir()
+        settings = [
+            ("loopback", near, [Target(h.name, h.hostname, h.port, h) for h in near_hosts], tmp / "loopback"),
+            (far_label(args), far, [Target(h.name, ns.inner, h.port, h) for h in far_hosts], tmp / "delayed"),
+        ]
+        results = asyncio.run(interleaved(settings, args.repeat))
     publish(render(results, args, rtt, netem, time.monotonic() - started), args.out, BEGIN, END)
 
 
