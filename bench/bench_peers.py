@@ -553,15 +553,36 @@ async def setting(
 
 
 async def interleaved(settings: list[tuple[str, SshdFleet, list[Target], Path]], repeat: int) -> Results:
-    """Both settings at once; each arm runs in one setting, then in the other, before the next arm."""
+    """Both settings at once; each arm runs in one setting, then in the other, before the next arm.
+
+    SIGINT/SIGTERM stop it between two steps: a cancelled task can be swallowed by the MCP client's task
+    groups, and the run would go on instead of cleaning up.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    def check() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt("stopped by a signal")
+
     results = Results()
-    async with contextlib.AsyncExitStack() as stack:
-        arms = [await stack.enter_async_context(setting(*s, results)) for s in settings]
-        for i in range(repeat):
-            for same_arm in zip(*arms, strict=True):
-                for _name, measure in same_arm:
-                    await measure(i)
-            print(f"round {i + 1}/{repeat} done", file=sys.stderr, flush=True)
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            arms = []
+            for s in settings:
+                arms.append(await stack.enter_async_context(setting(*s, results)))
+                check()
+            for i in range(repeat):
+                for same_arm in zip(*arms, strict=True):
+                    for _name, measure in same_arm:
+                        await measure(i)
+                        check()
+                print(f"round {i + 1}/{repeat} done", file=sys.stderr, flush=True)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
     return results
 
 
