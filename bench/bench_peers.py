@@ -665,7 +665,7 @@ def render(
         f"relay at {args.delay_ms:g} ms each way {rtt['relay delayed']:.3f} ms. So the relay itself adds "
         f"{rtt['relay 0 ms'] - rtt['veth direct']:.3f} ms per round trip; 'added / RTT' divides by the "
         f"measured {round_trip:.2f} ms.",
-        f"Why a relay: {netem}.",
+        f"Why a relay: {netem.rstrip('.')}.",
         "",
         "- 'our side's CPU': user + system CPU of the client processes (ansible and its forks and ssh "
         "processes; bash and ssh; the CLI process) or, for the MCP arms, of the server process plus this "
