@@ -1,6 +1,6 @@
 """Benchmark against the tools people compare us with (issue 17 §3), side by side in one run on N sshd hosts.
 
-Two network settings, one after the other, each with its own sshd fleet, server and data directory:
+Two network settings at once, each with its own sshd fleet, server and data directory:
 
 - loopback: the sshd hosts listen on 127.0.0.1, as in the other benchmarks;
 - delayed: the sshd hosts run inside a network namespace made by this script, joined to this one by a veth
@@ -9,7 +9,8 @@ Two network settings, one after the other, each with its own sshd fleet, server 
   `netem`; the script checks that `tc qdisc add … netem` fails and says so). The relay's own cost is measured
   in the same run: TCP ping-pong through the veth directly, through the relay at 0 ms, and at DELAY ms.
 
-Arms, one of each per round (interleaved so a noisy machine slows them alike), medians over the rounds:
+Arms, one of each per round, each run on loopback and then at the delay before the next arm (so a noisy
+machine slows both settings alike), medians over the rounds:
 
 - Ansible ad-hoc (a pinned ansible-core in its own venv, created on first use, not a test dependency):
   `-m command` and `-m raw` with the `os_info` script, `-m setup` (default fact gathering), forks = N, over
@@ -19,7 +20,8 @@ Arms, one of each per round (interleaved so a noisy machine slows them alike), m
   calls (os_info, force_refresh) over one MCP session to a running `serve` (HTTP, auth on); one pooled call;
   `get_fleet_overview` warm (pooled, force_refresh), cold (every connection new), cached.
 
-Everything created (namespace, veth, relay, sshd, ssh masters, server) is removed at the end, also on Ctrl-C.
+Everything created (namespace, veth, relay, sshd, ssh masters, server) is removed at the end, also on an
+exception, Ctrl-C or SIGTERM (a signal during the measured rounds stops the run after the current step).
 
 Run from the repository root as root:
     python bench/bench_peers.py [--repeat 5] [--hosts 20] [--delay-ms 20] [--out docs/benchmarks.md]
