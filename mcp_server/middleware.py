@@ -30,8 +30,10 @@ from mcp_server.audit import CallContext, audit_arguments, calling, oversized_ar
 from mcp_server.auth import ADMIN, READ, granted
 from mcp_server.budget import MARKER, Keep, fit
 from mcp_server.commands.containers import CONTAINER_PATTERN
+from mcp_server.db.engine import read_deadline
 from mcp_server.errors import (
     ArgumentsTooLarge,
+    DatabaseTimeout,
     DeviceNotFound,
     InfrastructorError,
     InvalidParameter,
@@ -158,6 +160,7 @@ class AuditMiddleware(Middleware):
         self.os_user = getpass.getuser()
         # tool name -> the scope it needs; filled by build_server once every tool is registered
         self.tool_scopes: dict[str, str] = {}
+        self.running = 0  # calls and reads between their start and their audit row
 
     def _context(self, target: str) -> tuple[CallContext, set[str] | None]:
         try:
@@ -270,8 +273,9 @@ class AuditMiddleware(Middleware):
         outcome, error_type, message = "ok", None, None
         state = context.fastmcp_context.lifespan_context.get("state") if context.fastmcp_context else None
         answered = True
+        self.running += 1
         try:
-            with calling(ctx):
+            with calling(ctx), read_deadline(self.settings.db_read_timeout):
                 try:
                     admit()
                     if state is not None:
@@ -282,11 +286,15 @@ class AuditMiddleware(Middleware):
         except BaseException as exc:
             answered = not isinstance(exc, asyncio.CancelledError)
             outcome, error_type, message = _outcome(exc)
+            if isinstance(exc.__cause__, DatabaseTimeout) and str(exc) != message:
+                # from any tool, also one that masks unexpected errors: the caller can act on it
+                raise error(message) from exc.__cause__
             masked = _redacted(exc, error)
             if masked is not None:
                 raise masked from exc.__cause__
             raise
         finally:
+            self.running -= 1
             if state is not None:
                 write_audit(
                     state,
@@ -300,8 +308,9 @@ class AuditMiddleware(Middleware):
                     message=message,
                 )
                 if answered and self.settings.audit_sync:
-                    # the answer leaves only once its audit row (and its collections') is on disk
-                    await state.writer.durable()
+                    # the answer leaves only once its audit row (and its collections') is on disk;
+                    # with no other call running it is written right here, else with theirs (group commit)
+                    await state.writer.durable(inline=self.running == 0)
 
 
 def _redacted(exc: BaseException, error: type[Exception]) -> Exception | None:
