@@ -7,11 +7,15 @@ costs a cached call.
    COPY on PostgreSQL), and on
    PostgreSQL asyncpg `executemany` and COPY; then the whole BatchWriter (add -> journal + fsync -> ship),
    and the same while the event loop is kept busy (the shipper has its own thread and engine).
-2. p50/p99 of a cached `collect` call over HTTP to a real server, answered only after the journal
-   fsync (INFRA_AUDIT_SYNC=true, the default) and without waiting for it, side by side (alternating blocks),
-   one caller and 10 concurrent callers.
+2. What the journal costs a cached call: the fsync of a 1 KB append on this disk (fsync, fdatasync, O_DSYNC,
+   a preallocated file, interleaved); `durable()` for one row inside a process, journaled by the caller
+   (one call in flight) and by the journal thread (the hand-off there and back), alternating; and p50/p99 of
+   a cached `collect` call over HTTP to a real server, answered only after the journal fsync
+   (INFRA_AUDIT_SYNC=true, the default) and without waiting for it, side by side (alternating blocks), one
+   caller and 10 concurrent callers.
 
-Run from the repository root: python bench/bench_audit.py [--rows 30000] [--calls 600] [--out docs/benchmarks.md]
+Run from the repository root:
+python bench/bench_audit.py [--rows 30000] [--calls 600] [--part all|throughput|call] [--out docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ from mcp_server.state import AppState, open_state  # noqa: E402
 
 BEGIN = "<!-- bench_audit:begin -->"
 END = "<!-- bench_audit:end -->"
+CALL_BEGIN = "<!-- bench_audit_call:begin -->"
+CALL_END = "<!-- bench_audit_call:end -->"
+LINE = b"x" * 1023 + b"\n"  # about one audit row
 PG_ADMIN = os.environ.get("INFRA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 BATCH = 1000
 DEVICES = 20
@@ -223,6 +230,65 @@ def _pct(samples: list[float], p: int) -> float:
     return ordered[max(1, -(-p * len(ordered) // 100)) - 1] * 1000
 
 
+def fsync_costs(directory: Path, samples: int) -> dict[str, tuple[float, float]]:
+    """p50/p99 ms of making one 1 KB append durable in `directory` (the journal's file system), each way
+    interleaved sample by sample: write + fsync (what the journal does), write + fdatasync, a file opened
+    O_DSYNC, and write + fdatasync into a preallocated, zero-written file (no size or extent to record)."""
+    ways = {
+        "fsync": (os.fsync, 0, False),
+        "fdatasync": (os.fdatasync, 0, False),
+        "O_DSYNC": (None, os.O_DSYNC, False),
+        "preallocated + fdatasync": (os.fdatasync, 0, True),
+    }
+    fds: dict[str, int] = {}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    try:
+        for name, (_, flags, preallocated) in ways.items():
+            path = directory / f"fsync-{len(fds)}"
+            fds[name] = os.open(path, os.O_WRONLY | os.O_CREAT | flags | (0 if preallocated else os.O_APPEND))
+            if preallocated:
+                os.pwrite(fds[name], b"\0" * (4 << 20), 0)
+                os.fsync(fds[name])
+        for i in range(samples):
+            for name, (sync, _, preallocated) in ways.items():
+                started = time.perf_counter()
+                if preallocated:
+                    os.pwrite(fds[name], LINE, i * len(LINE))
+                else:
+                    os.write(fds[name], LINE)
+                if sync is not None:
+                    sync(fds[name])
+                times[name].append(time.perf_counter() - started)
+            time.sleep(0.002)  # calls arrive apart, not back to back
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return {name: (_pct(v, 50), _pct(v, 99)) for name, v in times.items()}
+
+
+async def durable_wait(samples: int) -> dict[str, tuple[float, float]]:
+    """p50/p99 ms from `add` of one audit row to `durable()` returning, in one process, alternating: the row
+    journaled by the caller (what a call does when it is the only one in flight) and by the journal thread
+    (the hand-off there and back that concurrent calls share)."""
+    times: dict[str, list[float]] = {"caller": [], "journal thread": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        async with database("sqlite", Path(tmp)) as state:
+            writer = BatchWriter(state.db, Path(tmp) / "journal", interval=0.25)
+            writer.start()
+            try:
+                rows = [r for r in mix(3 * samples, datetime.now(UTC)) if r[0] is DataCollectionAudit]
+                for i, (table, row) in enumerate(rows[: 2 * samples]):
+                    inline = i % 2 == 0
+                    started = time.perf_counter()
+                    writer.add(table, row)
+                    await writer.durable(inline=inline)
+                    times["caller" if inline else "journal thread"].append(time.perf_counter() - started)
+                    await asyncio.sleep(0.002)
+            finally:
+                await writer.close()
+    return {name: (_pct(v, 50), _pct(v, 99)) for name, v in times.items()}
+
+
 async def latency(calls: int, concurrency: int) -> dict[str, tuple[float, float]]:
     """p50/p99 ms of a cached collect call over HTTP to two real servers, one answering after the journal
     fsync (sync) and one not waiting for it (async), in alternating blocks."""
@@ -260,9 +326,15 @@ async def latency(calls: int, concurrency: int) -> dict[str, tuple[float, float]
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.part in ("all", "throughput"):
+        await throughput_part(args)
+    if args.part in ("all", "call"):
+        await call_part(args)
+
+
+async def throughput_part(args: argparse.Namespace) -> None:
     started = time.monotonic()
     rates = {kind: await throughput(kind, args.rows, args.repeat) for kind in ("sqlite", "postgresql")}
-    lat = {c: await latency(args.calls, c) for c in (1, 10)}
     lines = [
         BEGIN,
         "### Durable audit path (issue 15)",
@@ -292,6 +364,44 @@ async def main(args: argparse.Namespace) -> None:
         "the journal (one fsync per batch) and the shipper thread; `add` cost "
         + ", ".join(f"{k} {r['add_us']:.0f} µs" for k, r in rates.items())
         + " per row on the request path. *Event loop busy*: the loop never yields until the rows are in.",
+    ]
+    lines += ["", f"- total run time {time.monotonic() - started:.0f} s"]
+    lines += machine("SQLite and PostgreSQL 15 on 127.0.0.1")
+    lines.append(END)
+    publish("\n".join(lines), args.out, BEGIN, END)
+
+
+async def call_part(args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:  # where the servers below keep their journals
+        disk_before = fsync_costs(Path(tmp), args.fsyncs)
+    waits = await durable_wait(args.fsyncs)
+    lat = {c: await latency(args.calls, c) for c in (1, 10)}
+    with tempfile.TemporaryDirectory() as tmp:
+        disk_after = fsync_costs(Path(tmp), args.fsyncs)
+    lines = [
+        CALL_BEGIN,
+        f"`{command_line('bench_audit.py')}`",
+        "",
+        f"**Making a 1 KB append durable on this disk** (ms, {args.fsyncs} samples each, the ways interleaved; "
+        "before and after the calls below)",
+        "",
+        "| way | p50 before | p99 before | p50 after | p99 after |",
+        "|---|---|---|---|---|",
+    ]
+    for way, (b50, b99) in disk_before.items():
+        a50, a99 = disk_after[way]
+        lines.append(f"| {way} | {b50:.2f} | {b99:.2f} | {a50:.2f} | {a99:.2f} |")
+    lines += [
+        "",
+        f"**`durable()` for one audit row** (ms from `add` to `durable()` returning, {args.fsyncs} rows each, "
+        "alternating, one process, SQLite)",
+        "",
+        "| journaled by | p50 | p99 |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {who} | {p50:.2f} | {p99:.2f} |" for who, (p50, p99) in waits.items()]
+    lines += [
         "",
         f"**A cached call** (`collect os_info` on `local` over HTTP to two `infrastructor serve` processes on "
         f"SQLite, one with INFRA_AUDIT_SYNC=true (the default), one false; {args.calls} calls each in "
@@ -308,9 +418,9 @@ async def main(args: argparse.Namespace) -> None:
             f"| {100 * (s50 / a50 - 1):+.0f}% | {100 * (s99 / a99 - 1):+.0f}% |"
         )
     lines += ["", f"- total run time {time.monotonic() - started:.0f} s"]
-    lines += machine("SQLite and PostgreSQL 15 on 127.0.0.1")
-    lines.append(END)
-    publish("\n".join(lines), args.out, BEGIN, END)
+    lines += machine("SQLite")
+    lines.append(CALL_END)
+    publish("\n".join(lines), args.out, CALL_BEGIN, CALL_END)
 
 
 if __name__ == "__main__":
@@ -318,5 +428,9 @@ if __name__ == "__main__":
     parser.add_argument("--rows", type=int, default=30_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--calls", type=int, default=600)
+    parser.add_argument(
+        "--fsyncs", type=int, default=300, help="samples of each fsync way and durable() wait"
+    )
+    parser.add_argument("--part", choices=["all", "throughput", "call"], default="all")
     parser.add_argument("--out", type=Path)
     asyncio.run(main(parser.parse_args()))
