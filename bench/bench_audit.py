@@ -16,6 +16,7 @@ costs a cached call.
 
 Run from the repository root:
 python bench/bench_audit.py [--rows 30000] [--calls 600] [--part all|throughput|call] [--out docs/benchmarks.md]
+    [--baseline CHECKOUT --baseline-label REV]  (e.g. `git worktree add /tmp/base REV`: its server as a third)
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,12 +44,14 @@ import asyncpg  # noqa: E402
 from fastmcp import Client  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
-from bench.harness import command_line, machine, publish, serve  # noqa: E402
+from bench.harness import Server, command_line, machine, publish, serve, server_env  # noqa: E402
+from bench.harness import _wait_healthy as wait_healthy  # noqa: E402
 from mcp_server.audit import AuditRecord, storable  # noqa: E402
 from mcp_server.db.tables import Base, CollectionSnapshot, DataCollectionAudit  # noqa: E402
 from mcp_server.journal import BatchWriter, Row, full_row, write_rows  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
 from mcp_server.state import AppState, open_state  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 BEGIN = "<!-- bench_audit:begin -->"
 END = "<!-- bench_audit:end -->"
@@ -289,39 +293,69 @@ async def durable_wait(samples: int) -> dict[str, tuple[float, float]]:
     return {name: (_pct(v, 50), _pct(v, 99)) for name, v in times.items()}
 
 
-async def latency(calls: int, concurrency: int) -> dict[str, tuple[float, float]]:
-    """p50/p99 ms of a cached collect call over HTTP to two real servers, one answering after the journal
-    fsync (sync) and one not waiting for it (async), in alternating blocks."""
-    samples: dict[str, list[float]] = {"sync": [], "async": []}
-    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        with (
-            serve(Path(a), auth=False, extra={"INFRA_AUDIT_SYNC": "true"}) as on,
-            serve(Path(b), auth=False, extra={"INFRA_AUDIT_SYNC": "false"}) as off,
-        ):
-            clients = {
-                "sync": [on.client() for _ in range(concurrency)],
-                "async": [off.client() for _ in range(concurrency)],
-            }
-            async with contextlib.AsyncExitStack() as stack:
-                for group in clients.values():
-                    for client in group:
-                        await stack.enter_async_context(client)
-                args = {"command": "os_info", "device": "local"}
-                for group in clients.values():
-                    for client in group:
-                        for _ in range(5):  # warm: cache filled, code paths hot
+@contextlib.contextmanager
+def serve_checkout(checkout: Path, data_dir: Path, extra: dict[str, str]) -> Iterator[Server]:
+    """`python -m mcp_server serve` with the code of another checkout (the baseline), auth off."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = server_env(data_dir, auth=False, extra=extra) | {"PYTHONPATH": str(checkout)}
+    port = free_port()
+    log_path = data_dir / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mcp_server", "serve", "--port", str(port)],
+            env=env,
+            cwd=checkout,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, log_path)
+        yield Server(f"http://127.0.0.1:{port}/mcp", {}, proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def latency(calls: int, concurrency: int, baseline: Path | None) -> dict[str, tuple[float, float]]:
+    """p50/p99 ms of a cached collect call over HTTP to real servers, one answering after the journal fsync
+    (sync), one not waiting for it (async) and, given a baseline checkout, one with its code answering after
+    the fsync (baseline), in alternating blocks."""
+    labels = ["sync", "async"] + (["baseline"] if baseline is not None else [])
+    samples: dict[str, list[float]] = {label: [] for label in labels}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
+        on = servers.enter_context(serve(Path(tmp) / "a", auth=False, extra={"INFRA_AUDIT_SYNC": "true"}))
+        off = servers.enter_context(serve(Path(tmp) / "b", auth=False, extra={"INFRA_AUDIT_SYNC": "false"}))
+        clients = {
+            "sync": [on.client() for _ in range(concurrency)],
+            "async": [off.client() for _ in range(concurrency)],
+        }
+        if baseline is not None:
+            before = servers.enter_context(
+                serve_checkout(baseline, Path(tmp) / "c", extra={"INFRA_AUDIT_SYNC": "true"})
+            )
+            clients["baseline"] = [before.client() for _ in range(concurrency)]
+        async with contextlib.AsyncExitStack() as stack:
+            for group in clients.values():
+                for client in group:
+                    await stack.enter_async_context(client)
+            args = {"command": "os_info", "device": "local"}
+            for group in clients.values():
+                for client in group:
+                    for _ in range(5):  # warm: cache filled, code paths hot
+                        await client.call_tool("collect", args)
+            block = 50
+            for _ in range(calls // block):
+                for label, group in clients.items():
+
+                    async def one(client: Client[Any], label: str = label) -> None:
+                        for _ in range(block // concurrency):
+                            started = time.perf_counter()
                             await client.call_tool("collect", args)
-                block = 50
-                for _ in range(calls // block):
-                    for label, group in clients.items():
+                            samples[label].append(time.perf_counter() - started)
 
-                        async def one(client: Client[Any], label: str = label) -> None:
-                            for _ in range(block // concurrency):
-                                started = time.perf_counter()
-                                await client.call_tool("collect", args)
-                                samples[label].append(time.perf_counter() - started)
-
-                        await asyncio.gather(*(one(c) for c in group))
+                    await asyncio.gather(*(one(c) for c in group))
     return {k: (_pct(v, 50), _pct(v, 99)) for k, v in samples.items()}
 
 
@@ -376,7 +410,7 @@ async def call_part(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:  # where the servers below keep their journals
         disk_before = fsync_costs(Path(tmp), args.fsyncs)
     waits = await durable_wait(args.fsyncs)
-    lat = {c: await latency(args.calls, c) for c in (1, 10)}
+    lat = {c: await latency(args.calls, c, args.baseline) for c in (1, 10)}
     with tempfile.TemporaryDirectory() as tmp:
         disk_after = fsync_costs(Path(tmp), args.fsyncs)
     lines = [
@@ -412,11 +446,21 @@ async def call_part(args: argparse.Namespace) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for c, pair in lat.items():
-        (s50, s99), (a50, a99) = pair["sync"], pair["async"]
-        lines.append(
-            f"| {c} | {s50:.2f} ms | {a50:.2f} ms | {s99:.2f} ms | {a99:.2f} ms "
-            f"| {100 * (s50 / a50 - 1):+.0f}% | {100 * (s99 / a99 - 1):+.0f}% |"
-        )
+        (a50, a99) = pair["async"]
+        for label, name in (("sync", "this code"), ("baseline", "baseline")):
+            if label in pair:
+                s50, s99 = pair[label]
+                lines.append(
+                    f"| {c} ({name}) | {s50:.2f} ms | {a50:.2f} ms | {s99:.2f} ms | {a99:.2f} ms "
+                    f"| {100 * (s50 / a50 - 1):+.0f}% | {100 * (s99 / a99 - 1):+.0f}% |"
+                )
+    if args.baseline is not None:
+        lines += [
+            "",
+            f"Baseline: a third server with the code of `{args.baseline_label or args.baseline}` answering after "
+            "the fsync, in the same alternating blocks; the cost columns compare each with the same server not "
+            "waiting.",
+        ]
     lines += ["", f"- total run time {time.monotonic() - started:.0f} s"]
     lines += machine("SQLite")
     lines.append(CALL_END)
@@ -432,5 +476,9 @@ if __name__ == "__main__":
         "--fsyncs", type=int, default=300, help="samples of each fsync way and durable() wait"
     )
     parser.add_argument("--part", choices=["all", "throughput", "call"], default="all")
+    parser.add_argument(
+        "--baseline", type=Path, help="a checkout of other code to compare the cached call with"
+    )
+    parser.add_argument("--baseline-label", help="how the report names the baseline (e.g. its commit)")
     parser.add_argument("--out", type=Path)
     asyncio.run(main(parser.parse_args()))

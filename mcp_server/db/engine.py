@@ -140,7 +140,7 @@ class Database:
             raise DatabaseTimeout(
                 f"The database did not answer within {seconds:g} s (INFRA_DB_READ_TIMEOUT): it is hanging or "
                 "overloaded. Retry later; answers that need no stored data (cached collections, list_devices) "
-                "still work, and get_service_health shows the audit pipeline's state."
+                "still work."
             ) from exc
 
     async def ping(self) -> bool:
