@@ -8,6 +8,7 @@ import getpass
 import inspect
 import ipaddress
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -54,6 +55,9 @@ if TYPE_CHECKING:
 MAX_TOOL_NAME = 128
 
 RESOURCE_SCOPES = {"infra://audit/": ADMIN}
+
+# Seconds after two calls last overlapped before a call journals its own audit row again (see _audited)
+ALONE_AFTER = 1.0
 
 
 def _resource_scope(uri: str) -> str:
@@ -161,6 +165,7 @@ class AuditMiddleware(Middleware):
         # tool name -> the scope it needs; filled by build_server once every tool is registered
         self.tool_scopes: dict[str, str] = {}
         self.running = 0  # calls and reads between their start and their audit row
+        self.overlapped_at = -math.inf  # monotonic time a call last started while another ran
 
     def _context(self, target: str) -> tuple[CallContext, set[str] | None]:
         try:
@@ -274,6 +279,8 @@ class AuditMiddleware(Middleware):
         state = context.fastmcp_context.lifespan_context.get("state") if context.fastmcp_context else None
         answered = True
         self.running += 1
+        if self.running > 1:
+            self.overlapped_at = time.monotonic()
         try:
             with calling(ctx), read_deadline(self.settings.db_read_timeout):
                 try:
@@ -308,9 +315,12 @@ class AuditMiddleware(Middleware):
                     message=message,
                 )
                 if answered and self.settings.audit_sync:
-                    # the answer leaves only once its audit row (and its collections') is on disk;
-                    # with no other call running it is written right here, else with theirs (group commit)
-                    await state.writer.durable(inline=self.running == 0)
+                    # the answer leaves only once its audit row (and its collections') is on disk. While
+                    # calls come one at a time, each writes its own here (no hand-off to the journal thread,
+                    # the event loop waits for the fsync); once they overlap, the journal thread writes
+                    # them in groups (group commit) and the loop goes on serving
+                    alone = time.monotonic() - self.overlapped_at > ALONE_AFTER
+                    await state.writer.durable(inline=alone and self.running == 0)
 
 
 def _redacted(exc: BaseException, error: type[Exception]) -> Exception | None:
