@@ -7,11 +7,16 @@ costs a cached call.
    COPY on PostgreSQL), and on
    PostgreSQL asyncpg `executemany` and COPY; then the whole BatchWriter (add -> journal + fsync -> ship),
    and the same while the event loop is kept busy (the shipper has its own thread and engine).
-2. p50/p99 of a cached `collect` call over HTTP to a real server, answered only after the journal
-   fsync (INFRA_AUDIT_SYNC=true, the default) and without waiting for it, side by side (alternating blocks),
-   one caller and 10 concurrent callers.
+2. What the journal costs a cached call: the fsync of a 1 KB append on this disk (fsync, fdatasync, O_DSYNC,
+   a preallocated file, interleaved); `durable()` for one row inside a process, journaled by the caller
+   (one call in flight) and by the journal thread (the hand-off there and back), alternating; and p50/p99 of
+   a cached `collect` call over HTTP to a real server, answered only after the journal fsync
+   (INFRA_AUDIT_SYNC=true, the default) and without waiting for it, side by side (alternating blocks), one
+   caller and 10 concurrent callers.
 
-Run from the repository root: python bench/bench_audit.py [--rows 30000] [--calls 600] [--out docs/benchmarks.md]
+Run from the repository root:
+python bench/bench_audit.py [--rows 30000] [--calls 600] [--part all|throughput|call] [--out docs/benchmarks.md]
+    [--baseline CHECKOUT --baseline-label REV]  (e.g. `git worktree add /tmp/base REV`: its server as a third)
 """
 
 from __future__ import annotations
@@ -22,11 +27,12 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,15 +44,20 @@ import asyncpg  # noqa: E402
 from fastmcp import Client  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 
-from bench.harness import command_line, machine, publish, serve  # noqa: E402
+from bench.harness import Server, command_line, machine, publish, serve, server_env  # noqa: E402
+from bench.harness import _wait_healthy as wait_healthy  # noqa: E402
 from mcp_server.audit import AuditRecord, storable  # noqa: E402
 from mcp_server.db.tables import Base, CollectionSnapshot, DataCollectionAudit  # noqa: E402
 from mcp_server.journal import BatchWriter, Row, full_row, write_rows  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
 from mcp_server.state import AppState, open_state  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
 
 BEGIN = "<!-- bench_audit:begin -->"
 END = "<!-- bench_audit:end -->"
+CALL_BEGIN = "<!-- bench_audit_call:begin -->"
+CALL_END = "<!-- bench_audit_call:end -->"
+LINE = b"x" * 1023 + b"\n"  # about one audit row
 PG_ADMIN = os.environ.get("INFRA_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 BATCH = 1000
 DEVICES = 20
@@ -223,46 +234,141 @@ def _pct(samples: list[float], p: int) -> float:
     return ordered[max(1, -(-p * len(ordered) // 100)) - 1] * 1000
 
 
-async def latency(calls: int, concurrency: int) -> dict[str, tuple[float, float]]:
-    """p50/p99 ms of a cached collect call over HTTP to two real servers, one answering after the journal
-    fsync (sync) and one not waiting for it (async), in alternating blocks."""
-    samples: dict[str, list[float]] = {"sync": [], "async": []}
-    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
-        with (
-            serve(Path(a), auth=False, extra={"INFRA_AUDIT_SYNC": "true"}) as on,
-            serve(Path(b), auth=False, extra={"INFRA_AUDIT_SYNC": "false"}) as off,
-        ):
-            clients = {
-                "sync": [on.client() for _ in range(concurrency)],
-                "async": [off.client() for _ in range(concurrency)],
-            }
-            async with contextlib.AsyncExitStack() as stack:
-                for group in clients.values():
-                    for client in group:
-                        await stack.enter_async_context(client)
-                args = {"command": "os_info", "device": "local"}
-                for group in clients.values():
-                    for client in group:
-                        for _ in range(5):  # warm: cache filled, code paths hot
+def fsync_costs(directory: Path, samples: int) -> dict[str, tuple[float, float]]:
+    """p50/p99 ms of making one 1 KB append durable in `directory` (the journal's file system), each way
+    interleaved sample by sample: write + fsync (what the journal does), write + fdatasync, a file opened
+    O_DSYNC, and write + fdatasync into a preallocated, zero-written file (no size or extent to record)."""
+    ways = {
+        "fsync": (os.fsync, 0, False),
+        "fdatasync": (os.fdatasync, 0, False),
+        "O_DSYNC": (None, os.O_DSYNC, False),
+        "preallocated + fdatasync": (os.fdatasync, 0, True),
+    }
+    fds: dict[str, int] = {}
+    times: dict[str, list[float]] = {name: [] for name in ways}
+    try:
+        for name, (_, flags, preallocated) in ways.items():
+            path = directory / f"fsync-{len(fds)}"
+            fds[name] = os.open(path, os.O_WRONLY | os.O_CREAT | flags | (0 if preallocated else os.O_APPEND))
+            if preallocated:
+                os.pwrite(fds[name], b"\0" * (4 << 20), 0)
+                os.fsync(fds[name])
+        for i in range(samples):
+            for name, (sync, _, preallocated) in ways.items():
+                started = time.perf_counter()
+                if preallocated:
+                    os.pwrite(fds[name], LINE, i * len(LINE))
+                else:
+                    os.write(fds[name], LINE)
+                if sync is not None:
+                    sync(fds[name])
+                times[name].append(time.perf_counter() - started)
+            time.sleep(0.002)  # calls arrive apart, not back to back
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return {name: (_pct(v, 50), _pct(v, 99)) for name, v in times.items()}
+
+
+async def durable_wait(samples: int) -> dict[str, tuple[float, float]]:
+    """p50/p99 ms from `add` of one audit row to `durable()` returning, in one process, alternating: the row
+    journaled by the caller (what a call does when it is the only one in flight) and by the journal thread
+    (the hand-off there and back that concurrent calls share)."""
+    times: dict[str, list[float]] = {"caller": [], "journal thread": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        async with database("sqlite", Path(tmp)) as state:
+            writer = BatchWriter(state.db, Path(tmp) / "journal", interval=0.25)
+            writer.start()
+            try:
+                rows = [r for r in mix(3 * samples, datetime.now(UTC)) if r[0] is DataCollectionAudit]
+                for i, (table, row) in enumerate(rows[: 2 * samples]):
+                    inline = i % 2 == 0
+                    started = time.perf_counter()
+                    writer.add(table, row)
+                    await writer.durable(inline=inline)
+                    times["caller" if inline else "journal thread"].append(time.perf_counter() - started)
+                    await asyncio.sleep(0.002)
+            finally:
+                await writer.close()
+    return {name: (_pct(v, 50), _pct(v, 99)) for name, v in times.items()}
+
+
+@contextlib.contextmanager
+def serve_checkout(checkout: Path, data_dir: Path, extra: dict[str, str]) -> Iterator[Server]:
+    """`python -m mcp_server serve` with the code of another checkout (the baseline), auth off."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    env = server_env(data_dir, auth=False, extra=extra) | {"PYTHONPATH": str(checkout)}
+    port = free_port()
+    log_path = data_dir / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mcp_server", "serve", "--port", str(port)],
+            env=env,
+            cwd=checkout,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/health", proc, log_path)
+        yield Server(f"http://127.0.0.1:{port}/mcp", {}, proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def latency(calls: int, concurrency: int, baseline: Path | None) -> dict[str, tuple[float, float]]:
+    """p50/p99 ms of a cached collect call over HTTP to real servers, one answering after the journal fsync
+    (sync), one not waiting for it (async) and, given a baseline checkout, one with its code answering after
+    the fsync (baseline), in alternating blocks."""
+    labels = ["sync", "async"] + (["baseline"] if baseline is not None else [])
+    samples: dict[str, list[float]] = {label: [] for label in labels}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
+        on = servers.enter_context(serve(Path(tmp) / "a", auth=False, extra={"INFRA_AUDIT_SYNC": "true"}))
+        off = servers.enter_context(serve(Path(tmp) / "b", auth=False, extra={"INFRA_AUDIT_SYNC": "false"}))
+        clients = {
+            "sync": [on.client() for _ in range(concurrency)],
+            "async": [off.client() for _ in range(concurrency)],
+        }
+        if baseline is not None:
+            before = servers.enter_context(
+                serve_checkout(baseline, Path(tmp) / "c", extra={"INFRA_AUDIT_SYNC": "true"})
+            )
+            clients["baseline"] = [before.client() for _ in range(concurrency)]
+        async with contextlib.AsyncExitStack() as stack:
+            for group in clients.values():
+                for client in group:
+                    await stack.enter_async_context(client)
+            args = {"command": "os_info", "device": "local"}
+            for group in clients.values():
+                for client in group:
+                    for _ in range(5):  # warm: cache filled, code paths hot
+                        await client.call_tool("collect", args)
+            block = 50
+            for _ in range(calls // block):
+                for label, group in clients.items():
+
+                    async def one(client: Client[Any], label: str = label) -> None:
+                        for _ in range(block // concurrency):
+                            started = time.perf_counter()
                             await client.call_tool("collect", args)
-                block = 50
-                for _ in range(calls // block):
-                    for label, group in clients.items():
+                            samples[label].append(time.perf_counter() - started)
 
-                        async def one(client: Client[Any], label: str = label) -> None:
-                            for _ in range(block // concurrency):
-                                started = time.perf_counter()
-                                await client.call_tool("collect", args)
-                                samples[label].append(time.perf_counter() - started)
-
-                        await asyncio.gather(*(one(c) for c in group))
+                    await asyncio.gather(*(one(c) for c in group))
     return {k: (_pct(v, 50), _pct(v, 99)) for k, v in samples.items()}
 
 
 async def main(args: argparse.Namespace) -> None:
+    if args.part in ("all", "throughput"):
+        await throughput_part(args)
+    if args.part in ("all", "call"):
+        await call_part(args)
+
+
+async def throughput_part(args: argparse.Namespace) -> None:
     started = time.monotonic()
     rates = {kind: await throughput(kind, args.rows, args.repeat) for kind in ("sqlite", "postgresql")}
-    lat = {c: await latency(args.calls, c) for c in (1, 10)}
     lines = [
         BEGIN,
         "### Durable audit path (issue 15)",
@@ -292,6 +398,44 @@ async def main(args: argparse.Namespace) -> None:
         "the journal (one fsync per batch) and the shipper thread; `add` cost "
         + ", ".join(f"{k} {r['add_us']:.0f} µs" for k, r in rates.items())
         + " per row on the request path. *Event loop busy*: the loop never yields until the rows are in.",
+    ]
+    lines += ["", f"- total run time {time.monotonic() - started:.0f} s"]
+    lines += machine("SQLite and PostgreSQL 15 on 127.0.0.1")
+    lines.append(END)
+    publish("\n".join(lines), args.out, BEGIN, END)
+
+
+async def call_part(args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:  # where the servers below keep their journals
+        disk_before = fsync_costs(Path(tmp), args.fsyncs)
+    waits = await durable_wait(args.fsyncs)
+    lat = {c: await latency(args.calls, c, args.baseline) for c in (1, 10)}
+    with tempfile.TemporaryDirectory() as tmp:
+        disk_after = fsync_costs(Path(tmp), args.fsyncs)
+    lines = [
+        CALL_BEGIN,
+        f"`{command_line('bench_audit.py')}`",
+        "",
+        f"**Making a 1 KB append durable on this disk** (ms, {args.fsyncs} samples each, the ways interleaved; "
+        "before and after the calls below)",
+        "",
+        "| way | p50 before | p99 before | p50 after | p99 after |",
+        "|---|---|---|---|---|",
+    ]
+    for way, (b50, b99) in disk_before.items():
+        a50, a99 = disk_after[way]
+        lines.append(f"| {way} | {b50:.2f} | {b99:.2f} | {a50:.2f} | {a99:.2f} |")
+    lines += [
+        "",
+        f"**`durable()` for one audit row** (ms from `add` to `durable()` returning, {args.fsyncs} rows each, "
+        "alternating, one process, SQLite)",
+        "",
+        "| journaled by | p50 | p99 |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {who} | {p50:.2f} | {p99:.2f} |" for who, (p50, p99) in waits.items()]
+    lines += [
         "",
         f"**A cached call** (`collect os_info` on `local` over HTTP to two `infrastructor serve` processes on "
         f"SQLite, one with INFRA_AUDIT_SYNC=true (the default), one false; {args.calls} calls each in "
@@ -302,15 +446,25 @@ async def main(args: argparse.Namespace) -> None:
         "|---|---|---|---|---|---|---|",
     ]
     for c, pair in lat.items():
-        (s50, s99), (a50, a99) = pair["sync"], pair["async"]
-        lines.append(
-            f"| {c} | {s50:.2f} ms | {a50:.2f} ms | {s99:.2f} ms | {a99:.2f} ms "
-            f"| {100 * (s50 / a50 - 1):+.0f}% | {100 * (s99 / a99 - 1):+.0f}% |"
-        )
+        (a50, a99) = pair["async"]
+        for label, name in (("sync", "this code"), ("baseline", "baseline")):
+            if label in pair:
+                s50, s99 = pair[label]
+                lines.append(
+                    f"| {c} ({name}) | {s50:.2f} ms | {a50:.2f} ms | {s99:.2f} ms | {a99:.2f} ms "
+                    f"| {100 * (s50 / a50 - 1):+.0f}% | {100 * (s99 / a99 - 1):+.0f}% |"
+                )
+    if args.baseline is not None:
+        lines += [
+            "",
+            f"Baseline: a third server with the code of `{args.baseline_label or args.baseline}` answering after "
+            "the fsync, in the same alternating blocks; the cost columns compare each with the same server not "
+            "waiting.",
+        ]
     lines += ["", f"- total run time {time.monotonic() - started:.0f} s"]
-    lines += machine("SQLite and PostgreSQL 15 on 127.0.0.1")
-    lines.append(END)
-    publish("\n".join(lines), args.out, BEGIN, END)
+    lines += machine("SQLite")
+    lines.append(CALL_END)
+    publish("\n".join(lines), args.out, CALL_BEGIN, CALL_END)
 
 
 if __name__ == "__main__":
@@ -318,5 +472,13 @@ if __name__ == "__main__":
     parser.add_argument("--rows", type=int, default=30_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--calls", type=int, default=600)
+    parser.add_argument(
+        "--fsyncs", type=int, default=300, help="samples of each fsync way and durable() wait"
+    )
+    parser.add_argument("--part", choices=["all", "throughput", "call"], default="all")
+    parser.add_argument(
+        "--baseline", type=Path, help="a checkout of other code to compare the cached call with"
+    )
+    parser.add_argument("--baseline-label", help="how the report names the baseline (e.g. its commit)")
     parser.add_argument("--out", type=Path)
     asyncio.run(main(parser.parse_args()))

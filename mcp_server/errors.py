@@ -259,6 +259,12 @@ class StorageError(InfrastructorError):
     error_type = "storage_error"
 
 
+class DatabaseTimeout(StorageError):
+    """The database did not answer a call's read within INFRA_DB_READ_TIMEOUT (it hangs or is overloaded)."""
+
+    error_type = "database_timeout"
+
+
 def invalid(exc: ValidationError, prefix: str = "") -> InvalidParameter:
     """An InvalidParameter naming every field pydantic rejected and why ('port: ...; hostname: ...')."""
     problems = "; ".join(

@@ -210,6 +210,8 @@ class BatchWriter:
         self._ship_loop: asyncio.AbstractEventLoop | None = None
         self._ship_wake: asyncio.Event | None = None
         self._ship_ready = threading.Event()
+        self._append_lock = threading.Lock()  # one journal writer at a time: the thread or an inline call
+        self._carry: list[Row] = []  # rows made storable whose write failed: retried first, as they are
         self.written = 0
         self.failures = 0
         self.replayed = 0  # rows shipped from segments of a process that died
@@ -232,8 +234,13 @@ class BatchWriter:
     def audit(self, record: AuditRecord) -> None:
         self.add(DataCollectionAudit, record.row())
 
-    async def durable(self) -> None:
-        """Return once every row added so far is fsynced in the journal; raise JournalError if it cannot be."""
+    async def durable(self, *, inline: bool = False) -> None:
+        """Return once every row added so far is fsynced in the journal; raise JournalError if it cannot be.
+
+        With `inline` (calls come one at a time, nothing to group), the rows are written and fsynced right
+        here, blocking the event loop for the fsync, when the journal is free: no hand-off to the journal
+        thread and back (two thread wake-ups, a millisecond or more on a busy machine). Otherwise the
+        journal thread writes them with whatever else arrived (group commit)."""
         if self._journal_thread is None:
             if self._closed:
                 return  # a call that outlived the server's shutdown: nothing journals any more
@@ -244,8 +251,24 @@ class BatchWriter:
                 return
             if self._journal_error is not None:
                 raise JournalError(f"the audit journal cannot be written: {self._journal_error}")
-            future: asyncio.Future[None] = loop.create_future()
-            self._durable_waiters.append((self._added, loop, future))
+            target = self._added
+            here = (
+                inline
+                and not self._stopping
+                and not self._durable_waiters
+                and self._append_lock.acquire(blocking=False)
+            )
+        if here:
+            try:
+                self._journal_queued()
+            finally:
+                self._append_lock.release()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._cond:
+            if self._journaled >= target:
+                return
+            # not journaled here (busy, or the write failed): the journal thread writes or retries it
+            self._durable_waiters.append((target, loop, future))
             self._cond.notify()
         await future
 
@@ -375,51 +398,62 @@ class BatchWriter:
 
     def _journal_main(self) -> None:
         backoff = 0.05
-        carry: list[Row] = []  # rows made storable whose write failed: retried first, as they are
         while True:
             with self._cond:
                 # group commit: wake for a waiter, a full batch, the interval, or the end
                 while not (self._stopping or self._durable_waiters or len(self._queue) >= self._max_batch):
                     if not self._cond.wait(self._interval) and self._queue:
                         break
-                if not self._queue and not carry:
-                    if self._stopping:
-                        self._finish_active()
-                        return
+                idle = not self._queue and not self._carry
+                if idle and not self._stopping:
                     continue
-                taken, self._queue = self._queue, []
-            batch = carry + [(table, full_row(table, storable(table, row))) for table, row in taken]
-            try:
-                chunk = self._append(batch)
-            except OSError as exc:
-                carry = batch
-                self._note_error(f"journal: {exc}")
-                log.error(
-                    "audit journal write failed (%s); %d rows kept in memory and retried", exc, len(batch)
-                )
-                with self._cond:
-                    self._journal_error = exc
-                    stop = self._stopping
-                if stop:
-                    return
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-                continue
-            carry = []
-            backoff = 0.05
+            if idle:  # stopping, and everything is journaled (an inline write holds the lock to its end)
+                with self._append_lock, self._cond:
+                    self._finish_active()
+                return
+            with self._append_lock:
+                if self._journal_queued():
+                    backoff = 0.05
+                    continue
             with self._cond:
-                seq = self._journaled + len(batch)
-                self._journal_error = None
-                self._journaled = seq
-                self._unshipped_since.append((seq, chunk.at))
-                if self._cache_rows + len(chunk.rows) <= _CACHE_ROWS:
-                    self._cache.append(chunk)
-                    self._cache_rows += len(chunk.rows)
-                ready = [w for w in self._durable_waiters if w[0] <= seq]
-                self._durable_waiters = [w for w in self._durable_waiters if w[0] > seq]
-            for _, loop, future in ready:
-                _resolve(loop, future, None)
-            self._wake_shipper(now=len(self._flush_waiters) > 0)
+                stop = self._stopping
+            if stop:
+                return
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _journal_queued(self) -> bool:
+        """Journal the queued rows (with the append lock held); False when the write failed (the rows are
+        kept in memory and retried first)."""
+        with self._cond:
+            taken, self._queue = self._queue, []
+        batch = self._carry + [(table, full_row(table, storable(table, row))) for table, row in taken]
+        if not batch:
+            return True
+        try:
+            chunk = self._append(batch)
+        except OSError as exc:
+            self._carry = batch
+            self._note_error(f"journal: {exc}")
+            log.error("audit journal write failed (%s); %d rows kept in memory and retried", exc, len(batch))
+            with self._cond:
+                self._journal_error = exc
+            return False
+        self._carry = []
+        with self._cond:
+            seq = self._journaled + len(batch)
+            self._journal_error = None
+            self._journaled = seq
+            self._unshipped_since.append((seq, chunk.at))
+            if self._cache_rows + len(chunk.rows) <= _CACHE_ROWS:
+                self._cache.append(chunk)
+                self._cache_rows += len(chunk.rows)
+            ready = [w for w in self._durable_waiters if w[0] <= seq]
+            self._durable_waiters = [w for w in self._durable_waiters if w[0] > seq]
+        for _, loop, future in ready:
+            _resolve(loop, future, None)
+        self._wake_shipper(now=len(self._flush_waiters) > 0)
+        return True
 
     def _append(self, batch: list[Row]) -> _Chunk:
         lines = [_line(table, row) for table, row in batch]

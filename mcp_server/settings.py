@@ -69,6 +69,13 @@ class Settings(BaseSettings):
         description="Deadline of one database write of journaled rows; past it the rows stay journaled "
         "and are shipped when the database answers again.",
     )
+    db_read_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=600,
+        description="Seconds a tool call or resource read waits for one database read; past it the call fails "
+        "with a 'database did not answer' error (audited) instead of hanging with the database.",
+    )
     audit_queue_max: int = Field(
         default=10_000,
         ge=1,

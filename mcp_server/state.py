@@ -30,6 +30,7 @@ from mcp_server.db.storage import ConfigureReport
 from mcp_server.db.storage import configure as configure_storage
 from mcp_server.db.tables import CacheMetadata
 from mcp_server.devices import Device, DeviceInfo, DeviceRegistry, describe
+from mcp_server.errors import DatabaseTimeout
 from mcp_server.event_log import record_events
 from mcp_server.events import EventBus
 from mcp_server.executors import LocalExecutor
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# After the database failed to answer a health reload in time, seconds before it is asked again
+HEALTH_RETRY_AFTER = 30.0
 # At shutdown, the time given to the database to take the journaled rows, and then to close its connections
 SHUTDOWN_SHIP_SECONDS = 0.5
 
@@ -74,6 +77,7 @@ class AppState:
     feed: ChangeFeed | None = None  # set while a server's lifespan runs the change feed
     changes_seen: int = 0  # the last registry change already reflected in what open_state loaded
     alerts: AlertService | None = None  # set while a server's lifespan evaluates the alert rules
+    health_retry_at: float = 0.0  # monotonic time before which refresh_health keeps the copy it has
 
     def describe(self, device: Device) -> DeviceInfo:
         """A device as clients see it, with whether its pooled connection is open now and its health."""
@@ -82,8 +86,16 @@ class AppState:
         )
 
     async def refresh_health(self) -> None:
-        """Reload the devices' shared health (circuit breakers) if this copy is a few seconds old."""
-        await self.health.refresh()
+        """Reload the devices' shared health (circuit breakers) if this copy is a few seconds old. A database
+        that does not answer within INFRA_DB_READ_TIMEOUT leaves this copy in use, and is asked again only
+        after HEALTH_RETRY_AFTER seconds, so the calls that show health answer from memory meanwhile."""
+        if time.monotonic() < self.health_retry_at:
+            return
+        try:
+            await self.health.refresh()
+        except DatabaseTimeout as exc:
+            self.health_retry_at = time.monotonic() + HEALTH_RETRY_AFTER
+            log.warning("device health not reloaded, the last copy is shown: %s", exc)
 
     async def audit_page(self, *, limit: int, offset: int, **filters: Any) -> AuditPage:
         """Audit entries matching `filters`: everything audited up to this moment when the database takes it

@@ -27,6 +27,7 @@ from fastmcp import Client
 from fastmcp.client.transports import StreamableHttpTransport
 from fastmcp.exceptions import ToolError
 
+from mcp_server.polling.breaker import REFRESH_AFTER
 from mcp_server.polling.service import audit_pipeline
 from mcp_server.server import build_server
 from mcp_server.state import open_state
@@ -78,10 +79,12 @@ async def _agent(base: str, me: int, answered: set[str], sent: set[str], stop: a
                 answered.add(tag)
 
 
-async def _load(base: str, stop: asyncio.Event) -> tuple[set[str], set[str], list[asyncio.Task[None]]]:
+async def _load(
+    base: str, stop: asyncio.Event, clients: int = CLIENTS
+) -> tuple[set[str], set[str], list[asyncio.Task[None]]]:
     answered: set[str] = set()
     sent: set[str] = set()
-    tasks = [asyncio.create_task(_agent(base, me, answered, sent, stop)) for me in range(CLIENTS)]
+    tasks = [asyncio.create_task(_agent(base, me, answered, sent, stop)) for me in range(clients)]
     return answered, sent, tasks
 
 
@@ -146,13 +149,15 @@ async def database(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
         await drop_pg_database(url)
 
 
-@pytest.mark.parametrize("run", range(2))
+# two runs under concurrent load (rows journaled in groups by the journal thread), one with a single caller
+# (each call's row journaled by the call itself, see BatchWriter.durable)
+@pytest.mark.parametrize(("run", "clients"), [(0, CLIENTS), (1, CLIENTS), (2, 1)])
 async def test_sigkill_under_load_loses_no_answered_call_and_duplicates_none(
-    tmp_path: Path, database: str | None, run: int
+    tmp_path: Path, database: str | None, run: int, clients: int
 ) -> None:
     stop = asyncio.Event()
     with serving(tmp_path, database, f"first-{run}") as (base, proc):
-        answered, sent, tasks = await _load(base, stop)
+        answered, sent, tasks = await _load(base, stop, clients)
         await _until_answering(answered)
         await asyncio.sleep(random.uniform(0, 1.5))
         proc.send_signal(signal.SIGKILL)
@@ -414,5 +419,42 @@ async def test_http_calls_get_503_with_retry_after_while_the_database_hangs_past
                 finally:
                     await conn.close()
                 assert refused >= 1
+    finally:
+        await drop_pg_database(url)
+
+
+async def test_calls_that_read_a_hanging_database_fail_at_its_deadline_and_memory_answers_go_on(
+    tmp_path: Path,
+) -> None:
+    """The database hangs (connections held, nothing answered): a call that must read it fails after
+    INFRA_DB_READ_TIMEOUT with an error saying so (audited), instead of hanging with it; list_devices answers
+    from the registry in memory; once the database answers again, so do the calls that read it."""
+    url = await create_pg_database()
+    try:
+        with Stall() as stall:
+            settings = make_settings(
+                tmp_path, database_url=stall.url(url), db_read_timeout=1, audit_write_timeout=1
+            )
+            async with open_state(settings) as state, Client(build_server(settings, state=state)) as client:
+                assert structured(await client.call_tool("list_devices", {}))["total"] == 1
+                stall.flow(False)
+                await asyncio.sleep(REFRESH_AFTER)  # the next list_devices reloads the devices' health
+                # bounded: the deadline (and SQLAlchemy's 2 s to drop a stuck connection), not the hang
+                async with asyncio.timeout(30):
+                    listed = structured(await client.call_tool("list_devices", {}))
+                    assert [d["name"] for d in listed["devices"]] == ["local"]
+                    for tool in ("query_audit_log", "get_metrics_history"):
+                        arguments = (
+                            {"device": "local", "metric": "cpu_percent"} if tool != "query_audit_log" else {}
+                        )
+                        with pytest.raises(ToolError) as failed:
+                            await client.call_tool(tool, arguments)
+                        assert "did not answer within 1 s (INFRA_DB_READ_TIMEOUT)" in str(failed.value)
+                    assert structured(await client.call_tool("list_devices", {}))["total"] == 1
+                stall.flow(True)
+                await state.writer.flush(30)
+                page = structured(await client.call_tool("query_audit_log", {"tool": "get_metrics_history"}))
+        timed_out = [e for e in page["entries"] if e["error_type"] == "database_timeout"]
+        assert len(timed_out) == 1 and timed_out[0]["outcome"] == "error"
     finally:
         await drop_pg_database(url)

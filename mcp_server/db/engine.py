@@ -8,10 +8,13 @@ revision read from the migration files, and goes on without it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
 import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +23,7 @@ from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-from mcp_server.errors import StorageError
+from mcp_server.errors import DatabaseTimeout, StorageError
 from mcp_server.permissions import create_private_file
 
 if TYPE_CHECKING:
@@ -57,6 +60,29 @@ def schema_head() -> str:
     return heads.pop()
 
 
+# Seconds a read session may take, set for the length of a call (see `read_deadline`); None: no deadline
+_READ_DEADLINE: ContextVar[float | None] = ContextVar("infra_read_deadline", default=None)
+_CLOSING: set[asyncio.Task[None]] = set()  # sessions cut at their deadline, closed in the background
+
+
+@contextlib.contextmanager
+def read_deadline(seconds: float | None) -> Iterator[None]:
+    """Within this block (a tool call or resource read), each read session must be done within `seconds`
+    (INFRA_DB_READ_TIMEOUT): a database that hangs fails the call with DatabaseTimeout instead of holding it."""
+    token = _READ_DEADLINE.set(seconds)
+    try:
+        yield
+    finally:
+        _READ_DEADLINE.reset(token)
+
+
+def _close_later(session: AsyncSession) -> None:
+    task = asyncio.get_running_loop().create_task(session.close())
+    _CLOSING.add(task)
+    task.add_done_callback(_CLOSING.discard)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its connection is gone: nothing to say
+
+
 def redact_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
@@ -84,9 +110,38 @@ class Database:
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession)
         # Read-only work takes no write lock on SQLite (see _sqlite_begin), so it never waits on a writer.
-        self.read_session = async_sessionmaker(
+        self._read_session = async_sessionmaker(
             self.engine.execution_options(infra_read_only=True), expire_on_commit=False, class_=AsyncSession
         )
+
+    @contextlib.asynccontextmanager
+    async def read_session(self) -> AsyncIterator[AsyncSession]:
+        """A session for read-only work. Within a call (see `read_deadline`) it must be done, closed
+        included, within the call's deadline: past it the work is cut, the connection is closed without
+        waiting for it, and DatabaseTimeout is raised."""
+        seconds = _READ_DEADLINE.get()
+        if seconds is None:
+            async with self._read_session() as session:
+                yield session
+            return
+        session = self._read_session()
+        scope = asyncio.timeout(seconds)
+        try:
+            async with scope:
+                try:
+                    yield session
+                finally:
+                    if not scope.expired():
+                        await session.close()
+        except TimeoutError as exc:
+            if not scope.expired():
+                raise
+            _close_later(session)
+            raise DatabaseTimeout(
+                f"The database did not answer within {seconds:g} s (INFRA_DB_READ_TIMEOUT): it is hanging or "
+                "overloaded. Retry later; answers that need no stored data (cached collections, list_devices) "
+                "still work."
+            ) from exc
 
     async def ping(self) -> bool:
         try:
