@@ -12,23 +12,15 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import cachetools
-import jwt
-from fastmcp.server.auth import AccessToken
-from fastmcp.server.auth.providers.jwt import JWTVerifier
-from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
-from starlette.authentication import AuthCredentials, AuthenticationBackend
-from starlette.middleware import Middleware
-from starlette.middleware.authentication import AuthenticationMiddleware
-from starlette.requests import HTTPConnection
+from typing import TYPE_CHECKING, Any
 
 from mcp_server.errors import ConfigurationError, InvalidParameter
 from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings
 from mcp_server.times import parse_duration, span
+
+if TYPE_CHECKING:
+    from mcp_server.verifier import RememberingJWTVerifier
 
 READ, WRITE, ADMIN = "infra:read", "infra:write", "infra:admin"
 SCOPES = (READ, WRITE, ADMIN)
@@ -140,82 +132,6 @@ def claims_problem(claims: dict[str, Any] | None, *, now: float, max_ttl: int, l
     return None
 
 
-class RememberingJWTVerifier(JWTVerifier):
-    """FastMCP's JWT verifier behind our claim checks, remembering accepted tokens for up to a minute.
-
-    Before any signature work a token is screened: at most MAX_TOKEN_CHARS, a JSON payload whose `exp`
-    is present, finite and within INFRA_JWT_MAX_TTL, `nbf`/`iat` not in the future (INFRA_JWT_LEEWAY of
-    skew). FastMCP's verifier then checks signature, issuer and audience. Agents send the same token on
-    every call; re-verifying its signature each time is most of auth's cost, and tokens cannot be revoked
-    before they expire, so remembering an accepted one changes nothing about which requests get in.
-    Rejected tokens are never remembered.
-    """
-
-    def __init__(self, *, max_ttl: int = 30 * 86_400, leeway: int = 30, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.max_ttl = max_ttl
-        self.leeway = leeway
-        self._accepted: cachetools.TTLCache[str, AccessToken] = cachetools.TTLCache(maxsize=1024, ttl=60)
-
-    async def verify_token(self, token: str) -> AccessToken | None:
-        return (await self.check(token))[0]
-
-    async def check(self, token: str) -> tuple[AccessToken | None, str | None]:
-        """(the accepted token, None) or (None, why it was refused)."""
-        now = time.time()
-        known = self._accepted.get(token)
-        if known is not None and (known.expires_at is None or known.expires_at > now):
-            return known, None
-        if len(token) > MAX_TOKEN_CHARS:
-            return None, f"token longer than {MAX_TOKEN_CHARS} characters"
-        claims = unverified_claims(token)
-        problem = claims_problem(claims, now=now, max_ttl=self.max_ttl, leeway=self.leeway)
-        if problem is not None:
-            return None, problem
-        try:
-            verified = await super().verify_token(token)
-        except (ArithmeticError, ValueError, TypeError, KeyError, AttributeError):
-            return None, "malformed token"
-        if verified is None:
-            return None, self._rejection(claims or {})
-        self._accepted[token] = verified
-        return verified, None
-
-    def _rejection(self, claims: dict[str, Any]) -> str:
-        """The likely reason FastMCP's verifier refused a token whose claims passed our screening."""
-        if self.issuer and claims.get("iss") != self.issuer:
-            return "wrong issuer"
-        audience = claims.get("aud")
-        offered = audience if isinstance(audience, list) else [audience]
-        expected = self.audience if isinstance(self.audience, list) else [self.audience]
-        if self.audience and not any(a in offered for a in expected):
-            return "wrong audience"
-        return "bad signature or unsupported algorithm"
-
-    def get_middleware(self) -> list[Any]:
-        return [
-            Middleware(AuthenticationMiddleware, backend=ReasonedBearerBackend(self)),
-            Middleware(AuthContextMiddleware),
-        ]
-
-
-class ReasonedBearerBackend(AuthenticationBackend):
-    """The SDK's bearer backend, except that a refused token leaves its reason in the request scope."""
-
-    def __init__(self, verifier: RememberingJWTVerifier) -> None:
-        self.verifier = verifier
-
-    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, AuthenticatedUser] | None:
-        header = conn.headers.get("authorization")
-        if not header or not header.lower().startswith("bearer "):
-            return None
-        token, reason = await self.verifier.check(header[7:].strip())
-        if token is None:
-            conn.scope[REJECTION_SCOPE_KEY] = reason
-            return None
-        return AuthCredentials(token.scopes), AuthenticatedUser(token)
-
-
 @dataclass(frozen=True)
 class SigningKey:
     """What verifies (and, for HS256, signs) tokens."""
@@ -227,6 +143,8 @@ class SigningKey:
     generated: bool = False  # True on the start that created it
 
     def verifier(self, settings: Settings) -> RememberingJWTVerifier:
+        from mcp_server.verifier import RememberingJWTVerifier  # HTTP only: a stdio start never loads it
+
         return RememberingJWTVerifier(
             max_ttl=settings.jwt_max_ttl,
             leeway=settings.jwt_leeway,
@@ -312,6 +230,8 @@ def issue_token(
         claims["iss"] = settings.jwt_issuer
     if settings.jwt_audience:
         claims["aud"] = settings.jwt_audience
+    import jwt  # PyJWT (and the cryptography it loads) only where a token is made, not at every start
+
     return jwt.encode(claims, key.secret, algorithm="HS256"), now + ttl_seconds
 
 

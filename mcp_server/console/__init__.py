@@ -40,9 +40,10 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from mcp_server.audit import CallContext
-from mcp_server.auth import SCOPES, RememberingJWTVerifier, granted
+from mcp_server.auth import SCOPES, granted
 from mcp_server.http_guard import API_PREFIX, CONSOLE_SIGN_IN, RateLimiter
 from mcp_server.middleware import client_ip
+from mcp_server.verifier import RememberingJWTVerifier
 
 if TYPE_CHECKING:
     from mcp_server.server import InfrastructorServer
