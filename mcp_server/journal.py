@@ -100,8 +100,13 @@ def _decode(obj: dict[str, Any]) -> Any:
     return datetime.fromisoformat(obj["$datetime"]) if obj.keys() == {"$datetime"} else obj
 
 
+# One encoder for every journal line (json.dumps builds one per call): compact, ASCII (a lone surrogate
+# stays escaped), no circularity check (rows are flat records and JSON values already encoded once).
+_JOURNAL_LINE = json.JSONEncoder(default=_encode, separators=(",", ":"), check_circular=False)
+
+
 def _line(table: type[Base], row: dict[str, Any]) -> bytes:
-    return (json.dumps({"table": table.__tablename__, "row": row}, default=_encode) + "\n").encode()
+    return (_JOURNAL_LINE.encode({"table": table.__tablename__, "row": row}) + "\n").encode()
 
 
 def _fsync_dir(path: Path) -> None:
