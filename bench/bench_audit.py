@@ -187,13 +187,14 @@ async def asyncpg_writes(url: str, rows: list[Row], copy: bool) -> float:
         await conn.close()
 
 
-async def whole_writer(state: AppState, rows: list[Row], busy: bool) -> tuple[float, float]:
-    """(rows/s from the first add to the last row in the database, µs per add on the request path);
-    with `busy`, the event loop is kept busy (no await) until the shipper is done."""
+async def whole_writer(state: AppState, rows: list[Row], busy: bool) -> tuple[float, float, float]:
+    """(rows/s from the first add to the last row in the database, µs per add on the request path, µs of
+    this process's CPU per row: every thread, the database server's own work not included); with `busy`,
+    the event loop is kept busy (no await) until the shipper is done."""
     writer = BatchWriter(state.db, state.settings.data_dir / f"bench-journal-{busy}", interval=0.05)
     writer.start()
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for table, row in rows:
             writer.add(table, row)
         added = time.perf_counter()
@@ -202,7 +203,8 @@ async def whole_writer(state: AppState, rows: list[Row], busy: bool) -> tuple[fl
                 sum(range(10_000))  # the loop never yields: only the writer's own threads can ship
         await writer.flush()
         done = time.perf_counter()
-        return len(rows) / (done - started), (added - started) / len(rows) * 1e6
+        cpu_us = (time.process_time() - cpu) / len(rows) * 1e6
+        return len(rows) / (done - started), (added - started) / len(rows) * 1e6, cpu_us
     finally:
         await writer.close()
 
@@ -250,9 +252,10 @@ async def throughput(kind: str, n: int, repeat: int) -> dict[str, float]:
                     out.setdefault("copy", []).append(
                         await asyncpg_writes(state.db.url, stored(mix(n, now)), True)
                     )
-                rate, per_add = await whole_writer(state, mix(n, now), busy=False)
+                rate, per_add, cpu_us = await whole_writer(state, mix(n, now), busy=False)
                 out.setdefault("writer", []).append(rate)
                 out.setdefault("add_us", []).append(per_add)
+                out.setdefault("cpu_us", []).append(cpu_us)
                 out.setdefault("busy", []).append((await whole_writer(state, mix(n, now), busy=True))[0])
     return {k: statistics.median(v) for k, v in out.items()}
 
@@ -300,6 +303,7 @@ async def latency(calls: int, concurrency: int) -> dict[str, tuple[float, float]
 
 async def main(args: argparse.Namespace) -> None:
     started = time.monotonic()
+    load_at_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     rates = {kind: await throughput(kind, args.rows, args.repeat) for kind in ("sqlite", "postgresql")}
     lat = {c: await latency(args.calls, c) for c in (1, 10)} if args.calls else {}
     lines = [
@@ -326,13 +330,19 @@ async def main(args: argparse.Namespace) -> None:
         lines[-1] += f"| {r['prepare']:,.0f} | {r['writer']:,.0f} | {r['busy']:,.0f} |"
     lines += [
         "",
-        "Writer batch: every column rendered (one multi-row INSERT per table and batch), by COPY on PostgreSQL. "
+        "Writer batch: what the shipper runs per transaction — every column rendered, one executemany of a "
+        "prepared INSERT per table on SQLite, COPY on PostgreSQL, snapshots upserted in one statement. "
         "COPY and executemany write the audit and metric rows that way and upsert the snapshots with "
         "executemany. *Made storable + journal lines*: the journal thread's CPU work per row (redaction, "
-        "bounds, every column, the JSON line), without the write and fsync. End to end: from the first `add` (redaction and bounds included) to the last row committed, through "
-        "the journal (one fsync per batch) and the shipper thread; `add` cost "
-        + ", ".join(f"{k} {r['add_us']:.0f} µs" for k, r in rates.items())
-        + " per row on the request path. *Event loop busy*: the loop never yields until the rows are in.",
+        "bounds, every column, the JSON line), without the write and fsync. *End to end*: from the first "
+        "`add` (rows as calls queue them, not yet redacted) to the last row committed, through the journal "
+        "(redaction, one fsync per batch) and the shipper thread. Per row: `add` "
+        + ", ".join(f"{k} {r['add_us']:.1f} µs" for k, r in rates.items())
+        + " on the request path; this process's CPU end to end (all threads; not the database server's) "
+        + ", ".join(f"{k} {r['cpu_us']:.0f} µs" for k, r in rates.items())
+        + ". *Event loop busy*: the loop never yields until the rows are in.",
+        "",
+        f"Load average when the run started: {load_at_start}.",
     ]
     if lat:
         lines += [
