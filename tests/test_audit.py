@@ -212,7 +212,7 @@ async def test_the_shipper_stores_on_sqlite_what_an_insert_through_sqlalchemy_st
         async with state.db.session() as session, session.begin():
             await write_rows(session, "sqlite", rows)
             for table, row in rows:
-                await session.execute(insert(table.__table__), [row])
+                await session.execute(insert(table), [row])
         async with state.db.session() as session:
             for table in (DataCollectionAudit, ServicePerformanceMetric):
                 stored = [
