@@ -79,6 +79,7 @@ _SCREEN_LOW = re.compile(r"authorization|bearer|basic|pass|secret|token|credenti
 # Texts the screen passed lately, up to _CLEAN_MAX of them of at most _CLEAN_CHARS each (repeated names,
 # paths and messages skip even the screen); none holds anything a rule could mask.
 _CLEAN: set[str] = set()
+_CLEAN_JSON: set[str] = set()
 _CLEAN_MAX = 8192
 _CLEAN_CHARS = 512
 
@@ -143,13 +144,21 @@ def json_might_hold_secret(text: str) -> bool:
     """False when redact() (and storable) would leave every key and string of a value as they are, given the
     value's compact JSON `text` in ASCII. Without a backslash in it no string was escaped (no quote, backslash
     or control character in any), so each appears in it as it is, and the literals are searched as above; a
-    program's name counts wherever it is."""
-    return (
+    program's name counts wherever it is. JSON texts that passed are remembered like texts (see _CLEAN)."""
+    if text in _CLEAN_JSON:
+        return False
+    if (
         "\\" in text
         or _SCREEN.search(text) is not None
         or _SCREEN_LOW.search(text.lower()) is not None
         or PROGRAM_START.search(text) is not None
-    )
+    ):
+        return True
+    if len(text) <= _CLEAN_CHARS:
+        if len(_CLEAN_JSON) >= _CLEAN_MAX:
+            _CLEAN_JSON.clear()
+        _CLEAN_JSON.add(text)
+    return False
 
 
 def _rules(text: str) -> str:
