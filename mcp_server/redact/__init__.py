@@ -7,7 +7,8 @@ a word start (a look-behind rejects every other position at once), its repetitio
 backtracking) and bounded, and a text is cut to MAX_TEXT characters before it is scanned. Where a rule reads
 on past its match (a key block, a command's arguments, a URL's user info), it reads a bounded stretch and the
 scan resumes after it, so no character is read more than a few times. Each rule runs only when its literal
-occurs in the text at all.
+occurs in the text at all, and a text holding none of those literals is returned after one screen
+(might_hold_secret): most of what the audit stores.
 
 The rules live in three modules: names.py (which names say their value is secret, where a value ends),
 shapes.py (credentials recognised by their shape: keys, URLs, headers, tokens) and commands.py (command lines
