@@ -1,17 +1,19 @@
 """Benchmark the durable audit path: writer throughput on the rows real traffic writes, and what the journal
 costs a cached call.
 
-1. Rows/s for the mix a tool call writes (its tool row, its collection row, a snapshot upsert, alternating),
-   on SQLite and PostgreSQL: the SQLAlchemy ORM bulk insert the writer used before (it starts a new
-   statement whenever the set of non-null columns changes), the batch it writes now (every column rendered;
-   COPY on PostgreSQL), and on
-   PostgreSQL asyncpg `executemany` and COPY; then the whole BatchWriter (add -> journal + fsync -> ship),
-   and the same while the event loop is kept busy (the shipper has its own thread and engine).
+1. Rows/s for the mix a collecting call writes (its metric row, snapshot upsert, collection audit row and
+   tool audit row, in turn), on SQLite and PostgreSQL, side by side in each run: the SQLAlchemy ORM bulk
+   insert the writer used before (it starts a new statement whenever the set of non-null columns changes),
+   the batch it writes now (every column rendered; executemany on SQLite, COPY on PostgreSQL), and on
+   PostgreSQL asyncpg `executemany` and COPY; the journal thread's own work per row (made storable, journal
+   line); then the whole BatchWriter (add -> redaction, journal + fsync -> ship) with this process's CPU per
+   row, and the same while the event loop is kept busy (the shipper has its own thread and engine).
 2. p50/p99 of a cached `collect` call over HTTP to a real server, answered only after the journal
    fsync (INFRA_AUDIT_SYNC=true, the default) and without waiting for it, side by side (alternating blocks),
    one caller and 10 concurrent callers.
 
 Run from the repository root: python bench/bench_audit.py [--rows 30000] [--calls 600] [--out docs/benchmarks.md]
+(--calls 0 leaves out part 2.)
 """
 
 from __future__ import annotations
