@@ -1,12 +1,13 @@
 """Benchmark the durable audit path: writer throughput on the rows real traffic writes, and what the journal
 costs a cached call.
 
-1. Rows/s for the mix a tool call writes (its tool row, its collection row, a snapshot upsert, alternating),
-   on SQLite and PostgreSQL: the SQLAlchemy ORM bulk insert the writer used before (it starts a new
-   statement whenever the set of non-null columns changes), the batch it writes now (every column rendered;
-   COPY on PostgreSQL), and on
-   PostgreSQL asyncpg `executemany` and COPY; then the whole BatchWriter (add -> journal + fsync -> ship),
-   and the same while the event loop is kept busy (the shipper has its own thread and engine).
+1. Rows/s for the mix a collecting call writes (its metric row, snapshot upsert, collection audit row and
+   tool audit row, in turn), on SQLite and PostgreSQL, side by side in each run: the SQLAlchemy ORM bulk
+   insert the writer used before (it starts a new statement whenever the set of non-null columns changes),
+   the batch it writes now (every column rendered; executemany on SQLite, COPY on PostgreSQL), and on
+   PostgreSQL asyncpg `executemany` and COPY; the journal thread's own work per row (made storable, journal
+   line); then the whole BatchWriter (add -> redaction, journal + fsync -> ship) with this process's CPU per
+   row, and the same while the event loop is kept busy (the shipper has its own thread and engine).
 2. What the journal costs a cached call: the fsync of a 1 KB append on this disk (fsync, fdatasync, O_DSYNC,
    a preallocated file, interleaved); `durable()` for one row inside a process, journaled by the caller
    (one call in flight) and by the journal thread (the hand-off there and back), alternating; and p50/p99 of
@@ -42,13 +43,18 @@ sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
 from fastmcp import Client  # noqa: E402
-from sqlalchemy import insert  # noqa: E402
+from sqlalchemy import JSON, insert  # noqa: E402
 
 from bench.harness import Server, command_line, machine, publish, serve, server_env  # noqa: E402
 from bench.harness import _wait_healthy as wait_healthy  # noqa: E402
 from mcp_server.audit import AuditRecord, storable  # noqa: E402
-from mcp_server.db.tables import Base, CollectionSnapshot, DataCollectionAudit  # noqa: E402
-from mcp_server.journal import BatchWriter, Row, full_row, write_rows  # noqa: E402
+from mcp_server.db.tables import (  # noqa: E402
+    Base,
+    CollectionSnapshot,
+    DataCollectionAudit,
+    ServicePerformanceMetric,
+)
+from mcp_server.journal import BatchWriter, Row, _line, full_row, write_rows  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
 from mcp_server.state import AppState, open_state  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
@@ -64,33 +70,59 @@ DEVICES = 20
 
 
 def mix(n: int, now: datetime) -> list[Row]:
-    """`n` rows as a tool call writes them: tool row, collection row, snapshot upsert, in turn."""
+    """`n` rows as a collecting tool call queues them, in turn: the collection's metric row, its snapshot
+    upsert, its collection audit row, the call's tool audit row. As `add` gets them: not yet made storable."""
     rows: list[Row] = []
     for i in range(n):
         device = f"dev{i % DEVICES:02d}"
         request = uuid.uuid4().hex
         at = now - timedelta(milliseconds=i)
-        if i % 3 == 0:
+        if i % 4 == 0:
+            metric = {
+                "recorded_at": at, "device": device, "command": "system_metrics", "execute_ms": 38.2 + i % 7,
+                "parse_ms": 0.4, "total_ms": 39.1 + i % 7, "outcome": "ok",
+            }  # fmt: skip
+            rows.append((ServicePerformanceMetric, metric))
+        elif i % 4 == 1:
+            data = {
+                "hostname": device,
+                "cpu": {"percent": i % 100, "load": [0.5, 0.4, 0.3], "cores": 4},
+                "memory": {"total_bytes": 8 << 30, "available_bytes": (i % 8) << 30, "percent": 42.5},
+                "uptime_seconds": 86_400 + i,
+            }
+            snapshot = {"device": device, "command": "system_metrics", "params": '{"interval":0.5}'}
+            rows.append((CollectionSnapshot, snapshot | {"collected_at": at, "data": data}))
+        elif i % 4 == 2:
             record = AuditRecord(
                 occurred_at=at, kind="collection", outcome="ok", request_id=request, transport="http",
                 tool="get_system_metrics", subject="agent", client_ip="127.0.0.1", device=device,
                 command="system_metrics", params='{"interval":0.5}', ssh_commands=("sh -c '...' sh 0.5",),
                 duration_ms=41.5,
             )  # fmt: skip
-            rows.append((DataCollectionAudit, storable(DataCollectionAudit, record.row())))
-        elif i % 3 == 1:
+            rows.append((DataCollectionAudit, record.row()))
+        else:
             record = AuditRecord(
                 occurred_at=at, kind="tool", outcome="ok", request_id=request, transport="http",
                 tool="get_system_metrics", subject="agent", client_ip="127.0.0.1", user_agent="bench/1.0",
                 request_path="/mcp", arguments={"device": device, "interval": 0.5}, device=device,
-                command="system_metrics", duration_ms=43.0,
+                command="system_metrics", ssh_commands=("sh -c '...' sh 0.5",), duration_ms=43.0,
             )  # fmt: skip
-            rows.append((DataCollectionAudit, storable(DataCollectionAudit, record.row())))
-        else:
-            data = {"hostname": device, "cpu": {"percent": i % 100}, "memory": {"total_bytes": 8 << 30}}
-            snapshot = {"device": device, "command": "system_metrics", "params": "{}", "collected_at": at}
-            rows.append((CollectionSnapshot, snapshot | {"data": data}))
+            rows.append((DataCollectionAudit, record.row()))
     return rows
+
+
+def stored(rows: list[Row]) -> list[Row]:
+    """The rows as the journal thread hands them on: storable, every column present."""
+    return [(table, full_row(table, storable(table, row))) for table, row in rows]
+
+
+def prepare_rate(rows: list[Row]) -> float:
+    """Rows/s of what the journal thread does to each row before its write and fsync: storable (redaction,
+    bounds), every column, the journal line."""
+    started = time.perf_counter()
+    for table, row in stored(rows):
+        _line(table, row)
+    return len(rows) / (time.perf_counter() - started)
 
 
 async def orm_insert(session: Any, dialect: str, batch: list[Row]) -> None:
@@ -116,22 +148,19 @@ async def timed_batches(state: AppState, rows: list[Row], write: Any) -> float:
     return len(rows) / (time.perf_counter() - started)
 
 
-_AUDIT_COLUMNS = list(full_row(DataCollectionAudit, {}))
-
-
-def _audit_tuple(row: dict[str, Any]) -> tuple[Any, ...]:
-    full = full_row(DataCollectionAudit, row)
-    return tuple(
-        json.dumps(full[c]) if c in ("arguments", "ssh_commands") and full[c] is not None else full[c]
-        for c in _AUDIT_COLUMNS
-    )
+def _records(table: type[Base], rows: list[dict[str, Any]]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    columns = list(full_row(table, {}))
+    encode = {c.name for c in table.__table__.columns if isinstance(c.type, JSON)}
+    return columns, [
+        tuple(json.dumps(row[c]) if c in encode and row[c] is not None else row[c] for c in columns)
+        for row in rows
+    ]
 
 
 async def asyncpg_writes(url: str, rows: list[Row], copy: bool) -> float:
-    """asyncpg on its own: audit rows by executemany (or COPY), snapshots upserted by executemany."""
+    """asyncpg on its own: audit and metric rows by executemany (or COPY), snapshots upserted by
+    executemany."""
     conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
-    placeholders = ", ".join(f"${i + 1}" for i in range(len(_AUDIT_COLUMNS)))
-    audit_sql = f"INSERT INTO data_collection_audit ({', '.join(_AUDIT_COLUMNS)}) VALUES ({placeholders})"
     snap_sql = (
         "INSERT INTO collection_snapshots (device, command, params, collected_at, data) "
         "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device, command, params) "
@@ -141,15 +170,23 @@ async def asyncpg_writes(url: str, rows: list[Row], copy: bool) -> float:
         started = time.perf_counter()
         for at in range(0, len(rows), BATCH):
             batch = rows[at : at + BATCH]
-            audits = [_audit_tuple(r) for t, r in batch if t is DataCollectionAudit]
-            snaps = {(r["device"], r["command"], r["params"]): r for t, r in batch if t is CollectionSnapshot}
-            async with conn.transaction():
-                if copy:
-                    await conn.copy_records_to_table(
-                        "data_collection_audit", records=audits, columns=_AUDIT_COLUMNS
-                    )
+            grouped: dict[type[Base], list[dict[str, Any]]] = {}
+            snaps = {}
+            for table, row in batch:
+                if table is CollectionSnapshot:
+                    snaps[(row["device"], row["command"], row["params"])] = row
                 else:
-                    await conn.executemany(audit_sql, audits)
+                    grouped.setdefault(table, []).append(row)
+            async with conn.transaction():
+                for table, plain in grouped.items():
+                    columns, records = _records(table, plain)
+                    name = table.__tablename__
+                    if copy:
+                        await conn.copy_records_to_table(name, records=records, columns=columns)
+                    else:
+                        marks = ", ".join(f"${i + 1}" for i in range(len(columns)))
+                        sql = f"INSERT INTO {name} ({', '.join(columns)}) VALUES ({marks})"
+                        await conn.executemany(sql, records)
                 await conn.executemany(
                     snap_sql,
                     [
@@ -162,13 +199,14 @@ async def asyncpg_writes(url: str, rows: list[Row], copy: bool) -> float:
         await conn.close()
 
 
-async def whole_writer(state: AppState, rows: list[Row], busy: bool) -> tuple[float, float]:
-    """(rows/s from the first add to the last row in the database, µs per add on the request path);
-    with `busy`, the event loop is kept busy (no await) until the shipper is done."""
+async def whole_writer(state: AppState, rows: list[Row], busy: bool) -> tuple[float, float, float]:
+    """(rows/s from the first add to the last row in the database, µs per add on the request path, µs of
+    this process's CPU per row: every thread, the database server's own work not included); with `busy`,
+    the event loop is kept busy (no await) until the shipper is done."""
     writer = BatchWriter(state.db, state.settings.data_dir / f"bench-journal-{busy}", interval=0.05)
     writer.start()
     try:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         for table, row in rows:
             writer.add(table, row)
         added = time.perf_counter()
@@ -177,7 +215,8 @@ async def whole_writer(state: AppState, rows: list[Row], busy: bool) -> tuple[fl
                 sum(range(10_000))  # the loop never yields: only the writer's own threads can ship
         await writer.flush()
         done = time.perf_counter()
-        return len(rows) / (done - started), (added - started) / len(rows) * 1e6
+        cpu_us = (time.process_time() - cpu) / len(rows) * 1e6
+        return len(rows) / (done - started), (added - started) / len(rows) * 1e6, cpu_us
     finally:
         await writer.close()
 
@@ -215,16 +254,20 @@ async def throughput(kind: str, n: int, repeat: int) -> dict[str, float]:
         async with database(kind, Path(tmp)) as state:
             for _ in range(repeat):
                 now = datetime.now(UTC)
-                out.setdefault("orm", []).append(await timed_batches(state, mix(n, now), orm_insert))
-                out.setdefault("full", []).append(await timed_batches(state, mix(n, now), write_rows))
+                out.setdefault("prepare", []).append(prepare_rate(mix(n, now)))
+                out.setdefault("orm", []).append(await timed_batches(state, stored(mix(n, now)), orm_insert))
+                out.setdefault("full", []).append(await timed_batches(state, stored(mix(n, now)), write_rows))
                 if kind == "postgresql":
                     out.setdefault("executemany", []).append(
-                        await asyncpg_writes(state.db.url, mix(n, now), False)
+                        await asyncpg_writes(state.db.url, stored(mix(n, now)), False)
                     )
-                    out.setdefault("copy", []).append(await asyncpg_writes(state.db.url, mix(n, now), True))
-                rate, per_add = await whole_writer(state, mix(n, now), busy=False)
+                    out.setdefault("copy", []).append(
+                        await asyncpg_writes(state.db.url, stored(mix(n, now)), True)
+                    )
+                rate, per_add, cpu_us = await whole_writer(state, mix(n, now), busy=False)
                 out.setdefault("writer", []).append(rate)
                 out.setdefault("add_us", []).append(per_add)
+                out.setdefault("cpu_us", []).append(cpu_us)
                 out.setdefault("busy", []).append((await whole_writer(state, mix(n, now), busy=True))[0])
     return {k: statistics.median(v) for k, v in out.items()}
 
@@ -368,6 +411,7 @@ async def main(args: argparse.Namespace) -> None:
 
 async def throughput_part(args: argparse.Namespace) -> None:
     started = time.monotonic()
+    load_at_start = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     rates = {kind: await throughput(kind, args.rows, args.repeat) for kind in ("sqlite", "postgresql")}
     lines = [
         BEGIN,
@@ -375,12 +419,13 @@ async def throughput_part(args: argparse.Namespace) -> None:
         "",
         f"`{command_line('bench_audit.py')}`",
         "",
-        f"**Writer throughput, rows/s** ({args.rows:,} rows of the mix a call writes — tool row, collection "
-        f"row, snapshot upsert in turn — in transactions of {BATCH:,}; median of {args.repeat} runs)",
+        f"**Writer throughput, rows/s** ({args.rows:,} rows of the mix a collecting call writes — metric "
+        f"row, snapshot upsert, collection audit row, tool audit row in turn — in transactions of {BATCH:,}; "
+        f"median of {args.repeat} runs, all columns measured side by side in each run)",
         "",
         "| database | ORM bulk insert (before) | writer batch (now) | asyncpg executemany | asyncpg COPY "
-        "| BatchWriter end to end | … with the event loop busy |",
-        "|---|---|---|---|---|---|---|",
+        "| rows made storable + journal lines | BatchWriter end to end | … with the event loop busy |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for kind, r in rates.items():
         pg = kind == "postgresql"
@@ -389,15 +434,22 @@ async def throughput_part(args: argparse.Namespace) -> None:
             if pg
             else f"| {kind} | {r['orm']:,.0f} | {r['full']:,.0f} | — | — "
         )
-        lines[-1] += f"| {r['writer']:,.0f} | {r['busy']:,.0f} |"
+        lines[-1] += f"| {r['prepare']:,.0f} | {r['writer']:,.0f} | {r['busy']:,.0f} |"
     lines += [
         "",
-        "Writer batch: every column rendered (one multi-row INSERT per table and batch), by COPY on PostgreSQL. "
-        "COPY and executemany write the audit rows that way and upsert the snapshots with executemany. "
-        "End to end: from the first `add` (redaction and bounds included) to the last row committed, through "
-        "the journal (one fsync per batch) and the shipper thread; `add` cost "
-        + ", ".join(f"{k} {r['add_us']:.0f} µs" for k, r in rates.items())
-        + " per row on the request path. *Event loop busy*: the loop never yields until the rows are in.",
+        "Writer batch: what the shipper runs per transaction — every column rendered, one executemany of a "
+        "prepared INSERT per table on SQLite, COPY on PostgreSQL, snapshots upserted in one statement. "
+        "COPY and executemany write the audit and metric rows that way and upsert the snapshots with "
+        "executemany. *Made storable + journal lines*: the journal thread's CPU work per row (redaction, "
+        "bounds, every column, the JSON line), without the write and fsync. *End to end*: from the first "
+        "`add` (rows as calls queue them, not yet redacted) to the last row committed, through the journal "
+        "(redaction, one fsync per batch) and the shipper thread. Per row: `add` "
+        + ", ".join(f"{k} {r['add_us']:.1f} µs" for k, r in rates.items())
+        + " on the request path; this process's CPU end to end (all threads; not the database server's) "
+        + ", ".join(f"{k} {r['cpu_us']:.0f} µs" for k, r in rates.items())
+        + ". *Event loop busy*: the loop never yields until the rows are in.",
+        "",
+        f"Load average when the run started: {load_at_start}.",
     ]
     lines += ["", f"- total run time {time.monotonic() - started:.0f} s"]
     lines += machine("SQLite and PostgreSQL 15 on 127.0.0.1")

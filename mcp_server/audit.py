@@ -19,7 +19,15 @@ from sqlalchemy import JSON, String
 
 from mcp_server.db.tables import Base
 from mcp_server.devices import NAME_PATTERN
-from mcp_server.redact import REDACTED, digest, redact, redact_args, redact_text, secret_name
+from mcp_server.redact import (
+    REDACTED,
+    digest,
+    json_might_hold_secret,
+    redact,
+    redact_args,
+    redact_text,
+    secret_name,
+)
 
 
 @dataclass
@@ -262,6 +270,19 @@ def _bounded_json(value: Any, limit: int) -> Any:
     return summarize_arguments(value if isinstance(value, dict) else {"value": value}, limit)
 
 
+def _plain_json(value: Any, column: _Column) -> bool:
+    """Whether a JSON column's value may be stored as it is: plain JSON, no NUL, within its bound, and (when
+    rewritten) in ASCII with no literal any redaction rule starts from (see json_might_hold_secret). One
+    encoding at C speed instead of a walk through every key and string."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
+        return False
+    if "\\u0000" in text or (column.limit is not None and (len(text) > column.limit or not text.isascii())):
+        return False
+    return not column.rewrite or (text.isascii() and not json_might_hold_secret(text))
+
+
 def storable(table: type[Base], row: dict[str, Any]) -> dict[str, Any]:
     """`row` as it may be stored: secrets redacted in every text and JSON column but the identity ones,
     strings cut to their column's bound, JSON columns of the audit summarized past theirs (JSON_LIMITS), NUL
@@ -269,9 +290,12 @@ def storable(table: type[Base], row: dict[str, Any]) -> dict[str, Any]:
     out = dict(row)
     for name, column in _columns(table).items():
         value = out.get(name)
-        if isinstance(value, str) and not column.json:
-            out[name] = _bounded_text(value, column)
-        elif value is not None and column.json:
+        if value is None:
+            continue
+        if not column.json:
+            if isinstance(value, str):
+                out[name] = _bounded_text(value, column)
+        elif not _plain_json(value, column):
             value = _json_value(value, column.rewrite)
             out[name] = value if column.limit is None else _bounded_json(value, column.limit)
     return out

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import operator
 import os
 import threading
 import time
@@ -100,8 +101,13 @@ def _decode(obj: dict[str, Any]) -> Any:
     return datetime.fromisoformat(obj["$datetime"]) if obj.keys() == {"$datetime"} else obj
 
 
+# One encoder for every journal line (json.dumps builds one per call): compact, ASCII (a lone surrogate
+# stays escaped), no circularity check (rows are flat records and JSON values already encoded once).
+_JOURNAL_LINE = json.JSONEncoder(default=_encode, separators=(",", ":"), check_circular=False)
+
+
 def _line(table: type[Base], row: dict[str, Any]) -> bytes:
-    return (json.dumps({"table": table.__tablename__, "row": row}, default=_encode) + "\n").encode()
+    return (_JOURNAL_LINE.encode({"table": table.__tablename__, "row": row}) + "\n").encode()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -761,6 +767,8 @@ async def write_rows(session: Any, dialect: str, batch: list[Row]) -> None:
         core: Table = table.__table__  # type: ignore[assignment]
         if dialect == "postgresql" and len(rows) >= COPY_ROWS:
             await _copy(session, core, rows)
+        elif dialect == "sqlite":
+            await _executemany(session, table, rows)
         else:
             await session.execute(insert(core), rows)
     if snapshots:
@@ -772,6 +780,42 @@ async def write_rows(session: Any, dialect: str, batch: list[Row]) -> None:
                 set_={"collected_at": stmt.excluded.collected_at, "data": stmt.excluded.data},
             )
         )
+
+
+_INSERTS: dict[
+    type[Base], tuple[str, Callable[[dict[str, Any]], tuple[Any, ...]], list[tuple[int, Any]]]
+] = {}
+
+
+async def _executemany(session: Any, table: type[Base], rows: list[dict[str, Any]]) -> None:
+    """Rows (full, see full_row) into a SQLite table by one executemany of a prepared INSERT, each value bound
+    by its column type's own processor: what `session.execute(insert(table), rows)` stores, without
+    SQLAlchemy building and processing a parameter dict per row (about half the shipper's time on SQLite)."""
+    connection = await session.connection()
+    plan = _INSERTS.get(table)
+    if plan is None:
+        dialect = connection.dialect
+        core: Table = table.__table__  # type: ignore[assignment]
+        names = [name for name, _ in _FULL.get(table) or _columns(table)]
+        quote = dialect.identifier_preparer.quote
+        sql = (
+            f"INSERT INTO {quote(core.name)} ({', '.join(quote(n) for n in names)}) "
+            f"VALUES ({', '.join('?' for _ in names)})"
+        )
+        processors = [
+            (i, p)
+            for i, name in enumerate(names)
+            if (p := core.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+        ]
+        plan = _INSERTS[table] = (sql, operator.itemgetter(*names), processors)
+    sql, values, processors = plan
+    records: list[tuple[Any, ...]] = []
+    for row in rows:
+        record = list(values(row))
+        for i, process in processors:
+            record[i] = process(record[i])
+        records.append(tuple(record))
+    await connection.exec_driver_sql(sql, records)
 
 
 async def _copy(session: Any, table: Table, rows: list[dict[str, Any]]) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from fastmcp import Client
+from sqlalchemy import insert, text
 
 from mcp_server.audit import (
     AUDIT_ARGUMENTS_CHARS,
@@ -20,10 +21,12 @@ from mcp_server.audit import (
     AuditRecord,
     CallContext,
     fingerprint,
+    storable,
 )
 from mcp_server.db.queries import AuditEntry
-from mcp_server.db.tables import DataCollectionAudit
+from mcp_server.db.tables import DataCollectionAudit, ServicePerformanceMetric
 from mcp_server.errors import DeviceNotFound
+from mcp_server.journal import Row, full_row, write_rows
 from mcp_server.redact import digest
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import PG_ADMIN_DSN, audit_rows, create_pg_database, drop_pg_database, make_settings
@@ -184,6 +187,42 @@ async def test_every_variable_column_of_an_audit_row_is_bounded(state: AppState)
     assert row.arguments is not None and row.arguments["more_arguments"] > 30
     assert row.ssh_commands[0].startswith("sh -c 'step 0' xxx") and "sha256:" in row.ssh_commands[0]
     assert row.ssh_commands[-1].endswith("more distinct commands, 600 run in all]")
+
+
+async def test_the_shipper_stores_on_sqlite_what_an_insert_through_sqlalchemy_stores(tmp_path: Path) -> None:
+    """The shipper binds SQLite rows itself (one executemany, each value through its column type's processor):
+    every kind of value comes back as SQLAlchemy's own insert stores it."""
+    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone(timedelta(hours=2)))
+    record = AuditRecord(
+        occurred_at=at, kind="tool", outcome="error", request_id="r1", tool="collect", cache_hit=True,
+        arguments={"device": "nas", "nested": {"list": [1, 2.5, None, "é"]}}, ssh_commands=("uptime",),
+        duration_ms=1.25, error_message="refusé\x00 password=hunter2",
+    )  # fmt: skip
+    metric = {"recorded_at": at, "device": "nas", "command": "uptime", "execute_ms": 1.5, "outcome": "ok"}
+    rows: list[Row] = [
+        (table, full_row(table, storable(table, row)))
+        for table, row in [
+            (DataCollectionAudit, record.row()),
+            (DataCollectionAudit, AuditRecord(occurred_at=at, kind="collection", outcome="ok").row()),
+            (ServicePerformanceMetric, metric),
+        ]
+    ]
+    async with open_state(make_settings(tmp_path)) as state:
+        assert state.db.dialect == "sqlite"
+        async with state.db.session() as session, session.begin():
+            await write_rows(session, "sqlite", rows)
+            for table, row in rows:
+                await session.execute(insert(table), [row])
+        async with state.db.session() as session:
+            for table in (DataCollectionAudit, ServicePerformanceMetric):
+                stored = [
+                    tuple(r)[1:] for r in await session.execute(text(f"SELECT * FROM {table.__tablename__}"))
+                ]
+                half = len(stored) // 2
+                assert half and stored[:half] == stored[half:]
+            (entry, *_) = await audit_rows(state, kind="tool")
+    assert entry.occurred_at == at and entry.cache_hit is True and entry.arguments == record.arguments
+    assert entry.error_message == "refusé\ufffd password=***"
 
 
 # ---- one record type, built from the call context ----------------------------------------------------------

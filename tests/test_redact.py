@@ -3,14 +3,28 @@ ordinary text is left alone, and that every rule stays linear on adversarial inp
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
+from mcp_server.audit import AUDIT_ARGUMENTS_CHARS, _bounded_json, _json_value, storable
+from mcp_server.db.tables import DataCollectionAudit
 from mcp_server.parsers.config_files import redact_config
 from mcp_server.parsers.config_paths import KINDS, ConfigKind
-from mcp_server.redact import REDACTED, redact, redact_args, redact_key_blocks, redact_text
+from mcp_server.redact import (
+    REDACTED,
+    _rules,
+    json_might_hold_secret,
+    might_hold_secret,
+    redact,
+    redact_args,
+    redact_key_blocks,
+    redact_text,
+)
 from tests.secret_corpus import CONTROL, NEAR_MISSES, SHAPES, Shape, command_argv, leaks
 
 MASKED = [
@@ -159,6 +173,81 @@ def test_a_private_key_keeps_its_armour_and_loses_its_body_whatever_its_end() ->
     assert redact_text(f"Private-Lines: 1\n{line}\nmongosh -p X\nPrivate-Lines: 2 {line} AAA= {line}") == (
         f"Private-Lines: 1***\nmongosh -p ***\nPrivate-Lines: 2*** {line}"
     )
+
+
+# ---- the screen: a text it passes holds nothing any rule masks -------------------------------------------------
+
+SCREENED = settings(
+    max_examples=300, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck)
+)
+# Random text built from pieces of the corpus, the literals the rules start from (in other cases, and after
+# characters whose lower case changes length or is ASCII: İ, the Kelvin sign), quotes, escapes and blanks.
+_PIECES = st.sampled_from(
+    [
+        *(s.text for s in SHAPES),
+        *NEAR_MISSES,
+        *("key", "KEY", "\u212aey", "İ", "pAsS", "masterauth", "requirepass", "Authorization", "bearer"),
+        *("mysql", "curl", "-p", "-u", "://", "@", "=", ":", "[", "]", '"', "'", "\\", "\\u0070", ","),
+        *(" ", "\t", "\n", "\r\n", "\x00", "eyJ", "ghp_", "sk-", "BEGIN", "PRIVATE KEY", "-----"),
+        # whole shapes that only one literal of the screen lets through
+        *("\nmasterauth Zq1x\n", '["mysql","-pZq2x"]', '["\\u006dysql", "-pZq3x"]', "mysql\t-pZq4x"),
+    ]
+)
+
+
+def _walked(value: dict[str, object]) -> object:
+    """A JSON column made storable the long way: every key and string redacted, then bounded."""
+    return _bounded_json(_json_value(value, True), AUDIT_ARGUMENTS_CHARS)
+
+
+_TEXTS = st.lists(st.one_of(_PIECES, st.text(max_size=6)), max_size=10).map("".join)
+
+
+@SCREENED
+@given(shape=st.sampled_from(SHAPES), before=_TEXTS, after=_TEXTS)
+def test_the_screen_never_passes_a_corpus_secret_whatever_surrounds_it(
+    shape: Shape, before: str, after: str
+) -> None:
+    text = before + shape.text + after
+    assert might_hold_secret(text)
+    assert redact_text(text) == _rules(text)
+    # the same secret as an audited argument: one encoding of the whole value screens it
+    assert storable(DataCollectionAudit, {"arguments": {"x": text}})["arguments"] == _walked({"x": text})
+
+
+@SCREENED
+@given(text=_TEXTS)
+@example(text='["mysql","-pZq2x"]')
+@example(text='["\\u006dysql", "-pZq3x"]')
+@example(text="\nmasterauth Zq1x\n")
+def test_the_screen_and_its_cache_change_nothing_redaction_would_not(text: str) -> None:
+    if not might_hold_secret(text):
+        assert _rules(text) == text
+    assert (
+        redact_text(text) == _rules(text) == redact_text(text)
+    )  # the second time from the cache of passed texts
+
+
+@SCREENED
+@given(items=st.lists(_TEXTS, max_size=4), keys=st.lists(_TEXTS, min_size=1, max_size=4))
+@example(items=['["\\u006dysql","-pZq3x"]'], keys=["a"])
+@example(items=["mysql", "-pZq2x"], keys=["a"])
+def test_a_json_value_the_screen_passes_is_left_as_it_is_by_redaction(
+    items: list[str], keys: list[str]
+) -> None:
+    value: dict[str, object] = {"argv": items, **{key: key for key in keys}, "n": {"nested": items}}
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if text.isascii() and not json_might_hold_secret(text):
+        assert redact(value) == value
+    stored = storable(DataCollectionAudit, {"arguments": value, "ssh_commands": items})
+    assert stored["arguments"] == _walked(value)
+    assert stored["ssh_commands"] == _bounded_json(_json_value(items, True), 1024)
+
+
+def test_ordinary_audit_values_pass_the_screen() -> None:
+    for text in ("get_system_metrics", "bench/1.0", "/mcp", '{"interval":0.5}', "Connection refused by nas"):
+        assert not might_hold_secret(text)
+    assert not json_might_hold_secret('{"device":"dev01","interval":0.5,"lines":["sh -c x"]}')
 
 
 # ---- linear time: 1 MB of adversarial text per rule -----------------------------------------------------------

@@ -7,7 +7,8 @@ a word start (a look-behind rejects every other position at once), its repetitio
 backtracking) and bounded, and a text is cut to MAX_TEXT characters before it is scanned. Where a rule reads
 on past its match (a key block, a command's arguments, a URL's user info), it reads a bounded stretch and the
 scan resumes after it, so no character is read more than a few times. Each rule runs only when its literal
-occurs in the text at all.
+occurs in the text at all, and a text holding none of those literals is returned after one screen
+(might_hold_secret): most of what the audit stores.
 
 The rules live in three modules: names.py (which names say their value is secret, where a value ends),
 shapes.py (credentials recognised by their shape: keys, URLs, headers, tokens) and commands.py (command lines
@@ -21,14 +22,16 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from mcp_server.redact.commands import argv_lists, argv_masks, command_lines
+from mcp_server.redact.commands import PROGRAM_START, argv_lists, argv_masks, command_lines
 from mcp_server.redact.names import ARG_VALUE, REDACTED, VALUE, lowered, masked_value, secret_name
-from mcp_server.redact.shapes import redact_key_blocks, redact_shapes, replace
+from mcp_server.redact.shapes import KNOWN_PREFIXES, redact_key_blocks, redact_shapes, replace
 
 __all__ = [
     "MAX_TEXT",
     "REDACTED",
     "digest",
+    "json_might_hold_secret",
+    "might_hold_secret",
     "redact",
     "redact_args",
     "redact_key_blocks",
@@ -61,6 +64,25 @@ _DIRECTIVE = re.compile(
 _SECRET_DIRECTIVES = frozenset({"requirepass", "masterauth", "pass", "passwd"})
 # No secret name without one of these stems: a text without any is left alone at once.
 _STEM = re.compile(r"pass|secret|token|credential|key|pwd")
+
+# The screen: every rule is guarded by a literal its match cannot do without, and these are all of them, so a
+# text holding none is returned as it is after a scan or two (most audit and metric strings: tool and
+# command names, paths, user agents, plain messages). Case-sensitive ones, on the text: key armour, URLs,
+# JWTs, known token prefixes (and "[" for an argv list written out, see might_hold_secret).
+_SCREEN = re.compile(
+    "|".join(
+        re.escape(literal) for literal in ("PRIVATE KEY", "Private-Lines:", "://", "eyJ", *KNOWN_PREFIXES)
+    )
+)
+# On the lower-cased text (as the rules read it): headers and credentials, secret names (the stems), and the
+# directives whose names hold no stem.
+_SCREEN_LOW = re.compile(r"authorization|bearer|basic|pass|secret|token|credential|key|pwd|masterauth")
+# Texts the screen passed lately, up to _CLEAN_MAX of them of at most _CLEAN_CHARS each (repeated names,
+# paths and messages skip even the screen); none holds anything a rule could mask.
+_CLEAN: set[str] = set()
+_CLEAN_JSON: set[str] = set()
+_CLEAN_MAX = 8192
+_CLEAN_CHARS = 512
 
 
 def secret_value(value: str) -> bool:
@@ -98,8 +120,50 @@ def redact_text(text: str) -> str:
     headers, bearer and basic credentials, JWTs, well-known token shapes, the secret options of known
     programs' command lines, the value of any NAME=VALUE, NAME: VALUE or --name VALUE whose name says it is
     secret, and a `NAME VALUE` directive on a line of its own (config files) or as a whole quoted string."""
+    if text in _CLEAN:
+        return text
     if len(text) > MAX_TEXT:
         text = text[:MAX_TEXT] + f"…[{len(text) - MAX_TEXT} characters cut before redaction]"
+    elif not might_hold_secret(text):
+        if len(text) <= _CLEAN_CHARS:
+            if len(_CLEAN) >= _CLEAN_MAX:
+                _CLEAN.clear()
+            _CLEAN.add(text)
+        return text
+    return _rules(text)
+
+
+def might_hold_secret(text: str) -> bool:
+    """False when no rule of redact_text can change `text`: it holds none of the literals they start from."""
+    if "[" in text or _SCREEN.search(text) is not None or _SCREEN_LOW.search(lowered(text)) is not None:
+        return True
+    # a program's name counts only followed by a blank (see command_lines)
+    return ("\t" in text or " " in text) and PROGRAM_START.search(text) is not None
+
+
+def json_might_hold_secret(text: str) -> bool:
+    """False when redact() (and storable) would leave every key and string of a value as they are, given the
+    value's compact JSON `text` in ASCII. Without a backslash in it no string was escaped (no quote, backslash
+    or control character in any), so each appears in it as it is, and the literals are searched as above; a
+    program's name counts wherever it is. JSON texts that passed are remembered like texts (see _CLEAN)."""
+    if text in _CLEAN_JSON:
+        return False
+    if (
+        "\\" in text
+        or _SCREEN.search(text) is not None
+        or _SCREEN_LOW.search(text.lower()) is not None
+        or PROGRAM_START.search(text) is not None
+    ):
+        return True
+    if len(text) <= _CLEAN_CHARS:
+        if len(_CLEAN_JSON) >= _CLEAN_MAX:
+            _CLEAN_JSON.clear()
+        _CLEAN_JSON.add(text)
+    return False
+
+
+def _rules(text: str) -> str:
+    """Every rule of redact_text, in turn, on a text of at most MAX_TEXT characters."""
     text = command_lines(redact_shapes(text))
     if "[" in text:
         text = argv_lists(text)

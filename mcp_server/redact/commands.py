@@ -123,7 +123,7 @@ _FAMILY_PREFIXES = tuple(prefix for prefix, _ in _FAMILIES)
 _FAMILY_NAME = re.compile("(?:" + "|".join(_FAMILY_PREFIXES) + r")[\w-]{0,24}+")
 # Where a program's name may start: a bare alternation of literals, which the engine skips to at C speed; the
 # boundary before it and the whole name (a word followed by white space) are checked after.
-_PROGRAM_START = re.compile(
+PROGRAM_START = re.compile(
     "|".join(re.escape(name) for name in sorted([*TOOLS, *_FAMILY_PREFIXES], key=len)[::-1])
 )
 _PROGRAM = re.compile(r"[\w.+-]{1,64}+(?=[ \t])")
@@ -257,7 +257,7 @@ def command_lines(text: str) -> str:
     """`text` with the secrets in the command lines of known programs masked (see argv_masks)."""
     out: list[str] = []
     pos = search = 0
-    while (hit := _PROGRAM_START.search(text, search)) is not None:
+    while (hit := PROGRAM_START.search(text, search)) is not None:
         program = _PROGRAM.match(text, hit.start())
         if (
             (hit.start() and text[hit.start() - 1] in _NAME_CHARS)

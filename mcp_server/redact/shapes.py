@@ -68,7 +68,7 @@ _KNOWN_TOKEN = re.compile(
     r"|npm_[A-Za-z0-9]{36}+|pypi-AgE[\w-]{40,4096}+|hf_[A-Za-z0-9]{30,255}+|sk-ant-[\w-]{32,255}+"
     r"|sk-proj-[\w-]{32,255}+|sk-[A-Za-z0-9]{32,255}+"
 )
-_KNOWN_PREFIXES = ("gh", "github_pat_", "glpat-", "xox", "AKIA", "ASIA", "k_live_", "AIza", "npm_", "pypi-", "hf_", "sk-")  # fmt: skip
+KNOWN_PREFIXES = ("gh", "github_pat_", "glpat-", "xox", "AKIA", "ASIA", "k_live_", "AIza", "npm_", "pypi-", "hf_", "sk-")  # fmt: skip
 _WORD_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
@@ -224,6 +224,6 @@ def redact_shapes(text: str) -> str:
         text = replace(text, _basic(text, low))
     if "eyJ" in text:
         text = _JWT.sub(REDACTED, text)
-    if any(prefix in text for prefix in _KNOWN_PREFIXES):
+    if any(prefix in text for prefix in KNOWN_PREFIXES):
         text = replace(text, _known_tokens(text))
     return text
