@@ -240,6 +240,10 @@ class Poller:
     async def _guarded(self, device: str, category: Category, interval: float, slot: int) -> None:
         try:
             await self._slot(device, category, interval, slot)
+        except asyncio.CancelledError:
+            if self._clock() >= (slot + 1) * interval:
+                self.counters.missed += 1  # the poller stopped with this ended slot still unstored
+            raise
         except (SQLAlchemyError, OSError) as exc:
             # the database is away: this slot is lost, the next one tries again
             self.counters.missed += 1
@@ -327,23 +331,17 @@ class Poller:
         else:
             self.counters.failed += 1
         self.counters.by_category[category.name] = self.counters.by_category.get(category.name, 0) + 1
+        stored = self._now()  # the lease's completed_at: what "stored in its slot" is judged by
         done = await leases.complete(
-            self._db,
-            device,
-            category.name,
-            slot,
-            request_id=request_id,
-            outcome=outcome,
-            now=self._now(),
+            self._db, device, category.name, slot, request_id=request_id, outcome=outcome, now=stored
         )
         if not done:
             log.warning(
                 "poll %s/%s slot %d overran its lease and was taken over", device, category.name, slot
             )
-        stored = self._clock()
         offset = jitter_offset(device, category.name, interval, self._settings.poll_jitter)
-        self.lags.append(max(0.0, stored - (slot * interval + offset)))
-        if stored >= (slot + 1) * interval:
+        self.lags.append(max(0.0, stored.timestamp() - (slot * interval + offset)))
+        if stored.timestamp() >= (slot + 1) * interval:
             self.counters.missed += 1  # stored after its slot ended
 
     async def _collect(self, device: str, category: Category) -> None:
