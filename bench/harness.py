@@ -178,7 +178,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> No
             raise RuntimeError(
                 f"server exited with {proc.returncode}:\n{log_path.read_text(errors='replace')}"
             )
-        with contextlib.suppress(urllib.error.URLError, ConnectionError):
+        with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
             with urllib.request.urlopen(url, timeout=1.0) as response:
                 if response.status == 200:
                     return

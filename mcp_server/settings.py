@@ -377,6 +377,13 @@ class Settings(BaseSettings):
     poll_device_concurrency: int = Field(
         default=2, ge=1, le=16, description="Polls running at once per device."
     )
+    poll_connect_concurrency: int = Field(
+        default_factory=lambda: min(32, 4 * (os.cpu_count() or 1)),
+        ge=1,
+        le=256,
+        description="SSH connections the poller opens at once while a fleet connects (default 4 per core, "
+        "at most 32); polls waiting for their device's connection hold no poll slot.",
+    )
     poll_breaker_threshold: int = Field(
         default=3, ge=1, le=100, description="Consecutive failed polls that open a device's circuit breaker."
     )

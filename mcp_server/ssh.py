@@ -298,6 +298,10 @@ class SSHPool:
             reused_connection=reused,
         )
 
+    async def connect(self, device: Device) -> None:
+        """Open the device's pooled connection now, ahead of its first command (a live one is kept)."""
+        await self._connection(device, ())
+
     async def drop(self, name: str) -> None:
         """Forget a device's connection and first-use pin (it was edited or removed)."""
         self._pins.pop(name, None)

@@ -16,6 +16,7 @@ import pytest
 from fastmcp import Client
 from sqlalchemy import select
 
+from mcp_server.db.series import as_utc
 from mcp_server.db.tables import PollLease, ServicePerformanceMetric
 from mcp_server.polling import leases
 from mcp_server.polling.scheduler import jitter_offset
@@ -206,9 +207,12 @@ async def test_a_lease_is_held_by_one_replica_until_it_expires_uncompleted(
         assert row is not None and row.attempts == 2 and row.outcome == "ok"
 
 
+@pytest.mark.parametrize("expired_before_start", [False, True], ids=["live lease", "expired lease"])
 async def test_a_dead_replicas_unfinished_slot_is_taken_over_when_its_lease_expires(
-    tmp_path: Path, database_url: str
+    tmp_path: Path, database_url: str, expired_before_start: bool
 ) -> None:
+    """Counted as taken over whether the poller waited for the lease to expire or (a loaded machine starting
+    it late) found it expired already: the second case once counted 0."""
     interval = 3600.0
     settings = poll_settings(tmp_path, database_url, poll_system_interval=interval, poll_jitter=0.0)
     # a clock five seconds into an hour-long slot, so the slot cannot end while the test runs
@@ -223,7 +227,7 @@ async def test_a_dead_replicas_unfinished_slot_is_taken_over_when_its_lease_expi
             slot,
             owner="ghost-replica",
             ttl=timedelta(seconds=2),
-            now=datetime.now(UTC) - timedelta(seconds=offset),
+            now=datetime.now(UTC) - timedelta(seconds=offset + (3 if expired_before_start else 0)),
         )
         assert ghost.ours
         async with polling(state, clock=lambda: time.time() - offset) as service:
@@ -312,3 +316,144 @@ def test_every_poll_category_has_a_setting_and_runs_registered_read_commands() -
         assert category.setting in Settings.model_fields
         for command in category.commands:
             assert registry.get(command).read_only, command
+
+
+# ---- a fleet connecting: the ramp and missed slots ----------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def slow_to_answer(port: int, delay: float) -> AsyncIterator[int]:
+    """A TCP relay on 127.0.0.1 in front of an sshd that holds each new connection `delay` seconds before
+    forwarding it (a host slow to answer while a fleet connects); yields its port."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(delay)
+        try:
+            upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await server.wait_closed()
+
+
+def slot_start_clock(interval: float, lead: float = 0.2) -> tuple[Callable[[], float], int]:
+    """A clock `lead` seconds into the start of a slot right now, and that slot: every device is due within the
+    test's first slot, none half-way through it."""
+    real = time.time()
+    offset = real % interval - lead
+    return (lambda: time.time() - offset), int((real - offset) // interval)
+
+
+async def stored_slots(state: AppState, interval: float) -> dict[str, dict[int, bool]]:
+    """Per device and slot: whether a lease of this replica was completed before its slot ended."""
+    async with state.db.read_session() as session:
+        rows = (await session.scalars(select(PollLease).where(PollLease.category == "system"))).all()
+    stored: dict[str, dict[int, bool]] = {}
+    for row in rows:
+        in_time = (
+            row.completed_at is not None and as_utc(row.completed_at).timestamp() < (row.slot + 1) * interval
+        )
+        stored.setdefault(row.device, {})[row.slot] = in_time
+    return stored
+
+
+async def test_a_fleet_connecting_misses_no_slot_while_slow_hosts_open_their_connections(
+    sshd_fleet: SshdFleet, tmp_path: Path, database_url: str
+) -> None:
+    """Eight hosts take three seconds to answer a new connection, ten answer at once; two polls run at a time.
+    When a poll opened its device's connection inside its poll slot, the slow connects alone (8 x 3 s / 2)
+    ran past the end of the 10 s slot, and the polls queued behind them were missed. The ramp opens the
+    connections beside the polls: every device is stored in its first two slots."""
+    interval = 10.0
+    settings = poll_settings(
+        tmp_path,
+        database_url,
+        poll_system_interval=interval,
+        poll_jitter=0.2,
+        poll_concurrency=2,
+        poll_connect_concurrency=8,
+        ssh_connect_timeout=10.0,
+        local_device=False,
+    )
+    alpha = sshd_fleet.hosts["alpha"]
+    hosts = [sshd_fleet.hosts[h] for h in ("alpha", "beta", "gamma")]
+    async with contextlib.AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(slow_to_answer(alpha.port, 3.0))
+        state = await stack.enter_async_context(open_state(settings))
+        for i in range(8):
+            await add_fleet_host(state, sshd_fleet, alpha, f"slow{i}", port=relay)
+        for i in range(10):
+            await add_fleet_host(state, sshd_fleet, hosts[i % 3], f"fast{i}")
+        clock, first = slot_start_clock(interval)
+        service = await stack.enter_async_context(polling(state, clock=clock))
+        poller = service.poller
+        assert poller is not None
+
+        async def two_slots_ended() -> bool:
+            return clock() >= (first + 2) * interval + 0.5
+
+        await eventually(two_slots_ended, "two slots to pass", timeout=3 * interval)
+        report = (await tool(state, "get_service_health", {}))["poller"]
+        stored = await stored_slots(state, interval)
+    assert report["missed"] == 0, report
+    assert report["waited_for_connection"] >= 8 and report["connecting"] == 0
+    names = [f"slow{i}" for i in range(8)] + [f"fast{i}" for i in range(10)]
+    late = {n: s for n in names for s in (first, first + 1) if not stored.get(n, {}).get(s)}
+    assert not late, f"slots not stored before they ended: {late}"
+    assert report["lag_p95_seconds"] is not None and report["lag_max_seconds"] < interval
+    assert state.ssh.stats().connections_opened == 18  # one pooled connection per device, opened once
+
+
+async def test_a_slot_that_ends_while_its_device_is_still_connecting_is_counted_missed(
+    sshd_fleet: SshdFleet, tmp_path: Path, database_url: str
+) -> None:
+    """A host that takes 3 s to answer, polled every 2 s: its first slot ends while it connects, and is
+    counted missed. Whatever else the machine's load makes late, the count equals the slots that ended before
+    the poller stopped with nothing stored in time (a completed lease before the slot's end)."""
+    interval = 2.0
+    settings = poll_settings(
+        tmp_path,
+        database_url,
+        poll_system_interval=interval,
+        poll_jitter=0.0,
+        ssh_connect_timeout=10.0,
+        local_device=False,
+    )
+    alpha = sshd_fleet.hosts["alpha"]
+    async with contextlib.AsyncExitStack() as stack:
+        relay = await stack.enter_async_context(slow_to_answer(alpha.port, 3.0))
+        state = await stack.enter_async_context(open_state(settings))
+        await add_fleet_host(state, sshd_fleet, alpha, "slow", port=relay)
+        await add_fleet_host(state, sshd_fleet, sshd_fleet.hosts["beta"], "fast")
+        clock, first = slot_start_clock(interval)
+        async with polling(state, clock=clock) as service:
+            poller = service.poller
+            assert poller is not None
+
+            async def four_slots_ended() -> bool:
+                # stop half-way through a slot, far from the boundaries the judgement below uses
+                return clock() >= (first + 4.5) * interval
+
+            await eventually(four_slots_ended, "four slots to pass", timeout=8 * interval)
+        stored = await stored_slots(state, interval)
+    not_stored = [
+        (n, s) for n in ("slow", "fast") for s in range(first, first + 4) if not stored.get(n, {}).get(s)
+    ]
+    assert ("slow", first) in not_stored
+    assert poller.counters.missed == len(not_stored), not_stored

@@ -28,6 +28,7 @@ class Claim:
     request_id: str
     expires_at: datetime
     completed_at: datetime | None
+    taken_over: bool = False  # ours, from a holder that let its lease expire uncompleted
 
 
 def _insert(db: Database) -> Any:
@@ -60,11 +61,11 @@ async def claim(
         },
         # only a lease its holder never completed and let expire is taken over
         where=PollLease.completed_at.is_(None) & (PollLease.expires_at < insert.excluded.claimed_at),
-    ).returning(PollLease.request_id)
+    ).returning(PollLease.request_id, PollLease.attempts)
     async with db.session() as session, session.begin():
-        taken = (await session.execute(statement)).scalar_one_or_none()
-        if taken == request_id:
-            return Claim(True, owner, request_id, now + ttl, None)
+        taken = (await session.execute(statement)).one_or_none()
+        if taken is not None and taken.request_id == request_id:
+            return Claim(True, owner, request_id, now + ttl, None, taken_over=taken.attempts > 1)
         held = (
             await session.execute(
                 select(

@@ -129,7 +129,19 @@ class PollerStatus(BaseModel):
     skipped_unsupported: int
     held_elsewhere: int = Field(description="Due slots another replica had already claimed.")
     taken_over: int = Field(description="Slots taken over after another replica's lease expired.")
-    missed: int = Field(description="Due slots not started within their slot (overload or database away).")
+    missed: int = Field(
+        description="Due slots that ended before their poll was stored: not started in time (overload, the "
+        "device still connecting), finished after the slot, the database away, or skipped by a stalled loop."
+    )
+    waited_for_connection: int = Field(
+        description="Polls that waited for their device's first connection (the ramp) before starting."
+    )
+    connecting: int = Field(description="Devices whose pooled connection the poller is opening right now.")
+    lag_p50_seconds: float | None = Field(
+        description="Median time from a poll's due time to stored, over the last 1,000 polls."
+    )
+    lag_p95_seconds: float | None
+    lag_max_seconds: float | None
 
 
 class DeviceHealthEntry(BaseModel):

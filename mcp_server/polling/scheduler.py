@@ -8,17 +8,29 @@ held by another waits for that lease to expire and takes over only if the holder
 Polls run under a global and a per-device bound, with a deadline below the lease, and feed the device's
 circuit breaker. Each poll is audited like any collection (transport "poller", subject "poller:<replica>",
 tool "poll:<category>", the lease's request id).
+
+Due times sit in a heap, so a wake costs what is due, not the size of the fleet. A fleet that connects
+(the server starts, devices are added) ramps: each new device's pooled connection is opened ahead of its
+polls, in the order they come due, at most INFRA_POLL_CONNECT_CONCURRENCY at once, and a poll whose device
+is still connecting waits for it without holding one of the INFRA_POLL_CONCURRENCY poll slots. A slot is
+*missed* when it ends before its poll was stored (collected, its rows handed to the writer and its lease
+completed): not started in time, still connecting, finished late, the database away, or never scheduled
+because the event loop stalled past it. Lag is the time from a poll's due time to stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import heapq
 import logging
 import time
 import zlib
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -31,6 +43,7 @@ from mcp_server.errors import (
     CommandNotAvailable,
     CommandTimeout,
     ConnectionError_,
+    DeviceNotFound,
     InfrastructorError,
     SudoPasswordRequired,
 )
@@ -40,11 +53,14 @@ from mcp_server.reports import drive_health
 from mcp_server.series import CATEGORIES
 from mcp_server.series.spec import Category
 from mcp_server.settings import Settings
+from mcp_server.ssh import SSHPool
 
 log = logging.getLogger(__name__)
 
 LEASE_MARGIN = 5.0  # seconds a lease outlives the deadline of the poll it covers
 MAX_SLEEP = 1.0
+MIN_SLEEP = 0.05  # polls due within this of each other start together
+LAG_WINDOW = 1000  # polls whose lag the report's percentiles cover
 
 
 @dataclass
@@ -58,6 +74,7 @@ class PollCounters:
     held_elsewhere: int = 0
     taken_over: int = 0
     missed: int = 0
+    waited_for_connection: int = 0
     by_category: dict[str, int] = field(default_factory=dict)
 
 
@@ -78,6 +95,7 @@ class Poller:
         devices: DeviceRegistry,
         health: HealthBook,
         db: Database,
+        ssh: SSHPool | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -86,6 +104,7 @@ class Poller:
         self._devices = devices
         self._health = health
         self._db = db
+        self._ssh = ssh
         self._clock = clock
         self.replica = settings.replica_name
         self.categories = [
@@ -94,13 +113,24 @@ class Poller:
             if float(getattr(self._settings, c.setting)) > 0
         ]
         self.counters = PollCounters()
+        self.lags: deque[float] = deque(maxlen=LAG_WINDOW)
         self._handled: dict[tuple[str, str], int] = {}
+        # (due, slot, device, index into categories): the next slot of every scheduled (device, category)
+        self._due: list[tuple[float, int, str, int]] = []
+        self._scheduled: set[str] = set()
+        self._connecting: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._all = asyncio.Semaphore(self._settings.poll_concurrency)
+        self._connects = asyncio.Semaphore(self._settings.poll_connect_concurrency)
         self._per_device: dict[str, asyncio.Semaphore] = {}
 
     def intervals(self) -> dict[str, float]:
         return {c.name: interval for c, interval in self.categories}
+
+    @property
+    def connecting(self) -> int:
+        """Devices whose pooled connection the ramp is opening (or waiting to open) right now."""
+        return len(self._connecting)
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -120,35 +150,86 @@ class Poller:
             while True:
                 await self._health.refresh()
                 wake = self._schedule_due()
-                await asyncio.sleep(max(0.01, min(wake - self._clock(), MAX_SLEEP)))
+                await asyncio.sleep(max(MIN_SLEEP, min(wake - self._clock(), MAX_SLEEP)))
         finally:
             for task in list(self._tasks):
                 task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
 
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def _schedule_due(self) -> float:
         """Start a task for every (device, category) whose slot is due; returns when to look again."""
         now = self._clock()
-        wake = now + MAX_SLEEP
-        jitter = self._settings.poll_jitter
-        for device in self._devices.names():
-            for category, interval in self.categories:
-                slot = int(now // interval)
-                offset = jitter_offset(device, category.name, interval, jitter)
-                due = slot * interval + offset
-                key = (device, category.name)
-                if now < due or self._handled.get(key, -1) >= slot:
-                    next_due = due if now < due else (slot + 1) * interval + offset
-                    wake = min(wake, next_due)
+        names = set(self._devices.names())
+        self._admit(names - self._scheduled, now)
+        due = self._due
+        while due and due[0][0] <= now:
+            _, slot, device, index = heapq.heappop(due)
+            if device not in names:
+                self._scheduled.discard(device)  # removed: its other categories drop out as they come up
+                continue
+            category, interval = self.categories[index]
+            offset = jitter_offset(device, category.name, interval, self._settings.poll_jitter)
+            current = int(now // interval)
+            key = (device, category.name)
+            if current > slot:
+                # the loop was held up past the end of this slot (and maybe more): none of them was polled
+                self.counters.missed += current - max(slot, self._handled.get(key, slot - 1) + 1)
+                slot = current
+                if now < slot * interval + offset:
+                    heapq.heappush(due, (slot * interval + offset, slot, device, index))
                     continue
+            if self._handled.get(key, -1) < slot:
                 self._handled[key] = slot
-                task = asyncio.create_task(
-                    self._guarded(device, category, interval, slot), name=f"poll-{device}-{category.name}"
-                )
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-        return wake
+                self._spawn(self._guarded(device, category, interval, slot), f"poll-{device}-{category.name}")
+            heapq.heappush(due, ((slot + 1) * interval + offset, slot + 1, device, index))
+        return due[0][0] if due else now + MAX_SLEEP
+
+    def _admit(self, new: set[str], now: float) -> None:
+        """Schedule devices seen for the first time; open their connections in the order they come due."""
+        if not new:
+            return
+        first: dict[str, float] = {}
+        for device in new:
+            for index, (category, interval) in enumerate(self.categories):
+                offset = jitter_offset(device, category.name, interval, self._settings.poll_jitter)
+                slot = int(now // interval)  # a slot under way is still polled when its due time has passed
+                heapq.heappush(self._due, (slot * interval + offset, slot, device, index))
+                first[device] = min(first.get(device, now + interval), slot * interval + offset)
+        self._scheduled |= new
+        for device in sorted(new, key=first.__getitem__):
+            if self._needs_connection(device):
+                self._connecting[device] = self._spawn(self._ready(device), f"poll-connect-{device}")
+
+    def _needs_connection(self, device: str) -> bool:
+        if self._ssh is None or self._ssh.is_connected(device):
+            return False
+        try:
+            return not self._devices.get(device).is_local
+        except DeviceNotFound:
+            return False
+
+    async def _ready(self, device: str) -> None:
+        """Open the device's pooled connection under the ramp's bound; a failed connect is left to the polls
+        (they retry it, and their failure feeds the breaker)."""
+        try:
+            async with self._connects:
+                if not self._needs_connection(device) or not self._health.allows(device, self._now()):
+                    return
+                with contextlib.suppress(ConnectionError_, TimeoutError):
+                    async with asyncio.timeout(self._settings.ssh_connect_timeout * 2):
+                        assert self._ssh is not None
+                        await self._ssh.connect(self._devices.get(device))
+        except DeviceNotFound:
+            return
+        finally:
+            self._connecting.pop(device, None)
 
     def _device_limit(self, device: str) -> asyncio.Semaphore:
         limit = self._per_device.get(device)
@@ -159,6 +240,10 @@ class Poller:
     async def _guarded(self, device: str, category: Category, interval: float, slot: int) -> None:
         try:
             await self._slot(device, category, interval, slot)
+        except asyncio.CancelledError:
+            if self._clock() >= (slot + 1) * interval:
+                self.counters.missed += 1  # the poller stopped with this ended slot still unstored
+            raise
         except (SQLAlchemyError, OSError) as exc:
             # the database is away: this slot is lost, the next one tries again
             self.counters.missed += 1
@@ -170,7 +255,15 @@ class Poller:
         slot_end = (slot + 1) * interval
         health = self._health
         ttl = timedelta(seconds=self.deadline(category) + LEASE_MARGIN)
-        takeover = False
+        connecting = self._connecting.get(device)
+        if connecting is not None:
+            # the ramp is opening this device's connection: wait for it here, not in a poll slot, and
+            # count the slot missed as soon as it ends still connecting
+            self.counters.waited_for_connection += 1
+            await asyncio.wait([connecting], timeout=max(0.0, slot_end - self._clock()))
+            if not connecting.done():
+                self.counters.missed += 1
+                return
         while True:
             now = self._now()
             if not health.supports(device, category.name, now):
@@ -181,7 +274,8 @@ class Poller:
                 return
             async with self._all, self._device_limit(device):
                 if self._clock() >= slot_end:
-                    # too busy to start it within its slot; a late sample would crowd the next one
+                    # too busy (or connecting too long) to start it within its slot; a late sample would
+                    # crowd the next one
                     self.counters.missed += 1
                     health.forget_probe(device)
                     return
@@ -189,7 +283,8 @@ class Poller:
                     self._db, device, category.name, slot, owner=self.replica, ttl=ttl, now=self._now()
                 )
                 if claim.ours:
-                    self.counters.taken_over += takeover
+                    # whether it waited for the lease to expire or found it expired already
+                    self.counters.taken_over += claim.taken_over
                     await self._poll(device, category, interval, slot, claim.request_id)
                     return
             health.forget_probe(device)
@@ -197,7 +292,6 @@ class Poller:
                 self.counters.held_elsewhere += 1
                 return
             # the holder may have died: once its lease expires the slot is free again
-            takeover = True
             await asyncio.sleep(max(0.0, claim.expires_at.timestamp() - self._clock()) + 0.05)
 
     async def _poll(
@@ -237,19 +331,18 @@ class Poller:
         else:
             self.counters.failed += 1
         self.counters.by_category[category.name] = self.counters.by_category.get(category.name, 0) + 1
+        stored = self._now()  # the lease's completed_at: what "stored in its slot" is judged by
         done = await leases.complete(
-            self._db,
-            device,
-            category.name,
-            slot,
-            request_id=request_id,
-            outcome=outcome,
-            now=self._now(),
+            self._db, device, category.name, slot, request_id=request_id, outcome=outcome, now=stored
         )
         if not done:
             log.warning(
                 "poll %s/%s slot %d overran its lease and was taken over", device, category.name, slot
             )
+        offset = jitter_offset(device, category.name, interval, self._settings.poll_jitter)
+        self.lags.append(max(0.0, stored.timestamp() - (slot * interval + offset)))
+        if stored.timestamp() >= (slot + 1) * interval:
+            self.counters.missed += 1  # stored after its slot ended
 
     async def _collect(self, device: str, category: Category) -> None:
         service = self._service

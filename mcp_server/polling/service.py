@@ -26,6 +26,7 @@ from mcp_server.polling.report import (
     PollerStatus,
     ReplicaStats,
     ServiceHealth,
+    percentile,
     recorded_cache,
     replica_reports,
 )
@@ -75,6 +76,7 @@ class PollingService:
                 devices=state.devices,
                 health=state.health,
                 db=state.db,
+                ssh=state.ssh,
                 clock=clock,
             )
             if settings.poll_enabled
@@ -183,8 +185,19 @@ def poller_status(poller: Poller | None) -> PollerStatus:
             held_elsewhere=0,
             taken_over=0,
             missed=0,
+            waited_for_connection=0,
+            connecting=0,
+            lag_p50_seconds=None,
+            lag_p95_seconds=None,
+            lag_max_seconds=None,
         )
     c = poller.counters
+    lags = list(poller.lags)
+
+    def lag(share: float) -> float | None:
+        value = percentile(lags, share)
+        return round(value, 3) if value is not None else None
+
     return PollerStatus(
         running=True,
         intervals=poller.intervals(),
@@ -195,6 +208,11 @@ def poller_status(poller: Poller | None) -> PollerStatus:
         held_elsewhere=c.held_elsewhere,
         taken_over=c.taken_over,
         missed=c.missed,
+        waited_for_connection=c.waited_for_connection,
+        connecting=poller.connecting,
+        lag_p50_seconds=lag(0.50),
+        lag_p95_seconds=lag(0.95),
+        lag_max_seconds=lag(1.0),
     )
 
 

@@ -1,0 +1,340 @@
+"""The poller over a fleet of hundreds of devices: CPU, poll lag, missed slots and memory per device (issue 17).
+
+A real `infrastructor serve` (SQLite, auth off) polls system + network on every device every --interval
+seconds. 500 sshd processes are too many for a 2-core machine, so --sshd real OpenSSH servers on 127.0.0.1
+(tests/sshd.py) each stand behind --devices / --sshd device aliases: distinct device names, so each device
+has a pooled SSH connection, its cache entries and its scheduler state of its own. The host keys are in the
+server's known_hosts (nothing is pinned on first use). The fleet is registered before the server starts,
+so the run begins with every device unconnected: the ramp.
+
+Measured from outside the server: CPU from /proc/<pid>/stat (user + system seconds / wall seconds), RSS
+from /proc/<pid>/status, and from the server's SQLite file after the run every poll lease: lag = completed
+(stored) minus the (device, category)'s due time in its slot; a slot is missed when it ended before its
+lease was completed. The server's own get_service_health poller report is read at the end as a cross-check.
+
+Memory: separate servers with 0, 1, 100 and 500 devices, each polled for --memory-wait seconds; RSS per
+device = (RSS(n) - RSS(0)) / n, and the marginal cost (RSS(n) - RSS(1)) / (n - 1), which leaves out what
+the first SSH connection loads once (asyncssh, cryptography).
+
+    python bench/bench_poller.py --out docs/benchmarks.md                  # 60 s interval, 300 s run
+    python bench/bench_poller.py --interval 20 --duration 120 --memory-wait 45   # a quick run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.harness import Server, command_line, machine, publish, serve  # noqa: E402
+from mcp_server.devices import DeviceSpec  # noqa: E402
+from mcp_server.polling.report import percentile  # noqa: E402
+from mcp_server.polling.scheduler import jitter_offset  # noqa: E402
+from mcp_server.settings import load_settings  # noqa: E402
+from mcp_server.state import open_state  # noqa: E402
+from tests.sshd import SshdFleet  # noqa: E402
+
+BEGIN, END = "<!-- bench_poller:begin -->", "<!-- bench_poller:end -->"
+CATEGORIES = ("system", "network")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The poller settings a fleet run uses: INFRA_POLL_CONCURRENCY and INFRA_POLL_JITTER."""
+
+    concurrency: int
+    jitter: float
+
+    @property
+    def label(self) -> str:
+        return f"concurrency {self.concurrency}, jitter {self.jitter:g}"
+
+    @classmethod
+    def parse(cls, text: str) -> Config:
+        concurrency, jitter = text.split(":")
+        return cls(int(concurrency), float(jitter))
+
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def poll_env(interval: float, config: Config) -> dict[str, str]:
+    return {
+        "INFRA_POLL_ENABLED": "true",
+        "INFRA_LOCAL_DEVICE": "false",
+        "INFRA_POLL_SYSTEM_INTERVAL": f"{interval:g}",
+        "INFRA_POLL_NETWORK_INTERVAL": f"{interval:g}",
+        "INFRA_POLL_DISK_INTERVAL": "0",
+        "INFRA_POLL_CONTAINERS_INTERVAL": "0",
+        "INFRA_POLL_DRIVES_INTERVAL": "0",
+        "INFRA_POLL_JITTER": f"{config.jitter:g}",
+        "INFRA_POLL_CONCURRENCY": str(config.concurrency),
+    }
+
+
+async def register(data_dir: Path, fleet: SshdFleet, count: int) -> None:
+    """`count` device aliases spread over the fleet's sshd, in the server's database, before it starts."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    hosts = list(fleet.hosts.values())
+    (data_dir / "known_hosts").write_text("".join(h.known_hosts_line + "\n" for h in hosts))
+    settings = load_settings(
+        data_dir=data_dir,
+        ssh_known_hosts=data_dir / "known_hosts",
+        ssh_file_dirs=tempfile.gettempdir(),
+        local_device=False,
+        poll_enabled=False,
+    )
+    async with open_state(settings) as state:
+        for i in range(count):
+            host = hosts[i % len(hosts)]
+            spec = DeviceSpec(
+                hostname=host.hostname,
+                port=host.port,
+                username=fleet.username,
+                key_path=str(fleet.client_key_path),
+            )
+            await state.devices.add(f"h{i:04d}", spec)
+
+
+async def poller_report(server: Server) -> dict[str, Any]:
+    async with server.client() as client:
+        result = await client.call_tool("get_service_health", {})
+    content = result.structured_content
+    assert content is not None
+    return dict(content["poller"])
+
+
+def leases(data_dir: Path) -> list[tuple[str, str, int, float | None]]:
+    db = sqlite3.connect(f"file:{data_dir / 'infrastructor.db'}?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT device, category, slot, completed_at FROM poll_leases").fetchall()
+    finally:
+        db.close()
+
+    def ts(value: str | None) -> float | None:
+        if value is None:
+            return None
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.timestamp()
+
+    return [(d, c, int(s), ts(done)) for d, c, s, done in rows if c in CATEGORIES]
+
+
+def judge(
+    rows: list[tuple[str, str, int, float | None]],
+    devices: int,
+    interval: float,
+    jitter: float,
+    started: float,
+    ended: float,
+    steady_from: float,
+) -> dict[str, Any]:
+    """Lag per stored poll and missed slots, over slots that ended inside [started, ended]."""
+    done = {(d, c, s): t for d, c, s, t in rows}
+    lags: dict[str, list[float]] = {"all": [], "ramp": [], "steady": []}
+    missed = {"all": 0, "ramp": 0, "steady": 0}
+    expected = {"ramp": 0, "steady": 0}
+    for i in range(devices):
+        device = f"h{i:04d}"
+        for category in CATEGORIES:
+            offset = jitter_offset(device, category, interval, jitter)
+            first = int(started // interval)  # the slot under way at start is polled too
+            for slot in range(first, int(ended // interval)):
+                due = slot * interval + offset
+                end = (slot + 1) * interval
+                if end <= started or end > ended:
+                    continue
+                phase = "steady" if slot * interval >= steady_from else "ramp"
+                expected[phase] += 1
+                stored = done.get((device, category, slot))
+                if stored is None or stored >= end:
+                    missed["all"] += 1
+                    missed[phase] += 1
+                if stored is not None:
+                    lag = max(0.0, stored - due)
+                    lags["all"].append(lag)
+                    lags[phase].append(lag)
+    out: dict[str, Any] = {"expected_ramp": expected["ramp"], "expected_steady": expected["steady"]}
+    out["missed"] = missed
+    for phase, values in lags.items():
+        out[phase] = {
+            "n": len(values),
+            "p50": percentile(values, 0.5),
+            "p95": percentile(values, 0.95),
+            "max": max(values) if values else None,
+        }
+    return out
+
+
+def fleet_run(fleet: SshdFleet, root: Path, args: argparse.Namespace, config: Config) -> dict[str, Any]:
+    devices, interval, duration, memory_wait = args.devices, args.interval, args.duration, args.memory_wait
+    data_dir = root / f"fleet-{devices}-{config.concurrency}-{config.jitter:g}"
+    asyncio.run(register(data_dir, fleet, devices))
+    with serve(data_dir, auth=False, extra=poll_env(interval, config)) as server:
+        started, cpu0 = time.time(), cpu_seconds(server.pid)
+        # the ramp: the first full slot after start; steady state from the slot after it
+        steady_from = (int(started // interval) + 2) * interval
+        rss: list[int] = []
+        cpu_at_steady: tuple[float, float] | None = None
+        while time.time() < started + duration:
+            time.sleep(1.0)
+            if started + memory_wait - 10 <= time.time() <= started + memory_wait:
+                rss.append(rss_kb(server.pid))  # sampled when the memory runs sample theirs
+            if cpu_at_steady is None and time.time() >= steady_from:
+                cpu_at_steady = (time.time(), cpu_seconds(server.pid))
+        ended, cpu1 = time.time(), cpu_seconds(server.pid)
+        rss_kb_end = rss_kb(server.pid)
+        report = asyncio.run(poller_report(server))
+    result = judge(leases(data_dir), devices, interval, config.jitter, started, ended, steady_from)
+    result |= {
+        "wall": ended - started,
+        "cpu_share": (cpu1 - cpu0) / (ended - started),
+        "rss_kb": sorted(rss)[len(rss) // 2] if rss else rss_kb_end,
+        "report": report,
+    }
+    if cpu_at_steady is not None and ended > cpu_at_steady[0]:
+        result["steady_cpu_share"] = (cpu1 - cpu_at_steady[1]) / (ended - cpu_at_steady[0])
+        result["steady_wall"] = ended - cpu_at_steady[0]
+    return result
+
+
+def memory_run(
+    fleet: SshdFleet, root: Path, devices: int, interval: float, wait: float, config: Config
+) -> int:
+    """RSS (KB) of a server polling `devices` devices, median of the last ten seconds of `wait`."""
+    data_dir = root / f"memory-{devices}"
+    asyncio.run(register(data_dir, fleet, devices))
+    with serve(data_dir, auth=False, extra=poll_env(interval, config)) as server:
+        started = time.time()
+        samples: list[int] = []
+        while time.time() < started + wait:
+            time.sleep(1.0)
+            if time.time() >= started + wait - 10:
+                samples.append(rss_kb(server.pid))
+    return sorted(samples)[len(samples) // 2]
+
+
+def fmt(value: float | None, unit: str = " s") -> str:
+    return "-" if value is None else f"{value:.2f}{unit}"
+
+
+def render(args: argparse.Namespace, runs: dict[Config, dict[str, Any]], memory: dict[int, int]) -> str:
+    lines = [
+        BEGIN,
+        "",
+        "### Results",
+        "",
+        *machine(),
+        "",
+        f"**{args.devices} devices on {args.sshd} real sshd (127.0.0.1, {args.devices // args.sshd} device "
+        f"aliases each, each alias its own pooled connection), system + network every {args.interval:g} s; "
+        f"each configuration a fresh server run for {args.duration:g} s from its start** (the fleet starts "
+        "unconnected), one after another in this run. Lag in seconds from the due time to stored; the ramp "
+        "is every slot before the second full slot after start, steady the rest.",
+        "",
+        "| poller settings | phase | polls stored | lag p50 | lag p95 | lag max | missed slots |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for config, r in runs.items():
+        for phase in ("ramp", "steady"):
+            p = r[phase]
+            lines.append(
+                f"| {config.label} | {phase} | {p['n']:,} | {fmt(p['p50'])} | {fmt(p['p95'])} | "
+                f"{fmt(p['max'])} | {r['missed'][phase]:,} of {r['expected_' + phase]:,} |"
+            )
+    lines += [
+        "",
+        "| poller settings | server CPU, whole run | steady state | the server's own report at the end |",
+    ]
+    lines += ["|---|---:|---:|---|"]
+    for config, r in runs.items():
+        rep = r["report"]
+        steady = (
+            f"{r['steady_cpu_share'] * 100:.1f}% ({r['steady_wall']:.0f} s)"
+            if "steady_cpu_share" in r
+            else "-"
+        )
+        lines.append(
+            f"| {config.label} | {r['cpu_share'] * 100:.1f}% of a core | {steady} | completed "
+            f"{rep['completed']:,}, failed {rep['failed']:,}, missed {rep['missed']:,}, waited for a connection "
+            f"{rep['waited_for_connection']:,}; lag p50/p95/max {fmt(rep['lag_p50_seconds'])} / "
+            f"{fmt(rep['lag_p95_seconds'])} / {fmt(rep['lag_max_seconds'])} (last 1,000 polls) |"
+        )
+    last = list(runs)[-1]
+    lines += [
+        "",
+        f"**Memory** (RSS of the server process after {args.memory_wait:g} s of polling with {last.label}, "
+        f"median of the last 10 s; the {args.devices}-device row is from that configuration's run above):",
+        "",
+        "| devices | RSS | per device over the empty fleet | per device over 1 device |",
+        "|---:|---:|---:|---:|",
+    ]
+    base, one = memory.get(0), memory.get(1)
+    for n, kb in sorted(memory.items()):
+        over_empty = f"{(kb - base) / n:,.0f} KB" if base is not None and n else "-"
+        over_one = f"{(kb - one) / (n - 1):,.0f} KB" if one is not None and n > 1 else "-"
+        lines.append(f"| {n} | {kb / 1024:,.1f} MB | {over_empty} | {over_one} |")
+    lines += ["", f"Reproduce: `{command_line('bench_poller.py')}`", "", END]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--devices", type=int, default=500)
+    parser.add_argument("--sshd", type=int, default=20, help="real sshd processes behind the devices")
+    parser.add_argument("--interval", type=float, default=60.0, help="seconds between polls per category")
+    parser.add_argument("--duration", type=float, default=300.0, help="seconds of the fleet run")
+    parser.add_argument("--memory-sizes", default="0,1,100", help="other fleet sizes whose RSS is measured")
+    parser.add_argument("--memory-wait", type=float, default=130.0, help="seconds each memory server polls")
+    parser.add_argument(
+        "--configs",
+        default="8:0.2,64:0.2,64:0.9",
+        help="poller settings to run side by side, CONCURRENCY:JITTER each (the defaults are 8:0.2)",
+    )
+    parser.add_argument("--out", type=Path, help="markdown file whose generated block is replaced")
+    args = parser.parse_args()
+    configs = [Config.parse(c) for c in args.configs.split(",")]
+    with tempfile.TemporaryDirectory(prefix="infra-bench-poller-") as tmp, SshdFleet() as fleet:
+        fleet.start_hosts([f"s{i:02d}" for i in range(args.sshd)])
+        root = Path(tmp)
+        memory: dict[int, int] = {}
+        for n in (int(x) for x in args.memory_sizes.split(",") if x.strip()):
+            memory[n] = memory_run(fleet, root, n, args.interval, args.memory_wait, configs[-1])
+            print(f"memory: {n} devices {memory[n]:,} KB", flush=True)
+        runs: dict[Config, dict[str, Any]] = {}
+        for config in configs:
+            runs[config] = fleet_run(fleet, root, args, config)
+            print(f"fleet run {config.label}: done", flush=True)
+        memory[args.devices] = runs[configs[-1]]["rss_kb"]
+    publish(render(args, runs, memory), args.out, BEGIN, END)
+
+
+if __name__ == "__main__":
+    main()
