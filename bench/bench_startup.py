@@ -205,6 +205,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     started = time.monotonic()
     results = Results()
+    # An installed package has its bytecode compiled by pip; a checkout run with PYTHONDONTWRITEBYTECODE
+    # (set on some machines) would compile every module at every start instead. Compile both checkouts once.
+    for checkout in (ROOT, args.before):
+        if checkout is not None:
+            subprocess.run([PY, "-m", "compileall", "-q", str(checkout / "mcp_server")], check=True)
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp, SshdFleet() as fleet:
         data_dir = Path(tmp) / "data"
         env = env_for(data_dir)

@@ -13,12 +13,9 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, String
-
-from mcp_server.db.tables import Base
-from mcp_server.devices import NAME_PATTERN
+from mcp_server import NAME_PATTERN
 from mcp_server.redact import (
     REDACTED,
     digest,
@@ -28,6 +25,9 @@ from mcp_server.redact import (
     redact_text,
     secret_name,
 )
+
+if TYPE_CHECKING:
+    from mcp_server.db.tables import Base
 
 
 @dataclass
@@ -164,6 +164,28 @@ def calling(ctx: CallContext) -> Iterator[CallContext]:
         _current.reset(token)
 
 
+# Seconds a database read session may take, set for the length of a call; None: no deadline
+_READ_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "infra_read_deadline", default=None
+)
+
+
+@contextlib.contextmanager
+def read_deadline(seconds: float | None) -> Iterator[None]:
+    """Within this block (a tool call or resource read), each read session must be done within `seconds`
+    (INFRA_DB_READ_TIMEOUT): a database that hangs fails the call with DatabaseTimeout instead of holding it."""
+    token = _READ_DEADLINE.set(seconds)
+    try:
+        yield
+    finally:
+        _READ_DEADLINE.reset(token)
+
+
+def read_deadline_seconds() -> float | None:
+    """The read deadline of the call under way (Database.read_session applies it), or None."""
+    return _READ_DEADLINE.get()
+
+
 # ---- what may be stored: every text column redacted, bounded and free of NUL ------------------------------
 
 # Columns holding names, kinds, ids and hashes that the server produced or validated: bounded, never rewritten.
@@ -208,6 +230,8 @@ class _Column:
 
 @functools.cache
 def _columns(table: type[Base]) -> dict[str, _Column]:
+    from sqlalchemy import JSON, String
+
     name = table.__tablename__
     plan: dict[str, _Column] = {}
     for column in table.__table__.columns:
@@ -255,7 +279,12 @@ def _json_value(value: Any, rewrite: bool, name: str = "") -> Any:
         return [_json_value(item, rewrite, name) for item in value]
     if isinstance(value, str):
         return _clean(redact_text(value) if rewrite else value)
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    # anything else JSON cannot hold (a datetime argument of a REST call, say) is stored as its text: one
+    # such value must not make the row unstorable and hold up every row journaled after it
+    text = value.isoformat() if isinstance(value, datetime) else str(value)
+    return _clean(redact_text(text) if rewrite else text)
 
 
 def _json_size(value: Any) -> int:

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mcp_server.errors import ConfigurationError, InvalidParameter
-from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings
 from mcp_server.times import parse_duration, span
 
 if TYPE_CHECKING:
+    from mcp_server.secrets import SecretStore
     from mcp_server.verifier import RememberingJWTVerifier
 
 READ, WRITE, ADMIN = "infra:read", "infra:write", "infra:admin"

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
+from mcp_server import NAME_PATTERN as NAME_PATTERN  # re-exported
 from mcp_server.db.changes import announce
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import DeviceRow
@@ -31,7 +32,6 @@ from mcp_server.ssh_config import parse_ssh_config_with_warnings
 from mcp_server.ssh_files import FilePolicy, check_key_path, include_access, key_problem, read_ssh_config
 
 LOCAL = "local"
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 _HOSTNAME = re.compile(r"^[A-Za-z0-9_.:%\[\]-]{1,253}$")
 
 DeviceName = Annotated[

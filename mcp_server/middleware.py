@@ -27,11 +27,10 @@ from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from pydantic import TypeAdapter, ValidationError
 from starlette.requests import Request
 
-from mcp_server.audit import CallContext, audit_arguments, calling, oversized_arguments
+from mcp_server.audit import CallContext, audit_arguments, calling, oversized_arguments, read_deadline
 from mcp_server.auth import ADMIN, READ, granted
 from mcp_server.budget import MARKER, Keep, fit
 from mcp_server.commands.containers import CONTAINER_PATTERN
-from mcp_server.db.engine import read_deadline
 from mcp_server.errors import (
     ArgumentsTooLarge,
     DatabaseTimeout,

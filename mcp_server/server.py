@@ -10,7 +10,7 @@ import socket
 import sys
 import warnings
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import mcp_types as mt
 from fastmcp import FastMCP
@@ -25,10 +25,8 @@ from starlette.middleware import Middleware as ASGIMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from mcp_server import __version__, prompts, resources, ui
-from mcp_server.alerts import AlertService
-from mcp_server.auth import SigningKey, dev_token_notice, required_scope, signing_key
-from mcp_server.coherence import ChangeFeed
+from mcp_server import __version__
+from mcp_server.auth import SigningKey, dev_token_notice, required_scope
 from mcp_server.config_monitoring.notifier import ConfigNotifier
 from mcp_server.errors import ConfigurationError, InfrastructorError
 from mcp_server.events import ConfigChanged
@@ -36,26 +34,18 @@ from mcp_server.fastmcp_internals import low_level
 from mcp_server.logs import redact_log_handlers
 from mcp_server.middleware import AuditMiddleware, InvalidParamsMiddleware, ResultBudgetMiddleware
 from mcp_server.permissions import restrict_umask
-from mcp_server.polling.service import PollingService
 from mcp_server.redact import redact_text
-from mcp_server.secrets import SecretStore
 from mcp_server.settings import Settings, load_settings
-from mcp_server.state import AppState, open_database, open_state
 from mcp_server.subscriptions import Subscriptions
-from mcp_server.tools import (
-    KEEP_NEWEST,
-    admin,
-    config,
-    containers,
-    devices,
-    history,
-    host,
-    network,
-    services,
-    storage,
-    system,
-)
-from mcp_server.tools.schemas import compact, lean
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from mcp_server.state import AppState
+
+# What answers `initialize` is imported above; the state (SQLAlchemy, the tables, the parsers' models), the
+# tools and the background services are imported where they are first needed, so that a deferred start
+# (`serve --stdio`) answers before it loads them.
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +84,9 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         # the state; both are None once done (or when nothing was deferred).
         self.unbuilt: Callable[[], None] | None = None
         self.starting: asyncio.Task[None] | None = None
+        # set by the first message after `initialize` (the client has its answer): a deferred start imports
+        # and opens the state only then, so that its work does not hold up the answer
+        self.negotiated = asyncio.Event()
 
     def state_of(self) -> AppState | None:
         """The running AppState (None before the lifespan has opened it)."""
@@ -206,6 +199,8 @@ def start_failure(exc: BaseException) -> str:
 # Answered at once by a deferred start: what a client waits for at launch (`initialize` up to the 2025
 # protocols, `server/discover` on 2026-07-28), and pings.
 NEGOTIATION = frozenset({"initialize", "server/discover", "ping"})
+# Seconds a deferred start waits for the client to finish the handshake before it opens the state anyway
+NEGOTIATION_WAIT = 2.0
 
 
 class StartGate(Middleware):
@@ -219,6 +214,7 @@ class StartGate(Middleware):
     async def on_message(self, context: MiddlewareContext[Any], call_next: CallNext[Any, Any]) -> Any:
         method = context.method or ""
         if self.server is not None and method not in NEGOTIATION:
+            self.server.negotiated.set()
             self.server.build_deferred()
             if context.type == "request" and not method.endswith("/list") and method != "logging/setLevel":
                 try:
@@ -266,6 +262,11 @@ def build_server(
         context: dict[str, Any] = {}  # FastMCP hands this very dict to every request: "state" once open
 
         async def start(stack: contextlib.AsyncExitStack) -> None:
+            from mcp_server.alerts import AlertService
+            from mcp_server.coherence import ChangeFeed
+            from mcp_server.polling.service import PollingService
+            from mcp_server.state import open_state
+
             running = state
             if running is None:
                 # a state of its own: this server also runs its watchers and its poller (a shared state's
@@ -289,6 +290,8 @@ def build_server(
             context["state"] = running
 
         async def start_logged(stack: contextlib.AsyncExitStack) -> None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.negotiated.wait(), NEGOTIATION_WAIT)
             try:
                 await start(stack)
             except Exception as exc:
@@ -338,22 +341,30 @@ def build_server(
     low_level(mcp).get_tool_input_schema = input_schemas.get
 
     def build_tools() -> None:
+        from mcp_server.tools import KEEP_NEWEST
+
         tools = _register_tools(mcp, settings)
         invalid.offered = {t.name for t in tools}
         input_schemas.update({t.name: t.parameters for t in tools})
         audit.tool_scopes = {t.name: required_scope(t.tags) for t in tools}
         budget.keep_newest = {t.name for t in tools if KEEP_NEWEST in t.tags}
 
+    def build_components() -> None:
+        from mcp_server import prompts, resources, ui
+
+        build_tools()
+        resources.register(mcp)
+        ui.register(mcp)
+        prompts.register(mcp, offered=settings.offered_toolsets)
+
+    mcp.subscriptions.install(mcp)
     if defer_start:
-        # their schemas are most of a start's work, and a client waits for `initialize` at every launch
-        mcp.unbuilt = build_tools
+        # their schemas and imports are most of a start's work, and a client waits for `initialize` at every
+        # launch: built by the first message after it
+        mcp.unbuilt = build_components
         gate.server = mcp
     else:
-        build_tools()
-    mcp.subscriptions.install(mcp)
-    resources.register(mcp)
-    ui.register(mcp)
-    prompts.register(mcp, offered=settings.offered_toolsets)
+        build_components()
 
     @mcp.custom_route("/health", methods=["GET"])
     async def health(_request: Request) -> JSONResponse:
@@ -370,7 +381,24 @@ def build_server(
     return mcp
 
 
-AREAS = (devices, system, network, storage, containers, services, host, admin, config, history)
+def areas() -> tuple[ModuleType, ...]:
+    """The tool modules, each with its `TOOLS` and `TOOLSET`."""
+    from mcp_server.tools import (
+        admin,
+        config,
+        containers,
+        devices,
+        history,
+        host,
+        network,
+        services,
+        storage,
+        system,
+    )
+
+    return (devices, system, network, storage, containers, services, host, admin, config, history)
+
+
 # Offered whatever the toolsets: every other tool takes a device name from it.
 ALWAYS_OFFERED = {"list_devices"}
 
@@ -380,8 +408,10 @@ def _register_tools(mcp: InfrastructorServer, settings: Settings) -> list[Tool]:
     compact listed schemas; the others are not built at all (their schemas are most of a start's work), so
     they are unknown to clients. Those that read-only or run_command settings turn off are recorded in
     `mcp.disabled_tools`: the REST API has no route for them either. Returns the registered tools."""
+    from mcp_server.tools.schemas import compact, lean
+
     registered: list[Tool] = []
-    for area in AREAS:
+    for area in areas():
         for fn in area.TOOLS:
             name = fn.__name__
             annotations = fn.__fastmcp__.annotations  # set by @tool
@@ -405,6 +435,10 @@ async def http_signing_key(settings: Settings) -> SigningKey | None:
     """The key that verifies bearer tokens (generated and stored on first start), or None with INFRA_AUTH=false."""
     if not settings.auth:
         return None
+    from mcp_server.auth import signing_key
+    from mcp_server.secrets import SecretStore
+    from mcp_server.state import open_database
+
     db = await open_database(settings)
     try:
         return await signing_key(settings, SecretStore.from_settings(db, settings))

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from mcp_server.cache import CacheManager
 from mcp_server.collection import UnifiedDataCollectionService
 from mcp_server.commands import CommandRegistry, default_registry
-from mcp_server.config_monitoring import ConfigurationMonitoringService
+from mcp_server.config_monitoring.service import ConfigurationMonitoringService
 from mcp_server.db import Database, changes
 from mcp_server.db.credentials import (
     check_schema_current,

@@ -32,7 +32,6 @@ from starlette.requests import Request
 from mcp_server.audit import CallContext, audit_arguments, oversized_arguments
 from mcp_server.auth import READ
 from mcp_server.config_monitoring.notifier import ConfigNotifier, config_uri
-from mcp_server.config_monitoring.targets import checked
 from mcp_server.errors import (
     ArgumentsTooLarge,
     InfrastructorError,
@@ -181,6 +180,8 @@ class Subscriptions:
         if state is None:
             raise InvalidParameter("The server is starting; retry in a moment.")
         state.devices.get(device)  # DeviceNotFound names the known devices
+        from mcp_server.config_monitoring.targets import checked  # loaded with the state, after `initialize`
+
         path = checked("/" + rest)
         if config_uri(device, path) != uri:
             raise InvalidParameter(f"Write the URI as notifications carry it: {config_uri(device, path)!r}.")

@@ -24,7 +24,7 @@ from mcp_server.api import ROUTES, arguments_of
 from mcp_server.audit import CallContext, calling
 from mcp_server.auth import ADMIN, READ, WRITE, SigningKey, issue_token
 from mcp_server.errors import InfrastructorError
-from mcp_server.server import AREAS, build_server
+from mcp_server.server import areas, build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import audit_rows, make_settings
@@ -109,7 +109,7 @@ def fleet_device(sshd_fleet: Any, name: str = "alpha") -> dict[str, Any]:
 
 
 def test_every_tool_has_exactly_one_route_with_the_tools_parameters() -> None:
-    tools = {fn.__name__ for area in AREAS for fn in area.TOOLS}
+    tools = {fn.__name__ for area in areas() for fn in area.TOOLS}
     routed = [route.name for route in ROUTES if "__fastmcp__" in route.tool.__dict__]
     assert sorted(routed) == sorted(tools), "add a route in mcp_server/api.py ROUTES for each new tool"
     for route in ROUTES:

@@ -189,6 +189,29 @@ async def test_every_variable_column_of_an_audit_row_is_bounded(state: AppState)
     assert row.ssh_commands[-1].endswith("more distinct commands, 600 run in all]")
 
 
+async def test_an_argument_json_cannot_hold_is_stored_as_text_and_holds_up_no_later_row(
+    tmp_path: Path,
+) -> None:
+    """A REST call's arguments hold what its route parsed (a datetime `until`, say): the row is stored with the
+    value as its text, and the rows journaled after it ship too (one unstorable row used to fail every
+    shipping attempt of its batch, and the API's audit query answered 500)."""
+    until = datetime(2482, 1, 5, 15, 13, 24, tzinfo=UTC)
+    async with open_state(make_settings(tmp_path)) as state:
+        state.writer.audit(
+            AuditRecord(
+                occurred_at=datetime.now(UTC), kind="tool", outcome="ok", request_id="first",
+                tool="query_audit_log", arguments={"until": until, "path": Path("/etc"), "limit": 20},
+            )
+        )  # fmt: skip
+        state.writer.audit(
+            AuditRecord(occurred_at=datetime.now(UTC), kind="tool", outcome="ok", request_id="next")
+        )
+        await state.writer.flush(timeout=15)
+        rows = {row.request_id: row for row in await audit_rows(state, kind="tool")}
+    assert set(rows) == {"first", "next"}
+    assert rows["first"].arguments == {"until": until.isoformat(), "path": "/etc", "limit": 20}
+
+
 async def test_the_shipper_stores_on_sqlite_what_an_insert_through_sqlalchemy_stores(tmp_path: Path) -> None:
     """The shipper binds SQLite rows itself (one executemany, each value through its column type's processor):
     every kind of value comes back as SQLAlchemy's own insert stores it."""

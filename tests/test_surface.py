@@ -23,7 +23,7 @@ from mcp import MCPError
 
 from mcp_server.errors import ConfigurationError
 from mcp_server.prompts import NEEDS
-from mcp_server.server import ALWAYS_OFFERED, AREAS, build_server
+from mcp_server.server import ALWAYS_OFFERED, areas, build_server
 from mcp_server.settings import TOOLSETS
 from mcp_server.tools.schemas import CHARS_PER_TOKEN, listed_chars
 from tests.app_fixtures import make_settings
@@ -155,11 +155,11 @@ def test_serve_refuses_an_unknown_toolset_before_starting(tmp_path: Path) -> Non
 def _areas() -> dict[str, str]:
     """Every tool's toolset, from the area module that declares it."""
     scratch: FastMCP[Any] = FastMCP("scratch")
-    return {scratch.add_tool(fn).name: area.TOOLSET for area in AREAS for fn in area.TOOLS}
+    return {scratch.add_tool(fn).name: area.TOOLSET for area in areas() for fn in area.TOOLS}
 
 
 def test_every_tool_an_area_module_defines_is_in_its_tools_list() -> None:
-    for area in AREAS:
+    for area in areas():
         defined = [
             value
             for value in vars(area).values()

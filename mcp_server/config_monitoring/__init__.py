@@ -1,5 +1,2 @@
-"""Configuration monitoring: watch files on devices, keep their versions, diff, classify and notify."""
-
-from mcp_server.config_monitoring.service import ConfigurationMonitoringService
-
-__all__ = ["ConfigurationMonitoringService"]
+"""Configuration monitoring: watch files on devices, keep their versions, diff, classify and notify
+(the service is `config_monitoring.service.ConfigurationMonitoringService`)."""

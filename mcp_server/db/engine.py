@@ -13,8 +13,7 @@ import functools
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextvars import ContextVar
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,6 +22,7 @@ from sqlalchemy.engine.url import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from mcp_server.audit import read_deadline_seconds
 from mcp_server.errors import DatabaseTimeout, StorageError
 from mcp_server.permissions import create_private_file
 
@@ -60,20 +60,7 @@ def schema_head() -> str:
     return heads.pop()
 
 
-# Seconds a read session may take, set for the length of a call (see `read_deadline`); None: no deadline
-_READ_DEADLINE: ContextVar[float | None] = ContextVar("infra_read_deadline", default=None)
 _CLOSING: set[asyncio.Task[None]] = set()  # sessions cut at their deadline, closed in the background
-
-
-@contextlib.contextmanager
-def read_deadline(seconds: float | None) -> Iterator[None]:
-    """Within this block (a tool call or resource read), each read session must be done within `seconds`
-    (INFRA_DB_READ_TIMEOUT): a database that hangs fails the call with DatabaseTimeout instead of holding it."""
-    token = _READ_DEADLINE.set(seconds)
-    try:
-        yield
-    finally:
-        _READ_DEADLINE.reset(token)
 
 
 def _close_later(session: AsyncSession) -> None:
@@ -116,10 +103,10 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def read_session(self) -> AsyncIterator[AsyncSession]:
-        """A session for read-only work. Within a call (see `read_deadline`) it must be done, closed
+        """A session for read-only work. Within a call (see `audit.read_deadline`) it must be done, closed
         included, within the call's deadline: past it the work is cut, the connection is closed without
         waiting for it, and DatabaseTimeout is raised."""
-        seconds = _READ_DEADLINE.get()
+        seconds = read_deadline_seconds()
         if seconds is None:
             async with self._read_session() as session:
                 yield session

@@ -1,7 +1,7 @@
 """Thin MCP adapters: each tool validates its arguments (via its signature) and makes one call into the core.
 
 Each area module defines its tools as module-level functions marked with FastMCP's `@tool`, lists them in
-`TOOLS` and names its `TOOLSET`; build_server registers them with `add_tool()` (server.AREAS lists the areas).
+`TOOLS` and names its `TOOLSET`; build_server registers them with `add_tool()` (server.areas() lists the areas).
 """
 
 from __future__ import annotations
