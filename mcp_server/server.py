@@ -289,9 +289,13 @@ def build_server(
             stack.callback(running.events.subscribe(server.notifier.on_event, types=(ConfigChanged,)))
             context["state"] = running
 
+        opening = False  # the deferred start has stopped waiting for the handshake
+
         async def start_logged(stack: contextlib.AsyncExitStack) -> None:
+            nonlocal opening
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.negotiated.wait(), NEGOTIATION_WAIT)
+            opening = True
             try:
                 await start(stack)
             except Exception as exc:
@@ -307,9 +311,11 @@ def build_server(
             try:
                 yield context
             finally:
+                if not opening:  # the client left before its handshake ended: nothing to open, or to close
+                    server.starting.cancel()
                 # what the start entered is in `stack`: it finishes before the stack unwinds (a cancelled
                 # open_state would leave its database connections open)
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await server.starting
                 server.starting = None
 

@@ -116,6 +116,18 @@ def test_stdio_server_answers_without_the_http_stack_alembic_asyncssh_or_asyncpg
     assert not modules & {"mcp_server.http_app", "mcp_server.http_guard"}
 
 
+def test_initialize_is_answered_before_sqlalchemy_the_state_or_the_tools_are_loaded(tmp_path: Path) -> None:
+    """What answers `initialize` imports no SQLAlchemy, state, tool or parser module; the state opens once the
+    client has its answer (its next message). A client that leaves right after the answer leaves nothing to
+    open: the process ends without ever loading them."""
+    assert run_cli(tmp_path, "migrate").returncode == 0
+    code, loaded, stdout = probe(tmp_path, "serve", "--stdio", requests=[INITIALIZE])
+    assert code == 0 and json.loads(stdout)["result"]["serverInfo"]["name"] == "infrastructor"
+    modules = set(json.loads((tmp_path / "probe.json").read_text())["modules"])
+    assert "sqlalchemy" not in loaded, sorted(m for m in modules if m.startswith("mcp_server"))
+    assert not modules & {"mcp_server.state", "mcp_server.tools.system", "mcp_server.parsers.system"}
+
+
 def test_the_head_revision_read_from_the_scripts_is_alembics() -> None:
     from alembic.script import ScriptDirectory
 
