@@ -53,7 +53,15 @@ sys.path.insert(0, str(ROOT))
 
 from fastmcp import Client  # noqa: E402
 
-from bench.harness import Results, command_line, machine, publish, serve, server_env  # noqa: E402
+from bench.harness import (  # noqa: E402
+    Results,
+    command_line,
+    machine,
+    publish,
+    serve,
+    server_env,
+    ssh_client_options,
+)
 from mcp_server.commands.system import OS_INFO_SCRIPT  # noqa: E402
 from tests.sshd import SSHD, SshdFleet, SshdHost  # noqa: E402
 
@@ -278,16 +286,7 @@ def ssh_options(fleet: SshdFleet, known_hosts: Path) -> list[str]:
     return [
         "-F",
         "/dev/null",
-        "-i",
-        str(fleet.client_key_path),
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        f"UserKnownHostsFile={known_hosts}",
-        "-o",
-        "StrictHostKeyChecking=yes",
+        *ssh_client_options(fleet.client_key_path, known_hosts),
         "-o",
         "LogLevel=ERROR",
     ]

@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import Results, command_line, machine, publish  # noqa: E402
+from bench.harness import Results, command_line, machine, publish, ssh_client_options  # noqa: E402
 from mcp_server.commands.system import OS_INFO_SCRIPT  # noqa: E402
 from tests.sshd import SshdFleet, SshdHost  # noqa: E402
 
@@ -152,16 +152,7 @@ def ssh_loop(fleet: SshdFleet, hosts: list[SshdHost], known_hosts: Path) -> list
             "ssh",
             "-p",
             str(host.port),
-            "-i",
-            str(fleet.client_key_path),
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            f"UserKnownHostsFile={known_hosts}",
-            "-o",
-            "StrictHostKeyChecking=yes",
+            *ssh_client_options(fleet.client_key_path, known_hosts),
             f"{fleet.username}@{host.hostname}",
             remote,
         ]

@@ -193,6 +193,22 @@ async def timed(call: Awaitable[Any]) -> tuple[float, Any]:
     return time.perf_counter() - started, result
 
 
+def ssh_client_options(key_path: Path, known_hosts: Path) -> list[str]:
+    """OpenSSH client options of the shell-loop arms: our key only, no prompts, host keys checked."""
+    return [
+        "-i",
+        str(key_path),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        f"UserKnownHostsFile={known_hosts}",
+        "-o",
+        "StrictHostKeyChecking=yes",
+    ]
+
+
 def machine(database: str = "SQLite (default)") -> list[str]:
     cpu = "unknown"
     with contextlib.suppress(OSError):
