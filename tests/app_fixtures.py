@@ -164,8 +164,18 @@ async def client(state: AppState) -> AsyncIterator[Client[Any]]:
 
 
 async def audit_rows(state: AppState, **where: Any) -> list[DataCollectionAudit]:
-    """Every audit row so far (after flushing the writer), optionally filtered by column values."""
-    await state.writer.flush()
+    """Every audit row so far (after flushing the writer), optionally filtered by column values.
+
+    On a loaded machine SQLite's write lock can be held past the writer's deadline several times in a row
+    (each writer's transaction spans event-loop turns, and SQLite's busy handler is not first come, first
+    served); the rows stay journaled and ship on a later attempt, which this waits for, within a bound."""
+    for attempt in range(1, 5):
+        try:
+            await state.writer.flush()
+            break
+        except TimeoutError:
+            if attempt == 4:
+                raise
     query = select(DataCollectionAudit).order_by(DataCollectionAudit.id)
     for column, value in where.items():
         query = query.where(getattr(DataCollectionAudit, column) == value)
