@@ -80,7 +80,7 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         self.disabled_tools: set[str] = set()
         self.notifier = ConfigNotifier()
         self.subscriptions = Subscriptions(settings, audit, self.state_of, self.notifier)
-        # A deferred start (build_server(defer_start=True)): the tools still to build, and the task opening
+        # A deferred start (build_server(defer_start=True)): the components still to build, and the task opening
         # the state; both are None once done (or when nothing was deferred).
         self.unbuilt: Callable[[], None] | None = None
         self.starting: asyncio.Task[None] | None = None
@@ -93,7 +93,7 @@ class InfrastructorServer(FastMCP[dict[str, Any]]):
         return self.app_state
 
     def build_deferred(self) -> None:
-        """Build what a deferred start left for after `initialize` (the tools), once."""
+        """Build what a deferred start left for after `initialize` (tools, resources, prompts, views), once."""
         build, self.unbuilt = self.unbuilt, None
         if build is not None:
             build()
