@@ -28,12 +28,11 @@ import contextlib
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,8 +44,7 @@ import asyncpg  # noqa: E402
 from fastmcp import Client  # noqa: E402
 from sqlalchemy import JSON, insert  # noqa: E402
 
-from bench.harness import Server, command_line, machine, publish, serve, server_env  # noqa: E402
-from bench.harness import _wait_healthy as wait_healthy  # noqa: E402
+from bench.harness import command_line, machine, publish, serve  # noqa: E402
 from mcp_server.audit import AuditRecord, storable  # noqa: E402
 from mcp_server.db.tables import (  # noqa: E402
     Base,
@@ -57,7 +55,6 @@ from mcp_server.db.tables import (  # noqa: E402
 from mcp_server.journal import BatchWriter, Row, _line, full_row, write_rows  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
 from mcp_server.state import AppState, open_state  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
 
 BEGIN = "<!-- bench_audit:begin -->"
 END = "<!-- bench_audit:end -->"
@@ -336,31 +333,6 @@ async def durable_wait(samples: int) -> dict[str, tuple[float, float]]:
     return {name: (_pct(v, 50), _pct(v, 99)) for name, v in times.items()}
 
 
-@contextlib.contextmanager
-def serve_checkout(checkout: Path, data_dir: Path, extra: dict[str, str]) -> Iterator[Server]:
-    """`python -m mcp_server serve` with the code of another checkout (the baseline), auth off."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    env = server_env(data_dir, auth=False, extra=extra) | {"PYTHONPATH": str(checkout)}
-    port = free_port()
-    log_path = data_dir / "server.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mcp_server", "serve", "--port", str(port)],
-            env=env,
-            cwd=checkout,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/health", proc, log_path)
-        yield Server(f"http://127.0.0.1:{port}/mcp", {}, proc.pid)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 async def latency(calls: int, concurrency: int, baseline: Path | None) -> dict[str, tuple[float, float]]:
     """p50/p99 ms of a cached collect call over HTTP to real servers, one answering after the journal fsync
     (sync), one not waiting for it (async) and, given a baseline checkout, one with its code answering after
@@ -376,7 +348,7 @@ async def latency(calls: int, concurrency: int, baseline: Path | None) -> dict[s
         }
         if baseline is not None:
             before = servers.enter_context(
-                serve_checkout(baseline, Path(tmp) / "c", extra={"INFRA_AUDIT_SYNC": "true"})
+                serve(Path(tmp) / "c", auth=False, extra={"INFRA_AUDIT_SYNC": "true"}, checkout=baseline)
             )
             clients["baseline"] = [before.client() for _ in range(concurrency)]
         async with contextlib.AsyncExitStack() as stack:

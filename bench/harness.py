@@ -116,21 +116,28 @@ def mint_token(env: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def serve(data_dir: Path, *, auth: bool = True, extra: dict[str, str] | None = None) -> Iterator[Server]:
+def serve(
+    data_dir: Path, *, auth: bool = True, extra: dict[str, str] | None = None, checkout: Path | None = None
+) -> Iterator[Server]:
     """Run `infrastructor serve` on a free loopback port until the block exits.
 
     With auth (the default) the token comes from `token create` and the server is checked to refuse a
-    request without it; with auth off the server runs with INFRA_AUTH=false.
+    request without it; with auth off the server runs with INFRA_AUTH=false. With `checkout`, the server
+    runs that checkout's code (`python -m mcp_server` there: a baseline to compare with).
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     env = server_env(data_dir, auth=auth, extra=extra)
+    if checkout is not None:
+        env["PYTHONPATH"] = str(checkout)
+    program = [_executable()] if checkout is None else [sys.executable, "-m", "mcp_server"]
     headers = {"Authorization": f"Bearer {mint_token(env)}"} if auth else {}
     port = free_port()
     log_path = data_dir / "server.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [_executable(), "serve", "--port", str(port)],
+            [*program, "serve", "--port", str(port)],
             env=env,
+            cwd=checkout,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
