@@ -9,11 +9,12 @@ costs a cached call.
    line); then the whole BatchWriter (add -> redaction, journal + fsync -> ship) with this process's CPU per
    row, and the same while the event loop is kept busy (the shipper has its own thread and engine).
 2. What the journal costs a cached call: the fsync of a 1 KB append on this disk (fsync, fdatasync, O_DSYNC,
-   a preallocated file, interleaved); `durable()` for one row inside a process, journaled by the caller
-   (one call in flight) and by the journal thread (the hand-off there and back), alternating; and p50/p99 of
-   a cached `collect` call over HTTP to a real server, answered only after the journal fsync
-   (INFRA_AUDIT_SYNC=true, the default) and without waiting for it, side by side (alternating blocks), one
-   caller and 10 concurrent callers.
+   a preallocated file, interleaved); `durable()` for one row inside a process: written by the caller (the
+   default, INFRA_AUDIT_SYNC=write), written and fsynced by the caller (one call in flight), and by the
+   journal thread (the hand-off there and back), alternating; and p50/p99 of a cached `collect` call over
+   HTTP to three real servers, answered once its rows are written to the journal (write, the default), once
+   they are fsynced (fsync) and without waiting (off), side by side (alternating blocks), one caller and 10
+   concurrent callers.
 
 Run from the repository root:
 python bench/bench_audit.py [--rows 30000] [--calls 600] [--part all|throughput|call] [--out docs/benchmarks.md]
@@ -312,45 +313,50 @@ def fsync_costs(directory: Path, samples: int) -> dict[str, tuple[float, float]]
 
 async def durable_wait(samples: int) -> dict[str, tuple[float, float]]:
     """p50/p99 ms from `add` of one audit row to `durable()` returning, in one process, alternating: the row
-    journaled by the caller (what a call does when it is the only one in flight) and by the journal thread
-    (the hand-off there and back that concurrent calls share)."""
-    times: dict[str, list[float]] = {"caller": [], "journal thread": []}
+    written by the caller (INFRA_AUDIT_SYNC=write), written and fsynced by the caller (fsync, a call alone in
+    flight) and by the journal thread (fsync, the hand-off there and back that concurrent calls share)."""
+    ways = {  # label: (synced, inline)
+        "caller, written (write)": (False, True),
+        "caller, fsynced (fsync, one call in flight)": (True, True),
+        "journal thread, fsynced (fsync, calls overlapping)": (True, False),
+    }
+    times: dict[str, list[float]] = {label: [] for label in ways}
     with tempfile.TemporaryDirectory() as tmp:
         async with database("sqlite", Path(tmp)) as state:
             writer = BatchWriter(state.db, Path(tmp) / "journal", interval=0.25)
             writer.start()
             try:
-                rows = [r for r in mix(3 * samples, datetime.now(UTC)) if r[0] is DataCollectionAudit]
-                for i, (table, row) in enumerate(rows[: 2 * samples]):
-                    inline = i % 2 == 0
+                rows = [r for r in mix(4 * samples, datetime.now(UTC)) if r[0] is DataCollectionAudit]
+                for i, (table, row) in enumerate(rows[: len(ways) * samples]):
+                    label = list(ways)[i % len(ways)]
+                    synced, inline = ways[label]
                     started = time.perf_counter()
                     writer.add(table, row)
-                    await writer.durable(inline=inline)
-                    times["caller" if inline else "journal thread"].append(time.perf_counter() - started)
+                    await writer.durable(synced=synced, inline=inline)
+                    times[label].append(time.perf_counter() - started)
                     await asyncio.sleep(0.002)
             finally:
                 await writer.close()
     return {name: (_pct(v, 50), _pct(v, 99)) for name, v in times.items()}
 
 
+MODES = ("write", "fsync", "off")  # INFRA_AUDIT_SYNC of each server; write is the default
+
+
 async def latency(calls: int, concurrency: int, baseline: Path | None) -> dict[str, tuple[float, float]]:
-    """p50/p99 ms of a cached collect call over HTTP to real servers, one answering after the journal fsync
-    (sync), one not waiting for it (async) and, given a baseline checkout, one with its code answering after
-    the fsync (baseline), in alternating blocks."""
-    labels = ["sync", "async"] + (["baseline"] if baseline is not None else [])
-    samples: dict[str, list[float]] = {label: [] for label in labels}
+    """p50/p99 ms of a cached collect call over HTTP to real servers, one per INFRA_AUDIT_SYNC mode (MODES)
+    and, given a baseline checkout, one with its code at its default, in alternating blocks."""
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
-        on = servers.enter_context(serve(Path(tmp) / "a", auth=False, extra={"INFRA_AUDIT_SYNC": "true"}))
-        off = servers.enter_context(serve(Path(tmp) / "b", auth=False, extra={"INFRA_AUDIT_SYNC": "false"}))
-        clients = {
-            "sync": [on.client() for _ in range(concurrency)],
-            "async": [off.client() for _ in range(concurrency)],
-        }
-        if baseline is not None:
-            before = servers.enter_context(
-                serve(Path(tmp) / "c", auth=False, extra={"INFRA_AUDIT_SYNC": "true"}, checkout=baseline)
+        clients: dict[str, list[Client[Any]]] = {}
+        for mode in MODES:
+            server = servers.enter_context(
+                serve(Path(tmp) / mode, auth=False, extra={"INFRA_AUDIT_SYNC": mode})
             )
+            clients[mode] = [server.client() for _ in range(concurrency)]
+        if baseline is not None:
+            before = servers.enter_context(serve(Path(tmp) / "baseline", auth=False, checkout=baseline))
             clients["baseline"] = [before.client() for _ in range(concurrency)]
+        samples: dict[str, list[float]] = {label: [] for label in clients}
         async with contextlib.AsyncExitStack() as stack:
             for group in clients.values():
                 for client in group:
@@ -461,29 +467,32 @@ async def call_part(args: argparse.Namespace) -> None:
     lines += [f"| {who} | {p50:.2f} | {p99:.2f} |" for who, (p50, p99) in waits.items()]
     lines += [
         "",
-        f"**A cached call** (`collect os_info` on `local` over HTTP to two `infrastructor serve` processes on "
-        f"SQLite, one with INFRA_AUDIT_SYNC=true (the default), one false; {args.calls} calls each in "
-        "alternating blocks of 50)",
+        f"**A cached call** (`collect os_info` on `local` over HTTP to {len(MODES)} `infrastructor serve` "
+        "processes on SQLite, one per INFRA_AUDIT_SYNC: write (the default: answered once its rows are written "
+        "to the journal, fsync issued at once), fsync (answered once they are fsynced), off (answered at "
+        f"once); {args.calls} calls each in alternating blocks of 50; cost = against off)",
         "",
-        "| callers | p50 answered after fsync | p50 not waiting | p99 after fsync | p99 not waiting "
-        "| p50 cost | p99 cost |",
-        "|---|---|---|---|---|---|---|",
+        "| callers | INFRA_AUDIT_SYNC | p50 | p99 | p50 cost | p99 cost |",
+        "|---|---|---|---|---|---|",
     ]
     for c, pair in lat.items():
-        (a50, a99) = pair["async"]
-        for label, name in (("sync", "this code"), ("baseline", "baseline")):
-            if label in pair:
-                s50, s99 = pair[label]
-                lines.append(
-                    f"| {c} ({name}) | {s50:.2f} ms | {a50:.2f} ms | {s99:.2f} ms | {a99:.2f} ms "
-                    f"| {100 * (s50 / a50 - 1):+.0f}% | {100 * (s99 / a99 - 1):+.0f}% |"
-                )
+        (o50, o99) = pair["off"]
+        for label in (*MODES, "baseline"):
+            if label not in pair:
+                continue
+            s50, s99 = pair[label]
+            name = f"baseline ({args.baseline_label or args.baseline})" if label == "baseline" else label
+            cost = (
+                "— | —"
+                if label == "off"
+                else f"{100 * (s50 / o50 - 1):+.0f}% | {100 * (s99 / o99 - 1):+.0f}%"
+            )
+            lines.append(f"| {c} | {name} | {s50:.2f} ms | {s99:.2f} ms | {cost} |")
     if args.baseline is not None:
         lines += [
             "",
-            f"Baseline: a third server with the code of `{args.baseline_label or args.baseline}` answering after "
-            "the fsync, in the same alternating blocks; the cost columns compare each with the same server not "
-            "waiting.",
+            f"Baseline: a server with the code of `{args.baseline_label or args.baseline}` at its defaults, in "
+            "the same alternating blocks, compared with this code's server set to off.",
         ]
     lines += ["", f"- total run time {time.monotonic() - started:.0f} s"]
     lines += machine("SQLite")

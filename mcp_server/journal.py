@@ -43,6 +43,9 @@ from mcp_server.db.tables import Base, CollectionSnapshot, DataCollectionAudit, 
 log = logging.getLogger(__name__)
 
 Row = tuple[type[Base], dict[str, Any]]
+# a durable() call waiting: (rows, fsynced too, its loop, its future), resolved once that many rows are
+# written to the journal (or fsynced)
+_Waiter = tuple[int, bool, asyncio.AbstractEventLoop, asyncio.Future[None]]
 
 SEGMENT_BYTES = 4 << 20  # a segment is rotated past this, and deleted once shipped
 _ADOPT_EVERY = 10.0  # seconds between looks for segments left by a process that died
@@ -185,7 +188,7 @@ class BatchWriter:
         connect: Callable[[], Database] | None = None,
     ) -> None:
         self._db = db
-        self._connect = connect or (lambda: Database(db.url))
+        self._connect = connect or (lambda: Database(db.url, durable_commits=True))
         self._spool = spool_dir
         self._interval = interval
         self._max_batch = max_batch
@@ -196,10 +199,12 @@ class BatchWriter:
         self._cond = threading.Condition()
         self._queue: list[Row] = []
         self._added = 0  # rows added (sequence of the newest)
-        self._journaled = 0
+        self._written = 0  # rows written to the journal file (in the page cache: they survive the process)
+        self._journaled = 0  # rows fsynced in the journal (they survive a power loss)
+        self._sync_wanted = 0  # rows written by a caller whose fsync the journal thread is to issue now
         self._shipped = 0  # rows of this process's own segments shipped
         self._adopted_pending = 0
-        self._durable_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._durable_waiters: list[_Waiter] = []
         self._flush_waiters: list[tuple[int, asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._segments: dict[str, _Segment] = {}
         self._active: str | None = None
@@ -217,6 +222,7 @@ class BatchWriter:
         self._ship_wake: asyncio.Event | None = None
         self._ship_ready = threading.Event()
         self._append_lock = threading.Lock()  # one journal writer at a time: the thread or an inline call
+        self._sync_lock = threading.Lock()  # one fsync at a time (the thread's, or an inline call's)
         self._carry: list[Row] = []  # rows made storable whose write failed: retried first, as they are
         self.written = 0
         self.failures = 0
@@ -240,41 +246,44 @@ class BatchWriter:
     def audit(self, record: AuditRecord) -> None:
         self.add(DataCollectionAudit, record.row())
 
-    async def durable(self, *, inline: bool = False) -> None:
-        """Return once every row added so far is fsynced in the journal; raise JournalError if it cannot be.
+    async def durable(self, *, synced: bool = True, inline: bool = False) -> None:
+        """Return once every row added so far is fsynced in the journal (`synced`), or written to it (in the
+        page cache: it survives any crash of this process, not a power loss), with its fsync issued at once
+        by the journal thread; raise JournalError if that cannot be done.
 
-        With `inline` (calls come one at a time, nothing to group), the rows are written and fsynced right
-        here, blocking the event loop for the fsync, when the journal is free: no hand-off to the journal
-        thread and back (two thread wake-ups, a millisecond or more on a busy machine). Otherwise the
-        journal thread writes them with whatever else arrived (group commit)."""
+        With `inline`, the rows are made storable and written right here on the event loop, when the journal
+        is free (no hand-off to the journal thread and back: two thread wake-ups, and the thread waits for the
+        GIL the loop holds); with `synced` the loop then also waits for the fsync (calls that come one at a
+        time). Otherwise the journal thread writes them with whatever else arrived (group commit)."""
         if self._journal_thread is None:
             if self._closed:
                 return  # a call that outlived the server's shutdown: nothing journals any more
             self.start()
         loop = asyncio.get_running_loop()
         with self._cond:
-            if self._journaled >= self._added:
+            if (self._journaled if synced else self._written) >= self._added:
                 return
             if self._journal_error is not None:
                 raise JournalError(f"the audit journal cannot be written: {self._journal_error}")
             target = self._added
-            here = (
-                inline
-                and not self._stopping
-                and not self._durable_waiters
-                and self._append_lock.acquire(blocking=False)
-            )
+            here = inline and not self._stopping and self._append_lock.acquire(blocking=False)
         if here:
             try:
-                self._journal_queued()
+                written = self._write_queued()
             finally:
                 self._append_lock.release()
+            if written and synced:
+                self._sync(blocking=False)  # busy with another fsync: the journal thread does it next
+            elif written:
+                with self._cond:
+                    self._sync_wanted = max(self._sync_wanted, self._written)
+                    self._cond.notify()  # the journal thread issues the fsync now
         future: asyncio.Future[None] = loop.create_future()
         with self._cond:
-            if self._journaled >= target:
+            if (self._journaled if synced else self._written) >= target:
                 return
-            # not journaled here (busy, or the write failed): the journal thread writes or retries it
-            self._durable_waiters.append((target, loop, future))
+            # not written here (busy, or the write failed): the journal thread writes or retries it
+            self._durable_waiters.append((target, synced, loop, future))
             self._cond.notify()
         await future
 
@@ -296,6 +305,13 @@ class BatchWriter:
     def pending(self) -> int:
         with self._cond:
             return self._added - self._shipped + self._adopted_pending
+
+    @property
+    def unsynced_rows(self) -> int:
+        """Rows written to the journal whose fsync has not completed yet (they survive a crash of this
+        process, not yet a power loss)."""
+        with self._cond:
+            return self._written - self._journaled
 
     def segments(self) -> list[Path]:
         return sorted(self._spool.glob("segment-*.jsonl")) if self._spool.is_dir() else []
@@ -406,11 +422,16 @@ class BatchWriter:
         backoff = 0.05
         while True:
             with self._cond:
-                # group commit: wake for a waiter, a full batch, the interval, or the end
-                while not (self._stopping or self._durable_waiters or len(self._queue) >= self._max_batch):
+                # group commit: wake for a waiter, an fsync asked for, a full batch, the interval, or the end
+                while not (
+                    self._stopping
+                    or self._durable_waiters
+                    or self._sync_wanted > self._journaled
+                    or len(self._queue) >= self._max_batch
+                ):
                     if not self._cond.wait(self._interval) and self._queue:
                         break
-                idle = not self._queue and not self._carry
+                idle = not self._queue and not self._carry and self._journaled >= self._written
                 if idle and not self._stopping:
                     continue
             if idle:  # stopping, and everything is journaled (an inline write holds the lock to its end)
@@ -418,9 +439,10 @@ class BatchWriter:
                     self._finish_active()
                 return
             with self._append_lock:
-                if self._journal_queued():
-                    backoff = 0.05
-                    continue
+                written = self._write_queued()
+            if written and self._sync():
+                backoff = 0.05
+                continue
             with self._cond:
                 stop = self._stopping
             if stop:
@@ -428,9 +450,9 @@ class BatchWriter:
             time.sleep(backoff)
             backoff = min(backoff * 2, 2.0)
 
-    def _journal_queued(self) -> bool:
-        """Journal the queued rows (with the append lock held); False when the write failed (the rows are
-        kept in memory and retried first)."""
+    def _write_queued(self) -> bool:
+        """Write the queued rows to the journal file (with the append lock held), without fsync; False when
+        the write failed (the rows are kept in memory and retried first)."""
         with self._cond:
             taken, self._queue = self._queue, []
         batch = self._carry + [(table, full_row(table, storable(table, row))) for table, row in taken]
@@ -440,26 +462,68 @@ class BatchWriter:
             chunk = self._append(batch)
         except OSError as exc:
             self._carry = batch
-            self._note_error(f"journal: {exc}")
-            log.error("audit journal write failed (%s); %d rows kept in memory and retried", exc, len(batch))
-            with self._cond:
-                self._journal_error = exc
+            self._journal_failed(exc, len(batch))
             return False
         self._carry = []
         with self._cond:
-            seq = self._journaled + len(batch)
+            seq = self._written + len(batch)
             self._journal_error = None
-            self._journaled = seq
+            self._written = seq
             self._unshipped_since.append((seq, chunk.at))
             if self._cache_rows + len(chunk.rows) <= _CACHE_ROWS:
                 self._cache.append(chunk)
                 self._cache_rows += len(chunk.rows)
-            ready = [w for w in self._durable_waiters if w[0] <= seq]
-            self._durable_waiters = [w for w in self._durable_waiters if w[0] > seq]
-        for _, loop, future in ready:
+            ready = self._ready_waiters()
+        for _, _, loop, future in ready:
+            _resolve(loop, future, None)
+        return True
+
+    def _sync(self, *, blocking: bool = True) -> bool:
+        """fsync the journal up to every row written so far (one fsync for every writer since the last);
+        False when it failed (retried by the journal thread; the rows are not written again), or when another
+        fsync runs and `blocking` is false."""
+        if not self._sync_lock.acquire(blocking=blocking):
+            return False
+        try:
+            with self._cond:  # rows counted in _written are in this segment or in one fsynced when rotated
+                target = self._written
+                if self._journaled >= target or self._fd is None:
+                    return True
+                fd = os.dup(self._fd)  # a rotation may close the segment's own descriptor meanwhile
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._journal_failed(exc, target - self._journaled)
+                return False
+            finally:
+                os.close(fd)
+        finally:
+            self._sync_lock.release()
+        with self._cond:
+            self._journaled = max(self._journaled, target)
+            self._journal_error = None
+            ready = self._ready_waiters()
+        for _, _, loop, future in ready:
             _resolve(loop, future, None)
         self._wake_shipper(now=len(self._flush_waiters) > 0)
         return True
+
+    def _ready_waiters(self) -> list[_Waiter]:
+        """Take the durable() waiters that are now satisfied (with the condition held)."""
+        ready: list[_Waiter] = []
+        waiting: list[_Waiter] = []
+        for waiter in self._durable_waiters:
+            target, synced = waiter[0], waiter[1]
+            reached = self._journaled if synced else self._written
+            (ready if target <= reached else waiting).append(waiter)
+        self._durable_waiters = waiting
+        return ready
+
+    def _journal_failed(self, exc: OSError, rows: int) -> None:
+        self._note_error(f"journal: {exc}")
+        log.error("audit journal write failed (%s); %d rows kept and retried", exc, rows)
+        with self._cond:
+            self._journal_error = exc
 
     def _append(self, batch: list[Row]) -> _Chunk:
         lines = [_line(table, row) for table, row in batch]
@@ -474,10 +538,14 @@ class BatchWriter:
         data = b"".join(lines)
         assert self._fd is not None
         view = memoryview(data)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        os.fsync(self._fd)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except OSError:
+            with contextlib.suppress(OSError):  # no cut line left in the middle of the segment
+                os.ftruncate(self._fd, start)
+            raise
         with self._cond:
             active.end = offsets[-1]
         return _Chunk(active.path.name, offsets, batch, time.time())
@@ -493,6 +561,8 @@ class BatchWriter:
         os.rename(temp, self._spool / name)
         _fsync_dir(self._spool)
         segment = _Segment(self._spool / name, handle, end=0, active=True)
+        if self._fd is not None:
+            os.fsync(self._fd)  # what was written to the old segment is fsynced before it is let go
         with self._cond:
             old = self._segments.get(self._active) if self._active else None
             if old is not None:

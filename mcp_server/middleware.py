@@ -313,11 +313,16 @@ class AuditMiddleware(Middleware):
                     error_type=error_type,
                     message=message,
                 )
-                if answered and self.settings.audit_sync:
-                    # the answer leaves only once its audit row (and its collections') is on disk. While
-                    # calls come one at a time, each writes its own here (no hand-off to the journal thread,
-                    # the event loop waits for the fsync); once they overlap, the journal thread writes
-                    # them in groups (group commit) and the loop goes on serving
+                sync = self.settings.audit_sync
+                if answered and sync == "write":
+                    # the answer leaves only once its audit row (and its collections') is written to the
+                    # journal, here on the loop; the journal thread fsyncs it as the answer leaves
+                    await state.writer.durable(synced=False, inline=True)
+                elif answered and sync == "fsync":
+                    # the answer leaves only once those rows are fsynced. While calls come one at a time,
+                    # each writes its own here (no hand-off to the journal thread, the event loop waits for
+                    # the fsync); once they overlap, the journal thread writes them in groups (group commit)
+                    # and the loop goes on serving
                     alone = time.monotonic() - self.overlapped_at > ALONE_AFTER
                     await state.writer.durable(inline=alone and self.running == 0)
 

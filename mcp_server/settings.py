@@ -58,9 +58,12 @@ class Settings(BaseSettings):
     audit_flush_interval: float = Field(
         default=0.25, gt=0, le=60, description="Seconds between shipments of the audit journal when idle."
     )
-    audit_sync: bool = Field(
-        default=True,
-        description="Answer a call only once its audit row is fsynced in the journal (group commit).",
+    audit_sync: Literal["write", "fsync", "off"] = Field(
+        default="write",
+        description="When a call's answer may leave: 'write' once its audit rows are written to the journal "
+        "(they survive any crash of the server) with their fsync issued at once; 'fsync' once they are fsynced "
+        "(they survive a power loss too; group commit); 'off' at once (journaled within the flush interval). "
+        "true and false are read as fsync and off.",
     )
     audit_write_timeout: float = Field(
         default=5.0,
@@ -437,6 +440,14 @@ class Settings(BaseSettings):
         if 0 < value < 1:
             raise ValueError("must be 0 (off) or at least 1 second")
         return value
+
+    @field_validator("audit_sync", mode="before")
+    @classmethod
+    def _sync_mode(cls, value: object) -> object:
+        word = str(value).strip().lower() if isinstance(value, str | bool) else value
+        return {"true": "fsync", "1": "fsync", "yes": "fsync", "false": "off", "0": "off", "no": "off"}.get(
+            word, word
+        )  # type: ignore[call-overload]
 
     @field_validator("poll_breaker_max_backoff")
     @classmethod

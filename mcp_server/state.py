@@ -161,7 +161,7 @@ async def open_state(
         write_timeout=settings.audit_write_timeout,
         queue_max=settings.audit_queue_max,
         journal_max_bytes=int(settings.audit_journal_max_mb * (1 << 20)),
-        connect=lambda: connect_database(settings),
+        connect=lambda: connect_database(settings, durable_commits=True),
     )
     local = LocalExecutor(max_output=settings.max_output_bytes)
     workers = WorkerPool(size=min(2, os.cpu_count() or 1), memory_mb=settings.parse_memory_mb)
@@ -229,9 +229,9 @@ async def open_database(settings: Settings, *, migrate: bool = True) -> Database
     return db
 
 
-def connect_database(settings: Settings) -> Database:
+def connect_database(settings: Settings, *, durable_commits: bool = False) -> Database:
     """A new engine on the configured database, logging in as the bootstrapped role when there is one."""
-    db = Database(settings.resolved_database_url)
+    db = Database(settings.resolved_database_url, durable_commits=durable_commits)
     if credentials_path(settings).exists():
         install_credential_hook(db.engine, credential_provider(settings))
     return db

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from datetime import UTC, datetime, timedelta, timezone
@@ -23,11 +24,13 @@ from mcp_server.audit import (
     fingerprint,
     storable,
 )
+from mcp_server.db.engine import Database
 from mcp_server.db.queries import AuditEntry
 from mcp_server.db.tables import DataCollectionAudit, ServicePerformanceMetric
-from mcp_server.errors import DeviceNotFound
+from mcp_server.errors import ConfigurationError, DeviceNotFound
 from mcp_server.journal import Row, full_row, write_rows
 from mcp_server.redact import digest
+from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import PG_ADMIN_DSN, audit_rows, create_pg_database, drop_pg_database, make_settings
 
@@ -272,3 +275,64 @@ async def test_a_stream_asked_of_a_device_that_is_no_name_is_audited_without_it(
     (row,) = await audit_rows(state, kind="collection")
     assert (row.device, row.outcome, row.error_type) == (None, "error", "device_not_found")
     assert "hunter2" not in json.dumps([row.device, row.error_message, row.arguments])
+
+
+def _journaled_lines(settings: Any) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in sorted((settings.data_dir / "spool").glob("segment-*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+@pytest.mark.parametrize("mode", ["write", "fsync"])
+async def test_an_answered_calls_rows_are_in_the_journal_file_before_the_answer_and_fsynced_soon(
+    tmp_path: Path, mode: str
+) -> None:
+    # the journal thread's own timer is far away: only the call's path can have put the rows there
+    settings = make_settings(tmp_path, audit_sync=mode, audit_flush_interval=30)
+    async with open_state(settings) as state:
+        async with Client(build_server(settings, state=state)) as client:
+            for _ in range(3):
+                await client.call_tool("collect", {"command": "os_info", "device": "local"})
+                lines = _journaled_lines(settings)  # read at once, before anything else runs
+                calls = [line["row"] for line in lines if line["row"].get("kind") == "tool"]
+                assert calls and calls[-1]["tool"] == "collect" and calls[-1]["outcome"] == "ok"
+        # write: the fsync was issued as the answer left; fsync: done before it left
+        for _ in range(200):
+            if state.writer.unsynced_rows == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert state.writer.unsynced_rows == 0
+
+
+def test_audit_sync_reads_the_old_booleans_and_names_the_modes_when_wrong(tmp_path: Path) -> None:
+    assert make_settings(tmp_path).audit_sync == "write"
+    assert make_settings(tmp_path, audit_sync="true").audit_sync == "fsync"
+    assert make_settings(tmp_path, audit_sync=False).audit_sync == "off"
+    assert make_settings(tmp_path, audit_sync="FSYNC").audit_sync == "fsync"
+    with pytest.raises(ConfigurationError, match="INFRA_AUDIT_SYNC: .*'write', 'fsync' or 'off'"):
+        make_settings(tmp_path, audit_sync="sometimes")
+
+
+async def test_the_shippers_sqlite_commits_are_fsynced_before_a_shipped_segment_can_be_deleted(
+    tmp_path: Path,
+) -> None:
+    # WAL with synchronous=NORMAL (the server's engine) can lose its last commits to a power loss; the
+    # shipper deletes a journal segment once its rows are committed, so its own commits are FULL
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}"
+    for durable, expected in ((False, 1), (True, 2)):
+        db = Database(url, durable_commits=durable)
+        try:
+            async with db.engine.connect() as conn:
+                assert await conn.scalar(text("PRAGMA synchronous")) == expected
+        finally:
+            await db.close()
+    settings = make_settings(tmp_path)
+    async with open_state(settings) as state:
+        shipper = state.writer._connect()
+        try:
+            async with shipper.engine.connect() as conn:
+                assert await conn.scalar(text("PRAGMA synchronous")) == 2
+        finally:
+            await shipper.close()

@@ -149,14 +149,17 @@ async def database(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
         await drop_pg_database(url)
 
 
-# two runs under concurrent load (rows journaled in groups by the journal thread), one with a single caller
-# (each call's row journaled by the call itself, see BatchWriter.durable)
-@pytest.mark.parametrize(("run", "clients"), [(0, CLIENTS), (1, CLIENTS), (2, 1)])
+# runs under concurrent load and with a single caller (each call's row journaled by the call itself, see
+# BatchWriter.durable), in both modes that answer only once the rows are in the journal
+@pytest.mark.parametrize(
+    ("run", "clients", "sync"),
+    [(0, CLIENTS, "write"), (1, CLIENTS, "fsync"), (2, 1, "write"), (3, 1, "fsync")],
+)
 async def test_sigkill_under_load_loses_no_answered_call_and_duplicates_none(
-    tmp_path: Path, database: str | None, run: int, clients: int
+    tmp_path: Path, database: str | None, run: int, clients: int, sync: str
 ) -> None:
     stop = asyncio.Event()
-    with serving(tmp_path, database, f"first-{run}") as (base, proc):
+    with serving(tmp_path, database, f"first-{run}", INFRA_AUDIT_SYNC=sync) as (base, proc):
         answered, sent, tasks = await _load(base, stop, clients)
         await _until_answering(answered)
         await asyncio.sleep(random.uniform(0, 1.5))

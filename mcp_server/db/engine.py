@@ -77,7 +77,10 @@ def redact_url(url: str) -> str:
 class Database:
     """One engine per process; `session()` hands out AsyncSessions."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, durable_commits: bool = False) -> None:
+        """`durable_commits`: on SQLite every commit is fsynced (synchronous=FULL) rather than at the WAL's
+        checkpoints (NORMAL, which a power loss can roll back): the audit shipper's engine, which deletes a
+        journal segment once its rows are committed."""
         self.url = url
         self.origin = uuid.uuid4().hex  # names this process's changes in `registry_changes`
         parsed = make_url(url)
@@ -93,7 +96,8 @@ class Database:
             kwargs.update(pool_size=10, max_overflow=10, pool_pre_ping=True, pool_recycle=1800)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.dialect == "sqlite":
-            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+            pragmas = _sqlite_pragmas_full if durable_commits else _sqlite_pragmas
+            event.listen(self.engine.sync_engine, "connect", pragmas)
             event.listen(self.engine.sync_engine, "begin", _sqlite_begin)
         self.session = async_sessionmaker(self.engine, expire_on_commit=False, class_=AsyncSession)
         # Read-only work takes no write lock on SQLite (see _sqlite_begin), so it never waits on a writer.
@@ -162,14 +166,18 @@ class Database:
         await self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_conn: object, _record: object) -> None:
+def _sqlite_pragmas(dbapi_conn: object, _record: object, synchronous: str = "NORMAL") -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's implicit BEGIN is deferred).
     dbapi_conn.isolation_level = None  # type: ignore[attr-defined]
     cursor = dbapi_conn.cursor()  # type: ignore[attr-defined]
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA synchronous={synchronous}")
     cursor.execute("PRAGMA busy_timeout=15000")
     cursor.close()
+
+
+def _sqlite_pragmas_full(dbapi_conn: object, record: object) -> None:
+    _sqlite_pragmas(dbapi_conn, record, "FULL")
 
 
 def _sqlite_begin(conn: Connection) -> None:
