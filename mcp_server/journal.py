@@ -423,6 +423,7 @@ class BatchWriter:
         while True:
             with self._cond:
                 # group commit: wake for a waiter, an fsync asked for, a full batch, the interval, or the end
+                due = False
                 while not (
                     self._stopping
                     or self._durable_waiters
@@ -430,16 +431,28 @@ class BatchWriter:
                     or len(self._queue) >= self._max_batch
                 ):
                     if not self._cond.wait(self._interval) and self._queue:
+                        due = True
                         break
                 idle = not self._queue and not self._carry and self._journaled >= self._written
                 if idle and not self._stopping:
                     continue
+                # woken only to fsync what callers wrote: the rows queued meanwhile belong to calls still
+                # running, which write their own (taking the append lock here would make them wait)
+                write = bool(
+                    due
+                    or self._stopping
+                    or self._durable_waiters
+                    or self._carry
+                    or len(self._queue) >= self._max_batch
+                )
             if idle:  # stopping, and everything is journaled (an inline write holds the lock to its end)
                 with self._append_lock, self._cond:
                     self._finish_active()
                 return
-            with self._append_lock:
-                written = self._write_queued()
+            written = True
+            if write:
+                with self._append_lock:
+                    written = self._write_queued()
             if written and self._sync():
                 backoff = 0.05
                 continue
