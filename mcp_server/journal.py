@@ -39,6 +39,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from mcp_server.audit import AuditRecord, storable
 from mcp_server.db.engine import Database
 from mcp_server.db.tables import Base, CollectionSnapshot, DataCollectionAudit, SpoolSegment
+from mcp_server.quarantine import QUARANTINE_AFTER, Quarantine, QuarantineStatus, reason, refused
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class WriterStatus:
     last_error_at: datetime | None
     shipped_rows: int
     refused_calls: int
+    quarantine: QuarantineStatus  # rows the database refused, set aside (see quarantine.py)
 
 
 class BatchWriter:
@@ -230,6 +232,10 @@ class BatchWriter:
         self.refused = 0
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
+        self.quarantine = Quarantine(spool_dir)
+        self._refusals: tuple[tuple[str, int], int] | None = (
+            None  # (segment, offset) of a refused batch, times
+        )
 
     # ---- the request path --------------------------------------------------------------------------------
 
@@ -333,6 +339,7 @@ class BatchWriter:
                 last_error_at=self.last_error_at,
                 shipped_rows=self.written,
                 refused_calls=self.refused,
+                quarantine=self.quarantine.status(),
             )
 
     def _unshipped_bytes(self) -> int:
@@ -344,6 +351,7 @@ class BatchWriter:
         if self._journal_thread is not None:
             return
         self._stopping = False
+        self.quarantine.load()
         self._adopt()  # what a process that died left is shipped first, and counted in `pending` at once
         self._journal_thread = threading.Thread(target=self._journal_main, name="infra-journal", daemon=True)
         self._ship_thread = threading.Thread(target=self._ship_main, name="infra-shipper", daemon=True)
@@ -646,6 +654,17 @@ class BatchWriter:
         what = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, TimeoutError):
             what = f"database write timed out after {self.write_timeout:g} s (INFRA_AUDIT_WRITE_TIMEOUT)"
+        if refused(exc):
+            # retried, then shipped in parts with the refused rows set aside: a flush waits for that
+            times = self._refusals[1] if self._refusals is not None else 1
+            self._note_error(f"the database refused a batch: {reason(exc)}")
+            log.warning(
+                "the database refused a batch (attempt %d of %d before it is shipped in parts): %s",
+                times,
+                QUARANTINE_AFTER,
+                reason(exc),
+            )
+            return
         self._note_error(what[:500])
         if isinstance(exc, SQLAlchemyError | OSError | TimeoutError):
             log.warning("database unavailable, %d rows stay journaled: %s", self.pending, what[:500])
@@ -758,11 +777,14 @@ class BatchWriter:
         if work is None:
             self._resolve_flushes()
             return False
-        deadline = self.write_timeout
-        if self._ship_deadline is not None:  # closing: the last writes share what is left of its deadline
-            deadline = max(0.05, min(deadline, self._ship_deadline - time.monotonic()))
-        async with asyncio.timeout(deadline):
-            written = await self._write(db, work)
+        try:
+            async with asyncio.timeout(self._write_deadline()):
+                written = await self._write(db, work)
+        except Exception as exc:
+            if not refused(exc) or self._refused_times(work) < QUARANTINE_AFTER:
+                raise
+            written = await self._isolate(db, work, exc)
+        self._refusals = None
         end = work.offsets[-1]
         with self._cond:
             shipped = self._segments.get(work.segment)
@@ -783,6 +805,61 @@ class BatchWriter:
             await self._retire(db, finished)
         self._resolve_flushes()
         return True
+
+    def _write_deadline(self) -> float:
+        if self._ship_deadline is None:
+            return self.write_timeout
+        # closing: the last writes share what is left of its deadline
+        return max(0.05, min(self.write_timeout, self._ship_deadline - time.monotonic()))
+
+    def _refused_times(self, work: _Work) -> int:
+        """Count one more refusal of the batch starting where `work` starts; how many in a row."""
+        key = (work.segment, work.offsets[0])
+        times = self._refusals[1] + 1 if self._refusals is not None and self._refusals[0] == key else 1
+        self._refusals = (key, times)
+        return times
+
+    async def _isolate(self, db: Database, work: _Work, refusal: BaseException) -> int:
+        """Ship a batch the database refused in parts, in order, halving a refused part until the row it
+        refuses is alone; that row is set aside in the quarantine file and the mark moves past it. Each part
+        is one transaction that advances the segment's mark (see `_write`), so a part shipped before a crash
+        or an outage is skipped when the batch is tried again. Returns rows inserted; an error that is not a
+        refusal (the database away or hung) ends it, and the batch waits in the journal as any other."""
+        parts = [(0, len(work.rows))]  # a stack: the leftmost part on top
+        written = 0
+        error = refusal
+        while parts:
+            i, j = parts.pop()
+            part = _Work(work.segment, work.offsets[i : j + 1], work.rows[i:j], work.own, j - i)
+            if (i, j) != (0, len(work.rows)):  # the whole batch was refused just now
+                try:
+                    async with asyncio.timeout(self._write_deadline()):
+                        written += await self._write(db, part)
+                    continue
+                except Exception as exc:
+                    if not refused(exc):
+                        raise
+                    error = exc
+            if j - i == 1:
+                await self._set_aside(db, part, error)
+                continue
+            middle = (i + j) // 2
+            parts += [(middle, j), (i, middle)]
+        return written
+
+    async def _set_aside(self, db: Database, part: _Work, error: BaseException) -> None:
+        """Quarantine the one row of `part` (fsynced first, once), then advance the mark past it."""
+        (table, row), start = part.rows[0], part.offsets[0]
+        message = reason(error)
+        if self.quarantine.set_aside(part.segment, start, table.__tablename__, row, message):
+            log.error(
+                "the database refused a %s row (%s); set aside in %s",
+                table.__tablename__,
+                message,
+                self.quarantine.path,
+            )
+        async with asyncio.timeout(self._write_deadline()):
+            await self._write(db, _Work(part.segment, part.offsets[:2], [], part.own, 0))
 
     def _resolve_flushes(self) -> None:
         with self._cond:

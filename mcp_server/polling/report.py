@@ -161,8 +161,14 @@ class AuditPipeline(BaseModel):
     refused_calls: int = Field(description="Calls refused because the audit could not keep up.")
     last_error: str | None = Field(description="The last journal or database write error.")
     last_error_at: datetime | None
+    quarantined_rows: int = Field(
+        description="Rows the database refused (a constraint, a value a column rejects), set aside in the "
+        "spool's quarantine.jsonl so they hold up no other row."
+    )
+    last_quarantine_error: str | None = Field(description="Why the database refused the last row set aside.")
+    last_quarantined_at: datetime | None
     warning: str | None = Field(
-        description="Set when the database is behind by more than INFRA_AUDIT_LAG_WARNING."
+        description="Set when the database is behind by more than INFRA_AUDIT_LAG_WARNING, or has refused rows."
     )
 
 

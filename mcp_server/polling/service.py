@@ -227,6 +227,13 @@ def audit_pipeline(state: AppState) -> AuditPipeline:
             f"rows, {s.journal_bytes:,} bytes waiting; last error: {s.last_error or 'none'}); the rows are safe "
             "on disk and are written once it catches up"
         )
+    q = s.quarantine
+    if q.rows:
+        refusal = (
+            f"the database refused {q.rows:,} audit rows (last: {q.last_error}); they are set aside, whole, in "
+            "<data dir>/spool/quarantine.jsonl, and the rows around them were written"
+        )
+        warning = f"{warning}; {refusal}" if warning else refusal
     return AuditPipeline(
         pending_rows=s.pending_rows,
         unjournaled_rows=s.unjournaled_rows,
@@ -237,6 +244,9 @@ def audit_pipeline(state: AppState) -> AuditPipeline:
         refused_calls=s.refused_calls,
         last_error=s.last_error,
         last_error_at=s.last_error_at,
+        quarantined_rows=q.rows,
+        last_quarantine_error=q.last_error,
+        last_quarantined_at=q.last_at,
         warning=warning,
     )
 
