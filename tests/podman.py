@@ -42,12 +42,19 @@ services:
     command: ["sh", "-c", "echo finished"]
     network_mode: host
 """
-# 2500 numbered lines, then one line of 3004 characters (one write below PIPE_BUF, so the log driver
-# cannot split it), then quiet.
+# 2500 numbered lines, the last of them followed by one line of 3004 characters, then quiet. conmon reads
+# the container's output 8 KiB at a time and stores a line a read cut as a partial record, which podman 4.3's
+# `logs --tail` (the Docker API's tail) then glues to the line before it: the long line would come back cut
+# in two whenever conmon lagged more than about 5 KiB behind the loop. So the last two lines wait until
+# conmon has stored every line before them (CHATTY_GATE, created by _create_containers), and go out in one
+# write below PIPE_BUF: into an empty pipe, read whole.
 CHATTY_LINES = 2500
+CHATTY_GATE = "/tmp/chatty-go"
 CHATTY = (
-    f'i=0; while [ $i -lt {CHATTY_LINES} ]; do i=$((i+1)); echo "line $i"; done; '
-    "l=$(head -c 3000 /dev/zero | tr '\\0' L); echo \"$l end\"; exec sleep 100000"
+    f'i=0; while [ $i -lt {CHATTY_LINES - 1} ]; do i=$((i+1)); echo "line $i"; done; '
+    f"while [ ! -e {CHATTY_GATE} ]; do sleep 0.05; done; "
+    "l=$(head -c 3000 /dev/zero | tr '\\0' L); "
+    f"printf 'line %s\\n%s end\\n' {CHATTY_LINES} \"$l\"; exec sleep 100000"
 )
 # Distinctive values: the tests assert they never appear in any result or stored row.
 SECRET_VALUES = {
@@ -241,7 +248,11 @@ def _create_containers(engine: ContainerEngine) -> None:
         engine.wait_state(name, "running")
     engine.wait_state("oneshot", "exited")
     poll(lambda: "tick 2" in engine.docker("logs", "worker").stdout, 20, "worker's first log lines")
-    poll(lambda: " end" in engine.docker("logs", "--tail", "1", "chatty").stdout, 20, "chatty's log lines")
+    # `logs` without --tail joins partial records: this waits until conmon has read the pipe empty
+    last = f"line {CHATTY_LINES - 1}\n"
+    poll(lambda: engine.docker("logs", "chatty").stdout.endswith(last), 20, "chatty's numbered lines")
+    engine.docker("exec", "chatty", "touch", CHATTY_GATE)
+    poll(lambda: " end" in engine.docker("logs", "--tail", "1", "chatty").stdout, 20, "chatty's long line")
     if engine.compose:
         stack = engine.root / "stack"
         stack.mkdir()
