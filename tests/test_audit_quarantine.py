@@ -18,16 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastmcp import Client
 from sqlalchemy import select
 
 from mcp_server.audit import AuditRecord
 from mcp_server.db.tables import DataCollectionAudit, ServicePerformanceMetric
 from mcp_server.journal import BatchWriter
-from mcp_server.polling.service import audit_pipeline
 from mcp_server.quarantine import QUARANTINE_AFTER, QUARANTINE_FILE
+from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, open_state
 from tests.app_fixtures import create_pg_database, drop_pg_database, make_settings
+from tests.helpers import structured
 from tests.test_audit import _accept_connections
 from tests.test_audit_durability import Stall
 
@@ -88,9 +90,11 @@ async def test_a_row_the_database_refuses_is_set_aside_and_the_rows_around_it_ar
         status = state.writer.status()
         assert status.pending_rows == 0 and status.journal_bytes == 0
         assert status.quarantine.rows == 1 and "outcome" in (status.quarantine.last_error or "")
-        pipeline = audit_pipeline(state)
-        assert pipeline.quarantined_rows == 1 and pipeline.last_quarantined_at is not None
-        assert pipeline.warning is not None and "refused 1 audit rows" in pipeline.warning
+        async with Client(build_server(settings, state=state)) as client:
+            audit = structured(await client.call_tool("get_service_health", {}))["audit"]
+        assert audit["quarantined_rows"] == 1 and audit["last_quarantined_at"] is not None
+        assert "outcome" in audit["last_quarantine_error"]
+        assert audit["warning"] is not None and "refused 1 audit rows" in audit["warning"]
         # rows journaled after the refusal ship as usual
         state.writer.add(DataCollectionAudit, _row("later"))
         await state.writer.flush(30)
