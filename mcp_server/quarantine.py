@@ -71,7 +71,7 @@ def reason(exc: BaseException) -> str:
     redacted and cut."""
     causes = list(_causes(exc))
     driver = next((c for c in reversed(causes) if str(c)), exc)
-    text = f"{type(driver).__name__}: {driver}"
+    text = f"{type(driver).__name__}: {driver}".replace("\n", " ")  # PostgreSQL's DETAIL: one line
     return redact_text(text)[:ERROR_CHARS]
 
 
