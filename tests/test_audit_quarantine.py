@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from fastmcp import Client
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from mcp_server.audit import AuditRecord
 from mcp_server.db.tables import DataCollectionAudit, ServicePerformanceMetric
@@ -234,5 +234,27 @@ async def test_a_hanging_postgresql_sets_nothing_aside(tmp_path: Path) -> None:
                 await state.writer.flush(30)
                 assert await _tools(state, "hang-") == Counter({f"hang-{i}": 1 for i in range(5)})
         assert _quarantined(settings) == []
+    finally:
+        await drop_pg_database(url)
+
+
+async def test_rows_put_back_as_a_new_segment_ship_once_the_cause_is_fixed(tmp_path: Path) -> None:
+    """The procedure docs/audit.md gives: the quarantine's `table` and `row` as a new segment, restart."""
+    url = await create_pg_database()
+    settings = make_settings(tmp_path, database_url=url)
+    try:
+        async with open_state(settings) as state:
+            state.writer.add(DataCollectionAudit, _row("refused-then-fixed", outcome=None))
+            await state.writer.flush(30)
+            async with state.db.session() as session, session.begin():  # the operator fixes the cause
+                await session.execute(text("ALTER TABLE data_collection_audit ALTER outcome DROP NOT NULL"))
+        spool = settings.data_dir / "spool"
+        lines = [json.dumps({"table": q["table"], "row": q["row"]}) + "\n" for q in _quarantined(settings)]
+        (spool / f"segment-{time.time_ns()}-{os.urandom(4).hex()}.jsonl").write_text("".join(lines))
+        (spool / QUARANTINE_FILE).rename(spool / "quarantine.replayed.jsonl")
+        async with open_state(settings) as state:
+            await state.writer.flush(30)
+            assert await _tools(state, "refused-") == Counter({"refused-then-fixed": 1})
+            assert state.writer.status().quarantine.rows == 0
     finally:
         await drop_pg_database(url)
