@@ -62,8 +62,9 @@ def refused(exc: BaseException) -> bool:
         if isinstance(state, str):
             return state[:2] in _ROW_CLASSES
     # a value the driver cannot encode for its column (a float column given text, an integer past the
-    # column's range): raised before anything reaches the database, by COPY and SQLite's binding alike
-    return isinstance(exc, ValueError | TypeError | OverflowError)
+    # column's range): raised before anything reaches the database, by COPY and SQLite's binding as they
+    # are, by SQLAlchemy's bind processors wrapped in a StatementError
+    return any(isinstance(c, ValueError | TypeError | OverflowError) for c in causes)
 
 
 def reason(exc: BaseException) -> str:
