@@ -233,9 +233,8 @@ class BatchWriter:
         self.last_error: str | None = None
         self.last_error_at: datetime | None = None
         self.quarantine = Quarantine(spool_dir)
-        self._refusals: tuple[tuple[str, int], int] | None = (
-            None  # (segment, offset) of a refused batch, times
-        )
+        # where the batch the database refused starts (segment, offset), and how many times in a row
+        self._refusals: tuple[tuple[str, int], int] | None = None
 
     # ---- the request path --------------------------------------------------------------------------------
 
