@@ -46,10 +46,11 @@ services:
 # the container's output 8 KiB at a time and stores a line a read cut as a partial record, which podman 4.3's
 # `logs --tail` (the Docker API's tail) then glues to the line before it: the long line would come back cut
 # in two whenever conmon lagged more than about 5 KiB behind the loop. So the last two lines wait until
-# conmon has stored every line before them (CHATTY_GATE, created by _create_containers), and go out in one
-# write below PIPE_BUF: into an empty pipe, read whole.
+# conmon has stored every line before them (CHATTY_GATE, created by _create_containers in a directory
+# mounted from the host: an exec would leave its conmon behind for minutes), and go out in one write below
+# PIPE_BUF: into an empty pipe, read whole.
 CHATTY_LINES = 2500
-CHATTY_GATE = "/tmp/chatty-go"
+CHATTY_GATE = "/gate/go"
 CHATTY = (
     f'i=0; while [ $i -lt {CHATTY_LINES - 1} ]; do i=$((i+1)); echo "line $i"; done; '
     f"while [ ! -e {CHATTY_GATE} ]; do sleep 0.05; done; "
@@ -240,7 +241,9 @@ def _create_containers(engine: ContainerEngine) -> None:
         "sh", "-c", 'i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 1; done',
     )  # fmt: skip
     engine.docker(*run, "--name", "victim", "--label", "app=victim", IMAGE, "sleep", "100000")
-    engine.docker(*run, "--name", "chatty", IMAGE, "sh", "-c", CHATTY)
+    gate = engine.root / "chatty-gate"
+    gate.mkdir()
+    engine.docker(*run, "--name", "chatty", "-v", f"{gate}:/gate", IMAGE, "sh", "-c", CHATTY)
     engine.docker(
         "run", "--network", "host", "--name", "oneshot", IMAGE, "sh", "-c", "echo done; exit 3", check=False
     )
@@ -251,7 +254,7 @@ def _create_containers(engine: ContainerEngine) -> None:
     # `logs` without --tail joins partial records: this waits until conmon has read the pipe empty
     last = f"line {CHATTY_LINES - 1}\n"
     poll(lambda: engine.docker("logs", "chatty").stdout.endswith(last), 20, "chatty's numbered lines")
-    engine.docker("exec", "chatty", "touch", CHATTY_GATE)
+    (gate / Path(CHATTY_GATE).name).touch()
     poll(lambda: " end" in engine.docker("logs", "--tail", "1", "chatty").stdout, 20, "chatty's long line")
     if engine.compose:
         stack = engine.root / "stack"
