@@ -41,7 +41,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcp_server.audit import CallContext, audit_arguments, calling, oversized_arguments, read_deadline
-from mcp_server.errors import ArgumentsTooLarge, InfrastructorError, InvalidParameter, field_problems
+from mcp_server.errors import (
+    ArgumentsTooLarge,
+    InfrastructorError,
+    InvalidParameter,
+    Overloaded,
+    field_problems,
+)
 from mcp_server.progress import StepDone
 
 if TYPE_CHECKING:
@@ -271,7 +277,7 @@ class Request:
             except InfrastructorError as exc:
                 if isinstance(exc, _Invalid):
                     self.arguments = exc.shown
-                denied = isinstance(exc, ArgumentsTooLarge) or exc.error_type == "overloaded"
+                denied = exc.error_type in (ArgumentsTooLarge.error_type, Overloaded.error_type)
                 outcome, error_type, message = "denied" if denied else "error", exc.error_type, str(exc)
                 answer = await self.failed(str(exc))
             finally:
