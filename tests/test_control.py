@@ -259,3 +259,29 @@ def test_bad_requests_get_clear_errors_and_are_audited(tmp_path: Path, served: S
         probe.connect(str(sock))
     assert _ask(sock, b'{"v": 1, "op": "collect", "command": "os_info"}\n')["exit"] == 0
     assert len(_rows(tmp_path, len(cases) + 1, kind="tool", transport="cli")) == len(cases) + 1
+
+
+def test_a_stdio_server_answers_the_cli_too(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            [CLI, "serve", "--stdio"],
+            env=cli_env(tmp_path, INFRA_LOG_LEVEL="INFO"),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "control socket" not in log.read_text():  # opened once no client handshake came
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        done = run_cli(tmp_path, "collect", "os_info", "--json")
+        assert done.returncode == 0 and json.loads(done.stdout)[0]["ok"], done.stderr
+        (row,) = _rows(tmp_path, 1, kind="tool", transport="cli")
+        assert row["tool"] == "collect_many" and row["outcome"] == "ok"
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()  # the client went away: the server ends
+        proc.wait(timeout=30)
+    assert not (tmp_path / "data" / SOCKET_NAME).exists()
