@@ -60,6 +60,7 @@ SOCKET_NAME = "control.sock"
 PROTOCOL = 1
 MAX_REQUEST = 1 << 20  # bytes of the request line
 READ_SECONDS = 5.0  # to send the request line once connected
+SEND_SECONDS = 30.0  # for the CLI to take each answer line
 MAX_CLIENTS = 32  # requests served at once; more are refused (the CLI then runs in-process)
 # the environment variables rich reads to shape its output; the CLI sends its own
 RICH_ENVIRON = (
@@ -451,8 +452,13 @@ async def _read_line(reader: asyncio.StreamReader) -> bytes:
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+    """One answer line; a CLI that stops reading for SEND_SECONDS is treated as gone."""
     writer.write(json.dumps(message, ensure_ascii=False).encode() + b"\n")
-    await writer.drain()
+    try:
+        async with asyncio.timeout(SEND_SECONDS):
+            await writer.drain()
+    except TimeoutError:
+        raise ConnectionError("the CLI stopped reading its answer") from None
 
 
 def _answers(path: str) -> bool:
