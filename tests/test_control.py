@@ -26,6 +26,7 @@ from mcp_server.control import SOCKET_NAME
 from tests.helpers import free_port
 from tests.sshd import SshdFleet
 from tests.test_cli import _add
+from tests.test_startup import probe
 from tests.test_transports import CLI, audit, cli_env, run_cli
 
 
@@ -285,3 +286,13 @@ def test_a_stdio_server_answers_the_cli_too(tmp_path: Path) -> None:
         proc.stdin.close()  # the client went away: the server ends
         proc.wait(timeout=30)
     assert not (tmp_path / "data" / SOCKET_NAME).exists()
+
+
+def test_a_collect_handed_to_the_server_loads_neither_rich_nor_pydantic_nor_asyncio(
+    tmp_path: Path, served: Served
+) -> None:
+    served.start()
+    code, loaded, stdout = probe(tmp_path, "collect", "os_info")
+    assert code == 0 and stdout.startswith("os_info on local, collected ")
+    assert not loaded & {"rich", "pydantic", "sqlalchemy", "asyncssh", "asyncio", "fastmcp"}, sorted(loaded)
+    assert _rows(tmp_path, 1, kind="tool", transport="cli")
