@@ -15,16 +15,18 @@ import gc
 import json
 import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
 
 from mcp_server import TOOLSETS, __version__
 
+# typing, datetime and threading load only where they are needed: a collect answered by a running server
+# pays for every module it imports (tests/test_control.py)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
     from rich.console import Console
 
     from mcp_server.collection import ConnectionTest, DeviceOutcome
@@ -63,15 +65,55 @@ def _stdout_console() -> Console:
 
 
 # stdout belongs to the MCP protocol in stdio mode and to command output otherwise; everything else is stderr.
-err = cast("Console", _Lazy(_stderr_console))
+err: Console = _Lazy(_stderr_console)  # type: ignore[assignment]
 # Output piped to a file or grep is wider than rich's 80-column guess: one line per row where it fits.
-out = cast("Console", _Lazy(_stdout_console))
+out: Console = _Lazy(_stdout_console)  # type: ignore[assignment]
+
+
+def _help_width() -> int:
+    """What argparse's help formatter measures with shutil.get_terminal_size, without loading shutil (and
+    the compression modules it imports): the formatter is built for every argument added, help or not."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            stdout = sys.__stdout__
+            columns = (os.get_terminal_size(stdout.fileno()).columns if stdout else 0) or 80
+        except (AttributeError, ValueError, OSError):
+            columns = 80
+    return columns - 2
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ):
+        super().__init__(prog, indent_increment, max_help_position, _help_width() if width is None else width)
+
+
+class _RawFormatter(_Formatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with _Formatter; its subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("formatter_class") in (None, argparse.HelpFormatter):
+            kwargs["formatter_class"] = _Formatter
+        super().__init__(*args, **kwargs)
+
+
+def _path(value: str) -> Path:
+    from pathlib import Path
+
+    return Path(value)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="infrastructor", description="Audited fleet access for AI agents over MCP."
-    )
+    parser = _Parser(prog="infrastructor", description="Audited fleet access for AI agents over MCP.")
     parser.add_argument("--version", action="version", version=f"infrastructor {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
@@ -103,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Write the master key(s), one per line, newest first (the format of master.key and, "
         "comma-separated, of INFRA_MASTER_KEY). Keep the copy apart from the database backup.",
     )
-    export.add_argument("--out", type=Path, help="a new file (created 0600); default standard output")
+    export.add_argument("--out", type=_path, help="a new file (created 0600); default standard output")
 
     db_cmd = sub.add_parser("db", help="PostgreSQL credentials").add_subparsers(dest="db_cmd", required=True)
     boot = db_cmd.add_parser(
@@ -205,7 +247,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run a registered command on one device, several, those with a tag, or all of them",
         description="Run a read command by name, with the gates of the MCP tools, and print its whole result.",
         epilog=COLLECT_OUTPUT,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawFormatter,
     )
     collect.add_argument(
         "command", nargs="?", help="registry name, e.g. system_metrics (see: infrastructor collect --list)"
@@ -277,8 +319,9 @@ def run() -> None:
         sys.stderr.flush()
     except OSError:  # a closed pipe (`| head`): let the interpreter report it as usual
         sys.exit(code)
-    main_thread = threading.main_thread()
-    if all(t.daemon for t in threading.enumerate() if t is not main_thread):
+    threading = sys.modules.get("threading")  # never imported: no thread was started
+    main_thread = threading.main_thread() if threading is not None else None
+    if threading is None or all(t.daemon for t in threading.enumerate() if t is not main_thread):
         os._exit(code)
     sys.exit(code)
 
@@ -701,7 +744,8 @@ def device_progress(what: str, total: int) -> Iterator[OnStep]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=cast("_Lazy", err).console, transient=True) as progress:
+    console: Console = err.console  # type: ignore[attr-defined]  # the real one (err is a _Lazy)
+    with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(what, total=total)
 
         async def advance(step: StepDone) -> None:
@@ -880,6 +924,9 @@ def _check_collect(state: AppState, command: str, params: dict[str, Any]) -> Non
 
 async def _read_watched(state: AppState, device: str, params: dict[str, Any]) -> DeviceOutcome[Any]:
     """A configuration file as the `infra://config/{device}/{path*}` resource reads it: watched files only."""
+    from datetime import UTC, datetime
+    from typing import Any
+
     from mcp_server.collection import Collected, DeviceOutcome
     from mcp_server.errors import InfrastructorError, InvalidParameter
 

@@ -9,15 +9,17 @@ another user's, a server that refuses), `NoServer` says so and the CLI runs the 
 
 from __future__ import annotations
 
+import _socket  # socket's C module: socket.py builds enums on import, a tenth of this process's imports
 import json
 import os
-import socket
 import stat
 import struct
 import sys
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Iterator
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 SOCKET_NAME = "control.sock"  # control.SOCKET_NAME
 CONNECT_SECONDS = 1.0
@@ -44,8 +46,8 @@ def setting(name: str) -> str | None:
     return next((v for k, v in os.environ.items() if k.lower() == wanted), None)
 
 
-def data_dir() -> Path:
-    return Path(setting("INFRA_DATA_DIR") or "~/.local/share/infrastructor").expanduser()
+def data_dir() -> str:
+    return os.path.expanduser(setting("INFRA_DATA_DIR") or "~/.local/share/infrastructor")
 
 
 def database_fingerprint() -> str | None:
@@ -84,10 +86,10 @@ def render_request(as_json: bool) -> dict[str, Any] | None:
     }
 
 
-def connect(directory: Path) -> socket.socket:
+def connect(directory: str | os.PathLike[str]) -> _socket.socket:
     """A connection to the server on `directory`'s control socket; NoServer unless it is safe and answers."""
     uid = os.geteuid()
-    path = directory / SOCKET_NAME
+    path = os.path.join(directory, SOCKET_NAME)
     try:
         folder = os.lstat(directory)
         found = os.lstat(path)
@@ -97,12 +99,13 @@ def connect(directory: Path) -> socket.socket:
         raise NoServer("the data directory is not this user's alone")
     if not stat.S_ISSOCK(found.st_mode) or found.st_uid != uid:
         raise NoServer("the control socket is not this user's")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_SECONDS)
-        sock.connect(str(path))
+        sock.connect(path)
         size = struct.calcsize("3i")
-        _pid, peer, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size))
+        credentials = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, size)
+        _pid, peer, _gid = struct.unpack("3i", credentials)
         if peer != uid:
             raise NoServer(f"the control socket is served by uid {peer}")
     except OSError as exc:  # refused: a stale socket, its server gone
@@ -118,18 +121,27 @@ def delegate(request: dict[str, Any], on_line: Callable[[dict[str, Any]], None])
     """Send `request` to the server on this data directory; hand each intermediate answer to `on_line` and
     return the last one (it carries "exit"). NoServer when no server takes it."""
     sock = connect(data_dir())
-    with sock:
+    try:
         sock.settimeout(ANSWER_SECONDS)
-        try:
-            sock.sendall(json.dumps(request, ensure_ascii=False).encode() + b"\n")
-            stream = sock.makefile("rb")
-            for raw in stream:
-                message = json.loads(raw)
-                if "refused" in message:
-                    raise NoServer(f"the server refused: {message['refused']}")
-                if "exit" in message:
-                    return dict(message)
-                on_line(message)
-        except (OSError, ValueError) as exc:
-            raise NoServer(f"the server's answer broke off ({exc})") from None
+        sock.sendall(json.dumps(request, ensure_ascii=False).encode() + b"\n")
+        for raw in _lines(sock):
+            message = json.loads(raw)
+            if "refused" in message:
+                raise NoServer(f"the server refused: {message['refused']}")
+            if "exit" in message:
+                return dict(message)
+            on_line(message)
+    except (OSError, ValueError) as exc:
+        raise NoServer(f"the server's answer broke off ({exc})") from None
+    finally:
+        sock.close()
     raise NoServer("the server closed the connection without an answer")
+
+
+def _lines(sock: _socket.socket) -> Iterator[bytes]:
+    """The lines the server sends, until it closes the connection."""
+    pending = b""
+    while chunk := sock.recv(1 << 16):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from lines
