@@ -491,10 +491,14 @@ async def setting(
     one_master = ssh_argv(fleet, targets[0], known_hosts, cm_dir)
     module_args = {"command": REMOTE, "raw": REMOTE, "setup": None}
     data_dir = work / "data"
+    # with the server running on its data dir, the CLI hands the collection to it (control socket);
+    # --no-server collects in the CLI process itself, over new connections
     cli = [*CLI, "collect", "os_info", "--all", "--force-refresh"]
-    cli_local = [*CLI, "collect", "os_info", "--force-refresh"]  # the same process, no SSH at all
+    cli_alone = [*cli, "--no-server"]
+    cli_local = [*CLI, "collect", "os_info", "--force-refresh", "--no-server"]  # the process, no SSH at all
     one = targets[0].name
     cli_one = [*CLI, "collect", "os_info", "--device", one, "--force-refresh"]
+    cli_one_alone = [*cli_one, "--no-server"]
     env = os.environ.copy()
 
     def add(arm: str, seconds: float) -> None:
@@ -503,6 +507,21 @@ async def setting(
     def process(arm: str, argv: list[str], env: dict[str, str], hosts: int | None = None) -> Arm:
         async def measure(_round: int) -> None:
             wall, cpu = await asyncio.to_thread(run_checked, argv, env, hosts)
+            add(arm, wall)
+            add(f"{arm} cpu", cpu)
+
+        return arm, measure
+
+    def cli_arm(arm: str, argv: list[str], hosts: list[Target], opens: bool) -> Arm:
+        """A CLI process, checked in the sshd logs: handed to the server, it opens no connection (the server's
+        pooled ones answer); with `opens` (in-process), one per host."""
+
+        async def measure(_round: int) -> None:
+            logins = sum(t.host.accepted_logins() for t in hosts)
+            wall, cpu = await asyncio.to_thread(run_checked, argv, cli_env)
+            opened = sum(t.host.accepted_logins() for t in hosts) - logins
+            expected = len(hosts) if opens else 0
+            assert opened == expected, f"{arm}: {opened} new SSH connections, not {expected}"
             add(arm, wall)
             add(f"{arm} cpu", cpu)
 
@@ -549,8 +568,9 @@ async def setting(
                     ),
                     process("ssh &", plain, env),
                     process("ssh & ControlMaster", master, env),
-                    process("cli cold", cli, cli_env),
-                    process("cli cold local", cli_local, cli_env),
+                    cli_arm("cli cold", cli, targets, False),
+                    cli_arm("cli cold no server", cli_alone, targets, True),
+                    cli_arm("cli cold local", cli_local, targets, False),
                     mcp("mcp collect all", lambda _i: collect_all(client, targets)),
                     mcp("mcp collect_many", lambda _i: collect_many(client, targets)),
                     mcp("overview warm", lambda _i: overview(client, n, True)),
@@ -561,7 +581,8 @@ async def setting(
                     process("1 ansible -m raw", ansible_argv("raw", REMOTE, one), ansible_env, 1),
                     process("1 ssh", one_plain, env),
                     process("1 ssh ControlMaster", one_master, env),
-                    process("1 cli cold", cli_one, cli_env),
+                    cli_arm("1 cli cold", cli_one, targets[:1], False),
+                    cli_arm("1 cli cold no server", cli_one_alone, targets[:1], True),
                     mcp("1 mcp collect", lambda _i: collect_all(client, targets[:1])),
                 ]
     finally:
@@ -611,8 +632,15 @@ ARMS = [
     ("ansible -m raw, no ControlMaster", "Ansible `-m raw`, ControlMaster=no (new connections)"),
     ("ssh &", "`ssh … &` per host + `wait`, new connections"),
     ("ssh & ControlMaster", "`ssh … &` per host + `wait`, warm ControlMaster"),
-    ("cli cold", "`infrastructor collect os_info --all --force-refresh`, a new process"),
-    ("cli cold local", "`infrastructor collect os_info --force-refresh` (local device only, no SSH)"),
+    (
+        "cli cold",
+        "`infrastructor collect os_info --all --force-refresh`, a new process, server running (delegated)",
+    ),
+    ("cli cold no server", "the same with `--no-server`: a new process, no server (new connections)"),
+    (
+        "cli cold local",
+        "`infrastructor collect os_info --force-refresh --no-server` (local device only, no SSH)",
+    ),
     ("mcp collect all", "MCP: N concurrent `collect` os_info (force_refresh), pooled"),
     ("mcp collect_many", "MCP: one `collect_many` os_info call for the N hosts (force_refresh), pooled"),
     ("overview warm", "MCP: `get_fleet_overview` force_refresh, pooled"),
@@ -622,7 +650,8 @@ ARMS = [
     ("1 ansible -m raw", "1 host: Ansible `-m raw`, warm master"),
     ("1 ssh", "1 host: `ssh`, new connection"),
     ("1 ssh ControlMaster", "1 host: `ssh` over a warm ControlMaster"),
-    ("1 cli cold", "1 host: `infrastructor collect os_info --device h00 --force-refresh`, a new process"),
+    ("1 cli cold", "1 host: `infrastructor collect os_info --device h00 --force-refresh`, server running"),
+    ("1 cli cold no server", "1 host: the same with `--no-server`"),
     ("1 mcp collect", "1 host: MCP `collect` os_info (force_refresh), pooled"),
 ]
 PEERS = ["ansible -m command", "ansible -m raw", "ansible -m raw, no ControlMaster", "ansible -m setup"]
@@ -677,6 +706,9 @@ def render(
     ratio("1 ansible -m command", "1 mcp collect", "context")
     for peer in PEERS:
         ratio("cli cold", peer, "< 1 (faster than every peer)")
+    for peer in PEERS:
+        ratio("cli cold no server", peer, "context")
+    ratio("1 cli cold", "1 ssh ControlMaster", "context")
     lines += [
         "",
         f"Relay cost (TCP ping-pong, 1 byte, median of {PINGS}, into the namespace): veth direct "
@@ -707,8 +739,11 @@ def render(
         "uname -n/-r/-m, /etc/os-release, CPU lines of /proc/cpuinfo and /proc/stat; "
         "mcp_server/commands/system.py); `ssh` runs it through the login shell, Ansible `-m command` "
         "executes `sh -c …` with its Python module, `-m raw` through the login shell.",
-        "- The CLI arm collects from the N hosts and the local device (`--all`), as a user runs it; it shares "
-        "the running server's SQLite database and pinned host keys.",
+        "- The CLI arms collect from the N hosts and the local device (`--all`), as a user runs it, with the "
+        "running server's data directory (its SQLite database and pinned host keys). By default the CLI hands "
+        "the collection to that server over its control socket (`<data dir>/control.sock`) and the server "
+        "answers over its pooled connections (checked: no new SSH login in the sshd logs); `--no-server` "
+        "collects in the CLI process over new connections (checked: one login per host).",
         "- `get_fleet_overview` runs `system_metrics` (CPU sampled over 0.5 s) and `disk_usage` per host: "
         "not the os_info script; cold = every device changed beforehand, so every connection is new (checked "
         "against the sshd logs).",
@@ -749,6 +784,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         raise SystemExit("run as root: the delayed setting makes a network namespace")
     signal.signal(signal.SIGTERM, _interrupt)
     started = time.monotonic()
+    # An installed package has its bytecode compiled by pip; a checkout run with PYTHONDONTWRITEBYTECODE
+    # (set on some machines) would compile every module at every start of the CLI arms instead.
+    subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "mcp_server")], check=True)
     ansible_executable()
     netem = netem_missing()
     rtt: dict[str, float] = {}

@@ -1,51 +1,119 @@
 """The `infrastructor` command line: serve, migrate, devices, collect.
 
-Start-up is part of the interface: `--help` and `--version` load argparse and rich only, and each command
-imports what it uses when it runs (`collect` never loads FastMCP or Alembic; asyncssh only to reach an SSH
-host). tests/test_startup.py guards this; bench/bench_startup.py measures it.
+Start-up is part of the interface: `--help` and `--version` load argparse only, and each command imports
+what it uses when it runs (`collect` never loads FastMCP or Alembic; asyncssh only to reach an SSH host; and
+when a server runs on the same data directory, it hands the collection to it over the control socket having
+loaded nothing beyond socket and json). tests/test_startup.py and tests/test_control.py guard this;
+bench/bench_startup.py and bench/bench_peers.py measure it.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import gc
 import json
-import logging
 import os
 import sys
-import threading
 import time
-from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
-from rich.text import Text
+from collections.abc import Callable, Iterator, Sequence
 
 from mcp_server import TOOLSETS, __version__
 
+# typing, datetime and threading load only where they are needed: a collect answered by a running server
+# pays for every module it imports (tests/test_control.py)
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    from rich.console import Console
+
     from mcp_server.collection import ConnectionTest, DeviceOutcome
     from mcp_server.progress import OnStep, StepDone
     from mcp_server.settings import Settings
     from mcp_server.state import AppState
 
+
+class _Lazy:
+    """A rich Console made on first use: a collect that a running server answers never loads rich."""
+
+    def __init__(self, make: Callable[[], Console]) -> None:
+        self._make = make
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = self._make()
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.console, name)
+
+
+def _stderr_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _stdout_console() -> Console:
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
+
+
 # stdout belongs to the MCP protocol in stdio mode and to command output otherwise; everything else is stderr.
-err = Console(stderr=True)
+err: Console = _Lazy(_stderr_console)  # type: ignore[assignment]
 # Output piped to a file or grep is wider than rich's 80-column guess: one line per row where it fits.
-out = Console(width=None if sys.stdout.isatty() or "COLUMNS" in os.environ else 200)
+out: Console = _Lazy(_stdout_console)  # type: ignore[assignment]
+
+
+def _help_width() -> int:
+    """What argparse's help formatter measures with shutil.get_terminal_size, without loading shutil (and
+    the compression modules it imports): the formatter is built for every argument added, help or not."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            stdout = sys.__stdout__
+            columns = (os.get_terminal_size(stdout.fileno()).columns if stdout else 0) or 80
+        except (AttributeError, ValueError, OSError):
+            columns = 80
+    return columns - 2
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(
+        self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None
+    ):
+        super().__init__(prog, indent_increment, max_help_position, _help_width() if width is None else width)
+
+
+class _RawFormatter(_Formatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with _Formatter; its subcommands' parsers are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("formatter_class") in (None, argparse.HelpFormatter):
+            kwargs["formatter_class"] = _Formatter
+        super().__init__(*args, **kwargs)
+
+
+def _path(value: str) -> Path:
+    from pathlib import Path
+
+    return Path(value)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="infrastructor", description="Audited fleet access for AI agents over MCP."
-    )
+    parser = _Parser(prog="infrastructor", description="Audited fleet access for AI agents over MCP.")
     parser.add_argument("--version", action="version", version=f"infrastructor {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True)
 
@@ -77,7 +145,7 @@ def _parser() -> argparse.ArgumentParser:
         description="Write the master key(s), one per line, newest first (the format of master.key and, "
         "comma-separated, of INFRA_MASTER_KEY). Keep the copy apart from the database backup.",
     )
-    export.add_argument("--out", type=Path, help="a new file (created 0600); default standard output")
+    export.add_argument("--out", type=_path, help="a new file (created 0600); default standard output")
 
     db_cmd = sub.add_parser("db", help="PostgreSQL credentials").add_subparsers(dest="db_cmd", required=True)
     boot = db_cmd.add_parser(
@@ -179,7 +247,7 @@ def _parser() -> argparse.ArgumentParser:
         help="run a registered command on one device, several, those with a tag, or all of them",
         description="Run a read command by name, with the gates of the MCP tools, and print its whole result.",
         epilog=COLLECT_OUTPUT,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawFormatter,
     )
     collect.add_argument(
         "command", nargs="?", help="registry name, e.g. system_metrics (see: infrastructor collect --list)"
@@ -210,6 +278,12 @@ def _parser() -> argparse.ArgumentParser:
         "--force-refresh", action="store_true", help="run the command now instead of using a cached result"
     )
     collect.add_argument("--json", action="store_true", help="print JSON (described below) instead of tables")
+    collect.add_argument(
+        "--no-server",
+        action="store_true",
+        help="run here even when a server runs on the same data directory (by default it answers, over its "
+        "pooled connections)",
+    )
     return parser
 
 
@@ -238,14 +312,16 @@ def run() -> None:
     the output is flushed and no thread is left that could still be finishing work: daemon threads (the
     audit journal's, once a server's state is closed, has every row shipped or journaled) do not count."""
     code = main()
-    logging.shutdown()
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except OSError:  # a closed pipe (`| head`): let the interpreter report it as usual
         sys.exit(code)
-    main_thread = threading.main_thread()
-    if all(t.daemon for t in threading.enumerate() if t is not main_thread):
+    threading = sys.modules.get("threading")  # never imported: no thread was started
+    main_thread = threading.main_thread() if threading is not None else None
+    if threading is None or all(t.daemon for t in threading.enumerate() if t is not main_thread):
         os._exit(code)
     sys.exit(code)
 
@@ -262,6 +338,13 @@ def _started() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.cmd == "collect" and not args.no_server:
+        code = _delegated(args)
+        if code is not None:
+            return code
+    import asyncio
+    import logging
+
     if args.cmd in ("serve", "collect", "devices"):
         gc.disable()  # until _started(): the commands people wait for
     from mcp_server.errors import InfrastructorError
@@ -314,7 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.cmd == "token":
             return asyncio.run(_token(settings, args))
     except InfrastructorError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        from mcp_server.cli_output import print_error
+
+        print_error(err, str(exc))
         return 2
     except KeyboardInterrupt:
         return 130
@@ -322,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
     from mcp_server.server import build_server, http_signing_key
 
     if args.stdio:
@@ -430,6 +517,8 @@ async def _rotate_secrets(settings: Settings) -> int:
 
 
 async def _db_credentials(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
     from mcp_server.db.credentials import bootstrap_credentials, retire_previous, rotate_credentials
     from mcp_server.db.engine import migrate
     from mcp_server.errors import InfrastructorError
@@ -482,6 +571,8 @@ async def _alerts(settings: Settings, args: argparse.Namespace) -> int:
     """The same operations as /api/v1/alerts/rules (alerts.py), as the local user."""
     import getpass
 
+    from rich.table import Table
+
     from mcp_server import alerts
     from mcp_server.audit import CallContext, calling
     from mcp_server.state import open_state
@@ -527,6 +618,8 @@ async def _alerts(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _devices(settings: Settings, args: argparse.Namespace) -> int:
+    from rich.table import Table
+
     from mcp_server.devices import device_spec, import_ssh_hosts, spec_changes
     from mcp_server.errors import InvalidParameter
     from mcp_server.state import open_state
@@ -594,6 +687,13 @@ async def _devices(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _test_devices(state: AppState, names: list[str]) -> int:
     """`devices test`: every device at once, a row each; 1 when any failed."""
+    import asyncio
+
+    from rich.text import Text
+
+    from mcp_server.cli_output import cell as _cell
+    from mcp_server.cli_output import table as _table
+
     for name in names:
         state.devices.get(name)  # an unknown name is a usage error before anything connects
     limit = asyncio.Semaphore(state.settings.fanout_concurrency)
@@ -631,15 +731,21 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 @contextlib.contextmanager
 def device_progress(what: str, total: int) -> Iterator[OnStep]:
     """Devices as they finish, on stderr: a progress bar on a terminal, else one plain line each."""
+    from mcp_server.cli_output import step_line
+
     if not err.is_terminal:
 
         async def line(step: StepDone) -> None:
-            err.print(f"{what}: {step.done}/{step.total} {step.message}", markup=False, highlight=False)
+            err.print(step_line(what, step.done, step.total, step.message), markup=False, highlight=False)
 
         yield line
         return
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True) as progress:
+    console: Console = err.console  # type: ignore[attr-defined]  # the real one (err is a _Lazy)
+    with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(what, total=total)
 
         async def advance(step: StepDone) -> None:
@@ -649,6 +755,8 @@ def device_progress(what: str, total: int) -> Iterator[OnStep]:
 
 
 async def _collect(settings: Settings, args: argparse.Namespace) -> int:
+    from mcp_server.cli_output import print_json, print_outcomes
+    from mcp_server.control import targets
     from mcp_server.errors import InvalidParameter
     from mcp_server.state import open_state
 
@@ -660,7 +768,7 @@ async def _collect(settings: Settings, args: argparse.Namespace) -> int:
     params = _params(args.param)
     async with open_state(settings) as state:
         _started()
-        names = _targets(state, args)
+        names = targets(state, args.device, args.all, args.tags)
         if args.command == "config_file":
             outcomes = [await _read_watched(state, name, params) for name in names]
         else:
@@ -670,27 +778,116 @@ async def _collect(settings: Settings, args: argparse.Namespace) -> int:
                 outcomes = await state.service.collect_many(
                     names, args.command, params, force_refresh=force, on_device=on_device
                 )
+        dumped = [o.model_dump(mode="json") for o in outcomes]
         if args.json:
-            out.print_json(json.dumps([o.model_dump(mode="json") for o in outcomes]))
+            print_json(out, dumped)
         else:
-            _print_outcomes(args.command, outcomes)
+            print_outcomes(out, args.command, dumped)
     return 0 if all(o.ok for o in outcomes) else 1
 
 
-def _targets(state: AppState, args: argparse.Namespace) -> list[str]:
-    """The devices `collect` runs on: all, a tag selection and/or a list of names (each must exist), or one
-    device (an unknown one is reported as that device's failure)."""
-    if args.all and not args.tags:
-        return state.devices.names()
-    device = args.device or "local"
-    if args.tags or "," in device:
-        named = [n.strip() for n in device.split(",") if n.strip()] if args.device else None
-        return state.service.select(named, args.tags)
-    return [device]
+# Commands a running server never answers for the CLI: run_command changes things; config_file is read
+# through the configuration monitor, not the registry.
+NOT_DELEGATED = ("run_command", "config_file")
+
+
+def _delegated(args: argparse.Namespace) -> int | None:
+    """`collect` answered by a server running on the same data directory (control.py), over its pooled
+    connections, printing what the in-process path prints; None when no server takes it (run it here).
+
+    Until a server has answered, nothing beyond the standard library's socket and json is loaded."""
+    if args.list_commands or args.command is None or args.command in NOT_DELEGATED:
+        return None
+    try:
+        params = {}
+        for pair in args.param:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                return None  # the in-process path says what is wrong
+            try:
+                params[key] = json.loads(value)
+            except json.JSONDecodeError:
+                params[key] = value
+    except RecursionError:
+        return None
+    from mcp_server import control_client
+
+    render = control_client.render_request(args.json)
+    request = {
+        "v": 1,
+        "op": "collect",
+        "command": args.command,
+        "device": args.device,
+        "all": args.all,
+        "tags": args.tags,
+        "params": params or None,
+        "force_refresh": args.force_refresh,
+        "database": control_client.database_fingerprint(),
+        "render": render,
+    }
+    progress: contextlib.ExitStack | None = None
+    on_device: OnStep | None = None
+
+    def on_line(message: dict[str, Any]) -> None:
+        nonlocal progress, on_device
+        if "stderr" in message:
+            sys.stderr.write(message["stderr"])
+            sys.stderr.flush()
+        elif "step" in message:
+            from mcp_server.progress import StepDone
+
+            step = message["step"]
+            if progress is None:
+                progress = contextlib.ExitStack()
+                on_device = progress.enter_context(device_progress(args.command, int(step["total"])))
+            assert on_device is not None
+            done = StepDone(
+                str(step["name"]),
+                int(step["done"]),
+                int(step["total"]),
+                str(step["outcome"]),
+                step["problem"],
+            )
+            _drive(on_device(done))
+
+    try:
+        try:
+            answer = control_client.delegate(request, on_line)
+        finally:
+            if progress is not None:
+                progress.close()
+    except control_client.NoServer:
+        return None
+    if "error" in answer:  # a request the server could not read: said as the in-process path says it
+        from mcp_server.cli_output import print_error
+
+        print_error(err, str(answer["error"]))
+        return int(answer["exit"])
+    if render is not None:
+        sys.stdout.write(answer.get("stdout", ""))
+        sys.stderr.write(answer.get("stderr", ""))
+        return int(answer["exit"])
+    from mcp_server.cli_output import print_json, print_outcomes
+
+    if args.json:
+        print_json(out, answer["outcomes"])
+    else:
+        print_outcomes(out, args.command, answer["outcomes"])
+    return int(answer["exit"])
+
+
+def _drive(step: Any) -> None:
+    """Run a progress callback (a coroutine that never waits) to its end without an event loop."""
+    try:
+        step.send(None)
+    except StopIteration:
+        return
+    step.close()
 
 
 def _print_commands() -> None:
     """`collect --list`: the commands `collect` runs, with their parameters (from the registry, no database)."""
+    from mcp_server.cli_output import table as _table
     from mcp_server.commands import default_registry
 
     registry = default_registry()
@@ -704,76 +901,6 @@ def _print_commands() -> None:
         "run_command", "admin", "argv", "an allowlisted program's output (INFRA_ALLOW_RUN_COMMAND=true only)"
     )
     out.print(table)
-
-
-def _table(*columns: str, title: str | None = None) -> Table:
-    """A table that prints every value whole: long words fold onto the next line instead of being cut."""
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column, overflow="fold")
-    return table
-
-
-def _cell(value: Any) -> Text:
-    """One value for a table cell, as plain text (never read as markup)."""
-    if value is None:
-        return Text("")
-    if isinstance(value, str):
-        return Text(value)
-    if isinstance(value, list) and all(not isinstance(v, dict | list) for v in value):
-        return Text(", ".join("" if v is None else str(v) for v in value) if value else "(none)")
-    if isinstance(value, dict | list):
-        return Text(json.dumps(value, separators=(", ", ": ")))
-    return Text(str(value))
-
-
-def _print_outcomes(command: str, outcomes: Sequence[DeviceOutcome[Any]]) -> None:
-    """The whole result for humans: a table of the single values (a row per device), one table per list
-    of records in the result (with a device column when several devices answered), then the failures."""
-    several = len(outcomes) > 1
-    singles: list[tuple[str, dict[str, Any]]] = []
-    lists: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for o in outcomes:
-        if o.result is None:
-            continue
-        data = o.result.data
-        dumped = data.model_dump(mode="json") if hasattr(data, "model_dump") else data
-        if not isinstance(dumped, dict):
-            dumped = {"value": dumped}
-        values: dict[str, Any] = {"age (s)": f"{o.result.age_seconds:.1f}"}
-        for key, value in dumped.items():
-            if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-                lists.setdefault(key, []).extend((o.device, row) for row in value)
-            else:
-                values[key] = value
-        singles.append((o.device, values))
-    if singles and not several:
-        device, values = singles[0]
-        age = values.pop("age (s)")
-        out.print(f"{command} on {device}, collected {age} s ago", markup=False, highlight=False)
-        if values:
-            table = _table("field", "value")
-            for key, value in values.items():
-                table.add_row(key, _cell(value))
-            out.print(table)
-    elif singles:
-        keys = list(dict.fromkeys(k for _, values in singles for k in values))
-        table = _table("device", *keys, title=command)
-        for device, values in singles:
-            table.add_row(device, *(_cell(values.get(k)) for k in keys))
-        out.print(table)
-    for name, rows in lists.items():
-        keys = list(dict.fromkeys(k for _, row in rows for k in row))
-        table = _table(*(["device"] if several else []), *keys, title=name)
-        for device, row in rows:
-            table.add_row(*([device] if several else []), *(_cell(row.get(k)) for k in keys))
-        out.print(table)
-    failed = [o for o in outcomes if o.result is None]
-    if failed:
-        table = _table("device", "error type", "error", title="failed")
-        for o in failed:
-            table.add_row(o.device, o.error_type or "", _cell(o.error))
-        out.print(table)
 
 
 def _check_collect(state: AppState, command: str, params: dict[str, Any]) -> None:
@@ -797,6 +924,9 @@ def _check_collect(state: AppState, command: str, params: dict[str, Any]) -> Non
 
 async def _read_watched(state: AppState, device: str, params: dict[str, Any]) -> DeviceOutcome[Any]:
     """A configuration file as the `infra://config/{device}/{path*}` resource reads it: watched files only."""
+    from datetime import UTC, datetime
+    from typing import Any
+
     from mcp_server.collection import Collected, DeviceOutcome
     from mcp_server.errors import InfrastructorError, InvalidParameter
 

@@ -283,6 +283,13 @@ def build_server(
                 running.alerts = AlertService(running)
                 running.alerts.start()
                 stack.push_async_callback(_stop_alerts, running)
+                if transport in ("stdio", "http"):
+                    # the CLI's collections on this data dir are answered here, over the pooled connections
+                    from mcp_server.control import ControlSocket
+
+                    control = ControlSocket(running)
+                    await control.start()
+                    stack.push_async_callback(control.stop)
             server.app_state = running
             stack.callback(setattr, server, "app_state", None)
             stack.callback(server.subscriptions.close)
