@@ -283,6 +283,20 @@ async def test_a_spare_the_server_closed_is_replaced_by_a_new_channel(
         assert pool.stats().connections_opened == 1
 
 
+async def test_sshd_keepalives_on_an_idle_spare_keep_the_connection(
+    sshd_fleet: SshdFleet, pools: list[SSHPool], tmp_path: Path
+) -> None:
+    """sshd sends its ClientAlive probe as a request on an open session channel when there is one: the
+    idle spare answers it, and the connection stays."""
+    host = fresh_host(sshd_fleet, "spare-alive", "ClientAliveInterval 1", "ClientAliveCountMax 1")
+    device = sshd_fleet.device(host)
+    pool = new_pool(pools, tmp_path, keepalive_interval=0.0)
+    assert (await pool.run(device, ["echo", "one"], timeout=5, label="echo")).stdout == "one\n"
+    await asyncio.sleep(3.5)
+    assert (await pool.run(device, ["echo", "two"], timeout=5, label="echo")).stdout == "two\n"
+    assert (pool.stats().connections_opened, host.accepted_logins(), host.disconnects()) == (1, 1, 0)
+
+
 async def test_a_dropped_connection_with_a_spare_reconnects(
     sshd_fleet: SshdFleet, pools: list[SSHPool], tmp_path: Path
 ) -> None:
