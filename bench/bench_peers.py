@@ -736,7 +736,8 @@ def render(
         "- 'added / RTT' = (delayed - loopback) / RTT: the round trips on the critical path of one host "
         "(for the fan-outs, of the slowest host); the delayed setting also crosses a veth and the relay.",
         f"- Remote command of the os_info arms: `sh -c '<the os_info script>'` ({len(OS_INFO_SCRIPT)} characters: "
-        "uname -n/-r/-m, /etc/os-release, CPU lines of /proc/cpuinfo and /proc/stat; "
+        "host name, kernel release and machine from /proc/sys/kernel, /etc/os-release, CPU lines of "
+        "/proc/cpuinfo and /proc/stat, with grep the one program it runs; "
         "mcp_server/commands/system.py); `ssh` runs it through the login shell, Ansible `-m command` "
         "executes `sh -c …` with its Python module, `-m raw` through the login shell.",
         "- The CLI arms collect from the N hosts and the local device (`--all`), as a user runs it, with the "

@@ -1,5 +1,8 @@
 """Pooled asyncssh connections: one per device, one channel per command; SSH errors translated here.
 
+Each pooled connection keeps one session channel open ahead of the next command (a spare, ssh_channel.py):
+a command on a warm connection then costs one round trip (the exec request) instead of two.
+
 asyncssh is imported by the functions that connect, not with this module: a process that never reaches an
 SSH host (a CLI command on the local device, a server before its first SSH call) does not load it.
 """
@@ -41,6 +44,7 @@ from mcp_server.executors import (
 )
 from mcp_server.redact import redact_text
 from mcp_server.settings import Settings
+from mcp_server.ssh_channel import SpareChannel, close_unclaimed, open_spare
 
 if TYPE_CHECKING:
     import asyncssh
@@ -84,6 +88,12 @@ CIPHERS = (
     "aes192-ctr",
     "aes128-ctr",
 )
+
+
+# sshd frees a closed channel's session slot on its next pass, after reading what arrived with the close:
+# a channel opened right after another closed can be refused though the pool stays within MaxSessions.
+# A refused open is asked again after these pauses (a real limit still fails, a few round trips later).
+REFUSED_OPEN_RETRIES = (0.0, 0.02, 0.1)
 
 
 @functools.cache
@@ -170,6 +180,9 @@ class _Entry:
     # the last failed connect (when it ended, why): callers that were already waiting for it share its
     # outcome instead of each spending another connect timeout on a dead host
     failure: tuple[float, ConnectionError_] | None = None
+    # a session channel being opened, or open, on `conn` for the next command to take (None when the
+    # server refused it); counted with the channels in use against max_sessions
+    spare: tuple[asyncssh.SSHClientConnection, asyncio.Task[SpareChannel | None]] | None = None
 
     @property
     def alive(self) -> bool:
@@ -224,6 +237,7 @@ class SSHPool:
             finally:
                 entry.active -= 1
                 entry.last_used = time.monotonic()
+                self._refill(entry)
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -256,6 +270,7 @@ class SSHPool:
                 finally:
                     entry.active -= 1
                     entry.last_used = time.monotonic()
+                    self._refill(entry)
         finally:
             entry.streams -= 1
 
@@ -373,24 +388,74 @@ class SSHPool:
     async def _session(
         self, device: Device, entry: _Entry, command: str, *, keep_stdin: bool = False
     ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess[bytes]]:
-        """A new channel on the pooled connection; a connection found dead is replaced once."""
+        """The connection's spare channel, else a new one; a connection found dead is replaced once."""
         for retry in (False, True):
             conn = await self._connection(device, ())
             try:
                 import asyncssh
 
-                proc = await conn.create_process(
-                    command,
-                    stdin=asyncssh.PIPE if keep_stdin else asyncssh.DEVNULL,
-                    encoding=None,
-                )
-                return conn, proc
+                spare = await self._claim_spare(entry, conn)
+                if spare is not None and not spare.usable:
+                    _log.debug("spare channel to %s was closed; opening another", device.name)
+                    spare.close()
+                elif spare is not None:
+                    try:
+                        return conn, await spare.start(command, keep_stdin=keep_stdin)
+                    except _channel_errors() as exc:
+                        if not (entry.alive and entry.conn is conn):
+                            raise
+                        # the server closed the idle channel or refused the request: the command did not
+                        # start, a channel of its own runs it
+                        _log.debug("spare channel to %s unusable (%s)", device.name, _reason(exc))
+                for pause in (*REFUSED_OPEN_RETRIES, None):
+                    try:
+                        proc = await conn.create_process(
+                            command,
+                            stdin=asyncssh.PIPE if keep_stdin else asyncssh.DEVNULL,
+                            encoding=None,
+                        )
+                        return conn, proc
+                    except asyncssh.ChannelOpenError as exc:
+                        if pause is None or not _session_refused(exc) or not entry.alive:
+                            raise
+                        await asyncio.sleep(pause)
             except _channel_errors() as exc:
                 if retry or (entry.alive and entry.conn is conn):
                     raise HostUnreachable(device.name, f"could not open a session: {_reason(exc)}") from None
                 _log.info("connection to %s was lost (%s); reconnecting", device.name, _reason(exc))
                 await self._discard(entry, conn, lost=True)
         raise AssertionError("unreachable")
+
+    async def _claim_spare(self, entry: _Entry, conn: asyncssh.SSHClientConnection) -> SpareChannel | None:
+        """Take the connection's spare (waiting for it when its open is under way: it is sooner than a new
+        one), or None when there is none or it could not be opened."""
+        held, entry.spare = entry.spare, None
+        if held is None:
+            return None
+        spare_conn, task = held
+        if spare_conn is not conn:
+            task.cancel()
+            task.add_done_callback(close_unclaimed)
+            return None
+        try:
+            spare = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(close_unclaimed)
+            raise
+        return spare
+
+    def _refill(self, entry: _Entry) -> None:
+        """Open the next spare in the background, while the channels in use leave room for one more."""
+        conn = entry.conn
+        if (
+            entry.spare is not None
+            or conn is None
+            or not entry.alive
+            or entry.active + 1 > self._options.max_sessions
+        ):
+            return
+        task = asyncio.get_running_loop().create_task(_spare(conn), name="ssh-spare-channel")
+        entry.spare = (conn, task)
 
     async def _connection(self, device: Device, chain: tuple[str, ...]) -> asyncssh.SSHClientConnection:
         """The device's live connection, opened (once, under its lock) when missing, dead or stale."""
@@ -470,6 +535,8 @@ class SSHPool:
         entry.conn, entry.client, entry.fields = conn, client, _fields(device, self._pins.get(device.name))
         entry.source, entry.last_used = plan.source, time.monotonic()
         self._opened += 1
+        if len(chain) == 1:  # a connection opened as a jump host carries tunnels, not commands
+            self._refill(entry)
         if entry.lost_before:
             self._reconnects += 1
             entry.lost_before = False
@@ -542,6 +609,10 @@ class SSHPool:
             return  # already replaced by a concurrent caller
         entry.conn = entry.client = None
         entry.lost_before = entry.lost_before or lost
+        if entry.spare is not None:
+            entry.spare[1].cancel()
+            entry.spare[1].add_done_callback(close_unclaimed)
+            entry.spare = None
         if entry.jump is not None:
             self._entry(entry.jump).tunnel_users -= 1
             entry.jump = None
@@ -567,6 +638,33 @@ class SSHPool:
                     # counted before the await, so stats never show the connection gone but not yet counted
                     self._idle_closed += 1
                     await self._discard(entry, entry.conn, lost=False)
+
+
+async def _spare(conn: asyncssh.SSHClientConnection) -> SpareChannel | None:
+    """Open a spare channel; None when the server refuses it (sshd's MaxSessions reached) or the
+    connection goes, which the next command finds out for itself."""
+    import asyncssh
+
+    for again in (True, False):
+        try:
+            return await open_spare(conn)
+        except asyncssh.ChannelOpenError as exc:
+            # asked right after a command's channel closed, sshd may not have freed its slot yet
+            if not (again and _session_refused(exc)):
+                _log.debug("no spare channel: %s", _reason(exc))
+                return None
+        except _channel_errors() as exc:
+            _log.debug("no spare channel: %s", _reason(exc))
+            return None
+    return None
+
+
+def _session_refused(exc: asyncssh.ChannelOpenError) -> bool:
+    """The server refused a session channel: OpenSSH answers a session beyond MaxSessions with
+    OPEN_CONNECT_FAILED "open failed", others with OPEN_ADMINISTRATIVELY_PROHIBITED."""
+    import asyncssh
+
+    return exc.code in (asyncssh.OPEN_CONNECT_FAILED, asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED)
 
 
 def _fields(device: Device, pinned: str | None = None) -> tuple[object, ...]:

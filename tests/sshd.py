@@ -16,7 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -216,9 +216,14 @@ class SshdFleet:
         password_auth: bool = False,
         allow_tcp_forwarding: bool = False,
         env: Mapping[str, str] | None = None,
+        config: Sequence[str] = (),
     ) -> SshdHost:
         return self.start_hosts(
-            [name], password_auth=password_auth, allow_tcp_forwarding=allow_tcp_forwarding, env=env
+            [name],
+            password_auth=password_auth,
+            allow_tcp_forwarding=allow_tcp_forwarding,
+            env=env,
+            config=config,
         )[0]
 
     def start_hosts(
@@ -228,16 +233,25 @@ class SshdFleet:
         password_auth: bool = False,
         allow_tcp_forwarding: bool = False,
         env: Mapping[str, str] | None = None,
+        config: Sequence[str] = (),
     ) -> list[SshdHost]:
-        """Start several hosts at once: every process is spawned before waiting for any of them."""
-        hosts = [self._prepare(n, password_auth, allow_tcp_forwarding, env or {}) for n in names]
+        """Start several hosts at once: every process is spawned before waiting for any of them.
+
+        `config` lines go first in sshd_config, so they override the defaults below (sshd keeps the first
+        value it reads for a keyword)."""
+        hosts = [self._prepare(n, password_auth, allow_tcp_forwarding, env or {}, config) for n in names]
         for host in hosts:
             self.launch(host)
         self.wait_listening(hosts)
         return hosts
 
     def _prepare(
-        self, name: str, password_auth: bool, allow_tcp_forwarding: bool, env: Mapping[str, str]
+        self,
+        name: str,
+        password_auth: bool,
+        allow_tcp_forwarding: bool,
+        env: Mapping[str, str],
+        config: Sequence[str] = (),
     ) -> SshdHost:
         if name in self.hosts:
             raise ValueError(f"host {name!r} already started")
@@ -247,6 +261,7 @@ class SshdFleet:
         host_key_line = self.write_host_key(host_key_path)
         port = free_port()
         lines = [
+            *config,
             "ListenAddress 127.0.0.1",
             f"Port {port}",
             f"HostKey {host_key_path}",

@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
 
-from mcp_server.commands import Arg, CommandDefinition, default_registry
+from mcp_server.commands import Arg, CommandDefinition, NoParams, default_registry
+from mcp_server.commands.system import OS_INFO_SCRIPT
 from mcp_server.devices import Device
 from mcp_server.errors import InvalidParameter
 from mcp_server.executors import LocalExecutor, check_exit
@@ -205,6 +207,44 @@ async def test_os_info_matches_what_python_reads_locally() -> None:
     assert (info.distro.id, info.distro.version_id) == (release.get("ID"), release.get("VERSION_ID"))
     assert info.boot_time is not None
     assert abs(info.boot_time.timestamp() - (time.time() - _uptime())) < 60
+
+
+def _os_info_with(script: str, path: str | None = None) -> OsInfo:
+    env = {**os.environ, "PATH": path} if path else None
+    done = subprocess.run(
+        ["/bin/sh", "-c", script], capture_output=True, text=True, env=env, timeout=10, check=True
+    )
+    parsed: OsInfo = REGISTRY.get("os_info").parse(done.stdout, NoParams())
+    return parsed
+
+
+SHELLS = [s for s in ("dash", "bash", "busybox") if shutil.which(s)]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+def test_os_info_runs_no_program_but_grep(shell: str, tmp_path: Path) -> None:
+    """uname and cat are not needed where the kernel's files are: with only grep on PATH the answer is the
+    same (on every host the script runs one program, where it ran six)."""
+    (tmp_path / "grep").symlink_to(shutil.which("grep") or "/bin/grep")
+    argv = [shutil.which(shell) or shell, *(["sh"] if shell == "busybox" else [])]
+    script = OS_INFO_SCRIPT
+    wrapped = f"exec {shlex.join(argv)} -c {shlex.quote(script)}"
+    assert _os_info_with(wrapped, path=str(tmp_path)) == _os_info_with(script)
+
+
+def test_os_info_falls_back_to_uname_and_reads_an_os_release_without_a_final_newline(tmp_path: Path) -> None:
+    release = tmp_path / "os-release"
+    release.write_text('NAME="Test Linux"\nID=testos\nVERSION_ID="7"')  # no newline at the end
+    script = OS_INFO_SCRIPT.replace("/proc/sys/kernel/", f"{tmp_path}/missing/").replace(
+        "/etc/os-release", str(release)
+    )
+    assert "/proc/sys/kernel" not in script and str(release) in script
+    info = _os_info_with(script)
+    assert info.hostname == socket.gethostname()
+    assert info.architecture == platform.machine()
+    assert info.kernel_release == platform.release()
+    assert (info.distro.id, info.distro.name, info.distro.version_id) == ("testos", "Test Linux", "7")
+    assert info.cpu_model == _os_info_with(OS_INFO_SCRIPT).cpu_model
 
 
 def _is_sorted(values: list[float]) -> bool:

@@ -102,21 +102,30 @@ TOP_PROCESSES_SCRIPT = "; ".join(
     )
 )
 
+# Every program the script runs costs the host a fork and exec (and a fleet sharing cores, all of them): what
+# the shell can do itself it does, so grep is the only program it runs (the printf feeding it a marker is a
+# fork of the shell). uname -n/-r/-m print what the kernel's hostname, osrelease and arch files hold (uname
+# runs where one is missing: older kernels have no /proc/sys/kernel/arch); os-release is copied line by
+# line, a last line without a newline included.
 OS_INFO_SCRIPT = "; ".join(
     (
         "export LC_ALL=C",
-        "echo '@@hostname'",
-        "uname -n",
-        "echo '@@release'",
-        "uname -r",
-        "echo '@@machine'",
-        "uname -m",
-        "echo '@@os-release'",
-        "cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null || true",
+        "h= r= m=",
+        "read -r h 2>/dev/null </proc/sys/kernel/hostname",
+        "read -r r 2>/dev/null </proc/sys/kernel/osrelease",
+        "read -r m 2>/dev/null </proc/sys/kernel/arch",
+        '[ -n "$h" ] || h=$(uname -n)',
+        '[ -n "$r" ] || r=$(uname -r)',
+        '[ -n "$m" ] || m=$(uname -m)',
+        'printf \'@@hostname\\n%s\\n@@release\\n%s\\n@@machine\\n%s\\n@@os-release\\n\' "$h" "$r" "$m"',
+        "f=/etc/os-release",
+        "[ -r $f ] || f=/usr/lib/os-release",
+        '[ -r $f ] && while IFS= read -r l || [ -n "$l" ]; do printf \'%s\\n\' "$l"; done <$f',
         "echo '@@cpuinfo'",
-        "grep -E '^(model name|Processor|cpu model|Hardware|cpu)[[:space:]]*:' /proc/cpuinfo || true",
-        "echo '@@stat'",
-        "grep -E '^(btime|cpu[0-9]+) ' /proc/stat",
+        # one grep reads both files, and between them the @@stat line from its stdin
+        "printf '@@stat\\n' | grep -h -E "
+        "'^(model name|Processor|cpu model|Hardware|cpu)[[:space:]]*:|^@@stat$|^(btime|cpu[0-9]+) ' "
+        "/proc/cpuinfo - /proc/stat",
         "echo '@@end'",
     )
 )
