@@ -234,7 +234,7 @@ def wait_for_start(interval: float, start_at: float | None) -> None:
 
 def fleet_run(fleet: SshdFleet, root: Path, args: argparse.Namespace, config: Config) -> dict[str, Any]:
     devices, interval, duration, memory_wait = args.devices, args.interval, args.duration, args.memory_wait
-    data_dir = root / f"fleet-{devices}-{config.concurrency}-{config.jitter:g}"
+    data_dir = root / f"fleet-{devices}-{config.concurrency}-{config.jitter}"
     asyncio.run(register(data_dir, fleet, devices))
     wait_for_start(interval, args.start_at)
     launched, load0 = time.time(), os.getloadavg()[0]
