@@ -12,7 +12,9 @@ the lease, and feed the device's circuit breaker. Each poll is audited like any 
 Due times sit in a heap, so a wake costs what is due, not the size of the fleet. A fleet that connects
 (the server starts, devices are added) ramps: each new device's pooled connection is opened ahead of its
 polls, at most INFRA_POLL_CONNECT_CONCURRENCY at once, and a poll whose device is still connecting waits for
-it without holding one of the INFRA_POLL_CONCURRENCY poll slots.
+it without holding one of the INFRA_POLL_CONCURRENCY poll slots. Polls come first: while some wait for a
+poll slot, a new connection waits (up to RAMP_YIELD seconds) before it opens, so the CPU a connection's
+handshake costs does not make the polls already taken on late.
 
 Which slots a new device owes (the ramp rule). A device seen for the first time is *taken on* from the first
 slot, per category, that still has at least a tenth of its length left (RAMP_MIN_LEFT) once the device's
@@ -35,7 +37,7 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -70,6 +72,7 @@ MAX_SLEEP = 1.0
 MIN_SLEEP = 0.05  # polls due within this of each other start together
 LAG_WINDOW = 1000  # polls whose lag the report's percentiles cover
 RAMP_MIN_LEFT = 0.1  # share of a slot that must be left for a new device's first poll to be taken on in it
+RAMP_YIELD = 5.0  # longest (s) a new connection waits for polls queued for a poll slot to start
 
 
 @dataclass
@@ -133,6 +136,9 @@ class Poller:
         self._connecting: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._all = asyncio.Semaphore(self._settings.poll_concurrency)
+        self._queued = 0  # polls waiting for one of the INFRA_POLL_CONCURRENCY poll slots
+        self._drained = asyncio.Event()  # set while none is waiting
+        self._drained.set()
         self._connects = asyncio.Semaphore(self._settings.poll_connect_concurrency)
         self._per_device: dict[str, asyncio.Semaphore] = {}
 
@@ -236,6 +242,11 @@ class Poller:
         (they retry it, and their failure feeds the breaker)."""
         try:
             async with self._connects:
+                # polls taken on come first: while some wait for a poll slot, the machine is busy enough, and
+                # a connection opened now would take the CPU they need to be stored in their slots
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RAMP_YIELD):
+                        await self._drained.wait()
                 if not self._needs_connection(device) or not self._health.allows(device, self._now()):
                     return
                 with contextlib.suppress(ConnectionError_, TimeoutError):
@@ -246,6 +257,22 @@ class Poller:
             return
         finally:
             self._connecting.pop(device, None)
+
+    @contextlib.asynccontextmanager
+    async def _poll_slot(self) -> AsyncIterator[None]:
+        """One of the INFRA_POLL_CONCURRENCY poll slots; the ramp yields to polls waiting for one."""
+        self._queued += 1
+        self._drained.clear()
+        try:
+            await self._all.acquire()
+        finally:
+            self._queued -= 1
+            if not self._queued:
+                self._drained.set()
+        try:
+            yield
+        finally:
+            self._all.release()
 
     def _device_limit(self, device: str) -> asyncio.Semaphore:
         limit = self._per_device.get(device)
@@ -305,7 +332,7 @@ class Poller:
                     self._db, device, category.name, slot, owner=self.replica, ttl=ttl, now=self._now()
                 )
             if claim is None or claim.ours:
-                async with self._all, self._device_limit(device):
+                async with self._poll_slot(), self._device_limit(device):
                     if self._clock() >= slot_end:
                         # too busy (or connecting too long) to start it within its slot; a late sample would
                         # crowd the next one
