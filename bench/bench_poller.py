@@ -10,13 +10,18 @@ so the run begins with every device unconnected: the ramp.
 Measured from outside the server: CPU from /proc/<pid>/stat (user + system seconds / wall seconds), RSS
 from /proc/<pid>/status, and from the server's SQLite file after the run every poll lease: lag = completed
 (stored) minus the (device, category)'s due time in its slot; a slot is missed when it ended before its
-lease was completed. The server's own get_service_health poller report is read at the end as a cross-check.
+lease was completed. The ramp rule of the poller (mcp_server/polling/scheduler.py) is applied from the
+leases: a new device's first slot taken on is claimed at once, so the slots of a (device, category) before
+its first lease were never taken on (its first connection was still opening); they are counted apart, and
+only in the ramp: in the steady state every slot is owed, leased or not. The server's own
+get_service_health poller report is read at the end as a cross-check (its not_taken_on and missed).
 
 Memory: separate servers with 0, 1, 100 and 500 devices, each polled for --memory-wait seconds; RSS per
 device = (RSS(n) - RSS(0)) / n, and the marginal cost (RSS(n) - RSS(1)) / (n - 1), which leaves out what
 the first SSH connection loads once (asyncssh, cryptography).
 
     python bench/bench_poller.py --out docs/benchmarks.md                  # 60 s interval, 300 s run
+    python bench/bench_poller.py --configs default,8:0.2 --start-at 45     # start late in a minute
     python bench/bench_poller.py --interval 20 --duration 120 --memory-wait 45   # a quick run
 """
 
@@ -51,17 +56,30 @@ CATEGORIES = ("system", "network")
 
 @dataclass(frozen=True)
 class Config:
-    """The poller settings a fleet run uses: INFRA_POLL_CONCURRENCY and INFRA_POLL_JITTER."""
+    """The poller settings a fleet run uses: INFRA_POLL_CONCURRENCY and INFRA_POLL_JITTER, or the defaults
+    (None: the variable is not set)."""
 
-    concurrency: int
-    jitter: float
+    concurrency: int | None
+    jitter: float | None
 
     @property
     def label(self) -> str:
-        return f"concurrency {self.concurrency}, jitter {self.jitter:g}"
+        if self.concurrency is None and self.jitter is None:
+            return f"defaults (concurrency {self.effective_concurrency}, jitter {self.effective_jitter:g})"
+        return f"concurrency {self.effective_concurrency}, jitter {self.effective_jitter:g}"
+
+    @property
+    def effective_jitter(self) -> float:
+        return self.jitter if self.jitter is not None else load_settings().poll_jitter
+
+    @property
+    def effective_concurrency(self) -> int:
+        return self.concurrency if self.concurrency is not None else load_settings().poll_concurrency
 
     @classmethod
     def parse(cls, text: str) -> Config:
+        if text.strip() == "default":
+            return cls(None, None)
         concurrency, jitter = text.split(":")
         return cls(int(concurrency), float(jitter))
 
@@ -82,7 +100,7 @@ def rss_kb(pid: int) -> int:
 
 
 def poll_env(interval: float, config: Config) -> dict[str, str]:
-    return {
+    env = {
         "INFRA_POLL_ENABLED": "true",
         "INFRA_LOCAL_DEVICE": "false",
         "INFRA_POLL_SYSTEM_INTERVAL": f"{interval:g}",
@@ -90,9 +108,12 @@ def poll_env(interval: float, config: Config) -> dict[str, str]:
         "INFRA_POLL_DISK_INTERVAL": "0",
         "INFRA_POLL_CONTAINERS_INTERVAL": "0",
         "INFRA_POLL_DRIVES_INTERVAL": "0",
-        "INFRA_POLL_JITTER": f"{config.jitter:g}",
-        "INFRA_POLL_CONCURRENCY": str(config.concurrency),
     }
+    if config.jitter is not None:
+        env["INFRA_POLL_JITTER"] = f"{config.jitter:g}"
+    if config.concurrency is not None:
+        env["INFRA_POLL_CONCURRENCY"] = str(config.concurrency)
+    return env
 
 
 async def register(data_dir: Path, fleet: SshdFleet, count: int) -> None:
@@ -154,22 +175,34 @@ def judge(
     ended: float,
     steady_from: float,
 ) -> dict[str, Any]:
-    """Lag per stored poll and missed slots, over slots that ended inside [started, ended]."""
+    """Lag per stored poll and missed slots, over slots that ended inside [started, ended].
+
+    The ramp rule: a (device, category)'s ramp slots before its first lease were never taken on (the poller
+    claims a new device's first slot as soon as it takes it on); they are counted apart. Every later slot,
+    and every steady-state slot whatever the leases, is owed: missed unless its lease completed before its
+    end."""
     done = {(d, c, s): t for d, c, s, t in rows}
+    first_lease: dict[tuple[str, str], int] = {}
+    for d, c, s, _ in rows:
+        first_lease[(d, c)] = min(s, first_lease.get((d, c), s))
     lags: dict[str, list[float]] = {"all": [], "ramp": [], "steady": []}
     missed = {"all": 0, "ramp": 0, "steady": 0}
     expected = {"ramp": 0, "steady": 0}
+    not_taken_on = 0
     for i in range(devices):
         device = f"h{i:04d}"
         for category in CATEGORIES:
             offset = jitter_offset(device, category, interval, jitter)
-            first = int(started // interval)  # the slot under way at start is polled too
+            first = int(started // interval)  # the slot under way at start
             for slot in range(first, int(ended // interval)):
                 due = slot * interval + offset
                 end = (slot + 1) * interval
                 if end <= started or end > ended:
                     continue
                 phase = "steady" if slot * interval >= steady_from else "ramp"
+                if phase == "ramp" and slot < first_lease.get((device, category), slot + 1):
+                    not_taken_on += 1
+                    continue
                 expected[phase] += 1
                 stored = done.get((device, category, slot))
                 if stored is None or stored >= end:
@@ -181,6 +214,7 @@ def judge(
                     lags[phase].append(lag)
     out: dict[str, Any] = {"expected_ramp": expected["ramp"], "expected_steady": expected["steady"]}
     out["missed"] = missed
+    out["not_taken_on"] = not_taken_on
     for phase, values in lags.items():
         out[phase] = {
             "n": len(values),
@@ -191,10 +225,19 @@ def judge(
     return out
 
 
+def wait_for_start(interval: float, start_at: float | None) -> None:
+    """With --start-at, sleep until that many seconds into an interval (where the server is started)."""
+    if start_at is None:
+        return
+    time.sleep((start_at - time.time() % interval) % interval)
+
+
 def fleet_run(fleet: SshdFleet, root: Path, args: argparse.Namespace, config: Config) -> dict[str, Any]:
     devices, interval, duration, memory_wait = args.devices, args.interval, args.duration, args.memory_wait
-    data_dir = root / f"fleet-{devices}-{config.concurrency}-{config.jitter:g}"
+    data_dir = root / f"fleet-{devices}-{config.concurrency}-{config.jitter}"
     asyncio.run(register(data_dir, fleet, devices))
+    wait_for_start(interval, args.start_at)
+    launched, load0 = time.time(), os.getloadavg()[0]
     with serve(data_dir, auth=False, extra=poll_env(interval, config)) as server:
         started, cpu0 = time.time(), cpu_seconds(server.pid)
         # the ramp: the first full slot after start; steady state from the slot after it
@@ -210,8 +253,11 @@ def fleet_run(fleet: SshdFleet, root: Path, args: argparse.Namespace, config: Co
         ended, cpu1 = time.time(), cpu_seconds(server.pid)
         rss_kb_end = rss_kb(server.pid)
         report = asyncio.run(poller_report(server))
-    result = judge(leases(data_dir), devices, interval, config.jitter, started, ended, steady_from)
+    result = judge(leases(data_dir), devices, interval, config.effective_jitter, started, ended, steady_from)
     result |= {
+        "launched_into_interval": launched % interval,
+        "started_into_interval": started % interval,
+        "load": (load0, os.getloadavg()[0]),
         "wall": ended - started,
         "cpu_share": (cpu1 - cpu0) / (ended - started),
         "rss_kb": sorted(rss)[len(rss) // 2] if rss else rss_kb_end,
@@ -255,17 +301,27 @@ def render(args: argparse.Namespace, runs: dict[Config, dict[str, Any]], memory:
         f"aliases each, each alias its own pooled connection), system + network every {args.interval:g} s; "
         f"each configuration a fresh server run for {args.duration:g} s from its start** (the fleet starts "
         "unconnected), one after another in this run. Lag in seconds from the due time to stored; the ramp "
-        "is every slot before the second full slot after start, steady the rest.",
+        "is every slot before the second full slot after start, steady the rest. Slots owed: every slot "
+        "that ended during the run, less the ramp slots a device's first connection left no chance of "
+        "(not taken on: before its first lease).",
         "",
-        "| poller settings | phase | polls stored | lag p50 | lag p95 | lag max | missed slots |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| poller settings | server started | phase | polls stored | lag p50 | lag p95 | lag max | missed "
+        "of slots owed | not taken on |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for config, r in runs.items():
         for phase in ("ramp", "steady"):
             p = r[phase]
+            start = (
+                f"{r['launched_into_interval']:.0f} s into a slot (ready at {r['started_into_interval']:.0f} s); "
+                f"load {r['load'][0]:.1f} → {r['load'][1]:.1f}"
+                if phase == "ramp"
+                else ""
+            )
+            not_taken = f"{r['not_taken_on']:,}" if phase == "ramp" else "-"
             lines.append(
-                f"| {config.label} | {phase} | {p['n']:,} | {fmt(p['p50'])} | {fmt(p['p95'])} | "
-                f"{fmt(p['max'])} | {r['missed'][phase]:,} of {r['expected_' + phase]:,} |"
+                f"| {config.label} | {start} | {phase} | {p['n']:,} | {fmt(p['p50'])} | {fmt(p['p95'])} | "
+                f"{fmt(p['max'])} | {r['missed'][phase]:,} of {r['expected_' + phase]:,} | {not_taken} |"
             )
     lines += [
         "",
@@ -281,7 +337,8 @@ def render(args: argparse.Namespace, runs: dict[Config, dict[str, Any]], memory:
         )
         lines.append(
             f"| {config.label} | {r['cpu_share'] * 100:.1f}% of a core | {steady} | completed "
-            f"{rep['completed']:,}, failed {rep['failed']:,}, missed {rep['missed']:,}, waited for a connection "
+            f"{rep['completed']:,}, failed {rep['failed']:,}, missed {rep['missed']:,}, not taken on "
+            f"{rep.get('not_taken_on', 0):,}, waited for a connection "
             f"{rep['waited_for_connection']:,}; lag p50/p95/max {fmt(rep['lag_p50_seconds'])} / "
             f"{fmt(rep['lag_p95_seconds'])} / {fmt(rep['lag_max_seconds'])} (last 1,000 polls) |"
         )
@@ -315,8 +372,14 @@ def main() -> None:
     parser.add_argument("--memory-wait", type=float, default=130.0, help="seconds each memory server polls")
     parser.add_argument(
         "--configs",
-        default="8:0.2,64:0.2,64:0.9",
-        help="poller settings to run side by side, CONCURRENCY:JITTER each (the defaults are 8:0.2)",
+        default="default,8:0.2",
+        help="poller settings to run one after another: 'default' (nothing set) or CONCURRENCY:JITTER each "
+        "(8:0.2 were the defaults before issue 17)",
+    )
+    parser.add_argument(
+        "--start-at",
+        type=float,
+        help="start each fleet run's server this many seconds into an interval (late: the hardest ramp)",
     )
     parser.add_argument("--out", type=Path, help="markdown file whose generated block is replaced")
     args = parser.parse_args()

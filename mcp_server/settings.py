@@ -374,9 +374,18 @@ class Settings(BaseSettings):
         description="Seconds between SMART drive health (and temperature) polls; 0 = off.",
     )
     poll_jitter: float = Field(
-        default=0.2, ge=0, le=0.9, description="Share of each interval over which devices' polls are spread."
+        default=0.9,
+        ge=0,
+        le=0.9,
+        description="Share of each interval over which devices' polls are spread (a hash of device and "
+        "category picks each one's offset); the rest of the interval is left for the last polls to finish.",
     )
-    poll_concurrency: int = Field(default=8, ge=1, le=256, description="Polls running at once, in all.")
+    poll_concurrency: int = Field(
+        default_factory=lambda: min(64, 16 * (os.cpu_count() or 1)),
+        ge=1,
+        le=256,
+        description="Polls running at once, in all (default 16 per core, at most 64).",
+    )
     poll_device_concurrency: int = Field(
         default=2, ge=1, le=16, description="Polls running at once per device."
     )

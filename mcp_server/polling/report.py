@@ -130,8 +130,13 @@ class PollerStatus(BaseModel):
     held_elsewhere: int = Field(description="Due slots another replica had already claimed.")
     taken_over: int = Field(description="Slots taken over after another replica's lease expired.")
     missed: int = Field(
-        description="Due slots that ended before their poll was stored: not started in time (overload, the "
-        "device still connecting), finished after the slot, the database away, or skipped by a stalled loop."
+        description="Slots taken on that ended before their poll was stored: not started in time (overload), "
+        "finished after the slot, the database away, or skipped by a stalled loop."
+    )
+    not_taken_on: int = Field(
+        description="Slots a new device (server start, device added) never had the chance of: they ended, or "
+        "had less than a tenth of their length left, while its first connection was opening. Not missed: a "
+        "new device is taken on from its first slot with that much left, and polled at once in it."
     )
     waited_for_connection: int = Field(
         description="Polls that waited for their device's first connection (the ramp) before starting."

@@ -1,21 +1,31 @@
 """The poller: every device, every category, once per interval, through the UnifiedDataCollectionService.
 
 Time is cut into slots per category (slot = floor(epoch / interval)); each (device, category) is due at a
-fixed offset into its slot (a hash of the pair times INFRA_POLL_JITTER of the interval), so polls spread
-evenly and every replica agrees on when a slot is due. A due slot is claimed through a lease (leases.py)
-before anything runs, so with several replicas each slot is polled once; a replica that finds the slot
-held by another waits for that lease to expire and takes over only if the holder never finished.
-Polls run under a global and a per-device bound, with a deadline below the lease, and feed the device's
-circuit breaker. Each poll is audited like any collection (transport "poller", subject "poller:<replica>",
-tool "poll:<category>", the lease's request id).
+fixed offset into its slot (a hash of the pair times INFRA_POLL_JITTER of the interval: by default 0.9, so
+a fleet's polls spread over nine tenths of every interval), and every replica agrees on when a slot is due.
+A due slot is claimed through a lease (leases.py) before anything runs, so with several replicas each slot
+is polled once; a replica that finds the slot held by another waits for that lease to expire and takes over
+only if the holder never finished. Polls run under a global and a per-device bound, with a deadline below
+the lease, and feed the device's circuit breaker. Each poll is audited like any collection (transport
+"poller", subject "poller:<replica>", tool "poll:<category>", the lease's request id).
 
 Due times sit in a heap, so a wake costs what is due, not the size of the fleet. A fleet that connects
 (the server starts, devices are added) ramps: each new device's pooled connection is opened ahead of its
-polls, in the order they come due, at most INFRA_POLL_CONNECT_CONCURRENCY at once, and a poll whose device
-is still connecting waits for it without holding one of the INFRA_POLL_CONCURRENCY poll slots. A slot is
-*missed* when it ends before its poll was stored (collected, its rows handed to the writer and its lease
-completed): not started in time, still connecting, finished late, the database away, or never scheduled
-because the event loop stalled past it. Lag is the time from a poll's due time to stored.
+polls, at most INFRA_POLL_CONNECT_CONCURRENCY at once, and a poll whose device is still connecting waits for
+it without holding one of the INFRA_POLL_CONCURRENCY poll slots. Polls come first: while some wait for a
+poll slot, a new connection waits (up to RAMP_YIELD seconds) before it opens, so the CPU a connection's
+handshake costs does not make the polls already taken on late.
+
+Which slots a new device owes (the ramp rule). A device seen for the first time is *taken on* from the first
+slot, per category, that still has at least a tenth of its length left (RAMP_MIN_LEFT) once the device's
+first connection attempt has finished; that first poll runs at once, not at the device's offset (a new
+device is polled promptly, a homelab's single host included), and its lease is claimed at once, so the
+lease table shows every slot taken on. Slots that ended, or had less than that left, while the device's
+first connection was still opening were never possible: they are counted `not_taken_on`, not missed. A slot
+taken on is *missed* when it ends before its poll was stored (collected, its rows handed to the writer and
+its lease completed): not started in time, finished late, the database away, or never scheduled because
+the event loop stalled past it. Lag is the time from a poll's due time to stored (0 for a first poll made
+before its due time).
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -61,6 +71,8 @@ LEASE_MARGIN = 5.0  # seconds a lease outlives the deadline of the poll it cover
 MAX_SLEEP = 1.0
 MIN_SLEEP = 0.05  # polls due within this of each other start together
 LAG_WINDOW = 1000  # polls whose lag the report's percentiles cover
+RAMP_MIN_LEFT = 0.1  # share of a slot that must be left for a new device's first poll to be taken on in it
+RAMP_YIELD = 5.0  # longest (s) a new connection waits for polls queued for a poll slot to start
 
 
 @dataclass
@@ -75,6 +87,7 @@ class PollCounters:
     taken_over: int = 0
     missed: int = 0
     waited_for_connection: int = 0
+    not_taken_on: int = 0
     by_category: dict[str, int] = field(default_factory=dict)
 
 
@@ -118,9 +131,14 @@ class Poller:
         # (due, slot, device, index into categories): the next slot of every scheduled (device, category)
         self._due: list[tuple[float, int, str, int]] = []
         self._scheduled: set[str] = set()
+        # (device, category) seen but not taken on yet (the ramp rule, above)
+        self._fresh: set[tuple[str, str]] = set()
         self._connecting: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._all = asyncio.Semaphore(self._settings.poll_concurrency)
+        self._queued = 0  # polls waiting for one of the INFRA_POLL_CONCURRENCY poll slots
+        self._drained = asyncio.Event()  # set while none is waiting
+        self._drained.set()
         self._connects = asyncio.Semaphore(self._settings.poll_connect_concurrency)
         self._per_device: dict[str, asyncio.Semaphore] = {}
 
@@ -170,14 +188,18 @@ class Poller:
         self._admit(names - self._scheduled, now)
         due = self._due
         while due and due[0][0] <= now:
-            _, slot, device, index = heapq.heappop(due)
+            at, slot, device, index = heapq.heappop(due)
             if device not in names:
                 self._scheduled.discard(device)  # removed: its other categories drop out as they come up
                 continue
             category, interval = self.categories[index]
             offset = jitter_offset(device, category.name, interval, self._settings.poll_jitter)
-            current = int(now // interval)
             key = (device, category.name)
+            if key not in self._fresh and at < slot * interval + offset:
+                # due at its slot's start while the device was new; taken on since: back to its own offset
+                heapq.heappush(due, (slot * interval + offset, slot, device, index))
+                continue
+            current = int(now // interval)
             if current > slot:
                 # the loop was held up past the end of this slot (and maybe more): none of them was polled
                 self.counters.missed += current - max(slot, self._handled.get(key, slot - 1) + 1)
@@ -188,22 +210,22 @@ class Poller:
             if self._handled.get(key, -1) < slot:
                 self._handled[key] = slot
                 self._spawn(self._guarded(device, category, interval, slot), f"poll-{device}-{category.name}")
-            heapq.heappush(due, ((slot + 1) * interval + offset, slot + 1, device, index))
+            # a device not yet taken on is due at the start of its next slot: it has waited long enough
+            following = 0.0 if key in self._fresh else offset
+            heapq.heappush(due, ((slot + 1) * interval + following, slot + 1, device, index))
         return due[0][0] if due else now + MAX_SLEEP
 
     def _admit(self, new: set[str], now: float) -> None:
-        """Schedule devices seen for the first time; open their connections in the order they come due."""
+        """Schedule devices seen for the first time: due at once (the ramp rule decides, after their first
+        connection, whether the slot under way is taken on); open their connections meanwhile."""
         if not new:
             return
-        first: dict[str, float] = {}
-        for device in new:
+        for device in sorted(new):
             for index, (category, interval) in enumerate(self.categories):
-                offset = jitter_offset(device, category.name, interval, self._settings.poll_jitter)
-                slot = int(now // interval)  # a slot under way is still polled when its due time has passed
-                heapq.heappush(self._due, (slot * interval + offset, slot, device, index))
-                first[device] = min(first.get(device, now + interval), slot * interval + offset)
+                heapq.heappush(self._due, (now, int(now // interval), device, index))
+                self._fresh.add((device, category.name))
         self._scheduled |= new
-        for device in sorted(new, key=first.__getitem__):
+        for device in sorted(new):
             if self._needs_connection(device):
                 self._connecting[device] = self._spawn(self._ready(device), f"poll-connect-{device}")
 
@@ -220,6 +242,11 @@ class Poller:
         (they retry it, and their failure feeds the breaker)."""
         try:
             async with self._connects:
+                # polls taken on come first: while some wait for a poll slot, the machine is busy enough, and
+                # a connection opened now would take the CPU they need to be stored in their slots
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(RAMP_YIELD):
+                        await self._drained.wait()
                 if not self._needs_connection(device) or not self._health.allows(device, self._now()):
                     return
                 with contextlib.suppress(ConnectionError_, TimeoutError):
@@ -230,6 +257,22 @@ class Poller:
             return
         finally:
             self._connecting.pop(device, None)
+
+    @contextlib.asynccontextmanager
+    async def _poll_slot(self) -> AsyncIterator[None]:
+        """One of the INFRA_POLL_CONCURRENCY poll slots; the ramp yields to polls waiting for one."""
+        self._queued += 1
+        self._drained.clear()
+        try:
+            await self._all.acquire()
+        finally:
+            self._queued -= 1
+            if not self._queued:
+                self._drained.set()
+        try:
+            yield
+        finally:
+            self._all.release()
 
     def _device_limit(self, device: str) -> asyncio.Semaphore:
         limit = self._per_device.get(device)
@@ -255,15 +298,23 @@ class Poller:
         slot_end = (slot + 1) * interval
         health = self._health
         ttl = timedelta(seconds=self.deadline(category) + LEASE_MARGIN)
+        key = (device, category.name)
         connecting = self._connecting.get(device)
         if connecting is not None:
-            # the ramp is opening this device's connection: wait for it here, not in a poll slot, and
-            # count the slot missed as soon as it ends still connecting
+            # the ramp is opening this device's connection: wait for it here, not in a poll slot
             self.counters.waited_for_connection += 1
             await asyncio.wait([connecting], timeout=max(0.0, slot_end - self._clock()))
-            if not connecting.done():
-                self.counters.missed += 1
+        early = key in self._fresh
+        if early:
+            if slot_end - self._clock() < RAMP_MIN_LEFT * interval:
+                # a new device whose first connection left too little of this slot: never possible
+                self.counters.not_taken_on += 1
                 return
+            self._fresh.discard(key)
+        elif connecting is not None and not connecting.done():
+            # taken on in an earlier slot, yet the device is still connecting as this one ends
+            self.counters.missed += 1
+            return
         while True:
             now = self._now()
             if not health.supports(device, category.name, now):
@@ -272,21 +323,37 @@ class Poller:
             if not health.allows(device, now):
                 self.counters.skipped_breaker_open += 1
                 return
-            async with self._all, self._device_limit(device):
-                if self._clock() >= slot_end:
-                    # too busy (or connecting too long) to start it within its slot; a late sample would
-                    # crowd the next one
-                    self.counters.missed += 1
-                    health.forget_probe(device)
-                    return
+            claim = None
+            if early:
+                # a new device's first slot is claimed as soon as it is taken on, so the lease table shows it
+                # even when the poll cannot start before the slot ends
+                early = False
                 claim = await leases.claim(
                     self._db, device, category.name, slot, owner=self.replica, ttl=ttl, now=self._now()
                 )
-                if claim.ours:
-                    # whether it waited for the lease to expire or found it expired already
-                    self.counters.taken_over += claim.taken_over
-                    await self._poll(device, category, interval, slot, claim.request_id)
-                    return
+            if claim is None or claim.ours:
+                async with self._poll_slot(), self._device_limit(device):
+                    if self._clock() >= slot_end:
+                        # too busy (or connecting too long) to start it within its slot; a late sample would
+                        # crowd the next one
+                        self.counters.missed += 1
+                        health.forget_probe(device)
+                        return
+                    if claim is None:
+                        claim = await leases.claim(
+                            self._db,
+                            device,
+                            category.name,
+                            slot,
+                            owner=self.replica,
+                            ttl=ttl,
+                            now=self._now(),
+                        )
+                    if claim.ours:
+                        # whether it waited for the lease to expire or found it expired already
+                        self.counters.taken_over += claim.taken_over
+                        await self._poll(device, category, interval, slot, claim.request_id)
+                        return
             health.forget_probe(device)
             if claim.completed_at is not None or claim.expires_at.timestamp() >= slot_end:
                 self.counters.held_elsewhere += 1
