@@ -63,6 +63,7 @@ from bench.harness import (  # noqa: E402
     ssh_client_options,
 )
 from mcp_server.commands.system import OS_INFO_SCRIPT  # noqa: E402
+from tests.helpers import delayed_pipe  # noqa: E402
 from tests.sshd import SSHD, SshdFleet, SshdHost  # noqa: E402
 
 BEGIN = "<!-- bench_peers:begin -->"
@@ -80,36 +81,6 @@ REMOTE = shlex.join(["sh", "-c", OS_INFO_SCRIPT])
 
 
 # --- the relay (runs inside the namespace: `python bench/bench_peers.py relay …`) -----------------------
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
-    """Copy reader to writer, each chunk held `delay` seconds after it arrived (order kept, no throttling)."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-    async def pump() -> None:
-        try:
-            while data := await reader.read(65536):
-                queue.put_nowait((loop.time() + delay, data))
-        finally:
-            queue.put_nowait((0.0, b""))
-
-    task = asyncio.create_task(pump())
-    try:
-        while True:
-            due, data = await queue.get()
-            if not data:
-                break
-            if (wait := due - loop.time()) > 0:
-                await asyncio.sleep(wait)
-            writer.write(data)
-            await writer.drain()
-        with contextlib.suppress(OSError):
-            writer.write_eof()
-    except OSError:
-        pass
-    finally:
-        task.cancel()
 
 
 def _nodelay(writer: asyncio.StreamWriter) -> None:
@@ -136,7 +107,9 @@ async def _relay(listen: str, routes: list[tuple[int, int, float]], echo: int) -
                 writer.close()
                 return
             _nodelay(up_writer)
-            await asyncio.gather(_pipe(reader, up_writer, delay), _pipe(up_reader, writer, delay))
+            await asyncio.gather(
+                delayed_pipe(reader, up_writer, delay), delayed_pipe(up_reader, writer, delay)
+            )
             up_writer.close()
             writer.close()
 

@@ -154,3 +154,33 @@ def serving(
     """`server_process`, yielding the server's MCP URL."""
     with server_process(command, port, env, log, cwd=cwd):
         yield f"http://127.0.0.1:{port}/mcp"
+
+
+async def delayed_pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, delay: float) -> None:
+    """Copy reader to writer, each chunk held `delay` seconds after it arrived (order kept, no throttling)."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            while data := await reader.read(65536):
+                queue.put_nowait((loop.time() + delay, data))
+        finally:
+            queue.put_nowait((0.0, b""))
+
+    task = asyncio.create_task(pump())
+    try:
+        while True:
+            due, data = await queue.get()
+            if not data:
+                break
+            if (wait := due - loop.time()) > 0:
+                await asyncio.sleep(wait)
+            writer.write(data)
+            await writer.drain()
+        with contextlib.suppress(OSError):
+            writer.write_eof()
+    except OSError:
+        pass
+    finally:
+        task.cancel()

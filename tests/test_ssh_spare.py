@@ -20,7 +20,7 @@ import pytest
 from mcp_server.devices import Device
 from mcp_server.errors import DeviceNotFound
 from mcp_server.ssh import SSHOptions, SSHPool
-from tests.helpers import until
+from tests.helpers import delayed_pipe, until
 from tests.sshd import SshdFleet, SshdHost
 
 DELAY = 0.1  # held in each direction by the relay: a 200 ms round trip
@@ -58,37 +58,17 @@ def new_pool(made: list[SSHPool], tmp_path: Path, devices: Iterable[Device] = ()
 async def delaying_relay(target: int, delay: float) -> AsyncIterator[int]:
     """A TCP relay on loopback that holds every chunk `delay` seconds in each direction (no netem here)."""
 
-    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-
-        async def pump() -> None:
-            try:
-                while data := await reader.read(65536):
-                    queue.put_nowait((loop.time() + delay, data))
-            finally:
-                queue.put_nowait((0.0, b""))
-
-        task = asyncio.ensure_future(pump())
-        try:
-            while True:
-                due, data = await queue.get()
-                if not data:
-                    break
-                await asyncio.sleep(max(0.0, due - loop.time()))
-                writer.write(data)
-                await writer.drain()
-        except OSError:
-            pass
-        finally:
-            task.cancel()
-            writer.close()
-
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
         for w in (writer, up_writer):
             w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        try:
+            await asyncio.gather(
+                delayed_pipe(reader, up_writer, delay), delayed_pipe(up_reader, writer, delay)
+            )
+        finally:
+            writer.close()
+            up_writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
     try:
