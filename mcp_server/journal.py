@@ -1,7 +1,8 @@
 """The durable row writer: every row (audit, snapshot, metric) goes first to an fsynced append-only journal in
 the data dir, then a shipper thread writes it to the database exactly once, whatever crashed when.
 
-    add() ──> queue ──> journal thread: append + one fsync per batch (group commit) ──> durable() returns
+    add() ──> queue ──> append (the calling loop itself, or the journal thread) ──> durable() returns
+                                  │    └──> journal thread: one fsync for every append since the last
                                   │
                                   └──> shipper thread (its own event loop and engine): one transaction per
                                        batch that also advances the segment's mark in `spool_segments`
@@ -170,8 +171,9 @@ class BatchWriter:
     """Journals every row before it counts as written, and ships the journal to the database in batches.
 
     `add` queues a row (made storable first: no secret, over-long string or NUL reaches disk or database);
-    `await durable()` returns once every row added so far is fsynced in the journal (what a call waits for
-    before its answer leaves); `await flush()` once every row added so far is in the database.
+    `await durable()` returns once every row added so far is fsynced in the journal, or with `synced=False`
+    once it is written there with its fsync issued (what a call waits for before its answer leaves, see
+    INFRA_AUDIT_SYNC); `await flush()` once every row added so far is in the database.
     Writes have a deadline (`write_timeout`): a database that hangs is treated as one that refuses, the rows
     stay journaled and are shipped when it answers again.
     """
