@@ -95,7 +95,7 @@ def _ask(sock: Path, line: bytes) -> dict[str, Any]:
         conn.settimeout(30)
         conn.connect(str(sock))
         conn.sendall(line)
-        answers = [json.loads(raw) for raw in conn.makefile("rb")]
+        answers: list[dict[str, Any]] = [json.loads(raw) for raw in conn.makefile("rb")]
     return answers[-1]
 
 
