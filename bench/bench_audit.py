@@ -45,7 +45,7 @@ import asyncpg  # noqa: E402
 from fastmcp import Client  # noqa: E402
 from sqlalchemy import JSON, insert  # noqa: E402
 
-from bench.harness import command_line, machine, publish, serve  # noqa: E402
+from bench.harness import command_line, cpu_seconds, machine, publish, serve  # noqa: E402
 from mcp_server.audit import AuditRecord, storable  # noqa: E402
 from mcp_server.db.tables import (  # noqa: E402
     Base,
@@ -343,20 +343,27 @@ async def durable_wait(samples: int) -> dict[str, tuple[float, float]]:
 MODES = ("write", "fsync", "off")  # INFRA_AUDIT_SYNC of each server; write is the default
 
 
-async def latency(calls: int, concurrency: int, baseline: Path | None) -> dict[str, tuple[float, float]]:
+async def latency(
+    calls: int, concurrency: int, baseline: Path | None
+) -> dict[str, tuple[float, float, float]]:
     """p50/p99 ms of a cached collect call over HTTP to real servers, one per INFRA_AUDIT_SYNC mode (MODES)
-    and, given a baseline checkout, one with its code at its default, in alternating blocks."""
+    and, given a baseline checkout, one with its code at its default, in alternating blocks; and each
+    server's CPU (every thread, user + system) per call in ms, over its own blocks."""
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
         clients: dict[str, list[Client[Any]]] = {}
+        pids: dict[str, int] = {}
         for mode in MODES:
             server = servers.enter_context(
                 serve(Path(tmp) / mode, auth=False, extra={"INFRA_AUDIT_SYNC": mode})
             )
             clients[mode] = [server.client() for _ in range(concurrency)]
+            pids[mode] = server.pid
         if baseline is not None:
             before = servers.enter_context(serve(Path(tmp) / "baseline", auth=False, checkout=baseline))
             clients["baseline"] = [before.client() for _ in range(concurrency)]
+            pids["baseline"] = before.pid
         samples: dict[str, list[float]] = {label: [] for label in clients}
+        cpu = dict.fromkeys(clients, 0.0)
         async with contextlib.AsyncExitStack() as stack:
             for group in clients.values():
                 for client in group:
@@ -376,8 +383,10 @@ async def latency(calls: int, concurrency: int, baseline: Path | None) -> dict[s
                             await client.call_tool("collect", args)
                             samples[label].append(time.perf_counter() - started)
 
+                    spent = cpu_seconds(pids[label])
                     await asyncio.gather(*(one(c) for c in group))
-    return {k: (_pct(v, 50), _pct(v, 99)) for k, v in samples.items()}
+                    cpu[label] += cpu_seconds(pids[label]) - spent
+    return {k: (_pct(v, 50), _pct(v, 99), 1000 * cpu[k] / len(v)) for k, v in samples.items()}
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -472,22 +481,22 @@ async def call_part(args: argparse.Namespace) -> None:
         "to the journal, fsync issued at once), fsync (answered once they are fsynced), off (answered at "
         f"once); {args.calls} calls each in alternating blocks of 50; cost = against off)",
         "",
-        "| callers | INFRA_AUDIT_SYNC | p50 | p99 | p50 cost | p99 cost |",
-        "|---|---|---|---|---|---|",
+        "| callers | INFRA_AUDIT_SYNC | p50 | p99 | p50 cost | p99 cost | server CPU a call |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c, pair in lat.items():
-        (o50, o99) = pair["off"]
+        (o50, o99, _) = pair["off"]
         for label in (*MODES, "baseline"):
             if label not in pair:
                 continue
-            s50, s99 = pair[label]
+            s50, s99, spent = pair[label]
             name = f"baseline ({args.baseline_label or args.baseline})" if label == "baseline" else label
             cost = (
                 "— | —"
                 if label == "off"
                 else f"{100 * (s50 / o50 - 1):+.0f}% | {100 * (s99 / o99 - 1):+.0f}%"
             )
-            lines.append(f"| {c} | {name} | {s50:.2f} ms | {s99:.2f} ms | {cost} |")
+            lines.append(f"| {c} | {name} | {s50:.2f} ms | {s99:.2f} ms | {cost} | {spent:.2f} ms |")
     if args.baseline is not None:
         lines += [
             "",

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fastmcp import Client
 
-from bench.harness import Results, _wait_healthy, command_line, machine, publish
+from bench.harness import Results, _wait_healthy, command_line, cpu_seconds, machine, publish
 from mcp_server.coherence import POLL
 from mcp_server.devices import DeviceSpec
 from mcp_server.settings import load_settings
@@ -39,11 +39,6 @@ BEGIN = "<!-- bench_coherence:begin -->"
 END = "<!-- bench_coherence:end -->"
 IDLE = 10.0  # seconds of idle server CPU measured
 STEP = 0.01  # how often the bench asks the server
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def known(client: Client[Any], name: str) -> bool:

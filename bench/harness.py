@@ -194,6 +194,12 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log_path: Path) -> No
         time.sleep(0.05)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a running process has used so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def timed(call: Awaitable[Any]) -> tuple[float, Any]:
     started = time.perf_counter()
     result = await call

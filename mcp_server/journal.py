@@ -229,6 +229,7 @@ class BatchWriter:
         self._sync_lock = threading.Lock()  # one fsync at a time (the thread's, or an inline call's)
         self._carry: list[Row] = []  # rows made storable whose write failed: retried first, as they are
         self.written = 0
+        self.batches = 0  # transactions that shipped rows
         self.failures = 0
         self.replayed = 0  # rows shipped from segments of a process that died
         self.refused = 0
@@ -637,7 +638,7 @@ class BatchWriter:
                     backoff = min(backoff * 2, 5.0)
                     shipped = False
                 if shipped:
-                    continue
+                    continue  # a full batch, or someone waits for a flush: the backlog goes at once
                 if stopping:
                     return
                 with contextlib.suppress(TimeoutError):
@@ -772,6 +773,9 @@ class BatchWriter:
         return _Work(name, offsets, rows, own, lines)
 
     async def _ship_once(self, db: Database) -> bool:
+        """Ship one batch; True when the next is to go at once (this one was full, a flush is awaited, the
+        writer is stopping), False when the shipper waits for its interval: rows that trickle in one call at a
+        time are shipped together, not one transaction (and one commit fsync) per call."""
         work, done = self._next_work()
         for seg in done:
             await self._retire(db, seg)
@@ -802,10 +806,12 @@ class BatchWriter:
                 self._adopted_pending = max(0, self._adopted_pending - work.lines)
                 self.replayed += written
         self.written += written
+        self.batches += 1
         if finished is not None:
             await self._retire(db, finished)
         self._resolve_flushes()
-        return True
+        with self._cond:
+            return work.lines >= self._max_batch or bool(self._flush_waiters) or self._stopping
 
     def _write_deadline(self) -> float:
         if self._ship_deadline is None:

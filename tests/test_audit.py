@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,33 @@ async def test_an_answered_calls_rows_are_in_the_journal_file_before_the_answer_
                 break
             await asyncio.sleep(0.01)
         assert state.writer.unsynced_rows == 0
+
+
+async def test_rows_that_come_one_call_at_a_time_are_shipped_together_not_a_transaction_each(
+    tmp_path: Path,
+) -> None:
+    # each call writes its own rows to the journal (INFRA_AUDIT_SYNC=write); the shipper must still batch
+    # them: one SQLite transaction (and commit fsync) per call cost more CPU than the call itself
+    settings = make_settings(tmp_path, audit_flush_interval=0.1)
+    async with open_state(settings) as state:
+        writer = state.writer
+        await writer.flush()
+        before_batches, before_rows = writer.batches, writer.written
+        started = time.monotonic()
+        calls = 100
+        for i in range(calls):
+            for kind in ("collection", "tool"):
+                writer.audit(
+                    AuditRecord(occurred_at=datetime.now(UTC), kind=kind, outcome="ok", tool=f"t{i}")
+                )
+            await writer.durable(synced=False, inline=True)
+            await asyncio.sleep(0.005)  # the calls outlast several shipping intervals
+        intervals = (time.monotonic() - started) / settings.audit_flush_interval
+        await writer.flush()
+        assert writer.written - before_rows == 2 * calls
+        # at most one transaction per interval (and the flush's), however long the calls take; before, once
+        # an interval had started the shipper, one for every call or few calls that came during the last
+        assert writer.batches - before_batches <= intervals + 2
 
 
 def test_audit_sync_reads_the_old_booleans_and_names_the_modes_when_wrong(tmp_path: Path) -> None:
