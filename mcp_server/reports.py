@@ -32,6 +32,8 @@ from mcp_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+TREND_HOURS = 24  # the fleet overview's trend window (its description says so)
+
 
 class FleetDevice(BaseModel):
     """One device's headline numbers, or why they are missing."""
@@ -56,9 +58,6 @@ class FleetDevice(BaseModel):
         default=None,
         description="CPU and memory trend over the last 24 h of history; see trend_note if absent.",
     )
-    trend_note: str | None = Field(
-        default=None, description="Why there is no trend yet, and when there will be."
-    )
 
 
 class FleetOverview(BaseModel):
@@ -67,6 +66,7 @@ class FleetOverview(BaseModel):
     ok: int
     failed: int
     duration_ms: float = Field(description="Wall time of the whole fan-out.")
+    trend_note: str | None = Field(default=None, description="Why devices without a trend have none yet.")
 
 
 def _fleet_device(metrics: DeviceOutcome[Any], disks: DeviceOutcome[Any]) -> FleetDevice:
@@ -138,12 +138,13 @@ async def fleet_overview(
         service.collect_many(devices, "disk_usage", force_refresh=force_refresh, on_device=pairs.half(1)),
     )
     rows = [_fleet_device(m, d) for m, d in zip(metrics, disks, strict=True)]
+    note = None
     if db is not None:
         trends = await _trends(db, devices)
-        note = _no_trend(service.settings)
         for row in rows:
             row.trend = trends.get(row.device)
-            row.trend_note = note if row.trend is None else None
+        if any(row.trend is None for row in rows):
+            note = _no_trend(service.settings)
     ok = sum(r.ok for r in rows)
     return FleetOverview(
         devices=rows,
@@ -151,6 +152,7 @@ async def fleet_overview(
         ok=ok,
         failed=len(rows) - ok,
         duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        trend_note=note,
     )
 
 
@@ -172,7 +174,7 @@ async def _trends(db: Database, devices: list[str]) -> dict[str, DeviceTrend]:
     try:
         mode, _, _ = await layout(db)
         async with db.read_session() as session:
-            return await device_trends(session, mode, devices, datetime.now(UTC))
+            return await device_trends(session, mode, devices, datetime.now(UTC), TREND_HOURS)
     except SQLAlchemyError as exc:
         # the live numbers matter more than their history: answer without trends
         log.warning("fleet overview without trends: database unavailable: %s", exc)

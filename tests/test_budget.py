@@ -80,3 +80,44 @@ async def test_log_tools_keep_their_newest_entries_within_the_budget(tmp_path: A
         if "budget:keep-newest" in (t.meta or {}).get("fastmcp", {}).get("tags", [])
     }
     assert tagged == {"get_container_logs", "get_journal_logs", "get_service_status"}
+
+
+@pytest.mark.parametrize("with_trends", [True, False])
+def test_a_fleet_overview_of_a_hundred_devices_fits_the_default_budget_whole(
+    tmp_path: Any, with_trends: bool
+) -> None:
+    # what a tool result costs as the budget middleware measures it: nulls left out, compact JSON; device
+    # names as long as a homelab's, numbers as a busy fleet's
+    from datetime import UTC, datetime
+
+    from mcp_server.db.history import DeviceTrend
+    from mcp_server.middleware import without_nulls
+    from mcp_server.reports import FleetDevice, FleetOverview, _no_trend
+
+    trend = DeviceTrend(
+        window_hours=24, cpu_percent="rising", cpu_change=12.4, memory_percent="falling", memory_change=-8.7
+    )
+    devices = [
+        FleetDevice(
+            device=f"nas-backup-{i:02d}.lan",
+            ok=True,
+            cpu_percent=37.5,
+            cpu_count=16,
+            load_1m=3.25,
+            memory_used_percent=81.4,
+            swap_used_percent=2.1,
+            uptime_seconds=3_456_789.12,
+            fullest_mount="/var/lib/docker",
+            fullest_use_percent=88.2,
+            collected_at=datetime.now(UTC),
+            from_cache=False,
+            trend=trend if with_trends else None,
+        )
+        for i in range(100)
+    ]
+    note = None if with_trends else _no_trend(make_settings(tmp_path))
+    overview = FleetOverview(
+        devices=devices, total=100, ok=100, failed=0, duration_ms=1234.5, trend_note=note
+    )
+    lean = without_nulls(overview.model_dump(mode="json"))
+    assert fit(lean, Settings.model_fields["max_result_chars"].default) is lean

@@ -351,7 +351,7 @@ async def history(session: AsyncSession, mode: Mode, q: Query) -> MetricsHistory
 class DeviceTrend(BaseModel):
     """How a device's CPU and memory moved over the recent past (hourly buckets)."""
 
-    window_hours: int
+    window_hours: int = Field(exclude=True)  # reports say it once for every device (trend_window_hours)
     cpu_percent: Trend
     cpu_change: float | None = Field(description="Change of the fitted line over the window, in points.")
     memory_percent: Trend

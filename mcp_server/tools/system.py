@@ -63,8 +63,8 @@ async def get_fleet_overview(
     state: AppState = Depends(current_state),
     on_device: OnStep = Depends(step_reporter),
 ) -> FleetOverview:
-    """Headline health of every device at once (CPU, memory, load, fullest disk; with a 24 h CPU and memory
-    trend where history exists); failures are listed per device. Reports progress per device."""
+    """Headline health of every device at once: CPU, memory, load, fullest disk, 24 h CPU/memory trend
+    where history exists, why a device failed. Reports progress per device."""
     names = [d.name for d in state.devices.list(tags or ())]
     return await fleet_overview(
         state.service, names, force_refresh=force_refresh, db=state.db, on_device=on_device
@@ -88,9 +88,9 @@ async def find_problems(
     on_device: OnStep = Depends(step_reporter),
 ) -> ProblemReport:
     """What needs a human across every device, worst first: unreachable or failing devices, full disks,
-    failing drives, failed services, containers restarting, unhealthy or exited with an error, high-risk
-    configuration changes of the last 24 h, pending security updates (where checked). Each problem names
-    the tool call that shows more."""
+    failing drives, failed services, containers restarting, unhealthy or failed, high-risk configuration
+    changes in 24 h, pending security updates (where checked). Each problem names the tool call that shows
+    more."""
     await state.refresh_health()
     names = [d.name for d in state.devices.list(tags or ())]
     return await triage(
