@@ -17,7 +17,8 @@ costs a cached call.
    concurrent callers.
 
 Run from the repository root:
-python bench/bench_audit.py [--rows 30000] [--calls 600] [--part all|throughput|call] [--out docs/benchmarks.md]
+python bench/bench_audit.py [--rows 30000] [--calls 600] [--runs 3] [--part all|throughput|call]
+    [--out docs/benchmarks.md]
     [--baseline CHECKOUT --baseline-label REV]  (e.g. `git worktree add /tmp/base REV`: its server as a third)
 """
 
@@ -449,7 +450,10 @@ async def call_part(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:  # where the servers below keep their journals
         disk_before = fsync_costs(Path(tmp), args.fsyncs)
     waits = await durable_wait(args.fsyncs)
-    lat = {c: await latency(args.calls, c, args.baseline) for c in (1, 10)}
+    runs: dict[int, list[dict[str, tuple[float, float, float]]]] = {1: [], 10: []}
+    for _ in range(args.runs):  # fresh servers each run; the runs' medians are what is reported
+        for c, done in runs.items():
+            done.append(await latency(args.calls, c, args.baseline))
     with tempfile.TemporaryDirectory() as tmp:
         disk_after = fsync_costs(Path(tmp), args.fsyncs)
     lines = [
@@ -479,24 +483,31 @@ async def call_part(args: argparse.Namespace) -> None:
         f"**A cached call** (`collect os_info` on `local` over HTTP to {len(MODES)} `infrastructor serve` "
         "processes on SQLite, one per INFRA_AUDIT_SYNC: write (the default: answered once its rows are written "
         "to the journal, fsync issued at once), fsync (answered once they are fsynced), off (answered at "
-        f"once); {args.calls} calls each in alternating blocks of 50; cost = against off)",
+        f"once); {args.calls} calls each in alternating blocks of 50, {args.runs} runs with fresh servers; "
+        "p50, p99 and server CPU (every thread, user + system) are the medians of the runs, cost is against "
+        "off in the same run, each run's and their median)",
         "",
-        "| callers | INFRA_AUDIT_SYNC | p50 | p99 | p50 cost | p99 cost | server CPU a call |",
-        "|---|---|---|---|---|---|---|",
+        "| callers | INFRA_AUDIT_SYNC | p50 | p99 | p50 cost, each run | p99 cost, each run | p50 cost | "
+        "p99 cost | server CPU a call |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for c, pair in lat.items():
-        (o50, o99, _) = pair["off"]
+
+    def pct(values: list[float]) -> str:
+        return ", ".join(f"{v:+.0f}%" for v in values)
+
+    for c, done in runs.items():
         for label in (*MODES, "baseline"):
-            if label not in pair:
+            if label not in done[0]:
                 continue
-            s50, s99, spent = pair[label]
+            med = [statistics.median(run[label][k] for run in done) for k in range(3)]
             name = f"baseline ({args.baseline_label or args.baseline})" if label == "baseline" else label
-            cost = (
-                "— | —"
-                if label == "off"
-                else f"{100 * (s50 / o50 - 1):+.0f}% | {100 * (s99 / o99 - 1):+.0f}%"
-            )
-            lines.append(f"| {c} | {name} | {s50:.2f} ms | {s99:.2f} ms | {cost} | {spent:.2f} ms |")
+            if label == "off":
+                cost = "— | — | — | —"
+            else:
+                c50 = [100 * (run[label][0] / run["off"][0] - 1) for run in done]
+                c99 = [100 * (run[label][1] / run["off"][1] - 1) for run in done]
+                cost = f"{pct(c50)} | {pct(c99)} | {statistics.median(c50):+.0f}% | {statistics.median(c99):+.0f}%"
+            lines.append(f"| {c} | {name} | {med[0]:.2f} ms | {med[1]:.2f} ms | {cost} | {med[2]:.2f} ms |")
     if args.baseline is not None:
         lines += [
             "",
@@ -514,6 +525,7 @@ if __name__ == "__main__":
     parser.add_argument("--rows", type=int, default=30_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--calls", type=int, default=600)
+    parser.add_argument("--runs", type=int, default=3, help="runs of the cached-call part (medians reported)")
     parser.add_argument(
         "--fsyncs", type=int, default=300, help="samples of each fsync way and durable() wait"
     )
