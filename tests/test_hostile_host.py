@@ -30,7 +30,9 @@ pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "h" * 48
 CONTROL_FACTOR = 3  # the hostile server may be this many times slower than the control at p99
-P99_BOUND = 0.25  # seconds
+# seconds: a stalled event loop costs seconds (9.2 s before the workers); on 2 shared cores at load ~20 a
+# responsive server's /health still reached 0.37 s at p99 while its workers parsed the hostile output
+P99_BOUND = 1.0
 
 ALIAS_BOMB = "\n".join(
     [
