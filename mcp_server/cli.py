@@ -304,14 +304,14 @@ exit status: 0 when every device answered, 1 when any failed, 2 for a usage erro
 """
 
 
-def run() -> None:
-    """The console script: `main`, then the process ends at once.
+def run(*, delegate: bool = True) -> None:
+    """The console script (after cli_entry.run): `main`, then the process ends at once.
 
     Every command closes what it opened before `main` returns; what is left is the interpreter tearing
     down some 700 modules one object at a time, most of a second on a busy machine, for nothing. Only when
     the output is flushed and no thread is left that could still be finishing work: daemon threads (the
     audit journal's, once a server's state is closed, has every row shipped or journaled) do not count."""
-    code = main()
+    code = main(delegate=delegate)
     if "logging" in sys.modules:
         sys.modules["logging"].shutdown()
     try:
@@ -336,9 +336,10 @@ def _started() -> None:
     gc.enable()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, delegate: bool = True) -> int:
+    """The command `argv` names; `delegate=False`: a collect is not offered to a server (cli_entry asked)."""
     args = _parser().parse_args(argv)
-    if args.cmd == "collect" and not args.no_server:
+    if args.cmd == "collect" and not args.no_server and delegate:
         code = _delegated(args)
         if code is not None:
             return code
