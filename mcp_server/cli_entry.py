@@ -101,7 +101,9 @@ def quick(argv: Sequence[str]) -> int | None:
         answer = control_client.delegate(request, on_line)
     except control_client.NoServer:
         raise _Declined from None
-    if "stdout" not in answer:  # not a rendered answer (a server of another version): said as cli.main says it
+    if (
+        "stdout" not in answer
+    ):  # not a rendered answer (a server of another version): said as cli.main says it
         from mcp_server.cli import err
         from mcp_server.cli_output import print_error
 

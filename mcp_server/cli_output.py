@@ -51,7 +51,9 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
-def print_table(console: Console, columns: Sequence[str], rows: Sequence[Sequence[Cell]], title: str | None) -> None:
+def print_table(
+    console: Console, columns: Sequence[str], rows: Sequence[Sequence[Cell]], title: str | None
+) -> None:
     """`table(*columns, title=title)` with these rows, printed: drawn here when every cell is plain printable
     ASCII and the console draws no colours (what a piped `collect` prints; rich takes a tenth of the time it
     takes rich's Table), else by rich. The output is the same either way (tests/test_cli_output.py compares
@@ -215,19 +217,26 @@ def print_outcomes(console: Console, command: str, outcomes: Sequence[Outcome]) 
         age = values.pop("age (s)")
         console.print(f"{command} on {device}, collected {age} s ago", markup=False, highlight=False)
         if values:
-            print_table(console, ["field", "value"], [[k, cell(v)] for k, v in values.items()], None)
+            fields: list[list[Cell]] = [[k, cell(v)] for k, v in values.items()]
+            print_table(console, ["field", "value"], fields, None)
     elif singles:
         keys = list(dict.fromkeys(k for _, values in singles for k in values))
-        rows = [[device, *(cell(values.get(k)) for k in keys)] for device, values in singles]
+        rows: list[list[Cell]] = [
+            [device, *(cell(values.get(k)) for k in keys)] for device, values in singles
+        ]
         print_table(console, ["device", *keys], rows, command)
     for name, records in lists.items():
         keys = list(dict.fromkeys(k for _, row in records for k in row))
-        listed = [[*([device] if several else []), *(cell(row.get(k)) for k in keys)] for device, row in records]
+        listed: list[list[Cell]] = [
+            [*([device] if several else []), *(cell(row.get(k)) for k in keys)] for device, row in records
+        ]
         print_table(console, [*(["device"] if several else []), *keys], listed, name)
     failed = [o for o in outcomes if o.get("result") is None]
     if failed:
-        rows = [[o["device"], o.get("error_type") or "", cell(o.get("error"))] for o in failed]
-        print_table(console, ["device", "error type", "error"], rows, "failed")
+        failures: list[list[Cell]] = [
+            [o["device"], o.get("error_type") or "", cell(o.get("error"))] for o in failed
+        ]
+        print_table(console, ["device", "error type", "error"], failures, "failed")
 
 
 @dataclass(frozen=True)

@@ -159,14 +159,16 @@ class _Reading:
     memo: dict[str, Any] = {}
 
 
-_scan = _json.make_scanner(_Reading())
+_scan = _json.make_scanner(_Reading())  # type: ignore[arg-type]  # typeshed: a JSONDecoder; any such object
 
 
 def _unserializable(value: object) -> object:
     raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
-_encode = _json.make_encoder(None, _unserializable, _json.encode_basestring, None, ": ", ", ", False, False, True)
+_encode = _json.make_encoder(
+    None, _unserializable, _json.encode_basestring, None, ": ", ", ", False, False, True
+)
 
 
 def dumps(value: Any) -> str:

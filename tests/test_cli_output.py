@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 from rich.console import Console
@@ -14,10 +15,26 @@ from rich.text import Text
 from mcp_server import cli_output
 from mcp_server.cli_output import Cell, CliConsoles, cell, plain_table, print_outcomes, print_table, table
 
-WORDS = ["a", "os", "debian", "x86_64", "Intel(R)", "Xeon(R)", "", " ", "  lead", "trail  ", "a  b", "-", "{}"]
+WORDS = [
+    "a",
+    "os",
+    "debian",
+    "x86_64",
+    "Intel(R)",
+    "Xeon(R)",
+    "",
+    " ",
+    "  lead",
+    "trail  ",
+    "a  b",
+    "-",
+    "{}",
+]
 
 
-def _rich(console: Console, columns: Sequence[str], rows: Sequence[Sequence[Cell]], title: str | None) -> None:
+def _rich(
+    console: Console, columns: Sequence[str], rows: Sequence[Sequence[Cell]], title: str | None
+) -> None:
     shown = table(*columns, title=title)
     for row in rows:
         shown.add_row(*row)
@@ -25,9 +42,9 @@ def _rich(console: Console, columns: Sequence[str], rows: Sequence[Sequence[Cell
 
 
 def _console(width: int, encoding: str = "utf-8") -> tuple[Console, io.StringIO]:
-    return CliConsoles(out_width=width, err_width=width, out_encoding=encoding, err_encoding=encoding, environ={}).console(
-        False
-    )
+    return CliConsoles(
+        out_width=width, err_width=width, out_encoding=encoding, err_encoding=encoding, environ={}
+    ).console(False)
 
 
 def _text(rng: random.Random) -> str:
@@ -39,9 +56,10 @@ def _text(rng: random.Random) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
 
 
-def _drawn(draw: object, width: int, encoding: str) -> str:
+def _drawn(draw: Callable[..., None], width: int, encoding: str, *args: Any) -> str:
+    """What draw(console, *args) prints on a console of that width and encoding."""
     console, buffer = _console(width, encoding)
-    draw(console)  # type: ignore[operator]
+    draw(console, *args)
     return buffer.getvalue()
 
 
@@ -50,18 +68,23 @@ def test_plain_tables_are_drawn_exactly_as_rich_draws_them() -> None:
     drawn = 0
     for _ in range(400):
         n = rng.randint(1, 9)
-        columns = [rng.choice(["device", "age (s)", "hostname", "a", "kernel_release", "x" * rng.randint(1, 30)]) for _ in range(n)]
+        columns = [
+            rng.choice(["device", "age (s)", "hostname", "a", "kernel_release", "x" * rng.randint(1, 30)])
+            for _ in range(n)
+        ]
         rows: list[list[Cell]] = [
             [f"h{i:02d}" if c == 0 and rng.random() < 0.5 else cell(_text(rng)) for c in range(n)]
             for i in range(rng.randint(0, 6))
         ]
-        title = rng.choice([None, "os_info", "failed", "a title longer than some of the narrower tables here"])
+        title = rng.choice(
+            [None, "os_info", "failed", "a title longer than some of the narrower tables here"]
+        )
         width = rng.choice([20, 30, 45, 60, 80, 120, 200, 400])
         encoding = rng.choice(["utf-8", "ascii", "latin-1"])
         console, _ = _console(width, encoding)
         drawn += plain_table(console, columns, rows, title) is not None
-        ours = _drawn(lambda c: print_table(c, columns, rows, title), width, encoding)
-        theirs = _drawn(lambda c: _rich(c, columns, rows, title), width, encoding)
+        ours = _drawn(print_table, width, encoding, columns, rows, title)
+        theirs = _drawn(_rich, width, encoding, columns, rows, title)
         assert ours == theirs, (columns, rows, title, width, encoding)
     assert drawn > 300  # most of them were drawn here, not by rich
 
@@ -77,11 +100,12 @@ def test_plain_tables_are_drawn_exactly_as_rich_draws_them() -> None:
     ],
 )
 def test_what_is_not_plain_ascii_is_left_to_rich_and_printed_the_same(value: str) -> None:
-    columns, rows = ["device", "value"], [["h00", cell(value)], ["h01", cell("plain")]]
+    columns = ["device", "value"]
+    rows: list[list[Cell]] = [["h00", cell(value)], ["h01", cell("plain")]]
     console, _ = _console(80)
     assert plain_table(console, columns, rows, "t") is None
-    assert _drawn(lambda c: print_table(c, columns, rows, "t"), 80, "utf-8") == _drawn(
-        lambda c: _rich(c, columns, rows, "t"), 80, "utf-8"
+    assert _drawn(print_table, 80, "utf-8", columns, rows, "t") == _drawn(
+        _rich, 80, "utf-8", columns, rows, "t"
     )
 
 
@@ -114,11 +138,13 @@ def test_collect_output_is_the_same_drawn_here_or_by_rich(monkeypatch: pytest.Mo
         }
         for i in range(21)
     ]
-    outcomes.append({"device": "gone", "ok": False, "result": None, "error_type": "host_unreachable", "error": "refused"})
+    outcomes.append(
+        {"device": "gone", "ok": False, "result": None, "error_type": "host_unreachable", "error": "refused"}
+    )
     for width in (60, 200):
         for shown in (outcomes, outcomes[:1]):
-            ours = _drawn(lambda c: print_outcomes(c, "os_info", shown), width, "utf-8")
+            ours = _drawn(print_outcomes, width, "utf-8", "os_info", shown)
             with monkeypatch.context() as patched:
                 patched.setattr(cli_output, "plain_table", lambda *_args: None)
-                theirs = _drawn(lambda c: print_outcomes(c, "os_info", shown), width, "utf-8")
+                theirs = _drawn(print_outcomes, width, "utf-8", "os_info", shown)
             assert ours == theirs and "h00" in ours and "cpus" in ours

@@ -347,7 +347,9 @@ def test_a_plain_piped_collect_is_handed_over_before_argparse_or_json_load(
     assert len(_rows(tmp_path, 2, kind="tool", transport="cli")) == 2
 
 
-def test_a_request_the_server_refuses_is_asked_once_then_run_in_process(tmp_path: Path, served: Served) -> None:
+def test_a_request_the_server_refuses_is_asked_once_then_run_in_process(
+    tmp_path: Path, served: Served
+) -> None:
     served.start()
     other = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
     subprocess.run([CLI, "migrate"], env=cli_env(tmp_path, INFRA_DATABASE_URL=other), check=True, timeout=120)
