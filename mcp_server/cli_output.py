@@ -183,6 +183,22 @@ def step_line(what: str, done: int, total: int, message: str) -> str:
     return f"{what}: {done}/{total} {message}"
 
 
+def plain_line(console: Console, text: str) -> str | None:
+    """What console.print(text, markup=False, highlight=False) writes, when that is the text itself on a
+    line (printable ASCII within the width, no emoji code, a console without colours), else None."""
+    if (
+        console.color_system is None
+        and not console.legacy_windows
+        and text.isascii()
+        and text.isprintable()
+        and text.count(":") < 2  # an emoji code is :name:
+        and 0 < len(text) <= console.width
+        and text[-1] != " "
+    ):
+        return text + "\n"
+    return None
+
+
 def print_error(console: Console, message: str) -> None:
     """A usage error or a refusal, as every command prints it (exit status 2)."""
     console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)

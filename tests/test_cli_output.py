@@ -13,7 +13,16 @@ from rich.console import Console
 from rich.text import Text
 
 from mcp_server import cli_output
-from mcp_server.cli_output import Cell, CliConsoles, cell, plain_table, print_outcomes, print_table, table
+from mcp_server.cli_output import (
+    Cell,
+    CliConsoles,
+    cell,
+    plain_line,
+    plain_table,
+    print_outcomes,
+    print_table,
+    table,
+)
 
 WORDS = [
     "a",
@@ -148,3 +157,29 @@ def test_collect_output_is_the_same_drawn_here_or_by_rich(monkeypatch: pytest.Mo
                 patched.setattr(cli_output, "plain_table", lambda *_args: None)
                 theirs = _drawn(print_outcomes, width, "utf-8", "os_info", shown)
             assert ours == theirs and "h00" in ours and "cpus" in ours
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "os_info: 1/21 h00 ok",
+        "os_info: 2/21 h01 host_unreachable: connection refused",
+        "os_info: 3/3 db :smile: ok",  # an emoji code
+        "x" * 79,
+        "x" * 80,
+        "x" * 81,  # wrapped
+        "words " * 20,
+        "trailing ",
+        "caf\u00e9",
+        "",
+        "[bold]not markup[/bold]",
+    ],
+)
+def test_a_progress_line_is_written_as_rich_prints_it(text: str) -> None:
+    for encoding in ("utf-8", "ascii"):
+        console, buffer = _console(80, encoding)
+        console.print(text, markup=False, highlight=False)
+        shown = plain_line(_console(80, encoding)[0], text)
+        assert shown is None or shown == buffer.getvalue()
+    drawn_here = ("os_info: 1/21 h00 ok", "x" * 79, "x" * 80, "[bold]not markup[/bold]")
+    assert (plain_line(_console(80)[0], text) is not None) == (text in drawn_here)
