@@ -16,9 +16,10 @@ machine slows both settings alike), medians over the rounds:
   `-m command` and `-m raw` with the `os_info` script, `-m setup` (default fact gathering), forks = N, over
   Ansible's own ControlPersist masters (kept warm), and `-m raw` without ControlMaster (new connections);
 - one `ssh … &` per host then `wait` (OpenSSH), without and with a warm ControlMaster, same script;
-- Infrastructor: a new `infrastructor collect os_info --all --force-refresh` process; N concurrent `collect`
-  calls (os_info, force_refresh) over one MCP session to a running `serve` (HTTP, auth on); one pooled call;
-  `get_fleet_overview` warm (pooled, force_refresh), cold (every connection new), cached.
+- Infrastructor: a new `infrastructor collect os_info --all --force-refresh` process (the console script of
+  this checkout installed with `pip install .`, as the README installs it, into a venv of its own); N
+  concurrent `collect` calls (os_info, force_refresh) over one MCP session to a running `serve` (HTTP, auth
+  on); one pooled call; `get_fleet_overview` warm (pooled, force_refresh), cold (every connection new), cached.
 
 Everything created (namespace, veth, relay, sshd, ssh masters, server) is removed at the end, also on an
 exception, Ctrl-C or SIGTERM (a signal during the measured rounds stops the run after the current step).
@@ -298,7 +299,9 @@ def install_cli() -> None:
     if not (CLI_VENV / "bin" / "pip").exists():
         subprocess.run([PY, "-m", "venv", str(CLI_VENV)], check=True, timeout=RUN_TIMEOUT)
     pip = [str(CLI_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(ROOT)]
-    subprocess.run(pip, check=True, timeout=RUN_TIMEOUT)
+    done = subprocess.run(pip, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(pip)} exited {done.returncode}:\n{done.stderr[-3000:]}")
 
 
 def ansible_executable() -> Path:
