@@ -2,9 +2,10 @@
 
 Start-up is part of the interface: `--help` and `--version` load argparse only, and each command imports
 what it uses when it runs (`collect` never loads FastMCP or Alembic; asyncssh only to reach an SSH host; and
-when a server runs on the same data directory, it hands the collection to it over the control socket having
-loaded nothing beyond socket and json). tests/test_startup.py and tests/test_control.py guard this;
-bench/bench_startup.py and bench/bench_peers.py measure it.
+when a server runs on the same data directory, it hands the collection to it over the control socket; a plain
+piped `collect` is handed over by the console script itself, cli_entry.py, before this module and argparse
+load). tests/test_startup.py and tests/test_control.py guard this; bench/bench_startup.py and
+bench/bench_peers.py measure it.
 """
 
 from __future__ import annotations
