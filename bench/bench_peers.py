@@ -16,9 +16,10 @@ machine slows both settings alike), medians over the rounds:
   `-m command` and `-m raw` with the `os_info` script, `-m setup` (default fact gathering), forks = N, over
   Ansible's own ControlPersist masters (kept warm), and `-m raw` without ControlMaster (new connections);
 - one `ssh … &` per host then `wait` (OpenSSH), without and with a warm ControlMaster, same script;
-- Infrastructor: a new `infrastructor collect os_info --all --force-refresh` process; N concurrent `collect`
-  calls (os_info, force_refresh) over one MCP session to a running `serve` (HTTP, auth on); one pooled call;
-  `get_fleet_overview` warm (pooled, force_refresh), cold (every connection new), cached.
+- Infrastructor: a new `infrastructor collect os_info --all --force-refresh` process (the console script of
+  this checkout installed with `pip install .`, as the README installs it, into a venv of its own); N
+  concurrent `collect` calls (os_info, force_refresh) over one MCP session to a running `serve` (HTTP, auth
+  on); one pooled call; `get_fleet_overview` warm (pooled, force_refresh), cold (every connection new), cached.
 
 Everything created (namespace, veth, relay, sshd, ssh masters, server) is removed at the end, also on an
 exception, Ctrl-C or SIGTERM (a signal during the measured rounds stops the run after the current step).
@@ -73,7 +74,11 @@ ANSIBLE_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / 
     f"infrastructor-bench/ansible-core-{ANSIBLE_CORE}"
 )
 PY = sys.executable
-CLI = [PY, "-m", "mcp_server"]
+# The CLI arms run the `infrastructor` console script of this checkout installed as the README installs it
+# (`pip install .`, not editable: an editable install's import hook costs every new process 15-20 ms), in a
+# venv of its own, created on first use and reinstalled from the checkout at every run.
+CLI_VENV = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "infrastructor-bench/cli-venv"
+CLI = [str(CLI_VENV / "bin" / "infrastructor")]
 RUN_TIMEOUT = 300.0
 STOP_TIMEOUT = 10.0
 PINGS = 200
@@ -287,6 +292,16 @@ def stop_masters(control_dirs: Sequence[Path]) -> None:
     for directory in control_dirs:
         for sock in directory.glob("*") if directory.is_dir() else []:
             run(["ssh", "-o", f"ControlPath={sock}", "-O", "exit", "peer"])
+
+
+def install_cli() -> None:
+    """This checkout, installed non-editable (`pip install .`) into CLI_VENV: the CLI arms' program."""
+    if not (CLI_VENV / "bin" / "pip").exists():
+        subprocess.run([PY, "-m", "venv", str(CLI_VENV)], check=True, timeout=RUN_TIMEOUT)
+    pip = [str(CLI_VENV / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", str(ROOT)]
+    done = subprocess.run(pip, capture_output=True, text=True, timeout=RUN_TIMEOUT, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{shlex.join(pip)} exited {done.returncode}:\n{done.stderr[-3000:]}")
 
 
 def ansible_executable() -> Path:
@@ -717,7 +732,9 @@ def render(
         "running server's data directory (its SQLite database and pinned host keys). By default the CLI hands "
         "the collection to that server over its control socket (`<data dir>/control.sock`) and the server "
         "answers over its pooled connections (checked: no new SSH login in the sshd logs); `--no-server` "
-        "collects in the CLI process over new connections (checked: one login per host).",
+        "collects in the CLI process over new connections (checked: one login per host). The CLI is the "
+        f"`infrastructor` console script of this checkout installed with `pip install .` (as the README "
+        f"installs it; not editable) into {CLI_VENV}; the server runs from the bench's own environment.",
         "- `get_fleet_overview` runs `system_metrics` (CPU sampled over 0.5 s) and `disk_usage` per host: "
         "not the os_info script; cold = every device changed beforehand, so every connection is new (checked "
         "against the sshd logs).",
@@ -761,6 +778,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     # An installed package has its bytecode compiled by pip; a checkout run with PYTHONDONTWRITEBYTECODE
     # (set on some machines) would compile every module at every start of the CLI arms instead.
     subprocess.run([PY, "-m", "compileall", "-q", str(ROOT / "mcp_server")], check=True)
+    install_cli()
     ansible_executable()
     netem = netem_missing()
     rtt: dict[str, float] = {}

@@ -1,3 +1,3 @@
-from mcp_server.cli import run
+from mcp_server.cli_entry import run
 
 run()

@@ -2,9 +2,10 @@
 
 Start-up is part of the interface: `--help` and `--version` load argparse only, and each command imports
 what it uses when it runs (`collect` never loads FastMCP or Alembic; asyncssh only to reach an SSH host; and
-when a server runs on the same data directory, it hands the collection to it over the control socket having
-loaded nothing beyond socket and json). tests/test_startup.py and tests/test_control.py guard this;
-bench/bench_startup.py and bench/bench_peers.py measure it.
+when a server runs on the same data directory, it hands the collection to it over the control socket; a plain
+piped `collect` is handed over by the console script itself, cli_entry.py, before this module and argparse
+load). tests/test_startup.py and tests/test_control.py guard this; bench/bench_startup.py and
+bench/bench_peers.py measure it.
 """
 
 from __future__ import annotations
@@ -304,14 +305,14 @@ exit status: 0 when every device answered, 1 when any failed, 2 for a usage erro
 """
 
 
-def run() -> None:
-    """The console script: `main`, then the process ends at once.
+def run(*, delegate: bool = True) -> None:
+    """The console script (after cli_entry.run): `main`, then the process ends at once.
 
     Every command closes what it opened before `main` returns; what is left is the interpreter tearing
     down some 700 modules one object at a time, most of a second on a busy machine, for nothing. Only when
     the output is flushed and no thread is left that could still be finishing work: daemon threads (the
     audit journal's, once a server's state is closed, has every row shipped or journaled) do not count."""
-    code = main()
+    code = main(delegate=delegate)
     if "logging" in sys.modules:
         sys.modules["logging"].shutdown()
     try:
@@ -336,9 +337,10 @@ def _started() -> None:
     gc.enable()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, delegate: bool = True) -> int:
+    """The command `argv` names; `delegate=False`: a collect is not offered to a server (cli_entry asked)."""
     args = _parser().parse_args(argv)
-    if args.cmd == "collect" and not args.no_server:
+    if args.cmd == "collect" and not args.no_server and delegate:
         code = _delegated(args)
         if code is not None:
             return code

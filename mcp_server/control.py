@@ -51,6 +51,9 @@ from mcp_server.errors import (
 from mcp_server.progress import StepDone
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
+    from mcp_server.cli_output import CliConsoles
     from mcp_server.collection import DeviceOutcome
     from mcp_server.state import AppState
 
@@ -240,6 +243,7 @@ class Request:
             user_agent=f"infrastructor collect (pid {pid})",
         )
         self.render: Render | None = None
+        self.err_console: Console | None = None  # measures the CLI's stderr for its progress lines
         self.arguments: dict[str, Any] = {}  # as audited
 
     async def send(self, message: dict[str, Any]) -> None:
@@ -341,9 +345,7 @@ class Request:
             from mcp_server.cli_output import step_line
 
             text = step_line(request.command, done.done, done.total, done.message)
-            await self.send(
-                {"stderr": self._rendered(True, lambda c: c.print(text, markup=False, highlight=False))}
-            )
+            await self.send({"stderr": self._step(text)})
 
         outcomes: list[DeviceOutcome[Any]] = await state.service.collect_many(
             names, request.command, request.params, force_refresh=request.force_refresh, on_device=step
@@ -371,19 +373,32 @@ class Request:
 
         return {"stdout": "", "stderr": self._rendered(True, lambda c: print_error(c, message)), "exit": 2}
 
-    def _rendered(self, stderr: bool, draw: Any) -> str:
+    def _step(self, text: str) -> str:
+        """A finished device's line on the CLI's stderr; one console per request, not per device."""
+        from mcp_server.cli_output import plain_line
+
+        if self.err_console is None:
+            self.err_console = self._consoles().console(True)[0]
+        shown = plain_line(self.err_console, text)
+        if shown is not None:
+            return shown
+        return self._rendered(True, lambda c: c.print(text, markup=False, highlight=False))
+
+    def _consoles(self) -> CliConsoles:
         from mcp_server.cli_output import CliConsoles
 
         render = self.render
         assert render is not None
-        consoles = CliConsoles(
+        return CliConsoles(
             out_width=render.out_width,
             err_width=render.err_width,
             out_encoding=render.out_encoding,
             err_encoding=render.err_encoding,
             environ={k: str(v) for k, v in render.environ.items()},
         )
-        console, buffer = consoles.console(stderr)
+
+    def _rendered(self, stderr: bool, draw: Any) -> str:
+        console, buffer = self._consoles().console(stderr)
         draw(console)
         return buffer.getvalue()
 

@@ -9,16 +9,16 @@ another user's, a server that refuses), `NoServer` says so and the CLI runs the 
 
 from __future__ import annotations
 
+import _json  # json's C half: the json package compiles regular expressions (and loads re) on import
 import _socket  # socket's C module: socket.py builds enums on import, a tenth of this process's imports
-import json
 import os
 import stat
 import struct
 import sys
-from collections.abc import Callable, Iterator
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
     from typing import Any
 
 SOCKET_NAME = "control.sock"  # control.SOCKET_NAME
@@ -123,9 +123,9 @@ def delegate(request: dict[str, Any], on_line: Callable[[dict[str, Any]], None])
     sock = connect(data_dir())
     try:
         sock.settimeout(ANSWER_SECONDS)
-        sock.sendall(json.dumps(request, ensure_ascii=False).encode() + b"\n")
+        sock.sendall(dumps(request).encode() + b"\n")
         for raw in _lines(sock):
-            message = json.loads(raw)
+            message = loads(raw.decode())
             if "refused" in message:
                 raise NoServer(f"the server refused: {message['refused']}")
             if "exit" in message:
@@ -145,3 +145,48 @@ def _lines(sock: _socket.socket) -> Iterator[bytes]:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         yield from lines
+
+
+class _Reading:
+    """What json's C scanner reads its settings from (json.JSONDecoder's defaults)."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}.__getitem__
+    memo: dict[str, Any] = {}
+
+
+_scan = _json.make_scanner(_Reading())  # type: ignore[arg-type]  # typeshed: a JSONDecoder; any such object
+
+
+def _unserializable(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_encode = _json.make_encoder(
+    None, _unserializable, _json.encode_basestring, None, ": ", ", ", False, False, True
+)
+
+
+def dumps(value: Any) -> str:
+    """json.dumps(value, ensure_ascii=False), without the json package."""
+    if isinstance(value, str):
+        return str(_json.encode_basestring(value))
+    return "".join(_encode(value, 0))
+
+
+def loads(text: str) -> Any:
+    """json.loads of one line the server sent, without the json package; what the scanner does not read
+    whole (surrounding whitespace, not JSON) is left to json.loads (a ValueError when it is not JSON)."""
+    try:
+        value, end = _scan(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text):
+        import json
+
+        return json.loads(text)
+    return value

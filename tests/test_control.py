@@ -7,6 +7,7 @@ runs in-process and prints the same output. Requests on the socket are checked a
 
 from __future__ import annotations
 
+import ast
 import getpass
 import json
 import os
@@ -14,6 +15,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -299,3 +301,67 @@ def test_a_collect_handed_to_the_server_loads_neither_rich_nor_pydantic_nor_asyn
     assert code == 0 and stdout.startswith("os_info on local, collected ")
     assert not loaded & {"rich", "pydantic", "sqlalchemy", "asyncssh", "asyncio", "fastmcp"}, sorted(loaded)
     assert _rows(tmp_path, 1, kind="tool", transport="cli")
+
+
+# runs the console script's quick path as `infrastructor collect …` does, then records what it loaded
+QUICK = """
+import json, os, sys
+from mcp_server.cli_entry import quick
+code = quick(sys.argv[1:])
+sys.stdout.flush()
+with open(os.environ["QUICK_PROBE_OUT"], "w") as f:
+    f.write(repr({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_a_plain_piped_collect_is_handed_over_before_argparse_or_json_load(
+    tmp_path: Path, served: Served
+) -> None:
+    served.start()
+    out = tmp_path / "quick.txt"
+    done = subprocess.run(
+        [sys.executable, "-c", QUICK.replace("import json, ", "import "), "collect", "os_info", "--json"],
+        env=cli_env(tmp_path, QUICK_PROBE_OUT=str(out)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    report = ast.literal_eval(out.read_text())
+    assert report["code"] == 0, done.stderr
+    # beyond what the interpreter loads to start (an editable install's import hook loads re, for one)
+    bare = subprocess.run(
+        [sys.executable, "-c", "import sys; print(repr(sorted(sys.modules)))"],
+        env=cli_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    added = {name.split(".")[0] for name in report["modules"]} - set(ast.literal_eval(bare.stdout))
+    assert not added & {"argparse", "json", "re", "rich", "pydantic", "asyncio", "socket"}, sorted(added)
+    assert json.loads(done.stdout)[0]["ok"]
+    # the same through the console script, against the in-process path
+    there = run_cli(tmp_path, "collect", "os_info", "--json")
+    assert _steady(there.stdout) == _steady(done.stdout)
+    assert len(_rows(tmp_path, 2, kind="tool", transport="cli")) == 2
+
+
+def test_a_request_the_server_refuses_is_asked_once_then_run_in_process(
+    tmp_path: Path, served: Served
+) -> None:
+    served.start()
+    other = f"sqlite+aiosqlite:///{tmp_path / 'other.db'}"
+    subprocess.run([CLI, "migrate"], env=cli_env(tmp_path, INFRA_DATABASE_URL=other), check=True, timeout=120)
+    done = run_cli(tmp_path, "collect", "os_info", "--json", INFRA_DATABASE_URL=other)
+    assert done.returncode == 0 and json.loads(done.stdout)[0]["ok"], done.stderr
+    # refused once by the server (another database), audited once; collected in-process
+    (row,) = _rows(tmp_path, 1, kind="tool", transport="cli")
+    assert row["outcome"] == "denied" and row["error_type"] == "refused"
+    time.sleep(0.5)  # the batched writer would have shipped a second refusal by now
+    assert len(audit(tmp_path, kind="tool", transport="cli")) == 1
+    # a form left to argparse (--param) is still handed to the server, by cli.main
+    done = run_cli(tmp_path, "collect", "os_info", "--param", "x=1")
+    assert done.returncode == 1 and "os_info: 1/1 local invalid_parameter" in done.stderr
+    last = _rows(tmp_path, 2, kind="tool", transport="cli")[-1]
+    assert last["outcome"] == "ok" and last["error_type"] is None

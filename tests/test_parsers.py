@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,34 @@ def test_os_release_values_lose_their_shell_quoting() -> None:
     assert values["NAME"] == "Fedora Linux"
     assert values["VERSION_ID"] == "40"
     assert "# x" not in values
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "debian",
+        '"Debian GNU/Linux 12 (bookworm)"',
+        "'single quoted'",
+        '""',
+        "''",
+        "two  words",
+        " padded ",
+        '"it\'s"',
+        "'say \"hi\"'",
+        '"a"b',
+        '"a" "b"',
+        "a\\ b",
+        '"esc \\" inside"',
+        "$HOME `x`",
+        '"',
+    ],
+)
+def test_os_release_values_are_read_as_shlex_reads_them(raw: str) -> None:
+    try:
+        expected = " ".join(shlex.split(raw))
+    except ValueError:
+        expected = raw.strip("\"'")
+    assert os_release([f"X={raw}"])["X"] == expected
 
 
 def test_df_rows_without_inode_counts_report_null_inodes_and_sizeless_rows_are_left_out() -> None:

@@ -199,10 +199,26 @@ def os_release(lines: Iterable[str]) -> dict[str, str]:
         if not sep or key.startswith("#"):
             continue
         try:
-            values[key] = " ".join(shlex.split(raw)) if len(raw) <= _SHLEX_MAX_CHARS else raw.strip("\"'")
+            values[key] = _unquoted(raw) if len(raw) <= _SHLEX_MAX_CHARS else raw.strip("\"'")
         except ValueError:
             values[key] = raw.strip("\"'")
     return values
+
+
+def _unquoted(raw: str) -> str:
+    """ " ".join(shlex.split(raw)): a bare word or a simple quoted string (what os-release files hold) read
+    directly, the rest by shlex."""
+    if raw.isascii() and raw.isprintable():  # no shell whitespace but " "
+        if not any(c in raw for c in "\\'\""):
+            return " ".join(raw.split())
+        if (
+            len(raw) >= 2
+            and raw[0] == raw[-1]
+            and raw[0] in "'\""
+            and not any(c in raw[1:-1] for c in "\\'\"")
+        ):
+            return raw[1:-1]
+    return " ".join(shlex.split(raw))
 
 
 def _cpu_model(lines: Iterable[str]) -> str | None:
