@@ -57,6 +57,7 @@ from fastmcp import Client  # noqa: E402
 from bench.harness import (  # noqa: E402
     Results,
     command_line,
+    cpu_seconds,
     machine,
     publish,
     serve,
@@ -374,12 +375,6 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a running process has used so far, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_checked(argv: Sequence[str], env: dict[str, str], hosts: int | None = None) -> tuple[float, float]:
     """Wall and CPU seconds (the process and its children) of one run that must succeed."""
     cpu = children_cpu()
@@ -519,10 +514,10 @@ async def setting(
         """Wall time; CPU of the server and of this process (the MCP client) during the call."""
 
         async def measure(i: int) -> None:
-            server_cpu, client_cpu = process_cpu(server.pid), time.process_time()
+            server_cpu, client_cpu = cpu_seconds(server.pid), time.process_time()
             add(arm, await call(i))
-            add(f"{arm} cpu", process_cpu(server.pid) - server_cpu + time.process_time() - client_cpu)
-            add(f"{arm} server cpu", process_cpu(server.pid) - server_cpu)
+            add(f"{arm} cpu", cpu_seconds(server.pid) - server_cpu + time.process_time() - client_cpu)
+            add(f"{arm} server cpu", cpu_seconds(server.pid) - server_cpu)
 
         return arm, measure
 
