@@ -267,6 +267,23 @@ def test_bad_requests_get_clear_errors_and_are_audited(tmp_path: Path, served: S
     assert len(_rows(tmp_path, len(cases) + 1, kind="tool", transport="cli")) == len(cases) + 1
 
 
+def test_a_client_that_stalls_mid_request_is_cut_off_and_holds_up_no_other(
+    tmp_path: Path, served: Served
+) -> None:
+    served.start()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled:
+        stalled.settimeout(30)
+        stalled.connect(str(served.sock))
+        stalled.sendall(b'{"v": 1, "op": "collect", ')  # and nothing more
+        # meanwhile another CLI is answered at once
+        assert _ask(served.sock, b'{"v": 1, "op": "collect", "command": "os_info"}\n')["exit"] == 0
+        answers = [json.loads(raw) for raw in stalled.makefile("rb")]
+    assert answers[-1]["exit"] == 2, answers
+    assert answers[-1]["error"] == "Invalid request: no complete request line within 5 s.", answers
+    rows = _rows(tmp_path, 2, kind="tool", transport="cli")
+    assert sorted(r["outcome"] for r in rows) == ["error", "ok"], rows
+
+
 def test_a_stdio_server_answers_the_cli_too(tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     with log.open("w") as sink:
