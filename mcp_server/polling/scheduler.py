@@ -190,7 +190,7 @@ class Poller:
         self._admit(names - self._scheduled, now)
         due = self._due
         while due and due[0][0] <= now:
-            at, slot, device, index = heapq.heappop(due)
+            _, slot, device, index = heapq.heappop(due)
             if device not in names:
                 self._scheduled.discard(device)  # removed: its other categories drop out as they come up
                 continue
@@ -319,7 +319,9 @@ class Poller:
             self._health.forget_probe(device)
             log.warning("poll %s/%s slot %d: database unavailable: %s", device, category.name, slot, exc)
 
-    async def _slot(self, device: str, category: Category, interval: float, slot: int, *, first: bool) -> None:
+    async def _slot(
+        self, device: str, category: Category, interval: float, slot: int, *, first: bool
+    ) -> None:
         """Claim and run one due slot, or leave it to the replica holding it. A new device's `first` slot is
         claimed at once, and due then (or at the slot's start, when it was taken on just before it)."""
         slot_start, slot_end = slot * interval, (slot + 1) * interval
