@@ -152,6 +152,11 @@ class Poller:
         """Devices whose pooled connection the ramp is opening (or waiting to open) right now."""
         return len(self._connecting)
 
+    @property
+    def queued(self) -> int:
+        """Polls taken on that are waiting for one of the INFRA_POLL_CONCURRENCY poll slots right now."""
+        return self._queued
+
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
 
