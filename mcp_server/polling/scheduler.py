@@ -22,14 +22,14 @@ is *taken on*, per category, in the slot under way if at least a tenth of it is 
 the next one. The lease of that first slot is claimed at once, so the lease table shows every slot taken on
 and when the device was taken on (its claimed_at), and the first poll is due at that moment (polled at once,
 not at the device's offset: a new device is polled promptly, a homelab's single host included), or at the
-next slot's start when too little of the slot under way was left. Slots that ended, or had less than a tenth left, while the device's first connection was
-opening were never possible: they are counted `not_taken_on`, not missed. Every later slot is due at the
-device's offset and owed. A slot taken on is *missed* when it ends before its poll was stored (collected, its
-rows handed to the writer and its lease completed): not started in time, finished late, the database away,
-or never scheduled because the event loop stalled past it. Lag is the time from a poll's due time to stored:
-for a first poll, from its lease's claim (the device taken on, its connection attempt finished), not from a
-slot start that passed while the device was still connecting; bench/bench_poller.py judges the lease table
-by the same definition.
+next slot's start when too little of the slot under way was left. Slots that ended, or had less than a tenth
+left, while the device's first connection was opening were never possible: they are counted `not_taken_on`,
+not missed. Every later slot is due at the device's offset and owed. A slot taken on is *missed* when it
+ends before its poll was stored (collected, its rows handed to the writer and its lease completed): not
+started in time, finished late, the database away, or never scheduled because the event loop stalled past
+it. Lag is the time from a poll's due time to stored: for a first poll, from its lease's claim (the device
+taken on, its connection attempt finished), not from a slot start that passed while the device was still
+connecting; bench/bench_poller.py judges the lease table by the same definition.
 """
 
 from __future__ import annotations
