@@ -436,8 +436,14 @@ async def test_a_fleet_connecting_misses_no_slot_while_slow_hosts_open_their_con
     assert report["missed"] == 0, report
     assert report["waited_for_connection"] >= 8 and report["connecting"] == 0
     names = [f"slow{i}" for i in range(8)] + [f"fast{i}" for i in range(10)]
-    late = {n: s for n in names for s in (first, first + 1) if not stored.get(n, {}).get(s)}
-    assert not late, f"slots not stored before they ended: {late}"
+    # a slow host's connection, opened after the fast ones' and held back while their polls queue, may
+    # finish with under a tenth of the first slot left on a loaded machine: that slot is not taken on (the
+    # ramp rule), the next one is owed; a fast host takes the first slot
+    taken_on = {n: min(stored.get(n, {}), default=first + 2) for n in names}
+    assert all(taken_on[f"fast{i}"] == first for i in range(10)), taken_on
+    assert report["not_taken_on"] == sum(taken_on[n] - first for n in names), (report, taken_on)
+    late = {n: s for n in names for s in range(taken_on[n], first + 2) if not stored.get(n, {}).get(s)}
+    assert not late and max(taken_on.values()) <= first + 1, f"slots not stored before they ended: {late}"
     assert report["lag_p95_seconds"] is not None and report["lag_max_seconds"] < interval
     assert state.ssh.stats().connections_opened == 18  # one pooled connection per device, opened once
 
@@ -531,7 +537,8 @@ async def test_a_new_device_is_polled_at_once_then_at_its_offset_and_a_slot_it_c
             await eventually(two_slots_ended, "two slots to pass", timeout=3 * interval)
             report = (await tool(state, "get_service_health", {}))["poller"]
         polled, slow = await leases_of(state, prompt), await leases_of(state, "slow")
-    assert set(polled) == {first, first + 1} and set(slow) == {first + 1}, (polled, slow)
+    # (a later slot may have been claimed too while the machine was slow to answer get_service_health)
+    assert min(polled) == first and first + 1 in polled and min(slow) == first + 1, (polled, slow)
 
     def into_slot(moment: datetime | None, slot: int) -> float:
         assert moment is not None, f"slot {slot} never stored"
