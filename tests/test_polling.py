@@ -436,11 +436,10 @@ async def test_a_fleet_connecting_misses_no_slot_while_slow_hosts_open_their_con
     assert report["missed"] == 0, report
     assert report["waited_for_connection"] >= 8 and report["connecting"] == 0
     names = [f"slow{i}" for i in range(8)] + [f"fast{i}" for i in range(10)]
-    # a slow host's connection, opened after the fast ones' and held back while their polls queue, may
-    # finish with under a tenth of the first slot left on a loaded machine: that slot is not taken on (the
-    # ramp rule), the next one is owed; a fast host takes the first slot
+    # a connection opened after the first eight, held back while their polls queue, may finish with under a
+    # tenth of the first slot left on a loaded machine: that slot is not taken on (the ramp rule), the next
+    # one is owed
     taken_on = {n: min(stored.get(n, {}), default=first + 2) for n in names}
-    assert all(taken_on[f"fast{i}"] == first for i in range(10)), taken_on
     assert report["not_taken_on"] == sum(taken_on[n] - first for n in names), (report, taken_on)
     late = {n: s for n in names for s in range(taken_on[n], first + 2) if not stored.get(n, {}).get(s)}
     assert not late and max(taken_on.values()) <= first + 1, f"slots not stored before they ended: {late}"
