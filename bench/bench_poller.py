@@ -11,10 +11,16 @@ Measured from outside the server: CPU from /proc/<pid>/stat (user + system secon
 from /proc/<pid>/status, and from the server's SQLite file after the run every poll lease: lag = completed
 (stored) minus the (device, category)'s due time in its slot; a slot is missed when it ended before its
 lease was completed. The ramp rule of the poller (mcp_server/polling/scheduler.py) is applied from the
-leases: a new device's first slot taken on is claimed at once, so the slots of a (device, category) before
-its first lease were never taken on (its first connection was still opening); they are counted apart, and
-only in the ramp: in the steady state every slot is owed, leased or not. The server's own
-get_service_health poller report is read at the end as a cross-check (its not_taken_on and missed).
+leases: a new device is taken on once its first connection attempt has finished, and its first slot taken
+on is claimed at that moment, so the slots of a (device, category) before its first lease were never taken
+on (its first connection was still opening); they are counted apart, and only in the ramp: in the steady
+state every slot is owed, leased or not. A first lease's poll is due when it was claimed (or at its slot's
+start, if claimed just before it), the server's own definition: its lag is measured from the connection
+finishing, not from a slot start that passed while the device was connecting. What a user waits for is
+printed beside it: the time from the server ready until the device was taken on (its first lease claimed:
+the connection ramp, p50/p95/max over devices), and until every device's first poll of every category was
+stored (the fleet fully polled). The server's own get_service_health poller report is read at the end as a
+cross-check (its not_taken_on, missed and lag).
 
 Memory: separate servers with 0, 1, 100 and 500 devices, each polled for --memory-wait seconds; RSS per
 device = (RSS(n) - RSS(0)) / n, and the marginal cost (RSS(n) - RSS(1)) / (n - 1), which leaves out what
@@ -148,26 +154,33 @@ async def poller_report(server: Server) -> dict[str, Any]:
     return dict(content["poller"])
 
 
-def leases(data_dir: Path) -> list[tuple[str, str, int, float | None]]:
+Lease = tuple[str, str, int, float, float | None]  # device, category, slot, claimed_at, completed_at
+
+
+def leases(data_dir: Path) -> list[Lease]:
     db = sqlite3.connect(f"file:{data_dir / 'infrastructor.db'}?mode=ro", uri=True)
     try:
-        rows = db.execute("SELECT device, category, slot, completed_at FROM poll_leases").fetchall()
+        rows = db.execute(
+            "SELECT device, category, slot, claimed_at, completed_at FROM poll_leases"
+        ).fetchall()
     finally:
         db.close()
 
-    def ts(value: str | None) -> float | None:
-        if value is None:
-            return None
+    def ts(value: str) -> float:
         parsed = datetime.fromisoformat(value)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
 
-    return [(d, c, int(s), ts(done)) for d, c, s, done in rows if c in CATEGORIES]
+    return [
+        (d, c, int(s), ts(claimed), ts(done) if done is not None else None)
+        for d, c, s, claimed, done in rows
+        if c in CATEGORIES
+    ]
 
 
 def judge(
-    rows: list[tuple[str, str, int, float | None]],
+    rows: list[Lease],
     devices: int,
     interval: float,
     jitter: float,
@@ -180,10 +193,11 @@ def judge(
     The ramp rule: a (device, category)'s ramp slots before its first lease were never taken on (the poller
     claims a new device's first slot as soon as it takes it on); they are counted apart. Every later slot,
     and every steady-state slot whatever the leases, is owed: missed unless its lease completed before its
-    end."""
-    done = {(d, c, s): t for d, c, s, t in rows}
+    end. A first lease's poll is due when it was claimed (the device taken on), or at its slot's start."""
+    done = {(d, c, s): t for d, c, s, _, t in rows}
+    claimed = {(d, c, s): t for d, c, s, t, _ in rows}
     first_lease: dict[tuple[str, str], int] = {}
-    for d, c, s, _ in rows:
+    for d, c, s, _, _ in rows:
         first_lease[(d, c)] = min(s, first_lease.get((d, c), s))
     lags: dict[str, list[float]] = {"all": [], "ramp": [], "steady": []}
     missed = {"all": 0, "ramp": 0, "steady": 0}
@@ -193,9 +207,12 @@ def judge(
         device = f"h{i:04d}"
         for category in CATEGORIES:
             offset = jitter_offset(device, category, interval, jitter)
+            taken_on = first_lease.get((device, category))
             first = int(started // interval)  # the slot under way at start
             for slot in range(first, int(ended // interval)):
                 due = slot * interval + offset
+                if slot == taken_on:
+                    due = max(claimed[(device, category, slot)], slot * interval)
                 end = (slot + 1) * interval
                 if end <= started or end > ended:
                     continue
@@ -215,6 +232,26 @@ def judge(
     out: dict[str, Any] = {"expected_ramp": expected["ramp"], "expected_steady": expected["steady"]}
     out["missed"] = missed
     out["not_taken_on"] = not_taken_on
+    # what a user waits for: each device taken on (its first connection attempt finished), and stored
+    connected: list[float] = []
+    fully: float | None = 0.0
+    for i in range(devices):
+        device = f"h{i:04d}"
+        firsts = [(device, c, first_lease[(device, c)]) for c in CATEGORIES if (device, c) in first_lease]
+        if firsts:
+            connected.append(min(claimed[k] for k in firsts) - started)
+        stored_at = [done.get(k) for k in firsts]
+        if len(firsts) < len(CATEGORIES) or None in stored_at:
+            fully = None
+        elif fully is not None:
+            fully = max(fully, *(t - started for t in stored_at if t is not None))
+    out["fully_polled"] = fully
+    out["connection_ramp"] = {
+        "n": len(connected),
+        "p50": percentile(connected, 0.5),
+        "p95": percentile(connected, 0.95),
+        "max": max(connected) if connected else None,
+    }
     for phase, values in lags.items():
         out[phase] = {
             "n": len(values),
@@ -300,7 +337,9 @@ def render(args: argparse.Namespace, runs: dict[Config, dict[str, Any]], memory:
         f"**{args.devices} devices on {args.sshd} real sshd (127.0.0.1, {args.devices // args.sshd} device "
         f"aliases each, each alias its own pooled connection), system + network every {args.interval:g} s; "
         f"each configuration a fresh server run for {args.duration:g} s from its start** (the fleet starts "
-        "unconnected), one after another in this run. Lag in seconds from the due time to stored; the ramp "
+        "unconnected), one after another in this run. Lag in seconds from the due time to stored (a new "
+        "device's first poll is due when the device was taken on: its first connection attempt finished, its "
+        "first lease claimed; every later poll at its offset in its slot); the ramp "
         "is every slot before the second full slot after start, steady the rest. Slots owed: every slot "
         "that ended during the run, less the ramp slots a device's first connection left no chance of "
         "(not taken on: before its first lease).",
@@ -323,6 +362,21 @@ def render(args: argparse.Namespace, runs: dict[Config, dict[str, Any]], memory:
                 f"| {config.label} | {start} | {phase} | {p['n']:,} | {fmt(p['p50'])} | {fmt(p['p95'])} | "
                 f"{fmt(p['max'])} | {r['missed'][phase]:,} of {r['expected_' + phase]:,} | {not_taken} |"
             )
+    lines += [
+        "",
+        "What a user waits for, from the server ready (its /health answering): each device taken on (its first "
+        "connection attempt finished: the connection ramp, over devices), and every device's first poll of "
+        "every category stored (the fleet fully polled).",
+        "",
+        "| poller settings | connection ramp p50 | p95 | max | fleet fully polled after |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for config, r in runs.items():
+        ramp = r["connection_ramp"]
+        fully = fmt(r["fully_polled"]) if r["fully_polled"] is not None else "not within the run"
+        lines.append(
+            f"| {config.label} | {fmt(ramp['p50'])} | {fmt(ramp['p95'])} | {fmt(ramp['max'])} | {fully} |"
+        )
     lines += [
         "",
         "| poller settings | server CPU, whole run | steady state | the server's own report at the end |",
@@ -393,8 +447,17 @@ def main() -> None:
             print(f"memory: {n} devices {memory[n]:,} KB", flush=True)
         runs: dict[Config, dict[str, Any]] = {}
         for config in configs:
-            runs[config] = fleet_run(fleet, root, args, config)
-            print(f"fleet run {config.label}: done", flush=True)
+            runs[config] = r = fleet_run(fleet, root, args, config)
+            ramp, lag = r["connection_ramp"], r["ramp"]
+            print(
+                f"fleet run {config.label}: ready {r['started_into_interval']:.0f} s into a slot; connection "
+                f"ramp p50 {fmt(ramp['p50'])}, p95 {fmt(ramp['p95'])}; fleet fully polled after "
+                f"{fmt(r['fully_polled'])}; ramp lag p95 {fmt(lag['p95'])}, missed {r['missed']['ramp']} of "
+                f"{r['expected_ramp']}; steady lag p95 {fmt(r['steady']['p95'])}, missed "
+                f"{r['missed']['steady']} of {r['expected_steady']}; load {r['load'][0]:.1f} -> "
+                f"{r['load'][1]:.1f}",
+                flush=True,
+            )
         memory[args.devices] = runs[configs[-1]]["rss_kb"]
     publish(render(args, runs, memory), args.out, BEGIN, END)
 

@@ -139,11 +139,13 @@ class PollerStatus(BaseModel):
         "new device is taken on from its first slot with that much left, and polled at once in it."
     )
     waited_for_connection: int = Field(
-        description="Polls that waited for their device's first connection (the ramp) before starting."
+        description="First polls (one per new device and category) whose schedule waited for the device's "
+        "first connection attempt to finish (the ramp: connections first, then the schedule)."
     )
     connecting: int = Field(description="Devices whose pooled connection the poller is opening right now.")
     lag_p50_seconds: float | None = Field(
-        description="Median time from a poll's due time to stored, over the last 1,000 polls."
+        description="Median time from a poll's due time to stored, over the last 1,000 polls; a new device's "
+        "first poll is due when it was taken on (its first connection attempt finished, its lease claimed)."
     )
     lag_p95_seconds: float | None
     lag_max_seconds: float | None

@@ -10,22 +10,26 @@ the lease, and feed the device's circuit breaker. Each poll is audited like any 
 "poller", subject "poller:<replica>", tool "poll:<category>", the lease's request id).
 
 Due times sit in a heap, so a wake costs what is due, not the size of the fleet. A fleet that connects
-(the server starts, devices are added) ramps: each new device's pooled connection is opened ahead of its
-polls, at most INFRA_POLL_CONNECT_CONCURRENCY at once, and a poll whose device is still connecting waits for
-it without holding one of the INFRA_POLL_CONCURRENCY poll slots. Polls come first: while some wait for a
-poll slot, a new connection waits (up to RAMP_YIELD seconds) before it opens, so the CPU a connection's
-handshake costs does not make the polls already taken on late.
+(the server starts, devices are added) ramps: connections first, then the schedule. Each new device's pooled
+connection is opened, at most INFRA_POLL_CONNECT_CONCURRENCY at once, and the device's schedule starts only
+once that first connection attempt has finished (opened or failed: a failed connect is left to the polls,
+whose failures feed the breaker). Polls come first: while some wait for one of the INFRA_POLL_CONCURRENCY poll
+slots, a new connection waits (up to RAMP_YIELD seconds) before it opens, so the CPU a connection's handshake
+costs does not make the polls already taken on late.
 
-Which slots a new device owes (the ramp rule). A device seen for the first time is *taken on* from the first
-slot, per category, that still has at least a tenth of its length left (RAMP_MIN_LEFT) once the device's
-first connection attempt has finished; that first poll runs at once, not at the device's offset (a new
-device is polled promptly, a homelab's single host included), and its lease is claimed at once, so the
-lease table shows every slot taken on. Slots that ended, or had less than that left, while the device's
-first connection was still opening were never possible: they are counted `not_taken_on`, not missed. A slot
-taken on is *missed* when it ends before its poll was stored (collected, its rows handed to the writer and
-its lease completed): not started in time, finished late, the database away, or never scheduled because
-the event loop stalled past it. Lag is the time from a poll's due time to stored (0 for a first poll made
-before its due time).
+Which slots a new device owes (the ramp rule). When its first connection attempt has finished, a new device
+is *taken on*, per category, in the slot under way if at least a tenth of it is left (RAMP_MIN_LEFT), else in
+the next one. The lease of that first slot is claimed at once, so the lease table shows every slot taken on
+and when the device was taken on (its claimed_at), and the first poll is due at that moment (polled at once,
+not at the device's offset: a new device is polled promptly, a homelab's single host included), or at the
+next slot's start when too little of the slot under way was left. Slots that ended, or had less than a tenth
+left, while the device's first connection was opening were never possible: they are counted `not_taken_on`,
+not missed. Every later slot is due at the device's offset and owed. A slot taken on is *missed* when it
+ends before its poll was stored (collected, its rows handed to the writer and its lease completed): not
+started in time, finished late, the database away, or never scheduled because the event loop stalled past
+it. Lag is the time from a poll's due time to stored: for a first poll, from its lease's claim (the device
+taken on, its connection attempt finished), not from a slot start that passed while the device was still
+connecting; bench/bench_poller.py judges the lease table by the same definition.
 """
 
 from __future__ import annotations
@@ -128,11 +132,9 @@ class Poller:
         self.counters = PollCounters()
         self.lags: deque[float] = deque(maxlen=LAG_WINDOW)
         self._handled: dict[tuple[str, str], int] = {}
-        # (due, slot, device, index into categories): the next slot of every scheduled (device, category)
+        # (due, slot, device, index into categories): the next slot of every (device, category) taken on
         self._due: list[tuple[float, int, str, int]] = []
-        self._scheduled: set[str] = set()
-        # (device, category) seen but not taken on yet (the ramp rule, above)
-        self._fresh: set[tuple[str, str]] = set()
+        self._scheduled: set[str] = set()  # devices seen: connecting (the ramp) or taken on
         self._connecting: dict[str, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._all = asyncio.Semaphore(self._settings.poll_concurrency)
@@ -149,6 +151,11 @@ class Poller:
     def connecting(self) -> int:
         """Devices whose pooled connection the ramp is opening (or waiting to open) right now."""
         return len(self._connecting)
+
+    @property
+    def queued(self) -> int:
+        """Polls taken on that are waiting for one of the INFRA_POLL_CONCURRENCY poll slots right now."""
+        return self._queued
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self._clock(), UTC)
@@ -188,17 +195,13 @@ class Poller:
         self._admit(names - self._scheduled, now)
         due = self._due
         while due and due[0][0] <= now:
-            at, slot, device, index = heapq.heappop(due)
+            _, slot, device, index = heapq.heappop(due)
             if device not in names:
                 self._scheduled.discard(device)  # removed: its other categories drop out as they come up
                 continue
             category, interval = self.categories[index]
             offset = jitter_offset(device, category.name, interval, self._settings.poll_jitter)
             key = (device, category.name)
-            if key not in self._fresh and at < slot * interval + offset:
-                # due at its slot's start while the device was new; taken on since: back to its own offset
-                heapq.heappush(due, (slot * interval + offset, slot, device, index))
-                continue
             current = int(now // interval)
             if current > slot:
                 # the loop was held up past the end of this slot (and maybe more): none of them was polled
@@ -210,24 +213,45 @@ class Poller:
             if self._handled.get(key, -1) < slot:
                 self._handled[key] = slot
                 self._spawn(self._guarded(device, category, interval, slot), f"poll-{device}-{category.name}")
-            # a device not yet taken on is due at the start of its next slot: it has waited long enough
-            following = 0.0 if key in self._fresh else offset
-            heapq.heappush(due, ((slot + 1) * interval + following, slot + 1, device, index))
+            heapq.heappush(due, ((slot + 1) * interval + offset, slot + 1, device, index))
         return due[0][0] if due else now + MAX_SLEEP
 
     def _admit(self, new: set[str], now: float) -> None:
-        """Schedule devices seen for the first time: due at once (the ramp rule decides, after their first
-        connection, whether the slot under way is taken on); open their connections meanwhile."""
+        """Devices seen for the first time: open their connections (the ramp); each is taken on once its first
+        connection attempt has finished, or at once when it needs none."""
         if not new:
             return
-        for device in sorted(new):
-            for index, (category, interval) in enumerate(self.categories):
-                heapq.heappush(self._due, (now, int(now // interval), device, index))
-                self._fresh.add((device, category.name))
         self._scheduled |= new
         for device in sorted(new):
             if self._needs_connection(device):
-                self._connecting[device] = self._spawn(self._ready(device), f"poll-connect-{device}")
+                self._connecting[device] = self._spawn(self._ready(device, now), f"poll-connect-{device}")
+            else:
+                self._take_on(device, now, waited=False)
+
+    def _take_on(self, device: str, seen: float, *, waited: bool) -> None:
+        """Start a new device's schedule (the ramp rule, above): per category, its first slot is the one under
+        way if a tenth of it is left, else the next; that first slot's lease is claimed at once and polled at
+        once (at the next slot's start); the slots after it are due at the device's offset. `seen`: when the
+        poller first saw the device (the slots from then to the first one taken on are not taken on)."""
+        if device not in self._devices.names():
+            self._scheduled.discard(device)  # removed while its connection was opening
+            return
+        now = self._clock()
+        for index, (category, interval) in enumerate(self.categories):
+            key = (device, category.name)
+            slot = int(now // interval)
+            if (slot + 1) * interval - now < RAMP_MIN_LEFT * interval:
+                slot += 1
+            self.counters.not_taken_on += max(0, slot - int(seen // interval))
+            self.counters.waited_for_connection += int(waited)
+            if self._handled.get(key, -1) < slot:
+                self._handled[key] = slot
+                self._spawn(
+                    self._guarded(device, category, interval, slot, first=True),
+                    f"poll-{device}-{category.name}",
+                )
+            offset = jitter_offset(device, category.name, interval, self._settings.poll_jitter)
+            heapq.heappush(self._due, ((slot + 1) * interval + offset, slot + 1, device, index))
 
     def _needs_connection(self, device: str) -> bool:
         if self._ssh is None or self._ssh.is_connected(device):
@@ -237,9 +261,16 @@ class Poller:
         except DeviceNotFound:
             return False
 
-    async def _ready(self, device: str) -> None:
-        """Open the device's pooled connection under the ramp's bound; a failed connect is left to the polls
-        (they retry it, and their failure feeds the breaker)."""
+    async def _ready(self, device: str, seen: float) -> None:
+        """Open the device's pooled connection under the ramp's bound, then take the device on; a failed
+        connect is left to the polls (they retry it, and their failure feeds the breaker)."""
+        try:
+            await self._open(device)
+        finally:
+            self._connecting.pop(device, None)
+        self._take_on(device, seen, waited=True)  # not when cancelled: the poller is stopping
+
+    async def _open(self, device: str) -> None:
         try:
             async with self._connects:
                 # polls taken on come first: while some wait for a poll slot, the machine is busy enough, and
@@ -255,8 +286,6 @@ class Poller:
                         await self._ssh.connect(self._devices.get(device))
         except DeviceNotFound:
             return
-        finally:
-            self._connecting.pop(device, None)
 
     @contextlib.asynccontextmanager
     async def _poll_slot(self) -> AsyncIterator[None]:
@@ -280,9 +309,11 @@ class Poller:
             limit = self._per_device[device] = asyncio.Semaphore(self._settings.poll_device_concurrency)
         return limit
 
-    async def _guarded(self, device: str, category: Category, interval: float, slot: int) -> None:
+    async def _guarded(
+        self, device: str, category: Category, interval: float, slot: int, *, first: bool = False
+    ) -> None:
         try:
-            await self._slot(device, category, interval, slot)
+            await self._slot(device, category, interval, slot, first=first)
         except asyncio.CancelledError:
             if self._clock() >= (slot + 1) * interval:
                 self.counters.missed += 1  # the poller stopped with this ended slot still unstored
@@ -293,28 +324,15 @@ class Poller:
             self._health.forget_probe(device)
             log.warning("poll %s/%s slot %d: database unavailable: %s", device, category.name, slot, exc)
 
-    async def _slot(self, device: str, category: Category, interval: float, slot: int) -> None:
-        """Claim and run one due slot, or leave it to the replica holding it."""
-        slot_end = (slot + 1) * interval
+    async def _slot(
+        self, device: str, category: Category, interval: float, slot: int, *, first: bool
+    ) -> None:
+        """Claim and run one due slot, or leave it to the replica holding it. A new device's `first` slot is
+        claimed at once, and due then (or at the slot's start, when it was taken on just before it)."""
+        slot_start, slot_end = slot * interval, (slot + 1) * interval
+        due = slot_start + jitter_offset(device, category.name, interval, self._settings.poll_jitter)
         health = self._health
         ttl = timedelta(seconds=self.deadline(category) + LEASE_MARGIN)
-        key = (device, category.name)
-        connecting = self._connecting.get(device)
-        if connecting is not None:
-            # the ramp is opening this device's connection: wait for it here, not in a poll slot
-            self.counters.waited_for_connection += 1
-            await asyncio.wait([connecting], timeout=max(0.0, slot_end - self._clock()))
-        early = key in self._fresh
-        if early:
-            if slot_end - self._clock() < RAMP_MIN_LEFT * interval:
-                # a new device whose first connection left too little of this slot: never possible
-                self.counters.not_taken_on += 1
-                return
-            self._fresh.discard(key)
-        elif connecting is not None and not connecting.done():
-            # taken on in an earlier slot, yet the device is still connecting as this one ends
-            self.counters.missed += 1
-            return
         while True:
             now = self._now()
             if not health.supports(device, category.name, now):
@@ -324,18 +342,22 @@ class Poller:
                 self.counters.skipped_breaker_open += 1
                 return
             claim = None
-            if early:
-                # a new device's first slot is claimed as soon as it is taken on, so the lease table shows it
-                # even when the poll cannot start before the slot ends
-                early = False
+            if first:
+                # claimed as soon as the device is taken on, so the lease table shows it (and when) even when
+                # the poll cannot start before the slot ends; due from that moment
+                first = False
+                taken_on = now.timestamp()
+                due = max(taken_on, slot_start)
+                ahead = timedelta(seconds=due - taken_on)  # taken on just before the slot: held until it runs
                 claim = await leases.claim(
-                    self._db, device, category.name, slot, owner=self.replica, ttl=ttl, now=self._now()
+                    self._db, device, category.name, slot, owner=self.replica, ttl=ttl + ahead, now=now
                 )
+                if claim.ours and due > self._clock():
+                    await asyncio.sleep(due - self._clock())
             if claim is None or claim.ours:
                 async with self._poll_slot(), self._device_limit(device):
                     if self._clock() >= slot_end:
-                        # too busy (or connecting too long) to start it within its slot; a late sample would
-                        # crowd the next one
+                        # too busy to start it within its slot; a late sample would crowd the next one
                         self.counters.missed += 1
                         health.forget_probe(device)
                         return
@@ -352,7 +374,7 @@ class Poller:
                     if claim.ours:
                         # whether it waited for the lease to expire or found it expired already
                         self.counters.taken_over += claim.taken_over
-                        await self._poll(device, category, interval, slot, claim.request_id)
+                        await self._poll(device, category, interval, slot, claim.request_id, due)
                         return
             health.forget_probe(device)
             if claim.completed_at is not None or claim.expires_at.timestamp() >= slot_end:
@@ -362,7 +384,7 @@ class Poller:
             await asyncio.sleep(max(0.0, claim.expires_at.timestamp() - self._clock()) + 0.05)
 
     async def _poll(
-        self, device: str, category: Category, interval: float, slot: int, request_id: str
+        self, device: str, category: Category, interval: float, slot: int, request_id: str, due: float
     ) -> None:
         health = self._health
         context = CallContext(
@@ -406,8 +428,7 @@ class Poller:
             log.warning(
                 "poll %s/%s slot %d overran its lease and was taken over", device, category.name, slot
             )
-        offset = jitter_offset(device, category.name, interval, self._settings.poll_jitter)
-        self.lags.append(max(0.0, stored.timestamp() - (slot * interval + offset)))
+        self.lags.append(max(0.0, stored.timestamp() - due))
         if stored.timestamp() >= (slot + 1) * interval:
             self.counters.missed += 1  # stored after its slot ended
 
