@@ -342,6 +342,10 @@ async def durable_wait(samples: int) -> dict[str, tuple[float, float]]:
 
 
 MODES = ("write", "fsync", "off")  # INFRA_AUDIT_SYNC of each server; write is the default
+# calls of one server in a row: about a second, several of the writer's flush intervals (0.25 s), so what
+# `off` defers to its journal thread runs among its own calls, as it does in steady use
+BLOCK = 200
+SETTLE = 0.3  # seconds after each block: its server's deferred work is done before the next server's block
 
 
 async def latency(
@@ -374,7 +378,7 @@ async def latency(
                 for client in group:
                     for _ in range(5):  # warm: cache filled, code paths hot
                         await client.call_tool("collect", args)
-            block = 50
+            block = BLOCK
             for _ in range(calls // block):
                 for label, group in clients.items():
 
@@ -386,6 +390,9 @@ async def latency(
 
                     spent = cpu_seconds(pids[label])
                     await asyncio.gather(*(one(c) for c in group))
+                    # what a server defers (off: its journal thread's batch, every flush interval) is done
+                    # before the next server's block, and counted as this one's CPU
+                    await asyncio.sleep(SETTLE)
                     cpu[label] += cpu_seconds(pids[label]) - spent
     return {k: (_pct(v, 50), _pct(v, 99), 1000 * cpu[k] / len(v)) for k, v in samples.items()}
 
@@ -483,7 +490,8 @@ async def call_part(args: argparse.Namespace) -> None:
         f"**A cached call** (`collect os_info` on `local` over HTTP to {len(MODES)} `infrastructor serve` "
         "processes on SQLite, one per INFRA_AUDIT_SYNC: write (the default: answered once its rows are written "
         "to the journal, fsync issued at once), fsync (answered once they are fsynced), off (answered at "
-        f"once); {args.calls} calls each in alternating blocks of 50, {args.runs} runs with fresh servers; "
+        f"once); {args.calls} calls each in alternating blocks of {BLOCK} (then {SETTLE:g} s for the server's "
+        f"deferred work, counted in its CPU), {args.runs} runs with fresh servers; "
         "p50, p99 and server CPU (every thread, user + system) are the medians of the runs, cost is against "
         "off in the same run, each run's and their median)",
         "",

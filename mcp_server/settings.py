@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     audit_sync: Literal["write", "fsync", "off"] = Field(
         default="write",
         description="When a call's answer may leave: 'write' once its audit rows are written to the journal "
-        "(they survive any crash of the server) with their fsync issued at once; 'fsync' once they are fsynced "
+        "(they survive any crash of the server) and fsynced within 20 ms; 'fsync' once they are fsynced "
         "(they survive a power loss too; group commit); 'off' at once (journaled within the flush interval). "
         "true and false are read as fsync and off.",
     )

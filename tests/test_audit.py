@@ -29,7 +29,7 @@ from mcp_server.db.engine import Database
 from mcp_server.db.queries import AuditEntry
 from mcp_server.db.tables import DataCollectionAudit, ServicePerformanceMetric
 from mcp_server.errors import ConfigurationError, DeviceNotFound
-from mcp_server.journal import Row, full_row, write_rows
+from mcp_server.journal import BatchWriter, Row, full_row, write_rows
 from mcp_server.redact import digest
 from mcp_server.server import build_server
 from mcp_server.state import AppState, open_state
@@ -332,6 +332,32 @@ async def test_rows_that_come_one_call_at_a_time_are_shipped_together_not_a_tran
         # at most one transaction per interval (and the flush's), however long the calls take; before, once
         # an interval had started the shipper, one for every call or few calls that came during the last
         assert writer.batches - before_batches <= intervals + 2
+
+
+async def test_calls_written_within_the_sync_window_share_one_fsync_issued_when_it_ends(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(tmp_path)
+    async with open_state(settings) as state:
+        # the journal thread's own timer far away: only the window can fsync these rows
+        writer = BatchWriter(state.db, tmp_path / "journal", interval=30, sync_window=2.0)
+        writer.start()
+        try:
+            for i in range(5):
+                writer.audit(
+                    AuditRecord(occurred_at=datetime.now(UTC), kind="tool", outcome="ok", tool=f"t{i}")
+                )
+                await writer.durable(synced=False, inline=True)  # written to the journal file, not fsynced
+            assert writer.unsynced_rows == 5 and writer.fsyncs == 0
+            for _ in range(1000):  # bounded: the window ends 2 s after the first write
+                if writer.unsynced_rows == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert writer.unsynced_rows == 0 and writer.fsyncs == 1
+            await writer.flush()
+            assert writer.written == 5
+        finally:
+            await writer.close()
 
 
 def test_audit_sync_reads_the_old_booleans_and_names_the_modes_when_wrong(tmp_path: Path) -> None:
