@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -184,3 +184,35 @@ async def delayed_pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
         pass
     finally:
         task.cancel()
+
+
+@contextlib.asynccontextmanager
+async def delaying_relay(target: int, delay: float) -> AsyncIterator[int]:
+    """A TCP relay on 127.0.0.1 in front of port `target` that holds every chunk `delay` seconds in each
+    direction (this kernel has no netem): a distant host, whose connection and every command take round trips
+    of 2 x `delay`; yields its port."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
+        except OSError:
+            writer.close()
+            return
+        for w in (writer, up_writer):
+            w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            await asyncio.gather(
+                delayed_pipe(reader, up_writer, delay), delayed_pipe(up_reader, writer, delay)
+            )
+        finally:
+            writer.close()
+            up_writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5.0):
+                await server.wait_closed()

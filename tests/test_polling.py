@@ -27,7 +27,7 @@ from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from mcp_server.state import AppState, _queue_cache_stats, open_state
 from tests.app_fixtures import add_fleet_host, audit_rows, make_settings
-from tests.helpers import delayed_pipe
+from tests.helpers import delaying_relay
 from tests.sshd import SshdFleet
 
 DEADLINE = 90.0
@@ -620,35 +620,6 @@ async def test_a_device_slow_to_connect_is_due_when_its_connection_finished_then
     assert counters.missed == sum(not in_time.get(s) for s in range(first, first + 3)), (counters, in_time)
 
 
-@contextlib.asynccontextmanager
-async def slow_link(port: int, delay: float) -> AsyncIterator[int]:
-    """A TCP relay on 127.0.0.1 in front of an sshd that holds every chunk `delay` seconds in each direction:
-    a distant host, whose connection and every command take round trips of 2 x `delay`; yields its port."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            writer.close()
-            return
-        try:
-            await asyncio.gather(
-                delayed_pipe(reader, up_writer, delay), delayed_pipe(up_reader, writer, delay)
-            )
-        finally:
-            writer.close()
-            up_writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5.0):
-                await server.wait_closed()
-
-
 async def test_a_new_connection_is_held_back_while_polls_wait_for_a_poll_slot_but_no_longer_than_the_limit(
     sshd_fleet: SshdFleet, tmp_path: Path, database_url: str
 ) -> None:
@@ -667,7 +638,7 @@ async def test_a_new_connection_is_held_back_while_polls_wait_for_a_poll_slot_bu
     )
     alpha, beta = sshd_fleet.hosts["alpha"], sshd_fleet.hosts["beta"]
     async with contextlib.AsyncExitStack() as stack:
-        link = await stack.enter_async_context(slow_link(alpha.port, 0.6))
+        link = await stack.enter_async_context(delaying_relay(alpha.port, 0.6))
         state = await stack.enter_async_context(open_state(settings))
         for i in range(8):
             await add_fleet_host(state, sshd_fleet, alpha, f"far{i}", port=link)

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import socket
 import statistics
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -20,7 +19,7 @@ import pytest
 from mcp_server.devices import Device
 from mcp_server.errors import DeviceNotFound
 from mcp_server.ssh import SSHOptions, SSHPool
-from tests.helpers import delayed_pipe, until
+from tests.helpers import delaying_relay, until
 from tests.sshd import SshdFleet, SshdHost
 
 DELAY = 0.1  # held in each direction by the relay: a 200 ms round trip
@@ -52,29 +51,6 @@ def new_pool(made: list[SSHPool], tmp_path: Path, devices: Iterable[Device] = ()
     pool = SSHPool(replace(options, **changes), lookup=lookup)
     made.append(pool)
     return pool
-
-
-@contextlib.asynccontextmanager
-async def delaying_relay(target: int, delay: float) -> AsyncIterator[int]:
-    """A TCP relay on loopback that holds every chunk `delay` seconds in each direction (no netem here)."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", target)
-        for w in (writer, up_writer):
-            w.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            await asyncio.gather(
-                delayed_pipe(reader, up_writer, delay), delayed_pipe(up_reader, writer, delay)
-            )
-        finally:
-            writer.close()
-            up_writer.close()
-
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
 
 
 def test_the_asyncssh_internals_the_spare_relies_on_are_unchanged() -> None:
