@@ -363,8 +363,11 @@ def main(argv: Sequence[str] | None = None, *, delegate: bool = True) -> int:
         if args.cmd == "serve" and args.toolsets is not None:
             overrides["toolsets"] = args.toolsets
         settings = load_settings(**overrides)
+        level = settings.log_level
+        if args.cmd != "serve" and "log_level" not in settings.model_fields_set:
+            level = "WARNING"  # a one-shot command prints its answer, not the start-up chatter of a server
         logging.basicConfig(
-            level=settings.log_level,
+            level=level,
             stream=sys.stderr,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )

@@ -187,3 +187,14 @@ def test_the_cli_reaches_ssh_hosts_without_loading_fastmcp_or_alembic(
     code, loaded, stdout = probe(tmp_path, "collect", "os_info", "--all", "--json")
     assert code == 0 and all(o["ok"] for o in json.loads(stdout))
     assert "asyncssh" in loaded and not loaded & {"fastmcp", "mcp", "alembic", "uvicorn"}
+
+
+def test_a_one_shot_command_logs_only_warnings_unless_a_log_level_is_set(tmp_path: Path) -> None:
+    quiet = run_cli(tmp_path, "collect", "os_info", "--device", "local", "--no-server")
+    assert quiet.returncode == 0, quiet.stderr
+    assert " INFO " not in quiet.stderr, quiet.stderr  # the answer, not a server's start-up chatter
+    chatty = run_cli(
+        tmp_path, "collect", "os_info", "--device", "local", "--no-server", INFRA_LOG_LEVEL="INFO"
+    )
+    assert chatty.returncode == 0, chatty.stderr
+    assert " INFO mcp_server." in chatty.stderr, chatty.stderr
