@@ -176,8 +176,8 @@ class BatchWriter:
 
     `add` queues a row (made storable first: no secret, over-long string or NUL reaches disk or database);
     `await durable()` returns once every row added so far is fsynced in the journal, or with `synced=False`
-    once it is written there with its fsync due within SYNC_WINDOW (what a call waits for before its answer leaves, see
-    INFRA_AUDIT_SYNC); `await flush()` once every row added so far is in the database.
+    once it is written there with its fsync due within SYNC_WINDOW (what a call waits for before its answer
+    leaves, see INFRA_AUDIT_SYNC); `await flush()` once every row added so far is in the database.
     Writes have a deadline (`write_timeout`): a database that hangs is treated as one that refuses, the rows
     stay journaled and are shipped when it answers again.
     """

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastmcp import Client
 
 from mcp_server.budget import MARKER, fit
+from mcp_server.db.history import DeviceTrend
+from mcp_server.middleware import without_nulls
+from mcp_server.reports import FleetDevice, FleetOverview, _no_trend
 from mcp_server.server import build_server
 from mcp_server.settings import Settings
 from tests.app_fixtures import make_settings
@@ -88,12 +92,6 @@ def test_a_fleet_overview_of_a_hundred_devices_fits_the_default_budget_whole(
 ) -> None:
     # what a tool result costs as the budget middleware measures it: nulls left out, compact JSON; device
     # names as long as a homelab's, numbers as a busy fleet's
-    from datetime import UTC, datetime
-
-    from mcp_server.db.history import DeviceTrend
-    from mcp_server.middleware import without_nulls
-    from mcp_server.reports import FleetDevice, FleetOverview, _no_trend
-
     trend = DeviceTrend(
         window_hours=24, cpu_percent="rising", cpu_change=12.4, memory_percent="falling", memory_change=-8.7
     )
