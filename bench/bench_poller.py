@@ -14,8 +14,8 @@ lease was completed. The ramp rule of the poller (mcp_server/polling/scheduler.p
 leases: a new device is taken on once its first connection attempt has finished, and its first slot taken
 on is claimed at that moment, so the slots of a (device, category) before its first lease were never taken
 on (its first connection was still opening); they are counted apart, and only in the ramp: in the steady
-state every slot is owed, leased or not. A first lease's poll is due when it was claimed (or at its slot's
-start, if claimed just before it), the server's own definition: its lag is measured from the connection
+state every slot is owed, leased or not. A first lease's poll is due when it was claimed (or early in its slot,
+if claimed just before it: scheduler.first_due), the server's own definition: its lag is measured from the connection
 finishing, not from a slot start that passed while the device was connecting. What a user waits for is
 printed beside it: the time from the server ready until the device was taken on (its first lease claimed:
 the connection ramp, p50/p95/max over devices), and until every device's first poll of every category was
@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 from bench.harness import Server, command_line, machine, publish, serve  # noqa: E402
 from mcp_server.devices import DeviceSpec  # noqa: E402
 from mcp_server.polling.report import percentile  # noqa: E402
-from mcp_server.polling.scheduler import jitter_offset  # noqa: E402
+from mcp_server.polling.scheduler import first_due, jitter_offset  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
 from mcp_server.state import open_state  # noqa: E402
 from tests.sshd import SshdFleet  # noqa: E402
@@ -193,7 +193,7 @@ def judge(
     The ramp rule: a (device, category)'s ramp slots before its first lease were never taken on (the poller
     claims a new device's first slot as soon as it takes it on); they are counted apart. Every later slot,
     and every steady-state slot whatever the leases, is owed: missed unless its lease completed before its
-    end. A first lease's poll is due when it was claimed (the device taken on), or at its slot's start."""
+    end. A first lease's poll is due when it was claimed (the device taken on), or early in its slot (first_due)."""
     done = {(d, c, s): t for d, c, s, _, t in rows}
     claimed = {(d, c, s): t for d, c, s, t, _ in rows}
     first_lease: dict[tuple[str, str], int] = {}
@@ -212,7 +212,7 @@ def judge(
             for slot in range(first, int(ended // interval)):
                 due = slot * interval + offset
                 if slot == taken_on:
-                    due = max(claimed[(device, category, slot)], slot * interval)
+                    due = first_due(device, category, interval, slot, claimed[(device, category, slot)])
                 end = (slot + 1) * interval
                 if end <= started or end > ended:
                     continue

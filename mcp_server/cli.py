@@ -818,18 +818,15 @@ def _delegated(args: argparse.Namespace) -> int | None:
     from mcp_server import control_client
 
     render = control_client.render_request(args.json)
-    request = {
-        "v": 1,
-        "op": "collect",
-        "command": args.command,
-        "device": args.device,
-        "all": args.all,
-        "tags": args.tags,
-        "params": params or None,
-        "force_refresh": args.force_refresh,
-        "database": control_client.database_fingerprint(),
-        "render": render,
-    }
+    request = control_client.collect_request(
+        args.command,
+        device=args.device,
+        all_devices=args.all,
+        tags=args.tags,
+        params=params,
+        force_refresh=args.force_refresh,
+        render=render,
+    )
     progress: contextlib.ExitStack | None = None
     on_device: OnStep | None = None
 

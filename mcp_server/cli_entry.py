@@ -22,17 +22,17 @@ if TYPE_CHECKING:
     from typing import Any
 
 # the options of `collect` read here; any other (or an abbreviation argparse would accept) goes to argparse
-FLAGS = {"--all": "all", "--force-refresh": "force_refresh", "--json": "json"}
+FLAGS = {"--all": "all_devices", "--force-refresh": "force_refresh", "--json": "json"}
 VALUES = ("--device", "--tag")
 
 
-def collect_request(argv: Sequence[str]) -> dict[str, Any] | None:
-    """What cli._delegated asks the server for these arguments, or None unless they are of the plain form
-    above and argparse reads them exactly so (the command first; each option once, --tag repeatable; no
+def plain_collect(argv: Sequence[str]) -> dict[str, Any] | None:
+    """The arguments of a plain `collect` (control_client.collect_request's, and `json`), or None unless
+    they are of the plain form above and argparse reads them exactly so (the command first; each option once, --tag repeatable; no
     value that is empty or starts with "-")."""
     if len(argv) < 2 or argv[0] != "collect" or not argv[1] or argv[1].startswith("-"):
         return None
-    found: dict[str, Any] = {"all": False, "force_refresh": False, "json": False}
+    found: dict[str, Any] = {"all_devices": False, "force_refresh": False, "json": False}
     device: str | None = None
     tags: list[str] | None = None
     rest = list(argv[2:])
@@ -57,19 +57,9 @@ def collect_request(argv: Sequence[str]) -> dict[str, Any] | None:
             device = value
         else:
             tags = [*(tags or []), value]
-    if device is not None and found["all"]:
+    if device is not None and found["all_devices"]:
         return None  # argparse's "not allowed with" error
-    return {
-        "v": 1,
-        "op": "collect",
-        "command": argv[1],
-        "device": device,
-        "all": found["all"],
-        "tags": tags,
-        "params": None,
-        "force_refresh": found["force_refresh"],
-        "json": found["json"],
-    }
+    return {"command": argv[1], "device": device, "tags": tags, **found}
 
 
 class _Declined(Exception):
@@ -80,17 +70,15 @@ class _Declined(Exception):
 def quick(argv: Sequence[str]) -> int | None:
     """The exit status of a collect the server answered, or None: cli.main reads and runs it. _Declined
     when a server was asked and did not answer."""
-    request = collect_request(argv)
-    if request is None:
+    found = plain_collect(argv)
+    if found is None:
         return None
     from mcp_server import control_client
 
-    as_json = request.pop("json")
-    render = control_client.render_request(as_json)
+    render = control_client.render_request(found.pop("json"))
     if render is None:  # a terminal: progress bars and colours are drawn by cli.main
         return None
-    request["database"] = control_client.database_fingerprint()
-    request["render"] = render
+    request = control_client.collect_request(**found, params=None, render=render)
 
     def on_line(message: dict[str, Any]) -> None:
         if "stderr" in message:

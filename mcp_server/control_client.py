@@ -60,6 +60,31 @@ def database_fingerprint() -> str | None:
     return hashlib.sha256(url.encode()).hexdigest()
 
 
+def collect_request(
+    command: str,
+    *,
+    device: str | None,
+    all_devices: bool,
+    tags: list[str] | None,
+    params: dict[str, Any] | None,
+    force_refresh: bool,
+    render: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The control request of `infrastructor collect` (control.py reads it), from either CLI entry."""
+    return {
+        "v": 1,
+        "op": "collect",
+        "command": command,
+        "device": device,
+        "all": all_devices,
+        "tags": tags,
+        "params": params or None,
+        "force_refresh": force_refresh,
+        "database": database_fingerprint(),
+        "render": render,
+    }
+
+
 def render_request(as_json: bool) -> dict[str, Any] | None:
     """How the server should render the output for this process (see cli_output.CliConsoles), or None when
     stdout or stderr is a terminal (progress bars and colours are drawn here)."""

@@ -1,12 +1,13 @@
-"""cli_entry reads a plain `collect` by hand: what it reads must be what argparse reads (cli._parser) and what
-cli._delegated would send; every other form is left to argparse (None)."""
+"""cli_entry reads a plain `collect` by hand: what it reads must be what argparse reads (cli._parser), and both
+entries build their control request with control_client.collect_request; every other form is left to
+argparse (None)."""
 
 from __future__ import annotations
 
 import pytest
 
 from mcp_server.cli import _parser
-from mcp_server.cli_entry import collect_request
+from mcp_server.cli_entry import plain_collect
 
 READ = [
     ["collect", "os_info"],
@@ -23,16 +24,13 @@ READ = [
 
 @pytest.mark.parametrize("argv", READ, ids=" ".join)
 def test_what_is_read_by_hand_is_what_argparse_reads(argv: list[str]) -> None:
-    request = collect_request(argv)
+    found = plain_collect(argv)
     args = _parser().parse_args(argv)
-    assert request == {
-        "v": 1,
-        "op": "collect",
+    assert found == {
         "command": args.command,
         "device": args.device,
-        "all": args.all,
+        "all_devices": args.all,
         "tags": args.tags,
-        "params": None,
         "force_refresh": args.force_refresh,
         "json": args.json,
     }
@@ -69,4 +67,4 @@ LEFT = [
 
 @pytest.mark.parametrize("argv", LEFT, ids=lambda a: " ".join(a) or "(none)")
 def test_every_other_form_is_left_to_argparse(argv: list[str]) -> None:
-    assert collect_request(argv) is None
+    assert plain_collect(argv) is None

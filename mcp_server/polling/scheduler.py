@@ -21,10 +21,11 @@ Which slots a new device owes (the ramp rule). When its first connection attempt
 is *taken on*, per category, in the slot under way if at least a tenth of it is left (RAMP_MIN_LEFT), else in
 the next one. The lease of that first slot is claimed at once, so the lease table shows every slot taken on
 and when the device was taken on (its claimed_at), and the first poll is due at that moment (polled at once,
-not at the device's offset: a new device is polled promptly, a homelab's single host included), or at the
-next slot's start when too little of the slot under way was left. Slots that ended, or had less than a tenth
-left, while the device's first connection was opening were never possible: they are counted `not_taken_on`,
-not missed. Every later slot is due at the device's offset and owed. A slot taken on is *missed* when it
+not at the device's offset: a new device is polled promptly, a homelab's single host included), or early in
+the next slot when too little of the slot under way was left (spread over its first tenth by a hash of the
+pair: a fleet whose connections finish late in a slot is not polled all at once as the next one starts).
+Slots that ended, or had less than a tenth left, while the device's first connection was opening were never
+possible: they are counted `not_taken_on`, not missed. Every later slot is due at the device's offset and owed. A slot taken on is *missed* when it
 ends before its poll was stored (collected, its rows handed to the writer and its lease completed): not
 started in time, finished late, the database away, or never scheduled because the event loop stalled past
 it. Lag is the time from a poll's due time to stored: for a first poll, from its lease's claim (the device
@@ -98,6 +99,17 @@ class PollCounters:
 def jitter_offset(device: str, category: str, interval: float, jitter: float) -> float:
     """Seconds into each slot at which (device, category) is due; the same on every replica."""
     return zlib.crc32(f"{device}\0{category}".encode()) / 2**32 * jitter * interval
+
+
+def first_due(device: str, category: str, interval: float, slot: int, taken_on: float) -> float:
+    """When a new device's first poll (of `slot`, the first slot taken on) is due: at once, when it was taken
+    on in that slot; when it was taken on just before the slot, early in it, at the pair's share of the
+    slot's first tenth (RAMP_MIN_LEFT), so a fleet whose connections finish late in a slot is not polled all
+    at once as the next one starts."""
+    start = slot * interval
+    if taken_on >= start:
+        return taken_on
+    return start + zlib.crc32(f"{device}\0{category}".encode()) / 2**32 * RAMP_MIN_LEFT * interval
 
 
 class Poller:
@@ -231,7 +243,7 @@ class Poller:
     def _take_on(self, device: str, seen: float, *, waited: bool) -> None:
         """Start a new device's schedule (the ramp rule, above): per category, its first slot is the one under
         way if a tenth of it is left, else the next; that first slot's lease is claimed at once and polled at
-        once (at the next slot's start); the slots after it are due at the device's offset. `seen`: when the
+        once (early in the next slot: first_due); the slots after it are due at the device's offset. `seen`: when the
         poller first saw the device (the slots from then to the first one taken on are not taken on)."""
         if device not in self._devices.names():
             self._scheduled.discard(device)  # removed while its connection was opening
@@ -328,7 +340,7 @@ class Poller:
         self, device: str, category: Category, interval: float, slot: int, *, first: bool
     ) -> None:
         """Claim and run one due slot, or leave it to the replica holding it. A new device's `first` slot is
-        claimed at once, and due then (or at the slot's start, when it was taken on just before it)."""
+        claimed at once, and due then (or early in the slot, when it was taken on just before it: first_due)."""
         slot_start, slot_end = slot * interval, (slot + 1) * interval
         due = slot_start + jitter_offset(device, category.name, interval, self._settings.poll_jitter)
         health = self._health
@@ -347,7 +359,7 @@ class Poller:
                 # the poll cannot start before the slot ends; due from that moment
                 first = False
                 taken_on = now.timestamp()
-                due = max(taken_on, slot_start)
+                due = first_due(device, category.name, interval, slot, taken_on)
                 ahead = timedelta(seconds=due - taken_on)  # taken on just before the slot: held until it runs
                 claim = await leases.claim(
                     self._db, device, category.name, slot, owner=self.replica, ttl=ttl + ahead, now=now
