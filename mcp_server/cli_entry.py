@@ -28,8 +28,8 @@ VALUES = ("--device", "--tag")
 
 def plain_collect(argv: Sequence[str]) -> dict[str, Any] | None:
     """The arguments of a plain `collect` (control_client.collect_request's, and `json`), or None unless
-    they are of the plain form above and argparse reads them exactly so (the command first; each option once, --tag repeatable; no
-    value that is empty or starts with "-")."""
+    they are of the plain form above and argparse reads them exactly so (the command first; each option
+    once, --tag repeatable; no value that is empty or starts with "-")."""
     if len(argv) < 2 or argv[0] != "collect" or not argv[1] or argv[1].startswith("-"):
         return None
     found: dict[str, Any] = {"all_devices": False, "force_refresh": False, "json": False}

@@ -1,5 +1,5 @@
-"""cli_entry reads a plain `collect` by hand: what it reads must be what argparse reads (cli._parser), and both
-entries build their control request with control_client.collect_request; every other form is left to
+"""cli_entry reads a plain `collect` by hand: what it reads must be what argparse reads (cli._parser), and
+both entries build their control request with control_client.collect_request; every other form is left to
 argparse (None)."""
 
 from __future__ import annotations

@@ -25,12 +25,13 @@ not at the device's offset: a new device is polled promptly, a homelab's single 
 the next slot when too little of the slot under way was left (spread over its first tenth by a hash of the
 pair: a fleet whose connections finish late in a slot is not polled all at once as the next one starts).
 Slots that ended, or had less than a tenth left, while the device's first connection was opening were never
-possible: they are counted `not_taken_on`, not missed. Every later slot is due at the device's offset and owed. A slot taken on is *missed* when it
-ends before its poll was stored (collected, its rows handed to the writer and its lease completed): not
-started in time, finished late, the database away, or never scheduled because the event loop stalled past
-it. Lag is the time from a poll's due time to stored: for a first poll, from its lease's claim (the device
-taken on, its connection attempt finished), not from a slot start that passed while the device was still
-connecting; bench/bench_poller.py judges the lease table by the same definition.
+possible: they are counted `not_taken_on`, not missed. Every later slot is due at the device's offset and
+owed. A slot taken on is *missed* when it ends before its poll was stored (collected, its rows handed to the
+writer and its lease completed): not started in time, finished late, the database away, or never scheduled
+because the event loop stalled past it. Lag is the time from a poll's due time to stored: for a first poll,
+from its lease's claim (the device taken on, its connection attempt finished) or its first_due, not from a
+slot start that passed while the device was still connecting; bench/bench_poller.py judges the lease table
+by the same definition.
 """
 
 from __future__ import annotations
@@ -243,8 +244,9 @@ class Poller:
     def _take_on(self, device: str, seen: float, *, waited: bool) -> None:
         """Start a new device's schedule (the ramp rule, above): per category, its first slot is the one under
         way if a tenth of it is left, else the next; that first slot's lease is claimed at once and polled at
-        once (early in the next slot: first_due); the slots after it are due at the device's offset. `seen`: when the
-        poller first saw the device (the slots from then to the first one taken on are not taken on)."""
+        once (early in the next slot: first_due); the slots after it are due at the device's offset. `seen`:
+        when the poller first saw the device (the slots from then to the first one taken on are not taken
+        on)."""
         if device not in self._devices.names():
             self._scheduled.discard(device)  # removed while its connection was opening
             return
@@ -340,7 +342,7 @@ class Poller:
         self, device: str, category: Category, interval: float, slot: int, *, first: bool
     ) -> None:
         """Claim and run one due slot, or leave it to the replica holding it. A new device's `first` slot is
-        claimed at once, and due then (or early in the slot, when it was taken on just before it: first_due)."""
+        claimed at once, and due then (or early in the slot, when taken on just before it: first_due)."""
         slot_start, slot_end = slot * interval, (slot + 1) * interval
         due = slot_start + jitter_offset(device, category.name, interval, self._settings.poll_jitter)
         health = self._health
