@@ -189,6 +189,12 @@ async def test_sign_in_sets_a_strict_session_cookie_and_the_fleet_lists_the_real
         assert "<script>" not in await response.text()
 
 
+async def event_stream_open(page: Any) -> None:
+    """Wait until the page's event stream is open: the server has fixed where it starts, so an event logged
+    after this reaches the page (one logged before the stream opened is not replayed to a new page)."""
+    await expect(page.locator("#live[data-stream='open']")).to_have_count(1, timeout=20_000)
+
+
 async def test_a_change_on_a_host_appears_on_changes_without_reload_with_its_diff(
     browser: Any, console: Console
 ) -> None:
@@ -197,6 +203,7 @@ async def test_a_change_on_a_host_appears_on_changes_without_reload_with_its_dif
         await expect(page.get_by_role("heading", name="Changes")).to_be_visible()
         await expect(page.locator("ol.changes > li")).to_have_count(0)
         marker = await page.evaluate("() => { window.notReloaded = 1; return window.notReloaded; }")
+        await event_stream_open(page)
         console.compose.write_text(CHANGED)  # on the host, over SSH's inotify watch
         change = page.locator("ol.changes > li").first
         await expect(change).to_contain_text(str(console.compose), timeout=20_000)
@@ -410,6 +417,7 @@ async def test_a_health_flip_is_announced_and_the_fleet_reloaded_without_a_page_
         fleet_calls: list[str] = []
         page.on("request", lambda r: fleet_calls.append(r.url) if r.url.endswith("/api/v1/fleet") else None)
         await page.evaluate("() => { window.notReloaded = true; }")
+        await event_stream_open(page)
         await console.state.health.record_failure("beta", "host_unreachable", "no answer", datetime.now(UTC))
         await expect(page.get_by_role("status")).to_have_text(
             re.compile(r"^beta: now \w+\.$"), timeout=20_000

@@ -399,6 +399,9 @@
 
   function listen() {
     const stream = new EventSource("/api/v1/events");
+    // open: the server has fixed where the stream starts, so every event logged from now on reaches the page
+    stream.addEventListener("open", () => { live.dataset.stream = "open"; });
+    stream.addEventListener("error", () => { live.dataset.stream = "reconnecting"; });
     const handle = (message) => {
       let event;
       try { event = JSON.parse(message.data); } catch { return; }
