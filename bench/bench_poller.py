@@ -14,10 +14,10 @@ lease was completed. The ramp rule of the poller (mcp_server/polling/scheduler.p
 leases: a new device is taken on once its first connection attempt has finished, and its first slot taken
 on is claimed at that moment, so the slots of a (device, category) before its first lease were never taken
 on (its first connection was still opening); they are counted apart, and only in the ramp: in the steady
-state every slot is owed, leased or not. A first lease's poll is due when it was claimed (or early in its slot,
-if claimed just before it: scheduler.first_due), the server's own definition: its lag is measured from the connection
-finishing, not from a slot start that passed while the device was connecting. What a user waits for is
-printed beside it: the time from the server ready until the device was taken on (its first lease claimed:
+state every slot is owed, leased or not. A first lease's poll is due when it was claimed (or early in its
+slot, if claimed just before it: scheduler.first_due), the server's own definition: its lag is measured from
+the connection finishing, not from a slot start that passed while the device was connecting. What a user
+waits for is printed beside it: the time from the server ready until the device was taken on (its first lease claimed:
 the connection ramp, p50/p95/max over devices), and until every device's first poll of every category was
 stored (the fleet fully polled). The server's own get_service_health poller report is read at the end as a
 cross-check (its not_taken_on, missed and lag).
@@ -193,7 +193,8 @@ def judge(
     The ramp rule: a (device, category)'s ramp slots before its first lease were never taken on (the poller
     claims a new device's first slot as soon as it takes it on); they are counted apart. Every later slot,
     and every steady-state slot whatever the leases, is owed: missed unless its lease completed before its
-    end. A first lease's poll is due when it was claimed (the device taken on), or early in its slot (first_due)."""
+    end. A first lease's poll is due when it was claimed (the device taken on), or early in its slot
+    (first_due)."""
     done = {(d, c, s): t for d, c, s, _, t in rows}
     claimed = {(d, c, s): t for d, c, s, t, _ in rows}
     first_lease: dict[tuple[str, str], int] = {}

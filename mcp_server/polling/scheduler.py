@@ -110,7 +110,7 @@ def first_due(device: str, category: str, interval: float, slot: int, taken_on: 
     start = slot * interval
     if taken_on >= start:
         return taken_on
-    return start + zlib.crc32(f"{device}\0{category}".encode()) / 2**32 * RAMP_MIN_LEFT * interval
+    return start + jitter_offset(device, category, interval, RAMP_MIN_LEFT)  # the offset, in a tenth
 
 
 class Poller:
