@@ -18,9 +18,9 @@ state every slot is owed, leased or not. A first lease's poll is due when it was
 slot, if claimed just before it: scheduler.first_due), the server's own definition: its lag is measured from
 the connection finishing, not from a slot start that passed while the device was connecting. What a user
 waits for is printed beside it: the time from the server ready until the device was taken on (its first
-lease claimed: the connection ramp, p50/p95/max over devices), and until every device's first poll of every category was
-stored (the fleet fully polled). The server's own get_service_health poller report is read at the end as a
-cross-check (its not_taken_on, missed and lag).
+lease claimed: the connection ramp, p50/p95/max over devices), and until every device's first poll of
+every category was stored (the fleet fully polled). The server's own get_service_health poller report is
+read at the end as a cross-check (its not_taken_on, missed and lag).
 
 Memory: separate servers with 0, 1, 100 and 500 devices, each polled for --memory-wait seconds; RSS per
 device = (RSS(n) - RSS(0)) / n, and the marginal cost (RSS(n) - RSS(1)) / (n - 1), which leaves out what
