@@ -13,7 +13,7 @@ costs a cached call.
    default, INFRA_AUDIT_SYNC=write), written and fsynced by the caller (one call in flight), and by the
    journal thread (the hand-off there and back), alternating; and p50/p99 of a cached `collect` call over
    HTTP to three real servers, answered once its rows are written to the journal (write, the default), once
-   they are fsynced (fsync) and without waiting (off), side by side (alternating blocks), one caller and 10
+   they are fsynced (fsync) and without waiting (off), side by side (blocks taking turns), one caller and 10
    concurrent callers.
 
 Run from the repository root:
@@ -54,7 +54,7 @@ from mcp_server.db.tables import (  # noqa: E402
     DataCollectionAudit,
     ServicePerformanceMetric,
 )
-from mcp_server.journal import BatchWriter, Row, _line, full_row, write_rows  # noqa: E402
+from mcp_server.journal import SYNC_WINDOW, BatchWriter, Row, _line, full_row, write_rows  # noqa: E402
 from mcp_server.settings import load_settings  # noqa: E402
 from mcp_server.state import AppState, open_state  # noqa: E402
 
@@ -352,7 +352,7 @@ async def latency(
     calls: int, concurrency: int, baseline: Path | None
 ) -> dict[str, tuple[float, float, float]]:
     """p50/p99 ms of a cached collect call over HTTP to real servers, one per INFRA_AUDIT_SYNC mode (MODES)
-    and, given a baseline checkout, one with its code at its default, in alternating blocks; and each
+    and, given a baseline checkout, one with its code at its default, in blocks taking turns; and each
     server's CPU (every thread, user + system) per call in ms, over its own blocks."""
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as servers:
         clients: dict[str, list[Client[Any]]] = {}
@@ -379,8 +379,11 @@ async def latency(
                     for _ in range(5):  # warm: cache filled, code paths hot
                         await client.call_tool("collect", args)
             block = BLOCK
-            for _ in range(calls // block):
-                for label, group in clients.items():
+            labels = list(clients)
+            for round_ in range(calls // block):
+                # each round starts with the next server: none always follows the same one
+                for label in labels[round_ % len(labels) :] + labels[: round_ % len(labels)]:
+                    group = clients[label]
 
                     async def one(client: Client[Any], label: str = label) -> None:
                         for _ in range(block // concurrency):
@@ -394,6 +397,8 @@ async def latency(
                     # before the next server's block, and counted as this one's CPU
                     await asyncio.sleep(SETTLE)
                     cpu[label] += cpu_seconds(pids[label]) - spent
+            for group in clients.values():  # no connection is idle near the server's 5 s keep-alive as the
+                await asyncio.gather(*(c.call_tool("collect", args) for c in group))  # sessions end
     return {k: (_pct(v, 50), _pct(v, 99), 1000 * cpu[k] / len(v)) for k, v in samples.items()}
 
 
@@ -489,9 +494,10 @@ async def call_part(args: argparse.Namespace) -> None:
         "",
         f"**A cached call** (`collect os_info` on `local` over HTTP to {len(MODES)} `infrastructor serve` "
         "processes on SQLite, one per INFRA_AUDIT_SYNC: write (the default: answered once its rows are written "
-        "to the journal, fsync issued at once), fsync (answered once they are fsynced), off (answered at "
-        f"once); {args.calls} calls each in alternating blocks of {BLOCK} (then {SETTLE:g} s for the server's "
-        f"deferred work, counted in its CPU), {args.runs} runs with fresh servers; "
+        f"to the journal, their fsync issued within {SYNC_WINDOW * 1000:g} ms), fsync (answered once they are "
+        f"fsynced), off (answered at once); {args.calls} calls each in blocks of {BLOCK} taking turns, each round "
+        f"of blocks starting with the next server (then {SETTLE:g} s for the server's deferred work, counted in "
+        f"its CPU), {args.runs} runs with fresh servers; "
         "p50, p99 and server CPU (every thread, user + system) are the medians of the runs, cost is against "
         "off in the same run, each run's and their median)",
         "",
@@ -520,7 +526,7 @@ async def call_part(args: argparse.Namespace) -> None:
         lines += [
             "",
             f"Baseline: a server with the code of `{args.baseline_label or args.baseline}` at its defaults, in "
-            "the same alternating blocks, compared with this code's server set to off.",
+            "the same rounds of blocks, compared with this code's server set to off.",
         ]
     lines += ["", f"- total run time {time.monotonic() - started:.0f} s"]
     lines += machine("SQLite")
