@@ -133,6 +133,14 @@ async def test_prompt_argument_values_the_tools_would_refuse_are_invalid_params_
         assert isinstance(error.data, dict) and error.data["prompt"] == prompt
 
 
+async def test_a_ping_is_answered_in_memory_and_over_http(state: AppState, served: Served) -> None:
+    # (the 2026-07-28 protocol has no ping: the SDK answers it there as an unknown method, as the spec says)
+    async with memory_session(state) as session:
+        assert isinstance(await session.send_ping(), mt.EmptyResult)
+    async with http_session(served.url, served.token(READ)) as reader:
+        assert isinstance(await reader.send_ping(), mt.EmptyResult)
+
+
 async def test_an_unknown_tool_is_invalid_params_and_audited(state: AppState) -> None:
     async with memory_session(state) as session:
         error = await mcp_error(session.call_tool("get_everything", {"device": "local"}))
