@@ -48,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.harness import Server, command_line, machine, publish, serve  # noqa: E402
+from bench.harness import Server, command_line, cpu_seconds, machine, publish, serve  # noqa: E402
 from mcp_server.devices import DeviceSpec  # noqa: E402
 from mcp_server.polling.report import percentile  # noqa: E402
 from mcp_server.polling.scheduler import first_due, jitter_offset  # noqa: E402
@@ -88,14 +88,6 @@ class Config:
             return cls(None, None)
         concurrency, jitter = text.split(":")
         return cls(int(concurrency), float(jitter))
-
-
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
 def rss_kb(pid: int) -> int:
